@@ -1,0 +1,230 @@
+// Package check proves the seed's network promises on a running setup by
+// sending real packets: every VM reaches the internet through NAT, no VM
+// reaches another VM or another VM's gateway by TCP, UDP or ICMP, no VM
+// reaches the host's SSH port, and the host reaches every VM.
+//
+// How a packet is sent "from a VM" is the Prober's business: from a
+// stand-in's namespace in the sandbox, or from inside a real guest.
+package check
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// Result is the outcome of one probe. Reached means the target answered
+// (a reply, a TCP reset, an ICMP port-unreachable: the packet got through).
+// SeenAs is the source address a server reported seeing.
+type Result struct {
+	Reached bool
+	SeenAs  string
+	Err     error
+}
+
+// Prober sends probes. from is a VM name, or Host for the host itself.
+type Prober interface {
+	TCP(from string, to netip.AddrPort) Result
+	UDP(from string, to netip.AddrPort) Result
+	Ping(from string, to netip.Addr) Result
+}
+
+// Host is the "from" of probes sent by the host itself.
+const Host = "host"
+
+// Target describes where the probes go. Servers answering "seen ADDR" on
+// Port (TCP and UDP) must run on the internet target and in every VM.
+type Target struct {
+	Internet netip.Addr // a server on the internet
+	Port     uint16     // TCP and UDP port of every test server
+	Uplink   netip.Addr // the address the internet must see (NAT)
+	HostSSH  []netip.Addr
+}
+
+// Cell is one verdict of the matrix.
+type Cell struct {
+	Text string // what a person reads: "ok", "blocked", "REACHED (udp)"
+	OK   bool   // whether it is what the promise says
+}
+
+// Report is the matrix: Rows[from][column].
+type Report struct {
+	Columns []string
+	Rows    []string
+	Cells   map[string]map[string]Cell
+}
+
+// OK reports whether every promise held.
+func (r *Report) OK() bool {
+	for _, row := range r.Cells {
+		for _, c := range row {
+			if !c.OK {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Run probes every promise, in parallel (a blocked probe waits for its
+// timeout, so one at a time would be slow).
+func Run(in *config.Infra, p Prober, t Target) *Report {
+	r := &Report{Cells: map[string]map[string]Cell{}}
+	r.Columns = append(r.Columns, "internet")
+	for _, vm := range in.VMs {
+		r.Columns = append(r.Columns, vm.Name)
+	}
+	r.Columns = append(r.Columns, "own gateway", "other gateways", "host ssh")
+
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	set := func(row, col string, c Cell) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Cells[row] == nil {
+			r.Cells[row] = map[string]Cell{}
+		}
+		r.Cells[row][col] = c
+	}
+	do := func(row, col string, f func() Cell) {
+		wg.Add(1)
+		go func() { defer wg.Done(); set(row, col, f()) }()
+	}
+
+	for _, vm := range in.VMs {
+		from := vm.Name
+		r.Rows = append(r.Rows, from)
+		do(from, "internet", func() Cell {
+			res := p.TCP(from, netip.AddrPortFrom(t.Internet, t.Port))
+			switch {
+			case !res.Reached:
+				return Cell{"NO INTERNET: " + errText(res.Err), false}
+			case res.SeenAs != t.Uplink.String():
+				return Cell{"NOT NATED: seen as " + res.SeenAs, false}
+			}
+			return Cell{"ok, seen as " + res.SeenAs, true}
+		})
+		for _, other := range in.VMs {
+			if other.Name == vm.Name {
+				set(from, other.Name, Cell{"-", true})
+				continue
+			}
+			do(from, other.Name, func() Cell { return blocked(p, from, other.Addr, t.Port) })
+		}
+		do(from, "own gateway", func() Cell {
+			if res := p.Ping(from, vm.Gateway); !res.Reached {
+				return Cell{"NO PING: " + errText(res.Err), false}
+			}
+			return Cell{"ping ok", true}
+		})
+		do(from, "other gateways", func() Cell {
+			probes := map[string]func() bool{}
+			for _, other := range in.VMs {
+				if other.Name != vm.Name {
+					probes[other.Gateway.String()] = func() bool { return !blocked(p, from, other.Gateway, t.Port).OK }
+				}
+			}
+			if got := anyReached(probes); len(got) > 0 {
+				return Cell{"REACHED " + strings.Join(got, ","), false}
+			}
+			return Cell{"blocked", true}
+		})
+		do(from, "host ssh", func() Cell {
+			probes := map[string]func() bool{}
+			for _, a := range append([]netip.Addr{vm.Gateway}, t.HostSSH...) {
+				probes[a.String()+":22"] = func() bool { return p.TCP(from, netip.AddrPortFrom(a, 22)).Reached }
+			}
+			if got := anyReached(probes); len(got) > 0 {
+				return Cell{"REACHED " + strings.Join(got, ","), false}
+			}
+			return Cell{"blocked", true}
+		})
+	}
+
+	r.Rows = append(r.Rows, Host)
+	for _, vm := range in.VMs {
+		do(Host, vm.Name, func() Cell {
+			tcp := p.TCP(Host, netip.AddrPortFrom(vm.Addr, t.Port))
+			ping := p.Ping(Host, vm.Addr)
+			switch {
+			case !tcp.Reached:
+				return Cell{"NO TCP: " + errText(tcp.Err), false}
+			case !ping.Reached:
+				return Cell{"NO PING: " + errText(ping.Err), false}
+			}
+			return Cell{"ok", true}
+		})
+	}
+	for _, col := range []string{"internet", "own gateway", "other gateways", "host ssh"} {
+		set(Host, col, Cell{"-", true})
+	}
+	wg.Wait()
+	return r
+}
+
+// blocked probes TCP, UDP and ICMP from a VM to addr, at once; all three
+// must go unanswered.
+func blocked(p Prober, from string, addr netip.Addr, port uint16) Cell {
+	got := anyReached(map[string]func() bool{
+		"tcp":  func() bool { return p.TCP(from, netip.AddrPortFrom(addr, port)).Reached },
+		"udp":  func() bool { return p.UDP(from, netip.AddrPortFrom(addr, port)).Reached },
+		"icmp": func() bool { return p.Ping(from, addr).Reached },
+	})
+	if len(got) > 0 {
+		return Cell{"REACHED (" + strings.Join(got, ",") + ")", false}
+	}
+	return Cell{"blocked", true}
+}
+
+// anyReached runs the probes in parallel and returns the names of those
+// that got an answer, sorted.
+func anyReached(probes map[string]func() bool) []string {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var got []string
+	for name, probe := range probes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if probe() {
+				mu.Lock()
+				got = append(got, name)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Strings(got)
+	return got
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "no answer"
+	}
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		s = s[i+2:]
+	}
+	return s
+}
+
+// Print writes the matrix, one row per source.
+func (r *Report) Print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "from \\ to\t%s\n", strings.Join(r.Columns, "\t"))
+	for _, row := range r.Rows {
+		cells := make([]string, len(r.Columns))
+		for i, col := range r.Columns {
+			cells[i] = r.Cells[row][col].Text
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", row, strings.Join(cells, "\t"))
+	}
+	tw.Flush()
+}

@@ -1,0 +1,567 @@
+// Package config reads infra.toml, validates it, and derives the model every
+// other package works from: for each VM its bridge, TAP, subnet, gateway,
+// address, MAC and paths. Nothing outside this package derives a name or an
+// address.
+package config
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+// Defaults for keys that infra.toml may leave out.
+const (
+	DefaultStateDir   = "/var/lib/microvms"
+	DefaultRunDir     = "/run/microvm"
+	DefaultUser       = "microvm"
+	DefaultVCPU       = 1
+	DefaultMemoryMiB  = 512
+	DefaultHypervisor = "cloud-hypervisor"
+	DefaultImage      = "debian"
+	DefaultDNS        = "1.1.1.1"
+
+	// Table is the one nftables table the program owns.
+	Table = "microvm"
+	// Tailscale is the interface tailscaled creates.
+	Tailscale = "tailscale0"
+	// MaxNameLen keeps "br-" + name within the kernel's 15-byte limit.
+	MaxNameLen = 15 - len("br-")
+)
+
+// Hypervisors the program can drive.
+var Hypervisors = []string{"cloud-hypervisor", "qemu"}
+
+// TailscaleRange is the CGNAT range tailnet addresses come from; VM subnets
+// must not overlap it or tailnet traffic would be routed into a VM.
+var TailscaleRange = netip.MustParsePrefix("100.64.0.0/10")
+
+// Infra is the validated model of one infra.toml.
+type Infra struct {
+	File string
+	Host Host
+	VMs  []VM // sorted by name
+
+	keys map[string]Pos // dotted key -> where it is written
+}
+
+// Host is the [host] table with defaults filled in.
+type Host struct {
+	Uplink   string // interface that reaches the internet (NAT goes out here)
+	StateDir string // persistent VM data
+	RunDir   string // sockets, pid files, console logs
+	User     string // unprivileged user the VMM runs as; owns the TAPs
+}
+
+// VM is one [vm.NAME] table with every derived value.
+type VM struct {
+	Name       string
+	Subnet     netip.Prefix
+	Gateway    netip.Addr // .1, on the host's bridge
+	Addr       netip.Addr // .2, the guest's eth0
+	Bridge     string     // br-NAME
+	TAP        string     // vm-NAME
+	MAC        net.HardwareAddr
+	VCPU       int
+	MemoryMiB  int
+	Hypervisor string
+	Image      string
+	DNS        string
+
+	StateDir string // STATE_DIR/NAME
+	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
+	VarDir   string // STATE_DIR/NAME/var, the guest's /var
+	RunDir   string // RUN_DIR/NAME
+}
+
+// Alias marks links the program created, so that a later apply removes only
+// its own links when a VM leaves the file.
+func (vm *VM) Alias() string { return "microvm:" + vm.Name }
+
+// AliasPrefix is the start of every alias the program sets.
+const AliasPrefix = "microvm:"
+
+// Pos returns "file:line:col" for a dotted key such as "host.uplink", or just
+// the file name if the key was not written.
+func (in *Infra) Pos(key string) string {
+	if p, ok := in.keys[key]; ok {
+		return fmt.Sprintf("%s:%d:%d", in.File, p.Line, p.Col)
+	}
+	return in.File
+}
+
+// VM returns the VM called name.
+func (in *Infra) VM(name string) (*VM, bool) {
+	for i := range in.VMs {
+		if in.VMs[i].Name == name {
+			return &in.VMs[i], true
+		}
+	}
+	return nil, false
+}
+
+// Load reads and validates the file at path.
+func Load(path string) (*Infra, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(path, src)
+}
+
+// Parse validates src (named file in messages) and derives the model. All
+// problems are reported together, as an ErrorList, in file order.
+func Parse(file string, src []byte) (*Infra, error) {
+	entries, err := readTOML(src)
+	if err != nil {
+		return nil, ErrorList{withFile(err, file)}
+	}
+	p := &parser{file: file, in: &Infra{File: file, keys: map[string]Pos{}}}
+	p.decode(entries)
+	if len(p.errs) == 0 {
+		p.derive()
+	}
+	if len(p.errs) > 0 {
+		sort.SliceStable(p.errs, func(i, j int) bool {
+			a, b := p.errs[i].Pos, p.errs[j].Pos
+			return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col
+		})
+		return nil, p.errs
+	}
+	return p.in, nil
+}
+
+// raw holds what the file says before defaults and derivation.
+type rawVM struct {
+	name string
+	at   Pos
+	vals map[string]*value
+}
+
+type parser struct {
+	file     string
+	in       *Infra
+	errs     ErrorList
+	host     map[string]*value
+	defaults map[string]*value
+	vms      []*rawVM
+}
+
+func (p *parser) errorf(at Pos, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: p.file, Pos: at, Msg: fmt.Sprintf(format, args...)})
+}
+
+var (
+	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user"}
+	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns"}
+	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns"}
+	topKeys      = []string{"host", "defaults", "vm"}
+)
+
+// decode sorts entries into host, defaults and VMs, rejecting unknown keys.
+func (p *parser) decode(entries []entry) {
+	p.host = map[string]*value{}
+	p.defaults = map[string]*value{}
+	byName := map[string]*rawVM{}
+	for _, e := range entries {
+		p.in.keys[strings.Join(e.path, ".")] = e.key
+		switch {
+		case len(e.path) == 1 && contains(topKeys, e.path[0]) && e.isTbl:
+			// [host], [defaults], [vm]: nothing to do until keys appear.
+		case len(e.path) == 1:
+			p.errorf(e.key, "unknown key %q; infra.toml has the tables [host], [defaults] and [vm.NAME]%s", e.path[0], suggest(e.path[0], topKeys))
+		case e.path[0] == "host" && len(e.path) == 2:
+			p.put(p.host, e, "[host]", hostKeys)
+		case e.path[0] == "defaults" && len(e.path) == 2:
+			p.put(p.defaults, e, "[defaults]", defaultsKeys)
+		case e.path[0] == "vm" && len(e.path) <= 3:
+			name := e.path[1]
+			vm := byName[name]
+			if vm == nil {
+				vm = &rawVM{name: name, at: e.key, vals: map[string]*value{}}
+				byName[name] = vm
+				p.vms = append(p.vms, vm)
+			}
+			if len(e.path) == 2 {
+				if !e.isTbl {
+					p.errorf(e.key, "vm.%s must be a table; write [vm.%s] and its keys below it", name, name)
+				}
+				continue
+			}
+			p.put(vm.vals, e, "[vm."+name+"]", vmKeys)
+		default:
+			table := strings.Join(e.path[:len(e.path)-1], ".")
+			p.errorf(e.key, "unknown key %q in [%s]; infra.toml has no nested tables there", e.path[len(e.path)-1], table)
+		}
+	}
+}
+
+func (p *parser) put(m map[string]*value, e entry, table string, known []string) {
+	k := e.path[len(e.path)-1]
+	if !contains(known, k) {
+		p.errorf(e.key, "unknown key %q in %s; known keys are %s%s", k, table, strings.Join(known, ", "), suggest(k, known))
+		return
+	}
+	if e.isTbl {
+		p.errorf(e.key, "%s in %s must be a value, not a table", k, table)
+		return
+	}
+	m[k] = e.val
+}
+
+// str, num: typed access with an error that names the expected type.
+func (p *parser) str(v *value, key string) (string, bool) {
+	if v.kind != unstable.String {
+		p.errorf(v.pos, "%s must be a string in quotes, not %s", key, kindName(v.kind))
+		return "", false
+	}
+	return v.str, true
+}
+
+func (p *parser) num(v *value, key string) (int, bool) {
+	n, ok := v.asInt()
+	if !ok {
+		if v.kind == unstable.Integer {
+			p.errorf(v.pos, "%s: %s is not a valid integer", key, v.str)
+		} else {
+			p.errorf(v.pos, "%s must be a whole number, not %s", key, kindName(v.kind))
+		}
+		return 0, false
+	}
+	if n > 1<<31 || n < -1<<31 {
+		p.errorf(v.pos, "%s: %s is out of range", key, v.str)
+		return 0, false
+	}
+	return int(n), true
+}
+
+// derive fills in defaults, validates values and computes the model.
+func (p *parser) derive() {
+	h := &p.in.Host
+	h.Uplink = p.hostString("uplink", "", validIfName)
+	if h.Uplink == "" && p.host["uplink"] == nil {
+		p.errorf(p.in.keys["host"], "[host] uplink is missing; set it to the interface that reaches the internet, e.g. uplink = \"eth0\" (see `ip route show default`)")
+	}
+	h.StateDir = p.hostString("state_dir", DefaultStateDir, validDir)
+	h.RunDir = p.hostString("run_dir", DefaultRunDir, validDir)
+	h.User = p.hostString("user", DefaultUser, validUser)
+	if h.StateDir != "" && h.StateDir == h.RunDir {
+		p.errorf(p.in.keys["host.run_dir"], "run_dir must differ from state_dir (%s)", h.StateDir)
+	}
+
+	def := VM{VCPU: DefaultVCPU, MemoryMiB: DefaultMemoryMiB, Hypervisor: DefaultHypervisor, Image: DefaultImage, DNS: DefaultDNS}
+	p.resources(&def, p.defaults, "defaults")
+
+	if len(p.vms) == 0 {
+		p.errorf(Pos{1, 1}, "no VMs are declared; add one, e.g.\n\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"")
+	}
+	used := map[netip.Prefix]string{}
+	for _, r := range p.vms {
+		if s, ok := r.vals["subnet"]; ok {
+			if pfx, err := netip.ParsePrefix(s.str); err == nil {
+				used[pfx.Masked()] = r.name
+			}
+		}
+	}
+	macs := map[string]string{}
+	for _, r := range p.vms {
+		vm := def
+		vm.Name = r.name
+		key := "vm." + r.name
+		if !p.validName(r) {
+			continue
+		}
+		p.resources(&vm, r.vals, key)
+		s, ok := r.vals["subnet"]
+		if !ok {
+			p.errorf(r.at, "[vm.%s] has no subnet; add subnet = %q", r.name, nextFree(used))
+			continue
+		}
+		pfx, ok := p.subnet(s, key+".subnet")
+		if !ok {
+			continue
+		}
+		vm.Subnet = pfx
+		vm.Gateway = pfx.Addr().Next()
+		vm.Addr = vm.Gateway.Next()
+		vm.Bridge = "br-" + r.name
+		vm.TAP = "vm-" + r.name
+		vm.MAC = macFor(r.name)
+		if other, dup := macs[vm.MAC.String()]; dup {
+			p.errorf(r.at, "vm.%s and vm.%s derive the same MAC address %s; rename one of them", other, r.name, vm.MAC)
+		}
+		macs[vm.MAC.String()] = r.name
+		vm.StateDir = filepath.Join(h.StateDir, r.name)
+		vm.EtcDir = filepath.Join(vm.StateDir, "etc")
+		vm.VarDir = filepath.Join(vm.StateDir, "var")
+		vm.RunDir = filepath.Join(h.RunDir, r.name)
+		p.in.VMs = append(p.in.VMs, vm)
+	}
+	p.overlaps()
+	sort.Slice(p.in.VMs, func(i, j int) bool { return p.in.VMs[i].Name < p.in.VMs[j].Name })
+}
+
+func (p *parser) hostString(k, def string, check func(string) string) string {
+	v, ok := p.host[k]
+	if !ok {
+		return def
+	}
+	s, ok := p.str(v, k)
+	if !ok {
+		return ""
+	}
+	if msg := check(s); msg != "" {
+		p.errorf(v.pos, "%s: %q %s", k, s, msg)
+		return ""
+	}
+	return s
+}
+
+func (p *parser) validName(r *rawVM) bool {
+	n := r.name
+	switch {
+	case n == "":
+		p.errorf(r.at, "a VM name cannot be empty; use lowercase letters and digits, e.g. [vm.web]")
+	case len(n) > MaxNameLen:
+		p.errorf(r.at, "VM name %q is %d characters; at most %d fit the interface names it derives (br-%s is over Linux's 15 bytes); use a shorter name such as %q", n, len(n), MaxNameLen, n, n[:MaxNameLen])
+	case !isName(n):
+		p.errorf(r.at, "VM name %q is invalid; use lowercase letters, digits and '-', starting with a letter, e.g. %q", n, fixName(n))
+	default:
+		return true
+	}
+	return false
+}
+
+// resources reads vcpu, memory, hypervisor, image and dns from vals into vm.
+func (p *parser) resources(vm *VM, vals map[string]*value, table string) {
+	if v, ok := vals["vcpu"]; ok {
+		if n, ok := p.num(v, table+".vcpu"); ok {
+			if n < 1 || n > 64 {
+				p.errorf(v.pos, "%s.vcpu = %d is out of range; use 1 to 64", table, n)
+			}
+			vm.VCPU = n
+		}
+	}
+	if v, ok := vals["memory"]; ok {
+		if n, ok := p.num(v, table+".memory"); ok {
+			if n < 128 || n > 1<<20 {
+				p.errorf(v.pos, "%s.memory = %d is out of range; it is in MiB, use 128 to 1048576 (e.g. memory = 1024 for 1 GiB)", table, n)
+			}
+			vm.MemoryMiB = n
+		}
+	}
+	if v, ok := vals["hypervisor"]; ok {
+		if s, ok := p.str(v, table+".hypervisor"); ok {
+			if !contains(Hypervisors, s) {
+				p.errorf(v.pos, "%s.hypervisor = %q is not supported; use \"cloud-hypervisor\" or \"qemu\"%s", table, s, suggest(s, Hypervisors))
+			}
+			vm.Hypervisor = s
+		}
+	}
+	if v, ok := vals["image"]; ok {
+		if s, ok := p.str(v, table+".image"); ok {
+			if !isName(s) {
+				p.errorf(v.pos, "%s.image = %q is not an image name; use lowercase letters, digits and '-', e.g. \"debian\"", table, s)
+			}
+			vm.Image = s
+		}
+	}
+	if v, ok := vals["dns"]; ok {
+		if s, ok := p.str(v, table+".dns"); ok {
+			if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
+				p.errorf(v.pos, "%s.dns = %q is not an IPv4 address; e.g. dns = \"1.1.1.1\"", table, s)
+			}
+			vm.DNS = s
+		}
+	}
+}
+
+// subnet parses and checks one VM subnet.
+func (p *parser) subnet(v *value, key string) (netip.Prefix, bool) {
+	s, ok := p.str(v, key)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	pfx, err := netip.ParsePrefix(s)
+	if err != nil {
+		p.errorf(v.pos, "%s = %q is not a subnet in CIDR form; write it like \"10.1.0.0/24\"", key, s)
+		return netip.Prefix{}, false
+	}
+	switch {
+	case !pfx.Addr().Is4():
+		p.errorf(v.pos, "%s = %q is not IPv4; VM networks are IPv4 only, e.g. \"10.1.0.0/24\"", key, s)
+	case pfx.Bits() < 16 || pfx.Bits() > 29:
+		p.errorf(v.pos, "%s = %q: prefix /%d is out of range; use /16 to /29 (the seed uses /24)", key, s, pfx.Bits())
+	case pfx.Masked() != pfx:
+		p.errorf(v.pos, "%s = %q has host bits set; the network address is %q", key, s, pfx.Masked().String())
+	case !private(pfx):
+		p.errorf(v.pos, "%s = %q is not a private range; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16", key, s)
+	default:
+		return pfx, true
+	}
+	return netip.Prefix{}, false
+}
+
+// overlaps rejects VM subnets that overlap each other or Tailscale's range.
+func (p *parser) overlaps() {
+	for i, a := range p.in.VMs {
+		at := p.in.keys["vm."+a.Name+".subnet"]
+		if a.Subnet.Overlaps(TailscaleRange) {
+			p.errorf(at, "vm.%s.subnet %s overlaps Tailscale's %s; choose another range", a.Name, a.Subnet, TailscaleRange)
+		}
+		for _, b := range p.in.VMs[:i] {
+			if a.Subnet.Overlaps(b.Subnet) {
+				bt := p.in.keys["vm."+b.Name+".subnet"]
+				p.errorf(at, "vm.%s.subnet %s overlaps vm.%s.subnet %s (line %d); each VM needs its own subnet", a.Name, a.Subnet, b.Name, b.Subnet, bt.Line)
+			}
+		}
+	}
+}
+
+// macFor derives a stable, locally administered, unicast MAC from the name,
+// so a VM keeps its MAC when its subnet or the file order changes.
+func macFor(name string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("microvm:" + name))
+	return net.HardwareAddr{0x02, sum[0], sum[1], sum[2], sum[3], sum[4]}
+}
+
+// nextFree suggests the first 10.N.0.0/24 no VM uses.
+func nextFree(used map[netip.Prefix]string) string {
+	for n := 1; n < 256; n++ {
+		c := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(n), 0, 0}), 24)
+		free := true
+		for u := range used {
+			if u.Overlaps(c) {
+				free = false
+				break
+			}
+		}
+		if free {
+			return c.String()
+		}
+	}
+	return "10.255.0.0/24"
+}
+
+var privateRanges = []netip.Prefix{
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+}
+
+func private(p netip.Prefix) bool {
+	for _, r := range privateRanges {
+		if r.Bits() <= p.Bits() && r.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+func isName(s string) bool {
+	if s == "" || s[0] < 'a' || s[0] > 'z' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// fixName proposes a valid name close to s.
+func fixName(s string) string {
+	var b strings.Builder
+	for _, c := range strings.ToLower(s) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+			b.WriteRune(c)
+		case c == '-' || c == '_' || c == '.' || c == ' ':
+			b.WriteByte('-')
+		}
+	}
+	out := strings.Trim(b.String(), "-0123456789")
+	if out == "" {
+		out = "vm"
+	}
+	if len(out) > MaxNameLen {
+		out = out[:MaxNameLen]
+	}
+	return out
+}
+
+func validIfName(s string) string {
+	if s == "" || len(s) > 15 || strings.ContainsAny(s, "/ \t\n:") || s == "." || s == ".." {
+		return "is not an interface name; use the name `ip link` shows, e.g. \"eth0\""
+	}
+	return ""
+}
+
+func validDir(s string) string {
+	if !filepath.IsAbs(s) || filepath.Clean(s) != s || s == "/" {
+		return "must be a clean absolute path, e.g. \"/var/lib/microvms\""
+	}
+	return ""
+}
+
+func validUser(s string) string {
+	if s == "" || len(s) > 32 || !(s[0] >= 'a' && s[0] <= 'z' || s[0] == '_') || strings.ContainsAny(s, ": /\t\n") {
+		return "is not a user name; e.g. \"microvm\""
+	}
+	if s == "root" {
+		return "would run the VMM as root; use an unprivileged user such as \"microvm\""
+	}
+	return ""
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// suggest returns "; did you mean X?" for the closest known word, if any.
+func suggest(s string, known []string) string {
+	best, bestD := "", 3
+	for _, k := range known {
+		if d := distance(s, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+// distance is the Levenshtein distance, for "did you mean".
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}

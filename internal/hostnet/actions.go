@@ -1,0 +1,242 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Each action below reads like the command a person would type, and applies
+// the same change through netlink. Apply succeeds when the change is already
+// in place.
+
+// AddUser creates the unprivileged system user the VMM runs as.
+type AddUser struct{ Name string }
+
+func (a *AddUser) String() string {
+	return "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin " + a.Name
+}
+
+func (a *AddUser) Apply() error {
+	if _, err := user.Lookup(a.Name); err == nil {
+		return nil
+	}
+	args := strings.Fields(a.String())
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		return fmt.Errorf("creating user %s: %s: %w", a.Name, strings.TrimSpace(string(out)), err)
+	}
+	return nil
+}
+
+// Sysctl sets one kernel parameter.
+type Sysctl struct{ Key, Value string }
+
+func (a *Sysctl) String() string { return fmt.Sprintf("sysctl -w %s=%s", a.Key, a.Value) }
+func (a *Sysctl) Apply() error {
+	path := "/proc/sys/" + strings.ReplaceAll(a.Key, ".", "/")
+	if err := os.WriteFile(path, []byte(a.Value), 0o644); err != nil {
+		return fmt.Errorf("setting %s: %w", a.Key, err)
+	}
+	return nil
+}
+
+// AddBridge creates a bridge, marked with the alias in the same request.
+type AddBridge struct{ Name, Alias string }
+
+func (a *AddBridge) String() string {
+	return fmt.Sprintf("ip link add %s type bridge && ip link set %s alias %s", a.Name, a.Name, a.Alias)
+}
+
+func (a *AddBridge) Apply() error {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: a.Name, Alias: a.Alias}}
+	if err := ignoreExist(netlink.LinkAdd(br)); err != nil {
+		return fmt.Errorf("creating bridge %s: %w", a.Name, err)
+	}
+	return nil
+}
+
+// AddTAP creates a persistent TAP owned by User. vnet_hdr lets the VMM
+// offload checksums; multi_queue gives each vCPU its own queue.
+type AddTAP struct {
+	Name, User, Alias string
+	MultiQueue        bool
+}
+
+func (a *AddTAP) String() string {
+	s := fmt.Sprintf("ip tuntap add dev %s mode tap user %s group %s vnet_hdr", a.Name, a.User, a.User)
+	if a.MultiQueue {
+		s += " multi_queue"
+	}
+	return s + fmt.Sprintf(" && ip link set %s alias %s", a.Name, a.Alias)
+}
+
+func (a *AddTAP) flags() netlink.TuntapFlag {
+	f := netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR
+	if a.MultiQueue {
+		f |= netlink.TUNTAP_MULTI_QUEUE
+	}
+	return f
+}
+
+// matches reports whether an existing TAP was made as this action makes it.
+func (a *AddTAP) matches(t *netlink.Tuntap) bool {
+	uid, gid, err := lookupIDs(a.User)
+	if err != nil {
+		return false
+	}
+	const mask = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_MULTI_QUEUE
+	return t.Mode == netlink.TUNTAP_MODE_TAP && t.Flags&mask == a.flags() &&
+		t.Owner == uid && t.Group == gid && !t.NonPersist
+}
+
+func (a *AddTAP) Apply() error {
+	uid, gid, err := lookupIDs(a.User)
+	if err != nil {
+		return err
+	}
+	tap := &netlink.Tuntap{
+		LinkAttrs: netlink.LinkAttrs{Name: a.Name},
+		Mode:      netlink.TUNTAP_MODE_TAP,
+		Flags:     a.flags(),
+		Owner:     uid,
+		Group:     gid,
+	}
+	if err := netlink.LinkAdd(tap); err != nil && !errors.Is(err, unix.EBUSY) && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("creating TAP %s: %w", a.Name, err)
+	}
+	return (&SetAlias{Name: a.Name, Alias: a.Alias}).Apply()
+}
+
+// SetAlias marks a link as the program's.
+type SetAlias struct{ Name, Alias string }
+
+func (a *SetAlias) String() string { return fmt.Sprintf("ip link set %s alias %s", a.Name, a.Alias) }
+func (a *SetAlias) Apply() error {
+	l, err := netlink.LinkByName(a.Name)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", a.Name, err)
+	}
+	if err := netlink.LinkSetAlias(l, a.Alias); err != nil {
+		return fmt.Errorf("setting alias of %s: %w", a.Name, err)
+	}
+	return nil
+}
+
+// AddAddr assigns an address to a link.
+type AddAddr struct {
+	Link   string
+	Prefix netip.Prefix
+}
+
+func (a *AddAddr) String() string { return fmt.Sprintf("ip addr add %s dev %s", a.Prefix, a.Link) }
+func (a *AddAddr) Apply() error {
+	l, err := netlink.LinkByName(a.Link)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", a.Link, err)
+	}
+	addr, _ := netlink.ParseAddr(a.Prefix.String())
+	if err := ignoreExist(netlink.AddrAdd(l, addr)); err != nil {
+		return fmt.Errorf("adding %s to %s: %w", a.Prefix, a.Link, err)
+	}
+	return nil
+}
+
+// DelAddr removes an address the model no longer has (a changed subnet).
+type DelAddr struct {
+	Link   string
+	Prefix netip.Prefix
+}
+
+func (a *DelAddr) String() string { return fmt.Sprintf("ip addr del %s dev %s", a.Prefix, a.Link) }
+func (a *DelAddr) Apply() error {
+	l, err := netlink.LinkByName(a.Link)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", a.Link, err)
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("reading addresses of %s: %w", a.Link, err)
+	}
+	for _, addr := range addrs {
+		if prefixOf(addr.IPNet) == a.Prefix.Masked() {
+			if err := netlink.AddrDel(l, &addr); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				return fmt.Errorf("removing %s from %s: %w", a.Prefix, a.Link, err)
+			}
+		}
+	}
+	return nil
+}
+
+// LinkUp sets a link administratively up.
+type LinkUp struct{ Name string }
+
+func (a *LinkUp) String() string { return fmt.Sprintf("ip link set %s up", a.Name) }
+func (a *LinkUp) Apply() error {
+	l, err := netlink.LinkByName(a.Name)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", a.Name, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("setting %s up: %w", a.Name, err)
+	}
+	return nil
+}
+
+// SetMaster attaches a port to a bridge.
+type SetMaster struct{ Name, Master string }
+
+func (a *SetMaster) String() string {
+	return fmt.Sprintf("ip link set %s master %s", a.Name, a.Master)
+}
+
+func (a *SetMaster) Apply() error {
+	l, err := netlink.LinkByName(a.Name)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", a.Name, err)
+	}
+	br, err := netlink.LinkByName(a.Master)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", a.Master, err)
+	}
+	if err := netlink.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
+		return fmt.Errorf("attaching %s to %s: %w", a.Name, a.Master, err)
+	}
+	return nil
+}
+
+// DelLink deletes a link the program made. VM data is not touched.
+type DelLink struct{ Name string }
+
+func (a *DelLink) String() string { return fmt.Sprintf("ip link del %s", a.Name) }
+func (a *DelLink) Apply() error {
+	l, err := netlink.LinkByName(a.Name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("finding %s: %w", a.Name, err)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("deleting %s: %w", a.Name, err)
+	}
+	return nil
+}
+
+func lookupIDs(name string) (uid, gid uint32, err error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("looking up user %s: %w", name, err)
+	}
+	a, _ := strconv.ParseUint(u.Uid, 10, 32)
+	b, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return uint32(a), uint32(b), nil
+}

@@ -1,0 +1,246 @@
+// Package sandbox builds a throwaway world of network namespaces in which the
+// program can run for real without touching the machine it runs on: a
+// "host" namespace (where the program applies its network), an "internet"
+// namespace reached through the host's uplink, and one namespace per VM
+// standing in for the guest until real microVMs replace it.
+//
+//	vm1 ns: eth0 10.1.0.2 ──veth── sb-vm1 ─┐
+//	                                        br-vm1 10.1.0.1 (made by apply)
+//	host ns: eth0 192.0.2.2 ──veth── isp0 192.0.2.1 : internet ns
+//	                                      203.0.113.10 (the "internet" server)
+//
+// Every address used is from the documentation ranges or the model, and
+// every packet stays inside these namespaces.
+package sandbox
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/check"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// Addresses of the simulated internet (RFC 5737 documentation ranges).
+var (
+	UplinkAddr   = netip.MustParsePrefix("192.0.2.2/24") // the host's uplink
+	ISPAddr      = netip.MustParsePrefix("192.0.2.1/24") // the host's default gateway
+	InternetAddr = netip.MustParseAddr("203.0.113.10")   // a server "on the internet"
+)
+
+// Sandbox is a set of namespaces; Close removes them all.
+type Sandbox struct {
+	Host     string            // namespace where the program runs
+	Internet string            // namespace holding the internet server
+	VMs      map[string]string // VM name -> namespace of its stand-in
+	in       *config.Infra
+	all      []string
+}
+
+// New creates the host and internet namespaces and a stand-in namespace per
+// VM. The VM ports are attached to their bridges by AttachVMs, after the
+// program has made the bridges.
+func New(in *config.Infra) (s *Sandbox, err error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("the sandbox needs root to create network namespaces; run as root (sudo)")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, fmt.Errorf("the sandbox needs the ip command; install iproute2")
+	}
+	id := make([]byte, 3)
+	rand.Read(id)
+	prefix := "mvm" + hex.EncodeToString(id)
+	s = &Sandbox{Host: prefix + "-host", Internet: prefix + "-inet", VMs: map[string]string{}, in: in}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	for _, ns := range []string{s.Host, s.Internet} {
+		if err := s.addNS(ns); err != nil {
+			return s, err
+		}
+	}
+	up := in.Host.Uplink
+	steps := [][]string{
+		{"-n", s.Host, "link", "add", up, "type", "veth", "peer", "name", "isp0", "netns", s.Internet},
+		{"-n", s.Host, "addr", "add", UplinkAddr.String(), "dev", up},
+		{"-n", s.Host, "link", "set", up, "up"},
+		{"-n", s.Host, "route", "add", "default", "via", ISPAddr.Addr().String()},
+		{"-n", s.Internet, "addr", "add", ISPAddr.String(), "dev", "isp0"},
+		{"-n", s.Internet, "addr", "add", InternetAddr.String() + "/32", "dev", "lo"},
+		{"-n", s.Internet, "link", "set", "isp0", "up"},
+	}
+	for _, vm := range in.VMs {
+		ns := prefix + "-" + vm.Name
+		if err := s.addNS(ns); err != nil {
+			return s, err
+		}
+		s.VMs[vm.Name] = ns
+		gw := vm.Gateway.String()
+		steps = append(steps,
+			[]string{"-n", s.Host, "link", "add", standIn(vm.Name), "type", "veth", "peer", "name", "eth0", "netns", ns},
+			[]string{"-n", ns, "link", "set", "eth0", "address", vm.MAC.String()},
+			[]string{"-n", ns, "addr", "add", netip.PrefixFrom(vm.Addr, vm.Subnet.Bits()).String(), "dev", "eth0"},
+			[]string{"-n", ns, "link", "set", "eth0", "up"},
+			[]string{"-n", ns, "route", "add", "default", "via", gw},
+		)
+	}
+	for _, st := range steps {
+		if err := ip(st...); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// standIn names the host end of a stand-in's veth.
+func standIn(vm string) string { return "sb-" + vm }
+
+// AttachVMs puts each stand-in's port on its VM's bridge, as the VMM does
+// with a TAP. The bridges must exist: call it after applying the host part.
+func (s *Sandbox) AttachVMs() error {
+	for _, vm := range s.in.VMs {
+		if err := ip("-n", s.Host, "link", "set", standIn(vm.Name), "master", vm.Bridge, "up"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close deletes every namespace of the sandbox, and with them every link,
+// address, route and firewall rule made inside.
+func (s *Sandbox) Close() error {
+	var errs []string
+	for i := len(s.all) - 1; i >= 0; i-- {
+		if err := ip("netns", "del", s.all[i]); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	s.all = nil
+	if len(errs) > 0 {
+		return fmt.Errorf("removing sandbox: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func (s *Sandbox) addNS(name string) error {
+	if err := ip("netns", "add", name); err != nil {
+		return err
+	}
+	s.all = append(s.all, name)
+	return ip("-n", name, "link", "set", "lo", "up")
+}
+
+// Do runs f with the calling goroutine's thread inside namespace ns, so
+// netlink, sockets, /proc/sys/net and commands started by f all act there.
+// Goroutines that f starts do not inherit the namespace.
+func Do(ns string, f func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("reading current namespace: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("opening namespace %s: %w", ns, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("entering namespace %s: %w", ns, err)
+	}
+	defer func() {
+		// If the thread cannot go back, keep it locked: the runtime then
+		// ends it with this goroutine instead of reusing it elsewhere.
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	if err := ensureNotMachine(); err != nil {
+		return err
+	}
+	return f()
+}
+
+// startNS is the network namespace the program started in: the machine's
+// own. It is read once, before any thread has moved.
+var startNS, startNSErr = nsID("/proc/self/ns/net")
+
+func nsID(path string) ([2]uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return [2]uint64{}, fmt.Errorf("reading network namespace: %w", err)
+	}
+	return [2]uint64{st.Dev, st.Ino}, nil
+}
+
+// ensureNotMachine refuses to go on in the namespace the program started in:
+// the sandbox must never change the network of the machine it runs on.
+func ensureNotMachine() error {
+	if startNSErr != nil {
+		return startNSErr
+	}
+	self, err := nsID(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		return err
+	}
+	if self == startNS {
+		return fmt.Errorf("refusing to act in the machine's own network namespace")
+	}
+	return nil
+}
+
+// Command returns cmd to run inside namespace ns (through `ip netns exec`,
+// which also gives it the namespace's own /sys).
+func Command(ns, name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+}
+
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %s: %w", strings.Join(args, " "), strings.TrimSpace(string(out)), err)
+	}
+	return nil
+}
+
+// Serve starts the test servers: the internet server, a server in every
+// stand-in, and a listener on the host's port 22 standing in for sshd (which
+// no VM may reach).
+func (s *Sandbox) Serve() error {
+	if err := Serve(s.Internet, Port); err != nil {
+		return err
+	}
+	if err := Serve(s.Host, 22); err != nil {
+		return err
+	}
+	for _, ns := range s.VMs {
+		if err := Serve(ns, Port); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Target says where check's probes go in this sandbox.
+func (s *Sandbox) Target() check.Target {
+	return check.Target{
+		Internet: InternetAddr,
+		Port:     Port,
+		Uplink:   UplinkAddr.Addr(),
+		HostSSH:  []netip.Addr{UplinkAddr.Addr()},
+	}
+}
