@@ -165,23 +165,35 @@ var (
 	topKeys      = []string{"host", "defaults", "vm"}
 )
 
-// decode sorts entries into host, defaults and VMs, rejecting unknown keys.
+// decode sorts entries into host, defaults and VMs, rejecting unknown keys
+// (each unknown table or key once, at its first use).
 func (p *parser) decode(entries []entry) {
 	p.host = map[string]*value{}
 	p.defaults = map[string]*value{}
 	byName := map[string]*rawVM{}
+	reported := map[string]bool{}
+	unknown := func(e entry, depth int, msg string) {
+		key := strings.Join(e.path[:depth], ".")
+		if !reported[key] {
+			reported[key] = true
+			p.errorf(e.key, "%s", msg)
+		}
+	}
 	for _, e := range entries {
 		p.in.keys[strings.Join(e.path, ".")] = e.key
+		top := e.path[0]
 		switch {
-		case len(e.path) == 1 && contains(topKeys, e.path[0]) && e.isTbl:
-			// [host], [defaults], [vm]: nothing to do until keys appear.
+		case !contains(topKeys, top):
+			unknown(e, 1, fmt.Sprintf("unknown table or key %q; infra.toml has the tables [host], [defaults] and [vm.NAME]%s", top, suggest(top, topKeys)))
 		case len(e.path) == 1:
-			p.errorf(e.key, "unknown key %q; infra.toml has the tables [host], [defaults] and [vm.NAME]%s", e.path[0], suggest(e.path[0], topKeys))
-		case e.path[0] == "host" && len(e.path) == 2:
-			p.put(p.host, e, "[host]", hostKeys)
-		case e.path[0] == "defaults" && len(e.path) == 2:
-			p.put(p.defaults, e, "[defaults]", defaultsKeys)
-		case e.path[0] == "vm" && len(e.path) <= 3:
+			if !e.isTbl {
+				unknown(e, 1, fmt.Sprintf("%s must be a table, e.g. [%s]", top, top))
+			}
+		case top == "host":
+			p.put(p.host, e, "[host]", hostKeys, unknown)
+		case top == "defaults":
+			p.put(p.defaults, e, "[defaults]", defaultsKeys, unknown)
+		default: // vm
 			name := e.path[1]
 			vm := byName[name]
 			if vm == nil {
@@ -191,29 +203,27 @@ func (p *parser) decode(entries []entry) {
 			}
 			if len(e.path) == 2 {
 				if !e.isTbl {
-					p.errorf(e.key, "vm.%s must be a table; write [vm.%s] and its keys below it", name, name)
+					unknown(e, 2, fmt.Sprintf("vm.%s must be a table; write [vm.%s] and its keys below it", name, name))
 				}
 				continue
 			}
-			p.put(vm.vals, e, "[vm."+name+"]", vmKeys)
-		default:
-			table := strings.Join(e.path[:len(e.path)-1], ".")
-			p.errorf(e.key, "unknown key %q in [%s]; infra.toml has no nested tables there", e.path[len(e.path)-1], table)
+			e.path = e.path[1:] // the VM's keys are one level deeper than host's
+			p.put(vm.vals, e, "[vm."+name+"]", vmKeys, unknown)
 		}
 	}
 }
 
-func (p *parser) put(m map[string]*value, e entry, table string, known []string) {
-	k := e.path[len(e.path)-1]
-	if !contains(known, k) {
-		p.errorf(e.key, "unknown key %q in %s; known keys are %s%s", k, table, strings.Join(known, ", "), suggest(k, known))
-		return
+// put stores the value of e (path [table, key]) after checking the key.
+func (p *parser) put(m map[string]*value, e entry, table string, known []string, unknown func(entry, int, string)) {
+	k := e.path[1]
+	switch {
+	case !contains(known, k):
+		unknown(e, 2, fmt.Sprintf("unknown key %q in %s; known keys are %s%s", k, table, strings.Join(known, ", "), suggest(k, known)))
+	case len(e.path) > 2 || e.isTbl:
+		unknown(e, 2, fmt.Sprintf("%s in %s must be a value, not a table", k, table))
+	default:
+		m[k] = e.val
 	}
-	if e.isTbl {
-		p.errorf(e.key, "%s in %s must be a value, not a table", k, table)
-		return
-	}
-	m[k] = e.val
 }
 
 // str, num: typed access with an error that names the expected type.
@@ -401,6 +411,8 @@ func (p *parser) subnet(v *value, key string) (netip.Prefix, bool) {
 		p.errorf(v.pos, "%s = %q: prefix /%d is out of range; use /16 to /29 (the seed uses /24)", key, s, pfx.Bits())
 	case pfx.Masked() != pfx:
 		p.errorf(v.pos, "%s = %q has host bits set; the network address is %q", key, s, pfx.Masked().String())
+	case pfx.Overlaps(TailscaleRange):
+		p.errorf(v.pos, "%s = %q overlaps Tailscale's %s, where tailnet addresses live; use a range inside 10.0.0.0/8, e.g. \"10.1.0.0/24\"", key, s, TailscaleRange)
 	case !private(pfx):
 		p.errorf(v.pos, "%s = %q is not a private range; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16", key, s)
 	default:
@@ -409,13 +421,12 @@ func (p *parser) subnet(v *value, key string) (netip.Prefix, bool) {
 	return netip.Prefix{}, false
 }
 
-// overlaps rejects VM subnets that overlap each other or Tailscale's range.
+// overlaps rejects VM subnets that overlap each other. (Overlaps with
+// Tailscale's range are caught per subnet; with the uplink's network, by
+// hostnet.Check, which reads the host.)
 func (p *parser) overlaps() {
 	for i, a := range p.in.VMs {
 		at := p.in.keys["vm."+a.Name+".subnet"]
-		if a.Subnet.Overlaps(TailscaleRange) {
-			p.errorf(at, "vm.%s.subnet %s overlaps Tailscale's %s; choose another range", a.Name, a.Subnet, TailscaleRange)
-		}
 		for _, b := range p.in.VMs[:i] {
 			if a.Subnet.Overlaps(b.Subnet) {
 				bt := p.in.keys["vm."+b.Name+".subnet"]
@@ -488,9 +499,9 @@ func fixName(s string) string {
 			b.WriteByte('-')
 		}
 	}
-	out := strings.Trim(b.String(), "-0123456789")
-	if out == "" {
-		out = "vm"
+	out := strings.Trim(b.String(), "-")
+	if out == "" || out[0] < 'a' || out[0] > 'z' {
+		out = "vm-" + out
 	}
 	if len(out) > MaxNameLen {
 		out = out[:MaxNameLen]

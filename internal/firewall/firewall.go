@@ -178,30 +178,35 @@ func summarize(ruleset string) State {
 	return s
 }
 
-// Current reads the loaded table, or returns nil when there is none.
+// Current reads the loaded table, or returns nil when there is none. The
+// hash comes from the text listing (nft 1.0.6's JSON leaves out the table
+// comment), the counts from the JSON one.
 func Current() (*State, error) {
-	out, err := exec.Command("nft", "-j", "list", "table", Family, Table).Output()
+	text, err := exec.Command("nft", "list", "table", Family, Table).Output()
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); ok && bytes.Contains(ee.Stderr, []byte("No such file")) {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("reading nftables table %s %s: %w", Family, Table, cmdErr(err))
 	}
+	s := &State{}
+	if i := bytes.Index(text, []byte("(sha256:")); i >= 0 {
+		if j := bytes.IndexByte(text[i:], ')'); j > 0 {
+			s.Hash = string(text[i+1 : i+j])
+		}
+	}
+	js, err := exec.Command("nft", "-j", "list", "table", Family, Table).Output()
+	if err != nil {
+		return nil, fmt.Errorf("reading nftables table %s %s: %w", Family, Table, cmdErr(err))
+	}
 	var doc struct {
 		Nftables []map[string]json.RawMessage `json:"nftables"`
 	}
-	if err := json.Unmarshal(out, &doc); err != nil {
+	if err := json.Unmarshal(js, &doc); err != nil {
 		return nil, fmt.Errorf("reading nft -j output: %w", err)
 	}
-	s := &State{}
 	for _, obj := range doc.Nftables {
 		switch {
-		case obj["table"] != nil:
-			var t struct{ Comment string }
-			json.Unmarshal(obj["table"], &t)
-			if i := strings.Index(t.Comment, "(sha256:"); i >= 0 {
-				s.Hash = strings.TrimSuffix(t.Comment[i+1:], ")")
-			}
 		case obj["rule"] != nil:
 			s.Rules++
 		case obj["set"] != nil:

@@ -48,7 +48,8 @@ func (a *Sysctl) Apply() error {
 	return nil
 }
 
-// AddBridge creates a bridge, marked with the alias in the same request.
+// AddBridge creates a bridge and marks it with the alias. (The kernel takes
+// no alias in the create request.)
 type AddBridge struct{ Name, Alias string }
 
 func (a *AddBridge) String() string {
@@ -56,11 +57,11 @@ func (a *AddBridge) String() string {
 }
 
 func (a *AddBridge) Apply() error {
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: a.Name, Alias: a.Alias}}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: a.Name}}
 	if err := ignoreExist(netlink.LinkAdd(br)); err != nil {
 		return fmt.Errorf("creating bridge %s: %w", a.Name, err)
 	}
-	return nil
+	return (&SetAlias{Name: a.Name, Alias: a.Alias}).Apply()
 }
 
 // AddTAP creates a persistent TAP owned by User. vnet_hdr lets the VMM
@@ -166,7 +167,7 @@ func (a *DelAddr) Apply() error {
 		return fmt.Errorf("reading addresses of %s: %w", a.Link, err)
 	}
 	for _, addr := range addrs {
-		if prefixOf(addr.IPNet) == a.Prefix.Masked() {
+		if prefixOf(addr.IPNet) == a.Prefix {
 			if err := netlink.AddrDel(l, &addr); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 				return fmt.Errorf("removing %s from %s: %w", a.Prefix, a.Link, err)
 			}

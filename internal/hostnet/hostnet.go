@@ -38,7 +38,7 @@ func Check(in *config.Infra) error {
 	}
 	for _, vm := range in.VMs {
 		for _, a := range addrs {
-			p := prefixOf(a.IPNet)
+			p := prefixOf(a.IPNet).Masked()
 			if p.Overlaps(vm.Subnet) {
 				return fmt.Errorf("%s: vm.%s.subnet %s overlaps the uplink's own network %s (on %s); choose another range", in.Pos("vm."+vm.Name+".subnet"), vm.Name, vm.Subnet, p, in.Host.Uplink)
 			}
@@ -163,10 +163,12 @@ func tapDiff(owner string, vm *config.VM, l, bridge netlink.Link) []action.Actio
 	return acts
 }
 
+// prefixOf converts an interface address such as 10.1.0.1/24, keeping the
+// host part.
 func prefixOf(n *net.IPNet) netip.Prefix {
 	a, _ := netip.AddrFromSlice(n.IP.To4())
 	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a, ones).Masked()
+	return netip.PrefixFrom(a, ones)
 }
 
 // defaultRouteLinks names the links that carry a default route, as a hint.

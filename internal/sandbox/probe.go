@@ -85,10 +85,18 @@ type packetWriter struct {
 func (w packetWriter) Write(b []byte) (int, error) { return w.c.WriteTo(b, w.to) }
 
 // TCP connects from namespace ns to addr:port.
-func TCP(ns string, to netip.AddrPort) check.Result {
+func TCP(ns string, to netip.AddrPort) check.Result { return TCPFrom(ns, netip.Addr{}, to) }
+
+// TCPFrom connects from a given local address (for spoofing tests); the zero
+// Addr lets the kernel choose.
+func TCPFrom(ns string, local netip.Addr, to netip.AddrPort) check.Result {
 	var r check.Result
 	err := Do(ns, func() error {
-		c, err := net.DialTimeout("tcp4", to.String(), Timeout)
+		d := net.Dialer{Timeout: Timeout}
+		if local.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
+		}
+		c, err := d.Dial("tcp4", to.String())
 		if err != nil {
 			r.Reached = refused(err)
 			r.Err = err

@@ -1,0 +1,344 @@
+package cli
+
+// Tier 2: the real CLI applied inside sandbox namespaces, proven with real
+// packets. Nothing here touches the machine's own network namespace.
+
+import (
+	"bufio"
+	"bytes"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/simple-microvm-infra/microvm/internal/check"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+const example = "../../examples/infra.toml"
+
+// run runs the CLI in namespace ns and returns its output and exit status.
+func run(t *testing.T, ns string, args ...string) (string, int) {
+	t.Helper()
+	var out bytes.Buffer
+	code := -1
+	err := sandbox.Do(ns, func() error {
+		code = Main(args, &out, &out)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), code
+}
+
+// mustRun is run, failing the test on a non-zero exit.
+func mustRun(t *testing.T, ns string, args ...string) string {
+	t.Helper()
+	out, code := run(t, ns, args...)
+	if code != 0 {
+		t.Fatalf("microvm %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	return out
+}
+
+func newSandbox(t *testing.T, file string) (*sandbox.Sandbox, *config.Infra) {
+	t.Helper()
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft", "useradd")
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	return sb, in
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "infra.toml")
+	if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestHostApply applies the seed's 4-VM network and proves every promise.
+func TestHostApply(t *testing.T) {
+	sb, in := newSandbox(t, example)
+	// The VMM user is machine-wide; make it exist so the plan is the same
+	// on every run.
+	if err := (&hostnet.AddUser{Name: in.Host.User}).Apply(); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("plan", func(t *testing.T) {
+		golden(t, "plan-fresh.golden", mustRun(t, sb.Host, "plan", "-f", example))
+	})
+	t.Run("apply", func(t *testing.T) {
+		out := mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
+		if !strings.Contains(out, "ip link add br-vm4 type bridge") {
+			t.Errorf("apply output lacks the bridges:\n%s", out)
+		}
+	})
+	t.Run("idempotent", func(t *testing.T) {
+		if got := mustRun(t, sb.Host, "plan", "-f", example); got != "no changes\n" {
+			t.Errorf("second plan: got %q, want no changes", got)
+		}
+		if got := mustRun(t, sb.Host, "apply", "--host-only", "-f", example); got != "no changes\n" {
+			t.Errorf("second apply: got %q, want no changes", got)
+		}
+	})
+
+	if err := sb.AttachVMs(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("promises", func(t *testing.T) {
+		r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+		var b bytes.Buffer
+		r.Print(&b)
+		if !r.OK() {
+			t.Errorf("promises broken:\n%s", b.String())
+		}
+		// The matrix covers all 12 ordered pairs, each over TCP, UDP and ICMP.
+		pairs := 0
+		for _, from := range in.VMs {
+			for _, to := range in.VMs {
+				if from.Name != to.Name && r.Cells[from.Name][to.Name].Text == "blocked" {
+					pairs++
+				}
+			}
+		}
+		if pairs != 12 {
+			t.Errorf("got %d blocked ordered pairs, want 12:\n%s", pairs, b.String())
+		}
+	})
+	t.Run("anti-spoofing", func(t *testing.T) { antiSpoofing(t, sb, in) })
+	t.Run("check can fail", func(t *testing.T) {
+		// Without the program's table the same probes must see the breach;
+		// apply then repairs it.
+		if out, err := sandbox.Command(sb.Host, "nft", "delete", "table", "inet", "microvm").CombinedOutput(); err != nil {
+			t.Fatalf("%s %v", out, err)
+		}
+		r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+		// Every probe kind must see the open path, or "blocked" above
+		// would prove nothing.
+		if r.OK() || r.Cells["vm1"]["vm2"].Text != "REACHED (icmp,tcp,udp)" || r.Cells["vm1"]["internet"].OK {
+			var b bytes.Buffer
+			r.Print(&b)
+			t.Errorf("with the firewall gone, check still passes:\n%s", b.String())
+		}
+		mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
+		if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); !r.OK() {
+			t.Error("apply did not repair the firewall")
+		}
+	})
+	t.Run("removal", func(t *testing.T) { removal(t, sb) })
+}
+
+// antiSpoofing sends from vm1's stand-in with addresses and a MAC that are
+// not vm1's: the internet server must see none of it.
+func antiSpoofing(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) {
+	vm1, _ := in.VM("vm1")
+	ns := sb.VMs["vm1"]
+	internet := sb.Target().Internet
+	ipn := func(args ...string) {
+		t.Helper()
+		if out, err := sandbox.Command(ns, "ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %s %v", strings.Join(args, " "), out, err)
+		}
+	}
+	tests := []struct {
+		name  string
+		setup []string // ip command run in vm1's namespace
+		undo  []string
+		from  string
+	}{
+		{"other address in own subnet", []string{"addr", "add", "10.1.0.99/24", "dev", "eth0"}, []string{"addr", "del", "10.1.0.99/24", "dev", "eth0"}, "10.1.0.99"},
+		{"vm2's address", []string{"addr", "add", "10.2.0.2/32", "dev", "eth0"}, []string{"addr", "del", "10.2.0.2/32", "dev", "eth0"}, "10.2.0.2"},
+		{"foreign MAC", []string{"link", "set", "eth0", "address", "02:00:00:00:00:99"}, []string{"link", "set", "eth0", "address", vm1.MAC.String()}, vm1.Addr.String()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ipn(tt.setup...)
+			defer ipn(tt.undo...)
+			// Neighbours cache the old MAC; flush so the new one is used.
+			sandbox.Command(sb.Host, "ip", "neigh", "flush", "dev", vm1.Bridge).Run()
+			if r := sandbox.TCPFrom(ns, netip.MustParseAddr(tt.from), netip.AddrPortFrom(internet, sandbox.Port)); r.Reached {
+				t.Errorf("spoofed packet from %s reached the internet (seen as %s)", tt.from, r.SeenAs)
+			}
+		})
+	}
+	// And the real address still works, so the probes above can succeed.
+	sandbox.Command(sb.Host, "ip", "neigh", "flush", "dev", vm1.Bridge).Run()
+	if r := sandbox.TCPFrom(ns, vm1.Addr, netip.AddrPortFrom(internet, sandbox.Port)); !r.Reached {
+		t.Errorf("vm1's own address no longer reaches the internet: %v", r.Err)
+	}
+}
+
+// removal drops vm4 from the file: its bridge, TAP and rules go, the rest
+// stays, and adding it back restores it.
+func removal(t *testing.T, sb *sandbox.Sandbox) {
+	src, _ := os.ReadFile(example)
+	three := writeFile(t, strings.Split(string(src), "[vm.vm4]")[0])
+	out := mustRun(t, sb.Host, "apply", "--host-only", "-f", three)
+	for _, want := range []string{"ip link del vm-vm4", "ip link del br-vm4", "update table inet microvm"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("apply without vm4: output lacks %q:\n%s", want, out)
+		}
+	}
+	links, _ := sandbox.Command(sb.Host, "ip", "-br", "link").Output()
+	if strings.Contains(string(links), "br-vm4") || !strings.Contains(string(links), "br-vm3") {
+		t.Errorf("links after removal:\n%s", links)
+	}
+	rules, _ := sandbox.Command(sb.Host, "nft", "list", "set", "inet", "microvm", "vm_bridges").Output()
+	if strings.Contains(string(rules), "br-vm4") {
+		t.Errorf("vm4 is still in the firewall:\n%s", rules)
+	}
+	if got := mustRun(t, sb.Host, "plan", "-f", three); got != "no changes\n" {
+		t.Errorf("plan after removal: got %q", got)
+	}
+	mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
+	if got := mustRun(t, sb.Host, "plan", "-f", example); got != "no changes\n" {
+		t.Errorf("plan after adding vm4 back: got %q", got)
+	}
+}
+
+// TestDemo runs `microvm demo` as a newcomer would.
+func TestDemo(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft", "useradd")
+	out, errOut, code := mainOut("demo")
+	if code != 0 {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, want := range []string{"vm1        ok, seen as 192.0.2.2  -        blocked  blocked  blocked", "All promises hold", "Removing the sandbox."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestKilledApply kills apply after each of its steps in turn; the next apply
+// must finish the job so that plan then says "no changes".
+func TestKilledApply(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft", "go")
+	bin := filepath.Join(t.TempDir(), "microvm")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/microvm").CombinedOutput(); err != nil {
+		t.Fatalf("building microvm: %s %v", out, err)
+	}
+	in, _ := config.Load(example)
+	(&hostnet.AddUser{Name: in.Host.User}).Apply()
+
+	steps := 0
+	for kill := 1; ; kill++ {
+		ns := testenv.NetNS(t)
+		ipExec(t, ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer")
+		ipExec(t, ns, "addr", "add", "192.0.2.2/24", "dev", "eth0")
+
+		cmd := sandbox.Command(ns, bin, "apply", "--host-only", "-f", example)
+		stdout, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lines, killed := 0, false
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines++
+			if lines == kill {
+				// ip netns exec execs microvm in place, so this is apply.
+				syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+				killed = true
+				break
+			}
+		}
+		cmd.Wait()
+		if !killed {
+			steps = lines
+			break
+		}
+		if out, err := sandbox.Command(ns, bin, "apply", "--host-only", "-f", example).CombinedOutput(); err != nil {
+			t.Fatalf("apply after a kill at step %d: %s %v", kill, out, err)
+		}
+		if out, _ := sandbox.Command(ns, bin, "plan", "-f", example).CombinedOutput(); string(out) != "no changes\n" {
+			t.Errorf("killed at step %d: after a second apply, plan says:\n%s", kill, out)
+		}
+	}
+	if steps < 20 {
+		t.Errorf("an uninterrupted apply printed %d steps; the test covered too few kill points", steps)
+	}
+}
+
+// TestOtherFirewallUntouched: a host firewall that would drop VM traffic is
+// reported, never changed.
+func TestOtherFirewallUntouched(t *testing.T) {
+	testenv.NeedCommands(t, "nft")
+	ns := testenv.NetNS(t)
+	ipExec(t, ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer")
+	ipExec(t, ns, "addr", "add", "192.0.2.2/24", "dev", "eth0")
+	docker := "table ip filter {\n chain FORWARD {\n  type filter hook forward priority 0; policy drop;\n  iifname \"docker0\" accept\n }\n}\n"
+	cmd := sandbox.Command(ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(docker)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %v", out, err)
+	}
+	before, _ := sandbox.Command(ns, "nft", "list", "table", "ip", "filter").Output()
+	for _, args := range [][]string{{"plan", "-f", example}, {"apply", "--host-only", "-f", example}} {
+		out := mustRun(t, ns, args...)
+		if !strings.Contains(out, "warning: nftables chain ip filter FORWARD has policy drop") {
+			t.Errorf("%s does not warn about the FORWARD policy:\n%s", args[0], out)
+		}
+	}
+	after, _ := sandbox.Command(ns, "nft", "list", "table", "ip", "filter").Output()
+	if !bytes.Equal(before, after) {
+		t.Errorf("apply changed a table it does not own:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestHostChecks: problems only the host can reveal get a file:line error
+// and change nothing.
+func TestHostChecks(t *testing.T) {
+	ns := testenv.NetNS(t)
+	ipExec(t, ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer")
+	ipExec(t, ns, "addr", "add", "10.2.0.5/16", "dev", "eth0")
+	tests := []struct{ name, file, want string }{
+		{"missing uplink", "[host]\nuplink = \"wan0\"\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n",
+			`infra.toml:2:1: uplink "wan0" does not exist on this host`},
+		{"subnet overlaps uplink", "[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"10.2.3.0/24\"\n",
+			"infra.toml:4:1: vm.vm1.subnet 10.2.3.0/24 overlaps the uplink's own network 10.2.0.0/16 (on eth0)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := writeFile(t, tt.file)
+			out, code := run(t, ns, "apply", "--host-only", "-f", f)
+			if code != 1 || !strings.Contains(out, tt.want) {
+				t.Errorf("got exit %d:\n%s\nwant exit 1 and %q", code, out, tt.want)
+			}
+			links, _ := sandbox.Command(ns, "ip", "-br", "link").Output()
+			if strings.Contains(string(links), "br-vm1") {
+				t.Errorf("a failed check still changed the host:\n%s", links)
+			}
+		})
+	}
+}
+
+func ipExec(t *testing.T, ns string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %s %v", strings.Join(args, " "), out, err)
+	}
+}

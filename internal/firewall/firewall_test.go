@@ -1,0 +1,166 @@
+package firewall
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files under testdata")
+
+// infra returns a model with n VMs on 10.N.0.0/24 (then 172.16.N.0/24).
+func infra(t testing.TB, n int) *config.Infra {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("[host]\nuplink = \"eth0\"\n")
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "[vm.vm%d]\nsubnet = \"10.%d.%d.0/24\"\n", i, i/256, i%256)
+	}
+	in, err := config.Parse("test.toml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+func TestRulesetGolden(t *testing.T) {
+	in, err := config.Load("../../examples/infra.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := Ruleset(in)
+	path := filepath.Join("testdata", "example.nft")
+	if *update {
+		os.WriteFile(path, []byte(got), 0o644)
+	}
+	want, _ := os.ReadFile(path)
+	if got != string(want) {
+		t.Errorf("ruleset differs from %s (run go test -update after checking):\n%s", path, got)
+	}
+}
+
+// TestConstantRules: isolation is expressed with sets, so the rule count
+// does not grow with the number of VMs (the seed's iptables need N×(N−1)).
+func TestConstantRules(t *testing.T) {
+	want := summarize(Ruleset(infra(t, 4))).Rules
+	for _, n := range []int{1, 16, 64, 250} {
+		s := summarize(Ruleset(infra(t, n)))
+		if s.Rules != want {
+			t.Errorf("N=%d: got %d rules, want %d", n, s.Rules, want)
+		}
+		if got, want := s.Elements, 4*n; got != want {
+			t.Errorf("N=%d: got %d set elements, want %d", n, got, want)
+		}
+	}
+}
+
+func TestHashChangesWithModel(t *testing.T) {
+	a, b := summarize(Ruleset(infra(t, 4))), summarize(Ruleset(infra(t, 5)))
+	if a.Hash == "" || a.Hash == b.Hash {
+		t.Errorf("hashes %q and %q: want distinct and non-empty", a.Hash, b.Hash)
+	}
+}
+
+// TestLoadAndDiff loads the table into a fresh namespace with the real nft
+// and checks what Diff sees: create, nothing, update, and repair after a
+// hand edit. Tables the program does not own are left alone.
+func TestLoadAndDiff(t *testing.T) {
+	testenv.NeedCommands(t, "nft")
+	ns := testenv.NetNS(t)
+	four, five := infra(t, 4), infra(t, 5)
+	err := sandbox.Do(ns, func() error {
+		// Someone else's table must survive every apply.
+		if err := nft("table ip other {\nchain fw {\ntype filter hook forward priority 0; policy accept;\ncounter\n}\n}\n", "-f", "-"); err != nil {
+			return err
+		}
+		steps := []struct {
+			in   *config.Infra
+			edit func() string // an nft command to run before Diff
+			want string        // "" for no action
+		}{
+			{four, nil, "create"},
+			{four, nil, ""},
+			{five, nil, "update"},
+			{five, nil, ""},
+			{five, func() string {
+				return "delete rule inet microvm forward handle " + handle(t, "forward", "isolation")
+			}, "repair (edited by hand)"},
+			{five, nil, ""},
+			{five, func() string { return `delete element inet microvm vm_bridges { "br-vm2" }` }, "repair (edited by hand)"},
+			{five, nil, ""},
+		}
+		for i, st := range steps {
+			if st.edit != nil {
+				if err := nft(st.edit(), "-f", "-"); err != nil {
+					return err
+				}
+			}
+			acts, err := Diff(st.in)
+			if err != nil {
+				return err
+			}
+			got := ""
+			if len(acts) > 0 {
+				got = acts[0].(*Replace).Why
+				if err := acts[0].Apply(); err != nil {
+					return fmt.Errorf("step %d: %w", i, err)
+				}
+			}
+			if got != st.want {
+				t.Errorf("step %d: got action %q, want %q", i, got, st.want)
+			}
+		}
+		out, err := exec.Command("nft", "list", "table", "ip", "other").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "counter") {
+			t.Errorf("the other table was changed: %s %v", out, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// handle finds the handle of the rule in chain whose comment has word, in
+// the namespace of the calling thread.
+func handle(t *testing.T, chain, word string) string {
+	out, err := exec.Command("nft", "-a", "list", "chain", Family, Table, chain).Output()
+	if err != nil {
+		t.Fatalf("nft list chain: %v", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, word) {
+			if _, h, ok := strings.Cut(line, "# handle "); ok {
+				return strings.TrimSpace(h)
+			}
+		}
+	}
+	t.Fatalf("no rule with %q in chain %s:\n%s", word, chain, out)
+	return ""
+}
+
+func TestConflicts(t *testing.T) {
+	testenv.NeedCommands(t, "nft")
+	ns := testenv.NetNS(t)
+	sandbox.Do(ns, func() error {
+		if got := Conflicts(); len(got) != 0 {
+			t.Errorf("empty namespace: got conflicts %q", got)
+		}
+		if err := nft("table ip filter {\nchain FORWARD {\ntype filter hook forward priority 0; policy drop;\n}\n}\n", "-f", "-"); err != nil {
+			t.Fatal(err)
+		}
+		got := Conflicts()
+		if len(got) != 1 || !strings.Contains(got[0], "ip filter FORWARD has policy drop") || !strings.Contains(got[0], "DOCKER-USER") {
+			t.Errorf("got conflicts %q, want one naming ip filter FORWARD with the iptables advice", got)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,59 @@
+// Package testenv says whether a test can run on this machine. Locally, a
+// test whose requirement is missing skips; in CI (the CI variable is set) it
+// fails instead, so a skip never hides a missing install step.
+package testenv
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// CI reports whether the tests run in CI, where nothing may be skipped.
+func CI() bool { return os.Getenv("CI") != "" }
+
+// Unavailable skips the test locally and fails it in CI.
+func Unavailable(t testing.TB, why string) {
+	t.Helper()
+	if CI() {
+		t.Fatalf("%s (CI is set: .ci/run must install and start what the tests need)", why)
+	}
+	t.Skip(why)
+}
+
+// NeedRoot requires root, for namespaces, netlink and nftables.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Unavailable(t, "needs root")
+	}
+}
+
+// NeedCommands requires programs on PATH.
+func NeedCommands(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			Unavailable(t, "needs the "+n+" command")
+		}
+	}
+}
+
+// NetNS creates an empty network namespace for the test and removes it
+// when the test ends. Its name is returned.
+func NetNS(t testing.TB) string {
+	t.Helper()
+	NeedRoot(t)
+	NeedCommands(t, "ip")
+	id := make([]byte, 3)
+	rand.Read(id)
+	name := "mvmt" + hex.EncodeToString(id)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %s: %v", strings.TrimSpace(string(out)), err)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	return name
+}
