@@ -40,6 +40,9 @@ Examples:
 			if err != nil {
 				return err
 			}
+			if err := needRoot(); err != nil {
+				return err
+			}
 			p, err := plan.Host(in)
 			if err != nil {
 				return err

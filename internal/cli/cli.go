@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -133,6 +134,14 @@ func usage(w io.Writer, c *command) func() {
 		fs.SetOutput(w)
 		fs.PrintDefaults()
 	}
+}
+
+// needRoot explains why a command needs root before the kernel refuses.
+func needRoot() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("this command reads and changes the host's network and firewall, which needs root; run it with sudo")
+	}
+	return nil
 }
 
 // noArgs rejects stray arguments.

@@ -3,6 +3,7 @@ package cli
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -117,7 +118,7 @@ func demo(e *env, in *config.Infra, keep bool) error {
 }
 
 // indent prefixes every line written with two spaces.
-type indent struct{ w interface{ Write([]byte) (int, error) } }
+type indent struct{ w io.Writer }
 
 func (i indent) Write(b []byte) (int, error) {
 	fmt.Fprintf(i.w, "  %s", b)

@@ -91,6 +91,21 @@ func TestHostApply(t *testing.T) {
 			t.Errorf("apply output lacks the bridges:\n%s", out)
 		}
 	})
+	t.Run("taps", func(t *testing.T) {
+		// Read back with iproute2, not the program's own netlink code.
+		for _, vm := range in.VMs {
+			out, _ := sandbox.Command(sb.Host, "ip", "-d", "link", "show", vm.TAP).Output()
+			for _, want := range []string{"master " + vm.Bridge, "tun type tap pi off vnet_hdr on multi_queue", "persist on user microvm group microvm", "alias microvm:" + vm.Name} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("%s lacks %q:\n%s", vm.TAP, want, out)
+				}
+			}
+		}
+		fwd, _ := sandbox.Command(sb.Host, "sysctl", "-n", "net.ipv4.ip_forward").Output()
+		if strings.TrimSpace(string(fwd)) != "1" {
+			t.Errorf("ip_forward = %q, want 1", fwd)
+		}
+	})
 	t.Run("idempotent", func(t *testing.T) {
 		if got := mustRun(t, sb.Host, "plan", "-f", example); got != "no changes\n" {
 			t.Errorf("second plan: got %q, want no changes", got)
