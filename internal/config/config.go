@@ -27,6 +27,7 @@ const (
 	DefaultHypervisor = "cloud-hypervisor"
 	DefaultImage      = "debian"
 	DefaultDNS        = "1.1.1.1"
+	DefaultAccel      = "kvm"
 
 	// Table is the one nftables table the program owns.
 	Table = "microvm"
@@ -38,6 +39,10 @@ const (
 
 // Hypervisors the program can drive.
 var Hypervisors = []string{"cloud-hypervisor", "qemu"}
+
+// Accels are the ways QEMU can run a guest: KVM on real hosts, TCG (software
+// emulation, slow) where /dev/kvm does not work, such as CI machines.
+var Accels = []string{"kvm", "tcg"}
 
 // TailscaleRange is the CGNAT range tailnet addresses come from; VM subnets
 // must not overlap it or tailnet traffic would be routed into a VM.
@@ -58,6 +63,7 @@ type Host struct {
 	StateDir string // persistent VM data
 	RunDir   string // sockets, pid files, console logs
 	User     string // unprivileged user the VMM runs as; owns the TAPs
+	Accel    string // "kvm" or "tcg", for QEMU
 }
 
 // VM is one [vm.NAME] table with every derived value.
@@ -74,6 +80,7 @@ type VM struct {
 	Hypervisor string
 	Image      string
 	DNS        string
+	SSHKeys    []string // authorized for root, beside the host's admin key
 
 	StateDir string // STATE_DIR/NAME
 	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
@@ -159,9 +166,9 @@ func (p *parser) errorf(at Pos, format string, args ...any) {
 }
 
 var (
-	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user"}
-	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns"}
-	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns"}
+	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel"}
+	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys"}
+	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys"}
 	topKeys      = []string{"host", "defaults", "vm"}
 )
 
@@ -262,6 +269,12 @@ func (p *parser) derive() {
 	h.StateDir = p.hostString("state_dir", DefaultStateDir, validDir)
 	h.RunDir = p.hostString("run_dir", DefaultRunDir, validDir)
 	h.User = p.hostString("user", DefaultUser, validUser)
+	h.Accel = p.hostString("accel", DefaultAccel, func(s string) string {
+		if !contains(Accels, s) {
+			return "is not supported; use \"kvm\" (real hosts) or \"tcg\" (software emulation, where /dev/kvm does not work)" + suggest(s, Accels)
+		}
+		return ""
+	})
 	if h.StateDir != "" && h.StateDir == h.RunDir {
 		p.errorf(p.in.keys["host.run_dir"], "run_dir must differ from state_dir (%s)", h.StateDir)
 	}
@@ -381,6 +394,20 @@ func (p *parser) resources(vm *VM, vals map[string]*value, table string) {
 				p.errorf(v.pos, "%s.image = %q is not an image name; use lowercase letters, digits and '-', e.g. \"debian\"", table, s)
 			}
 			vm.Image = s
+		}
+	}
+	if v, ok := vals["ssh_keys"]; ok {
+		if v.kind != unstable.Array {
+			p.errorf(v.pos, "%s.ssh_keys must be a list of public keys, e.g. ssh_keys = [\"ssh-ed25519 AAAA... me@laptop\"]", table)
+		} else {
+			vm.SSHKeys = nil
+			for _, k := range v.list {
+				if f := strings.Fields(k); len(f) < 2 || !strings.HasPrefix(f[0], "ssh-") && !strings.HasPrefix(f[0], "ecdsa-") && !strings.HasPrefix(f[0], "sk-") {
+					p.errorf(v.pos, "%s.ssh_keys: %q is not an OpenSSH public key; paste a line of ~/.ssh/id_ed25519.pub", table, k)
+					continue
+				}
+				vm.SSHKeys = append(vm.SSHKeys, k)
+			}
 		}
 	}
 	if v, ok := vals["dns"]; ok {
