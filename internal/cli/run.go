@@ -1,0 +1,54 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/simple-microvm-infra/microvm/internal/runner"
+)
+
+func runCmd() *command {
+	return &command{
+		name:  "run",
+		args:  "[-f FILE] NAME",
+		short: "run one VM in the foreground (what its systemd unit runs)",
+		long: `
+Supervises the VM NAME in the foreground: prepares its files (the read-only
+image, its own /etc and /var, seeded from the image on first start), starts
+its three virtiofsd daemons, then its VMM as the unprivileged VMM user.
+SIGTERM or Ctrl-C shuts the guest down cleanly, waits for the VMM to exit,
+and only then stops the daemons. The guest's serial console is written to
+RUN_DIR/NAME/console.log.
+
+The host part must be applied first (microvm apply --host-only) and the
+image built (microvm image build debian). Needs root.
+
+Examples:
+  sudo microvm run vm1
+  sudo microvm run -f /etc/microvm/infra.toml vm2`,
+		run: func(e *env, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("%w: name one VM", errUsage)
+			}
+			in, err := e.load()
+			if err != nil {
+				return err
+			}
+			vm, ok := in.VM(args[0])
+			if !ok {
+				return fmt.Errorf("no VM %q in %s", args[0], in.File)
+			}
+			if err := needRoot(); err != nil {
+				return err
+			}
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+			defer signal.Stop(sigs)
+			stop := make(chan struct{})
+			go func() { <-sigs; close(stop) }()
+			return runner.Run(in, vm, stop, e.stderr)
+		},
+	}
+}

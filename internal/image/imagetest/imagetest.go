@@ -1,0 +1,108 @@
+// Package imagetest gives tests a real Debian image, made by image.Build
+// once and shared by every test and package of a run, and by later runs.
+//
+// The image is made in a cache directory, $MICROVM_TEST_STATE (default
+// /var/cache/microvm-test/state), as STATE/images/debian. If it is there,
+// it is used as it is: delete the directory to make it again (after a
+// change to package image). If it is not, it is made only when
+// MICROVM_TEST_IMAGE_BUILD=1 or CI is set, since that takes minutes and
+// downloads about 100 MB; otherwise the test skips. A lock file makes
+// concurrent test binaries wait for one build instead of racing. CI builds
+// it once per run, in whichever package gets there first; a CI that keeps
+// the cache directory between runs builds it once.
+//
+// MICROVM_TEST_MIRROR overrides the Debian mirror.
+package imagetest
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/image"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// Name is the image Debian makes.
+const Name = config.DefaultImage
+
+// StateDir is the cache directory the image is made in.
+func StateDir() string {
+	if dir := os.Getenv("MICROVM_TEST_STATE"); dir != "" {
+		return dir
+	}
+	return "/var/cache/microvm-test/state"
+}
+
+// Debian returns a host whose state directory holds the image Name, made
+// by image.Build (see the package comment).
+func Debian(t *testing.T) config.Host {
+	t.Helper()
+	dir := StateDir()
+	host := config.Host{StateDir: dir, RunDir: filepath.Join(dir, "run")}
+	if _, err := os.Stat(host.ImageVmlinux(Name)); err == nil {
+		return host
+	}
+	if os.Getenv("MICROVM_TEST_IMAGE_BUILD") != "1" && !testenv.CI() {
+		t.Skipf("no test image in %s: set MICROVM_TEST_IMAGE_BUILD=1 to build it (some minutes, once)", dir)
+	}
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "debootstrap")
+
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close() // and with it the lock
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(host.ImageVmlinux(Name)); err == nil {
+		return host // made by another test binary while this one waited
+	}
+
+	// Stop debootstrap cleanly before go test's own timeout kills the
+	// binary and leaves it running.
+	ctx := context.Background()
+	if d, ok := t.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-30*time.Second))
+		defer cancel()
+	}
+	start := time.Now()
+	err = image.Build(ctx, host, Name, &lineLogger{t: t}, image.Options{Mirror: os.Getenv("MICROVM_TEST_MIRROR"), Boot: image.BootFiles})
+	if ctx.Err() != nil {
+		t.Fatalf("building the test image: %v (go test's -timeout is too short for a first build; use -timeout 30m)", err)
+	}
+	if err != nil {
+		t.Fatalf("building the test image: %v", err)
+	}
+	t.Logf("built image %s in %s", Name, time.Since(start).Round(time.Second))
+	return host
+}
+
+// lineLogger logs what is written to it, a line at a time.
+type lineLogger struct {
+	t   testing.TB
+	buf []byte
+}
+
+func (l *lineLogger) Write(p []byte) (int, error) {
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		l.t.Log(string(l.buf[:i]))
+		l.buf = l.buf[i+1:]
+	}
+}

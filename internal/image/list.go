@@ -1,0 +1,177 @@
+package image
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/kernel"
+)
+
+// Info describes one image.
+type Info struct {
+	Name    string
+	Size    int64     // bytes on disk, each file once however many links it has
+	Kernel  string    // the version of its kernel, e.g. 6.1.0-28-cloud-amd64; "" if none is found
+	Created time.Time // when it was made: the time its vmlinuz was written, which is never rewritten
+}
+
+// List returns the images under host's state directory, by name.
+// Staging directories of builds in progress are left out.
+func List(host config.Host) ([]Info, error) {
+	entries, err := os.ReadDir(host.ImagesDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing images: %w", err)
+	}
+	var infos []Info
+	for _, e := range entries {
+		name := e.Name()
+		if !e.IsDir() || !config.IsImageName(name) {
+			continue
+		}
+		info := Info{Name: name}
+		if fi, err := os.Stat(host.ImageKernel(name)); err == nil {
+			info.Created = fi.ModTime()
+		}
+		if k, err := kernel.Find(host.ImageRootfs(name)); err == nil {
+			info.Kernel = k.Version
+		}
+		if info.Size, err = diskUsage(host.ImageDir(name)); err != nil {
+			return nil, fmt.Errorf("listing image %s: %w", name, err)
+		}
+		infos = append(infos, info)
+	}
+	return infos, nil
+}
+
+// Remove deletes the image name. inUse names the VMs of the model whose
+// image it is: Remove refuses while there are any, and while the image is
+// mounted (a VM that is running but was taken out of the model).
+func Remove(host config.Host, name string, inUse []string) error {
+	if !config.IsImageName(name) {
+		return fmt.Errorf("%q is not an image name", name)
+	}
+	dir := host.ImageDir(name)
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("image %s does not exist", name)
+	} else if err != nil {
+		return fmt.Errorf("removing image %s: %w", name, err)
+	}
+	switch len(inUse) {
+	case 0:
+	case 1:
+		return fmt.Errorf("image %s is used by %s; change its image or remove it first", name, inUse[0])
+	default:
+		return fmt.Errorf("image %s is used by %s; change their image or remove them first", name, strings.Join(inUse, ", "))
+	}
+	for _, d := range []string{dir, host.ImageView(name)} {
+		mounts, err := mountsUnder(d)
+		if err != nil {
+			return fmt.Errorf("removing image %s: %w", name, err)
+		}
+		if len(mounts) > 0 {
+			return fmt.Errorf("image %s is mounted at %s; stop the VMs that use it first", name, strings.Join(mounts, ", "))
+		}
+	}
+	// Move it aside first, so that the image is gone at once and an
+	// interrupted removal leaves only a staging directory.
+	trash, err := os.MkdirTemp(host.ImagesDir(), "."+name+".rm-")
+	if err != nil {
+		return fmt.Errorf("removing image %s: %w", name, err)
+	}
+	if err := os.Rename(dir, filepath.Join(trash, name)); err != nil {
+		os.Remove(trash)
+		return fmt.Errorf("removing image %s: %w", name, err)
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		return fmt.Errorf("removing image %s: %w", name, err)
+	}
+	return nil
+}
+
+// diskUsage returns the bytes the files under dir take on disk, as du
+// counts them: allocated blocks, each inode once.
+func diskUsage(dir string) (int64, error) {
+	type inode struct{ dev, ino uint64 }
+	seen := map[inode]bool{}
+	var total int64
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			total += fi.Size()
+			return nil
+		}
+		if st.Nlink > 1 && !fi.IsDir() {
+			if seen[inode{st.Dev, st.Ino}] {
+				return nil
+			}
+			seen[inode{st.Dev, st.Ino}] = true
+		}
+		total += st.Blocks * 512 // st_blocks counts 512-byte units, whatever the block size
+		return nil
+	})
+	return total, err
+}
+
+// mountsUnder returns the mount points at dir or below it, from
+// /proc/self/mountinfo.
+func mountsUnder(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("reading mounts: %w", err)
+	}
+	defer f.Close()
+	dir = filepath.Clean(dir)
+	var mounts []string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw": the fifth field is the mount point.
+		fields := strings.Fields(s.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			mounts = append(mounts, mp)
+		}
+	}
+	if err := s.Err(); err != nil {
+		return nil, fmt.Errorf("reading mounts: %w", err)
+	}
+	return mounts, nil
+}
+
+// unescapeMount undoes the kernel's octal escapes (\040 for a space) in a
+// path of /proc/self/mountinfo.
+func unescapeMount(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

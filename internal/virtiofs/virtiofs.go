@@ -1,0 +1,140 @@
+// Package virtiofs runs the virtiofs daemons that give each guest its
+// filesystems: one virtiofsd process per share, each listening on its own
+// vhost-user socket that the VMM connects to.
+//
+// Every VM has three shares, with fixed tags that the guest's init mounts:
+//
+//	image  the shared root filesystem of the VM's image, read-only
+//	etc    the VM's own /etc (STATE_DIR/NAME/etc), writable
+//	var    the VM's own /var (STATE_DIR/NAME/var), writable
+//
+// Two daemons exist and [Find] picks the installed one: the Rust virtiofsd
+// that current distributions ship (--shared-dir, --readonly), and the older C
+// virtiofsd that Debian 12 ships with QEMU 7.2 (-o source=), which has no
+// read-only option.
+//
+// # How the image stays read-only
+//
+// A guest's root may remount the image share read-write; only the host can
+// refuse the writes. The decision: the image share does not serve the
+// image's rootfs directory itself but a read-only bind mount of it,
+// [config.Host.ImageView] (RUN_DIR/images/IMAGE), made by the host part of the
+// program with the [ReadOnlyView] action:
+//
+//	mount --bind -o ro STATE_DIR/images/IMAGE/rootfs RUN_DIR/images/IMAGE
+//
+// The kernel then answers every write through that mount with EROFS, whichever
+// daemon serves it and whatever the guest asks: the C daemon passes the error
+// on, and the Rust daemon is additionally started with --readonly where it has
+// it (virtiofsd 1.13 and newer). The daemon's own sandbox keeps the flag: a
+// bind mount copies it, and so does the mount namespace the daemon creates.
+// [Start] refuses to serve a read-only share from a directory that is not on
+// a read-only mount, so a missing mount fails closed instead of handing the
+// guests a writable image.
+//
+// Why not the alternatives: file permissions do not stop the daemon, which
+// runs as root; a private mount namespace per daemon needs code to run between
+// unshare(2) and exec(2), which Go's os/exec cannot do without re-executing
+// the program or a shell wrapper; and one mount per image, shared by all its
+// VMs, is also the easiest to see (`findmnt RUN_DIR/images/IMAGE`). The mount
+// lives in RUN_DIR, so it disappears at reboot with the sockets and is made
+// again by the next start.
+package virtiofs
+
+import (
+	"fmt"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// Tags of the three shares every VM has. The guest's init mounts them by
+// these names: image on the new root, etc on /etc, var on /var.
+const (
+	TagImage = "image"
+	TagEtc   = "etc"
+	TagVar   = "var"
+)
+
+// Share is one directory given to one guest.
+type Share struct {
+	Tag      string // what the guest mounts it by
+	Dir      string // the host directory the daemon serves
+	Socket   string // the vhost-user socket the VMM connects to
+	Group    string // group allowed to connect to Socket: the VMM's user's group
+	ReadOnly bool   // the guest must not change anything in Dir
+}
+
+// Shares returns vm's three shares, in the order image, etc, var.
+func Shares(h config.Host, vm *config.VM) []Share {
+	return []Share{
+		{Tag: TagImage, Dir: h.ImageView(vm.Image), Socket: vm.ShareSocket(TagImage), Group: h.User, ReadOnly: true},
+		{Tag: TagEtc, Dir: vm.EtcDir, Socket: vm.ShareSocket(TagEtc), Group: h.User},
+		{Tag: TagVar, Dir: vm.VarDir, Socket: vm.ShareSocket(TagVar), Group: h.User},
+	}
+}
+
+// Flavour is which implementation of virtiofsd a binary is.
+type Flavour string
+
+const (
+	Rust Flavour = "rust" // gitlab.com/virtio-fs/virtiofsd, packaged as "virtiofsd"
+	C    Flavour = "c"    // QEMU's tools/virtiofsd, removed in QEMU 8.0
+)
+
+// Daemon is an installed virtiofsd.
+type Daemon struct {
+	Path     string
+	Flavour  Flavour
+	Version  string // as the binary reports it, e.g. "1.13.1" or "7.2.22"
+	Readonly bool   // it has --readonly (Rust virtiofsd 1.13 and newer)
+}
+
+// Args returns the command line that serves s, without the program name.
+//
+// Both flavours get the same settings: cache=auto (the guest caches
+// metadata for a second and data until a file changes on the host, the
+// daemons' default, good for an image nobody changes and fine for /etc and
+// /var that only one guest uses); and sandbox=namespace, in which the daemon
+// pivot_roots into the shared directory inside new mount, PID and network
+// namespaces, so that neither a symlink nor the network leads it out. Root
+// runs the daemons, which namespace mode requires.
+func (d Daemon) Args(s Share) []string {
+	var args []string
+	switch d.Flavour {
+	case Rust:
+		args = []string{
+			"--socket-path=" + s.Socket,
+			"--shared-dir=" + s.Dir,
+			"--cache=auto",
+			"--sandbox=namespace",
+			"--log-level=warn",
+		}
+		if s.ReadOnly && d.Readonly {
+			args = append(args, "--readonly")
+		}
+	default:
+		args = []string{
+			"--socket-path=" + s.Socket,
+			"-o", "source=" + s.Dir,
+			"-o", "cache=auto",
+			"-o", "sandbox=namespace",
+			// Its "info" level logs every virtqueue event.
+			"-o", "log_level=warn",
+		}
+	}
+	if s.Group != "" {
+		// Without it the socket is root's alone (mode 0700) and the VMM,
+		// which runs as an unprivileged user, cannot connect.
+		args = append(args, "--socket-group="+s.Group)
+	}
+	return args
+}
+
+// String describes the daemon for messages, e.g. "C virtiofsd 7.2.22 (/usr/lib/qemu/virtiofsd)".
+func (d Daemon) String() string {
+	name := "Rust virtiofsd"
+	if d.Flavour == C {
+		name = "C virtiofsd"
+	}
+	return fmt.Sprintf("%s %s (%s)", name, d.Version, d.Path)
+}

@@ -1,0 +1,360 @@
+package cloudhypervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata")
+
+const infra = `
+[host]
+uplink = "eth0"
+state_dir = "/var/lib/microvms"
+run_dir = "/run/microvm"
+user = "microvm"
+
+[vm.vm1]
+subnet = "10.1.0.0/24"
+
+[vm.vm2]
+subnet = "10.2.0.0/24"
+vcpu = 2
+memory = 2048
+dns = "9.9.9.9"
+`
+
+// shell renders a command line one option per line, as a person would
+// write it in a script, so that a golden file reads like the command.
+func shell(args []string) string {
+	var b strings.Builder
+	for i, a := range args {
+		if i > 0 {
+			if strings.HasPrefix(a, "-") {
+				b.WriteString(" \\\n  ")
+			} else {
+				b.WriteString(" ")
+			}
+		}
+		if strings.ContainsAny(a, " '\"") {
+			a = "'" + a + "'"
+		}
+		b.WriteString(a)
+	}
+	return b.String() + "\n"
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs (go test -update rewrites it):\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+// TestCommand proves the command line built from the model, flag by flag,
+// against golden files; every flag was checked against Cloud Hypervisor's
+// --help and source (see the package comment).
+func TestCommand(t *testing.T) {
+	in, err := config.Parse("infra.toml", []byte(infra))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"vm1", "vm2"} {
+		t.Run(name, func(t *testing.T) {
+			vm, _ := in.VM(name)
+			cmd, err := New().Command(vmm.NewSpec(in.Host, vm))
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, name+".golden", shell(cmd.Args))
+		})
+	}
+}
+
+// call is one request the fake API received.
+type call struct{ Method, Path, Body string }
+
+// fakeAPI serves Cloud Hypervisor's API on a unix socket, as the OpenAPI
+// description (vmm/src/api/openapi/cloud-hypervisor.yaml) and the server's
+// source (vmm/src/api/http) give it: actions are PUT without a body and
+// answer 204, queries are GET and answer 200 with JSON, errors answer a
+// JSON array of messages. Cloud Hypervisor cannot run on this machine, so
+// this fake is what the client is tested against.
+type fakeAPI struct {
+	mu     sync.Mutex
+	calls  []call
+	state  string                // the VM's state, for vm.info
+	onCall func(endpoint string) // run after a call is recorded
+	errors map[string]int        // endpoint -> status to fail with
+}
+
+func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	f.mu.Lock()
+	f.calls = append(f.calls, call{r.Method, r.URL.Path, string(body)})
+	status, failing := f.errors[strings.TrimPrefix(r.URL.Path, "/api/v1/")]
+	f.mu.Unlock()
+	endpoint := strings.TrimPrefix(r.URL.Path, "/api/v1/")
+	if f.onCall != nil {
+		defer f.onCall(endpoint)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	want := map[string]string{
+		"vmm.ping": "GET", "vm.info": "GET",
+		"vm.power-button": "PUT", "vm.shutdown": "PUT", "vmm.shutdown": "PUT",
+	}[endpoint]
+	switch {
+	case want == "":
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, `["Not Found"]`)
+	case r.Method != want || len(body) > 0 || r.ContentLength > 0:
+		// The server answers 400 to a wrong method and to a body on
+		// an action.
+		w.WriteHeader(http.StatusBadRequest)
+		io.WriteString(w, `["Bad Request"]`)
+	case failing:
+		w.WriteHeader(status)
+		io.WriteString(w, `["Error from API","The VM could not be shut down","VM is not running"]`)
+	case endpoint == "vmm.ping":
+		io.WriteString(w, `{"build_version":"v53.0","version":"53.0.0","pid":4242,"features":["kvm","io_uring"]}`)
+	case endpoint == "vm.info":
+		io.WriteString(w, `{"config":{"cpus":{"boot_vcpus":1,"max_vcpus":1},"payload":{"kernel":"/k"}},"state":"`+f.state+`","memory_actual_size":536870912}`)
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func (f *fakeAPI) called() []call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]call(nil), f.calls...)
+}
+
+// serve starts f on a unix socket at path.
+func serve(t *testing.T, f *fakeAPI, path string) {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(f)
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+}
+
+// shortDir is a temporary directory with a short path: unix socket paths
+// are limited to 107 bytes, and test names make t.TempDir long.
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// TestClient proves each call's method, path and (empty) body, and how
+// answers and errors are decoded.
+func TestClient(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "api.sock")
+	f := &fakeAPI{state: "Running"}
+	serve(t, f, sock)
+	c := NewClient(sock)
+	ctx := context.Background()
+
+	ping, err := c.Ping(ctx)
+	if err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	if ping.Version != "53.0.0" || ping.PID != 4242 || len(ping.Features) != 2 {
+		t.Errorf("Ping: got %+v", ping)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatalf("Info: %v", err)
+	}
+	if info.State != "Running" || info.MemoryActualSize != 512<<20 || !json.Valid(info.Config) {
+		t.Errorf("Info: got %+v", info)
+	}
+	for name, do := range map[string]func(context.Context) error{
+		"PowerButton": c.PowerButton, "Shutdown": c.Shutdown, "ShutdownVMM": c.ShutdownVMM,
+	} {
+		if err := do(ctx); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	want := map[call]bool{
+		{"GET", "/api/v1/vmm.ping", ""}:        true,
+		{"GET", "/api/v1/vm.info", ""}:         true,
+		{"PUT", "/api/v1/vm.power-button", ""}: true,
+		{"PUT", "/api/v1/vm.shutdown", ""}:     true,
+		{"PUT", "/api/v1/vmm.shutdown", ""}:    true,
+	}
+	got := f.called()
+	for _, c := range got {
+		if !want[c] {
+			t.Errorf("unexpected request %+v", c)
+		}
+		delete(want, c)
+	}
+	for c := range want {
+		t.Errorf("missing request %+v", c)
+	}
+}
+
+func TestClientErrors(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "api.sock")
+	f := &fakeAPI{errors: map[string]int{"vm.shutdown": http.StatusMethodNotAllowed}}
+	serve(t, f, sock)
+	c := NewClient(sock)
+
+	err := c.Shutdown(context.Background())
+	var apiErr *APIError
+	if !errors.As(err, &apiErr) {
+		t.Fatalf("Shutdown: got %v, want an *APIError", err)
+	}
+	if apiErr.Status != 405 || len(apiErr.Messages) != 3 || !strings.Contains(err.Error(), "VM is not running") {
+		t.Errorf("Shutdown: got %#v (%v)", apiErr, err)
+	}
+
+	// Releases before v47 answered errors with plain text.
+	old := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, "VM is not created")
+	})
+	sock2 := filepath.Join(shortDir(t), "old.sock")
+	l, err := net.Listen("unix", sock2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: old}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	_, err = NewClient(sock2).Info(context.Background())
+	if !errors.As(err, &apiErr) || apiErr.Status != 404 || apiErr.Messages[0] != "VM is not created" {
+		t.Errorf("Info from an old release: got %v", err)
+	}
+
+	// Nothing listens.
+	if _, err := NewClient(filepath.Join(shortDir(t), "none.sock")).Ping(context.Background()); err == nil {
+		t.Errorf("Ping without a VMM: no error")
+	}
+}
+
+// TestShutdownVMMHangup proves a VMM that exits before answering
+// vmm.shutdown counts as having done it.
+func TestShutdownVMMHangup(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "api.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			buf := make([]byte, 4096)
+			c.Read(buf)
+			c.Close()
+		}
+	}()
+	if err := NewClient(sock).ShutdownVMM(context.Background()); err != nil {
+		t.Errorf("ShutdownVMM: %v", err)
+	}
+}
+
+// TestStopSteps proves the stop sequence against the API: the power button
+// first, and, when the guest ignores it, vm.shutdown then vmm.shutdown.
+// The fake API ends the "VMM" (a sleep process) the way Cloud Hypervisor
+// exits: when its guest powers off, or on vmm.shutdown.
+func TestStopSteps(t *testing.T) {
+	tests := []struct {
+		name    string
+		exitOn  string // the endpoint after which the VMM exits
+		vmFails bool   // vm.shutdown answers 405, as when the VM is not running
+		want    []string
+	}{
+		{"guest powers off", "vm.power-button", false, []string{"vm.power-button"}},
+		{"guest ignores the button", "vmm.shutdown", false, []string{"vm.power-button", "vm.shutdown", "vmm.shutdown"}},
+		{"VM already down", "vmm.shutdown", true, []string{"vm.power-button", "vm.shutdown", "vmm.shutdown"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in, err := config.Parse("infra.toml", []byte(`
+[host]
+uplink = "eth0"
+run_dir = "`+shortDir(t)+`"
+[vm.vm1]
+subnet = "10.1.0.0/24"
+`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			vm, _ := in.VM("vm1")
+			os.MkdirAll(vm.RunDir, 0o755)
+			b := &Backend{Grace: 300 * time.Millisecond}
+			m, err := vmm.Start(b, vm, exec.Command("sleep", "60"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := &fakeAPI{state: "Running", onCall: func(endpoint string) {
+				if endpoint == tt.exitOn {
+					syscall.Kill(m.Pid(), syscall.SIGTERM)
+				}
+			}}
+			if tt.vmFails {
+				f.errors = map[string]int{"vm.shutdown": http.StatusMethodNotAllowed}
+			}
+			serve(t, f, vm.ControlSocket())
+			if err := m.Ready(context.Background()); err != nil {
+				t.Fatalf("Ready: %v", err)
+			}
+			if err := m.Stop(context.Background()); err != nil {
+				t.Errorf("Stop: %v", err)
+			}
+			var got []string
+			for _, c := range f.called() {
+				if c.Method != "PUT" {
+					continue // Ready's pings
+				}
+				got = append(got, strings.TrimPrefix(c.Path, "/api/v1/"))
+			}
+			if strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Errorf("requests: got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

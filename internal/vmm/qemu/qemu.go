@@ -1,0 +1,246 @@
+// Package qemu is the QEMU backend of package vmm: qemu-system-x86_64 with
+// the microvm machine (no PCI, no firmware, virtio devices on MMIO), and a
+// client of QMP, QEMU's control protocol, to stop it.
+//
+// Every option was checked against QEMU 7.2 (Debian 12): `-M microvm,help`,
+// `-device help`, and a Debian cloud kernel booted with it under TCG, with
+// its three virtiofs shares and a (multi-queue) TAP; the KVM variant differs
+// only in -accel, -cpu, pit and pic. What 7.2 needs that is not obvious:
+//
+//   - -global virtio-mmio.force-legacy=false: microvm's MMIO transport
+//     defaults to legacy virtio, which vhost-user-fs refuses.
+//   - shared guest memory for virtiofs: a memfd backend with share=on,
+//     made the machine's RAM by memory-backend= (no NUMA node needed).
+//   - -device i8042: microvm has no keyboard controller, and ctrl-alt-del
+//     needs one (see StopSteps).
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
+)
+
+// Backend runs QEMU.
+type Backend struct {
+	Binary string // the program; "qemu-system-x86_64", looked up in PATH, if empty
+	// Accel is the accelerator: "kvm" on real hosts, "tcg" (emulation,
+	// slow, for tests on machines where KVM is unusable).
+	Accel string
+	// VhostNet moves the guest's packets in the host kernel (vhost=on)
+	// instead of QEMU's main loop. It needs KVM, and /dev/vhost-net
+	// readable and writable by the VMM's user; most hosts have neither
+	// by default for an unprivileged user, so it is off unless asked for.
+	VhostNet bool
+	// TSCkHz, under tcg only, is the host's TSC frequency in kHz, which
+	// the guest's TSC runs at under emulation. It is given to the guest
+	// kernel (tsc_early_khz=) so that it does not calibrate its clocks,
+	// which hangs the boot on a busy host. New reads it from the host;
+	// zero leaves the guest to calibrate.
+	TSCkHz int
+	// Grace is how long the guest has to shut down after ctrl-alt-del and
+	// the power button; vmm.DefaultGrace if zero.
+	Grace time.Duration
+}
+
+// New returns the backend for the accelerator accel ("kvm" or "tcg").
+func New(accel string) *Backend {
+	b := &Backend{Accel: accel}
+	if accel == "tcg" {
+		b.TSCkHz = HostTSCkHz()
+	}
+	return b
+}
+
+// HostTSCkHz returns the host's TSC frequency in kHz, or 0 if unknown. It
+// reads "cpu MHz" in /proc/cpuinfo, which is the TSC frequency on the
+// virtual machines where TCG is used (no frequency scaling there); on a
+// host whose cores change speed it is only close, and the guest's clock
+// then drifts as much, which tests under TCG can bear.
+func HostTSCkHz() int {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	return cpuinfoTSCkHz(f)
+}
+
+// cpuinfoTSCkHz returns the first "cpu MHz" of a /proc/cpuinfo, in kHz.
+func cpuinfoTSCkHz(r io.Reader) int {
+	s := bufio.NewScanner(r)
+	for s.Scan() {
+		k, v, ok := strings.Cut(s.Text(), ":")
+		if !ok || strings.TrimSpace(k) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || mhz <= 0 {
+			return 0
+		}
+		return int(mhz * 1000)
+	}
+	return 0
+}
+
+// Command returns the qemu-system-x86_64 command that boots s.
+func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
+	if err := s.Check(); err != nil {
+		return nil, err
+	}
+	vm := s.VM
+	var cpu, timers string
+	var extra []string // kernel command line words for this machine
+	switch b.Accel {
+	case "kvm":
+		// SGX crashes QEMU's microvm (QEMU issue 2142).
+		cpu = "host,-sgx"
+		// KVM gives the guest kvmclock; the legacy timer and interrupt
+		// controller would only cost boot time.
+		timers = "pit=off,pic=off"
+	case "tcg":
+		cpu = "max"
+		// Emulation gives the guest no kvmclock, and microvm has no HPET
+		// or ACPI PM timer: the kernel can only calibrate its TSC against
+		// the PIT, and on a busy host that fails ("Unable to calibrate
+		// against PIT") and the boot hangs. Telling it the TSC frequency
+		// (which under TCG is the host's) skips the calibration.
+		timers = "pit=on,pic=on"
+		if b.TSCkHz > 0 {
+			extra = append(extra, fmt.Sprintf("tsc_early_khz=%d", b.TSCkHz))
+		}
+	default:
+		return nil, fmt.Errorf("building QEMU command for %s: accelerator %q is not kvm or tcg", vm.Name, b.Accel)
+	}
+	mem := fmt.Sprintf("%dM", vm.MemoryMiB)
+	args := []string{
+		"-name", vm.Name,
+		// rtc=on: the guest's clock starts at the right time. acpi=on: the
+		// power button (system_powerdown). No option ROMs, no PCI, no USB.
+		"-M", "microvm,x-option-roms=off," + timers + ",rtc=on,isa-serial=on,acpi=on,pcie=off,usb=off,memory-backend=mem",
+		"-accel", b.Accel,
+		"-cpu", cpu,
+		"-smp", fmt.Sprint(vm.VCPU),
+		"-m", mem,
+		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
+		"-global", "virtio-mmio.force-legacy=false",
+		// Nothing but what is listed here: no default devices, no
+		// configuration files, no display; a guest reset makes QEMU exit
+		// (the guest's reboot is a restart of the VM by its supervisor).
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", s.Kernel,
+		"-initrd", s.Initramfs,
+		"-append", vmm.Cmdline(vm, extra...),
+		"-serial", "file:" + vm.ConsoleLog(),
+		"-device", "i8042",
+		"-device", "virtio-rng-device",
+	}
+	for i, sh := range s.Shares {
+		id := fmt.Sprintf("fs%d", i)
+		args = append(args,
+			"-chardev", fmt.Sprintf("socket,id=%s,path=%s", id, sh.Socket),
+			"-device", fmt.Sprintf("vhost-user-fs-device,chardev=%s,tag=%s,queue-size=1024", id, sh.Tag),
+		)
+	}
+	netdev := fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no", vm.TAP)
+	if fds := s.TAPFds(); len(fds) > 0 {
+		netdev = "tap,id=net0,fds=" + joinInts(fds, ":")
+	}
+	device := fmt.Sprintf("virtio-net-device,netdev=net0,mac=%s", vm.MAC)
+	if b.VhostNet {
+		if b.Accel != "kvm" {
+			return nil, fmt.Errorf("building QEMU command for %s: vhost-net needs the kvm accelerator", vm.Name)
+		}
+		netdev += ",vhost=on"
+	}
+	if q := vm.TAPQueues(); q > 1 {
+		// The TAP was created multi_queue; QEMU must open it so.
+		if len(s.TAP) == 0 {
+			netdev += fmt.Sprintf(",queues=%d", q)
+		}
+		device += ",mq=on"
+	}
+	args = append(args,
+		"-netdev", netdev,
+		"-device", device,
+		"-qmp", "unix:"+vm.ControlSocket()+",server=on,wait=off",
+	)
+	bin := b.Binary
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.ExtraFiles = s.TAP
+	// A process group of its own: QEMU exits at once on SIGINT, so a
+	// Ctrl-C in the supervisor's terminal must reach only the supervisor,
+	// which shuts the guest down first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd, nil
+}
+
+// Ping returns nil if QMP answers query-status.
+func (b *Backend) Ping(ctx context.Context, vm *config.VM) error {
+	q, err := DialQMP(ctx, vm.ControlSocket())
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	_, err = q.Status(ctx)
+	return err
+}
+
+// StopSteps: first ctrl-alt-del and the ACPI power button together,
+// whichever the guest acts on. A guest with systemd turns ctrl-alt-del into
+// a reboot (ctrl-alt-del.target), which with -no-reboot makes QEMU exit
+// once the guest has shut down cleanly; that works in a minimal Debian
+// guest, where nothing listens to the power button unless systemd-logind
+// or acpid runs. (This is how microvm.nix stops QEMU guests.) Then QMP quit,
+// which stops QEMU without the guest's knowledge.
+func (b *Backend) StopSteps(vm *config.VM) []vmm.Step {
+	sock := vm.ControlSocket()
+	grace := b.Grace
+	if grace == 0 {
+		grace = vmm.DefaultGrace
+	}
+	return []vmm.Step{
+		{Name: "QMP send-key ctrl-alt-del and system_powerdown", Grace: grace,
+			Do: func(ctx context.Context) error {
+				q, err := DialQMP(ctx, sock)
+				if err != nil {
+					return err
+				}
+				defer q.Close()
+				if err := q.SendKeys(ctx, "ctrl", "alt", "delete"); err != nil {
+					return err
+				}
+				return q.Powerdown(ctx)
+			}},
+		{Name: "QMP quit", Grace: vmm.HardGrace,
+			Do: func(ctx context.Context) error {
+				q, err := DialQMP(ctx, sock)
+				if err != nil {
+					return err
+				}
+				defer q.Close()
+				return q.Quit(ctx)
+			}},
+	}
+}
+
+func joinInts(ns []int, sep string) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, sep)
+}

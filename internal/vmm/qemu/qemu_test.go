@@ -1,0 +1,145 @@
+package qemu
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata")
+
+const infra = `
+[host]
+uplink = "eth0"
+state_dir = "/var/lib/microvms"
+run_dir = "/run/microvm"
+user = "microvm"
+
+[defaults]
+hypervisor = "qemu"
+
+[vm.vm1]
+subnet = "10.1.0.0/24"
+
+[vm.vm2]
+subnet = "10.2.0.0/24"
+vcpu = 2
+memory = 2048
+dns = "9.9.9.9"
+`
+
+// shell renders a command line one option per line, as a person would
+// write it in a script, so that a golden file reads like the command.
+func shell(args []string) string {
+	var b strings.Builder
+	for i, a := range args {
+		if i > 0 {
+			if strings.HasPrefix(a, "-") {
+				b.WriteString(" \\\n  ")
+			} else {
+				b.WriteString(" ")
+			}
+		}
+		if strings.ContainsAny(a, " '\"") {
+			a = "'" + a + "'"
+		}
+		b.WriteString(a)
+	}
+	return b.String() + "\n"
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs (go test -update rewrites it):\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+func parse(t *testing.T) *config.Infra {
+	t.Helper()
+	in, err := config.Parse("infra.toml", []byte(infra))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// TestCommand proves the command lines built from the model against golden
+// files: under KVM and under TCG, with one vCPU and with a multi-queue TAP,
+// with and without vhost-net. Each option was checked against QEMU 7.2, and
+// the tcg one boots a guest (cmd/microvm-init's boot test).
+func TestCommand(t *testing.T) {
+	in := parse(t)
+	tests := []struct {
+		golden string
+		vm     string
+		b      *Backend
+	}{
+		{"vm1-kvm.golden", "vm1", &Backend{Accel: "kvm"}},
+		{"vm2-kvm-vhost.golden", "vm2", &Backend{Accel: "kvm", VhostNet: true}},
+		{"vm1-tcg.golden", "vm1", &Backend{Accel: "tcg", TSCkHz: 2596094}},
+		{"vm2-tcg-no-tsc.golden", "vm2", &Backend{Accel: "tcg"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.golden, func(t *testing.T) {
+			vm, _ := in.VM(tt.vm)
+			cmd, err := tt.b.Command(vmm.NewSpec(in.Host, vm))
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, tt.golden, shell(cmd.Args))
+		})
+	}
+}
+
+func TestCommandErrors(t *testing.T) {
+	in := parse(t)
+	vm, _ := in.VM("vm1")
+	spec := vmm.NewSpec(in.Host, vm)
+	tests := []struct {
+		name string
+		b    *Backend
+		want string
+	}{
+		{"no accelerator", &Backend{}, "not kvm or tcg"},
+		{"hvf", &Backend{Accel: "hvf"}, "not kvm or tcg"},
+		{"vhost under tcg", &Backend{Accel: "tcg", VhostNet: true}, "vhost-net needs"},
+	}
+	for _, tt := range tests {
+		if _, err := tt.b.Command(spec); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: got %v, want an error containing %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+func TestCPUInfoTSC(t *testing.T) {
+	tests := []struct {
+		name, cpuinfo string
+		want          int
+	}{
+		{"amd vm", "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2596.094\nflags\t\t: fpu tsc\n", 2596094},
+		{"two cpus", "cpu MHz\t\t: 3000.000\n\ncpu MHz\t\t: 1200.000\n", 3000000},
+		{"arm, no cpu MHz", "processor\t: 0\nBogoMIPS\t: 50.00\n", 0},
+		{"garbage", "cpu MHz\t\t: fast\n", 0},
+	}
+	for _, tt := range tests {
+		if got := cpuinfoTSCkHz(strings.NewReader(tt.cpuinfo)); got != tt.want {
+			t.Errorf("%s: got %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,129 @@
+// Package vmm runs a microVM's virtual machine monitor. A [Backend] turns the
+// model into a VMM command line and knows how to stop that VMM; there are two,
+// in the packages cloudhypervisor (the default: command line and REST API)
+// and qemu (-M microvm and QMP). A [Machine] is one running VMM process.
+//
+// The supervisor picks the backend by the VM's hypervisor:
+//
+//	var b vmm.Backend = cloudhypervisor.New()
+//	if vm.Hypervisor == "qemu" {
+//		b = qemu.New(accel) // "kvm" on real hosts, "tcg" in tests
+//	}
+//	spec := vmm.NewSpec(infra.Host, vm)
+//	cmd, err := b.Command(spec)
+//	// set cmd's user and output here
+//	m, err := vmm.Start(b, vm, cmd)
+//	err = m.Ready(ctx)
+//	...
+//	err = m.Stop(ctx)
+//
+// Both VMMs boot the same files: the image's uncompressed kernel (vmlinux,
+// through its PVH entry point), its initramfs, and the kernel command line of
+// [Cmdline]; and they give the guest the same devices: a serial console
+// written to a file, one network device on the VM's TAP, and the three
+// virtiofs shares of package virtiofs.
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
+)
+
+// Cmdline returns the kernel command line of vm's guest. It is the one
+// definition of what the guest's init (cmd/microvm-init) reads, and reads
+// like this for the seed's first VM:
+//
+//	console=ttyS0 reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1
+//
+// For the kernel:
+//
+//	console=ttyS0   kernel messages and the login prompt go to the serial port, which both VMMs write to the console log
+//	reboot=t        reboot by triple fault: both VMMs see it as a reset, and QEMU (-no-reboot) then exits
+//	panic=-1        reboot at once on a panic, instead of hanging with the VMM still running
+//
+// For the init, always all four, each once:
+//
+//	microvm.name=NAME       the VM's name, its hostname
+//	microvm.ip=ADDR/BITS    eth0's IPv4 address and prefix length
+//	microvm.gw=ADDR         the IPv4 default gateway (the host's bridge)
+//	microvm.dns=ADDR        the IPv4 address of the DNS resolver
+//
+// Then come the words extra that a backend needs for its machine (QEMU
+// under emulation adds tsc_early_khz=), and QEMU may append words of its own
+// (virtio_mmio.device=, when ACPI is off).
+//
+// Words are separated by single spaces, each is KEY=VALUE, and values never
+// contain spaces. The init must ignore words it does not know. The virtiofs
+// tags are not on the command line, they are fixed: image, etc and var
+// ([virtiofs.TagImage]).
+func Cmdline(vm *config.VM, extra ...string) string {
+	words := []string{
+		"console=ttyS0",
+		"reboot=t",
+		"panic=-1",
+		"microvm.name=" + vm.Name,
+		fmt.Sprintf("microvm.ip=%s/%d", vm.Addr, vm.Subnet.Bits()),
+		"microvm.gw=" + vm.Gateway.String(),
+		"microvm.dns=" + vm.DNS,
+	}
+	return strings.Join(append(words, extra...), " ")
+}
+
+// Spec is everything a backend builds a command line from.
+type Spec struct {
+	VM        *config.VM
+	Kernel    string           // uncompressed vmlinux with a PVH entry point
+	Initramfs string           // with the guest's init
+	Shares    []virtiofs.Share // image, etc, var, served by running daemons
+	// TAP holds the VM's TAP opened once per queue (OpenTAP), given to the
+	// VMM as descriptors 3, 4, ...; when empty, the VMM opens the TAP by
+	// name itself, which needs access to /dev/net/tun.
+	TAP []*os.File
+}
+
+// TAPFds returns the descriptor numbers the VMM sees s.TAP as.
+func (s Spec) TAPFds() []int {
+	fds := make([]int, len(s.TAP))
+	for i := range fds {
+		fds[i] = 3 + i // after stdin, stdout and stderr
+	}
+	return fds
+}
+
+// NewSpec returns the spec of vm: its image's kernel and initramfs, and its
+// shares.
+func NewSpec(h config.Host, vm *config.VM) Spec {
+	return Spec{
+		VM:        vm,
+		Kernel:    h.ImageVmlinux(vm.Image),
+		Initramfs: h.ImageInitramfs(vm.Image),
+		Shares:    virtiofs.Shares(h, vm),
+	}
+}
+
+// Check returns an error if s cannot be written as a VMM command line. Both
+// VMMs separate the options of a device with commas, so no path may
+// contain one.
+func (s Spec) Check() error {
+	if s.VM == nil {
+		return errors.New("checking VMM spec: no VM")
+	}
+	if s.Kernel == "" || s.Initramfs == "" {
+		return fmt.Errorf("checking VMM spec of %s: kernel and initramfs are required", s.VM.Name)
+	}
+	paths := []string{s.Kernel, s.Initramfs, s.VM.ControlSocket(), s.VM.ConsoleLog()}
+	for _, sh := range s.Shares {
+		paths = append(paths, sh.Socket)
+	}
+	for _, p := range paths {
+		if strings.Contains(p, ",") {
+			return fmt.Errorf("checking VMM spec of %s: path %q contains a comma, which VMM options cannot carry", s.VM.Name, p)
+		}
+	}
+	return nil
+}
