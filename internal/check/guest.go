@@ -1,0 +1,83 @@
+package check
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// GuestProber sends probes from inside real guests, over SSH, with the
+// guest's own tools (bash's /dev/tcp and /dev/udp, ping). Probes from the
+// host go to Host.
+type GuestProber struct {
+	SSH  map[string]*ssh.Client // VM name -> logged-in client
+	Host Prober
+	Run  func(c *ssh.Client, cmd string) (string, int, error)
+}
+
+// probeTimeout is how long a guest waits for an answer, in seconds.
+const probeTimeout = 2
+
+func (p GuestProber) TCP(from string, to netip.AddrPort) Result {
+	if from == Host {
+		return p.Host.TCP(from, to)
+	}
+	// Connect, then print the first line the server sends, if any.
+	return p.stream(from, "tcp", to, fmt.Sprintf("exec 3<>/dev/tcp/%s/%d && timeout 1 head -n1 <&3", to.Addr(), to.Port()))
+}
+
+func (p GuestProber) UDP(from string, to netip.AddrPort) Result {
+	if from == Host {
+		return p.Host.UDP(from, to)
+	}
+	// Send a datagram and wait for the answer; a port-unreachable error
+	// shows up as "Connection refused" on the read.
+	return p.stream(from, "udp", to, fmt.Sprintf("exec 3<>/dev/udp/%s/%d && echo probe >&3 && head -n1 <&3", to.Addr(), to.Port()))
+}
+
+func (p GuestProber) Ping(from string, to netip.Addr) Result {
+	if from == Host {
+		return p.Host.Ping(from, to)
+	}
+	out, code, err := p.Run(p.SSH[from], fmt.Sprintf("ping -n -c1 -W%d %s", probeTimeout, to))
+	if err != nil {
+		return Result{Err: err}
+	}
+	if code != 0 {
+		return Result{Err: fmt.Errorf("ping: %s", lastLine(out))}
+	}
+	return Result{Reached: true}
+}
+
+// stream runs script under a timeout in bash and reads its outcome: a line
+// from the server ("seen ADDR"), a connection that was refused (the target
+// answered), or nothing before the timeout (blocked).
+func (p GuestProber) stream(from, proto string, to netip.AddrPort, script string) Result {
+	c := p.SSH[from]
+	if c == nil {
+		return Result{Err: fmt.Errorf("no SSH connection to %s", from)}
+	}
+	out, code, err := p.Run(c, fmt.Sprintf("timeout %d bash -c '%s'", probeTimeout, script))
+	if err != nil {
+		return Result{Err: err}
+	}
+	switch {
+	case strings.Contains(out, "Connection refused"):
+		return Result{Reached: true}
+	case strings.HasPrefix(out, "seen "):
+		return Result{Reached: true, SeenAs: strings.TrimSpace(strings.TrimPrefix(lastLine(out), "seen "))}
+	case code == 0 && proto == "tcp":
+		return Result{Reached: true} // connected; the server said nothing
+	}
+	return Result{Err: fmt.Errorf("%s %s: no answer (exit %d) %s", proto, to, code, lastLine(out))}
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
