@@ -101,7 +101,7 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 		from := vm.Name
 		r.Rows = append(r.Rows, from)
 		do(from, "internet", func() Cell {
-			res := p.TCP(from, netip.AddrPortFrom(t.Internet, t.Port))
+			res := retry(func() Result { return p.TCP(from, netip.AddrPortFrom(t.Internet, t.Port)) })
 			switch {
 			case !res.Reached:
 				return Cell{"NO INTERNET: " + errText(res.Err), false}
@@ -118,7 +118,7 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 			do(from, other.Name, func() Cell { return blocked(p, from, other.Addr, t.Port) })
 		}
 		do(from, "own gateway", func() Cell {
-			if res := p.Ping(from, vm.Gateway); !res.Reached {
+			if res := retry(func() Result { return p.Ping(from, vm.Gateway) }); !res.Reached {
 				return Cell{"NO PING: " + errText(res.Err), false}
 			}
 			return Cell{"ping ok", true}
@@ -150,8 +150,8 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 	r.Rows = append(r.Rows, Host)
 	for _, vm := range in.VMs {
 		do(Host, vm.Name, func() Cell {
-			tcp := p.TCP(Host, netip.AddrPortFrom(vm.Addr, t.Port))
-			ping := p.Ping(Host, vm.Addr)
+			tcp := retry(func() Result { return p.TCP(Host, netip.AddrPortFrom(vm.Addr, t.Port)) })
+			ping := retry(func() Result { return p.Ping(Host, vm.Addr) })
 			switch {
 			case !tcp.Reached:
 				return Cell{"NO TCP: " + errText(tcp.Err), false}
@@ -166,6 +166,16 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 	}
 	wg.Wait()
 	return r
+}
+
+// retry gives a probe that should get through a second chance: a guest
+// under heavy load (emulated CPUs) can miss a timeout once. Probes that
+// should be blocked are not retried; a second try could only reveal more.
+func retry(probe func() Result) Result {
+	if r := probe(); r.Reached {
+		return r
+	}
+	return probe()
 }
 
 // blocked probes TCP, UDP and ICMP from a VM to addr, at once; all three

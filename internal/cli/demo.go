@@ -92,7 +92,7 @@ func demo(e *env, in *config.Infra, keep bool) error {
 	if err != nil {
 		return err
 	}
-	if err := sb.AttachVMs(); err != nil {
+	if err := sb.AddStandIns(); err != nil {
 		return err
 	}
 	if err := sb.Serve(); err != nil {

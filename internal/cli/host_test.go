@@ -115,7 +115,7 @@ func TestHostApply(t *testing.T) {
 		}
 	})
 
-	if err := sb.AttachVMs(); err != nil {
+	if err := sb.AddStandIns(); err != nil {
 		t.Fatal(err)
 	}
 	if err := sb.Serve(); err != nil {

@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,26 +31,29 @@ func Dial(ctx context.Context, host config.Host, vm *config.VM) (*ssh.Client, er
 	if err != nil {
 		return nil, fmt.Errorf("reading the admin key: %w", err)
 	}
-	hostPub, err := HostPublicKey(vm)
-	if err != nil {
-		return nil, err
-	}
-	want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hostPub))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s's host key: %w", vm.Name, err)
-	}
+	// The host key is read at each try: a VM starting for the first time
+	// gets it from its supervisor a moment after start.
+	var want ssh.PublicKey
 	cfg := &ssh.ClientConfig{
-		User:            "root",
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback: ssh.FixedHostKey(want),
-		Timeout:         5 * time.Second,
+		User: "root",
+		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+			return ssh.FixedHostKey(want)(hostname, remote, key)
+		},
+		Timeout: 5 * time.Second,
 	}
 	addr := net.JoinHostPort(vm.Addr.String(), "22")
 	var last error
 	for {
-		c, err := ssh.Dial("tcp", addr, cfg)
+		hostPub, err := HostPublicKey(vm)
 		if err == nil {
-			return c, nil
+			want, _, _, _, err = ssh.ParseAuthorizedKey([]byte(hostPub))
+		}
+		if err == nil {
+			var c *ssh.Client
+			if c, err = ssh.Dial("tcp", addr, cfg); err == nil {
+				return c, nil
+			}
 		}
 		last = err
 		select {
@@ -70,15 +72,15 @@ func Run(c *ssh.Client, command string) (string, int, error) {
 		return "", -1, fmt.Errorf("opening an SSH session: %w", err)
 	}
 	defer s.Close()
-	var out bytes.Buffer
-	s.Stdout, s.Stderr = &out, &out
-	err = s.Run(command)
+	// CombinedOutput serializes the two streams' writes; two io.Copy into
+	// one bytes.Buffer race and lose output.
+	out, err := s.CombinedOutput(command)
 	var exit *ssh.ExitError
 	switch {
 	case err == nil:
-		return out.String(), 0, nil
+		return string(out), 0, nil
 	case errors.As(err, &exit):
-		return out.String(), exit.ExitStatus(), nil
+		return string(out), exit.ExitStatus(), nil
 	}
-	return out.String(), -1, fmt.Errorf("running %q: %w", command, err)
+	return string(out), -1, fmt.Errorf("running %q: %w", command, err)
 }

@@ -98,6 +98,14 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		return err
 	}
 	m.Logf = logf
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err = m.Ready(ctx)
+	cancel()
+	if err != nil {
+		m.Stop(context.Background())
+		stopDaemons()
+		return err
+	}
 	logf("%s started (pid %d), console in %s", vm.Hypervisor, m.Pid(), vm.ConsoleLog())
 
 	var vmmErr error

@@ -1,10 +1,10 @@
 // Package sandbox builds a throwaway world of network namespaces in which the
 // program can run for real without touching the machine it runs on: a
-// "host" namespace (where the program applies its network), an "internet"
-// namespace reached through the host's uplink, and one namespace per VM
-// standing in for the guest until real microVMs replace it.
+// "host" namespace (where the program applies its network and runs the
+// microVMs), and an "internet" namespace reached through the host's uplink.
+// Where no real guest is needed, a namespace per VM can stand in for it.
 //
-//	vm1 ns: eth0 10.1.0.2 ──veth── sb-vm1 ─┐
+//	microVM vm1 (or stand-in ns) eth0 10.1.0.2 ── vm-vm1 (or sb-vm1) ─┐
 //	                                        br-vm1 10.1.0.1 (made by apply)
 //	host ns: eth0 192.0.2.2 ──veth── isp0 192.0.2.1 : internet ns
 //	                                      203.0.113.10 (the "internet" server)
@@ -43,12 +43,12 @@ type Sandbox struct {
 	Internet string            // namespace holding the internet server
 	VMs      map[string]string // VM name -> namespace of its stand-in
 	in       *config.Infra
+	prefix   string
 	all      []string
 }
 
-// New creates the host and internet namespaces and a stand-in namespace per
-// VM. The VM ports are attached to their bridges by AttachVMs, after the
-// program has made the bridges.
+// New creates the host and internet namespaces. VMs come later: real
+// microVMs started in the host namespace, or stand-ins (AddStandIns).
 func New(in *config.Infra) (s *Sandbox, err error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("the sandbox needs root to create network namespaces; run as root (sudo)")
@@ -59,7 +59,7 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 	id := make([]byte, 3)
 	rand.Read(id)
 	prefix := "mvm" + hex.EncodeToString(id)
-	s = &Sandbox{Host: prefix + "-host", Internet: prefix + "-inet", VMs: map[string]string{}, in: in}
+	s = &Sandbox{Host: prefix + "-host", Internet: prefix + "-inet", VMs: map[string]string{}, in: in, prefix: prefix}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -80,21 +80,6 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 		{"-n", s.Internet, "addr", "add", InternetAddr.String() + "/32", "dev", "lo"},
 		{"-n", s.Internet, "link", "set", "isp0", "up"},
 	}
-	for _, vm := range in.VMs {
-		ns := prefix + "-" + vm.Name
-		if err := s.addNS(ns); err != nil {
-			return s, err
-		}
-		s.VMs[vm.Name] = ns
-		gw := vm.Gateway.String()
-		steps = append(steps,
-			[]string{"-n", s.Host, "link", "add", standIn(vm.Name), "type", "veth", "peer", "name", "eth0", "netns", ns},
-			[]string{"-n", ns, "link", "set", "eth0", "address", vm.MAC.String()},
-			[]string{"-n", ns, "addr", "add", netip.PrefixFrom(vm.Addr, vm.Subnet.Bits()).String(), "dev", "eth0"},
-			[]string{"-n", ns, "link", "set", "eth0", "up"},
-			[]string{"-n", ns, "route", "add", "default", "via", gw},
-		)
-	}
 	for _, st := range steps {
 		if err := ip(st...); err != nil {
 			return s, err
@@ -106,12 +91,28 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 // standIn names the host end of a stand-in's veth.
 func standIn(vm string) string { return "sb-" + vm }
 
-// AttachVMs puts each stand-in's port on its VM's bridge, as the VMM does
-// with a TAP. The bridges must exist: call it after applying the host part.
-func (s *Sandbox) AttachVMs() error {
+// AddStandIns gives every VM a namespace standing in for its guest: eth0
+// with the VM's address and MAC and a default route via its gateway, on a
+// veth whose host end is a port of the VM's bridge, as the VMM's TAP would
+// be. The bridges must exist: call it after applying the host part.
+func (s *Sandbox) AddStandIns() error {
 	for _, vm := range s.in.VMs {
-		if err := ip("-n", s.Host, "link", "set", standIn(vm.Name), "master", vm.Bridge, "up"); err != nil {
+		ns := s.prefix + "-" + vm.Name
+		if err := s.addNS(ns); err != nil {
 			return err
+		}
+		s.VMs[vm.Name] = ns
+		for _, st := range [][]string{
+			{"-n", s.Host, "link", "add", standIn(vm.Name), "type", "veth", "peer", "name", "eth0", "netns", ns},
+			{"-n", ns, "link", "set", "eth0", "address", vm.MAC.String()},
+			{"-n", ns, "addr", "add", netip.PrefixFrom(vm.Addr, vm.Subnet.Bits()).String(), "dev", "eth0"},
+			{"-n", ns, "link", "set", "eth0", "up"},
+			{"-n", ns, "route", "add", "default", "via", vm.Gateway.String()},
+			{"-n", s.Host, "link", "set", standIn(vm.Name), "master", vm.Bridge, "up"},
+		} {
+			if err := ip(st...); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -218,8 +219,8 @@ func ip(args ...string) error {
 }
 
 // Serve starts the test servers: the internet server, a server in every
-// stand-in, and a listener on the host's port 22 standing in for sshd (which
-// no VM may reach).
+// stand-in there is, and a listener on the host's port 22 standing in for
+// sshd (which no VM may reach).
 func (s *Sandbox) Serve() error {
 	if err := Serve(s.Internet, Port); err != nil {
 		return err

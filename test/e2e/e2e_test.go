@@ -1,0 +1,233 @@
+// Package e2e boots the seed's 4 microVMs for real, under QEMU, in a sandbox
+// of network namespaces, and proves the seed's promises from inside the
+// guests over SSH (tier 3 of DESIGN.md).
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/simple-microvm-infra/microvm/internal/check"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// build compiles microvm and microvm-init side by side, statically, as
+// the README's install step does.
+func build(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/...")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building: %s %v", out, err)
+	}
+	return filepath.Join(dir, "microvm")
+}
+
+// setup writes the seed's infra.toml for this machine: QEMU under TCG,
+// state in the test image's cache, run files in a short fresh directory.
+func setup(t *testing.T) (*config.Infra, string) {
+	t.Helper()
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64", "go")
+	host := imagetest.Debian(t)
+	id := make([]byte, 3)
+	rand.Read(id)
+	run := "/run/mvt-" + hex.EncodeToString(id)
+	t.Cleanup(func() { os.RemoveAll(run) })
+	var b strings.Builder
+	fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\n", host.StateDir, run)
+	b.WriteString("[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n")
+	for i := 1; i <= 4; i++ {
+		fmt.Fprintf(&b, "[vm.vm%d]\nsubnet = \"10.%d.0.0/24\"\n", i, i)
+	}
+	file := filepath.Join(t.TempDir(), "infra.toml")
+	os.WriteFile(file, []byte(b.String()), 0o644)
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every run starts from fresh VM state; the image is shared.
+	for _, vm := range in.VMs {
+		if err := os.RemoveAll(vm.StateDir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return in, file
+}
+
+func TestMicroVMs(t *testing.T) {
+	in, file := setup(t)
+	bin := build(t)
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	if out, err := sandbox.Command(sb.Host, bin, "apply", "--host-only", "-f", file).CombinedOutput(); err != nil {
+		t.Fatalf("apply: %s %v", out, err)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+
+	logs := t.TempDir()
+	vms := map[string]*sandbox.VM{}
+	clients := map[string]*ssh.Client{}
+	start := func(name string) {
+		t.Helper()
+		v, err := sb.StartVM(bin, file, name, filepath.Join(logs, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vms[name] = v
+	}
+	defer func() {
+		for name, v := range vms {
+			if err := v.Stop(60 * time.Second); err != nil {
+				t.Errorf("stopping %s: %v", name, err)
+			}
+		}
+		if t.Failed() {
+			for _, vm := range in.VMs {
+				dump(t, vm, filepath.Join(logs, vm.Name+".log"))
+			}
+		}
+	}()
+
+	// All four boot together, as after a host reboot.
+	began := time.Now()
+	for _, vm := range in.VMs {
+		start(vm.Name)
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range in.VMs {
+		vm := &in.VMs[i]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := login(sb, vm, 5*time.Minute)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				console, _ := os.ReadFile(vm.ConsoleLog())
+				t.Errorf("%v; console:\n%s", err, tail(console, 40))
+				return
+			}
+			clients[vm.Name] = c
+			t.Logf("%s: SSH ready %s after start", vm.Name, time.Since(began).Round(100*time.Millisecond))
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	t.Run("identity", func(t *testing.T) {
+		for _, vm := range in.VMs {
+			out := mustRun(t, clients[vm.Name], "hostname; ip -4 -br addr show eth0")
+			if !strings.HasPrefix(out, vm.Name+"\n") || !strings.Contains(out, vm.Addr.String()+"/24") {
+				t.Errorf("%s: got %q, want its own name and %s", vm.Name, out, vm.Addr)
+			}
+		}
+	})
+
+	t.Run("promises", func(t *testing.T) {
+		p := check.NewGuestProber(clients, sandbox.Prober{S: sb}, guest.Run)
+		r := check.Run(in, p, sb.Target())
+		var b bytes.Buffer
+		r.Print(&b)
+		t.Logf("measured from inside the guests:\n%s", b.String())
+		if !r.OK() {
+			t.Error("a promise does not hold (table above)")
+		}
+	})
+
+	t.Run("image is read-only", func(t *testing.T) {
+		out, code, err := guest.Run(clients["vm2"], "mount -o remount,rw / && touch /usr/microvm-probe")
+		if err != nil || code == 0 || !strings.Contains(out, "Read-only file system") {
+			t.Errorf("writing the image after remount rw: exit %d, %q, %v; want a read-only error", code, out, err)
+		}
+		if _, err := os.Stat(filepath.Join(in.Host.ImageRootfs("debian"), "usr/microvm-probe")); err == nil {
+			t.Error("the guest wrote into the image")
+		}
+	})
+
+	t.Run("var survives a restart", func(t *testing.T) {
+		vm, _ := in.VM("vm1")
+		token := hex.EncodeToString([]byte(time.Now().String()))[:16]
+		mustRun(t, clients["vm1"], "echo "+token+" > /var/microvm-marker && sync")
+		clients["vm1"].Close()
+
+		stopped := time.Now()
+		if err := vms["vm1"].Stop(60 * time.Second); err != nil {
+			t.Fatalf("stopping vm1: %v", err)
+		}
+		delete(vms, "vm1")
+		t.Logf("vm1 stopped in %s", time.Since(stopped).Round(100*time.Millisecond))
+		console, _ := os.ReadFile(vm.ConsoleLog())
+		if !bytes.Contains(console, []byte("systemd-shutdown")) {
+			t.Errorf("no clean guest shutdown in the console:\n%s", tail(console, 15))
+		}
+		// The supervisor returns only after its daemons: none may be left.
+		if out, _ := exec.Command("pgrep", "-f", vm.RunDir+"/virtiofs-").Output(); len(out) > 0 {
+			t.Errorf("virtiofsd still running after stop: pids %s", out)
+		}
+
+		start("vm1")
+		c, err := login(sb, vm, 5*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients["vm1"] = c
+		if got := strings.TrimSpace(mustRun(t, c, "cat /var/microvm-marker")); got != token {
+			t.Errorf("after restart /var/microvm-marker = %q, want %q", got, token)
+		}
+	})
+}
+
+func login(sb *sandbox.Sandbox, vm *config.VM, timeout time.Duration) (*ssh.Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return sb.Dial(ctx, vm)
+}
+
+func mustRun(t *testing.T, c *ssh.Client, cmd string) string {
+	t.Helper()
+	out, code, err := guest.Run(c, cmd)
+	if err != nil || code != 0 {
+		t.Fatalf("%q: exit %d: %s %v", cmd, code, out, err)
+	}
+	return out
+}
+
+func dump(t *testing.T, vm config.VM, log string) {
+	sup, _ := os.ReadFile(log)
+	console, _ := os.ReadFile(vm.ConsoleLog())
+	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, tail(sup, 20), vm.Name, tail(console, 30))
+}
+
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
