@@ -36,7 +36,8 @@ func (e *env) load() (*config.Infra, error) {
 }
 
 func commands() []*command {
-	return []*command{validateCmd(), planCmd(), applyCmd(), runCmd(), imageCmd(), demoCmd(), versionCmd()}
+	return []*command{validateCmd(), planCmd(), applyCmd(), runCmd(), imageCmd(),
+		snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), versionCmd()}
 }
 
 // errUsage marks a mistake on the command line (exit status 2).

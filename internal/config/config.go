@@ -29,6 +29,13 @@ const (
 	DefaultDNS        = "1.1.1.1"
 	DefaultAccel      = "kvm"
 
+	// Storage: plain directories unless the file asks for ZFS, which
+	// needs a pool the user made (the seed's step 2).
+	DefaultStorage       = "dir"
+	DefaultZFSDataset    = "rpool/microvms" // the seed's dataset for VM data
+	DefaultKeepSnapshots = 5                // automatic snapshots kept per VM
+	MaxKeepSnapshots     = 1000
+
 	// Table is the one nftables table the program owns.
 	Table = "microvm"
 	// Tailscale is the interface tailscaled creates.
@@ -39,6 +46,16 @@ const (
 
 // Hypervisors the program can drive.
 var Hypervisors = []string{"cloud-hypervisor", "qemu"}
+
+// Storages are the ways VM data can be kept: "dir" is plain directories
+// under state_dir; "zfs" is a dataset per VM under zfs_dataset, mounted at
+// state_dir, with snapshots (package storage).
+var Storages = []string{"dir", "zfs"}
+
+// ReservedNames are the directories of state_dir that are not VMs, with
+// what they hold. No VM may be called by them: its etc and var, or its ZFS
+// dataset, would land in theirs.
+var ReservedNames = map[string]string{"images": "the shared images", "admin": "the admin SSH key"}
 
 // Accels are the ways QEMU can run a guest: KVM on real hosts, TCG (software
 // emulation, slow) where /dev/kvm does not work, such as CI machines.
@@ -64,6 +81,12 @@ type Host struct {
 	RunDir   string // sockets, pid files, console logs
 	User     string // unprivileged user the VMM runs as; owns the TAPs
 	Accel    string // "kvm" or "tcg", for QEMU
+
+	Storage       string // "dir" or "zfs"
+	ZFSDataset    string // with storage "zfs": the parent dataset, mounted at StateDir
+	KeepSnapshots int    // with storage "zfs": automatic snapshots kept per VM; 0 takes none
+
+	Tailscale TailscaleSettings // [host.tailscale]: subnet routes for the VM networks
 }
 
 // VM is one [vm.NAME] table with every derived value.
@@ -81,6 +104,7 @@ type VM struct {
 	Image      string
 	DNS        string
 	SSHKeys    []string // authorized for root, beside the host's admin key
+	Autostart  bool     // started by apply (and at boot); default true
 
 	StateDir string // STATE_DIR/NAME
 	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
@@ -157,6 +181,7 @@ type parser struct {
 	in       *Infra
 	errs     ErrorList
 	host     map[string]*value
+	ts       map[string]*value // [host.tailscale]
 	defaults map[string]*value
 	vms      []*rawVM
 }
@@ -166,9 +191,9 @@ func (p *parser) errorf(at Pos, format string, args ...any) {
 }
 
 var (
-	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel"}
-	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys"}
-	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys"}
+	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "tailscale"}
+	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
+	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
 	topKeys      = []string{"host", "defaults", "vm"}
 )
 
@@ -176,6 +201,7 @@ var (
 // (each unknown table or key once, at its first use).
 func (p *parser) decode(entries []entry) {
 	p.host = map[string]*value{}
+	p.ts = map[string]*value{}
 	p.defaults = map[string]*value{}
 	byName := map[string]*rawVM{}
 	reported := map[string]bool{}
@@ -196,10 +222,19 @@ func (p *parser) decode(entries []entry) {
 			if !e.isTbl {
 				unknown(e, 1, fmt.Sprintf("%s must be a table, e.g. [%s]", top, top))
 			}
+		case top == "host" && e.path[1] == "tailscale":
+			// The one nested table of the file: [host.tailscale].
+			if len(e.path) == 2 {
+				if !e.isTbl {
+					unknown(e, 2, "tailscale in [host] must be a table; write [host.tailscale] and its keys below it")
+				}
+				continue
+			}
+			p.put(p.ts, e, 2, "[host.tailscale]", tailscaleKeys, unknown)
 		case top == "host":
-			p.put(p.host, e, "[host]", hostKeys, unknown)
+			p.put(p.host, e, 1, "[host]", hostKeys, unknown)
 		case top == "defaults":
-			p.put(p.defaults, e, "[defaults]", defaultsKeys, unknown)
+			p.put(p.defaults, e, 1, "[defaults]", defaultsKeys, unknown)
 		default: // vm
 			name := e.path[1]
 			vm := byName[name]
@@ -214,20 +249,20 @@ func (p *parser) decode(entries []entry) {
 				}
 				continue
 			}
-			e.path = e.path[1:] // the VM's keys are one level deeper than host's
-			p.put(vm.vals, e, "[vm."+name+"]", vmKeys, unknown)
+			p.put(vm.vals, e, 2, "[vm."+name+"]", vmKeys, unknown)
 		}
 	}
 }
 
-// put stores the value of e (path [table, key]) after checking the key.
-func (p *parser) put(m map[string]*value, e entry, table string, known []string, unknown func(entry, int, string)) {
-	k := e.path[1]
+// put stores the value of e, whose key is e.path[i] in table, after
+// checking the key.
+func (p *parser) put(m map[string]*value, e entry, i int, table string, known []string, unknown func(entry, int, string)) {
+	k := e.path[i]
 	switch {
 	case !contains(known, k):
-		unknown(e, 2, fmt.Sprintf("unknown key %q in %s; known keys are %s%s", k, table, strings.Join(known, ", "), suggest(k, known)))
-	case len(e.path) > 2 || e.isTbl:
-		unknown(e, 2, fmt.Sprintf("%s in %s must be a value, not a table", k, table))
+		unknown(e, i+1, fmt.Sprintf("unknown key %q in %s; known keys are %s%s", k, table, strings.Join(known, ", "), suggest(k, known)))
+	case len(e.path) > i+1 || e.isTbl:
+		unknown(e, i+1, fmt.Sprintf("%s in %s must be a value, not a table", k, table))
 	default:
 		m[k] = e.val
 	}
@@ -278,8 +313,10 @@ func (p *parser) derive() {
 	if h.StateDir != "" && h.StateDir == h.RunDir {
 		p.errorf(p.in.keys["host.run_dir"], "run_dir must differ from state_dir (%s)", h.StateDir)
 	}
+	p.storage(h)
+	p.tailscale(h)
 
-	def := VM{VCPU: DefaultVCPU, MemoryMiB: DefaultMemoryMiB, Hypervisor: DefaultHypervisor, Image: DefaultImage, DNS: DefaultDNS}
+	def := VM{VCPU: DefaultVCPU, MemoryMiB: DefaultMemoryMiB, Hypervisor: DefaultHypervisor, Image: DefaultImage, DNS: DefaultDNS, Autostart: true}
 	p.resources(&def, p.defaults, "defaults")
 
 	if len(p.vms) == 0 {
@@ -321,10 +358,7 @@ func (p *parser) derive() {
 			p.errorf(r.at, "vm.%s and vm.%s derive the same MAC address %s; rename one of them", other, r.name, vm.MAC)
 		}
 		macs[vm.MAC.String()] = r.name
-		vm.StateDir = filepath.Join(h.StateDir, r.name)
-		vm.EtcDir = filepath.Join(vm.StateDir, "etc")
-		vm.VarDir = filepath.Join(vm.StateDir, "var")
-		vm.RunDir = filepath.Join(h.RunDir, r.name)
+		vm.setPaths(*h)
 		p.in.VMs = append(p.in.VMs, vm)
 	}
 	p.overlaps()
@@ -356,10 +390,72 @@ func (p *parser) validName(r *rawVM) bool {
 		p.errorf(r.at, "VM name %q is %d characters; at most %d fit the interface names it derives (br-%s is over Linux's 15 bytes); use a shorter name such as %q", n, len(n), MaxNameLen, n, n[:MaxNameLen])
 	case !isName(n):
 		p.errorf(r.at, "VM name %q is invalid; use lowercase letters, digits and '-', starting with a letter, e.g. %q", n, fixName(n))
+	case ReservedNames[n] != "":
+		p.errorf(r.at, "VM name %q is reserved: STATE_DIR/%s holds %s; choose another name", n, n, ReservedNames[n])
 	default:
 		return true
 	}
 	return false
+}
+
+// storage reads storage, zfs_dataset and keep_snapshots. The last two mean
+// nothing with plain directories, so they are refused there: a file that
+// names a dataset but forgot storage = "zfs" would otherwise run without
+// the snapshots its author counts on.
+func (p *parser) storage(h *Host) {
+	h.Storage = p.hostString("storage", DefaultStorage, func(s string) string {
+		if !contains(Storages, s) {
+			return "is not supported; use \"dir\" (plain directories under state_dir) or \"zfs\" (a dataset per VM, with snapshots)" + suggest(s, Storages)
+		}
+		return ""
+	})
+	h.ZFSDataset = p.hostString("zfs_dataset", DefaultZFSDataset, validDataset)
+	h.KeepSnapshots = DefaultKeepSnapshots
+	if v, ok := p.host["keep_snapshots"]; ok {
+		if n, ok := p.num(v, "keep_snapshots"); ok {
+			if n < 0 || n > MaxKeepSnapshots {
+				p.errorf(v.pos, "keep_snapshots = %d is out of range; it is how many automatic snapshots each VM keeps, 0 to %d (0 takes none)", n, MaxKeepSnapshots)
+			}
+			h.KeepSnapshots = n
+		}
+	}
+	if h.Storage == "dir" {
+		for _, k := range []string{"zfs_dataset", "keep_snapshots"} {
+			if v, ok := p.host[k]; ok {
+				p.errorf(v.pos, "%s is only used with storage = \"zfs\"; add storage = \"zfs\" to [host], or remove %s", k, k)
+			}
+		}
+	}
+}
+
+// validDataset checks a ZFS dataset name the way zfs does, and requires it
+// to be inside a pool (POOL/NAME): the program creates and mounts this
+// dataset, and never changes a pool's root dataset.
+func validDataset(s string) string {
+	parts := strings.Split(s, "/")
+	if strings.HasPrefix(s, "/") {
+		return "is a path; a dataset name has no leading /, e.g. \"rpool/microvms\" (its mount point is state_dir)"
+	}
+	if len(parts) < 2 {
+		return "must name a dataset inside a pool, as POOL/NAME, e.g. \"rpool/microvms\""
+	}
+	if p := parts[0]; p == "" || !(p[0] >= 'a' && p[0] <= 'z' || p[0] >= 'A' && p[0] <= 'Z') {
+		return "does not start with a pool name; write it as POOL/NAME, e.g. \"rpool/microvms\""
+	}
+	for _, part := range parts {
+		if part == "" || part == "." || part == ".." {
+			return "has an empty, . or .. component; write it as POOL/NAME, e.g. \"rpool/microvms\""
+		}
+		for _, c := range part {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("_-.:", c)) {
+				return fmt.Sprintf("contains %q; dataset names use letters, digits and _ - . : only, e.g. \"rpool/microvms\"", c)
+			}
+		}
+	}
+	if len(s) > 200 {
+		return "is too long; ZFS names are at most 255 bytes with the VM and snapshot names added"
+	}
+	return ""
 }
 
 // resources reads vcpu, memory, hypervisor, image and dns from vals into vm.
@@ -408,6 +504,13 @@ func (p *parser) resources(vm *VM, vals map[string]*value, table string) {
 				}
 				vm.SSHKeys = append(vm.SSHKeys, k)
 			}
+		}
+	}
+	if v, ok := vals["autostart"]; ok {
+		if v.kind != unstable.Bool {
+			p.errorf(v.pos, "%s.autostart must be true or false, not %s", table, kindName(v.kind))
+		} else {
+			vm.Autostart = v.str == "true"
 		}
 	}
 	if v, ok := vals["dns"]; ok {

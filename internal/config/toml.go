@@ -44,6 +44,7 @@ func readTOML(src []byte) ([]entry, error) {
 		prefix []string
 		seen   = map[string]Pos{} // full dotted path -> where it was set
 		tables = map[string]Pos{} // explicit [table] headers
+		dotted = map[string]Pos{} // tables made by dotted keys (a.b = 1 makes a)
 	)
 	pos := func(r unstable.Range) Pos {
 		s := p.Shape(r)
@@ -105,6 +106,10 @@ func readTOML(src []byte) ([]entry, error) {
 			if prev, ok := seen[full]; ok {
 				return nil, &Error{Pos: at, Msg: fmt.Sprintf("table [%s] was already set at line %d", full, prev.Line)}
 			}
+			if prev, ok := dotted[full]; ok {
+				// TOML forbids reopening a table that dotted keys defined.
+				return nil, &Error{Pos: at, Msg: fmt.Sprintf("table [%s] was already defined by a dotted key at line %d; write its keys in one place", full, prev.Line)}
+			}
 			tables[full] = at
 			prefix = path
 			out = append(out, entry{path: path, key: at, isTbl: true})
@@ -114,6 +119,11 @@ func readTOML(src []byte) ([]entry, error) {
 		case unstable.KeyValue:
 			sub, at := keyOf(e.Key())
 			path := append(append([]string{}, prefix...), sub...)
+			for i := len(prefix) + 1; i < len(path); i++ {
+				if _, ok := dotted[strings.Join(path[:i], ".")]; !ok {
+					dotted[strings.Join(path[:i], ".")] = at
+				}
+			}
 			if err := addKV(path, at, e.Value()); err != nil {
 				return nil, err
 			}

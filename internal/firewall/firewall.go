@@ -3,6 +3,14 @@
 // every VM from every other, stops spoofed packets, and lets a VM reach the
 // host only for replies and a ping to its own gateway.
 //
+// Tailnet clients (through tailscale0) reach every VM: that is how the
+// seed's Tailscale subnet routes arrive. VMs cannot open connections into
+// the tailnet unless [host.tailscale] allow_vm_to_tailnet is set, so a
+// compromised VM cannot reach the operator's machines; replies to tailnet
+// clients always pass. Tailnet addresses are 100.64.0.0/10 and
+// fd7a:115c:a1e0::/48; VM networks are IPv4 only and every IPv6 packet from
+// a VM is dropped first, so only the IPv4 range needs rules.
+//
 // Isolation uses sets, so the number of rules stays the same for 4 VMs or
 // 250, where the seed's iptables rules grow as N×(N−1).
 package firewall
@@ -55,7 +63,7 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
-		iifname @vm_bridges meta nfproto ipv6 drop comment "VM networks are IPv4 only"
+		iifname @vm_bridges meta nfproto ipv6 drop comment "VM networks are IPv4 only (so no VM reaches the tailnet's {{.TailscaleRange6}})"
 		iifname @vm_bridges iifname . ip saddr . ether saddr != @vm_sources drop comment "anti-spoofing: a VM sends only from its own address and MAC"
 	}
 
@@ -72,14 +80,20 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		iifname @vm_bridges oifname @vm_bridges drop comment "isolation: no VM reaches another"
 		ct state established,related accept comment "replies"
 		iifname "{{.Tailscale}}" oifname @vm_bridges accept comment "tailnet clients reach every VM"
+{{- if .AllowVMToTailnet}}
+		iifname @vm_bridges oifname "{{.Tailscale}}" ip daddr {{.TailscaleRange}} accept comment "VMs may open connections into the tailnet (allow_vm_to_tailnet)"
+{{- end}}
 		iifname @vm_bridges oifname "{{.Uplink}}" ip daddr != {{.TailscaleRange}} accept comment "VMs reach the internet"
-		iifname @vm_bridges drop comment "VMs reach nothing else: not the tailnet, not other host networks"
+		iifname @vm_bridges drop comment "VMs reach nothing else: {{if not .AllowVMToTailnet}}not the tailnet, {{end}}not other host networks"
 		oifname @vm_bridges drop comment "nobody else opens connections into a VM"
 	}
 
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "{{.Uplink}}" ip saddr @vm_subnets masquerade comment "NAT: VMs share the uplink's address"
+{{- if .AllowVMToTailnet}}
+		oifname "{{.Tailscale}}" ip saddr @vm_subnets masquerade comment "VMs reach the tailnet as the host, whose tailnet address peers know"
+{{- end}}
 	}
 }
 `))
@@ -87,10 +101,12 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 // Ruleset is the table for the model, as nft text.
 func Ruleset(in *config.Infra) string {
 	data := struct {
-		Table, Uplink, Tailscale, Hash string
-		TailscaleRange                 string
-		VMs                            []config.VM
-	}{Table, in.Host.Uplink, config.Tailscale, "", config.TailscaleRange.String(), in.VMs}
+		Table, Uplink, Tailscale, Hash  string
+		TailscaleRange, TailscaleRange6 string
+		AllowVMToTailnet                bool
+		VMs                             []config.VM
+	}{Table, in.Host.Uplink, config.Tailscale, "", config.TailscaleRange.String(), config.TailscaleRange6.String(),
+		in.Host.Tailscale.AllowVMToTailnet, in.VMs}
 	var b bytes.Buffer
 	// Render once without the hash, hash that, and render again with it: the
 	// hash in the comment lets plan see whether the loaded table is current.

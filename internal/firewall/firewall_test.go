@@ -164,3 +164,56 @@ func TestConflicts(t *testing.T) {
 		return nil
 	})
 }
+
+// TestAllowVMToTailnet: the setting adds exactly an accept into tailscale0
+// and a masquerade out of it; without it, a VM's packet to the tailnet
+// meets the final drop. Both tables load into a real nftables.
+func TestAllowVMToTailnet(t *testing.T) {
+	closed := infra(t, 4)
+	open := infra(t, 4)
+	open.Host.Tailscale.AllowVMToTailnet = true
+	rules := []string{
+		`iifname @vm_bridges oifname "tailscale0" ip daddr 100.64.0.0/10 accept`,
+		`oifname "tailscale0" ip saddr @vm_subnets masquerade`,
+	}
+	tests := []struct {
+		name string
+		in   *config.Infra
+		want bool // the rules are present
+		more int  // rules beyond the closed table's
+	}{
+		{"closed (default)", closed, false, 0},
+		{"allow_vm_to_tailnet", open, true, 2},
+	}
+	base := summarize(Ruleset(closed)).Rules
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := Ruleset(tt.in)
+			for _, r := range rules {
+				if got := strings.Contains(rs, r); got != tt.want {
+					t.Errorf("has %q: got %v, want %v", r, got, tt.want)
+				}
+			}
+			if got, want := summarize(rs).Rules, base+tt.more; got != want {
+				t.Errorf("got %d rules, want %d", got, want)
+			}
+		})
+	}
+	if summarize(Ruleset(closed)).Hash == summarize(Ruleset(open)).Hash {
+		t.Error("the setting does not change the table's hash, so apply would not reload it")
+	}
+
+	testenv.NeedCommands(t, "nft")
+	ns := testenv.NetNS(t)
+	err := sandbox.Do(ns, func() error {
+		for _, in := range []*config.Infra{open, closed} {
+			if err := (&Replace{Ruleset(in), "create"}).Apply(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

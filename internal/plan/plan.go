@@ -10,20 +10,34 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
+	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 )
 
-// Plan is the list of actions that bring the host to the model, and warnings
-// about things on the host the program will not change.
+// Plan is the list of actions that bring the host to the model, warnings
+// about things on the host the program will not change, and notes: things
+// worth saying when the plan changes something (a plan without actions
+// prints only "no changes").
 type Plan struct {
 	Actions  []action.Action
 	Warnings []string
+	Notes    []string
 }
 
-// Host plans the host part: links, sysctls and the firewall. The firewall
-// comes before forwarding and new links, so no VM network is ever up
-// without its rules.
+// Host plans the host part: storage, links, sysctls and the firewall.
+// Storage comes first: a VM's datasets (storage = "zfs") exist before
+// anything could start it, and a host without ZFS is told so before its
+// network is touched. The firewall comes before forwarding and new links,
+// so no VM network is ever up without its rules. Tailscale routes of
+// removed VMs are withdrawn before anything else, while their bridges still
+// show they were the program's; new routes are advertised last, once there
+// is a network behind them.
 func Host(in *config.Infra) (*Plan, error) {
 	if err := hostnet.Check(in); err != nil {
+		return nil, err
+	}
+	store, storeWarnings, err := storage.For(in.Host).Diff(in)
+	if err != nil {
 		return nil, err
 	}
 	fw, err := firewall.Diff(in)
@@ -34,8 +48,18 @@ func Host(in *config.Infra) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Warnings: firewall.Conflicts()}
-	p.Actions = append(append(append(p.Actions, cleanup...), fw...), setup...)
+	ts := tailscale.Diff(in)
+	p := &Plan{Warnings: append(append(firewall.Conflicts(), storeWarnings...), ts.Warnings...)}
+	if ts.Withdraw != nil {
+		p.Actions = append(p.Actions, ts.Withdraw)
+	}
+	p.Actions = append(append(append(append(p.Actions, store...), cleanup...), fw...), setup...)
+	if ts.Advertise != nil {
+		p.Actions = append(p.Actions, ts.Advertise)
+	}
+	if len(p.Actions) > 0 {
+		p.Notes = ts.Notes
+	}
 	return p, nil
 }
 
@@ -50,6 +74,13 @@ func (p *Plan) Print(w io.Writer) {
 	}
 	for _, a := range p.Actions {
 		fmt.Fprintln(w, a)
+	}
+	p.printNotes(w)
+}
+
+func (p *Plan) printNotes(w io.Writer) {
+	for _, n := range p.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
 	}
 }
 
@@ -66,5 +97,6 @@ func (p *Plan) Apply(w io.Writer) error {
 			return err
 		}
 	}
+	p.printNotes(w)
 	return nil
 }

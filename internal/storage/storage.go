@@ -1,0 +1,321 @@
+// Package storage keeps the VMs' persistent data: each VM's etc and var
+// (config.VM.StateDir) and the shared images, under state_dir. There are two
+// backends, chosen by [host] storage in infra.toml:
+//
+//   - "dir" (the default): plain directories, made when a VM first starts.
+//     No snapshots.
+//   - "zfs": the seed's layout. A parent dataset mounted at state_dir, one
+//     child per VM holding its etc and var, and one for the images, all made
+//     by the host part of apply before a VM first starts. The zfs command is
+//     driven the way Incus drives it (zfs create -o ..., zfs list -H -o ...,
+//     zfs get -Hp ...), so what `microvm plan` prints is what a person would
+//     type. A VM's snapshots are snapshots of its dataset.
+//
+// For the seed's setup:
+//
+//	rpool/microvms         /var/lib/microvms          compression=on; the admin key
+//	rpool/microvms/images  /var/lib/microvms/images   every image
+//	rpool/microvms/vm1     /var/lib/microvms/vm1      vm1's etc and var; snapshots rpool/microvms/vm1@NAME
+//
+// The program creates datasets only under zfs_dataset, in the pool it
+// names: it never creates or changes a pool, and never changes a dataset it
+// finds mounted elsewhere. It says what to do instead.
+//
+// Snapshots are named by who took them. Automatic ones, taken before a VM
+// is restarted with a changed configuration or image (SnapshotBeforeChange),
+// are called auto-YYYYMMDD-HHMMSS-REASON and pruned to the newest
+// keep_snapshots. A person's (microvm snapshot) carry their label and are
+// never pruned.
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/action"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// Backend is one way of keeping VM data.
+type Backend interface {
+	// Diff returns the actions that make the storage of the model exist,
+	// in order, and warnings about data the model no longer names (which
+	// is kept). Nothing returned means the host has it all. An error
+	// explains what the host lacks and what to do.
+	Diff(in *config.Infra) ([]action.Action, []string, error)
+	// Snapshot takes a snapshot of vm's data called name.
+	Snapshot(vm *config.VM, name string) error
+	// Snapshots lists vm's snapshots, oldest first.
+	Snapshots(vm *config.VM) ([]Snapshot, error)
+	// Rollback returns vm's data to the snapshot called name, destroying
+	// the snapshots taken after it (see Later). The VM must not be
+	// running: its guest would see its files change underneath it.
+	Rollback(vm *config.VM, name string) error
+	// DestroySnapshot deletes the snapshot of vm called name.
+	DestroySnapshot(vm *config.VM, name string) error
+	// Usage reports the bytes on disk of each VM, the images, and all.
+	Usage(in *config.Infra) (Usage, error)
+}
+
+// For returns the backend h asks for.
+func For(h config.Host) Backend {
+	if h.Storage == "zfs" {
+		return &ZFS{Host: h}
+	}
+	return &Dir{StateDir: h.StateDir}
+}
+
+// ErrNoSnapshots is returned by the dir backend for every snapshot operation.
+var ErrNoSnapshots = errors.New(`snapshots need [host] storage = "zfs" in infra.toml; with storage = "dir" a VM's data is plain directories, which have none`)
+
+// Snapshot is one snapshot of a VM's data.
+type Snapshot struct {
+	Name    string    // what follows the @: a person's label, or auto-...
+	Created time.Time // to the second
+	Used    int64     // bytes only this snapshot holds: what destroying it frees
+	Auto    bool      // taken by SnapshotBeforeChange, and pruned
+}
+
+// Usage is disk use in bytes, as `zfs get used` or du count it: blocks
+// allocated, after compression. ZFS counts a write once its transaction
+// group is committed, within seconds (30 s with zfs-fuse).
+type Usage struct {
+	VMs    map[string]int64 // each VM's etc and var (on ZFS with its snapshots), by name
+	Images int64            // every image under state_dir/images
+	Total  int64            // all of state_dir: VMs, images, the admin key, and data of VMs no longer in the file
+}
+
+// AutoPrefix starts the name of every automatic snapshot, and of no
+// person's snapshot (CheckLabel), so pruning never touches a person's.
+const AutoPrefix = "auto-"
+
+// CheckLabel returns an error if label cannot name a person's snapshot.
+func CheckLabel(label string) error {
+	switch {
+	case label == "":
+		return errors.New("a snapshot label cannot be empty")
+	case len(label) > 64:
+		return fmt.Errorf("snapshot label %q is %d characters; use at most 64", label, len(label))
+	case strings.HasPrefix(label, AutoPrefix):
+		return fmt.Errorf("snapshot label %q starts with %q, which marks automatic snapshots (pruned to the newest keep_snapshots); choose another label", label, AutoPrefix)
+	case !isLabel(label):
+		return fmt.Errorf("snapshot label %q is invalid; use letters, digits and _ - . :, starting with a letter or digit, e.g. \"before-upgrade\"", label)
+	}
+	return nil
+}
+
+// isLabel reports whether s is safe as the part of a snapshot name after
+// the @: what zfs accepts, without the characters (space, %) that would
+// make its commands awkward to read or type.
+func isLabel(s string) bool {
+	if s == "" || !isAlnum(rune(s[0])) {
+		return false
+	}
+	for _, c := range s {
+		if !isAlnum(c) && !strings.ContainsRune("_-.:", c) {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c rune) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// DefaultLabel names a person's snapshot taken without a label: the time,
+// in UTC, to the second.
+func DefaultLabel(now time.Time) string { return now.UTC().Format("20060102-150405") }
+
+// autoName names an automatic snapshot: the time, in UTC, and the reason.
+func autoName(now time.Time, reason string) string {
+	return AutoPrefix + now.UTC().Format("20060102-150405") + "-" + reason
+}
+
+// now is the clock of automatic snapshot names.
+var now = time.Now
+
+// SnapshotBeforeChange takes an automatic snapshot of vm's data, before the
+// VM is restarted with a changed configuration or image, then prunes vm's
+// automatic snapshots to the newest h.KeepSnapshots. reason says what the
+// change is ("update", "apply") and ends the snapshot's name, which is
+// returned. With storage "dir", or keep_snapshots = 0, it takes none and
+// returns "": the change goes ahead without one, as the file asks.
+//
+// It is for `microvm update` and `microvm apply` to call for each VM they
+// are about to restart, once the VM has stopped, so that the snapshot has
+// every write the guest made.
+func SnapshotBeforeChange(h config.Host, vm *config.VM, reason string) (string, error) {
+	if h.Storage != "zfs" || h.KeepSnapshots == 0 {
+		return "", nil
+	}
+	if !isLabel(reason) {
+		return "", fmt.Errorf("taking a snapshot of %s before a change: reason %q cannot be part of a snapshot name", vm.Name, reason)
+	}
+	b := For(h)
+	snaps, err := b.Snapshots(vm)
+	if err != nil {
+		return "", err
+	}
+	// Two changes within a second would make the same name: number the
+	// later ones, as a person would.
+	base := autoName(now(), reason)
+	name := base
+	for n := 2; slices.ContainsFunc(snaps, func(s Snapshot) bool { return s.Name == name }); n++ {
+		name = base + "-" + strconv.Itoa(n)
+	}
+	if err := b.Snapshot(vm, name); err != nil {
+		return "", err
+	}
+	if _, err := Prune(b, vm, h.KeepSnapshots); err != nil {
+		return name, err
+	}
+	return name, nil
+}
+
+// Prune destroys vm's automatic snapshots but the newest keep, and returns
+// the names of those it destroyed. A person's snapshots are never pruned.
+func Prune(b Backend, vm *config.VM, keep int) ([]string, error) {
+	snaps, err := b.Snapshots(vm)
+	if err != nil {
+		return nil, err
+	}
+	var gone []string
+	for _, s := range toPrune(snaps, keep) {
+		if err := b.DestroySnapshot(vm, s.Name); err != nil {
+			return gone, fmt.Errorf("pruning snapshots of %s: %w", vm.Name, err)
+		}
+		gone = append(gone, s.Name)
+	}
+	return gone, nil
+}
+
+// toPrune returns the automatic snapshots of snaps (oldest first) beyond
+// the newest keep.
+func toPrune(snaps []Snapshot, keep int) []Snapshot {
+	var auto []Snapshot
+	for _, s := range snaps {
+		if s.Auto {
+			auto = append(auto, s)
+		}
+	}
+	if keep < 0 {
+		keep = 0
+	}
+	if len(auto) <= keep {
+		return nil
+	}
+	return auto[:len(auto)-keep]
+}
+
+// Later returns the snapshots of snaps (oldest first) taken after the one
+// called name: those a rollback to it destroys.
+func Later(snaps []Snapshot, name string) []Snapshot {
+	for i, s := range snaps {
+		if s.Name == name {
+			return snaps[i+1:]
+		}
+	}
+	return nil
+}
+
+// sortSnapshots orders snaps oldest first. zfs lists a dataset's snapshots
+// in the order they were taken; creation times, which have whole seconds,
+// keep that order among snapshots of the same second.
+func sortSnapshots(snaps []Snapshot) {
+	sort.SliceStable(snaps, func(i, j int) bool { return snaps[i].Created.Before(snaps[j].Created) })
+}
+
+// Dir is the backend of plain directories under StateDir.
+type Dir struct{ StateDir string }
+
+// Diff returns nothing: a VM's directories are made when it first starts
+// (package guest seeds them), and the images directory by the first image.
+func (d *Dir) Diff(in *config.Infra) ([]action.Action, []string, error) { return nil, nil, nil }
+
+func (d *Dir) Snapshot(vm *config.VM, name string) error        { return ErrNoSnapshots }
+func (d *Dir) Snapshots(vm *config.VM) ([]Snapshot, error)      { return nil, ErrNoSnapshots }
+func (d *Dir) Rollback(vm *config.VM, name string) error        { return ErrNoSnapshots }
+func (d *Dir) DestroySnapshot(vm *config.VM, name string) error { return ErrNoSnapshots }
+
+// Usage adds up the blocks of the files under each directory, as du does.
+func (d *Dir) Usage(in *config.Infra) (Usage, error) {
+	u := Usage{VMs: map[string]int64{}}
+	var err error
+	for _, vm := range in.VMs {
+		if u.VMs[vm.Name], err = diskUsage(vm.StateDir); err != nil {
+			return Usage{}, err
+		}
+	}
+	if u.Images, err = diskUsage(in.Host.ImagesDir()); err != nil {
+		return Usage{}, err
+	}
+	if u.Total, err = diskUsage(d.StateDir); err != nil {
+		return Usage{}, err
+	}
+	return u, nil
+}
+
+// diskUsage is the bytes allocated to everything under dir, each file
+// once however many hard links it has (images hard-link many files); 0 if
+// dir does not exist.
+func diskUsage(dir string) (int64, error) {
+	type inode struct{ dev, ino uint64 }
+	seen := map[inode]bool{}
+	var total int64
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) && path == dir {
+			return fs.SkipAll
+		}
+		if err != nil {
+			return err
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil
+		}
+		id := inode{uint64(st.Dev), st.Ino}
+		if seen[id] {
+			return nil
+		}
+		seen[id] = true
+		total += st.Blocks * 512 // st_blocks counts 512-byte units, whatever the file system's block size
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("measuring disk use of %s: %w", dir, err)
+	}
+	return total, nil
+}
+
+// isEmptyDir reports whether dir is missing or has nothing in it: where a
+// dataset may be mounted without hiding files.
+func isEmptyDir(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if err != nil && err != io.EOF {
+		return false, err
+	}
+	return len(names) == 0, nil
+}

@@ -1,0 +1,418 @@
+// Package tailscale_test proves the seed's external access path with real
+// tailscaled daemons, all inside sandbox namespaces:
+//
+//	laptop ns: tailscaled ─┐                  ┌─ control server, DERP, STUN (203.0.113.10)
+//	  eth0 198.51.100.2 ── lap0 198.51.100.1 : internet ns
+//	host ns:   tailscaled, eth0 192.0.2.2 ── isp0 192.0.2.1 ┘
+//	           br-vm1..4 (microvm apply) ── VM stand-ins 10.N.0.2
+//
+// The control server is the tailscale.com module's own test server
+// (testcontrol), the relay its DERP server; tailscaled is built from the
+// same module. The program advertises the VM subnets through the host's
+// tailscaled, the test approves them on the control server as a tailnet
+// admin would, and the laptop then reaches every VM through its tailnet,
+// while no VM can open a connection to the laptop.
+package tailscale_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"tailscale.com/ipn"
+
+	"github.com/simple-microvm-infra/microvm/internal/check"
+	"github.com/simple-microvm-infra/microvm/internal/cli"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/tailscale"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// The laptop's link to the simulated internet (RFC 5737 TEST-NET-2).
+var (
+	laptopAddr = netip.MustParsePrefix("198.51.100.2/24")
+	laptopGW   = netip.MustParsePrefix("198.51.100.1/24")
+)
+
+// userRoute is a route the user advertises for reasons of their own; the
+// program must keep it.
+var userRoute = netip.MustParsePrefix("192.168.77.0/24")
+
+// infraFile writes an infra.toml for the seed's 4 VMs whose state lives in
+// dir and whose tailscaled listens on socket. Without vm4 when three is set.
+func infraFile(t *testing.T, dir, socket string, allowVMToTailnet, three bool) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\n\n", filepath.Join(dir, "state"), filepath.Join(dir, "run"))
+	fmt.Fprintf(&b, "[host.tailscale]\nsocket = %q\nallow_vm_to_tailnet = %v\n", socket, allowVMToTailnet)
+	n := 4
+	if three {
+		n = 3
+	}
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "\n[vm.vm%d]\nsubnet = \"10.%d.0.0/24\"\n", i, i)
+	}
+	name := fmt.Sprintf("infra-%v-%v.toml", allowVMToTailnet, three)
+	f := filepath.Join(dir, name)
+	if err := os.WriteFile(f, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// microvm runs the CLI in-process in the sandbox's host namespace.
+func microvm(t *testing.T, ns string, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	code := -1
+	if err := sandbox.Do(ns, func() error { code = cli.Main(args, &out, &out); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if code != 0 {
+		t.Fatalf("microvm %s: exit %d\n%s", strings.Join(args, " "), code, out.String())
+	}
+	return out.String()
+}
+
+func ipCmd(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %s %v", strings.Join(args, " "), out, err)
+	}
+}
+
+// routes is what the node advertises, as text.
+func (n *node) routes(t *testing.T) string {
+	t.Helper()
+	p, err := n.lc.GetPrefs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s []string
+	for _, r := range p.AdvertiseRoutes {
+		s = append(s, r.String())
+	}
+	return strings.Join(s, " ")
+}
+
+// status is `microvm status --host`'s Tailscale part, read in namespace ns.
+func status(t *testing.T, ns string, in *config.Infra) *tailscale.Report {
+	t.Helper()
+	var r *tailscale.Report
+	if err := sandbox.Do(ns, func() error { r = tailscale.Status(context.Background(), in); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestSubnetRoutes(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft", "useradd")
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		testenv.Unavailable(t, "needs /dev/net/tun for tailscaled's TUN interface")
+	}
+	bin := tailscaled(t)
+	start := time.Now()
+
+	dir := t.TempDir()
+	hostDir, laptopDir := filepath.Join(dir, "hypervisor"), filepath.Join(dir, "laptop")
+	socket := filepath.Join(hostDir, "tailscaled.sock")
+	file := infraFile(t, dir, socket, false, false)
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+
+	// The laptop is another machine on the internet.
+	laptopNS := testenv.NetNS(t)
+	ipCmd(t, "-n", sb.Internet, "link", "add", "lap0", "type", "veth", "peer", "name", "eth0", "netns", laptopNS)
+	ipCmd(t, "-n", sb.Internet, "addr", "add", laptopGW.String(), "dev", "lap0")
+	ipCmd(t, "-n", sb.Internet, "link", "set", "lap0", "up")
+	ipCmd(t, "-n", laptopNS, "addr", "add", laptopAddr.String(), "dev", "eth0")
+	ipCmd(t, "-n", laptopNS, "link", "set", "eth0", "up")
+	ipCmd(t, "-n", laptopNS, "link", "set", "lo", "up")
+	ipCmd(t, "-n", laptopNS, "route", "add", "default", "via", laptopGW.Addr().String())
+
+	ctl := startControl(t, sb.Internet, sandbox.InternetAddr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("control server log (last 4 KiB):\n%s", tail([]byte(ctl.log.String()), 4096))
+		}
+	})
+	host := startTailscaled(t, bin, "hypervisor", sb.Host, hostDir)
+	laptop := startTailscaled(t, bin, "laptop", laptopNS, laptopDir)
+	ctx := context.Background()
+	if _, err := host.lc.EditPrefs(ctx, &ipn.MaskedPrefs{Prefs: ipn.Prefs{AdvertiseRoutes: []netip.Prefix{userRoute}}, AdvertiseRoutesSet: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("tailscaled running in both namespaces after %s", time.Since(start).Round(time.Millisecond))
+
+	vmRoutes := "10.1.0.0/24 10.2.0.0/24 10.3.0.0/24 10.4.0.0/24"
+	must := func(ok bool) {
+		if !ok {
+			t.FailNow()
+		}
+	}
+
+	must(t.Run("apply while logged out", func(t *testing.T) {
+		out := microvm(t, sb.Host, "apply", "--host-only", "-f", file)
+		t.Logf("microvm apply, tailscaled logged out:\n%s", out)
+		for _, want := range []string{
+			"warning: tailscaled is logged out (state NeedsLogin): tailscaled keeps the routes",
+			"tailscale up --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24",
+			"Edit route settings",
+			"ip link add br-vm4 type bridge", // the rest of the work is done
+			"tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24  # advertise the VM subnets",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("apply output lacks %q:\n%s", want, out)
+			}
+		}
+		if got, want := host.routes(t), userRoute.String()+" "+vmRoutes; got != want {
+			t.Errorf("advertised: got %q, want %q", got, want)
+		}
+	}))
+
+	// The VMs' stand-ins, on the bridges apply made, and a server on the
+	// laptop.
+	if err := sb.AddStandIns(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sandbox.Serve(laptopNS, sandbox.Port); err != nil {
+		t.Fatal(err)
+	}
+
+	host.up(t, ctl.URL, false)
+	laptop.up(t, ctl.URL, true) // --accept-routes: Linux clients do not use subnet routes without it
+	t.Logf("both nodes logged in after %s", time.Since(start).Round(time.Millisecond))
+
+	must(t.Run("plan after login", func(t *testing.T) {
+		// Routes in place and waiting for approval is not a change.
+		if got := microvm(t, sb.Host, "plan", "-f", file); got != "no changes\n" {
+			t.Errorf("plan: got %q, want no changes", got)
+		}
+		r := status(t, sb.Host, in)
+		var b strings.Builder
+		r.Print(&b)
+		t.Logf("status before approval:\n%s", b.String())
+		for _, rt := range r.Routes {
+			if !rt.Advertised || rt.Approved {
+				t.Errorf("%s: advertised %v approved %v, want advertised and not approved", rt.Subnet, rt.Advertised, rt.Approved)
+			}
+		}
+		if !slices.Equal(r.Others, []netip.Prefix{userRoute}) {
+			t.Errorf("other routes: got %v, want %v", r.Others, userRoute)
+		}
+		if !strings.Contains(b.String(), "To approve 10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24: approve the routes in the Tailscale admin console (Machines → hypervisor → Edit route settings)") {
+			t.Errorf("status does not say how to approve:\n%s", b.String())
+		}
+		// Unapproved routes carry nothing: the laptop has no way to the
+		// VMs but the tailnet, which the approval below opens.
+		if r := sandbox.TCP(laptopNS, netip.AddrPortFrom(in.VMs[0].Addr, sandbox.Port)); r.Reached {
+			t.Errorf("the laptop reaches vm1 before the routes are approved")
+		}
+	}))
+
+	// Approve the VM subnets on the control server, as the tailnet's admin
+	// does in the admin console. The user's own route stays unapproved.
+	st, err := host.lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl.SetSubnetRoutes(st.Self.PublicKey, subnetsOf(in))
+	var report strings.Builder
+	waitFor(t, 30*time.Second, "the approval to reach the host", func() error {
+		r := status(t, sb.Host, in)
+		if !r.OK() {
+			var b strings.Builder
+			r.Print(&b)
+			return fmt.Errorf("status:\n%s", b.String())
+		}
+		report.Reset()
+		r.Print(&report)
+		return nil
+	})
+	t.Logf("status after approval (microvm status --host):\n%s", report.String())
+	waitFor(t, 30*time.Second, "the laptop to learn the routes", func() error {
+		st, err := laptop.lc.Status(ctx)
+		if err != nil {
+			return err
+		}
+		for _, p := range st.Peer {
+			if p.HostName == "hypervisor" && p.PrimaryRoutes != nil && p.PrimaryRoutes.Len() == 4 {
+				return nil
+			}
+		}
+		return fmt.Errorf("no peer hypervisor with 4 primary routes")
+	})
+
+	laptopIP := laptop.addr(t)
+	hostIP := host.addr(t)
+
+	t.Run("the laptop reaches every VM", func(t *testing.T) {
+		for _, vm := range in.VMs {
+			to := netip.AddrPortFrom(vm.Addr, sandbox.Port)
+			// The first packets wait for the DERP path to be set up.
+			waitFor(t, 30*time.Second, "ping from the laptop to "+vm.Name, func() error {
+				return sandbox.Ping(laptopNS, vm.Addr).Err
+			})
+			r := sandbox.TCP(laptopNS, to)
+			if !r.Reached {
+				t.Errorf("TCP from the laptop to %s (%s): %v", vm.Name, to, r.Err)
+				continue
+			}
+			// tailscaled masquerades subnet-routed traffic by default
+			// (--snat-subnet-routes): the VM sees its gateway.
+			if r.SeenAs != vm.Gateway.String() {
+				t.Errorf("%s saw the laptop as %s, want its gateway %s (tailscaled's SNAT)", vm.Name, r.SeenAs, vm.Gateway)
+			}
+			t.Logf("laptop → %s %s: ping ok, TCP ok, the VM sees the laptop as %s", vm.Name, to, r.SeenAs)
+		}
+	})
+
+	t.Run("without tailscaled's SNAT, replies still pass", func(t *testing.T) {
+		// With --snat-subnet-routes=false the VM sees the laptop's tailnet
+		// address and answers through tailscale0: a reply, which the
+		// firewall lets out while it blocks new connections.
+		setNoSNAT := func(on bool) {
+			if _, err := host.lc.EditPrefs(ctx, &ipn.MaskedPrefs{Prefs: ipn.Prefs{NoSNAT: on}, NoSNATSet: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setNoSNAT(true)
+		defer setNoSNAT(false)
+		vm := in.VMs[0]
+		var r check.Result
+		waitFor(t, 10*time.Second, "TCP from the laptop to vm1 without SNAT", func() error {
+			r = sandbox.TCP(laptopNS, netip.AddrPortFrom(vm.Addr, sandbox.Port))
+			if !r.Reached || r.SeenAs != laptopIP.String() {
+				return fmt.Errorf("reached %v, seen as %q: %v", r.Reached, r.SeenAs, r.Err)
+			}
+			return nil
+		})
+	})
+
+	t.Run("no VM reaches the laptop", func(t *testing.T) {
+		to := netip.AddrPortFrom(laptopIP, sandbox.Port)
+		// The host itself reaches the laptop's server: only the firewall
+		// stands between a VM and it.
+		if r := sandbox.TCP(sb.Host, to); !r.Reached {
+			t.Fatalf("the host cannot reach the laptop's tailnet address %s: %v", to, r.Err)
+		}
+		results := probeAll(in, func(vm config.VM) []string {
+			var open []string
+			if r := sandbox.TCP(sb.VMs[vm.Name], to); r.Reached {
+				open = append(open, "tcp")
+			}
+			if r := sandbox.Ping(sb.VMs[vm.Name], laptopIP); r.Reached {
+				open = append(open, "icmp")
+			}
+			return open
+		})
+		for name, open := range results {
+			if len(open) > 0 {
+				t.Errorf("%s reached the laptop's tailnet address %s by %s", name, laptopIP, strings.Join(open, ","))
+			}
+		}
+	})
+
+	t.Run("the promises hold beside tailscaled's own firewall rules", func(t *testing.T) {
+		r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+		if !r.OK() {
+			var b bytes.Buffer
+			r.Print(&b)
+			t.Errorf("promises broken with tailscaled running:\n%s", b.String())
+		}
+	})
+
+	t.Run("allow_vm_to_tailnet", func(t *testing.T) {
+		open := infraFile(t, dir, socket, true, false)
+		out := microvm(t, sb.Host, "apply", "--host-only", "-f", open)
+		if !strings.Contains(out, "update table inet microvm") || strings.Contains(out, "tailscale set") {
+			t.Errorf("apply with allow_vm_to_tailnet: want only a firewall update:\n%s", out)
+		}
+		to := netip.AddrPortFrom(laptopIP, sandbox.Port)
+		r := sandbox.TCP(sb.VMs["vm1"], to)
+		if !r.Reached {
+			t.Errorf("with allow_vm_to_tailnet, vm1 cannot reach the laptop: %v", r.Err)
+		} else if r.SeenAs != hostIP.String() {
+			t.Errorf("the laptop saw vm1 as %s, want the host's tailnet address %s", r.SeenAs, hostIP)
+		}
+		// Isolation between VMs does not depend on the setting.
+		if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); !r.OK() {
+			var b bytes.Buffer
+			r.Print(&b)
+			t.Errorf("promises broken with allow_vm_to_tailnet:\n%s", b.String())
+		}
+		microvm(t, sb.Host, "apply", "--host-only", "-f", file)
+		if r := sandbox.TCP(sb.VMs["vm1"], to); r.Reached {
+			t.Errorf("after turning allow_vm_to_tailnet off, vm1 still reaches the laptop")
+		}
+	})
+
+	t.Run("a removed VM's route is withdrawn", func(t *testing.T) {
+		three := infraFile(t, dir, socket, false, true)
+		out := microvm(t, sb.Host, "apply", "--host-only", "-f", three)
+		lines := strings.Split(out, "\n")
+		if want := "tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24  # withdraw 10.4.0.0/24"; !strings.HasPrefix(lines[0], want) {
+			t.Errorf("apply without vm4: first line %q, want it to start with %q\n%s", lines[0], want, out)
+		}
+		if got, want := host.routes(t), "192.168.77.0/24 10.1.0.0/24 10.2.0.0/24 10.3.0.0/24"; got != want {
+			t.Errorf("advertised after removing vm4: got %q, want %q", got, want)
+		}
+		if got := microvm(t, sb.Host, "plan", "-f", three); got != "no changes\n" {
+			t.Errorf("plan after removal: got %q", got)
+		}
+		microvm(t, sb.Host, "apply", "--host-only", "-f", file)
+		if got, want := host.routes(t), userRoute.String()+" "+vmRoutes; got != want {
+			t.Errorf("advertised after adding vm4 back: got %q, want %q", got, want)
+		}
+	})
+	t.Logf("whole test after the build: %s", time.Since(start).Round(time.Millisecond))
+}
+
+func subnetsOf(in *config.Infra) []netip.Prefix {
+	var out []netip.Prefix
+	for _, vm := range in.VMs {
+		out = append(out, vm.Subnet)
+	}
+	return out
+}
+
+// probeAll runs f for every VM at once: blocked probes wait for their
+// timeout, so one VM at a time would be slow.
+func probeAll(in *config.Infra, f func(config.VM) []string) map[string][]string {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := map[string][]string{}
+	for _, vm := range in.VMs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := f(vm)
+			mu.Lock()
+			out[vm.Name] = r
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
