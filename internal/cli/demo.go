@@ -1,72 +1,113 @@
 package cli
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/simple-microvm-infra/microvm/examples"
 	"github.com/simple-microvm-infra/microvm/internal/check"
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
+)
+
+// Where the demo keeps its image and VMs: apart from a host's real ones.
+const (
+	demoState = "/var/lib/microvm-demo"
+	demoRun   = "/run/microvm-demo"
 )
 
 func demoCmd() *command {
-	var keep bool
+	var keep, standIns bool
 	return &command{
 		name:  "demo",
-		args:  "[-f FILE] [--keep]",
+		args:  "[-f FILE] [--stand-ins] [--keep]",
 		short: "run the 4-VM setup in a throwaway sandbox and prove it works",
 		long: `
-Builds a sandbox of network namespaces (a host, an "internet" with a server
-on 203.0.113.10, and one namespace per VM standing in for the guest), applies
-the host part of infra.toml inside it exactly as "apply --host-only" does on
-a real host, and proves the seed's promises with real TCP, UDP and ICMP
-packets: each VM reaches the internet through NAT, no VM reaches another VM,
-another VM's gateway or the host's SSH port, and the host reaches every VM.
+Runs the seed's setup for real, in a sandbox of network namespaces: a host,
+and an "internet" with a server on 203.0.113.10. It applies the host part of
+infra.toml inside it exactly as "apply --host-only" does on a real host,
+boots the 4 microVMs (building the Debian image first if needed, a few
+minutes the first time), and proves the seed's promises from inside the
+guests over SSH, with real TCP, UDP and ICMP packets: each VM reaches the
+internet through NAT, no VM reaches another VM, another VM's gateway or the
+host's SSH port, and the host reaches every VM. Then it shuts the VMs down.
 
 Nothing outside the sandbox is touched: not this machine's interfaces,
-routes or firewall. The sandbox is removed on exit. Needs root.
+routes or firewall. The image and the VMs' disks live in ` + demoState + `,
+apart from a real setup's. QEMU is the VMM (Cloud Hypervisor when
+installed), with KVM where it works and emulation (TCG, slow) where not.
 
-Without -f it uses the example file built into the program (the seed's 4
-VMs, examples/infra.toml).
+--stand-ins skips the VMs: a namespace per VM stands in for each guest,
+and the proof takes seconds. Without -f the example built into the program
+is used (the seed's 4 VMs, examples/infra.toml). Needs root, and
+microvm-init beside microvm (make build).
 
 Examples:
   sudo microvm demo
-  sudo microvm demo --keep     keep the sandbox to look around; Ctrl-C removes it`,
+  sudo microvm demo --stand-ins --keep   keep the sandbox; Ctrl-C removes it`,
 		flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&keep, "keep", false, "keep the sandbox until Ctrl-C, to explore it with ip netns exec")
+			fs.BoolVar(&standIns, "stand-ins", false, "prove the network with namespaces standing in for the guests, without booting VMs")
 		},
 		run: func(e *env, args []string) error {
 			if err := noArgs(args); err != nil {
+				return err
+			}
+			if err := needRoot(); err != nil {
 				return err
 			}
 			in, err := demoConfig(e)
 			if err != nil {
 				return err
 			}
-			return demo(e, in, keep)
+			return demo(e, in, standIns, keep)
 		},
 	}
 }
 
-// demoConfig reads -f when it was given, else the built-in example.
+// demoConfig reads -f when it was given, else the built-in example, and
+// moves its state into the demo's own directories.
 func demoConfig(e *env) (*config.Infra, error) {
+	var in *config.Infra
+	var err error
 	if e.file != "infra.toml" {
-		return e.load()
+		in, err = e.load()
+	} else {
+		in, err = config.Parse("examples/infra.toml", examples.InfraTOML)
 	}
-	if _, err := os.Stat(e.file); err == nil {
-		return e.load()
+	if err != nil {
+		return nil, err
 	}
-	return config.Parse("examples/infra.toml", examples.InfraTOML)
+	in.Relocate(demoState, demoRun)
+	return in, nil
 }
 
-func demo(e *env, in *config.Infra, keep bool) error {
+func demo(e *env, in *config.Infra, standIns, keep bool) error {
 	w := e.stdout
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	if !standIns {
+		if err := demoPrepare(w, in); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(w, "Building the sandbox from %s: %d VMs, uplink %s (this machine's own network is not touched)\n", in.File, len(in.VMs), in.Host.Uplink)
 	sb, err := sandbox.New(in)
 	if err != nil {
@@ -76,10 +117,6 @@ func demo(e *env, in *config.Infra, keep bool) error {
 		fmt.Fprintln(w, "Removing the sandbox.")
 		sb.Close()
 	}()
-	// Ctrl-C or SIGTERM still removes the sandbox.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 
 	fmt.Fprintf(w, "\nApplying the host part in namespace %s (microvm apply --host-only):\n", sb.Host)
 	err = sandbox.Do(sb.Host, func() error {
@@ -92,23 +129,56 @@ func demo(e *env, in *config.Infra, keep bool) error {
 	if err != nil {
 		return err
 	}
-	if err := sb.AddStandIns(); err != nil {
-		return err
-	}
 	if err := sb.Serve(); err != nil {
 		return err
 	}
 
-	fmt.Fprintf(w, "\nProving the promises with real packets (TCP, UDP and ICMP; blocked means no answer in %s):\n\n", sandbox.Timeout)
-	r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+	var prober check.Prober = sandbox.Prober{S: sb}
+	if standIns {
+		if err := sb.AddStandIns(); err != nil {
+			return err
+		}
+	} else {
+		vms, clients, err := demoBoot(w, in, sb)
+		defer func() {
+			fmt.Fprintln(w, "\nShutting the VMs down (as systemctl stop does):")
+			for _, vm := range in.VMs {
+				if v := vms[vm.Name]; v != nil {
+					start := time.Now()
+					if err := v.Stop(90 * time.Second); err != nil {
+						fmt.Fprintf(w, "  %s: %v\n", vm.Name, err)
+					} else {
+						fmt.Fprintf(w, "  %s: clean shutdown in %s\n", vm.Name, time.Since(start).Round(100*time.Millisecond))
+					}
+				}
+			}
+		}()
+		if err != nil {
+			return err
+		}
+		prober = check.NewGuestProber(clients, prober, guest.Run)
+	}
+
+	where := "from inside the guests, over SSH"
+	if standIns {
+		where = "from namespaces standing in for the guests"
+	}
+	fmt.Fprintf(w, "\nProving the promises %s (TCP, UDP and ICMP; blocked means no answer):\n\n", where)
+	r := check.Run(in, prober, sb.Target())
 	r.Print(w)
 	ok := r.OK()
 	if ok {
 		fmt.Fprintln(w, "\nAll promises hold: every VM reaches the internet through NAT, no VM reaches another VM,\nanother VM's gateway or the host's SSH, and the host reaches every VM.")
 	}
 	if keep {
-		fmt.Fprintf(w, "\nThe sandbox stays until Ctrl-C. Look around, e.g.:\n  ip netns exec %s nft list table inet microvm\n  ip netns exec %s ip -br addr\n  ip netns exec %s ping -c1 %s\n",
-			sb.Host, sb.Host, sb.VMs[in.VMs[0].Name], sandbox.InternetAddr)
+		fmt.Fprintf(w, "\nThe sandbox stays until Ctrl-C. Look around, e.g.:\n  ip netns exec %s nft list table inet microvm\n  ip netns exec %s ip -br addr\n",
+			sb.Host, sb.Host)
+		if standIns {
+			fmt.Fprintf(w, "  ip netns exec %s ping -c1 %s\n", sb.VMs[in.VMs[0].Name], sandbox.InternetAddr)
+		} else {
+			_, key, _ := guest.AdminKey(in.Host)
+			fmt.Fprintf(w, "  ip netns exec %s ssh -i %s root@%s\n", sb.Host, key, in.VMs[0].Addr)
+		}
 		<-sigs
 	}
 	if !ok {
@@ -117,10 +187,88 @@ func demo(e *env, in *config.Infra, keep bool) error {
 	return nil
 }
 
+// demoPrepare picks the VMM and accelerator this machine can run, builds
+// the image if needed, and starts the VMs from fresh disks.
+func demoPrepare(w io.Writer, in *config.Infra) error {
+	accel := "kvm"
+	if err := qemu.CheckKVM(); err != nil {
+		accel = "tcg"
+		fmt.Fprintf(w, "KVM does not work here (%v);\nthe guests run under emulation (TCG): booting takes a minute or two instead of seconds.\n", firstLine(err))
+	}
+	in.Host.Accel = accel
+	for i := range in.VMs {
+		vm := &in.VMs[i]
+		if _, err := exec.LookPath("cloud-hypervisor"); err != nil || accel == "tcg" {
+			vm.Hypervisor = "qemu" // Cloud Hypervisor needs KVM
+		}
+		if accel == "tcg" {
+			// Emulated vCPUs are slow: one each, and less memory, keeps
+			// four guests bootable on a small machine.
+			vm.VCPU, vm.MemoryMiB = 1, 512
+		}
+		if err := os.RemoveAll(vm.StateDir); err != nil {
+			return fmt.Errorf("clearing the demo's %s: %w", vm.Name, err)
+		}
+	}
+	img := in.VMs[0].Image
+	if _, err := os.Stat(in.Host.ImageVmlinux(img)); err != nil {
+		fmt.Fprintf(w, "Building image %s in %s (once; a few minutes):\n", img, in.Host.ImageDir(img))
+		if err := image.Build(context.Background(), in.Host, img, indent{w}, image.Options{Boot: image.BootFiles}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// demoBoot starts the VMs with `microvm run`, as systemd would, and logs in
+// to each. The file the supervisors read is the demo's model written out.
+func demoBoot(w io.Writer, in *config.Infra, sb *sandbox.Sandbox) (map[string]*sandbox.VM, map[string]*ssh.Client, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(in.Host.RunDir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	file := filepath.Join(in.Host.RunDir, "infra.toml")
+	if err := os.WriteFile(file, []byte(demoFile(in)), 0o644); err != nil {
+		return nil, nil, err
+	}
+	fmt.Fprintf(w, "\nBooting %d microVMs (%s, accel %s), consoles in %s/NAME/console.log:\n", len(in.VMs), in.VMs[0].Hypervisor, in.Host.Accel, in.Host.RunDir)
+	return sb.Boot(bin, file, in.Host.RunDir, 6*time.Minute, func(name string, after time.Duration) {
+		fmt.Fprintf(w, "  %s: SSH ready %s after start\n", name, after.Round(100*time.Millisecond))
+	})
+}
+
+// demoFile writes the demo's model as the infra.toml its supervisors read:
+// the file it started from, with the demo's directories, VMM and
+// accelerator.
+func demoFile(in *config.Infra) string {
+	var b strings.Builder
+	h := in.Host
+	fmt.Fprintf(&b, "# Written by microvm demo from %s.\n[host]\nuplink = %q\nstate_dir = %q\nrun_dir = %q\nuser = %q\naccel = %q\n",
+		in.File, h.Uplink, h.StateDir, h.RunDir, h.User, h.Accel)
+	for _, vm := range in.VMs {
+		fmt.Fprintf(&b, "\n[vm.%s]\nsubnet = %q\nvcpu = %d\nmemory = %d\nhypervisor = %q\nimage = %q\ndns = %q\n",
+			vm.Name, vm.Subnet, vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.Image, vm.DNS)
+	}
+	return b.String()
+}
+
+// firstLine is the first line of err, for a one-line note.
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
 // indent prefixes every line written with two spaces.
 type indent struct{ w io.Writer }
 
 func (i indent) Write(b []byte) (int, error) {
-	fmt.Fprintf(i.w, "  %s", b)
+	for _, line := range strings.SplitAfter(string(b), "\n") {
+		if line != "" {
+			fmt.Fprintf(i.w, "  %s", line)
+		}
+	}
 	return len(b), nil
 }

@@ -236,7 +236,7 @@ func removal(t *testing.T, sb *sandbox.Sandbox) {
 func TestDemo(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "ip", "nft", "useradd")
-	out, errOut, code := mainOut("demo")
+	out, errOut, code := mainOut("demo", "--stand-ins")
 	if code != 0 {
 		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
 	}

@@ -2,9 +2,13 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -73,4 +77,56 @@ func (s *Sandbox) Dial(ctx context.Context, vm *config.VM) (*ssh.Client, error) 
 		return err
 	})
 	return c, err
+}
+
+// Boot starts every VM of the sandbox's model (`bin run -f file NAME`, logs
+// in logDir) and logs in to each, all at once, as after a host reboot. ready
+// is called as each VM answers SSH. On error, the VMs already started are
+// returned too, for the caller to stop.
+func (s *Sandbox) Boot(bin, file, logDir string, timeout time.Duration, ready func(name string, after time.Duration)) (map[string]*VM, map[string]*ssh.Client, error) {
+	began := time.Now()
+	vms := map[string]*VM{}
+	for _, vm := range s.in.VMs {
+		v, err := s.StartVM(bin, file, vm.Name, filepath.Join(logDir, vm.Name+".log"))
+		if err != nil {
+			return vms, nil, err
+		}
+		vms[vm.Name] = v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	clients := map[string]*ssh.Client{}
+	var errs []error
+	for i := range s.in.VMs {
+		vm := &s.in.VMs[i]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := s.Dial(ctx, vm)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				console, _ := os.ReadFile(vm.ConsoleLog())
+				errs = append(errs, fmt.Errorf("%w\n%s's console ends:\n%s", err, vm.Name, Tail(console, 25)))
+				return
+			}
+			clients[vm.Name] = c
+			if ready != nil {
+				ready(vm.Name, time.Since(began))
+			}
+		}()
+	}
+	wg.Wait()
+	return vms, clients, errors.Join(errs...)
+}
+
+// Tail returns the last n lines of b.
+func Tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -88,16 +87,10 @@ func TestMicroVMs(t *testing.T) {
 	}
 
 	logs := t.TempDir()
-	vms := map[string]*sandbox.VM{}
-	clients := map[string]*ssh.Client{}
-	start := func(name string) {
-		t.Helper()
-		v, err := sb.StartVM(bin, file, name, filepath.Join(logs, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		vms[name] = v
-	}
+	// All four boot together, as after a host reboot.
+	vms, clients, err := sb.Boot(bin, file, logs, 5*time.Minute, func(name string, after time.Duration) {
+		t.Logf("%s: SSH ready %s after start", name, after.Round(100*time.Millisecond))
+	})
 	defer func() {
 		for name, v := range vms {
 			if err := v.Stop(60 * time.Second); err != nil {
@@ -110,34 +103,8 @@ func TestMicroVMs(t *testing.T) {
 			}
 		}
 	}()
-
-	// All four boot together, as after a host reboot.
-	began := time.Now()
-	for _, vm := range in.VMs {
-		start(vm.Name)
-	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for i := range in.VMs {
-		vm := &in.VMs[i]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := login(sb, vm, 5*time.Minute)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				console, _ := os.ReadFile(vm.ConsoleLog())
-				t.Errorf("%v; console:\n%s", err, tail(console, 40))
-				return
-			}
-			clients[vm.Name] = c
-			t.Logf("%s: SSH ready %s after start", vm.Name, time.Since(began).Round(100*time.Millisecond))
-		}()
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	t.Run("identity", func(t *testing.T) {
@@ -184,14 +151,18 @@ func TestMicroVMs(t *testing.T) {
 		t.Logf("vm1 stopped in %s", time.Since(stopped).Round(100*time.Millisecond))
 		console, _ := os.ReadFile(vm.ConsoleLog())
 		if !bytes.Contains(console, []byte("systemd-shutdown")) {
-			t.Errorf("no clean guest shutdown in the console:\n%s", tail(console, 15))
+			t.Errorf("no clean guest shutdown in the console:\n%s", sandbox.Tail(console, 15))
 		}
 		// The supervisor returns only after its daemons: none may be left.
 		if out, _ := exec.Command("pgrep", "-f", vm.RunDir+"/virtiofs-").Output(); len(out) > 0 {
 			t.Errorf("virtiofsd still running after stop: pids %s", out)
 		}
 
-		start("vm1")
+		v, err := sb.StartVM(bin, file, "vm1", filepath.Join(logs, "vm1-again.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vms["vm1"] = v
 		c, err := login(sb, vm, 5*time.Minute)
 		if err != nil {
 			t.Fatal(err)
@@ -221,13 +192,6 @@ func mustRun(t *testing.T, c *ssh.Client, cmd string) string {
 func dump(t *testing.T, vm config.VM, log string) {
 	sup, _ := os.ReadFile(log)
 	console, _ := os.ReadFile(vm.ConsoleLog())
-	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, tail(sup, 20), vm.Name, tail(console, 30))
+	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, sandbox.Tail(sup, 20), vm.Name, sandbox.Tail(console, 30))
 }
 
-func tail(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}

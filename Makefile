@@ -1,0 +1,24 @@
+# The README's two commands are `make demo` and `make test`; run them as root.
+
+# microvm-init runs as PID 1 in the guests' initramfs, which has no
+# libraries: both binaries are built static, side by side (microvm finds
+# microvm-init beside itself).
+build:
+	CGO_ENABLED=0 go build -o bin/ ./cmd/...
+
+# The seed's 4 microVMs, booted and proven in a sandbox of network namespaces.
+demo: build
+	bin/microvm demo
+
+# Every test tier; CI=true turns a skip (no root, a missing tool) into a failure.
+test:
+	go test -count=1 -timeout 40m ./...
+
+# What the tests and the demo need, on Debian or Ubuntu.
+deps:
+	bash .ci/deps
+
+install: build
+	install -m 0755 bin/microvm bin/microvm-init /usr/local/bin/
+
+.PHONY: build demo test deps install
