@@ -11,8 +11,10 @@ demo: build
 	bin/microvm demo
 
 # Every test tier; CI=true turns a skip (no root, a missing tool) into a failure.
+# One package at a time (-p 1): the end-to-end packages each boot emulated
+# VMs, and two of them at once on a small machine only slow both down.
 test:
-	go test -count=1 -timeout 40m ./...
+	go test -p 1 -count=1 -timeout 40m ./...
 
 # What the tests and the demo need, on Debian or Ubuntu.
 deps:

@@ -32,7 +32,7 @@ func NewGuestProber(clients map[string]*ssh.Client, host Prober, run func(*ssh.C
 }
 
 // probeTimeout is how long a guest waits for an answer, in seconds.
-const probeTimeout = 5
+const probeTimeout = 8
 
 // exec runs cmd in guest from, waiting for a free slot.
 func (p *GuestProber) exec(from, cmd string) (string, int, error) {

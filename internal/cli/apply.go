@@ -4,14 +4,14 @@ import (
 	"flag"
 	"fmt"
 
-	"github.com/simple-microvm-infra/microvm/internal/plan"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
 func applyCmd() *command {
 	var hostOnly bool
 	return &command{
 		name:  "apply",
-		args:  "[-f FILE] --host-only",
+		args:  "[-f FILE] [--host-only]",
 		short: "make the host match infra.toml",
 		long: `
 Validates infra.toml, plans, and applies the plan, printing each change as it
@@ -20,21 +20,29 @@ the hypervisor: one bridge and TAP per VM, IPv4 forwarding, and one nftables
 table (NAT, isolation between VMs, anti-spoofing, a closed host). VMs removed
 from the file lose their bridge, TAP and rules; their data stays.
 
+Then the VMs (unless --host-only): every VM with autostart = true (the
+default) that is not running is started; a running VM whose effective
+settings, image or kernel changed since it started is restarted, and the
+plan says what changed; the others are left alone. VMs no longer in the
+file are stopped before their network goes; their /etc and /var stay
+(microvm destroy NAME --data deletes them). Where systemd is PID 1, apply
+installs microvm@.service and microvms.target and enables the autostart
+VMs, so they start at boot; elsewhere the VMs run detached (see up).
+Only one apply (or up, down, restart, update) runs at a time.
+
 Applying twice changes nothing the second time, and an apply that failed or
 was interrupted is completed by running it again.
 
 Examples:
-  sudo microvm apply --host-only
-  sudo microvm apply -f /etc/microvm/infra.toml --host-only`,
+  sudo microvm apply
+  sudo microvm apply -f /etc/microvm/infra.toml
+  sudo microvm apply --host-only          networks and firewall only`,
 		flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&hostOnly, "host-only", false, "apply only the host part (networks and firewall), not the VMs")
 		},
 		run: func(e *env, args []string) error {
 			if err := noArgs(args); err != nil {
 				return err
-			}
-			if !hostOnly {
-				return fmt.Errorf("%w: this version manages the host part only; run: microvm apply --host-only", errUsage)
 			}
 			in, err := e.load()
 			if err != nil {
@@ -43,7 +51,15 @@ Examples:
 			if err := needRoot(); err != nil {
 				return err
 			}
-			p, err := plan.Host(in)
+			if !hostOnly {
+				// Starting and stopping VMs: one command at a time.
+				lock, err := systemd.TakeLock(in.Host)
+				if err != nil {
+					return err
+				}
+				defer lock.Release()
+			}
+			p, err := planFor(e, in, hostOnly)
 			if err != nil {
 				return err
 			}

@@ -36,8 +36,9 @@ func (e *env) load() (*config.Infra, error) {
 }
 
 func commands() []*command {
-	return []*command{validateCmd(), planCmd(), applyCmd(), runCmd(), imageCmd(),
-		snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), versionCmd()}
+	return []*command{validateCmd(), planCmd(), applyCmd(),
+		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), logsCmd(), consoleCmd(), sshCmd(), checkCmd(),
+		runCmd(), keepCmd(), imageCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), versionCmd()}
 }
 
 // errUsage marks a mistake on the command line (exit status 2).
@@ -47,6 +48,10 @@ var errUsage = errors.New("usage")
 // the exit status.
 func Main(args []string, stdout, stderr io.Writer) int {
 	cmds := commands()
+	// The seed writes "microvm -u vm1"; it is update.
+	if len(args) > 0 && args[0] == "-u" {
+		args = append([]string{"update"}, args[1:]...)
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		if len(args) > 1 {
 			if c := find(cmds, args[1]); c != nil {
@@ -81,6 +86,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err := c.run(e, fs.Args()); err != nil {
+		var st exitStatus
+		if errors.As(err, &st) {
+			return int(st)
+		}
 		if errors.Is(err, errUsage) {
 			fmt.Fprintf(stderr, "microvm %s: %s\n", c.name, strings.TrimPrefix(err.Error(), "usage: "))
 			fs.Usage()
@@ -117,7 +126,9 @@ Start here:
   sudo microvm demo                    the 4-VM setup in a throwaway sandbox
   microvm validate -f infra.toml       check a file
   sudo microvm plan -f infra.toml      what apply would change
-  sudo microvm apply -f infra.toml --host-only
+  sudo microvm apply -f infra.toml      the host part, then the VMs
+  sudo microvm status                  every VM, as a table
+  sudo microvm ssh vm1                 log in to a VM
 
 Run "microvm help COMMAND" or "microvm COMMAND --help" for details.
 `)

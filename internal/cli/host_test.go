@@ -83,7 +83,7 @@ func TestHostApply(t *testing.T) {
 	}
 
 	t.Run("plan", func(t *testing.T) {
-		golden(t, "plan-fresh.golden", mustRun(t, sb.Host, "plan", "-f", example))
+		golden(t, "plan-fresh.golden", mustRun(t, sb.Host, "plan", "--host-only", "-f", example))
 	})
 	t.Run("apply", func(t *testing.T) {
 		out := mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
@@ -107,7 +107,7 @@ func TestHostApply(t *testing.T) {
 		}
 	})
 	t.Run("idempotent", func(t *testing.T) {
-		if got := mustRun(t, sb.Host, "plan", "-f", example); got != "no changes\n" {
+		if got := mustRun(t, sb.Host, "plan", "--host-only", "-f", example); got != "no changes\n" {
 			t.Errorf("second plan: got %q, want no changes", got)
 		}
 		if got := mustRun(t, sb.Host, "apply", "--host-only", "-f", example); got != "no changes\n" {
@@ -223,11 +223,11 @@ func removal(t *testing.T, sb *sandbox.Sandbox) {
 	if strings.Contains(string(rules), "br-vm4") {
 		t.Errorf("vm4 is still in the firewall:\n%s", rules)
 	}
-	if got := mustRun(t, sb.Host, "plan", "-f", three); got != "no changes\n" {
+	if got := mustRun(t, sb.Host, "plan", "--host-only", "-f", three); got != "no changes\n" {
 		t.Errorf("plan after removal: got %q", got)
 	}
 	mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
-	if got := mustRun(t, sb.Host, "plan", "-f", example); got != "no changes\n" {
+	if got := mustRun(t, sb.Host, "plan", "--host-only", "-f", example); got != "no changes\n" {
 		t.Errorf("plan after adding vm4 back: got %q", got)
 	}
 }
@@ -289,7 +289,7 @@ func TestKilledApply(t *testing.T) {
 		if out, err := sandbox.Command(ns, bin, "apply", "--host-only", "-f", example).CombinedOutput(); err != nil {
 			t.Fatalf("apply after a kill at step %d: %s %v", kill, out, err)
 		}
-		if out, _ := sandbox.Command(ns, bin, "plan", "-f", example).CombinedOutput(); string(out) != "no changes\n" {
+		if out, _ := sandbox.Command(ns, bin, "plan", "--host-only", "-f", example).CombinedOutput(); string(out) != "no changes\n" {
 			t.Errorf("killed at step %d: after a second apply, plan says:\n%s", kill, out)
 		}
 	}
@@ -312,7 +312,7 @@ func TestOtherFirewallUntouched(t *testing.T) {
 		t.Fatalf("%s %v", out, err)
 	}
 	before, _ := sandbox.Command(ns, "nft", "list", "table", "ip", "filter").Output()
-	for _, args := range [][]string{{"plan", "-f", example}, {"apply", "--host-only", "-f", example}} {
+	for _, args := range [][]string{{"plan", "--host-only", "-f", example}, {"apply", "--host-only", "-f", example}} {
 		out := mustRun(t, ns, args...)
 		if !strings.Contains(out, "warning: nftables chain ip filter FORWARD has policy drop") {
 			t.Errorf("%s does not warn about the FORWARD policy:\n%s", args[0], out)

@@ -2,7 +2,7 @@ package cli
 
 import (
 	"bufio"
-	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,9 +13,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
-	"github.com/simple-microvm-infra/microvm/internal/vmm"
-	"github.com/simple-microvm-infra/microvm/internal/vmm/cloudhypervisor"
-	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
 // rollbackStdin is where rollback reads its confirmation; tests replace it.
@@ -122,8 +120,8 @@ the VM changed since is lost, and the snapshots taken after SNAPSHOT are
 destroyed (ZFS can only roll back to a dataset's newest snapshot). Asks
 first, naming what will be lost, unless --yes is given.
 
-The VM must be stopped: a running guest would see its files change under
-it. Stop it (systemctl stop microvm@NAME), roll back, and start it again.
+A running VM is shut down cleanly first (a guest must not see its files
+change under it), rolled back, and started again.
 
 Needs [host] storage = "zfs" and root.
 
@@ -147,32 +145,32 @@ Examples:
 			if err != nil {
 				return err
 			}
-			return whileStopped(in, vm, func() error {
-				snaps, err := b.Snapshots(vm)
+			snaps, err := b.Snapshots(vm)
+			if err != nil {
+				return err
+			}
+			if len(snaps) == 0 {
+				return fmt.Errorf("%s has no snapshots to roll back to", vm.Name)
+			}
+			target := snaps[len(snaps)-1]
+			if len(args) == 2 {
+				i := snapshotIndex(snaps, args[1])
+				if i < 0 {
+					return fmt.Errorf("%s has no snapshot %q; it has: %s", vm.Name, args[1], snapshotNames(snaps))
+				}
+				target = snaps[i]
+			}
+			later := storage.Later(snaps, target.Name)
+			if !yes {
+				ok, err := confirmRollback(e.stdout, vm, target, later)
 				if err != nil {
 					return err
 				}
-				if len(snaps) == 0 {
-					return fmt.Errorf("%s has no snapshots to roll back to", vm.Name)
+				if !ok {
+					return fmt.Errorf("not confirmed; %s is unchanged", vm.Name)
 				}
-				target := snaps[len(snaps)-1]
-				if len(args) == 2 {
-					i := snapshotIndex(snaps, args[1])
-					if i < 0 {
-						return fmt.Errorf("%s has no snapshot %q; it has: %s", vm.Name, args[1], snapshotNames(snaps))
-					}
-					target = snaps[i]
-				}
-				later := storage.Later(snaps, target.Name)
-				if !yes {
-					ok, err := confirmRollback(e.stdout, vm, target, later)
-					if err != nil {
-						return err
-					}
-					if !ok {
-						return fmt.Errorf("not confirmed; %s is unchanged", vm.Name)
-					}
-				}
+			}
+			return whileStopped(e, in, vm, func() error {
 				if err := b.Rollback(vm, target.Name); err != nil {
 					return err
 				}
@@ -204,27 +202,32 @@ func loadSnapshots(e *env, name string) (*config.Infra, *config.VM, storage.Back
 	return in, vm, storage.For(in.Host), nil
 }
 
-// whileStopped runs f, which changes vm's data under it, only while vm is
-// stopped. Today it refuses when the VM's VMM answers on its control
-// socket. Stopping the VM and starting it again afterwards is the VM
-// lifecycle's (systemd units, microvm stop and start): this is the one
-// place to add it, as "stop; f; start again if it was running".
-func whileStopped(in *config.Infra, vm *config.VM, f func() error) error {
-	if vmRunning(in, vm) {
-		return fmt.Errorf("%s is running; stop it first (systemctl stop microvm@%s), roll back, then start it again", vm.Name, vm.Name)
+// whileStopped runs f, which changes vm's data under it, with vm stopped:
+// a running VM is shut down cleanly first, as microvm down does, and
+// started again afterwards (also when f failed, on the data it left).
+func whileStopped(e *env, in *config.Infra, vm *config.VM, f func() error) error {
+	m, err := e.manager()
+	if err != nil {
+		return err
 	}
-	return f()
-}
-
-// vmRunning reports whether vm's VMM answers on its control socket.
-func vmRunning(in *config.Infra, vm *config.VM) bool {
-	var b vmm.Backend = cloudhypervisor.New()
-	if vm.Hypervisor == "qemu" {
-		b = qemu.New(in.Host.Accel)
+	lock, err := systemd.TakeLock(in.Host)
+	if err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	return b.Ping(ctx, vm) == nil
+	defer lock.Release()
+	running := stateOf(m, vm).State != "stopped"
+	if running {
+		if err := stopVM(e, m, vm); err != nil {
+			return err
+		}
+	}
+	ferr := f()
+	if running {
+		if err := startVM(e, in, m, vm, startTimeout); err != nil {
+			return errors.Join(ferr, err)
+		}
+	}
+	return ferr
 }
 
 // confirmRollback asks whether to roll back, saying what will be lost, and reads

@@ -42,10 +42,12 @@ const (
 // filesystem) into vm.EtcDir and vm.VarDir, each only if it does not exist
 // yet or is empty. A directory that has anything in it is left alone.
 //
-// It copies with `cp -a`, which keeps what a root filesystem's files have
-// (owners, modes, symlinks, hard links, device nodes, ACLs, extended
-// attributes, times) and which every Linux host has; the same in Go would
-// be a long function.
+// It copies with tar, which keeps what a root filesystem's files have
+// (numeric owners, modes, symlinks, hard links, device nodes, times) and
+// which every Linux host has; the same in Go would be a long function.
+// ACLs and extended attributes are left behind on purpose: ZFS datasets
+// (acltype=off, the default on Linux) refuse ACLs, and `cp -a` then fails on
+// /var/log/journal, whose ACL systemd-tmpfiles sets again at boot.
 //
 // The copy is made inside the directory and its entries are moved up when
 // it is complete, which works where the directory is a mount point (a ZFS
@@ -78,8 +80,8 @@ func seedDir(src, dst string) error {
 		if err := os.RemoveAll(copying); err != nil {
 			return err
 		}
-		if out, err := exec.Command("cp", "-a", "--no-target-directory", src, copying).CombinedOutput(); err != nil {
-			return fmt.Errorf("cp -a: %s: %w", strings.TrimSpace(string(out)), err)
+		if err := copyTree(src, copying); err != nil {
+			return err
 		}
 		if err := os.Rename(copying, done); err != nil {
 			return err
@@ -136,4 +138,32 @@ func readNames(dir string) ([]string, error) {
 		return nil, err
 	}
 	return names, nil
+}
+
+// copyTree copies the tree at src to a new directory dst: tar -C src -c . |
+// tar -C dst -x, with numeric owners (the guest's users, not the host's).
+func copyTree(src, dst string) error {
+	if err := os.Mkdir(dst, 0o755); err != nil {
+		return err
+	}
+	pack := exec.Command("tar", "--numeric-owner", "-C", src, "-cf", "-", ".")
+	unpack := exec.Command("tar", "--numeric-owner", "--same-permissions", "-C", dst, "-xf", "-")
+	pipe, err := pack.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	unpack.Stdin = pipe
+	var packErr, unpackErr strings.Builder
+	pack.Stderr, unpack.Stderr = &packErr, &unpackErr
+	if err := unpack.Start(); err != nil {
+		return fmt.Errorf("tar -x: %w", err)
+	}
+	if err := pack.Run(); err != nil {
+		unpack.Wait()
+		return fmt.Errorf("tar -c: %s: %w", strings.TrimSpace(packErr.String()), err)
+	}
+	if err := unpack.Wait(); err != nil {
+		return fmt.Errorf("tar -x: %s: %w", strings.TrimSpace(unpackErr.String()), err)
+	}
+	return nil
 }

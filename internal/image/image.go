@@ -13,6 +13,8 @@
 package image
 
 import (
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+
 	"bufio"
 	"context"
 	"errors"
@@ -225,7 +227,7 @@ func stage(host config.Host, name string, progress io.Writer, boot func(config.H
 // under it: debootstrap mounts /proc and /sys in its target, and a leftover
 // bind mount of the host's /dev must never be deleted through.
 func removeStaging(dir string) error {
-	mounts, err := mountsUnder(dir)
+	mounts, err := mountinfo.Under(dir)
 	if err != nil {
 		return err
 	}

@@ -391,20 +391,6 @@ func TestRemoveMounted(t *testing.T) {
 	}
 }
 
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{
-		`/var/lib/microvms`:     "/var/lib/microvms",
-		`/mnt/with\040space`:    "/mnt/with space",
-		`/mnt/back\134slash`:    `/mnt/back\slash`,
-		`/mnt/short\04`:         `/mnt/short\04`,
-		`/mnt/not\999octal\011`: "/mnt/not\\999octal\t",
-	} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func names(t *testing.T, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(dir)

@@ -1,13 +1,13 @@
 package image
 
 import (
-	"bufio"
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -76,7 +76,7 @@ func Remove(host config.Host, name string, inUse []string) error {
 		return fmt.Errorf("image %s is used by %s; change their image or remove them first", name, strings.Join(inUse, ", "))
 	}
 	for _, d := range []string{dir, host.ImageView(name)} {
-		mounts, err := mountsUnder(d)
+		mounts, err := mountinfo.Under(d)
 		if err != nil {
 			return fmt.Errorf("removing image %s: %w", name, err)
 		}
@@ -129,49 +129,4 @@ func diskUsage(dir string) (int64, error) {
 		return nil
 	})
 	return total, err
-}
-
-// mountsUnder returns the mount points at dir or below it, from
-// /proc/self/mountinfo.
-func mountsUnder(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("reading mounts: %w", err)
-	}
-	defer f.Close()
-	dir = filepath.Clean(dir)
-	var mounts []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw": the fifth field is the mount point.
-		fields := strings.Fields(s.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMount(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mounts = append(mounts, mp)
-		}
-	}
-	if err := s.Err(); err != nil {
-		return nil, fmt.Errorf("reading mounts: %w", err)
-	}
-	return mounts, nil
-}
-
-// unescapeMount undoes the kernel's octal escapes (\040 for a space) in a
-// path of /proc/self/mountinfo.
-func unescapeMount(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

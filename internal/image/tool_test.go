@@ -1,6 +1,8 @@
 package image
 
 import (
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+
 	"context"
 	"strings"
 	"testing"
@@ -22,7 +24,7 @@ func TestRunToolMounts(t *testing.T) {
 	if got := strings.TrimSpace(out.String()); got != "1" {
 		t.Fatalf("the tool did not see its mount: %q", got)
 	}
-	if mounts, err := mountsUnder(dir); err != nil || len(mounts) > 0 {
+	if mounts, err := mountinfo.Under(dir); err != nil || len(mounts) > 0 {
 		t.Errorf("after the tool: mounts %q, %v; want none", mounts, err)
 	}
 }

@@ -43,7 +43,7 @@ import (
 func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) error {
 	logf := func(format string, args ...any) { fmt.Fprintf(log, vm.Name+": "+format+"\n", args...) }
 
-	if err := checkHost(in, vm); err != nil {
+	if err := Preflight(in, vm); err != nil {
 		return err
 	}
 	spec := vmm.NewSpec(in.Host, vm)
@@ -107,6 +107,10 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		return err
 	}
 	logf("%s started (pid %d), console in %s", vm.Hypervisor, m.Pid(), vm.ConsoleLog())
+	if err := writeStarted(in, vm, m.Pid()); err != nil {
+		logf("recording what the VM started with: %v", err)
+	}
+	defer os.Remove(vm.StartedFile())
 
 	var vmmErr error
 	select {

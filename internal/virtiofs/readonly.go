@@ -1,13 +1,12 @@
 package virtiofs
 
 import (
-	"bufio"
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -52,7 +51,7 @@ func (a *ReadOnlyView) Apply() error {
 	if err != nil {
 		return fmt.Errorf("making read-only view of %s: %w", a.Src, err)
 	}
-	mounted, err := isMountPoint(real)
+	mounted, err := mountinfo.IsPoint(real)
 	if err != nil {
 		return fmt.Errorf("making read-only view of %s: %w", a.Src, err)
 	}
@@ -91,45 +90,4 @@ func CheckReadOnly(dir string) error {
 		return fmt.Errorf("checking %s is read-only: %w", dir, ErrWritable)
 	}
 	return nil
-}
-
-// isMountPoint reports whether some mount of this mount namespace is on path
-// exactly. It reads /proc/self/mountinfo because a bind mount of a directory
-// of the same filesystem cannot be told from a plain directory by stat(2).
-func isMountPoint(path string) (bool, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64*1024), 1024*1024)
-	for s.Scan() {
-		// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw": field 5 is the mount point.
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == path {
-			return true, nil
-		}
-	}
-	return false, s.Err()
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) the kernel
-// writes in mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

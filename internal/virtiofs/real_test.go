@@ -5,6 +5,8 @@ package virtiofs
 // daemon, which sandboxes itself in namespaces.
 
 import (
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+
 	"bytes"
 	"context"
 	"errors"
@@ -34,7 +36,7 @@ func mountView(t *testing.T, src, dst string) *ReadOnlyView {
 	}
 	t.Cleanup(func() {
 		for {
-			if m, _ := isMountPoint(dst); !m {
+			if m, _ := mountinfo.IsPoint(dst); !m {
 				return
 			}
 			if err := unix.Unmount(dst, unix.MNT_DETACH); err != nil {
@@ -55,7 +57,7 @@ func mountCount(t *testing.T, path string) int {
 	}
 	n := 0
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && unescapeMountinfo(f[4]) == path {
+		if f := strings.Fields(line); len(f) > 4 && mountinfo.Unescape(f[4]) == path {
 			n++
 		}
 	}

@@ -183,17 +183,3 @@ func TestFindPrefersWorkingDaemon(t *testing.T) {
 		t.Errorf("Find with nothing installed: got %v, want ErrNotFound", err)
 	}
 }
-
-func TestUnescapeMountinfo(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"/run/microvm/images/debian", "/run/microvm/images/debian"},
-		{`/tmp/a\040b`, "/tmp/a b"},
-		{`/tmp/tab\011x\134y`, "/tmp/tab\tx\\y"},
-		{`/tmp/odd\04`, `/tmp/odd\04`},
-	}
-	for _, tt := range tests {
-		if got := unescapeMountinfo(tt.in); got != tt.want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}

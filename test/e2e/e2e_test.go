@@ -26,19 +26,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
-// build compiles microvm and microvm-init side by side, statically, as
-// the README's install step does.
-func build(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/...")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building: %s %v", out, err)
-	}
-	return filepath.Join(dir, "microvm")
-}
-
 // setup writes the seed's infra.toml for this machine: QEMU under TCG,
 // state in the test image's cache, run files in a short fresh directory.
 func setup(t *testing.T) (*config.Infra, string) {
@@ -73,7 +60,7 @@ func setup(t *testing.T) (*config.Infra, string) {
 
 func TestMicroVMs(t *testing.T) {
 	in, file := setup(t)
-	bin := build(t)
+	bin := testenv.Binaries(t)
 	sb, err := sandbox.New(in)
 	if err != nil {
 		t.Fatal(err)
@@ -194,4 +181,3 @@ func dump(t *testing.T, vm config.VM, log string) {
 	console, _ := os.ReadFile(vm.ConsoleLog())
 	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, sandbox.Tail(sup, 20), vm.Name, sandbox.Tail(console, 30))
 }
-

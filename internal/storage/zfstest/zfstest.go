@@ -85,14 +85,24 @@ func New(t testing.TB) *Pool {
 }
 
 // Destroy destroys a pool. zfs-fuse sometimes answers "pool is busy" just
-// after unmounting its datasets, and not a moment later: retry a while.
+// after unmounting its datasets, and not a moment later (longer on a busy
+// machine): retry for up to a minute.
 func Destroy(pool string) error {
 	var out []byte
 	var err error
-	for range 20 {
+	for i := range 120 {
 		out, err = exec.Command("zpool", "destroy", "-f", pool).CombinedOutput()
 		if err == nil {
 			return nil
+		}
+		if i%10 == 9 {
+			// Still busy: force its datasets' mounts off, deepest first
+			// (a lazily detached bind mount can keep one open).
+			names, _ := exec.Command("zfs", "list", "-H", "-o", "name", "-r", pool).Output()
+			list := strings.Fields(string(names))
+			for j := len(list) - 1; j >= 0; j-- {
+				exec.Command("zfs", "unmount", "-f", list[j]).Run()
+			}
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

@@ -141,7 +141,10 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		"-kernel", s.Kernel,
 		"-initrd", s.Initramfs,
 		"-append", vmm.Cmdline(vm, extra...),
-		"-serial", "file:" + vm.ConsoleLog(),
+		// The serial console is a socket for `microvm console`, and is
+		// logged to the console log whether or not anyone is attached.
+		"-chardev", fmt.Sprintf("socket,id=serial0,path=%s,server=on,wait=off,logfile=%s,logappend=off", vm.ConsoleSocket(), vm.ConsoleLog()),
+		"-serial", "chardev:serial0",
 		"-device", "i8042",
 		"-device", "virtio-rng-device",
 	}

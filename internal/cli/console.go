@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// consoleStdin is what console sends to the guest; tests replace it.
+var consoleStdin io.Reader = os.Stdin
+
+// consoleEscape ends a console session: Ctrl-] (as telnet and virsh do).
+const consoleEscape = 0x1d
+
+func consoleCmd() *command {
+	return &command{
+		name:  "console",
+		args:  "[-f FILE] NAME",
+		short: "attach to a VM's serial console (Ctrl-] to detach)",
+		long: `
+Attaches the terminal to the VM's serial console (ttyS0), where the kernel
+and the guest print their boot messages and a login prompt waits: what a
+person uses when the VM's network or sshd is broken. Ctrl-] detaches; the
+VM keeps running. One person at a time.
+
+The console is also logged, whether or not anyone is attached, to
+RUN_DIR/NAME/console.log (microvm logs --console NAME). With Cloud
+Hypervisor the console is that log only: console follows it, read-only.
+Needs root.
+
+Examples:
+  sudo microvm console vm1`,
+		run: func(e *env, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("%w: name one VM", errUsage)
+			}
+			in, err := e.load()
+			if err != nil {
+				return err
+			}
+			vms, err := namedVMs(in, args, false)
+			if err != nil {
+				return err
+			}
+			vm := vms[0]
+			if vm.Hypervisor != "qemu" {
+				fmt.Fprintf(e.stderr, "%s runs under Cloud Hypervisor, whose console is a log: following %s (read-only; Ctrl-C ends)\n", vm.Name, vm.ConsoleLog())
+				return showFile(e, vm.Name, vm.ConsoleLog(), 0, true)
+			}
+			c, err := net.Dial("unix", vm.ConsoleSocket())
+			if err != nil {
+				if m, merr := e.manager(); merr == nil && stateOf(m, vm).State == "stopped" {
+					return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
+				}
+				return fmt.Errorf("attaching to %s's console: %w (is someone else attached?)", vm.Name, err)
+			}
+			defer c.Close()
+			if f, ok := consoleStdin.(*os.File); ok {
+				if old, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+					raw := *old
+					raw.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
+					raw.Oflag &^= unix.OPOST
+					raw.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+					raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
+					if unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, &raw) == nil {
+						defer unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, old)
+					}
+				}
+			}
+			fmt.Fprintf(e.stderr, "attached to %s's console; Ctrl-] detaches\r\n", vm.Name)
+			done := make(chan error, 2)
+			go func() { _, err := io.Copy(e.stdout, c); done <- err }()
+			go func() {
+				buf := make([]byte, 256)
+				for {
+					n, err := consoleStdin.Read(buf)
+					for i := 0; i < n; i++ {
+						if buf[i] == consoleEscape {
+							c.Write(buf[:i])
+							done <- nil
+							return
+						}
+					}
+					if n > 0 {
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							done <- werr
+							return
+						}
+					}
+					if err != nil {
+						done <- nil // end of input: detach
+						return
+					}
+				}
+			}()
+			<-done
+			fmt.Fprintf(e.stderr, "\r\ndetached from %s's console\r\n", vm.Name)
+			return nil
+		},
+	}
+}

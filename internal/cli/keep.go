@@ -1,0 +1,55 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
+)
+
+func keepCmd() *command {
+	return &command{
+		name:  "keep",
+		args:  "[-f FILE] NAME",
+		short: "keep one VM running, restarting it on failure (what up runs without systemd)",
+		long: `
+Runs microvm run NAME and starts it again one second after it fails, as
+systemd does with microvm@NAME.service (Restart=on-failure); SIGTERM stops
+the VM cleanly. It writes its pid to RUN_DIR/NAME/keeper.pid.
+
+microvm up starts it detached, with its output in RUN_DIR/NAME/supervisor.log,
+on hosts where systemd is not PID 1; a person rarely runs it directly.
+
+Examples:
+  sudo microvm keep vm1`,
+		run: func(e *env, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("%w: name one VM", errUsage)
+			}
+			in, err := e.load()
+			if err != nil {
+				return err
+			}
+			vm, ok := in.VM(args[0])
+			if !ok {
+				return fmt.Errorf("no VM %q in %s", args[0], in.File)
+			}
+			if err := needRoot(); err != nil {
+				return err
+			}
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			file, err := filepath.Abs(e.file)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(vm.RunDir, 0o750); err != nil {
+				return err
+			}
+			return systemd.Keep(bin, file, vm, e.stderr)
+		},
+	}
+}

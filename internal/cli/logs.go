@@ -1,0 +1,131 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
+)
+
+func logsCmd() *command {
+	var follow, console bool
+	var lines int
+	return &command{
+		name:  "logs",
+		args:  "[-f FILE] [--follow] [--console] [-n LINES] NAME",
+		short: "show a VM's supervisor log, or its serial console",
+		long: `
+Prints the log of the VM's supervisor (microvm run NAME): its virtiofs
+daemons, its VMM, starts, stops and restarts. Under systemd this is
+journalctl -u microvm@NAME; without systemd, RUN_DIR/NAME/supervisor.log.
+
+--console prints the guest's serial console instead (RUN_DIR/NAME/console.log,
+rewritten at each start): the kernel's and the guest's boot messages.
+
+Examples:
+  microvm logs vm1
+  microvm logs vm1 -f               like journalctl -u microvm@vm1 -f
+  microvm logs --follow vm1          the same
+  microvm logs --console -n 50 vm1`,
+		flags: func(fs *flag.FlagSet) {
+			fs.BoolVar(&follow, "follow", false, "keep printing what is added, until interrupted")
+			fs.BoolVar(&console, "console", false, "print the guest's serial console instead")
+			fs.IntVar(&lines, "n", 0, "print only the last LINES lines (0: all)")
+		},
+		run: func(e *env, args []string) error {
+			// After the name, -f follows, as journalctl -u microvm@vm1 -f
+			// does (before it, -f names the file).
+			for len(args) > 1 && (args[len(args)-1] == "-f" || args[len(args)-1] == "--follow") {
+				follow = true
+				args = args[:len(args)-1]
+			}
+			if len(args) != 1 {
+				return fmt.Errorf("%w: name one VM", errUsage)
+			}
+			in, err := e.load()
+			if err != nil {
+				return err
+			}
+			vms, err := namedVMs(in, args, false)
+			if err != nil {
+				return err
+			}
+			vm := vms[0]
+			path := vm.SupervisorLog()
+			if console {
+				path = vm.ConsoleLog()
+			} else if systemd.Booted() {
+				jargs := []string{"-u", systemd.Unit(vm.Name), "--no-pager"}
+				if follow {
+					jargs = append(jargs, "-f")
+				}
+				if lines > 0 {
+					jargs = append(jargs, "-n", fmt.Sprint(lines))
+				}
+				c := exec.Command("journalctl", jargs...)
+				c.Stdout, c.Stderr = e.stdout, e.stderr
+				return c.Run()
+			}
+			return showFile(e, vm.Name, path, lines, follow)
+		},
+	}
+}
+
+// showFile prints the log at path (its last lines if lines > 0) and, with
+// follow, what is added to it until interrupted.
+func showFile(e *env, name, path string, lines int, follow bool) error {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return fmt.Errorf("%s has no log yet (%s); it has not been started here", name, path)
+	}
+	if err != nil {
+		return err
+	}
+	defer func() { f.Close() }()
+	if lines > 0 {
+		b, err := io.ReadAll(f)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, tailLines(b, lines))
+	} else if _, err := io.Copy(e.stdout, f); err != nil {
+		return err
+	}
+	for follow {
+		if _, err := io.Copy(e.stdout, f); err != nil {
+			return err
+		}
+		// A console rewritten by a restart starts again from the top.
+		if fi, err := os.Stat(path); err == nil {
+			if pos, _ := f.Seek(0, io.SeekCurrent); fi.Size() < pos {
+				f.Close()
+				if f, err = os.Open(path); err != nil {
+					return err
+				}
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return nil
+}
+
+func tailLines(b []byte, n int) string {
+	s := string(b)
+	count := 0
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '\n' && i != len(s)-1 {
+			count++
+			if count == n {
+				return s[i+1 : len(s)-1]
+			}
+		}
+	}
+	if len(s) > 0 && s[len(s)-1] == '\n' {
+		return s[:len(s)-1]
+	}
+	return s
+}

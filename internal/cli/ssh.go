@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/guest"
+)
+
+// exitStatus is a command's own exit status, passed on without a message
+// (microvm ssh NAME -- false exits 1, like ssh does).
+type exitStatus int
+
+func (s exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(s)) }
+
+// sshStdin is what ssh gives the remote command; tests replace it.
+var sshStdin = os.Stdin
+
+func sshCmd() *command {
+	var wait time.Duration
+	return &command{
+		name:  "ssh",
+		args:  "[-f FILE] [--wait DURATION] NAME [-- COMMAND...]",
+		short: "log in to a VM as root, or run a command in it",
+		long: `
+Logs in to the VM as root over its own network, with the host's admin key
+(STATE_DIR/admin/id_ed25519), checking the VM's host key against the one the
+program made for it. With a COMMAND, runs it and exits with its exit status;
+without, opens a shell. It is what ssh root@ADDRESS does, without setting up
+keys or known_hosts. Reading the admin key needs root.
+
+--wait keeps trying while the guest boots (its sshd is not up yet).
+
+Examples:
+  sudo microvm ssh vm1
+  sudo microvm ssh vm1 -- uptime
+  sudo microvm ssh --wait 2m vm2 -- systemctl is-system-running --wait`,
+		flags: func(fs *flag.FlagSet) {
+			fs.DurationVar(&wait, "wait", 5*time.Second, "how long to keep trying to log in")
+		},
+		run: func(e *env, args []string) error {
+			if len(args) == 0 {
+				return fmt.Errorf("%w: name one VM", errUsage)
+			}
+			name, rest := args[0], args[1:]
+			if len(rest) > 0 && rest[0] == "--" {
+				rest = rest[1:]
+			}
+			in, err := e.load()
+			if err != nil {
+				return err
+			}
+			vms, err := namedVMs(in, []string{name}, false)
+			if err != nil {
+				return err
+			}
+			vm := vms[0]
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			c, err := guest.Dial(ctx, in.Host, vm)
+			cancel()
+			if err != nil {
+				m, merr := e.manager()
+				if merr == nil && stateOf(m, vm).State == "stopped" {
+					return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
+				}
+				return err
+			}
+			defer c.Close()
+			s, err := c.NewSession()
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			s.Stdout, s.Stderr = e.stdout, e.stderr
+			if len(rest) > 0 {
+				s.Stdin = sshStdin
+				err = s.Run(strings.Join(rest, " "))
+			} else {
+				err = shell(s)
+			}
+			var exit *ssh.ExitError
+			switch {
+			case err == nil:
+				return nil
+			case errors.As(err, &exit):
+				return exitStatus(exit.ExitStatus())
+			case errors.As(err, new(*ssh.ExitMissingError)):
+				return exitStatus(255)
+			}
+			return err
+		},
+	}
+}
+
+// shell runs an interactive shell, with a terminal if stdin is one.
+func shell(s *ssh.Session) error {
+	s.Stdin = sshStdin
+	fd := int(sshStdin.Fd())
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil { // not a terminal: a shell reading stdin
+		return s.Run("")
+	}
+	ws, _ := unix.IoctlGetWinsize(fd, unix.TIOCGWINSZ)
+	h, w := 24, 80
+	if ws != nil && ws.Row > 0 {
+		h, w = int(ws.Row), int(ws.Col)
+	}
+	term := os.Getenv("TERM")
+	if term == "" {
+		term = "xterm"
+	}
+	if err := s.RequestPty(term, h, w, ssh.TerminalModes{ssh.ECHO: 1}); err != nil {
+		return err
+	}
+	raw := *old
+	raw.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
+	raw.Oflag &^= unix.OPOST
+	raw.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+	raw.Cflag &^= unix.CSIZE | unix.PARENB
+	raw.Cflag |= unix.CS8
+	raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &raw); err != nil {
+		return err
+	}
+	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+	if err := s.Shell(); err != nil {
+		return err
+	}
+	return s.Wait()
+}

@@ -1,0 +1,58 @@
+package cli
+
+import (
+	"fmt"
+	"time"
+)
+
+// startTimeout is how long up waits for a VM's VMM to be running.
+const startTimeout = 90 * time.Second
+
+func upCmd() *command {
+	return &command{
+		name:  "up",
+		args:  "[-f FILE] NAME...",
+		short: "start VMs (systemctl start microvm@NAME, or detached)",
+		long: `
+Starts the named VMs and returns once each VMM runs; the guests boot in the
+background (watch with microvm logs --console NAME, or wait for microvm ssh).
+
+Where systemd is PID 1 this is systemctl start microvm@NAME. Elsewhere
+(containers, CI) the supervisor, microvm run NAME, runs detached under a
+keeper that restarts it within seconds if it fails (as systemd's
+Restart=on-failure does), with its pid file and log in RUN_DIR/NAME.
+
+Refuses, changing nothing, a VM that is already running, an image that is
+not built, a missing qemu or cloud-hypervisor, a missing /dev/kvm, and a
+host part that is not applied. Needs root.
+
+Examples:
+  sudo microvm up vm1
+  sudo microvm up -f /etc/microvm/infra.toml vm1 vm2`,
+		run: func(e *env, args []string) error {
+			if len(args) == 0 {
+				return fmt.Errorf("%w: name one or more VMs", errUsage)
+			}
+			in, m, lock, err := e.lifecycle()
+			if err != nil {
+				return err
+			}
+			defer lock.Release()
+			vms, err := namedVMs(in, args, false)
+			if err != nil {
+				return err
+			}
+			for _, vm := range vms {
+				if s := stateOf(m, vm); s.State != "stopped" {
+					return fmt.Errorf("%s is already %s; to start it again: microvm restart %s", vm.Name, s.State, vm.Name)
+				}
+			}
+			for _, vm := range vms {
+				if err := startVM(e, in, m, vm, startTimeout); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+}

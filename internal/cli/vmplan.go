@@ -1,0 +1,187 @@
+package cli
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/simple-microvm-infra/microvm/internal/action"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/plan"
+	"github.com/simple-microvm-infra/microvm/internal/runner"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
+)
+
+// vmAction is one change to a VM's running state, in a plan.
+type vmAction struct {
+	text string
+	do   func() error
+}
+
+func (a vmAction) String() string { return a.text }
+func (a vmAction) Apply() error   { return a.do() }
+
+// fullPlan is the host part with the VM part around it: VMs that left the
+// file are stopped first (while their network is still there for a clean
+// shutdown), then the host part, then VMs are started and restarted.
+func fullPlan(e *env, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
+	host, err := plan.Host(in)
+	if err != nil {
+		return nil, err
+	}
+	before, after, notes, err := planVMs(e, in, m)
+	if err != nil {
+		return nil, err
+	}
+	p := &plan.Plan{Warnings: host.Warnings, Notes: append(host.Notes, notes...)}
+	p.Actions = append(append(append(p.Actions, before...), host.Actions...), after...)
+	return p, nil
+}
+
+// planVMs compares each VM's running state with the file: VMs that should
+// run and do not are started (autostart = true), running VMs whose
+// effective settings, image or kernel changed are restarted (the plan says
+// what changed), VMs no longer in the file are stopped and their run
+// directory removed, their data kept. Under systemd the units are installed
+// and autostart VMs enabled.
+func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []action.Action, notes []string, err error) {
+	if m.Kind() == "systemd" {
+		after = append(after, unitActions(in)...)
+	}
+	gone, err := departed(in, m)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, vm := range gone {
+		before = append(before, vmAction{
+			text: fmt.Sprintf("microvm down %s   # left %s; its data stays in %s (microvm destroy %s --data deletes it)", vm.Name, in.File, filepath.Join(in.Host.StateDir, vm.Name), vm.Name),
+			do: func() error {
+				if m.Active(vm) {
+					if err := m.Stop(vm); err != nil {
+						return err
+					}
+				}
+				if m.Kind() == "systemd" {
+					m.Enable(vm, false)
+				}
+				return os.RemoveAll(vm.RunDir)
+			},
+		})
+	}
+	for i := range in.VMs {
+		vm := &in.VMs[i]
+		s := stateOf(m, vm)
+		switch {
+		case s.State == "running":
+			if ch := changes(in, vm, s.Started); len(ch) > 0 {
+				after = append(after, vmAction{
+					text: fmt.Sprintf("microvm restart %s   # %s", vm.Name, strings.Join(ch, ", ")),
+					do: func() error {
+						if err := runner.Preflight(in, vm); err != nil {
+							return err
+						}
+						if err := stopVM(e, m, vm); err != nil {
+							return err
+						}
+						if snap, err := storage.SnapshotBeforeChange(in.Host, vm, "apply"); err != nil {
+							return err
+						} else if snap != "" {
+							fmt.Fprintf(e.stdout, "%s: snapshot %s taken\n", vm.Name, snap)
+						}
+						return startVM(e, in, m, vm, startTimeout)
+					},
+				})
+			}
+		case s.State == "starting":
+			notes = append(notes, vm.Name+" is starting (or restarting after a failure); apply leaves it to its supervisor")
+		case vm.Autostart:
+			after = append(after, vmAction{
+				text: "microvm up " + vm.Name,
+				do:   func() error { return startVM(e, in, m, vm, startTimeout) },
+			})
+		}
+	}
+	return before, after, notes, nil
+}
+
+// departed are the VMs with a run directory and a running supervisor that
+// are no longer in the file.
+func departed(in *config.Infra, m systemd.Manager) ([]*config.VM, error) {
+	entries, err := os.ReadDir(in.Host.RunDir)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []*config.VM
+	for _, e := range entries {
+		if !e.IsDir() || e.Name() == "images" || !config.IsImageName(e.Name()) {
+			continue
+		}
+		if _, ok := in.VM(e.Name()); ok {
+			continue
+		}
+		vm := &config.VM{Name: e.Name(), RunDir: in.Host.VMRunDir(e.Name())}
+		_, hasKeeper := os.Stat(vm.KeeperPidFile())
+		_, hasStarted := os.Stat(vm.StartedFile())
+		if hasKeeper == nil || hasStarted == nil || m.Active(vm) {
+			out = append(out, vm)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// unitActions installs the units if they differ and sets each VM's unit
+// enabled as its autostart says.
+func unitActions(in *config.Infra) []action.Action {
+	var out []action.Action
+	bin, _ := os.Executable()
+	file, _ := filepath.Abs(in.File)
+	u, err := systemd.Render(bin, file)
+	if err != nil {
+		return []action.Action{vmAction{text: "# cannot write systemd units: " + err.Error(), do: func() error { return err }}}
+	}
+	var names []string
+	for name, content := range u {
+		if old, err := os.ReadFile(filepath.Join(systemd.UnitDir, name)); err != nil || !bytes.Equal(old, content) {
+			names = append(names, name)
+		}
+	}
+	if len(names) > 0 {
+		sort.Strings(names)
+		out = append(out, vmAction{
+			text: fmt.Sprintf("install %s in %s; systemctl daemon-reload; systemctl enable %s", strings.Join(names, " and "), systemd.UnitDir, systemd.Target),
+			do: func() error {
+				if _, err := u.Install(systemd.UnitDir); err != nil {
+					return err
+				}
+				if err := systemd.Systemctl("daemon-reload"); err != nil {
+					return err
+				}
+				return systemd.Systemctl("enable", systemd.Target)
+			},
+		})
+	}
+	for i := range in.VMs {
+		vm := &in.VMs[i]
+		enabled := systemd.Systemctl("is-enabled", "--quiet", systemd.Unit(vm.Name)) == nil
+		if enabled == vm.Autostart {
+			continue
+		}
+		verb := "enable"
+		if !vm.Autostart {
+			verb = "disable"
+		}
+		out = append(out, vmAction{
+			text: fmt.Sprintf("systemctl %s %s", verb, systemd.Unit(vm.Name)),
+			do:   func() error { return systemd.Systemctl(verb, systemd.Unit(vm.Name)) },
+		})
+	}
+	return out
+}

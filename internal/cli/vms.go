@@ -1,0 +1,179 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/runner"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
+)
+
+// What the lifecycle commands (up, down, restart, update, status, apply)
+// share: finding the named VMs, the manager that starts and stops their
+// supervisors (systemd, or detached keepers), and each VM's state.
+
+// vmState is a VM's state as status prints it.
+type vmState struct {
+	State   string // running, starting, stopped
+	Started runner.Started
+	Since   time.Duration // uptime, when running
+}
+
+// stateOf reads vm's state: running once its VMM is up (the supervisor
+// records it), starting while a supervisor runs without a VMM (booting, or
+// restarting after a failure), stopped otherwise.
+func stateOf(m systemd.Manager, vm *config.VM) vmState {
+	st, ok, _ := runner.ReadStarted(vm)
+	if ok && systemd.Alive(st.VMMPid) && systemd.Alive(st.RunPid) {
+		return vmState{State: "running", Started: st, Since: time.Since(st.Time)}
+	}
+	if m.Active(vm) {
+		return vmState{State: "starting"}
+	}
+	return vmState{State: "stopped"}
+}
+
+// manager returns how VMs are kept running on this host.
+func (e *env) manager() (systemd.Manager, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return systemd.For(bin, e.file)
+}
+
+// namedVMs returns the VMs called names, all of them if names is empty and
+// all is true.
+func namedVMs(in *config.Infra, names []string, all bool) ([]*config.VM, error) {
+	if len(names) == 0 {
+		if !all {
+			return nil, fmt.Errorf("%w: name one or more VMs", errUsage)
+		}
+		var out []*config.VM
+		for i := range in.VMs {
+			out = append(out, &in.VMs[i])
+		}
+		return out, nil
+	}
+	var out []*config.VM
+	for _, n := range names {
+		vm, ok := in.VM(n)
+		if !ok {
+			var have []string
+			for _, v := range in.VMs {
+				have = append(have, v.Name)
+			}
+			return nil, fmt.Errorf("no VM %q in %s (it has %s)", n, in.File, strings.Join(have, ", "))
+		}
+		out = append(out, vm)
+	}
+	return out, nil
+}
+
+// startVM starts vm's supervisor and waits until its VMM is up (not until
+// the guest has booted), or the supervisor fails.
+func startVM(e *env, in *config.Infra, m systemd.Manager, vm *config.VM, timeout time.Duration) error {
+	if err := runner.Preflight(in, vm); err != nil {
+		return err
+	}
+	began := time.Now()
+	if err := m.Start(vm); err != nil {
+		return err
+	}
+	for time.Since(began) < timeout {
+		s := stateOf(m, vm)
+		if s.State == "running" {
+			fmt.Fprintf(e.stdout, "%s started: %s pid %d, %s; it boots in the background (microvm logs %s --console)\n",
+				vm.Name, vm.Hypervisor, s.Started.VMMPid, vm.Addr, vm.Name)
+			return nil
+		}
+		if s.State == "stopped" {
+			return fmt.Errorf("%s failed to start; its log ends:\n%s", vm.Name, logTail(m, vm, 15))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("%s is still starting after %s; follow it with: microvm logs -f %s", vm.Name, timeout, vm.Name)
+}
+
+// stopVM stops vm's supervisor, which shuts the guest down cleanly.
+func stopVM(e *env, m systemd.Manager, vm *config.VM) error {
+	began := time.Now()
+	if m.Active(vm) {
+		if err := m.Stop(vm); err != nil {
+			return err
+		}
+	} else if s := stateOf(m, vm); s.State == "running" {
+		// A supervisor whose keeper is gone (killed): stop it directly.
+		if err := syscall.Kill(s.Started.RunPid, syscall.SIGTERM); err != nil {
+			return fmt.Errorf("stopping %s (supervisor pid %d): %w", vm.Name, s.Started.RunPid, err)
+		}
+		for systemd.Alive(s.Started.RunPid) {
+			if time.Since(began) > systemd.StopTimeout {
+				return fmt.Errorf("%s did not stop in %s (supervisor pid %d)", vm.Name, systemd.StopTimeout, s.Started.RunPid)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	fmt.Fprintf(e.stdout, "%s stopped in %s\n", vm.Name, time.Since(began).Round(100*time.Millisecond))
+	return nil
+}
+
+// logTail is the end of vm's supervisor log.
+func logTail(m systemd.Manager, vm *config.VM, n int) string {
+	if m.Kind() == "systemd" {
+		return fmt.Sprintf("(see journalctl -u %s)", systemd.Unit(vm.Name))
+	}
+	b, _ := os.ReadFile(vm.SupervisorLog())
+	return sandbox.Tail(b, n)
+}
+
+// lifecycle loads the file and takes the lock, for commands that start or
+// stop VMs. The caller releases the lock.
+func (e *env) lifecycle() (*config.Infra, systemd.Manager, *systemd.Lock, error) {
+	in, err := e.load()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, nil, nil, fmt.Errorf("starting and stopping VMs needs root (their network, mounts and VMM user); run it with sudo")
+	}
+	m, err := e.manager()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	l, err := systemd.TakeLock(in.Host)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return in, m, l, nil
+}
+
+// uptime prints a duration for a person: 45s, 12m, 3h04m, 2d05h.
+func uptime(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+func secs(n int64) time.Duration { return time.Duration(n) * time.Second }
+
+// changes lists what differs between what vm was started with and what it
+// would start with now.
+func changes(in *config.Infra, vm *config.VM, st runner.Started) []string {
+	now := runner.Settings(in, vm)
+	if runner.Hash(now) == st.Hash {
+		return nil
+	}
+	return runner.Changed(st.Settings, now)
+}

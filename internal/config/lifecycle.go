@@ -1,0 +1,34 @@
+package config
+
+import "path/filepath"
+
+// Lifecycle paths: what `microvm up` and `apply` keep about a VM they
+// started, and the lock that keeps two of them from running at once.
+// Derived here, like every other name.
+//
+//	RUN_DIR/microvm.lock        held by apply, up, down, restart, update, destroy
+//	RUN_DIR/NAME/keeper.pid     the detached supervisor's keeper (hosts without systemd)
+//	RUN_DIR/NAME/supervisor.log what `microvm run NAME` printed, when detached
+//	RUN_DIR/NAME/started.json   what the running VM was started with (settings, hash, time, VMM pid)
+
+// LockFile is the lock held while VMs are started, stopped or changed.
+func (h Host) LockFile() string { return filepath.Join(h.RunDir, "microvm.lock") }
+
+// KeeperPidFile holds the pid of the detached keeper that runs and restarts
+// `microvm run NAME` on hosts without systemd.
+func (vm *VM) KeeperPidFile() string { return filepath.Join(vm.RunDir, "keeper.pid") }
+
+// SupervisorLog is the output of `microvm run NAME` when detached (under
+// systemd it goes to the journal).
+func (vm *VM) SupervisorLog() string { return filepath.Join(vm.RunDir, "supervisor.log") }
+
+// StartedFile records what the running VM was started with, so apply
+// restarts exactly the VMs whose effective settings changed.
+func (vm *VM) StartedFile() string { return filepath.Join(vm.RunDir, "started.json") }
+
+// VMRunDir is RUN_DIR/NAME for any VM name, also one no longer in the file.
+func (h Host) VMRunDir(name string) string { return filepath.Join(h.RunDir, name) }
+
+// ConsoleSocket is the guest's serial console as a Unix socket, for
+// `microvm console` (QEMU; the same output also goes to ConsoleLog).
+func (vm *VM) ConsoleSocket() string { return filepath.Join(vm.RunDir, "console.sock") }

@@ -1,0 +1,175 @@
+package runner
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// Started is what a running VM was started with, kept in vm.StartedFile()
+// while it runs: apply compares it with the file to restart exactly the VMs
+// whose effective settings, image or kernel changed.
+type Started struct {
+	Settings map[string]string `json:"settings"`
+	Hash     string            `json:"hash"`
+	Time     time.Time         `json:"started"`
+	VMMPid   int               `json:"vmm_pid"`
+	RunPid   int               `json:"run_pid"` // the `microvm run` supervisor
+}
+
+// Settings are the effective settings a VM runs with: everything in the
+// model that reaches its VMM or its guest, and the identity of the image's
+// root filesystem and kernel (a rebuilt image is a new directory and file).
+func Settings(in *config.Infra, vm *config.VM) map[string]string {
+	s := map[string]string{
+		"subnet":     vm.Subnet.String(),
+		"mac":        vm.MAC.String(),
+		"vcpu":       fmt.Sprint(vm.VCPU),
+		"memory":     fmt.Sprint(vm.MemoryMiB),
+		"hypervisor": vm.Hypervisor,
+		"image":      vm.Image,
+		"dns":        vm.DNS,
+		"ssh_keys":   strings.Join(vm.SSHKeys, "\n"),
+		"accel":      in.Host.Accel,
+		"user":       in.Host.User,
+		"image_root": fileID(in.Host.ImageRootfs(vm.Image)),
+		"kernel":     fileID(in.Host.ImageVmlinux(vm.Image)),
+	}
+	return s
+}
+
+// fileID names one version of a file or directory: its inode, size and
+// modification time.
+func fileID(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "missing"
+	}
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	return fmt.Sprintf("inode %d, %d bytes, %s", ino, fi.Size(), fi.ModTime().UTC().Format(time.RFC3339Nano))
+}
+
+// Hash is a short digest of settings.
+func Hash(settings map[string]string) string {
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	h := sha256.New()
+	for _, k := range keys {
+		fmt.Fprintf(h, "%s=%q\n", k, settings[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// Changed lists what differs between the settings a VM was started with
+// and the ones it would start with now, for a person: "memory 512 -> 1024".
+func Changed(was, now map[string]string) []string {
+	keys := map[string]bool{}
+	for k := range was {
+		keys[k] = true
+	}
+	for k := range now {
+		keys[k] = true
+	}
+	var out []string
+	for k := range keys {
+		a, b := was[k], now[k]
+		if a == b {
+			continue
+		}
+		switch k {
+		case "image_root":
+			out = append(out, "image rebuilt")
+		case "kernel":
+			out = append(out, "kernel changed")
+		case "ssh_keys":
+			out = append(out, "ssh_keys changed")
+		default:
+			out = append(out, fmt.Sprintf("%s %s -> %s", k, orNone(a), orNone(b)))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// ReadStarted reads what vm was started with; ok is false if the file is
+// missing (the VM is not running, or was started by an older version).
+func ReadStarted(vm *config.VM) (st Started, ok bool, err error) {
+	b, err := os.ReadFile(vm.StartedFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, false, fmt.Errorf("reading %s: %w", vm.StartedFile(), err)
+	}
+	return st, true, nil
+}
+
+func writeStarted(in *config.Infra, vm *config.VM, vmmPid int) error {
+	s := Settings(in, vm)
+	st := Started{Settings: s, Hash: Hash(s), Time: time.Now().UTC(), VMMPid: vmmPid, RunPid: os.Getpid()}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := vm.StartedFile() + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, vm.StartedFile())
+}
+
+// Preflight checks what a VM needs before anything is started, so that
+// `microvm up` (and run) fails with one clear message and changes nothing:
+// the host part applied, the image built, the VMM's program installed and,
+// with accel = "kvm", /dev/kvm present.
+func Preflight(in *config.Infra, vm *config.VM) error {
+	bin := "cloud-hypervisor"
+	if vm.Hypervisor == "qemu" {
+		bin = "qemu-system-x86_64"
+	}
+	if _, err := exec.LookPath(bin); err != nil {
+		return fmt.Errorf("%s uses hypervisor %q, but %s is not installed (not found in PATH); install it, or set hypervisor = %q for it in %s", vm.Name, vm.Hypervisor, bin, other(vm.Hypervisor), in.File)
+	}
+	if vm.Hypervisor == "cloud-hypervisor" || in.Host.Accel == "kvm" {
+		if _, err := os.Stat(KVMDevice); err != nil {
+			return fmt.Errorf("%s needs /dev/kvm, which this host does not have (enable virtualization, load kvm_intel or kvm_amd); without KVM only QEMU can run guests: set accel = \"tcg\" in [host] and hypervisor = \"qemu\"", vm.Name)
+		}
+	}
+	return checkHost(in, vm)
+}
+
+// KVMDevice is where KVM is; tests point it elsewhere.
+var KVMDevice = "/dev/kvm"
+
+func other(h string) string {
+	if h == "qemu" {
+		return "cloud-hypervisor"
+	}
+	return "qemu"
+}

@@ -1,0 +1,140 @@
+package systemd
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// Manager starts and stops VM supervisors: through systemd where it is PID
+// 1, or as detached keepers elsewhere.
+type Manager interface {
+	// Kind is "systemd" or "detached".
+	Kind() string
+	// Start starts vm's supervisor; it returns once it is started, not
+	// once the guest has booted.
+	Start(vm *config.VM) error
+	// Stop stops vm's supervisor, which shuts the guest down cleanly.
+	Stop(vm *config.VM) error
+	// Active reports whether vm's supervisor is running (or restarting).
+	Active(vm *config.VM) bool
+	// Enable makes vm start at boot, or not.
+	Enable(vm *config.VM, on bool) error
+}
+
+// For returns the manager for this host: systemd if it is PID 1. bin is the
+// microvm program and file the infra.toml, both made absolute.
+func For(bin, file string) (Manager, error) {
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return nil, err
+	}
+	if Booted() {
+		return &systemdManager{bin: bin, file: abs}, nil
+	}
+	return &Detached{Bin: bin, File: abs}, nil
+}
+
+// Detached keeps VMs running without systemd.
+type Detached struct{ Bin, File string }
+
+func (d *Detached) Kind() string { return "detached" }
+func (d *Detached) Start(vm *config.VM) error {
+	_, err := StartDetached(d.Bin, d.File, vm)
+	return err
+}
+func (d *Detached) Stop(vm *config.VM) error  { return StopDetached(vm, StopTimeout+10*time.Second) }
+func (d *Detached) Active(vm *config.VM) bool { _, ok := KeeperPid(vm); return ok }
+
+// Enable has nothing to do without systemd: nothing starts VMs at boot
+// (apply does, when run again).
+func (d *Detached) Enable(vm *config.VM, on bool) error { return nil }
+
+type systemdManager struct{ bin, file string }
+
+func (s *systemdManager) Kind() string { return "systemd" }
+
+// install writes the units if they changed, and reloads systemd.
+func (s *systemdManager) install() error {
+	u, err := Render(s.bin, s.file)
+	if err != nil {
+		return err
+	}
+	changed, err := u.Install(UnitDir)
+	if err != nil {
+		return err
+	}
+	if changed {
+		if err := Systemctl("daemon-reload"); err != nil {
+			return err
+		}
+		return Systemctl("enable", Target)
+	}
+	return nil
+}
+
+func (s *systemdManager) Start(vm *config.VM) error {
+	if err := s.install(); err != nil {
+		return err
+	}
+	return Systemctl("start", Unit(vm.Name))
+}
+func (s *systemdManager) Stop(vm *config.VM) error { return Systemctl("stop", Unit(vm.Name)) }
+func (s *systemdManager) Active(vm *config.VM) bool {
+	return Systemctl("is-active", "--quiet", Unit(vm.Name)) == nil
+}
+func (s *systemdManager) Enable(vm *config.VM, on bool) error {
+	if err := s.install(); err != nil {
+		return err
+	}
+	if on {
+		return Systemctl("enable", Unit(vm.Name))
+	}
+	return Systemctl("disable", Unit(vm.Name))
+}
+
+// Lock is the lock held while VMs are started, stopped or changed, so that
+// two applies (or an apply and an up) cannot run at once.
+type Lock struct{ f *os.File }
+
+// TakeLock takes h's lock, or says who holds it. It does not wait.
+func TakeLock(h config.Host) (*Lock, error) {
+	if err := os.MkdirAll(h.RunDir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(h.LockFile(), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(h.LockFile())
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			who := strings.TrimSpace(string(b))
+			if who == "" {
+				who = "another microvm command"
+			}
+			return nil, fmt.Errorf("another microvm command is changing VMs (%s, lock %s); wait for it to finish", who, h.LockFile())
+		}
+		return nil, fmt.Errorf("locking %s: %w", h.LockFile(), err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte("pid "+strconv.Itoa(os.Getpid())+": "+strings.Join(os.Args, " ")+"\n"), 0)
+	return &Lock{f: f}, nil
+}
+
+// Release lets the next command in.
+func (l *Lock) Release() {
+	if l != nil && l.f != nil {
+		l.f.Truncate(0)
+		l.f.Close()
+		l.f = nil
+	}
+}

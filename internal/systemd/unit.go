@@ -1,0 +1,139 @@
+// Package systemd keeps VMs running: on a host whose PID 1 is systemd, with
+// a unit template microvm@.service (so `systemctl status microvm@vm1` and
+// `journalctl -u microvm@vm1 -f` work as the seed says) and a
+// microvms.target; elsewhere (containers, CI) with a detached keeper that
+// runs `microvm run NAME`, restarts it when it fails, and keeps a pid file
+// and a log file in the VM's run directory.
+package systemd
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
+)
+
+// UnitDir is where apply installs the units; tests point it elsewhere.
+var UnitDir = "/etc/systemd/system"
+
+// bootedDir exists when systemd is PID 1 (sd_booted(3)); tests point it
+// elsewhere.
+var bootedDir = "/run/systemd/system"
+
+// Template and Target are the unit names.
+const (
+	Template = "microvm@.service"
+	Target   = "microvms.target"
+)
+
+// Unit is the unit of one VM: microvm@NAME.service.
+func Unit(name string) string { return "microvm@" + name + ".service" }
+
+// StopTimeout is how long systemd (and the keeper) give the supervisor to
+// stop: longer than the guest's own shutdown plus the VMM's hard stop, so
+// that a clean shutdown is never cut short.
+var StopTimeout = vmm.DefaultGrace + vmm.HardGrace + 25*time.Second
+
+// RestartDelay is how long after a failure the supervisor is started again.
+const RestartDelay = time.Second
+
+// Units are the files apply installs, by name.
+type Units map[string][]byte
+
+var unitTemplate = template.Must(template.New("unit").Parse(`# Written by microvm apply; changes are overwritten.
+[Unit]
+Description=microVM %i
+Wants=network-online.target
+After=network-online.target
+PartOf={{.Target}}
+StartLimitIntervalSec=60
+StartLimitBurst=10
+
+[Service]
+Type=simple
+ExecStart={{.Bin}} run -f {{.File}} %i
+Restart=on-failure
+RestartSec={{.RestartSec}}
+# SIGTERM goes to the supervisor only: it shuts the guest down, then its
+# virtiofs daemons. Whatever is left after TimeoutStopSec is killed.
+KillMode=mixed
+KillSignal=SIGTERM
+TimeoutStopSec={{.StopSec}}
+
+[Install]
+WantedBy={{.Target}}
+`))
+
+var targetTemplate = template.Must(template.New("target").Parse(`# Written by microvm apply; changes are overwritten.
+[Unit]
+Description=microVMs of {{.File}}
+Wants=network-online.target
+After=network-online.target
+
+[Install]
+WantedBy=multi-user.target
+`))
+
+// Render returns the unit template and the target for the microvm binary
+// bin reading file. Both paths must be absolute: systemd runs them at boot.
+func Render(bin, file string) (Units, error) {
+	for _, p := range []string{bin, file} {
+		if !filepath.IsAbs(p) {
+			return nil, fmt.Errorf("systemd units need absolute paths, not %q", p)
+		}
+		if strings.ContainsAny(p, " \t\n\"'\\%$") {
+			return nil, fmt.Errorf("path %q has a character systemd would interpret; move it", p)
+		}
+	}
+	data := map[string]any{
+		"Bin": bin, "File": file, "Target": Target,
+		"RestartSec": fmt.Sprintf("%ds", int(RestartDelay/time.Second)),
+		"StopSec":    fmt.Sprintf("%ds", int(StopTimeout/time.Second)),
+	}
+	u := Units{}
+	for name, t := range map[string]*template.Template{Template: unitTemplate, Target: targetTemplate} {
+		var b bytes.Buffer
+		if err := t.Execute(&b, data); err != nil {
+			return nil, err
+		}
+		u[name] = b.Bytes()
+	}
+	return u, nil
+}
+
+// Booted reports whether PID 1 is systemd (as sd_booted(3) tells it).
+func Booted() bool {
+	fi, err := os.Stat(bootedDir)
+	return err == nil && fi.IsDir()
+}
+
+// Install writes the units into dir, and reports whether any changed (then
+// systemd must reload them).
+func (u Units) Install(dir string) (changed bool, err error) {
+	for name, content := range u {
+		p := filepath.Join(dir, name)
+		if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, content) {
+			continue
+		}
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			return changed, fmt.Errorf("installing %s: %w", name, err)
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
+// Systemctl runs systemctl with args, returning its message on failure.
+func Systemctl(args ...string) error {
+	out, err := exec.Command("systemctl", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("systemctl %s: %s", strings.Join(args, " "), strings.TrimSpace(string(out)))
+	}
+	return nil
+}

@@ -1,0 +1,78 @@
+package systemd
+
+import (
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files under testdata")
+
+func TestRenderGolden(t *testing.T) {
+	u, err := Render("/usr/local/bin/microvm", "/etc/microvm/infra.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{Template, Target} {
+		golden := filepath.Join("testdata", name)
+		if *update {
+			os.WriteFile(golden, u[name], 0o644)
+		}
+		want, err := os.ReadFile(golden)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(want) != string(u[name]) {
+			t.Errorf("%s differs from %s (go test -update):\n%s", name, golden, u[name])
+		}
+	}
+}
+
+func TestRenderRejects(t *testing.T) {
+	for _, c := range [][2]string{{"microvm", "/etc/infra.toml"}, {"/bin/microvm", "infra.toml"}, {"/usr/local/bin/micro vm", "/etc/infra.toml"}, {"/bin/microvm", "/etc/100%.toml"}} {
+		if _, err := Render(c[0], c[1]); err == nil {
+			t.Errorf("Render(%q, %q) accepted", c[0], c[1])
+		}
+	}
+}
+
+// systemd-analyze verify reads the units as systemd would at boot, without
+// a running systemd: unknown keys, bad values, a missing ExecStart program.
+func TestVerify(t *testing.T) {
+	testenv.NeedCommands(t, "systemd-analyze")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "microvm")
+	os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755)
+	file := filepath.Join(dir, "infra.toml")
+	os.WriteFile(file, nil, 0o644)
+	u, err := Render(bin, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.Install(dir); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("systemd-analyze", "verify", "--man=no", filepath.Join(dir, "microvm@vm1.service"), filepath.Join(dir, Target))
+	cmd.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+dir+":")
+	out, err := cmd.CombinedOutput()
+	// Without systemd as PID 1 it may note that it cannot reach the
+	// system manager; what matters is anything about our files.
+	var problems []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, dir) || strings.Contains(line, "microvm") {
+			problems = append(problems, line)
+		}
+	}
+	if err != nil || len(problems) > 0 {
+		t.Errorf("systemd-analyze verify:\n%s", strings.Join(problems, "\n"))
+	}
+	t.Logf("systemd-analyze verify: %v\n%s", err, out)
+	if changed, err := u.Install(dir); err != nil || changed {
+		t.Errorf("installing the same units again: changed %v, %v", changed, err)
+	}
+}

@@ -1,0 +1,332 @@
+// Package lifecycle tests the daily operations on real microVMs under QEMU,
+// in a sandbox of network namespaces: up, status, ssh, check, a VMM killed
+// and restarted by the detached keeper with /var intact, update, down, and
+// the errors that change nothing.
+package lifecycle
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
+	"github.com/simple-microvm-infra/microvm/internal/runner"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// config writes an infra.toml of two VMs for this machine (QEMU under TCG),
+// with vm-specific extra lines.
+func writeConfig(t *testing.T, path, stateDir, runDir string, extra map[string]string) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\n", stateDir, runDir)
+	b.WriteString("[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n")
+	for i := 1; i <= 2; i++ {
+		name := fmt.Sprintf("lc%d", i)
+		fmt.Fprintf(&b, "[vm.%s]\nsubnet = \"10.%d.0.0/24\"\n%s\n", name, i, extra[name])
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type result struct {
+	out  string
+	code int
+}
+
+func TestLifecycle(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64", "go", "ping")
+	host := imagetest.Debian(t)
+	id := make([]byte, 3)
+	rand.Read(id)
+	run := "/run/mvl-" + hex.EncodeToString(id)
+	t.Cleanup(func() { os.RemoveAll(run) })
+	dir := t.TempDir()
+	file := filepath.Join(dir, "infra.toml")
+	writeConfig(t, file, host.StateDir, run, nil)
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vm := range in.VMs {
+		os.RemoveAll(vm.StateDir)
+	}
+	bin := testenv.Binaries(t)
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	mvm := func(args ...string) result {
+		t.Helper()
+		out, err := sandbox.Command(sb.Host, bin, args...).CombinedOutput()
+		var exit *exec.ExitError
+		code := 0
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatalf("microvm %s: %v", strings.Join(args, " "), err)
+		}
+		return result{string(out), code}
+	}
+	// Whatever happens, no keeper outlives the test.
+	defer func() {
+		for i := range in.VMs {
+			systemd.StopDetached(&in.VMs[i], 90*time.Second)
+		}
+		if t.Failed() {
+			for _, vm := range in.VMs {
+				sup, _ := os.ReadFile(vm.SupervisorLog())
+				con, _ := os.ReadFile(vm.ConsoleLog())
+				t.Logf("%s supervisor log:\n%s\n%s console (end):\n%s", vm.Name, sandbox.Tail(sup, 30), vm.Name, sandbox.Tail(con, 20))
+			}
+		}
+	}()
+	if r := mvm("apply", "--host-only", "-f", file); r.code != 0 {
+		t.Fatalf("apply: %s", r.out)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	lc1, _ := in.VM("lc1")
+
+	// Errors that change nothing: one line each, exit 1.
+	wantErr := func(what, want string, args ...string) {
+		t.Helper()
+		r := mvm(args...)
+		if r.code != 1 || !strings.Contains(r.out, want) || strings.Count(strings.TrimSpace(r.out), "\n") > 0 {
+			t.Errorf("%s: exit %d, %q; want exit 1 and one line with %q", what, r.code, r.out, want)
+		}
+	}
+	wantErr("down on a stopped VM", "lc1 is not running", "down", "-f", file, "lc1")
+	missing := filepath.Join(dir, "missing-image.toml")
+	writeConfig(t, missing, host.StateDir, run, map[string]string{"lc1": `image = "nosuch"`})
+	wantErr("missing image", "image nosuch is not built", "up", "-f", missing, "lc1")
+	if _, err := exec.LookPath("cloud-hypervisor"); err != nil {
+		ch := filepath.Join(dir, "cloud-hypervisor.toml")
+		writeConfig(t, ch, host.StateDir, run, map[string]string{"lc1": `hypervisor = "cloud-hypervisor"`})
+		wantErr("missing VMM program", "cloud-hypervisor is not installed", "up", "-f", ch, "lc1")
+	}
+	if _, err := os.Stat(lc1.KeeperPidFile()); err == nil {
+		t.Error("a failed up left a keeper pid file")
+	}
+	lock, err := systemd.TakeLock(in.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErr("up while another command holds the lock", "another microvm command is changing VMs", "up", "-f", file, "lc1")
+	lock.Release()
+
+	// up: both VMs, detached (this machine's PID 1 is not systemd).
+	began := time.Now()
+	if r := mvm("up", "-f", file, "lc1", "lc2"); r.code != 0 {
+		t.Fatalf("up: %s", r.out)
+	} else {
+		t.Logf("up returned in %s:\n%s", time.Since(began).Round(100*time.Millisecond), r.out)
+	}
+	wantErr("up on a running VM", "lc1 is already running", "up", "-f", file, "lc1")
+	for _, vm := range in.VMs {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		c, err := sb.Dial(ctx, &vm)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", vm.Name, err)
+		}
+		c.Close()
+	}
+	t.Logf("both VMs answer SSH %s after up", time.Since(began).Round(100*time.Millisecond))
+
+	t.Run("status", func(t *testing.T) {
+		r := mvm("status", "-f", file)
+		t.Logf("microvm status:\n%s", r.out)
+		for _, line := range strings.Split(r.out, "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 1 && f[1] != "running" {
+				t.Errorf("%s is %s in status, want running", f[0], f[1])
+			}
+		}
+		r = mvm("status", "--json", "-f", file)
+		var rows []struct {
+			Name   string `json:"name"`
+			State  string `json:"state"`
+			Uptime int64  `json:"uptime_seconds"`
+			Disk   int64  `json:"disk_bytes"`
+		}
+		if err := json.Unmarshal([]byte(r.out), &rows); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, r.out)
+		}
+		if len(rows) != 2 || rows[0].State != "running" || rows[0].Uptime < 1 || rows[0].Disk == 0 {
+			t.Errorf("status --json: %+v", rows)
+		}
+	})
+
+	t.Run("ssh", func(t *testing.T) {
+		if r := mvm("ssh", "-f", file, "lc1", "--", "sh", "-c", "'echo hello from $(hostname); exit 7'"); r.code != 7 || !strings.Contains(r.out, "hello from lc1") {
+			t.Errorf("ssh: exit %d, %q; want 7 and the greeting", r.code, r.out)
+		}
+	})
+
+	t.Run("check", func(t *testing.T) {
+		r := mvm("check", "-f", file, "--target", fmt.Sprintf("%s:%d", sandbox.InternetAddr, sandbox.Port), "--seen-as", sandbox.UplinkAddr.Addr().String())
+		t.Logf("microvm check:\n%s", r.out)
+		if r.code != 0 {
+			t.Errorf("check: exit %d", r.code)
+		}
+	})
+
+	t.Run("killed VMM restarts with /var intact", func(t *testing.T) {
+		token := hex.EncodeToString(id) + fmt.Sprint(time.Now().UnixNano())
+		if r := mvm("ssh", "-f", file, "lc1", "--", "echo "+token+" > /var/marker && sync"); r.code != 0 {
+			t.Fatalf("writing the marker: %s", r.out)
+		}
+		st, ok, err := runner.ReadStarted(lc1)
+		if !ok || err != nil {
+			t.Fatalf("no started record: %v", err)
+		}
+		killed := time.Now()
+		if err := syscall.Kill(st.VMMPid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		var again runner.Started
+		for {
+			if s, ok, _ := runner.ReadStarted(lc1); ok && s.VMMPid != st.VMMPid && systemd.Alive(s.VMMPid) {
+				again = s
+				break
+			}
+			if time.Since(killed) > 10*time.Second {
+				t.Fatalf("the VMM was not running again 10 s after it was killed")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("VMM killed (pid %d); running again after %s (pid %d)", st.VMMPid, again.Time.Sub(killed).Round(10*time.Millisecond), again.VMMPid)
+		if r := mvm("ssh", "-f", file, "--wait", "5m", "lc1", "--", "cat /var/marker"); r.code != 0 || strings.TrimSpace(r.out) != token {
+			t.Errorf("after the restart /var/marker: exit %d, %q; want %q", r.code, r.out, token)
+		}
+	})
+
+	t.Run("console and logs", func(t *testing.T) {
+		cmd := sandbox.Command(sb.Host, bin, "console", "-f", file, "lc1")
+		pr, pw := io.Pipe()
+		cmd.Stdin = pr
+		go func() {
+			time.Sleep(time.Second)
+			pw.Write([]byte("\r"))
+			time.Sleep(3 * time.Second)
+			pw.Write([]byte{0x1d}) // Ctrl-]
+			pw.Close()
+		}()
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "lc1 login:") || !strings.Contains(string(out), "detached from lc1's console") {
+			t.Errorf("console: %v\n%s", err, out)
+		}
+		r := mvm("logs", "-f", file, "-n", "3", "lc1")
+		if r.code != 0 || strings.Count(r.out, "\n") != 3 {
+			t.Errorf("logs -n 3: exit %d, %q", r.code, r.out)
+		}
+		if r := mvm("logs", "-f", file, "lc1"); !strings.Contains(r.out, "keeper: microvm run lc1 failed") {
+			t.Errorf("the supervisor log does not show the restart:\n%s", r.out)
+		}
+	})
+
+	t.Run("update restarts only what changed", func(t *testing.T) {
+		changed := filepath.Join(dir, "changed.toml")
+		writeConfig(t, changed, host.StateDir, run, map[string]string{"lc2": "memory = 640"})
+		r := mvm("status", "-f", changed)
+		if !strings.Contains(r.out, "running*") {
+			t.Errorf("status does not mark lc2 as changed:\n%s", r.out)
+		}
+		r = mvm("-u", "-f", changed, "lc1", "lc2")
+		t.Logf("microvm -u lc1 lc2:\n%s", r.out)
+		if r.code != 0 || !strings.Contains(r.out, "lc1 is up to date") || !strings.Contains(r.out, "lc2 changed: memory 512 -> 640") {
+			t.Errorf("update: exit %d", r.code)
+		}
+	})
+
+	t.Run("down is a clean shutdown", func(t *testing.T) {
+		r := mvm("down", "-f", file, "lc1", "lc2")
+		t.Logf("microvm down:\n%s", r.out)
+		if r.code != 0 {
+			t.Fatalf("down: exit %d", r.code)
+		}
+		console, _ := os.ReadFile(lc1.ConsoleLog())
+		if !strings.Contains(string(console), "systemd-shutdown") {
+			t.Errorf("no clean guest shutdown in lc1's console:\n%s", sandbox.Tail(console, 15))
+		}
+		for _, vm := range in.VMs {
+			if _, ok := systemd.KeeperPid(&vm); ok {
+				t.Errorf("%s: keeper still running", vm.Name)
+			}
+			if out, _ := exec.Command("pgrep", "-f", vm.RunDir+"/").Output(); len(out) > 0 {
+				t.Errorf("%s: processes left: %s", vm.Name, out)
+			}
+		}
+		r = mvm("status", "-f", file)
+		if strings.Count(r.out, "stopped") != 2 {
+			t.Errorf("status after down:\n%s", r.out)
+		}
+	})
+
+	t.Run("apply brings VMs to the file", func(t *testing.T) {
+		if r := mvm("plan", "-f", file); !strings.Contains(r.out, "microvm up lc1\nmicrovm up lc2\n") {
+			t.Errorf("plan with both VMs stopped:\n%s", r.out)
+		}
+		// lc2 does not autostart: apply starts lc1 only.
+		noAuto := filepath.Join(dir, "no-autostart.toml")
+		writeConfig(t, noAuto, host.StateDir, run, map[string]string{"lc2": "autostart = false"})
+		r := mvm("apply", "-f", noAuto)
+		t.Logf("microvm apply:\n%s", r.out)
+		if r.code != 0 || !strings.Contains(r.out, "microvm up lc1") || strings.Contains(r.out, "lc2") {
+			t.Fatalf("apply: exit %d", r.code)
+		}
+		if r := mvm("apply", "-f", noAuto); r.code != 0 || r.out != "no changes\n" {
+			t.Errorf("apply again: exit %d, %q; want no changes", r.code, r.out)
+		}
+		// A changed setting is a restart, and plan says why.
+		mem := filepath.Join(dir, "memory.toml")
+		writeConfig(t, mem, host.StateDir, run, map[string]string{"lc1": "memory = 640", "lc2": "autostart = false"})
+		if r := mvm("plan", "-f", mem); !strings.Contains(r.out, "microvm restart lc1   # memory 512 -> 640") {
+			t.Errorf("plan after a memory change:\n%s", r.out)
+		}
+		// lc1 leaves the file: it is stopped before its network goes, its
+		// data stays until destroy --data.
+		var b strings.Builder
+		fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\n[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.lc2]\nsubnet = \"10.2.0.0/24\"\nautostart = false\n", host.StateDir, run)
+		only2 := filepath.Join(dir, "only-lc2.toml")
+		os.WriteFile(only2, []byte(b.String()), 0o644)
+		r = mvm("apply", "-f", only2)
+		t.Logf("microvm apply without lc1:\n%s", r.out)
+		if r.code != 0 || !strings.HasPrefix(r.out, "microvm down lc1   # left") {
+			t.Fatalf("apply: exit %d", r.code)
+		}
+		if _, ok := systemd.KeeperPid(lc1); ok {
+			t.Error("lc1 still running after it left the file")
+		}
+		if _, err := os.Stat(lc1.VarDir); err != nil {
+			t.Errorf("lc1's data went with it: %v", err)
+		}
+		if r := mvm("destroy", "-f", only2, "--data", "lc1"); r.code != 1 || !strings.Contains(r.out, "not confirmed") {
+			t.Errorf("destroy without an answer: exit %d, %q", r.code, r.out)
+		}
+		if r := mvm("destroy", "-f", only2, "--data", "--yes", "lc1"); r.code != 0 {
+			t.Errorf("destroy --yes: exit %d, %q", r.code, r.out)
+		}
+		if _, err := os.Stat(lc1.StateDir); !os.IsNotExist(err) {
+			t.Errorf("lc1's data is still there after destroy: %v", err)
+		}
+	})
+}

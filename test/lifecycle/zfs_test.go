@@ -1,0 +1,144 @@
+package lifecycle
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/cli"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// TestRollbackZFS: a VM whose state is a ZFS dataset writes a file in /var;
+// after a snapshot it changes the file; rollback (which stops the VM, rolls
+// its dataset back and starts it again) brings the first version back, as
+// the guest itself reads it.
+func TestRollbackZFS(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64")
+	host := imagetest.Debian(t)
+	pool := zfstest.New(t)
+	id := make([]byte, 3)
+	rand.Read(id)
+	run := "/run/mvz-" + hex.EncodeToString(id)
+	t.Cleanup(func() { os.RemoveAll(run) })
+	state := filepath.Join(pool.Dir, "state")
+	// The VMM runs as the unprivileged VMM user and opens the kernel under
+	// state_dir: the test's directories (mode 0700) must let it through.
+	for d := pool.Dir; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	file := filepath.Join(t.TempDir(), "infra.toml")
+	body := fmt.Sprintf("[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\nstorage = \"zfs\"\nzfs_dataset = %q\n"+
+		"[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.zf1]\nsubnet = \"10.7.0.0/24\"\n", state, run, pool.Name+"/microvms")
+	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, _ := in.VM("zf1")
+	bin := testenv.Binaries(t)
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	mvm := func(args ...string) string {
+		t.Helper()
+		out, err := sandbox.Command(sb.Host, bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("microvm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	defer func() {
+		systemd.StopDetached(vm, 90*time.Second)
+		if t.Failed() {
+			sup, _ := os.ReadFile(vm.SupervisorLog())
+			con, _ := os.ReadFile(vm.ConsoleLog())
+			t.Logf("supervisor log:\n%s\nconsole (end):\n%s", sandbox.Tail(sup, 30), sandbox.Tail(con, 20))
+		}
+	}()
+
+	// The host part makes the datasets, in this mount namespace (zfs-fuse
+	// cannot mount inside the private one of `ip netns exec`).
+	if err := sandbox.Do(sb.Host, func() error {
+		var out strings.Builder
+		if code := cli.Main([]string{"apply", "--host-only", "-f", file}, &out, &out); code != 0 {
+			return fmt.Errorf("apply: exit %d\n%s", code, out.String())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := exec.Command("zfs", "list", "-H", "-o", "name", pool.Name+"/microvms/zf1").CombinedOutput(); !strings.Contains(string(out), "zf1") {
+		t.Fatalf("apply made no dataset for zf1: %s", out)
+	}
+	// The image is the test's cached one, bind-mounted into the pool's
+	// images dataset instead of built again.
+	img := in.Host.ImageDir("debian")
+	if err := os.MkdirAll(img, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(host.ImageDir("debian"), img, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	// After the deferred stop of the VM, before the pool is destroyed.
+	t.Cleanup(func() {
+		if err := unix.Unmount(img, 0); err != nil {
+			t.Errorf("unmounting the image: %v", err)
+		}
+	})
+
+	ssh := func(cmd string) string {
+		t.Helper()
+		return strings.TrimSpace(mvm("ssh", "-f", file, "zf1", "--", cmd))
+	}
+	login := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		c, err := sb.Dial(ctx, vm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+
+	mvm("up", "-f", file, "zf1")
+	login()
+	ssh("echo first > /var/marker && sync")
+	t.Log(mvm("snapshot", "-f", file, "zf1", "before"))
+	ssh("echo second > /var/marker && sync")
+	out := mvm("rollback", "-f", file, "--yes", "zf1", "before")
+	t.Logf("rollback:\n%s", out)
+	for _, want := range []string{"zf1 stopped", "zf1 rolled back to", "zf1 started"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rollback output lacks %q", want)
+		}
+	}
+	login()
+	if got := ssh("cat /var/marker"); got != "first" {
+		t.Errorf("after rollback the guest reads /var/marker = %q, want %q", got, "first")
+	}
+	if err := systemd.StopDetached(vm, 90*time.Second); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stopping zf1: %v", err)
+	}
+}
