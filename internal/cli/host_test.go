@@ -83,7 +83,7 @@ func TestHostApply(t *testing.T) {
 	}
 
 	t.Run("plan", func(t *testing.T) {
-		golden(t, "plan-fresh.golden", mustRun(t, sb.Host, "plan", "--host-only", "-f", example))
+		testenv.Golden(t, "plan-fresh.golden", mustRun(t, sb.Host, "plan", "--host-only", "-f", example))
 	})
 	t.Run("apply", func(t *testing.T) {
 		out := mustRun(t, sb.Host, "apply", "--host-only", "-f", example)

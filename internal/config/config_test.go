@@ -1,34 +1,13 @@
 package config
 
 import (
-	"flag"
 	"fmt"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files under testdata")
-
-// golden compares got with testdata/name, or rewrites it with -update.
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("reading golden file (run go test -update to create it): %v", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs:\ngot:\n%s\nwant:\n%s", path, got, want)
-	}
-}
 
 // TestBad checks every file in testdata/bad is rejected with exactly the
 // messages in its .err file.
@@ -48,7 +27,7 @@ func TestBad(t *testing.T) {
 			if _, ok := err.(ErrorList); !ok {
 				t.Fatalf("got error of type %T, want ErrorList", err)
 			}
-			golden(t, "bad/"+name+".err", err.Error()+"\n")
+			testenv.Golden(t, "bad/"+name+".err", err.Error()+"\n")
 		})
 	}
 }
@@ -59,7 +38,7 @@ func TestExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "example.model", describe(in))
+	testenv.Golden(t, "example.model", describe(in))
 	for i, vm := range in.VMs {
 		n := i + 1
 		if got, want := vm.Subnet.String(), fmt.Sprintf("10.%d.0.0/24", n); got != want {

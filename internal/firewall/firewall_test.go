@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,8 +12,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files under testdata")
 
 // infra returns a model with n VMs on 10.N.0.0/24 (then 172.16.N.0/24).
 func infra(t testing.TB, n int) *config.Infra {
@@ -38,7 +35,7 @@ func TestRulesetGolden(t *testing.T) {
 	}
 	got := Ruleset(in)
 	path := filepath.Join("testdata", "example.nft")
-	if *update {
+	if testenv.Update() {
 		os.WriteFile(path, []byte(got), 0o644)
 	}
 	want, _ := os.ReadFile(path)

@@ -3,7 +3,6 @@ package guest
 import (
 	"bytes"
 	"crypto/ed25519"
-	"flag"
 	"fmt"
 	"io/fs"
 	"net/netip"
@@ -20,8 +19,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
-
-var update = flag.Bool("update", false, "rewrite the files under testdata")
 
 // makeImage makes an image's root filesystem with a file of each kind Seed
 // must copy faithfully, and returns its path.
@@ -240,7 +237,7 @@ func TestWriteManaged(t *testing.T) {
 			t.Fatal(err)
 		}
 		golden := filepath.Join("testdata", "managed", name+".golden")
-		if *update {
+		if testenv.Update() {
 			if err := os.WriteFile(golden, got, 0o644); err != nil {
 				t.Fatal(err)
 			}

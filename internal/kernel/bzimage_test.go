@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
-	"flag"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"os"
 	"os/exec"
 	"strings"
@@ -13,8 +13,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
 )
-
-var update = flag.Bool("update", false, "rewrite the files under testdata")
 
 // testBzImage returns a bzImage around payload: just the header fields
 // ExtractVmlinux reads, with bytes before and after the payload as a real
@@ -68,7 +66,7 @@ func lz4Legacy(b []byte) []byte {
 func xzKernel(t *testing.T) []byte {
 	t.Helper()
 	const file = "testdata/vmlinux.xz"
-	if *update {
+	if testenv.Update() {
 		cmd := exec.Command("xz", "--format=xz", "--check=crc32", "--x86", "--lzma2=dict=32MiB", "--stdout")
 		cmd.Stdin = bytes.NewReader(testELF(pvhNote, nil))
 		out, err := cmd.Output()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"io"
 	"os"
 	"path/filepath"
@@ -111,7 +112,7 @@ func TestWriteInitramfs(t *testing.T) {
 	// The layout, compared with testdata/initramfs.golden.
 	got := listing(entries)
 	const golden = "testdata/initramfs.golden"
-	if *update {
+	if testenv.Update() {
 		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,6 @@
 package systemd
 
 import (
-	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,8 +10,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files under testdata")
-
 func TestRenderGolden(t *testing.T) {
 	u, err := Render("/usr/local/bin/microvm", "/etc/microvm/infra.toml")
 	if err != nil {
@@ -20,7 +17,7 @@ func TestRenderGolden(t *testing.T) {
 	}
 	for _, name := range []string{Template, Target} {
 		golden := filepath.Join("testdata", name)
-		if *update {
+		if testenv.Update() {
 			os.WriteFile(golden, u[name], 0o644)
 		}
 		want, err := os.ReadFile(golden)

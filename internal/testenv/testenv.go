@@ -6,6 +6,7 @@ package testenv
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,4 +77,33 @@ func Binaries(t testing.TB) string {
 		t.Fatalf("building microvm: %s %v", out, err)
 	}
 	return filepath.Join(dir, "microvm")
+}
+
+// update is the -update flag of every test binary that imports testenv.
+var update = flag.Bool("update", false, "rewrite golden files under testdata instead of comparing with them")
+
+// Update reports whether -update was given.
+func Update() bool { return *update }
+
+// Golden compares got with the file testdata/name, or rewrites the file
+// when the test runs with -update (check the diff before committing it).
+func Golden(t testing.TB, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test -update creates it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs (go test -update rewrites it):\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"io"
 	"net"
 	"net/http"
@@ -21,8 +21,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata")
 
 const infra = `
 [host]
@@ -61,23 +59,6 @@ func shell(args []string) string {
 	return b.String() + "\n"
 }
 
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs (go test -update rewrites it):\ngot:\n%s\nwant:\n%s", path, got, want)
-	}
-}
-
 // TestCommand proves the command line built from the model, flag by flag,
 // against golden files; every flag was checked against Cloud Hypervisor's
 // --help and source (see the package comment).
@@ -93,7 +74,7 @@ func TestCommand(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden(t, name+".golden", shell(cmd.Args))
+			testenv.Golden(t, name+".golden", shell(cmd.Args))
 		})
 	}
 }

@@ -1,17 +1,13 @@
 package qemu
 
 import (
-	"flag"
-	"os"
-	"path/filepath"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"strings"
 	"testing"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata")
 
 const infra = `
 [host]
@@ -53,23 +49,6 @@ func shell(args []string) string {
 	return b.String() + "\n"
 }
 
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs (go test -update rewrites it):\ngot:\n%s\nwant:\n%s", path, got, want)
-	}
-}
-
 func parse(t *testing.T) *config.Infra {
 	t.Helper()
 	in, err := config.Parse("infra.toml", []byte(infra))
@@ -102,7 +81,7 @@ func TestCommand(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden(t, tt.golden, shell(cmd.Args))
+			testenv.Golden(t, tt.golden, shell(cmd.Args))
 		})
 	}
 }
