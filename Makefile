@@ -20,7 +20,17 @@ test:
 deps:
 	bash .ci/deps
 
+# The benchmarks (bench/README.md), each rewriting its section of
+# docs/benchmarks.md; as root, in sandbox namespaces. boot, disk and memory
+# boot real microVMs (minutes each under TCG).
+bench:
+	go run ./bench apply
+	go run ./bench packet
+	go run ./bench boot
+	go run ./bench disk
+	go run ./bench memory
+
 install: build
 	install -m 0755 bin/microvm bin/microvm-init /usr/local/bin/
 
-.PHONY: build demo test deps install
+.PHONY: build demo test deps install bench

@@ -1,0 +1,52 @@
+// Command bench runs the project's benchmarks (tier 4 of DESIGN.md). Each
+// benchmark is one subcommand; each builds its own sandbox of network
+// namespaces (package sandbox), never touches the machine's own network,
+// prints a table, and rewrites its own section of docs/benchmarks.md (and
+// its plot, docs/bench-*.svg) with the figures and the machine it ran on.
+//
+//	go run ./bench apply     # host network apply at N = 4, 16, 64, 250 VMs vs the seed's iptables rules
+//	go run ./bench packet    # throughput and latency VM -> internet, program's ruleset vs the seed's rules
+//	go run ./bench boot      # 4 real microVMs started together vs a bare QEMU command line
+//	go run ./bench disk      # image size, each VM's own use after boot, total vs the seed's < 10 GB
+//	go run ./bench memory    # host-side RSS/PSS per VM and the guest's own use
+//
+// Run it as root from the repository's root (it writes docs/ there).
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+)
+
+type benchmark struct {
+	about string
+	run   func(args []string) error
+}
+
+var benchmarks = map[string]benchmark{
+	"apply":  {"host network apply at N = 4, 16, 64, 250 VMs, beside the seed's iptables rules", runApply},
+	"packet": {"throughput and latency from a VM stand-in to the internet, program's ruleset vs the seed's rules", runPacket},
+	"boot":   {"4 real microVMs started together, boot phases, vs a bare QEMU command line", runBoot},
+	"disk":   {"image size, each VM's own disk use after boot, total for the 4-VM setup", runDisk},
+	"memory": {"host-side memory per running VM and the guest's own use", runMemory},
+}
+
+func main() {
+	if len(os.Args) < 2 || benchmarks[os.Args[1]].run == nil {
+		fmt.Fprintln(os.Stderr, "usage: go run ./bench BENCHMARK  (as root, from the repository's root)")
+		var names []string
+		for n := range benchmarks {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(os.Stderr, "  %-7s %s\n", n, benchmarks[n].about)
+		}
+		os.Exit(2)
+	}
+	if err := benchmarks[os.Args[1]].run(os.Args[2:]); err != nil {
+		fmt.Fprintf(os.Stderr, "bench %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
