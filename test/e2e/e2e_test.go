@@ -75,7 +75,7 @@ func TestMicroVMs(t *testing.T) {
 
 	logs := t.TempDir()
 	// All four boot together, as after a host reboot.
-	vms, clients, err := sb.Boot(bin, file, logs, 5*time.Minute, func(name string, after time.Duration) {
+	vms, clients, err := sb.Boot(bin, file, logs, 8*time.Minute, func(name string, after time.Duration) {
 		t.Logf("%s: SSH ready %s after start", name, after.Round(100*time.Millisecond))
 	})
 	defer func() {
@@ -150,7 +150,7 @@ func TestMicroVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 		vms["vm1"] = v
-		c, err := login(sb, vm, 5*time.Minute)
+		c, err := login(sb, vm, 8*time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}

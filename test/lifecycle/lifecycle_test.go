@@ -142,7 +142,7 @@ func TestLifecycle(t *testing.T) {
 	}
 	wantErr("up on a running VM", "lc1 is already running", "up", "-f", file, "lc1")
 	for _, vm := range in.VMs {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 		c, err := sb.Dial(ctx, &vm)
 		cancel()
 		if err != nil {

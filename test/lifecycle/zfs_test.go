@@ -113,7 +113,7 @@ func TestRollbackZFS(t *testing.T) {
 	}
 	login := func() {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 		defer cancel()
 		c, err := sb.Dial(ctx, vm)
 		if err != nil {
