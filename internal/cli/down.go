@@ -18,18 +18,11 @@ Examples:
   sudo microvm down vm1
   sudo microvm down vm1 vm2 vm3 vm4`,
 		run: func(e *env, args []string) error {
-			if len(args) == 0 {
-				return fmt.Errorf("%w: name one or more VMs", errUsage)
-			}
-			in, m, lock, err := e.lifecycle()
+			_, m, vms, lock, err := e.lifecycleOf(args)
 			if err != nil {
 				return err
 			}
 			defer lock.Release()
-			vms, err := namedVMs(in, args, false)
-			if err != nil {
-				return err
-			}
 			for _, vm := range vms {
 				if stateOf(m, vm).State == "stopped" {
 					return fmt.Errorf("%s is not running; nothing to stop", vm.Name)

@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"fmt"
-
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 )
 
@@ -21,18 +19,11 @@ Examples:
   sudo microvm restart vm1
   sudo microvm restart vm1 vm2`,
 		run: func(e *env, args []string) error {
-			if len(args) == 0 {
-				return fmt.Errorf("%w: name one or more VMs", errUsage)
-			}
-			in, m, lock, err := e.lifecycle()
+			in, m, vms, lock, err := e.lifecycleOf(args)
 			if err != nil {
 				return err
 			}
 			defer lock.Release()
-			vms, err := namedVMs(in, args, false)
-			if err != nil {
-				return err
-			}
 			for _, vm := range vms {
 				if err := runner.Preflight(in, vm); err != nil {
 					return err

@@ -30,18 +30,11 @@ Examples:
   sudo microvm up vm1
   sudo microvm up -f /etc/microvm/infra.toml vm1 vm2`,
 		run: func(e *env, args []string) error {
-			if len(args) == 0 {
-				return fmt.Errorf("%w: name one or more VMs", errUsage)
-			}
-			in, m, lock, err := e.lifecycle()
+			in, m, vms, lock, err := e.lifecycleOf(args)
 			if err != nil {
 				return err
 			}
 			defer lock.Release()
-			vms, err := namedVMs(in, args, false)
-			if err != nil {
-				return err
-			}
 			for _, vm := range vms {
 				if s := stateOf(m, vm); s.State != "stopped" {
 					return fmt.Errorf("%s is already %s; to start it again: microvm restart %s", vm.Name, s.State, vm.Name)

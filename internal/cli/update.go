@@ -29,18 +29,11 @@ Examples:
   sudo microvm update vm1
   sudo microvm -u vm1 vm2 vm3 vm4`,
 		run: func(e *env, args []string) error {
-			if len(args) == 0 {
-				return fmt.Errorf("%w: name one or more VMs", errUsage)
-			}
-			in, m, lock, err := e.lifecycle()
+			in, m, vms, lock, err := e.lifecycleOf(args)
 			if err != nil {
 				return err
 			}
 			defer lock.Release()
-			vms, err := namedVMs(in, args, false)
-			if err != nil {
-				return err
-			}
 			for _, vm := range vms {
 				s := stateOf(m, vm)
 				if s.State != "running" {

@@ -153,6 +153,24 @@ func (e *env) lifecycle() (*config.Infra, systemd.Manager, *systemd.Lock, error)
 	return in, m, l, nil
 }
 
+// lifecycleOf is lifecycle for the VMs named in args (one at least), for
+// up, down, restart and update. The caller releases the lock.
+func (e *env) lifecycleOf(args []string) (*config.Infra, systemd.Manager, []*config.VM, *systemd.Lock, error) {
+	if len(args) == 0 {
+		return nil, nil, nil, nil, fmt.Errorf("%w: name one or more VMs", errUsage)
+	}
+	in, m, lock, err := e.lifecycle()
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	vms, err := namedVMs(in, args, false)
+	if err != nil {
+		lock.Release()
+		return nil, nil, nil, nil, err
+	}
+	return in, m, vms, lock, nil
+}
+
 // uptime prints a duration for a person: 45s, 12m, 3h04m, 2d05h.
 func uptime(d time.Duration) string {
 	switch {
