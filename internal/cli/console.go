@@ -34,18 +34,10 @@ Needs root.
 Examples:
   sudo microvm console vm1`,
 		run: func(e *env, args []string) error {
-			if len(args) != 1 {
-				return fmt.Errorf("%w: name one VM", errUsage)
-			}
-			in, err := e.load()
+			_, vm, err := e.oneVM(args)
 			if err != nil {
 				return err
 			}
-			vms, err := namedVMs(in, args, false)
-			if err != nil {
-				return err
-			}
-			vm := vms[0]
 			if vm.Hypervisor != "qemu" {
 				fmt.Fprintf(e.stderr, "%s runs under Cloud Hypervisor, whose console is a log: following %s (read-only; Ctrl-C ends)\n", vm.Name, vm.ConsoleLog())
 				return showFile(e, vm.Name, vm.ConsoleLog(), 0, true)

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 
@@ -24,16 +23,9 @@ on hosts where systemd is not PID 1; a person rarely runs it directly.
 Examples:
   sudo microvm keep vm1`,
 		run: func(e *env, args []string) error {
-			if len(args) != 1 {
-				return fmt.Errorf("%w: name one VM", errUsage)
-			}
-			in, err := e.load()
+			_, vm, err := e.oneVM(args)
 			if err != nil {
 				return err
-			}
-			vm, ok := in.VM(args[0])
-			if !ok {
-				return fmt.Errorf("no VM %q in %s", args[0], in.File)
 			}
 			if err := needRoot(); err != nil {
 				return err

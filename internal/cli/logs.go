@@ -43,18 +43,10 @@ Examples:
 				follow = true
 				args = args[:len(args)-1]
 			}
-			if len(args) != 1 {
-				return fmt.Errorf("%w: name one VM", errUsage)
-			}
-			in, err := e.load()
+			_, vm, err := e.oneVM(args)
 			if err != nil {
 				return err
 			}
-			vms, err := namedVMs(in, args, false)
-			if err != nil {
-				return err
-			}
-			vm := vms[0]
 			path := vm.SupervisorLog()
 			if console {
 				path = vm.ConsoleLog()

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -29,16 +28,9 @@ Examples:
   sudo microvm run vm1
   sudo microvm run -f /etc/microvm/infra.toml vm2`,
 		run: func(e *env, args []string) error {
-			if len(args) != 1 {
-				return fmt.Errorf("%w: name one VM", errUsage)
-			}
-			in, err := e.load()
+			in, vm, err := e.oneVM(args)
 			if err != nil {
 				return err
-			}
-			vm, ok := in.VM(args[0])
-			if !ok {
-				return fmt.Errorf("no VM %q in %s", args[0], in.File)
 			}
 			if err := needRoot(); err != nil {
 				return err

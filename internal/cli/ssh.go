@@ -50,19 +50,14 @@ Examples:
 			if len(args) == 0 {
 				return fmt.Errorf("%w: name one VM", errUsage)
 			}
-			name, rest := args[0], args[1:]
+			rest := args[1:]
 			if len(rest) > 0 && rest[0] == "--" {
 				rest = rest[1:]
 			}
-			in, err := e.load()
+			in, vm, err := e.oneVM(args[:1])
 			if err != nil {
 				return err
 			}
-			vms, err := namedVMs(in, []string{name}, false)
-			if err != nil {
-				return err
-			}
-			vm := vms[0]
 			ctx, cancel := context.WithTimeout(context.Background(), wait)
 			c, err := guest.Dial(ctx, in.Host, vm)
 			cancel()

@@ -153,6 +153,22 @@ func (e *env) lifecycle() (*config.Infra, systemd.Manager, *systemd.Lock, error)
 	return in, m, l, nil
 }
 
+// oneVM reads the file and finds the one VM named in args.
+func (e *env) oneVM(args []string) (*config.Infra, *config.VM, error) {
+	if len(args) != 1 {
+		return nil, nil, fmt.Errorf("%w: name one VM", errUsage)
+	}
+	in, err := e.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	vms, err := namedVMs(in, args, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return in, vms[0], nil
+}
+
 // lifecycleOf is lifecycle for the VMs named in args (one at least), for
 // up, down, restart and update. The caller releases the lock.
 func (e *env) lifecycleOf(args []string) (*config.Infra, systemd.Manager, []*config.VM, *systemd.Lock, error) {

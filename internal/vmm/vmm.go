@@ -28,7 +28,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
@@ -126,4 +128,18 @@ func (s Spec) Check() error {
 		}
 	}
 	return nil
+}
+
+// NewCmd is the VMM process of a backend: bin (or def when empty) with args,
+// given the spec's TAP descriptors, in a process group of its own, so that a
+// Ctrl-C in the supervisor's terminal reaches only the supervisor, which
+// shuts the guest down before the VMM goes.
+func NewCmd(bin, def string, s Spec, args []string) *exec.Cmd {
+	if bin == "" {
+		bin = def
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.ExtraFiles = s.TAP
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd
 }

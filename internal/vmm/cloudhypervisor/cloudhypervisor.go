@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -70,16 +69,7 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		"--serial", "file="+vm.ConsoleLog(),
 		"--console", "off",
 	)
-	bin := b.Binary
-	if bin == "" {
-		bin = "cloud-hypervisor"
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.ExtraFiles = s.TAP
-	// A process group of its own: a Ctrl-C in the supervisor's terminal
-	// must not kill the VMM before the supervisor has shut the guest down.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	return cmd, nil
+	return vmm.NewCmd(b.Binary, "cloud-hypervisor", s, args), nil
 }
 
 // Ping returns nil if the API answers.

@@ -24,7 +24,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -178,17 +177,7 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		"-device", device,
 		"-qmp", "unix:"+vm.ControlSocket()+",server=on,wait=off",
 	)
-	bin := b.Binary
-	if bin == "" {
-		bin = "qemu-system-x86_64"
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.ExtraFiles = s.TAP
-	// A process group of its own: QEMU exits at once on SIGINT, so a
-	// Ctrl-C in the supervisor's terminal must reach only the supervisor,
-	// which shuts the guest down first.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	return cmd, nil
+	return vmm.NewCmd(b.Binary, "qemu-system-x86_64", s, args), nil
 }
 
 // Ping returns nil if QMP answers query-status.
