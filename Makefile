@@ -27,6 +27,7 @@ bench:
 	go run ./bench apply
 	go run ./bench packet
 	go run ./bench boot
+	test/zfs-fuse.sh start
 	go run ./bench disk
 	go run ./bench memory
 

@@ -11,7 +11,7 @@ import (
 // from fresh VM state), then the same 4 with a bare QEMU command line, then
 // with `microvm run` again (a restart), and splits each boot into phases.
 func runBoot(args []string) error {
-	w, err := setupVMs()
+	w, err := setupVMs("dir")
 	if err != nil {
 		return err
 	}
@@ -32,9 +32,7 @@ func runBoot(args []string) error {
 	fmt.Println("bare QEMU command line (same kernel, initramfs, virtiofs daemons):")
 	loads["bare QEMU"] = loadavg()
 	bp, bares, bclients, err := w.bootBare()
-	start := time.Now()
 	stopBare(bares, bclients)
-	_ = start
 	if err != nil {
 		return err
 	}

@@ -29,34 +29,98 @@ func du(path string) int64 {
 	return n
 }
 
-// runDisk boots the seed's 4 VMs (dir backend) and measures disk use.
+// diskRun is what one backend measured.
+type diskRun struct {
+	backend           string
+	load              string
+	img, vms, tot     table
+	total, image, own int64 // bytes: all of state_dir, the image, the 4 VMs' etc + var
+}
+
+// runDisk boots the seed's 4 VMs with the dir backend, then with the zfs
+// backend, and measures disk use of each.
 func runDisk(args []string) error {
-	w, err := setupVMs()
+	var runs []diskRun
+	var m machine
+	for _, backend := range []string{"dir", "zfs"} {
+		r, mm, err := measureDisk(backend)
+		if err != nil {
+			return fmt.Errorf("%s backend: %w", backend, err)
+		}
+		runs = append(runs, r)
+		m = mm
+	}
+
+	var b strings.Builder
+	b.WriteString("## Disk\n\n")
+	b.WriteString("Command: `go run ./bench disk` (as root, from the repository's root, with ZFS answering: `test/zfs-fuse.sh start`; `make bench` runs all five).\n\n")
+	b.WriteString(m.markdown())
+	b.WriteString(`
+The seed's 4 VMs, booted together from fresh VM state (each VM's /etc and /var are seeded from the image at its first
+start), measured once every VM answers SSH, and again after a clean stop; once with each storage backend. Bytes are
+blocks allocated, as storage.For(host).Usage(in) reports them: ` + "`du -B1`" + ` for ` + "`dir`" + `, ZFS's ` + "`used`" + `
+(after compression, ` + "`compression=on`" + `) for ` + "`zfs`" + `, where the image is imported into a dataset of its own,
+as ` + "`microvm image import`" + ` makes it. ZFS here is zfs-fuse, the user-space ZFS of the Debian package, with a pool in a
+sparse file; kernel OpenZFS uses the same on-disk format and compression. The image is the Debian 12 test image
+(debootstrap minbase with systemd, OpenSSH and the cloud kernel), shared read-only by all 4 VMs over virtiofs.
+`)
+	for _, r := range runs {
+		fmt.Fprintf(&b, "\n### Storage %q (load average at its start %s)\n\n", r.backend, r.load)
+		b.WriteString(r.img.markdown() + "\n" + r.vms.markdown() + "\n" + r.tot.markdown())
+	}
+	b.WriteString("\nSummary:\n\n")
+	for _, r := range runs {
+		unshared := 4*r.image + r.own
+		fmt.Fprintf(&b, "- `%s`: %s for the 4-VM setup, %.1f %% of the seed's 10 GB (%.0f× under it); "+
+			"sharing the image saves %s against 4 private copies.\n",
+			r.backend, mib(r.total), 100*float64(r.total)/seedDiskLimit, float64(seedDiskLimit)/float64(r.total), mib(unshared-(r.image+r.own)))
+	}
+	if len(runs) == 2 && runs[0].total > 0 {
+		fmt.Fprintf(&b, "- `zfs` against `dir`: %.2f× the bytes (compression).\n", float64(runs[1].total)/float64(runs[0].total))
+	}
+	return writeSection("disk", b.String())
+}
+
+// measureDisk boots the 4 VMs with storage backend and measures.
+func measureDisk(backend string) (diskRun, machine, error) {
+	r := diskRun{backend: backend}
+	w, err := setupVMs(backend)
 	if err != nil {
-		return err
+		return r, machine{}, err
 	}
 	defer w.close()
+	r.load = w.m.Load
 	fmt.Printf("disk: 4 VMs, storage %s, accel %s; load average at start %s\n", w.in.Host.Storage, w.accel, w.m.Load)
 	img := w.in.Host.ImageDir(config.DefaultImage)
-	imgT := table{head: []string{"image part", "on disk"}}
-	for _, part := range []string{"rootfs", "vmlinuz", "vmlinux", "initramfs"} {
-		imgT.add(part, mib(du(filepath.Join(img, part))))
+	r.img = table{head: []string{"image part", "on disk"}}
+	for _, part := range []string{"rootfs", "vmlinuz", "vmlinux"} {
+		r.img.add(part, mib(du(filepath.Join(img, part))))
 	}
-	imgT.add("**image total**", mib(du(img)))
+	r.img.add("**image total**", mib(du(img)))
 
 	_, vms, clients, err := w.bootMicrovm("microvm")
 	if err != nil {
 		w.stopMicrovm(nil, vms, clients)
-		return err
+		return r, w.m, err
 	}
 	for _, c := range clients {
 		c.Close()
 	}
-	exec.Command("sync").Run()
+	// ZFS counts a write once its transaction group is committed (up to
+	// 30 s with zfs-fuse); a snapshot commits at once, so take and drop one.
+	sync := func() {
+		exec.Command("sync").Run()
+		if backend == "zfs" {
+			snap := w.in.Host.ZFSDataset + "@bench-sync"
+			exec.Command("zfs", "snapshot", "-r", snap).Run()
+			exec.Command("zfs", "destroy", "-r", snap).Run()
+		}
+	}
+	sync()
 	booted, err := storage.For(w.in.Host).Usage(w.in)
 	if err != nil {
 		w.stopMicrovm(nil, vms, nil)
-		return err
+		return r, w.m, err
 	}
 	type split struct{ etc, var_ int64 }
 	parts := map[string]split{}
@@ -64,51 +128,31 @@ func runDisk(args []string) error {
 		parts[vm.Name] = split{du(vm.EtcDir), du(vm.VarDir)}
 	}
 	w.stopMicrovm(nil, vms, nil)
-	exec.Command("sync").Run()
+	sync()
 	stopped, err := storage.For(w.in.Host).Usage(w.in)
 	if err != nil {
-		return err
+		return r, w.m, err
 	}
 
-	vmT := table{head: []string{"VM", "/etc", "/var", "own use after boot (etc + var)", "after a clean stop"}}
-	var vmsSum int64
+	r.vms = table{head: []string{"VM", "/etc (du)", "/var (du)", "own use after boot (storage.Usage)", "after a clean stop"}}
 	for _, vm := range w.in.VMs {
 		p := parts[vm.Name]
-		vmT.add(vm.Name, mib(p.etc), mib(p.var_), mib(booted.VMs[vm.Name]), mib(stopped.VMs[vm.Name]))
-		vmsSum += booted.VMs[vm.Name]
+		r.vms.add(vm.Name, mib(p.etc), mib(p.var_), mib(booted.VMs[vm.Name]), mib(stopped.VMs[vm.Name]))
+		r.own += booted.VMs[vm.Name]
 	}
-	totT := table{head: []string{"", "bytes on disk", "of the seed's 10 GB"}}
+	r.image, r.total = booted.Images, booted.Total
+	r.tot = table{head: []string{"", "bytes on disk", "of the seed's 10 GB"}}
 	pct := func(n int64) string { return fmt.Sprintf("%.1f %%", 100*float64(n)/seedDiskLimit) }
-	totT.add("shared image (once)", mib(booted.Images), pct(booted.Images))
-	totT.add("the 4 VMs' own etc + var", mib(vmsSum), pct(vmsSum))
-	totT.add("**total for the 4-VM setup** (all of state_dir, storage.Usage)", mib(booted.Total), pct(booted.Total))
-	unshared := 4*booted.Images + vmsSum
-	totT.add("for comparison: 4 full copies of the image + etc + var (computed, no sharing)", mib(unshared), pct(unshared))
+	r.tot.add("shared image (once)", mib(booted.Images), pct(booted.Images))
+	r.tot.add("the 4 VMs' own etc + var", mib(r.own), pct(r.own))
+	r.tot.add("**total for the 4-VM setup** (all of state_dir)", mib(booted.Total), pct(booted.Total))
+	unshared := 4*booted.Images + r.own
+	r.tot.add("for comparison: 4 full copies of the image + etc + var (computed, no sharing)", mib(unshared), pct(unshared))
 
 	fmt.Println()
-	imgT.print(os.Stdout)
-	fmt.Println()
-	vmT.print(os.Stdout)
-	fmt.Println()
-	totT.print(os.Stdout)
-
-	var b strings.Builder
-	b.WriteString("## Disk\n\n")
-	b.WriteString("Command: `go run ./bench disk` (as root, from the repository's root; `make bench` runs all five).\n\n")
-	b.WriteString(w.m.markdown())
-	fmt.Fprintf(&b, `
-The seed's 4 VMs with the %q storage backend (plain directories under state_dir), booted together from fresh VM
-state (each VM's /etc and /var are seeded from the image at its first start), measured once every VM answers SSH, and
-again after a clean stop. Bytes are blocks allocated (`+"`du -B1`"+`, what storage.For(host).Usage(in) reports).
-The image is the Debian 12 test image (debootstrap minbase with systemd, OpenSSH and the cloud kernel), shared
-read-only by all 4 VMs over virtiofs.
-
-`, w.in.Host.Storage)
-	b.WriteString(imgT.markdown() + "\n" + vmT.markdown() + "\n" + totT.markdown())
-	fmt.Fprintf(&b, "\nTotal for the 4-VM setup: %s, %.1f %% of the seed's 10 GB limit (%.0f× under it). "+
-		"Sharing the image saves %s against 4 private copies (%.0f %%).\n\n"+
-		"Only the `dir` backend was measured in this run; the `zfs` backend (zfs-fuse, `test/zfs-fuse.sh start`) is not yet measured here.\n",
-		mib(booted.Total), 100*float64(booted.Total)/seedDiskLimit, float64(seedDiskLimit)/float64(booted.Total),
-		mib(unshared-(booted.Images+vmsSum)), 100*float64(unshared-(booted.Images+vmsSum))/float64(unshared))
-	return writeSection("disk", b.String())
+	for _, t := range []table{r.img, r.vms, r.tot} {
+		t.print(os.Stdout)
+		fmt.Println()
+	}
+	return r, w.m, nil
 }

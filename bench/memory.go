@@ -121,7 +121,7 @@ func cpuTime(pids ...string) time.Duration {
 
 // runMemory boots the seed's 4 VMs and measures memory on both sides.
 func runMemory(args []string) error {
-	w, err := setupVMs()
+	w, err := setupVMs("dir")
 	if err != nil {
 		return err
 	}

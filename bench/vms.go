@@ -22,6 +22,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
@@ -50,9 +51,13 @@ type vmWorld struct {
 	accel string
 	tmp   string
 	m     machine
+	pool  string // the ZFS pool to destroy at the end, if any
 }
 
-func setupVMs() (w *vmWorld, err error) {
+// setupVMs builds the world with the storage backend named ("dir" or
+// "zfs"). With "zfs", the VMs' state and the image live in a pool of
+// their own (zfsPool), made here and destroyed by close.
+func setupVMs(backend string) (w *vmWorld, err error) {
 	w = &vmWorld{}
 	w.tmp, err = os.MkdirTemp("", "bench-vms-")
 	if err != nil {
@@ -92,7 +97,16 @@ func setupVMs() (w *vmWorld, err error) {
 	id := make([]byte, 3)
 	rand.Read(id)
 	run := "/run/mvb-" + hex.EncodeToString(id)
-	w.in, w.file, err = parseInfra(w.tmp, infraTOML(4, benchState, run, w.accel, true))
+	text := infraTOML(4, benchState, run, w.accel, true)
+	if backend == "zfs" {
+		if err := newPool(); err != nil {
+			return w, err
+		}
+		w.pool = zfsPool
+		text = strings.Replace(infraTOML(4, zfsState, run, w.accel, true), "[host]\n",
+			"[host]\nstorage = \"zfs\"\nzfs_dataset = \""+zfsPool+"/microvms\"\n", 1)
+	}
+	w.in, w.file, err = parseInfra(w.tmp, text)
 	if err != nil {
 		return w, err
 	}
@@ -112,6 +126,9 @@ func setupVMs() (w *vmWorld, err error) {
 		}
 		return p.Apply(io.Discard)
 	})
+	if err == nil && backend == "zfs" {
+		err = importImage(w.in.Host, img, w.tmp)
+	}
 	return w, err
 }
 
@@ -122,6 +139,12 @@ func (w *vmWorld) close() {
 	if w.in != nil {
 		exec.Command("umount", w.in.Host.ImageView(config.DefaultImage)).Run()
 		os.RemoveAll(w.in.Host.RunDir)
+	}
+	if w.pool != "" {
+		if err := zfstest.Destroy(w.pool); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+		os.Remove(zfsPoolFile)
 	}
 	os.RemoveAll(w.tmp)
 }

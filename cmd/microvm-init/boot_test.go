@@ -294,6 +294,9 @@ memory = 256
 	if err := kernel.WriteInitramfs(&initramfs, initProgram, e.modules); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.MkdirAll(filepath.Dir(e.host.ImageInitramfs(vm.Image)), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(e.host.ImageInitramfs(vm.Image), initramfs.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}

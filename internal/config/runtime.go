@@ -55,9 +55,12 @@ func (h Host) ImageKernel(name string) string { return filepath.Join(h.ImageDir(
 // Cloud Hypervisor can only boot this form, and QEMU boots it faster.
 func (h Host) ImageVmlinux(name string) string { return filepath.Join(h.ImageDir(name), "vmlinux") }
 
-// ImageInitramfs is the initramfs every VM of the image boots with.
+// ImageInitramfs is the initramfs every VM of the image boots with. It
+// holds the running program's guest init as well as the image's kernel
+// modules, so it is made when a VM starts, in RUN_DIR: the image itself
+// stays as built (on ZFS, read-only).
 func (h Host) ImageInitramfs(name string) string {
-	return filepath.Join(h.ImageDir(name), "initramfs")
+	return filepath.Join(h.RunDir, "images", name+".initramfs")
 }
 
 // ImageView is the read-only bind mount of ImageRootfs that the guests'

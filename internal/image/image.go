@@ -8,13 +8,12 @@
 // machine ID) is removed, /root, /home and /srv become symlinks into /var,
 // which is each VM's own, /tmp becomes a tmpfs, and the kernel is copied
 // out next to the tree. An image is made in a staging directory beside the final
-// one and renamed into place only when complete, so a failed or interrupted
-// build leaves no image behind.
+// one and moved into place only when complete, so a failed or interrupted
+// build leaves no image behind. With storage = "zfs", each image is a
+// dataset of its own, read-only once in place.
 package image
 
 import (
-	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
-
 	"bufio"
 	"context"
 	"errors"
@@ -30,6 +29,8 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 )
 
 // What Build installs.
@@ -162,8 +163,10 @@ func checkNew(host config.Host, name string) error {
 	return nil
 }
 
-// stage makes an image in a staging directory and renames it into place.
-// fill writes the root filesystem into the (empty) directory it is given.
+// stage makes an image in a staging directory and moves it into place
+// (package storage: with ZFS, the image is a dataset of its own, read-only
+// once in place). fill writes the root filesystem into the (empty)
+// directory it is given.
 //
 // The staging directory is a state directory of its own, next to the real
 // images so that the final rename stays on one filesystem: the staged image
@@ -171,6 +174,10 @@ func checkNew(host config.Host, name string) error {
 // files (opt.Boot) are made there.
 func stage(host config.Host, name string, progress io.Writer, boot func(config.Host, string) error, fill func(rootfs string) error) (err error) {
 	start := time.Now()
+	store := storage.For(host)
+	if err := store.CheckImages(); err != nil {
+		return err
+	}
 	images := host.ImagesDir()
 	if err := os.MkdirAll(images, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", images, err)
@@ -183,6 +190,15 @@ func stage(host config.Host, name string, progress io.Writer, boot func(config.H
 
 	staged := host
 	staged.StateDir = tmp
+	if err := store.StageImage(name, staged.ImageDir(name)); err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			err = errors.Join(err, store.DiscardImage(name, staged.ImageDir(name)))
+		}
+	}()
 	rootfs := staged.ImageRootfs(name)
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", rootfs, err)
@@ -216,9 +232,10 @@ func stage(host config.Host, name string, progress io.Writer, boot func(config.H
 	if err := checkNew(host, name); err != nil {
 		return err
 	}
-	if err := os.Rename(staged.ImageDir(name), host.ImageDir(name)); err != nil {
-		return fmt.Errorf("moving image %s into place: %w", name, err)
+	if err := store.CommitImage(name, staged.ImageDir(name)); err != nil {
+		return err
 	}
+	committed = true
 	phasef(progress, "image %s is ready in %s (%s)", name, host.ImageDir(name), time.Since(start).Round(time.Second))
 	return nil
 }

@@ -1,19 +1,18 @@
 package image
 
 import (
-	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
-
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 )
 
 // Info describes one image.
@@ -47,7 +46,7 @@ func List(host config.Host) ([]Info, error) {
 		if k, err := kernel.Find(host.ImageRootfs(name)); err == nil {
 			info.Kernel = k.Version
 		}
-		if info.Size, err = diskUsage(host.ImageDir(name)); err != nil {
+		if info.Size, err = storage.DiskUsage(host.ImageDir(name)); err != nil {
 			return nil, fmt.Errorf("listing image %s: %w", name, err)
 		}
 		infos = append(infos, info)
@@ -75,58 +74,24 @@ func Remove(host config.Host, name string, inUse []string) error {
 	default:
 		return fmt.Errorf("image %s is used by %s; change their image or remove them first", name, strings.Join(inUse, ", "))
 	}
+	// A mount at the image's directory itself is its ZFS dataset; one
+	// below it, or at its view, is a VM using it.
 	for _, d := range []string{dir, host.ImageView(name)} {
 		mounts, err := mountinfo.Under(d)
 		if err != nil {
 			return fmt.Errorf("removing image %s: %w", name, err)
 		}
+		mounts = slices.DeleteFunc(mounts, func(p string) bool { return p == dir })
 		if len(mounts) > 0 {
 			return fmt.Errorf("image %s is mounted at %s; stop the VMs that use it first", name, strings.Join(mounts, ", "))
 		}
 	}
-	// Move it aside first, so that the image is gone at once and an
-	// interrupted removal leaves only a staging directory.
-	trash, err := os.MkdirTemp(host.ImagesDir(), "."+name+".rm-")
-	if err != nil {
-		return fmt.Errorf("removing image %s: %w", name, err)
+	if err := storage.For(host).RemoveImage(name); err != nil {
+		return err
 	}
-	if err := os.Rename(dir, filepath.Join(trash, name)); err != nil {
-		os.Remove(trash)
-		return fmt.Errorf("removing image %s: %w", name, err)
-	}
-	if err := os.RemoveAll(trash); err != nil {
+	// Its initramfs, made when a VM started, goes with it.
+	if err := os.Remove(host.ImageInitramfs(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("removing image %s: %w", name, err)
 	}
 	return nil
-}
-
-// diskUsage returns the bytes the files under dir take on disk, as du
-// counts them: allocated blocks, each inode once.
-func diskUsage(dir string) (int64, error) {
-	type inode struct{ dev, ino uint64 }
-	seen := map[inode]bool{}
-	var total int64
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			total += fi.Size()
-			return nil
-		}
-		if st.Nlink > 1 && !fi.IsDir() {
-			if seen[inode{st.Dev, st.Ino}] {
-				return nil
-			}
-			seen[inode{st.Dev, st.Ino}] = true
-		}
-		total += st.Blocks * 512 // st_blocks counts 512-byte units, whatever the block size
-		return nil
-	})
-	return total, err
 }

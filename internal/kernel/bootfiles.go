@@ -53,6 +53,9 @@ func UpdateInitramfs(root, initProgram, dst string) (bool, error) {
 	if old, err := os.ReadFile(dst); err == nil && bytes.Equal(old, b.Bytes()) {
 		return false, nil
 	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return false, fmt.Errorf("writing %s: %w", dst, err)
+	}
 	return true, writeAtomic(dst, b.Bytes())
 }
 

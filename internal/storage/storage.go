@@ -5,17 +5,19 @@
 //   - "dir" (the default): plain directories, made when a VM first starts.
 //     No snapshots.
 //   - "zfs": the seed's layout. A parent dataset mounted at state_dir, one
-//     child per VM holding its etc and var, and one for the images, all made
-//     by the host part of apply before a VM first starts. The zfs command is
+//     child per VM holding its etc and var, made by the host part of apply
+//     before a VM first starts, and one per image, made by `microvm image`
+//     and read-only once the image is built. The zfs command is
 //     driven the way Incus drives it (zfs create -o ..., zfs list -H -o ...,
 //     zfs get -Hp ...), so what `microvm plan` prints is what a person would
 //     type. A VM's snapshots are snapshots of its dataset.
 //
 // For the seed's setup:
 //
-//	rpool/microvms         /var/lib/microvms          compression=on; the admin key
-//	rpool/microvms/images  /var/lib/microvms/images   every image
-//	rpool/microvms/vm1     /var/lib/microvms/vm1      vm1's etc and var; snapshots rpool/microvms/vm1@NAME
+//	rpool/microvms                /var/lib/microvms                compression=on; the admin key
+//	rpool/microvms/images         /var/lib/microvms/images
+//	rpool/microvms/images/debian  /var/lib/microvms/images/debian  one image, readonly=on
+//	rpool/microvms/vm1            /var/lib/microvms/vm1            vm1's etc and var; snapshots rpool/microvms/vm1@NAME
 //
 // The program creates datasets only under zfs_dataset, in the pool it
 // names: it never creates or changes a pool, and never changes a dataset it
@@ -65,6 +67,25 @@ type Backend interface {
 	DestroySnapshot(vm *config.VM, name string) error
 	// Usage reports the bytes on disk of each VM, the images, and all.
 	Usage(in *config.Infra) (Usage, error)
+
+	// The life of an image (package image makes its files):
+
+	// CheckImages returns an error if no image can be made yet: with
+	// ZFS, before apply has made the images' dataset.
+	CheckImages() error
+	// StageImage readies dir, an empty directory on the images' file
+	// system, for the files of the new image name. On ZFS, it mounts a
+	// new dataset there.
+	StageImage(name, dir string) error
+	// CommitImage moves the image staged in dir to Host.ImageDir(name).
+	// On ZFS, the image's dataset becomes read-only.
+	CommitImage(name, dir string) error
+	// DiscardImage deletes what StageImage made for an image that is
+	// not to be committed; the files in dir go with it on ZFS, and are
+	// the caller's to remove with the dir backend.
+	DiscardImage(name, dir string) error
+	// RemoveImage deletes the image name, which no VM may be using.
+	RemoveImage(name string) error
 }
 
 // For returns the backend h asks for.
@@ -72,7 +93,7 @@ func For(h config.Host) Backend {
 	if h.Storage == "zfs" {
 		return &ZFS{Host: h}
 	}
-	return &Dir{StateDir: h.StateDir}
+	return &Dir{Host: h}
 }
 
 // ErrNoSnapshots is returned by the dir backend for every snapshot operation.
@@ -236,8 +257,8 @@ func sortSnapshots(snaps []Snapshot) {
 	sort.SliceStable(snaps, func(i, j int) bool { return snaps[i].Created.Before(snaps[j].Created) })
 }
 
-// Dir is the backend of plain directories under StateDir.
-type Dir struct{ StateDir string }
+// Dir is the backend of plain directories under Host.StateDir.
+type Dir struct{ Host config.Host }
 
 // Diff returns nothing: a VM's directories are made when it first starts
 // (package guest seeds them), and the images directory by the first image.
@@ -253,23 +274,23 @@ func (d *Dir) Usage(in *config.Infra) (Usage, error) {
 	u := Usage{VMs: map[string]int64{}}
 	var err error
 	for _, vm := range in.VMs {
-		if u.VMs[vm.Name], err = diskUsage(vm.StateDir); err != nil {
+		if u.VMs[vm.Name], err = DiskUsage(vm.StateDir); err != nil {
 			return Usage{}, err
 		}
 	}
-	if u.Images, err = diskUsage(in.Host.ImagesDir()); err != nil {
+	if u.Images, err = DiskUsage(in.Host.ImagesDir()); err != nil {
 		return Usage{}, err
 	}
-	if u.Total, err = diskUsage(d.StateDir); err != nil {
+	if u.Total, err = DiskUsage(d.Host.StateDir); err != nil {
 		return Usage{}, err
 	}
 	return u, nil
 }
 
-// diskUsage is the bytes allocated to everything under dir, each file
+// DiskUsage is the bytes allocated to everything under dir, each file
 // once however many hard links it has (images hard-link many files); 0 if
 // dir does not exist.
-func diskUsage(dir string) (int64, error) {
+func DiskUsage(dir string) (int64, error) {
 	type inode struct{ dev, ino uint64 }
 	seen := map[inode]bool{}
 	var total int64

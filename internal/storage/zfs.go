@@ -34,7 +34,7 @@ type place struct {
 
 // Diff plans the parent dataset (mounted at state_dir, compression on),
 // the images dataset and one dataset per VM, each created only if missing
-// and mounted if it is not. Children inherit the parent's mount point and
+// and mounted if it is not, and mounts the images' datasets. Children inherit the parent's mount point and
 // compression, as they would if a person made them with `zfs create`.
 func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
 	h := z.Host
@@ -73,6 +73,18 @@ func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
 		case !d.mounted:
 			acts = append(acts, &MountDataset{Name: name})
 		}
+	}
+
+	// The images' datasets, made by `microvm image`, are mounted too.
+	var images []string
+	for name, d := range have {
+		if path.Dir(name) == h.ImagesDataset() && config.IsImageName(path.Base(name)) && !d.mounted {
+			images = append(images, name)
+		}
+	}
+	sort.Strings(images)
+	for _, name := range images {
+		acts = append(acts, &MountDataset{Name: name})
 	}
 
 	// Datasets of VMs that left the file keep their data, as the dir

@@ -4,6 +4,7 @@ package storage
 
 import (
 	"crypto/rand"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -425,3 +426,75 @@ func TestZFSMissingDataset(t *testing.T) {
 }
 
 func devOf(fi os.FileInfo) uint64 { return uint64(fi.Sys().(*syscall.Stat_t).Dev) }
+
+// TestZFSImage: an image is staged in a dataset of its own, which is
+// read-only once in place; plan mounts it again after an unmount; a
+// discarded build and a removed image leave no dataset behind; a
+// leftover staging dataset is explained.
+func TestZFSImage(t *testing.T) {
+	pool := zfstest.New(t)
+	in := zfsModel(t, pool, "", "vm1")
+	apply(t, in)
+	h := in.Host
+	b := For(h)
+	ds, stagingDS := pool.Name+"/microvms/images/debian", pool.Name+"/microvms/images/debian.new"
+
+	staging := filepath.Join(h.ImagesDir(), ".debian.new-1", "images", "debian")
+	if err := b.StageImage("debian", staging); err != nil {
+		t.Fatal(err)
+	}
+	if got := zfsGet(t, "mountpoint", stagingDS); got != staging {
+		t.Errorf("staging dataset mounted at %s, want %s", got, staging)
+	}
+	if err := os.WriteFile(filepath.Join(staging, "vmlinuz"), []byte("kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := b.StageImage("debian", staging)
+	if want := "dataset " + stagingDS + " exists: another build of image debian is running, or one was killed; if none is running, remove it with: zfs destroy -r " + stagingDS; err == nil || err.Error() != want {
+		t.Errorf("staging twice: got %v, want %q", err, want)
+	}
+	if err := b.CommitImage("debian", staging); err != nil {
+		t.Fatal(err)
+	}
+	if got := zfsGet(t, "mountpoint", ds); got != h.ImageDir("debian") {
+		t.Errorf("image dataset mounted at %s, want %s", got, h.ImageDir("debian"))
+	}
+	if got, err := os.ReadFile(h.ImageKernel("debian")); string(got) != "kernel" {
+		t.Errorf("the image's kernel: %q, %v", got, err)
+	}
+	err = os.WriteFile(filepath.Join(h.ImageDir("debian"), "new"), nil, 0o644)
+	if !errors.Is(err, syscall.EROFS) {
+		t.Errorf("writing into the image: got %v, want EROFS", err)
+	}
+
+	// After a reboot without ZFS mounts, plan mounts the image too.
+	if out, err := exec.Command("zfs", "unmount", ds).CombinedOutput(); err != nil {
+		t.Fatalf("zfs unmount: %s", out)
+	}
+	if got, want := apply(t, in), []string{"zfs mount " + ds}; !reflect.DeepEqual(got, want) {
+		t.Errorf("plan after an unmount: got %q, want %q", got, want)
+	}
+	if got := zfsGet(t, "mounted", ds); got != "yes" {
+		t.Errorf("mounted = %s after apply", got)
+	}
+
+	// A failed build: discarding deletes its dataset; twice is harmless.
+	other := filepath.Join(h.ImagesDir(), ".other.new-1", "images", "other")
+	if err := b.StageImage("other", other); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := b.DiscardImage("other", other); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.RemoveImage("debian"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := datasetNames(t, pool.Name), []string{pool.Name, pool.Name + "/microvms", pool.Name + "/microvms/images", pool.Name + "/microvms/vm1"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("datasets left: %q, want %q", got, want)
+	}
+	if _, err := os.Stat(h.ImageDir("debian")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after RemoveImage, %s: %v", h.ImageDir("debian"), err)
+	}
+}

@@ -62,7 +62,7 @@ func TestNewSpec(t *testing.T) {
 	in := parse(t, infra)
 	vm, _ := in.VM("vm1")
 	s := NewSpec(in.Host, vm)
-	if s.Kernel != "/var/lib/microvms/images/debian/vmlinux" || s.Initramfs != "/var/lib/microvms/images/debian/initramfs" {
+	if s.Kernel != "/var/lib/microvms/images/debian/vmlinux" || s.Initramfs != "/run/microvm/images/debian.initramfs" {
 		t.Errorf("NewSpec: kernel %s, initramfs %s", s.Kernel, s.Initramfs)
 	}
 	var tags []string

@@ -1,22 +1,28 @@
 // Package tailscale_test proves the seed's external access path with real
-// tailscaled daemons, all inside sandbox namespaces:
+// tailscaled daemons and real microVMs, all inside sandbox namespaces:
 //
 //	laptop ns: tailscaled ─┐                  ┌─ control server, DERP, STUN (203.0.113.10)
 //	  eth0 198.51.100.2 ── lap0 198.51.100.1 : internet ns
 //	host ns:   tailscaled, eth0 192.0.2.2 ── isp0 192.0.2.1 ┘
-//	           br-vm1..4 (microvm apply) ── VM stand-ins 10.N.0.2
+//	           br-ts1..4 (microvm apply) ── microVMs ts1..ts4 at 10.N.0.2 (QEMU)
 //
 // The control server is the tailscale.com module's own test server
 // (testcontrol), the relay its DERP server; tailscaled is built from the
 // same module. The program advertises the VM subnets through the host's
 // tailscaled, the test approves them on the control server as a tailnet
-// admin would, and the laptop then reaches every VM through its tailnet,
-// while no VM can open a connection to the laptop.
+// admin would, and the laptop then pings every VM and logs in to it with
+// SSH through its tailnet, while no VM can open a connection to the
+// laptop (probed from inside the guests).
+//
+// The VMs are called ts1..ts4, not vm1..vm4, so that their state under the
+// shared test image's directory is not test/e2e's.
 package tailscale_test
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
@@ -28,11 +34,14 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
 	"tailscale.com/ipn"
 
 	"github.com/simple-microvm-infra/microvm/internal/check"
 	"github.com/simple-microvm-infra/microvm/internal/cli"
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
@@ -48,19 +57,21 @@ var (
 // program must keep it.
 var userRoute = netip.MustParsePrefix("192.168.77.0/24")
 
-// infraFile writes an infra.toml for the seed's 4 VMs whose state lives in
-// dir and whose tailscaled listens on socket. Without vm4 when three is set.
-func infraFile(t *testing.T, dir, socket string, allowVMToTailnet, three bool) string {
+// infraFile writes an infra.toml for the seed's 4 VMs (3 when three is
+// set), with their state in stateDir beside the test image, run files in
+// runDir, and tailscaled's socket at socket. The file goes in dir.
+func infraFile(t *testing.T, dir, stateDir, runDir, socket string, allowVMToTailnet, three bool) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\n\n", filepath.Join(dir, "state"), filepath.Join(dir, "run"))
-	fmt.Fprintf(&b, "[host.tailscale]\nsocket = %q\nallow_vm_to_tailnet = %v\n", socket, allowVMToTailnet)
+	fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\n\n", stateDir, runDir)
+	fmt.Fprintf(&b, "[host.tailscale]\nsocket = %q\nallow_vm_to_tailnet = %v\n\n", socket, allowVMToTailnet)
+	b.WriteString("[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n")
 	n := 4
 	if three {
 		n = 3
 	}
 	for i := 1; i <= n; i++ {
-		fmt.Fprintf(&b, "\n[vm.vm%d]\nsubnet = \"10.%d.0.0/24\"\n", i, i)
+		fmt.Fprintf(&b, "\n[vm.ts%d]\nsubnet = \"10.%d.0.0/24\"\n", i, i)
 	}
 	name := fmt.Sprintf("infra-%v-%v.toml", allowVMToTailnet, three)
 	f := filepath.Join(dir, name)
@@ -115,22 +126,61 @@ func status(t *testing.T, ns string, in *config.Infra) *tailscale.Report {
 	return r
 }
 
+// login logs in to vm with SSH from namespace ns, as a person on the
+// laptop does (ssh root@10.1.0.2), and returns the address the VM sees the
+// connection come from.
+func login(ns string, in *config.Infra, vm *config.VM) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var c *ssh.Client
+	err := sandbox.Do(ns, func() error {
+		var err error
+		c, err = guest.Dial(ctx, in.Host, vm)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("ssh root@%s: %w", vm.Addr, err)
+	}
+	defer c.Close()
+	out, code, err := guest.Run(c, "echo $SSH_CLIENT")
+	if err != nil || code != 0 {
+		return "", fmt.Errorf("ssh root@%s echo $SSH_CLIENT: exit %d %s %v", vm.Addr, code, out, err)
+	}
+	return strings.Fields(out + " ?")[0], nil
+}
+
 func TestSubnetRoutes(t *testing.T) {
 	testenv.NeedRoot(t)
-	testenv.NeedCommands(t, "ip", "nft", "useradd")
+	testenv.NeedCommands(t, "ip", "nft", "useradd", "qemu-system-x86_64")
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		testenv.Unavailable(t, "needs /dev/net/tun for tailscaled's TUN interface")
 	}
+	image := imagetest.Debian(t)
 	bin := tailscaled(t)
+	microvmBin := testenv.Binaries(t)
 	start := time.Now()
 
 	dir := t.TempDir()
 	hostDir, laptopDir := filepath.Join(dir, "hypervisor"), filepath.Join(dir, "laptop")
 	socket := filepath.Join(hostDir, "tailscaled.sock")
-	file := infraFile(t, dir, socket, false, false)
+	// A short run directory: QEMU's socket paths must fit in 108 bytes.
+	id := make([]byte, 3)
+	rand.Read(id)
+	runDir := "/run/mvts-" + hex.EncodeToString(id)
+	t.Cleanup(func() { os.RemoveAll(runDir) })
+	infra := func(allowVMToTailnet, three bool) string {
+		return infraFile(t, dir, image.StateDir, runDir, socket, allowVMToTailnet, three)
+	}
+	file := infra(false, false)
 	in, err := config.Load(file)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Every run starts from fresh VM state; the image is shared.
+	for _, vm := range in.VMs {
+		if err := os.RemoveAll(vm.StateDir); err != nil {
+			t.Fatal(err)
+		}
 	}
 	sb, err := sandbox.New(in)
 	if err != nil {
@@ -176,7 +226,7 @@ func TestSubnetRoutes(t *testing.T) {
 			"warning: tailscaled is logged out (state NeedsLogin): tailscaled keeps the routes",
 			"tailscale up --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24",
 			"Edit route settings",
-			"ip link add br-vm4 type bridge", // the rest of the work is done
+			"ip link add br-ts4 type bridge", // the rest of the work is done
 			"tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24  # advertise the VM subnets",
 		} {
 			if !strings.Contains(out, want) {
@@ -188,17 +238,36 @@ func TestSubnetRoutes(t *testing.T) {
 		}
 	}))
 
-	// The VMs' stand-ins, on the bridges apply made, and a server on the
-	// laptop.
-	if err := sb.AddStandIns(); err != nil {
-		t.Fatal(err)
-	}
+	// The microVMs, on the bridges apply made, all booting at once; and a
+	// server on the laptop, for the VMs to try to reach.
 	if err := sb.Serve(); err != nil {
 		t.Fatal(err)
 	}
 	if err := sandbox.Serve(laptopNS, sandbox.Port); err != nil {
 		t.Fatal(err)
 	}
+	logs := t.TempDir()
+	vms, clients, err := sb.Boot(microvmBin, file, logs, 8*time.Minute, func(name string, after time.Duration) {
+		t.Logf("%s: SSH ready %s after start", name, after.Round(100*time.Millisecond))
+	})
+	defer func() {
+		for name, v := range vms {
+			if err := v.Stop(60 * time.Second); err != nil {
+				t.Errorf("stopping %s: %v", name, err)
+			}
+		}
+		if t.Failed() {
+			for _, vm := range in.VMs {
+				sup, _ := os.ReadFile(filepath.Join(logs, vm.Name+".log"))
+				t.Logf("%s supervisor:\n%s", vm.Name, sandbox.Tail(sup, 20))
+			}
+		}
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Probes from inside the guests, over SSH from the host.
+	guests := check.NewGuestProber(clients, sandbox.Prober{S: sb}, guest.Run)
 
 	host.up(t, ctl.URL, false)
 	laptop.up(t, ctl.URL, true) // --accept-routes: Linux clients do not use subnet routes without it
@@ -226,8 +295,8 @@ func TestSubnetRoutes(t *testing.T) {
 		}
 		// Unapproved routes carry nothing: the laptop has no way to the
 		// VMs but the tailnet, which the approval below opens.
-		if r := sandbox.TCP(laptopNS, netip.AddrPortFrom(in.VMs[0].Addr, sandbox.Port)); r.Reached {
-			t.Errorf("the laptop reaches vm1 before the routes are approved")
+		if r := sandbox.TCP(laptopNS, netip.AddrPortFrom(in.VMs[0].Addr, 22)); r.Reached {
+			t.Errorf("the laptop reaches ts1's sshd before the routes are approved")
 		}
 	}))
 
@@ -250,7 +319,7 @@ func TestSubnetRoutes(t *testing.T) {
 	// The command itself prints the same report under the VM table.
 	out := microvm(t, sb.Host, "status", "--host", "-f", file)
 	t.Logf("microvm status --host after approval:\n%s", out)
-	for _, want := range []string{"disk: images", "10.1.0.0/24  vm1  yes         yes", "10.4.0.0/24  vm4  yes         yes"} {
+	for _, want := range []string{"disk: images", "10.1.0.0/24  ts1  yes         yes", "10.4.0.0/24  ts4  yes         yes"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status --host lacks %q", want)
 		}
@@ -272,23 +341,23 @@ func TestSubnetRoutes(t *testing.T) {
 	hostIP := host.addr(t)
 
 	t.Run("the laptop reaches every VM", func(t *testing.T) {
-		for _, vm := range in.VMs {
-			to := netip.AddrPortFrom(vm.Addr, sandbox.Port)
+		for i := range in.VMs {
+			vm := &in.VMs[i]
 			// The first packets wait for the DERP path to be set up.
 			waitFor(t, 30*time.Second, "ping from the laptop to "+vm.Name, func() error {
 				return sandbox.Ping(laptopNS, vm.Addr).Err
 			})
-			r := sandbox.TCP(laptopNS, to)
-			if !r.Reached {
-				t.Errorf("TCP from the laptop to %s (%s): %v", vm.Name, to, r.Err)
+			seen, err := login(laptopNS, in, vm)
+			if err != nil {
+				t.Errorf("from the laptop: %v", err)
 				continue
 			}
 			// tailscaled masquerades subnet-routed traffic by default
 			// (--snat-subnet-routes): the VM sees its gateway.
-			if r.SeenAs != vm.Gateway.String() {
-				t.Errorf("%s saw the laptop as %s, want its gateway %s (tailscaled's SNAT)", vm.Name, r.SeenAs, vm.Gateway)
+			if seen != vm.Gateway.String() {
+				t.Errorf("%s saw the laptop as %s, want its gateway %s (tailscaled's SNAT)", vm.Name, seen, vm.Gateway)
 			}
-			t.Logf("laptop → %s %s: ping ok, TCP ok, the VM sees the laptop as %s", vm.Name, to, r.SeenAs)
+			t.Logf("laptop → %s %s: ping ok, ssh ok, the VM sees the laptop as %s", vm.Name, vm.Addr, seen)
 		}
 	})
 
@@ -303,14 +372,12 @@ func TestSubnetRoutes(t *testing.T) {
 		}
 		setNoSNAT(true)
 		defer setNoSNAT(false)
-		vm := in.VMs[0]
-		var r check.Result
-		waitFor(t, 10*time.Second, "TCP from the laptop to vm1 without SNAT", func() error {
-			r = sandbox.TCP(laptopNS, netip.AddrPortFrom(vm.Addr, sandbox.Port))
-			if !r.Reached || r.SeenAs != laptopIP.String() {
-				return fmt.Errorf("reached %v, seen as %q: %v", r.Reached, r.SeenAs, r.Err)
+		waitFor(t, 30*time.Second, "ssh from the laptop to ts1 without SNAT", func() error {
+			seen, err := login(laptopNS, in, &in.VMs[0])
+			if err == nil && seen != laptopIP.String() {
+				err = fmt.Errorf("ts1 saw the laptop as %s, want its tailnet address %s", seen, laptopIP)
 			}
-			return nil
+			return err
 		})
 	})
 
@@ -323,10 +390,10 @@ func TestSubnetRoutes(t *testing.T) {
 		}
 		results := probeAll(in, func(vm config.VM) []string {
 			var open []string
-			if r := sandbox.TCP(sb.VMs[vm.Name], to); r.Reached {
+			if r := guests.TCP(vm.Name, to); r.Reached {
 				open = append(open, "tcp")
 			}
-			if r := sandbox.Ping(sb.VMs[vm.Name], laptopIP); r.Reached {
+			if r := guests.Ping(vm.Name, laptopIP); r.Reached {
 				open = append(open, "icmp")
 			}
 			return open
@@ -339,55 +406,61 @@ func TestSubnetRoutes(t *testing.T) {
 	})
 
 	t.Run("the promises hold beside tailscaled's own firewall rules", func(t *testing.T) {
-		r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+		r := check.Run(in, guests, sb.Target())
+		var b bytes.Buffer
+		r.Print(&b)
+		t.Logf("measured from inside the guests, tailscaled running:\n%s", b.String())
 		if !r.OK() {
-			var b bytes.Buffer
-			r.Print(&b)
-			t.Errorf("promises broken with tailscaled running:\n%s", b.String())
+			t.Error("a promise does not hold (table above)")
 		}
 	})
 
 	t.Run("allow_vm_to_tailnet", func(t *testing.T) {
-		open := infraFile(t, dir, socket, true, false)
+		open := infra(true, false)
 		out := microvm(t, sb.Host, "apply", "--host-only", "-f", open)
 		if !strings.Contains(out, "update table inet microvm") || strings.Contains(out, "tailscale set") {
 			t.Errorf("apply with allow_vm_to_tailnet: want only a firewall update:\n%s", out)
 		}
 		to := netip.AddrPortFrom(laptopIP, sandbox.Port)
-		r := sandbox.TCP(sb.VMs["vm1"], to)
+		r := guests.TCP("ts1", to)
 		if !r.Reached {
-			t.Errorf("with allow_vm_to_tailnet, vm1 cannot reach the laptop: %v", r.Err)
+			t.Errorf("with allow_vm_to_tailnet, ts1 cannot reach the laptop: %v", r.Err)
 		} else if r.SeenAs != hostIP.String() {
-			t.Errorf("the laptop saw vm1 as %s, want the host's tailnet address %s", r.SeenAs, hostIP)
+			t.Errorf("the laptop saw ts1 as %s, want the host's tailnet address %s", r.SeenAs, hostIP)
 		}
 		// Isolation between VMs does not depend on the setting.
-		if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); !r.OK() {
-			var b bytes.Buffer
-			r.Print(&b)
-			t.Errorf("promises broken with allow_vm_to_tailnet:\n%s", b.String())
+		for _, other := range in.VMs[1:] {
+			if r := guests.TCP("ts1", netip.AddrPortFrom(other.Addr, 22)); r.Reached {
+				t.Errorf("with allow_vm_to_tailnet, ts1 reaches %s's sshd", other.Name)
+			}
 		}
 		microvm(t, sb.Host, "apply", "--host-only", "-f", file)
-		if r := sandbox.TCP(sb.VMs["vm1"], to); r.Reached {
-			t.Errorf("after turning allow_vm_to_tailnet off, vm1 still reaches the laptop")
+		if r := guests.TCP("ts1", to); r.Reached {
+			t.Errorf("after turning allow_vm_to_tailnet off, ts1 still reaches the laptop")
 		}
 	})
 
 	t.Run("a removed VM's route is withdrawn", func(t *testing.T) {
-		three := infraFile(t, dir, socket, false, true)
+		// As apply would, stop ts4 before its network goes.
+		if err := vms["ts4"].Stop(60 * time.Second); err != nil {
+			t.Fatalf("stopping ts4: %v", err)
+		}
+		delete(vms, "ts4")
+		three := infra(false, true)
 		out := microvm(t, sb.Host, "apply", "--host-only", "-f", three)
 		lines := strings.Split(out, "\n")
 		if want := "tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24  # withdraw 10.4.0.0/24"; !strings.HasPrefix(lines[0], want) {
-			t.Errorf("apply without vm4: first line %q, want it to start with %q\n%s", lines[0], want, out)
+			t.Errorf("apply without ts4: first line %q, want it to start with %q\n%s", lines[0], want, out)
 		}
 		if got, want := host.routes(t), "192.168.77.0/24 10.1.0.0/24 10.2.0.0/24 10.3.0.0/24"; got != want {
-			t.Errorf("advertised after removing vm4: got %q, want %q", got, want)
+			t.Errorf("advertised after removing ts4: got %q, want %q", got, want)
 		}
 		if got := microvm(t, sb.Host, "plan", "--host-only", "-f", three); got != "no changes\n" {
 			t.Errorf("plan after removal: got %q", got)
 		}
 		microvm(t, sb.Host, "apply", "--host-only", "-f", file)
 		if got, want := host.routes(t), userRoute.String()+" "+vmRoutes; got != want {
-			t.Errorf("advertised after adding vm4 back: got %q, want %q", got, want)
+			t.Errorf("advertised after adding ts4 back: got %q, want %q", got, want)
 		}
 	})
 	t.Logf("whole test after the build: %s", time.Since(start).Round(time.Millisecond))
