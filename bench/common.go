@@ -74,7 +74,7 @@ func (m machine) markdown() string {
 	}
 	fmt.Fprintf(&b, "; load average at start %s", m.Load)
 	if m.busy() {
-		b.WriteString(" (**the machine was busy with other work**: another engineer's test suites share its cores, so times are pessimistic and noisy)")
+		b.WriteString(" (**the machine was not idle**: a 1-minute load above 1.5 on these cores means other work, or the teardown of a previous run, shared them, so times are pessimistic and noisy)")
 	}
 	b.WriteString(".\n")
 	return b.String()

@@ -48,7 +48,9 @@ func runDisk(args []string) error {
 			return fmt.Errorf("%s backend: %w", backend, err)
 		}
 		runs = append(runs, r)
-		m = mm
+		if m.Started.IsZero() {
+			m = mm // bytes do not depend on load: the first run's machine is the machine
+		}
 	}
 
 	var b strings.Builder
