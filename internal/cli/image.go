@@ -22,7 +22,9 @@ func imageCmd() *command {
 An image is the root filesystem every VM that names it boots, shared
 read-only (the seed's shared /nix/store). Images live under
 STATE_DIR/images/NAME and never change once made: to update one, remove it
-and build it again.
+and build it again. With storage = "zfs", each image is a dataset of its
+own, ZFS_DATASET/images/NAME, set readonly=on once built (run
+microvm apply --host-only first: it makes ZFS_DATASET/images).
 
   build debian      debootstraps Debian 12 with systemd, OpenSSH and the
                     cloud kernel (a few minutes; needs debootstrap)

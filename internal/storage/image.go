@@ -131,7 +131,7 @@ func (z *ZFS) RemoveImage(name string) error {
 // destroy unmounts and destroys a dataset without snapshots. The unmount
 // comes first, as zfs-fuse may refuse to destroy a mounted dataset.
 func destroy(ds string) error {
-	if out, err := run("zfs", "get", "-H", "-o", "value", "mounted", ds); err == nil && out == "yes\n" {
+	if out, err := run("zfs", "get", "-H", "-o", "value", "mounted", ds); err == nil && strings.TrimSpace(out) == "yes" {
 		if _, err := run("zfs", "unmount", ds); err != nil {
 			return fmt.Errorf("unmounting %s: %w", ds, err)
 		}
