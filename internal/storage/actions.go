@@ -46,14 +46,19 @@ type MountDataset struct{ Name string }
 func (a *MountDataset) String() string { return "zfs mount " + a.Name }
 
 func (a *MountDataset) Apply() error {
-	out, err := run("zfs", "get", "-H", "-o", "value", "mounted", a.Name)
-	if err == nil && strings.TrimSpace(out) == "yes" {
+	if mounted(a.Name) {
 		return nil
 	}
 	if _, err := run("zfs", "mount", a.Name); err != nil {
 		return fmt.Errorf("mounting dataset %s: %w", a.Name, err)
 	}
 	return nil
+}
+
+// mounted reports whether the dataset name exists and is mounted.
+func mounted(name string) bool {
+	out, err := run("zfs", "get", "-H", "-o", "value", "mounted", name)
+	return err == nil && strings.TrimSpace(out) == "yes"
 }
 
 // exists reports whether the dataset name exists.

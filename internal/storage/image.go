@@ -66,8 +66,7 @@ func (d *Dir) RemoveImage(name string) error {
 // directory that would then stand in the way of the datasets apply makes.
 func (z *ZFS) CheckImages() error {
 	ds := z.Host.ImagesDataset()
-	out, err := run("zfs", "get", "-H", "-o", "value", "mounted", ds)
-	if err != nil || strings.TrimSpace(out) != "yes" {
+	if !mounted(ds) {
 		return fmt.Errorf("dataset %s is not there or not mounted; microvm apply --host-only makes and mounts it (storage = \"zfs\")", ds)
 	}
 	return nil
@@ -131,7 +130,7 @@ func (z *ZFS) RemoveImage(name string) error {
 // destroy unmounts and destroys a dataset without snapshots. The unmount
 // comes first, as zfs-fuse may refuse to destroy a mounted dataset.
 func destroy(ds string) error {
-	if out, err := run("zfs", "get", "-H", "-o", "value", "mounted", ds); err == nil && strings.TrimSpace(out) == "yes" {
+	if mounted(ds) {
 		if _, err := run("zfs", "unmount", ds); err != nil {
 			return fmt.Errorf("unmounting %s: %w", ds, err)
 		}
