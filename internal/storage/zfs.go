@@ -34,8 +34,9 @@ type place struct {
 
 // Diff plans the parent dataset (mounted at state_dir, compression on),
 // the images dataset and one dataset per VM, each created only if missing
-// and mounted if it is not, and mounts the images' datasets. Children inherit the parent's mount point and
-// compression, as they would if a person made them with `zfs create`.
+// and mounted if it is not, and mounts the images' own datasets. Children
+// inherit the parent's mount point and compression, as they would if a
+// person made them with `zfs create`.
 func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
 	h := z.Host
 	have, err := z.datasets(in)
