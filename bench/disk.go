@@ -110,7 +110,7 @@ func measureDisk(backend string) (diskRun, machine, error) {
 	}
 	// ZFS counts a write once its transaction group is committed (up to
 	// 30 s with zfs-fuse); a snapshot commits at once, so take and drop one.
-	sync := func() {
+	commitWrites := func() {
 		exec.Command("sync").Run()
 		if backend == "zfs" {
 			snap := w.in.Host.ZFSDataset + "@bench-sync"
@@ -118,7 +118,7 @@ func measureDisk(backend string) (diskRun, machine, error) {
 			exec.Command("zfs", "destroy", "-r", snap).Run()
 		}
 	}
-	sync()
+	commitWrites()
 	booted, err := storage.For(w.in.Host).Usage(w.in)
 	if err != nil {
 		w.stopMicrovm(nil, vms, nil)
@@ -130,7 +130,7 @@ func measureDisk(backend string) (diskRun, machine, error) {
 		parts[vm.Name] = split{du(vm.EtcDir), du(vm.VarDir)}
 	}
 	w.stopMicrovm(nil, vms, nil)
-	sync()
+	commitWrites()
 	stopped, err := storage.For(w.in.Host).Usage(w.in)
 	if err != nil {
 		return r, w.m, err

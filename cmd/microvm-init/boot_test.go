@@ -22,9 +22,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
@@ -32,7 +33,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
-	"golang.org/x/sys/unix"
 )
 
 // Under TCG a boot takes seconds. bootTimeout is how long one may take,
@@ -365,7 +365,7 @@ func (e *bootEnv) bootOnce(t *testing.T, edit func([]string) []string) bootResul
 
 	// The daemons exit by themselves when QEMU disconnects; Stop is for a
 	// boot that failed before.
-	var daemonLog syncBuffer
+	var daemonLog testenv.SyncBuffer
 	var daemons []*virtiofs.Process
 	defer func() {
 		for _, p := range daemons {
@@ -470,22 +470,4 @@ func guestLines(console string) map[string]string {
 		}
 	}
 	return m
-}
-
-// syncBuffer is a bytes.Buffer the three daemons can write to at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

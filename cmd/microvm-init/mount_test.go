@@ -4,9 +4,10 @@ import (
 	"reflect"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
-	"golang.org/x/sys/unix"
 )
 
 func TestShareMounts(t *testing.T) {

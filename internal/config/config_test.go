@@ -2,11 +2,12 @@ package config
 
 import (
 	"fmt"
-	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 // TestBad checks every file in testdata/bad is rejected with exactly the

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 // writeTree makes the entries of spec under dir: "path/" is a directory,
@@ -370,9 +371,7 @@ func TestRemove(t *testing.T) {
 // TestRemoveMounted proves that Remove refuses while a VM that left the
 // model still has the image mounted.
 func TestRemoveMounted(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount") // nothing to install: CI runs as root
-	}
+	testenv.NeedRoot(t) // to mount
 	host := testHost(t)
 	if err := fakeImage(t, host, "debian", nil); err != nil {
 		t.Fatal(err)

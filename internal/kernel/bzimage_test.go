@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
-	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"

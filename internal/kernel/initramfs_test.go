@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
-	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 type cpioEntry struct {

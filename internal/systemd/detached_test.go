@@ -1,34 +1,16 @@
 package systemd
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // The keeper restarts a supervisor that fails, passes SIGTERM on to it, and
 // holds its pid file only while it runs. (test/lifecycle does the same with
@@ -47,7 +29,7 @@ while :; do sleep 0.1; done
 		t.Fatal(err)
 	}
 	vm := &config.VM{Name: "vm1", RunDir: dir}
-	var log syncBuffer
+	var log testenv.SyncBuffer
 	done := make(chan error, 1)
 	began := time.Now()
 	go func() { done <- Keep(bin, filepath.Join(dir, "infra.toml"), vm, &log) }()

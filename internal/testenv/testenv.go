@@ -1,6 +1,8 @@
 // Package testenv says whether a test can run on this machine. Locally, a
 // test whose requirement is missing skips; in CI (the CI variable is set) it
-// fails instead, so a skip never hides a missing install step.
+// fails instead, so a skip never hides a missing install step. It also holds
+// what many packages' tests share: golden files, the built binaries, short
+// directories for sockets, a buffer for concurrent writers.
 package testenv
 
 import (

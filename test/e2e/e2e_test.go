@@ -5,8 +5,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -23,6 +21,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -33,10 +32,7 @@ func setup(t *testing.T) (*config.Infra, string) {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64", "go")
 	host := imagetest.Debian(t)
-	id := make([]byte, 3)
-	rand.Read(id)
-	run := "/run/mvt-" + hex.EncodeToString(id)
-	t.Cleanup(func() { os.RemoveAll(run) })
+	run := testenv.RunDir(t, "mvt")
 	var b strings.Builder
 	fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\n", host.StateDir, run)
 	b.WriteString("[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n")
@@ -65,7 +61,7 @@ func TestMicroVMs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sb.Close()
+	t.Cleanup(func() { sb.Close() }) // after the VMs have stopped
 	if out, err := sandbox.Command(sb.Host, bin, "apply", "--host-only", "-f", file).CombinedOutput(); err != nil {
 		t.Fatalf("apply: %s %v", out, err)
 	}
@@ -75,24 +71,7 @@ func TestMicroVMs(t *testing.T) {
 
 	logs := t.TempDir()
 	// All four boot together, as after a host reboot.
-	vms, clients, err := sb.Boot(bin, file, logs, 8*time.Minute, func(name string, after time.Duration) {
-		t.Logf("%s: SSH ready %s after start", name, after.Round(100*time.Millisecond))
-	})
-	defer func() {
-		for name, v := range vms {
-			if err := v.Stop(60 * time.Second); err != nil {
-				t.Errorf("stopping %s: %v", name, err)
-			}
-		}
-		if t.Failed() {
-			for _, vm := range in.VMs {
-				dump(t, vm, filepath.Join(logs, vm.Name+".log"))
-			}
-		}
-	}()
-	if err != nil {
-		t.Fatal(err)
-	}
+	vms, clients := sandboxtest.Boot(t, sb, in, bin, file, logs)
 
 	t.Run("identity", func(t *testing.T) {
 		for _, vm := range in.VMs {
@@ -150,21 +129,12 @@ func TestMicroVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 		vms["vm1"] = v
-		c, err := login(sb, vm, 8*time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := sandboxtest.Login(t, sb, vm)
 		clients["vm1"] = c
 		if got := strings.TrimSpace(mustRun(t, c, "cat /var/microvm-marker")); got != token {
 			t.Errorf("after restart /var/microvm-marker = %q, want %q", got, token)
 		}
 	})
-}
-
-func login(sb *sandbox.Sandbox, vm *config.VM, timeout time.Duration) (*ssh.Client, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return sb.Dial(ctx, vm)
 }
 
 func mustRun(t *testing.T, c *ssh.Client, cmd string) string {
@@ -174,10 +144,4 @@ func mustRun(t *testing.T, c *ssh.Client, cmd string) string {
 		t.Fatalf("%q: exit %d: %s %v", cmd, code, out, err)
 	}
 	return out
-}
-
-func dump(t *testing.T, vm config.VM, log string) {
-	sup, _ := os.ReadFile(log)
-	console, _ := os.ReadFile(vm.ConsoleLog())
-	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, sandbox.Tail(sup, 20), vm.Name, sandbox.Tail(console, 30))
 }

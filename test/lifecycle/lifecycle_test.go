@@ -5,9 +5,6 @@
 package lifecycle
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +21,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -53,10 +51,7 @@ func TestLifecycle(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64", "go", "ping")
 	host := imagetest.Debian(t)
-	id := make([]byte, 3)
-	rand.Read(id)
-	run := "/run/mvl-" + hex.EncodeToString(id)
-	t.Cleanup(func() { os.RemoveAll(run) })
+	run := testenv.RunDir(t, "mvl")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "infra.toml")
 	writeConfig(t, file, host.StateDir, run, nil)
@@ -142,13 +137,7 @@ func TestLifecycle(t *testing.T) {
 	}
 	wantErr("up on a running VM", "lc1 is already running", "up", "-f", file, "lc1")
 	for _, vm := range in.VMs {
-		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-		c, err := sb.Dial(ctx, &vm)
-		cancel()
-		if err != nil {
-			t.Fatalf("%s: %v", vm.Name, err)
-		}
-		c.Close()
+		sandboxtest.Login(t, sb, &vm).Close()
 	}
 	t.Logf("both VMs answer SSH %s after up", time.Since(began).Round(100*time.Millisecond))
 
@@ -190,7 +179,7 @@ func TestLifecycle(t *testing.T) {
 	})
 
 	t.Run("killed VMM restarts with /var intact", func(t *testing.T) {
-		token := hex.EncodeToString(id) + fmt.Sprint(time.Now().UnixNano())
+		token := filepath.Base(run) + fmt.Sprint(time.Now().UnixNano())
 		if r := mvm("ssh", "-f", file, "lc1", "--", "echo "+token+" > /var/marker && sync"); r.code != 0 {
 			t.Fatalf("writing the marker: %s", r.out)
 		}

@@ -1,9 +1,6 @@
 package lifecycle
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +16,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
@@ -33,10 +31,7 @@ func TestRollbackZFS(t *testing.T) {
 	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64")
 	host := imagetest.Debian(t)
 	pool := zfstest.New(t)
-	id := make([]byte, 3)
-	rand.Read(id)
-	run := "/run/mvz-" + hex.EncodeToString(id)
-	t.Cleanup(func() { os.RemoveAll(run) })
+	run := testenv.RunDir(t, "mvz")
 	state := filepath.Join(pool.Dir, "state")
 	// The VMM runs as the unprivileged VMM user and opens the kernel under
 	// state_dir: the test's directories (mode 0700) must let it through.
@@ -113,13 +108,7 @@ func TestRollbackZFS(t *testing.T) {
 	}
 	login := func() {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-		defer cancel()
-		c, err := sb.Dial(ctx, vm)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
+		sandboxtest.Login(t, sb, vm).Close()
 	}
 
 	mvm("up", "-f", file, "zf1")

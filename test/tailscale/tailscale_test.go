@@ -21,8 +21,6 @@ package tailscale_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
@@ -43,6 +41,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -163,11 +162,7 @@ func TestSubnetRoutes(t *testing.T) {
 	dir := t.TempDir()
 	hostDir, laptopDir := filepath.Join(dir, "hypervisor"), filepath.Join(dir, "laptop")
 	socket := filepath.Join(hostDir, "tailscaled.sock")
-	// A short run directory: QEMU's socket paths must fit in 108 bytes.
-	id := make([]byte, 3)
-	rand.Read(id)
-	runDir := "/run/mvts-" + hex.EncodeToString(id)
-	t.Cleanup(func() { os.RemoveAll(runDir) })
+	runDir := testenv.RunDir(t, "mvts")
 	infra := func(allowVMToTailnet, three bool) string {
 		return infraFile(t, dir, image.StateDir, runDir, socket, allowVMToTailnet, three)
 	}
@@ -246,26 +241,7 @@ func TestSubnetRoutes(t *testing.T) {
 	if err := sandbox.Serve(laptopNS, sandbox.Port); err != nil {
 		t.Fatal(err)
 	}
-	logs := t.TempDir()
-	vms, clients, err := sb.Boot(microvmBin, file, logs, 8*time.Minute, func(name string, after time.Duration) {
-		t.Logf("%s: SSH ready %s after start", name, after.Round(100*time.Millisecond))
-	})
-	defer func() {
-		for name, v := range vms {
-			if err := v.Stop(60 * time.Second); err != nil {
-				t.Errorf("stopping %s: %v", name, err)
-			}
-		}
-		if t.Failed() {
-			for _, vm := range in.VMs {
-				sup, _ := os.ReadFile(filepath.Join(logs, vm.Name+".log"))
-				t.Logf("%s supervisor:\n%s", vm.Name, sandbox.Tail(sup, 20))
-			}
-		}
-	}()
-	if err != nil {
-		t.Fatal(err)
-	}
+	vms, clients := sandboxtest.Boot(t, sb, in, microvmBin, file, t.TempDir())
 	// Probes from inside the guests, over SSH from the host.
 	guests := check.NewGuestProber(clients, sandbox.Prober{S: sb}, guest.Run)
 

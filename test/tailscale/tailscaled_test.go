@@ -1,7 +1,6 @@
 package tailscale_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -110,14 +108,14 @@ func tailscaled(t *testing.T) string {
 type control struct {
 	*testcontrol.Server
 	URL string
-	log *syncBuffer
+	log *testenv.SyncBuffer
 }
 
 // startControl starts the servers on addr in namespace ns. Their sockets
 // are opened in ns, so every connection to them stays in the sandbox.
 func startControl(t *testing.T, ns string, addr netip.Addr) *control {
 	t.Helper()
-	logBuf := &syncBuffer{}
+	logBuf := &testenv.SyncBuffer{}
 	logf := func(format string, args ...any) { fmt.Fprintf(logBuf, format+"\n", args...) }
 
 	ctlLn, derpLn := listen(t, ns, addr), listen(t, ns, addr)
@@ -322,22 +320,4 @@ func tail(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
-}
-
-// syncBuffer is a bytes.Buffer for loggers on many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
@@ -39,26 +39,6 @@ memory = 2048
 dns = "9.9.9.9"
 `
 
-// shell renders a command line one option per line, as a person would
-// write it in a script, so that a golden file reads like the command.
-func shell(args []string) string {
-	var b strings.Builder
-	for i, a := range args {
-		if i > 0 {
-			if strings.HasPrefix(a, "-") {
-				b.WriteString(" \\\n  ")
-			} else {
-				b.WriteString(" ")
-			}
-		}
-		if strings.ContainsAny(a, " '\"") {
-			a = "'" + a + "'"
-		}
-		b.WriteString(a)
-	}
-	return b.String() + "\n"
-}
-
 // TestCommand proves the command line built from the model, flag by flag,
 // against golden files; every flag was checked against Cloud Hypervisor's
 // --help and source (see the package comment).
@@ -74,7 +54,7 @@ func TestCommand(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			testenv.Golden(t, name+".golden", shell(cmd.Args))
+			testenv.Golden(t, name+".golden", testenv.Shell(cmd.Args))
 		})
 	}
 }
@@ -152,22 +132,10 @@ func serve(t *testing.T, f *fakeAPI, path string) {
 	t.Cleanup(srv.Close)
 }
 
-// shortDir is a temporary directory with a short path: unix socket paths
-// are limited to 107 bytes, and test names make t.TempDir long.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ch")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // TestClient proves each call's method, path and (empty) body, and how
 // answers and errors are decoded.
 func TestClient(t *testing.T) {
-	sock := filepath.Join(shortDir(t), "api.sock")
+	sock := filepath.Join(testenv.ShortDir(t), "api.sock")
 	f := &fakeAPI{state: "Running"}
 	serve(t, f, sock)
 	c := NewClient(sock)
@@ -214,7 +182,7 @@ func TestClient(t *testing.T) {
 }
 
 func TestClientErrors(t *testing.T) {
-	sock := filepath.Join(shortDir(t), "api.sock")
+	sock := filepath.Join(testenv.ShortDir(t), "api.sock")
 	f := &fakeAPI{errors: map[string]int{"vm.shutdown": http.StatusMethodNotAllowed}}
 	serve(t, f, sock)
 	c := NewClient(sock)
@@ -233,7 +201,7 @@ func TestClientErrors(t *testing.T) {
 		w.WriteHeader(http.StatusNotFound)
 		io.WriteString(w, "VM is not created")
 	})
-	sock2 := filepath.Join(shortDir(t), "old.sock")
+	sock2 := filepath.Join(testenv.ShortDir(t), "old.sock")
 	l, err := net.Listen("unix", sock2)
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +215,7 @@ func TestClientErrors(t *testing.T) {
 	}
 
 	// Nothing listens.
-	if _, err := NewClient(filepath.Join(shortDir(t), "none.sock")).Ping(context.Background()); err == nil {
+	if _, err := NewClient(filepath.Join(testenv.ShortDir(t), "none.sock")).Ping(context.Background()); err == nil {
 		t.Errorf("Ping without a VMM: no error")
 	}
 }
@@ -255,7 +223,7 @@ func TestClientErrors(t *testing.T) {
 // TestShutdownVMMHangup proves a VMM that exits before answering
 // vmm.shutdown counts as having done it.
 func TestShutdownVMMHangup(t *testing.T) {
-	sock := filepath.Join(shortDir(t), "api.sock")
+	sock := filepath.Join(testenv.ShortDir(t), "api.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +265,7 @@ func TestStopSteps(t *testing.T) {
 			in, err := config.Parse("infra.toml", []byte(`
 [host]
 uplink = "eth0"
-run_dir = "`+shortDir(t)+`"
+run_dir = "`+testenv.ShortDir(t)+`"
 [vm.vm1]
 subnet = "10.1.0.0/24"
 `))

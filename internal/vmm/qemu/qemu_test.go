@@ -1,11 +1,11 @@
 package qemu
 
 import (
-	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"strings"
 	"testing"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
@@ -28,26 +28,6 @@ vcpu = 2
 memory = 2048
 dns = "9.9.9.9"
 `
-
-// shell renders a command line one option per line, as a person would
-// write it in a script, so that a golden file reads like the command.
-func shell(args []string) string {
-	var b strings.Builder
-	for i, a := range args {
-		if i > 0 {
-			if strings.HasPrefix(a, "-") {
-				b.WriteString(" \\\n  ")
-			} else {
-				b.WriteString(" ")
-			}
-		}
-		if strings.ContainsAny(a, " '\"") {
-			a = "'" + a + "'"
-		}
-		b.WriteString(a)
-	}
-	return b.String() + "\n"
-}
 
 func parse(t *testing.T) *config.Infra {
 	t.Helper()
@@ -81,7 +61,7 @@ func TestCommand(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			testenv.Golden(t, tt.golden, shell(cmd.Args))
+			testenv.Golden(t, tt.golden, testenv.Shell(cmd.Args))
 		})
 	}
 }

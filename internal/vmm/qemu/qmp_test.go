@@ -69,23 +69,11 @@ func dial(t *testing.T, ctx context.Context, sock string) *QMP {
 	}
 }
 
-// shortDir is a temporary directory with a short path: unix socket paths
-// are limited to 107 bytes, and test names make t.TempDir long.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "qmp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // TestQMP proves the client against QEMU 7.2 itself: the greeting and
 // capabilities negotiation, a query, the commands the stop steps send (with
 // the events QEMU interleaves), an error answer, and quit.
 func TestQMP(t *testing.T) {
-	sock := filepath.Join(shortDir(t), "qmp.sock")
+	sock := filepath.Join(testenv.ShortDir(t), "qmp.sock")
 	_, done := startQEMU(t, sock)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -131,7 +119,7 @@ func TestQMP(t *testing.T) {
 // TestNoReboot proves what the first stop step relies on: with -no-reboot
 // a guest reset (what ctrl-alt-del makes systemd do) makes QEMU exit.
 func TestNoReboot(t *testing.T) {
-	sock := filepath.Join(shortDir(t), "qmp.sock")
+	sock := filepath.Join(testenv.ShortDir(t), "qmp.sock")
 	_, done := startQEMU(t, sock, "-no-reboot")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -156,7 +144,7 @@ func TestStopRealQEMU(t *testing.T) {
 	in, err := config.Parse("infra.toml", []byte(`
 [host]
 uplink = "eth0"
-run_dir = "`+shortDir(t)+`"
+run_dir = "`+testenv.ShortDir(t)+`"
 [vm.vm1]
 subnet = "10.1.0.0/24"
 hypervisor = "qemu"

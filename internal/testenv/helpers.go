@@ -1,0 +1,75 @@
+package testenv
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Shell renders a command line one option per line, as a person would
+// write it in a script, so that a golden file reads like the command.
+func Shell(args []string) string {
+	var b strings.Builder
+	for i, a := range args {
+		if i > 0 {
+			if strings.HasPrefix(a, "-") {
+				b.WriteString(" \\\n  ")
+			} else {
+				b.WriteString(" ")
+			}
+		}
+		if strings.ContainsAny(a, " '\"") {
+			a = "'" + a + "'"
+		}
+		b.WriteString(a)
+	}
+	return b.String() + "\n"
+}
+
+// ShortDir is a temporary directory with a short path, removed when the
+// test ends: unix socket paths are limited to 107 bytes, and test names
+// make t.TempDir long.
+func ShortDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mvt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// RunDir names a fresh run_dir for a test that starts VMs: /run/PREFIX-
+// and 6 hex digits, short enough for the VMM's socket paths. It is not
+// made (the supervisor makes it, readable by the VMM user), and it is
+// removed when the test ends.
+func RunDir(t testing.TB, prefix string) string {
+	id := make([]byte, 3)
+	rand.Read(id)
+	dir := "/run/" + prefix + "-" + hex.EncodeToString(id)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// SyncBuffer is a bytes.Buffer that processes and goroutines can write
+// to at once, such as the output of several daemons.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
