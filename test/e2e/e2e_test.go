@@ -83,14 +83,7 @@ func TestMicroVMs(t *testing.T) {
 	})
 
 	t.Run("promises", func(t *testing.T) {
-		p := check.NewGuestProber(clients, sandbox.Prober{S: sb}, guest.Run)
-		r := check.Run(in, p, sb.Target())
-		var b bytes.Buffer
-		r.Print(&b)
-		t.Logf("measured from inside the guests:\n%s", b.String())
-		if !r.OK() {
-			t.Error("a promise does not hold (table above)")
-		}
+		sandboxtest.Promises(t, sb, in, check.NewGuestProber(clients, sandbox.Prober{S: sb}, guest.Run))
 	})
 
 	t.Run("image is read-only", func(t *testing.T) {

@@ -382,13 +382,7 @@ func TestSubnetRoutes(t *testing.T) {
 	})
 
 	t.Run("the promises hold beside tailscaled's own firewall rules", func(t *testing.T) {
-		r := check.Run(in, guests, sb.Target())
-		var b bytes.Buffer
-		r.Print(&b)
-		t.Logf("measured from inside the guests, tailscaled running:\n%s", b.String())
-		if !r.OK() {
-			t.Error("a promise does not hold (table above)")
-		}
+		sandboxtest.Promises(t, sb, in, guests)
 	})
 
 	t.Run("allow_vm_to_tailnet", func(t *testing.T) {

@@ -1,10 +1,12 @@
 // Package sandboxtest boots real microVMs in a sandbox for a test, the way
 // the end-to-end tests all do: together, as after a host reboot, waiting
 // for SSH long enough for emulated guests, stopped cleanly when the test
-// ends, with each VM's supervisor log and console shown when it failed.
+// ends, with each VM's supervisor log and console shown when it failed;
+// and it measures the promise matrix from inside them.
 package sandboxtest
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/simple-microvm-infra/microvm/internal/check"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 )
@@ -66,4 +69,18 @@ func Dump(t testing.TB, vm config.VM, log string) {
 	sup, _ := os.ReadFile(log)
 	console, _ := os.ReadFile(vm.ConsoleLog())
 	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, sandbox.Tail(sup, 20), vm.Name, sandbox.Tail(console, 30))
+}
+
+// Promises measures the promise matrix of in with p (from inside the
+// guests, with a check.GuestProber), logs the table, and fails t if a
+// promise does not hold.
+func Promises(t testing.TB, sb *sandbox.Sandbox, in *config.Infra, p check.Prober) {
+	t.Helper()
+	r := check.Run(in, p, sb.Target())
+	var b bytes.Buffer
+	r.Print(&b)
+	t.Logf("measured from inside the guests:\n%s", b.String())
+	if !r.OK() {
+		t.Error("a promise does not hold (table above)")
+	}
 }
