@@ -1,8 +1,10 @@
 package cli
 
 import (
-	"flag"
+	"errors"
 	"fmt"
+
+	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
@@ -30,14 +32,19 @@ installs microvm@.service and microvms.target and enables the autostart
 VMs, so they start at boot; elsewhere the VMs run detached (see up).
 Only one apply (or up, down, restart, update) runs at a time.
 
+Before it changes anything, apply makes the checks plan reports (the VMM's
+program, /dev/kvm, the image, microvm-init, state_dir reachable by the VMM's
+user, the host's networks) and refuses, changing nothing, if any fails.
+
 Applying twice changes nothing the second time, and an apply that failed or
-was interrupted is completed by running it again.
+was interrupted is completed by running it again. To remove everything
+apply made, run microvm teardown.
 
 Examples:
   sudo microvm apply
   sudo microvm apply -f /etc/microvm/infra.toml
   sudo microvm apply --host-only          networks and firewall only`,
-		flags: func(fs *flag.FlagSet) {
+		flags: func(fs *pflag.FlagSet) {
 			fs.BoolVar(&hostOnly, "host-only", false, "apply only the host part (networks and firewall), not the VMs")
 		},
 		run: func(e *env, args []string) error {
@@ -48,7 +55,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if err := needRoot(); err != nil {
+			if err := needRoot(changesHost); err != nil {
 				return err
 			}
 			if !hostOnly {
@@ -62,6 +69,9 @@ Examples:
 			p, err := planFor(e, in, hostOnly)
 			if err != nil {
 				return err
+			}
+			if len(p.Errors) > 0 {
+				return errors.Join(append(p.Errors, errors.New("nothing was changed; fix these and run apply again (microvm plan shows them too)"))...)
 			}
 			if err := p.Apply(e.stdout); err != nil {
 				return fmt.Errorf("%w\nnothing was rolled back; fix the cause and run apply again to finish", err)

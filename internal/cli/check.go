@@ -3,7 +3,6 @@ package cli
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/simple-microvm-infra/microvm/internal/check"
@@ -42,7 +42,7 @@ Needs root (the admin key, and ICMP from the host).
 Examples:
   sudo microvm check --target 203.0.113.10:8000
   sudo microvm check --target 203.0.113.10:8000 --seen-as 198.51.100.7`,
-		flags: func(fs *flag.FlagSet) {
+		flags: func(fs *pflag.FlagSet) {
 			fs.StringVar(&target, "target", "", "the internet server ADDR:PORT that answers \"seen ADDR\"")
 			fs.StringVar(&seenAs, "seen-as", "", "the address the target must see the VMs as (default: the uplink's address)")
 			fs.DurationVar(&wait, "wait", 10*time.Second, "how long to keep trying to log in to each VM")
@@ -62,7 +62,10 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if err := needRoot(); err != nil {
+			if err := needRoot(changesHost); err != nil {
+				return err
+			}
+			if err := allRunning(e, in); err != nil {
 				return err
 			}
 			uplink, err := uplinkAddr(in, seenAs)
@@ -88,6 +91,28 @@ Examples:
 			return nil
 		},
 	}
+}
+
+// allRunning says at once which VMs are stopped, instead of waiting to
+// log in to them.
+func allRunning(e *env, in *config.Infra) error {
+	m, err := e.manager()
+	if err != nil {
+		return err
+	}
+	var stopped []string
+	for i := range in.VMs {
+		if stateOf(m, &in.VMs[i]).State == "stopped" {
+			stopped = append(stopped, in.VMs[i].Name)
+		}
+	}
+	switch len(stopped) {
+	case 0:
+		return nil
+	case 1:
+		return fmt.Errorf("%s is stopped; check needs every VM running (microvm up %s)", stopped[0], stopped[0])
+	}
+	return fmt.Errorf("%s are stopped; check needs every VM running (microvm up --all)", strings.Join(stopped, ", "))
 }
 
 // uplinkAddr is the address the internet sees the VMs as.

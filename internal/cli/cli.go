@@ -1,44 +1,62 @@
 // Package cli is the microvm command tree. Each subcommand lives in its own
-// file; Main runs one of them, so tests drive the real CLI in-process.
+// file as a command value; Main turns them into cobra commands (flags
+// anywhere, GNU --long and -s flags, generated shell completion) and runs
+// one, so tests drive the real CLI in-process.
 package cli
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
 // command is one subcommand.
 type command struct {
-	name  string
-	args  string // synopsis after the name, e.g. "[-f FILE] [--host-only]"
-	short string // one line for the command list
-	long  string // what it does, with examples
+	name    string
+	aliases []string
+	args    string // synopsis after the name, e.g. "[-f FILE] [--host-only]"
+	short   string // one line for the command list
+	long    string // what it does, with examples
 	// flags registers the command's flags; run gets the rest of the args.
-	flags func(fs *flag.FlagSet)
+	flags func(fs *pflag.FlagSet)
 	run   func(e *env, args []string) error
+	// complete lists what the positional arguments can be, for shell
+	// completion (VM names, mostly); nil completes nothing.
+	complete func(e *env, args []string) []string
+	sub      []*command // subcommands (image build, snapshot rm, ...)
+	noFile   bool       // reads no infra.toml, so has no --file
 }
 
-// env is what a running command has: its output streams and the -f file.
+// env is what a running command has: its output streams and the file
+// -f/--file names (or the one config.Locate finds).
 type env struct {
 	stdout, stderr io.Writer
-	file           string
+	fileFlag       string // -f/--file as given; "" if not
+	file           string // the file read, once load has found it
 }
 
-// load reads and validates the file named by -f.
+// load finds infra.toml (config.Locate), reads and validates it.
 func (e *env) load() (*config.Infra, error) {
-	return config.Load(e.file)
+	path, err := config.Locate(e.fileFlag)
+	if err != nil {
+		return nil, err
+	}
+	e.file = path
+	return config.Load(path)
 }
 
 func commands() []*command {
-	return []*command{validateCmd(), planCmd(), applyCmd(),
-		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), logsCmd(), consoleCmd(), sshCmd(), checkCmd(),
-		runCmd(), keepCmd(), imageCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), versionCmd()}
+	return []*command{validateCmd(), planCmd(), applyCmd(), teardownCmd(),
+		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), infoCmd(),
+		logsCmd(), consoleCmd(), sshCmd(), execCmd(), checkCmd(),
+		runCmd(), keepCmd(), imageCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
 }
 
 // errUsage marks a mistake on the command line (exit status 2).
@@ -47,114 +65,302 @@ var errUsage = errors.New("usage")
 // Main runs the command line args (without the program name) and returns
 // the exit status.
 func Main(args []string, stdout, stderr io.Writer) int {
-	cmds := commands()
-	// The seed writes "microvm -u vm1"; it is update.
-	if len(args) > 0 && args[0] == "-u" {
-		args = append([]string{"update"}, args[1:]...)
-	}
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		if len(args) > 1 {
-			if c := find(cmds, args[1]); c != nil {
-				usage(stdout, c)()
-				return 0
-			}
-		}
-		overview(stdout, cmds)
-		if len(args) == 0 {
-			return 2
-		}
-		return 0
-	}
-	c := find(cmds, args[0])
-	if c == nil {
-		fmt.Fprintf(stderr, "microvm: unknown command %q\n\n", args[0])
-		overview(stderr, cmds)
+	args, err := seedArgs(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "microvm: %s\n", err)
 		return 2
 	}
+	root := tree(stdout, stderr)
+	root.SetArgs(args)
+	cmd, err := root.ExecuteC()
+	if err == nil {
+		return 0
+	}
+	var st exitStatus
+	if errors.As(err, &st) {
+		return int(st)
+	}
+	name := strings.TrimSpace(strings.TrimPrefix(cmd.CommandPath(), "microvm"))
+	prefix := "microvm " + name + ": "
+	if name == "" {
+		prefix = "microvm: "
+	}
+	if errors.Is(err, errUsage) {
+		fmt.Fprintf(stderr, "%s%s\n", prefix, strings.TrimPrefix(err.Error(), "usage: "))
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		return 2
+	}
+	printError(stderr, prefix, err)
+	return 1
+}
+
+// printError writes err after prefix. A report of several problems (in
+// infra.toml, or what plan found) gets the prefix on each of them, so that
+// every problem starts the same way and an editor can jump to each
+// file:line:col.
+func printError(w io.Writer, prefix string, err error) {
+	var list config.ErrorList
+	if errors.As(err, &list) && err.Error() == list.Error() {
+		for _, e := range list {
+			fmt.Fprintf(w, "%s%s\n", prefix, e)
+		}
+		return
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			printError(w, prefix, e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "%s%s\n", prefix, err)
+}
+
+// seedArgs maps microvm.nix's one-letter actions to commands: -u NAME...
+// is update (here it restarts what changed, as microvm.nix's -Ru does),
+// -R (restart after update) is what update always does, -r NAME is run,
+// -l is list. -c NAME has no equivalent: a VM is a table in infra.toml.
+func seedArgs(args []string) ([]string, error) {
+	if len(args) == 0 {
+		return args, nil
+	}
+	switch args[0] {
+	case "-u", "-Ru", "-uR":
+		return append([]string{"update"}, args[1:]...), nil
+	case "-R":
+		if len(args) > 1 && args[1] == "-u" {
+			return append([]string{"update"}, args[2:]...), nil
+		}
+		return append([]string{"update"}, args[1:]...), nil
+	case "-r":
+		return append([]string{"run"}, args[1:]...), nil
+	case "-l":
+		return append([]string{"list"}, args[1:]...), nil
+	case "-c":
+		return nil, fmt.Errorf("there is no -c here: a VM is a [vm.NAME] table in infra.toml; add one, then run microvm apply")
+	}
+	return args, nil
+}
+
+// tree builds the cobra command tree of commands().
+func tree(stdout, stderr io.Writer) *cobra.Command {
+	cobra.EnableCommandSorting = false
+	root := &cobra.Command{
+		Use:           "microvm",
+		Short:         "turn a Linux host into a small microVM hypervisor, from one declarative file",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// Without a command: the overview, and a usage error.
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return unknownCommand(cmd, args[0])
+			}
+			overview(stdout, cmd)
+			return exitStatus(2)
+		},
+		Args: cobra.ArbitraryArgs,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetHelpFunc(func(cmd *cobra.Command, _ []string) { help(cmd.OutOrStdout(), cmd) })
+	root.SetFlagErrorFunc(flagError)
+	root.CompletionOptions.DisableDefaultCmd = true
+	for _, c := range commands() {
+		root.AddCommand(c.cobra(stdout, stderr))
+	}
+	root.SetHelpCommand(helpCmd(root))
+	// -h/--help on every command now, so that `help CMD` lists it too.
+	var helpFlags func(*cobra.Command)
+	helpFlags = func(c *cobra.Command) {
+		c.InitDefaultHelpFlag()
+		for _, s := range c.Commands() {
+			helpFlags(s)
+		}
+	}
+	helpFlags(root)
+	return root
+}
+
+// cobra turns c into a cobra command whose run gets a fresh env.
+func (c *command) cobra(stdout, stderr io.Writer) *cobra.Command {
 	e := &env{stdout: stdout, stderr: stderr}
-	fs := flag.NewFlagSet("microvm "+c.name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = usage(stderr, c)
-	fs.StringVar(&e.file, "f", "infra.toml", "the infra.toml to read")
+	cc := &cobra.Command{
+		Use:     strings.TrimSpace(c.name + " " + c.args),
+		Aliases: c.aliases,
+		Short:   c.short,
+		Long:    strings.TrimSpace(c.long),
+		Args:    cobra.ArbitraryArgs,
+	}
+	if c.run != nil {
+		cc.RunE = func(_ *cobra.Command, args []string) error { return c.run(e, args) }
+	} else {
+		// A command that only groups others (image): an unknown
+		// subcommand is a usage error, none is the help.
+		cc.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return unknownCommand(cmd, args[0])
+			}
+			help(stdout, cmd)
+			return exitStatus(2)
+		}
+	}
+	fs := cc.Flags()
+	fs.SortFlags = false
 	if c.flags != nil {
 		c.flags(fs)
 	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	if !c.noFile {
+		// -f is --file everywhere but in logs, where it is --follow
+		// (journalctl's habit).
+		short := "f"
+		if fs.ShorthandLookup("f") != nil {
+			short = ""
 		}
-		return 2
+		fs.StringVarP(&e.fileFlag, "file", short, "", "the infra.toml `FILE` to read (default: $"+config.EnvFile+", else ./infra.toml, else "+config.SystemFile+")")
+		cc.RegisterFlagCompletionFunc("file", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+			return []string{"toml"}, cobra.ShellCompDirectiveFilterFileExt
+		})
 	}
-	if err := c.run(e, fs.Args()); err != nil {
-		var st exitStatus
-		if errors.As(err, &st) {
-			return int(st)
+	if c.complete != nil {
+		cc.ValidArgsFunction = func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			return c.complete(e, args), cobra.ShellCompDirectiveNoFileComp
 		}
-		if errors.Is(err, errUsage) {
-			fmt.Fprintf(stderr, "microvm %s: %s\n", c.name, strings.TrimPrefix(err.Error(), "usage: "))
-			fs.Usage()
-			return 2
-		}
-		fmt.Fprintf(stderr, "microvm %s: %s\n", c.name, err)
-		return 1
 	}
-	return 0
+	for _, s := range c.sub {
+		sc := s.cobra(stdout, stderr)
+		// A subcommand reads the file its parent was given too:
+		// microvm image -f FILE list.
+		cc.AddCommand(sc)
+	}
+	return cc
 }
 
-func find(cmds []*command, name string) *command {
-	for _, c := range cmds {
-		if c.name == name {
-			return c
+// flagError makes pflag's errors usage errors, with a suggestion for a
+// misspelt flag.
+func flagError(cmd *cobra.Command, err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "unknown flag: --"); ok {
+		var known []string
+		cmd.Flags().VisitAll(func(f *pflag.Flag) { known = append(known, f.Name) })
+		if s := config.Suggest(name, known); s != "" {
+			msg += s
 		}
 	}
-	return nil
+	return fmt.Errorf("%w: %s", errUsage, msg)
 }
 
-func overview(w io.Writer, cmds []*command) {
+// unknownCommand is the error for a command that does not exist, with the
+// nearest ones.
+func unknownCommand(cmd *cobra.Command, name string) error {
+	msg := fmt.Sprintf("unknown command %q", name)
+	cmd.SuggestionsMinimumDistance = 2
+	if s := cmd.SuggestionsFor(name); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+	}
+	return fmt.Errorf("%w: %s", errUsage, msg)
+}
+
+// helpCmd is `microvm help [COMMAND...]`: the same text as COMMAND --help.
+func helpCmd(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [COMMAND]",
+		Short: "show the help of microvm or of a command (the same as COMMAND --help)",
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target, rest, err := root.Find(args)
+			if err != nil || len(rest) > 0 {
+				name := strings.Join(args, " ")
+				if len(rest) > 0 {
+					name = rest[0]
+				}
+				return unknownCommand(root, name)
+			}
+			help(root.OutOrStdout(), target)
+			return nil
+		},
+		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+			var names []string
+			for _, c := range root.Commands() {
+				if !c.Hidden {
+					names = append(names, c.Name())
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
+	}
+}
+
+// overview is the root's help: what the program is, its commands, and
+// where to start.
+func overview(w io.Writer, root *cobra.Command) {
 	fmt.Fprint(w, `microvm turns a Linux host into a small microVM hypervisor, from one
 declarative file, infra.toml.
 
-Usage: microvm COMMAND [flags]
+Usage: microvm COMMAND [ARGS] [flags]
 
 Commands:
 `)
-	for _, c := range cmds {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.short)
+	for _, c := range root.Commands() {
+		if !c.Hidden {
+			fmt.Fprintf(w, "  %-10s %s\n", c.Name(), c.Short)
+		}
 	}
-	fmt.Fprint(w, `
+	fmt.Fprintf(w, `
 Start here:
   sudo microvm demo                    the 4-VM setup in a throwaway sandbox
   microvm validate -f infra.toml       check a file
-  sudo microvm plan -f infra.toml      what apply would change
-  sudo microvm apply -f infra.toml      the host part, then the VMs
+  sudo microvm plan                    what apply would change
+  sudo microvm apply                   the host part, then the VMs
   sudo microvm status                  every VM, as a table
   sudo microvm ssh vm1                 log in to a VM
 
-Run "microvm help COMMAND" or "microvm COMMAND --help" for details.
-`)
+Every command but demo reads infra.toml: the file -f/--file names, else
+$%s, else ./infra.toml if there is one, else %s.
+microvm.nix's -u NAME (update), -r NAME (run) and -l (list) work too.
+Flags go anywhere after the command. Run "microvm help COMMAND" or
+"microvm COMMAND --help" for details.
+`, config.EnvFile, config.SystemFile)
 }
 
-func usage(w io.Writer, c *command) func() {
-	return func() {
-		fmt.Fprintf(w, "Usage: microvm %s %s\n\n%s\n", c.name, c.args, strings.TrimSpace(c.long))
-		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-		fs.String("f", "infra.toml", "the infra.toml to read")
-		if c.flags != nil {
-			c.flags(fs)
+// help writes a command's help: usage, what it does, its subcommands and
+// its flags.
+func help(w io.Writer, c *cobra.Command) {
+	if !c.HasParent() {
+		overview(w, c)
+		return
+	}
+	fmt.Fprintf(w, "Usage: %s\n", strings.TrimSpace(c.Parent().CommandPath()+" "+c.Use))
+	if len(c.Aliases) > 0 {
+		fmt.Fprintf(w, "Also: %s\n", strings.Join(c.Aliases, ", "))
+	}
+	long := c.Long
+	if long == "" {
+		long = c.Short
+	}
+	fmt.Fprintf(w, "\n%s\n", long)
+	if c.HasAvailableSubCommands() {
+		fmt.Fprintln(w, "\nCommands:")
+		for _, s := range c.Commands() {
+			if !s.Hidden {
+				fmt.Fprintf(w, "  %-10s %s\n", s.Name(), s.Short)
+			}
 		}
-		fmt.Fprintln(w, "\nFlags:")
-		fs.SetOutput(w)
-		fs.PrintDefaults()
+	}
+	if c.HasAvailableFlags() || c.HasAvailableLocalFlags() {
+		fmt.Fprintf(w, "\nFlags:\n%s", c.LocalFlags().FlagUsagesWrapped(100))
 	}
 }
 
-// needRoot explains why a command needs root before the kernel refuses.
-func needRoot() error {
+// needRoot explains why a command needs root before the kernel refuses:
+// what says what the command does with it.
+func needRoot(what string) error {
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("this command reads and changes the host's network and firewall, which needs root; run it with sudo")
+		return fmt.Errorf("%s, which needs root; run it with sudo", what)
 	}
 	return nil
 }
+
+// What needRoot says for the commands that change the host.
+const changesHost = "this command reads and changes the host's network and firewall"
 
 // noArgs rejects stray arguments.
 func noArgs(args []string) error {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/simple-microvm-infra/microvm/examples"
@@ -60,7 +60,7 @@ microvm-init beside microvm (make build).
 Examples:
   sudo microvm demo
   sudo microvm demo --stand-ins --keep   keep the sandbox; Ctrl-C removes it`,
-		flags: func(fs *flag.FlagSet) {
+		flags: func(fs *pflag.FlagSet) {
 			fs.BoolVar(&keep, "keep", false, "keep the sandbox until Ctrl-C, to explore it with ip netns exec")
 			fs.BoolVar(&standIns, "stand-ins", false, "prove the network with namespaces standing in for the guests, without booting VMs")
 		},
@@ -68,7 +68,7 @@ Examples:
 			if err := noArgs(args); err != nil {
 				return err
 			}
-			if err := needRoot(); err != nil {
+			if err := needRoot(changesHost); err != nil {
 				return err
 			}
 			in, err := demoConfig(e)
@@ -85,7 +85,7 @@ Examples:
 func demoConfig(e *env) (*config.Infra, error) {
 	var in *config.Infra
 	var err error
-	if e.file != "infra.toml" {
+	if e.fileFlag != "" {
 		in, err = e.load()
 	} else {
 		in, err = config.Parse("examples/infra.toml", examples.InfraTOML)

@@ -2,13 +2,14 @@ package cli
 
 import (
 	"bufio"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
@@ -33,7 +34,7 @@ VMs that left the file and keeps their data, for this command to delete.
 Examples:
   sudo microvm destroy --data vm5
   sudo microvm destroy --data --yes vm5`,
-		flags: func(fs *flag.FlagSet) {
+		flags: func(fs *pflag.FlagSet) {
 			fs.BoolVar(&data, "data", false, "delete the VM's data (required: it says what happens)")
 			fs.BoolVar(&yes, "yes", false, "do not ask for confirmation")
 		},

@@ -27,7 +27,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if err := needRoot(); err != nil {
+			if err := needRoot(changesHost); err != nil {
 				return err
 			}
 			bin, err := os.Executable()

@@ -1,12 +1,13 @@
 package cli
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
@@ -16,7 +17,7 @@ func logsCmd() *command {
 	var lines int
 	return &command{
 		name:  "logs",
-		args:  "[-f FILE] [--follow] [--console] [-n LINES] NAME",
+		args:  "[--file FILE] [-f] [--console] [-n LINES] NAME",
 		short: "show a VM's supervisor log, or its serial console",
 		long: `
 Prints the log of the VM's supervisor (microvm run NAME): its virtiofs
@@ -26,23 +27,20 @@ journalctl -u microvm@NAME; without systemd, RUN_DIR/NAME/supervisor.log.
 --console prints the guest's serial console instead (RUN_DIR/NAME/console.log,
 rewritten at each start): the kernel's and the guest's boot messages.
 
+Here -f is --follow, as in journalctl and tail; the file is --file.
+
 Examples:
   microvm logs vm1
   microvm logs vm1 -f               like journalctl -u microvm@vm1 -f
-  microvm logs --follow vm1          the same
-  microvm logs --console -n 50 vm1`,
-		flags: func(fs *flag.FlagSet) {
-			fs.BoolVar(&follow, "follow", false, "keep printing what is added, until interrupted")
+  microvm logs -f vm1               the same
+  microvm logs --console -n 50 vm1
+  microvm logs --file /srv/infra.toml vm1`,
+		flags: func(fs *pflag.FlagSet) {
+			fs.BoolVarP(&follow, "follow", "f", false, "keep printing what is added, until interrupted (as journalctl -f)")
 			fs.BoolVar(&console, "console", false, "print the guest's serial console instead")
-			fs.IntVar(&lines, "n", 0, "print only the last LINES lines (0: all)")
+			fs.IntVarP(&lines, "lines", "n", 0, "print only the last `LINES` lines (0: all)")
 		},
 		run: func(e *env, args []string) error {
-			// After the name, -f follows, as journalctl -u microvm@vm1 -f
-			// does (before it, -f names the file).
-			for len(args) > 1 && (args[len(args)-1] == "-f" || args[len(args)-1] == "--follow") {
-				follow = true
-				args = args[:len(args)-1]
-			}
 			_, vm, err := e.oneVM(args)
 			if err != nil {
 				return err

@@ -32,7 +32,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if err := needRoot(); err != nil {
+			if err := needRoot(changesHost); err != nil {
 				return err
 			}
 			sigs := make(chan os.Signal, 1)

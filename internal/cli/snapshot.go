@@ -3,13 +3,14 @@ package cli
 import (
 	"bufio"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
@@ -38,7 +39,10 @@ Needs [host] storage = "zfs" and root.
 
 Examples:
   sudo microvm snapshot vm1 before-upgrade
-  sudo microvm snapshot vm1`,
+  sudo microvm snapshot vm1
+  sudo microvm snapshot rm vm1 before-upgrade`,
+		complete: vmNames,
+		sub:      []*command{snapshotRmCmd()},
 		run: func(e *env, args []string) error {
 			if len(args) < 1 || len(args) > 2 {
 				return fmt.Errorf("%w: name one VM, and optionally a label", errUsage)
@@ -64,9 +68,10 @@ Examples:
 }
 
 func snapshotsCmd() *command {
+	var asJSON bool
 	return &command{
 		name:  "snapshots",
-		args:  "[-f FILE] NAME",
+		args:  "[-f FILE] [--json] NAME",
 		short: "list a VM's snapshots",
 		long: `
 Lists the snapshots of the VM's /etc and /var, oldest first: their name,
@@ -77,7 +82,12 @@ VM, and pruned) or a person's.
 Needs [host] storage = "zfs" and root.
 
 Examples:
-  sudo microvm snapshots vm1`,
+  sudo microvm snapshots vm1
+  sudo microvm snapshots vm1 --json`,
+		flags: func(fs *pflag.FlagSet) {
+			fs.BoolVar(&asJSON, "json", false, "print JSON (docs/cli.md)")
+		},
+		complete: vmNames,
 		run: func(e *env, args []string) error {
 			if len(args) != 1 {
 				return fmt.Errorf("%w: name one VM", errUsage)
@@ -89,6 +99,9 @@ Examples:
 			snaps, err := b.Snapshots(vm)
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				return printJSON(e.stdout, snapshotsDoc{Version: jsonVersion, File: e.file, VM: vm.Name, Snapshots: snapshotDocs(snaps)})
 			}
 			if len(snaps) == 0 {
 				fmt.Fprintf(e.stdout, "%s has no snapshots; take one with: microvm snapshot %s LABEL\n", vm.Name, vm.Name)
@@ -129,15 +142,11 @@ Examples:
   sudo microvm rollback vm1                      back to the newest snapshot
   sudo microvm rollback vm1 before-upgrade
   sudo microvm rollback --yes vm1 before-upgrade   without asking`,
-		flags: func(fs *flag.FlagSet) {
+		complete: vmNames,
+		flags: func(fs *pflag.FlagSet) {
 			fs.BoolVar(&yes, "yes", false, "do not ask for confirmation")
 		},
 		run: func(e *env, args []string) error {
-			for _, a := range args {
-				if strings.HasPrefix(a, "-") {
-					return fmt.Errorf("%w: %s must come before the VM's name", errUsage, a)
-				}
-			}
 			if len(args) < 1 || len(args) > 2 {
 				return fmt.Errorf("%w: name one VM, and optionally a snapshot", errUsage)
 			}
@@ -179,6 +188,74 @@ Examples:
 			})
 		},
 	}
+}
+
+func snapshotRmCmd() *command {
+	return &command{
+		name:  "rm",
+		args:  "[-f FILE] NAME SNAPSHOT...",
+		short: "destroy snapshots of a VM",
+		long: `
+Destroys the named snapshots of the VM's /etc and /var (zfs destroy
+NAME@SNAPSHOT), freeing the space only they hold (microvm snapshots shows
+it). The VM's current data is not touched, and it may keep running.
+
+Needs [host] storage = "zfs" and root.
+
+Examples:
+  sudo microvm snapshot rm vm1 before-upgrade
+  sudo microvm snapshot rm vm1 auto-20260101-120000-update old-one`,
+		complete: vmNames,
+		run: func(e *env, args []string) error {
+			if len(args) < 2 {
+				return fmt.Errorf("%w: name one VM and the snapshots to destroy", errUsage)
+			}
+			_, vm, b, err := loadSnapshots(e, args[0])
+			if err != nil {
+				return err
+			}
+			snaps, err := b.Snapshots(vm)
+			if err != nil {
+				return err
+			}
+			for _, name := range args[1:] {
+				if snapshotIndex(snaps, name) < 0 {
+					return fmt.Errorf("%s has no snapshot %q; it has: %s", vm.Name, name, snapshotNames(snaps))
+				}
+			}
+			for _, name := range args[1:] {
+				if err := b.DestroySnapshot(vm, name); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "snapshot %s of %s destroyed\n", name, vm.Name)
+			}
+			return nil
+		},
+	}
+}
+
+// snapshotsDoc is snapshots --json.
+type snapshotsDoc struct {
+	Version   int           `json:"version" doc:"the version of this document's format"`
+	File      string        `json:"file" doc:"the infra.toml read"`
+	VM        string        `json:"vm"`
+	Snapshots []snapshotDoc `json:"snapshots" doc:"oldest first"`
+}
+
+// snapshotDoc is one snapshot of a VM's /etc and /var.
+type snapshotDoc struct {
+	Name      string    `json:"name" doc:"what follows the @ in ZFS"`
+	Created   time.Time `json:"created" doc:"RFC 3339, to the second"`
+	UsedBytes int64     `json:"used_bytes" doc:"what only this snapshot holds: what destroying it frees"`
+	Automatic bool      `json:"automatic" doc:"taken before update or apply restarted the VM, and pruned to keep_snapshots"`
+}
+
+func snapshotDocs(snaps []storage.Snapshot) []snapshotDoc {
+	out := []snapshotDoc{}
+	for _, s := range snaps {
+		out = append(out, snapshotDoc{Name: s.Name, Created: s.Created, UsedBytes: s.Used, Automatic: s.Auto})
+	}
+	return out
 }
 
 // loadSnapshots reads the file and finds the VM and its storage, for the

@@ -3,12 +3,12 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
@@ -43,56 +43,59 @@ Examples:
   sudo microvm ssh vm1
   sudo microvm ssh vm1 -- uptime
   sudo microvm ssh --wait 2m vm2 -- systemctl is-system-running --wait`,
-		flags: func(fs *flag.FlagSet) {
+		flags: func(fs *pflag.FlagSet) {
 			fs.DurationVar(&wait, "wait", 5*time.Second, "how long to keep trying to log in")
 		},
+		complete: vmNames,
 		run: func(e *env, args []string) error {
 			if len(args) == 0 {
 				return fmt.Errorf("%w: name one VM", errUsage)
 			}
-			rest := args[1:]
-			if len(rest) > 0 && rest[0] == "--" {
-				rest = rest[1:]
-			}
-			in, vm, err := e.oneVM(args[:1])
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), wait)
-			c, err := guest.Dial(ctx, in.Host, vm)
-			cancel()
-			if err != nil {
-				m, merr := e.manager()
-				if merr == nil && stateOf(m, vm).State == "stopped" {
-					return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
-				}
-				return err
-			}
-			defer c.Close()
-			s, err := c.NewSession()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			s.Stdout, s.Stderr = e.stdout, e.stderr
-			if len(rest) > 0 {
-				s.Stdin = sshStdin
-				err = s.Run(strings.Join(rest, " "))
-			} else {
-				err = shell(s)
-			}
-			var exit *ssh.ExitError
-			switch {
-			case err == nil:
-				return nil
-			case errors.As(err, &exit):
-				return exitStatus(exit.ExitStatus())
-			case errors.As(err, new(*ssh.ExitMissingError)):
-				return exitStatus(255)
-			}
-			return err
+			return inGuest(e, args[0], strings.Join(args[1:], " "), wait)
 		},
 	}
+}
+
+// inGuest runs command in the VM called name as root over SSH, or a shell
+// if command is empty, and returns its exit status as an exitStatus. A VM
+// that is stopped is said so at once; one that boots is waited for.
+func inGuest(e *env, name, command string, wait time.Duration) error {
+	in, vm, err := e.oneVM([]string{name})
+	if err != nil {
+		return err
+	}
+	if m, err := e.manager(); err == nil && stateOf(m, vm).State == "stopped" {
+		return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	c, err := guest.Dial(ctx, in.Host, vm)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := c.NewSession()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	s.Stdout, s.Stderr = e.stdout, e.stderr
+	if command != "" {
+		s.Stdin = sshStdin
+		err = s.Run(command)
+	} else {
+		err = shell(s)
+	}
+	var exit *ssh.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &exit):
+		return exitStatus(exit.ExitStatus())
+	case errors.As(err, new(*ssh.ExitMissingError)):
+		return exitStatus(255)
+	}
+	return err
 }
 
 // shell runs an interactive shell, with a terminal if stdin is one.

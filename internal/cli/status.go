@@ -2,11 +2,11 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"text/tabwriter"
+
+	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
@@ -16,17 +16,17 @@ import (
 // statusRow is one VM in status --json.
 type statusRow struct {
 	Name          string `json:"name"`
-	State         string `json:"state"`
-	Address       string `json:"address"`
-	Hypervisor    string `json:"hypervisor"`
+	State         string `json:"state" doc:"running, starting or stopped"`
+	Address       string `json:"address" doc:"the guest's address, e.g. 10.1.0.2"`
+	Hypervisor    string `json:"hypervisor" doc:"cloud-hypervisor or qemu"`
 	Image         string `json:"image"`
 	VCPU          int    `json:"vcpu"`
 	MemoryMiB     int    `json:"memory_mib"`
 	Autostart     bool   `json:"autostart"`
-	UptimeSeconds int64  `json:"uptime_seconds,omitempty"`
-	VMMPid        int    `json:"vmm_pid,omitempty"`
-	DiskBytes     int64  `json:"disk_bytes"`
-	Changed       bool   `json:"changed_since_start,omitempty"`
+	UptimeSeconds int64  `json:"uptime_seconds,omitempty" doc:"while running"`
+	VMMPid        int    `json:"vmm_pid,omitempty" doc:"while running"`
+	DiskBytes     int64  `json:"disk_bytes" doc:"what its /etc and /var use (0 when it cannot be read: without root)"`
+	Changed       bool   `json:"changed_since_start,omitempty" doc:"running with settings, image or kernel that differ from the file's now"`
 }
 
 func statusCmd(name string) *command {
@@ -58,8 +58,8 @@ Examples:
   microvm list
   microvm status --json vm1
   microvm status --host`,
-		flags: func(fs *flag.FlagSet) {
-			fs.BoolVar(&asJSON, "json", false, "print JSON, one object per VM in a list")
+		flags: func(fs *pflag.FlagSet) {
+			fs.BoolVar(&asJSON, "json", false, "print JSON (docs/cli.md)")
 			fs.BoolVar(&host, "host", false, "also show disk totals and Tailscale routes")
 		},
 		run: func(e *env, args []string) error {
@@ -92,9 +92,7 @@ Examples:
 				rows = append(rows, r)
 			}
 			if asJSON {
-				enc := json.NewEncoder(e.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rows)
+				return printJSON(e.stdout, statusJSON(in, rows, host, usage, uerr))
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tADDRESS\tHYPERVISOR\tIMAGE\tVCPU\tMEMORY\tUPTIME\tDISK")

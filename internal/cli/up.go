@@ -3,15 +3,18 @@ package cli
 import (
 	"fmt"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // startTimeout is how long up waits for a VM's VMM to be running.
 const startTimeout = 90 * time.Second
 
 func upCmd() *command {
+	var all bool
 	return &command{
 		name:  "up",
-		args:  "[-f FILE] NAME...",
+		args:  "[-f FILE] NAME... | --all",
 		short: "start VMs (systemctl start microvm@NAME, or detached)",
 		long: `
 Starts the named VMs and returns once each VMM runs; the guests boot in the
@@ -24,17 +27,26 @@ Restart=on-failure does), with its pid file and log in RUN_DIR/NAME.
 
 Refuses, changing nothing, a VM that is already running, an image that is
 not built, a missing qemu or cloud-hypervisor, a missing /dev/kvm, and a
-host part that is not applied. Needs root.
+host part that is not applied. --all starts every VM of the file that is
+stopped. Needs root.
 
 Examples:
   sudo microvm up vm1
-  sudo microvm up -f /etc/microvm/infra.toml vm1 vm2`,
+  sudo microvm up -f /etc/microvm/infra.toml vm1 vm2
+  sudo microvm up --all`,
+		flags: func(fs *pflag.FlagSet) {
+			fs.BoolVar(&all, "all", false, "start every VM of the file that is stopped")
+		},
+		complete: vmNames,
 		run: func(e *env, args []string) error {
-			in, m, vms, lock, err := e.lifecycleOf(args)
+			in, m, vms, lock, err := e.lifecycleOf(args, all)
 			if err != nil {
 				return err
 			}
 			defer lock.Release()
+			if all {
+				vms = inState(m, vms, "stopped")
+			}
 			for _, vm := range vms {
 				if s := stateOf(m, vm); s.State != "stopped" {
 					return fmt.Errorf("%s is already %s; to start it again: microvm restart %s", vm.Name, s.State, vm.Name)

@@ -1,25 +1,47 @@
 package cli
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
 
 func validateCmd() *command {
+	var asJSON bool
 	return &command{
 		name:  "validate",
-		args:  "[-f FILE]",
+		args:  "[-f FILE] [--json]",
 		short: "check infra.toml and show what it derives",
 		long: `
 Reads infra.toml, reports every problem with file:line:col and what to write
-instead, and prints the derived network of each VM. It touches nothing and
+instead (each on a line of its own, as compilers do, so an editor can jump
+to it), and prints the derived network of each VM. It touches nothing and
 needs no root.
 
 Examples:
   microvm validate
-  microvm validate -f examples/infra.toml`,
+  microvm validate -f examples/infra.toml
+  microvm validate --json          the derived model, or the problems, for scripts`,
+		flags: func(fs *pflag.FlagSet) {
+			fs.BoolVar(&asJSON, "json", false, "print the model, or the problems, as JSON (docs/cli.md)")
+		},
 		run: func(e *env, args []string) error {
 			if err := noArgs(args); err != nil {
 				return err
 			}
 			in, err := e.load()
+			if asJSON {
+				if err := printJSON(e.stdout, validateJSON(e.file, in, err)); err != nil {
+					return err
+				}
+				if err != nil {
+					return exitStatus(1)
+				}
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -31,4 +53,99 @@ Examples:
 			return nil
 		},
 	}
+}
+
+// validateDoc is validate --json: the model, or what is wrong.
+type validateDoc struct {
+	Version int           `json:"version" doc:"the version of this document's format"`
+	File    string        `json:"file" doc:"the infra.toml read"`
+	OK      bool          `json:"ok" doc:"the file is valid; validate exits 1 when it is not"`
+	Errors  []configError `json:"errors" doc:"every problem, in file order"`
+	Host    *hostModel    `json:"host,omitempty" doc:"when ok: [host] with defaults filled in"`
+	VMs     []vmModel     `json:"vms" doc:"when ok: every VM with what it derives, by name"`
+}
+
+// configError is one problem in infra.toml.
+type configError struct {
+	File    string `json:"file"`
+	Line    int    `json:"line" doc:"0 when the file cannot be read"`
+	Col     int    `json:"col"`
+	Message string `json:"message" doc:"what is wrong and what to write instead"`
+}
+
+// hostModel is [host] with its defaults.
+type hostModel struct {
+	Uplink        string `json:"uplink"`
+	StateDir      string `json:"state_dir"`
+	RunDir        string `json:"run_dir"`
+	User          string `json:"user"`
+	Accel         string `json:"accel"`
+	Storage       string `json:"storage"`
+	ZFSDataset    string `json:"zfs_dataset,omitempty" doc:"with storage = \"zfs\""`
+	KeepSnapshots int    `json:"keep_snapshots"`
+	Tailscale     struct {
+		Enabled          string `json:"enabled"`
+		Socket           string `json:"socket"`
+		AllowVMToTailnet bool   `json:"allow_vm_to_tailnet"`
+	} `json:"tailscale"`
+}
+
+// vmModel is one VM as infra.toml derives it.
+type vmModel struct {
+	Name       string   `json:"name"`
+	Subnet     string   `json:"subnet"`
+	Gateway    string   `json:"gateway" doc:"the host's address on the VM's bridge (.1)"`
+	Address    string   `json:"address" doc:"the guest's address (.2)"`
+	Bridge     string   `json:"bridge"`
+	TAP        string   `json:"tap"`
+	MAC        string   `json:"mac"`
+	VCPU       int      `json:"vcpu"`
+	MemoryMiB  int      `json:"memory_mib"`
+	Hypervisor string   `json:"hypervisor"`
+	Image      string   `json:"image"`
+	DNS        string   `json:"dns"`
+	SSHKeys    []string `json:"ssh_keys" doc:"authorized for root besides the host's admin key"`
+	Autostart  bool     `json:"autostart"`
+	StateDir   string   `json:"state_dir" doc:"its /etc and /var are here"`
+	RunDir     string   `json:"run_dir" doc:"its sockets, pid files and logs are here"`
+}
+
+func modelOf(vm *config.VM) vmModel {
+	keys := vm.SSHKeys
+	if keys == nil {
+		keys = []string{}
+	}
+	return vmModel{Name: vm.Name, Subnet: vm.Subnet.String(), Gateway: vm.Gateway.String(), Address: vm.Addr.String(),
+		Bridge: vm.Bridge, TAP: vm.TAP, MAC: vm.MAC.String(), VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
+		Hypervisor: vm.Hypervisor, Image: vm.Image, DNS: vm.DNS, SSHKeys: keys, Autostart: vm.Autostart,
+		StateDir: vm.StateDir, RunDir: vm.RunDir}
+}
+
+func validateJSON(file string, in *config.Infra, err error) validateDoc {
+	d := validateDoc{Version: jsonVersion, File: file, OK: err == nil, Errors: []configError{}, VMs: []vmModel{}}
+	if err != nil {
+		var list config.ErrorList
+		if errors.As(err, &list) {
+			for _, e := range list {
+				line, col := max(e.Pos.Line, 1), max(e.Pos.Col, 1) // as Error() says it
+				d.Errors = append(d.Errors, configError{File: e.File, Line: line, Col: col, Message: e.Msg})
+			}
+		} else {
+			d.Errors = append(d.Errors, configError{File: file, Message: err.Error()})
+		}
+		return d
+	}
+	h := in.Host
+	d.Host = &hostModel{Uplink: h.Uplink, StateDir: h.StateDir, RunDir: h.RunDir, User: h.User, Accel: h.Accel,
+		Storage: h.Storage, KeepSnapshots: h.KeepSnapshots}
+	if h.Storage == "zfs" {
+		d.Host.ZFSDataset = h.ZFSDataset
+	}
+	d.Host.Tailscale.Enabled = string(h.Tailscale.Enabled)
+	d.Host.Tailscale.Socket = h.Tailscale.Socket
+	d.Host.Tailscale.AllowVMToTailnet = h.Tailscale.AllowVMToTailnet
+	for i := range in.VMs {
+		d.VMs = append(d.VMs, modelOf(&in.VMs[i]))
+	}
+	return d
 }

@@ -16,10 +16,12 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
-// vmAction is one change to a VM's running state, in a plan.
+// vmAction is one change to a VM's running state, in a plan. Starting
+// (or restarting) vm needs what runner.Checks checks.
 type vmAction struct {
 	text string
 	do   func() error
+	vm   *config.VM // the VM it starts; nil if it starts none
 }
 
 func (a vmAction) String() string { return a.text }
@@ -27,18 +29,25 @@ func (a vmAction) Apply() error   { return a.do() }
 
 // fullPlan is the host part with the VM part around it: VMs that left the
 // file are stopped first (while their network is still there for a clean
-// shutdown), then the host part, then VMs are started and restarted.
+// shutdown), then the host part, then VMs are started and restarted. What
+// the host lacks for any of it (the host checks, and runner.Checks for
+// each VM it starts) is in the plan's errors, all of them at once.
 func fullPlan(e *env, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
 	host, err := plan.Host(in)
 	if err != nil {
-		return nil, err
+		host = &plan.Plan{Errors: []error{err}}
 	}
 	before, after, notes, err := planVMs(e, in, m)
 	if err != nil {
 		return nil, err
 	}
-	p := &plan.Plan{Warnings: host.Warnings, Notes: append(host.Notes, notes...)}
+	p := &plan.Plan{Warnings: host.Warnings, Notes: append(host.Notes, notes...), Errors: host.Errors}
 	p.Actions = append(append(append(p.Actions, before...), host.Actions...), after...)
+	for _, a := range after {
+		if va, ok := a.(vmAction); ok && va.vm != nil {
+			p.Errors = append(p.Errors, runner.Checks(in, va.vm)...)
+		}
+	}
 	return p, nil
 }
 
@@ -80,6 +89,7 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 			if ch := changes(in, vm, s.Started); len(ch) > 0 {
 				after = append(after, vmAction{
 					text: fmt.Sprintf("microvm restart %s   # %s", vm.Name, strings.Join(ch, ", ")),
+					vm:   vm,
 					do: func() error {
 						if err := runner.Preflight(in, vm); err != nil {
 							return err
@@ -101,6 +111,7 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 		case vm.Autostart:
 			after = append(after, vmAction{
 				text: "microvm up " + vm.Name,
+				vm:   vm,
 				do:   func() error { return startVM(e, in, m, vm, startTimeout) },
 			})
 		}

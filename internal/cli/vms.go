@@ -3,6 +3,8 @@ package cli
 import (
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -102,12 +104,56 @@ func startVM(e *env, in *config.Infra, m systemd.Manager, vm *config.VM, timeout
 
 // stopVM stops vm's supervisor, which shuts the guest down cleanly.
 func stopVM(e *env, m systemd.Manager, vm *config.VM) error {
+	return stopVMWithin(e, m, vm, 0, false)
+}
+
+// stopVMWithin is stopVM with a limit: if the guest has not shut down
+// after timeout (0: no limit), or at once with force, its VMM is killed,
+// as a power cut would stop it. The supervisor, already told to stop, then
+// stops the virtiofs daemons and exits without a restart.
+func stopVMWithin(e *env, m systemd.Manager, vm *config.VM, timeout time.Duration, force bool) error {
 	began := time.Now()
-	if m.Active(vm) {
-		if err := m.Stop(vm); err != nil {
+	st, _, _ := runner.ReadStarted(vm)
+	done := make(chan error, 1)
+	go func() { done <- stopSupervisor(m, vm, began) }()
+	var limit <-chan time.Time
+	switch {
+	case force:
+		// Time for the stop request to reach the supervisor first.
+		limit = time.After(200 * time.Millisecond)
+	case timeout > 0:
+		limit = time.After(timeout)
+	}
+	how := "stopped"
+	select {
+	case err := <-done:
+		if err != nil {
 			return err
 		}
-	} else if s := stateOf(m, vm); s.State == "running" {
+	case <-limit:
+		if st.VMMPid > 0 && systemd.Alive(st.VMMPid) {
+			if err := syscall.Kill(st.VMMPid, syscall.SIGKILL); err != nil {
+				return fmt.Errorf("killing the VMM of %s (pid %d): %w", vm.Name, st.VMMPid, err)
+			}
+			how = "killed (its VMM, pid " + strconv.Itoa(st.VMMPid) + ")"
+			if !force {
+				how = fmt.Sprintf("not shut down in %s: killed (its VMM, pid %d)", timeout, st.VMMPid)
+			}
+		}
+		if err := <-done; err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(e.stdout, "%s %s in %s\n", vm.Name, how, time.Since(began).Round(100*time.Millisecond))
+	return nil
+}
+
+// stopSupervisor asks vm's supervisor to stop and waits until it has.
+func stopSupervisor(m systemd.Manager, vm *config.VM, began time.Time) error {
+	if m.Active(vm) {
+		return m.Stop(vm)
+	}
+	if s := stateOf(m, vm); s.State == "running" {
 		// A supervisor whose keeper is gone (killed): stop it directly.
 		if err := syscall.Kill(s.Started.RunPid, syscall.SIGTERM); err != nil {
 			return fmt.Errorf("stopping %s (supervisor pid %d): %w", vm.Name, s.Started.RunPid, err)
@@ -119,7 +165,6 @@ func stopVM(e *env, m systemd.Manager, vm *config.VM) error {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	fmt.Fprintf(e.stdout, "%s stopped in %s\n", vm.Name, time.Since(began).Round(100*time.Millisecond))
 	return nil
 }
 
@@ -169,17 +214,21 @@ func (e *env) oneVM(args []string) (*config.Infra, *config.VM, error) {
 	return in, vms[0], nil
 }
 
-// lifecycleOf is lifecycle for the VMs named in args (one at least), for
-// up, down, restart and update. The caller releases the lock.
-func (e *env) lifecycleOf(args []string) (*config.Infra, systemd.Manager, []*config.VM, *systemd.Lock, error) {
-	if len(args) == 0 {
-		return nil, nil, nil, nil, fmt.Errorf("%w: name one or more VMs", errUsage)
+// lifecycleOf is lifecycle for the VMs named in args (one at least), or
+// with all for every VM of the file, for up, down, restart and update. The
+// caller releases the lock.
+func (e *env) lifecycleOf(args []string, all bool) (*config.Infra, systemd.Manager, []*config.VM, *systemd.Lock, error) {
+	switch {
+	case all && len(args) > 0:
+		return nil, nil, nil, nil, fmt.Errorf("%w: name VMs or give --all, not both", errUsage)
+	case !all && len(args) == 0:
+		return nil, nil, nil, nil, fmt.Errorf("%w: name one or more VMs, or give --all", errUsage)
 	}
 	in, m, lock, err := e.lifecycle()
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	vms, err := namedVMs(in, args, false)
+	vms, err := namedVMs(in, args, all)
 	if err != nil {
 		lock.Release()
 		return nil, nil, nil, nil, err
@@ -210,4 +259,15 @@ func changes(in *config.Infra, vm *config.VM, st runner.Started) []string {
 		return nil
 	}
 	return runner.Changed(st.Settings, now)
+}
+
+// inState keeps the VMs whose state is one of states.
+func inState(m systemd.Manager, vms []*config.VM, states ...string) []*config.VM {
+	var out []*config.VM
+	for _, vm := range vms {
+		if slices.Contains(states, stateOf(m, vm).State) {
+			out = append(out, vm)
+		}
+	}
+	return out
 }

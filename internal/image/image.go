@@ -82,6 +82,9 @@ func Build(ctx context.Context, host config.Host, name string, progress io.Write
 	if err := checkNew(host, name); err != nil {
 		return err
 	}
+	if err := CheckRecipe(name); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("building an image needs root: debootstrap installs packages as root")
 	}

@@ -3,6 +3,7 @@
 package plan
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
@@ -15,13 +16,16 @@ import (
 )
 
 // Plan is the list of actions that bring the host to the model, warnings
-// about things on the host the program will not change, and notes: things
+// about things on the host the program will not change, notes: things
 // worth saying when the plan changes something (a plan without actions
-// prints only "no changes").
+// prints only "no changes"), and errors: what the host lacks for the plan
+// to succeed (a VMM program, an image, ...), found before anything
+// changes. A plan with errors is not applied.
 type Plan struct {
 	Actions  []action.Action
 	Warnings []string
 	Notes    []string
+	Errors   []error
 }
 
 // Host plans the host part: storage, links, sysctls and the firewall.
@@ -88,6 +92,9 @@ func (p *Plan) printNotes(w io.Writer) {
 // the first error. Every action is idempotent, so a failed or interrupted
 // apply is finished by running apply again.
 func (p *Plan) Apply(w io.Writer) error {
+	if len(p.Errors) > 0 {
+		return fmt.Errorf("nothing was changed: %w", errors.Join(p.Errors...))
+	}
 	for _, warn := range p.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}

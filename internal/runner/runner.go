@@ -143,12 +143,7 @@ func checkHost(in *config.Infra, vm *config.VM) error {
 	if len(p.Actions) > 0 {
 		return fmt.Errorf("the host part is not applied (plan shows %d changes, e.g. %q); run: microvm apply --host-only -f %s", len(p.Actions), p.Actions[0].String(), in.File)
 	}
-	for _, f := range []string{in.Host.ImageRootfs(vm.Image), in.Host.ImageVmlinux(vm.Image)} {
-		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("image %s is not built (%s is missing); run: microvm image build %s", vm.Image, f, vm.Image)
-		}
-	}
-	return nil
+	return imageBuilt(in, vm)
 }
 
 // prepare makes the files the VM boots from and writes its managed files.

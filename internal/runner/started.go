@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"sort"
 	"strings"
 	"syscall"
@@ -146,30 +145,10 @@ func writeStarted(in *config.Infra, vm *config.VM, vmmPid int) error {
 
 // Preflight checks what a VM needs before anything is started, so that
 // `microvm up` (and run) fails with one clear message and changes nothing:
-// the host part applied, the image built, the VMM's program installed and,
-// with accel = "kvm", /dev/kvm present.
+// the Checks, then the host part applied.
 func Preflight(in *config.Infra, vm *config.VM) error {
-	bin := "cloud-hypervisor"
-	if vm.Hypervisor == "qemu" {
-		bin = "qemu-system-x86_64"
-	}
-	if _, err := exec.LookPath(bin); err != nil {
-		return fmt.Errorf("%s uses hypervisor %q, but %s is not installed (not found in PATH); install it, or set hypervisor = %q for it in %s", vm.Name, vm.Hypervisor, bin, other(vm.Hypervisor), in.File)
-	}
-	if vm.Hypervisor == "cloud-hypervisor" || in.Host.Accel == "kvm" {
-		if _, err := os.Stat(KVMDevice); err != nil {
-			return fmt.Errorf("%s needs /dev/kvm, which this host does not have (enable virtualization, load kvm_intel or kvm_amd); without KVM only QEMU can run guests: set accel = \"tcg\" in [host] and hypervisor = \"qemu\"", vm.Name)
-		}
+	if errs := Checks(in, vm); len(errs) > 0 {
+		return errs[0]
 	}
 	return checkHost(in, vm)
-}
-
-// KVMDevice is where KVM is; tests point it elsewhere.
-var KVMDevice = "/dev/kvm"
-
-func other(h string) string {
-	if h == "qemu" {
-		return "cloud-hypervisor"
-	}
-	return "qemu"
 }

@@ -1,0 +1,159 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
+)
+
+func infoCmd() *command {
+	var asJSON bool
+	return &command{
+		name:  "info",
+		args:  "[-f FILE] [--json] NAME",
+		short: "show one VM in full: network, processes, what changed, disk, snapshots",
+		long: `
+Shows everything about one VM: its state, the processes that run it (the
+VMM, the supervisor and, without systemd, its keeper) and since when, its
+network (subnet, address, gateway, bridge, TAP, MAC), its resources and
+image, what changed in the file since it started (what update would
+restart it for), where its data and logs are, the disk its /etc and /var
+use and its snapshots (storage = "zfs"). Reading the disk use and the
+snapshots needs root; without it they are left out.
+
+Examples:
+  microvm info vm1
+  microvm info vm1 --json`,
+		flags: func(fs *pflag.FlagSet) {
+			fs.BoolVar(&asJSON, "json", false, "print JSON (docs/cli.md)")
+		},
+		complete: vmNames,
+		run: func(e *env, args []string) error {
+			in, vm, err := e.oneVM(args)
+			if err != nil {
+				return err
+			}
+			m, err := e.manager()
+			if err != nil {
+				return err
+			}
+			d := infoOf(in, m, vm)
+			if asJSON {
+				return printJSON(e.stdout, d)
+			}
+			printInfo(e, d)
+			return nil
+		},
+	}
+}
+
+// infoDoc is info --json.
+type infoDoc struct {
+	Version       int           `json:"version" doc:"the version of this document's format"`
+	File          string        `json:"file" doc:"the infra.toml read"`
+	VM            vmModel       `json:"vm" doc:"the VM as the file derives it (as in validate --json)"`
+	State         string        `json:"state" doc:"running, starting or stopped"`
+	Manager       string        `json:"manager" doc:"systemd, or detached (a keeper process) where systemd is not PID 1"`
+	Unit          string        `json:"unit" doc:"its systemd unit"`
+	VMMPid        int           `json:"vmm_pid,omitempty" doc:"while running"`
+	SupervisorPid int           `json:"supervisor_pid,omitempty" doc:"microvm run NAME, while running"`
+	KeeperPid     int           `json:"keeper_pid,omitempty" doc:"without systemd, while kept running"`
+	Started       *time.Time    `json:"started,omitempty" doc:"when its VMM started (RFC 3339)"`
+	UptimeSeconds int64         `json:"uptime_seconds,omitempty"`
+	Changes       []string      `json:"changes" doc:"what differs between what it runs with and the file, e.g. \"memory 512 -> 640\""`
+	ConsoleLog    string        `json:"console_log"`
+	SupervisorLog string        `json:"supervisor_log" doc:"without systemd; with it, journalctl -u UNIT"`
+	DiskBytes     *int64        `json:"disk_bytes,omitempty" doc:"what its /etc and /var use; absent when it cannot be read"`
+	Snapshots     []snapshotDoc `json:"snapshots" doc:"with storage = \"zfs\", oldest first"`
+	Problems      []string      `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
+}
+
+func infoOf(in *config.Infra, m systemd.Manager, vm *config.VM) infoDoc {
+	s := stateOf(m, vm)
+	d := infoDoc{Version: jsonVersion, File: in.File, VM: modelOf(vm), State: s.State, Manager: m.Kind(), Unit: systemd.Unit(vm.Name),
+		ConsoleLog: vm.ConsoleLog(), SupervisorLog: vm.SupervisorLog(), Changes: []string{}, Snapshots: []snapshotDoc{}, Problems: []string{}}
+	if s.State == "running" {
+		d.VMMPid, d.SupervisorPid = s.Started.VMMPid, s.Started.RunPid
+		t := s.Started.Time
+		d.Started, d.UptimeSeconds = &t, int64(s.Since.Seconds())
+		d.Changes = orEmpty(changes(in, vm, s.Started))
+	}
+	if pid, ok := systemd.KeeperPid(vm); ok {
+		d.KeeperPid = pid
+	}
+	if os.Geteuid() != 0 {
+		d.Problems = append(d.Problems, "disk use and snapshots need root to read")
+		return d
+	}
+	if u, err := storage.For(in.Host).Usage(in); err == nil {
+		b := u.VMs[vm.Name]
+		d.DiskBytes = &b
+	} else {
+		d.Problems = append(d.Problems, "disk use: "+err.Error())
+	}
+	if in.Host.Storage == "zfs" {
+		if snaps, err := storage.For(in.Host).Snapshots(vm); err == nil {
+			d.Snapshots = snapshotDocs(snaps)
+		} else {
+			d.Problems = append(d.Problems, "snapshots: "+err.Error())
+		}
+	}
+	return d
+}
+
+func printInfo(e *env, d infoDoc) {
+	vm := d.VM
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	line := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
+	line("name", "%s (%s)", vm.Name, d.File)
+	state := d.State
+	if d.Started != nil {
+		state += fmt.Sprintf(" since %s (%s)", d.Started.Local().Format("2006-01-02 15:04:05"), uptime(secs(d.UptimeSeconds)))
+	}
+	line("state", "%s", state)
+	procs := []string{}
+	if d.VMMPid != 0 {
+		procs = append(procs, fmt.Sprintf("%s pid %d", vm.Hypervisor, d.VMMPid), fmt.Sprintf("supervisor pid %d", d.SupervisorPid))
+	}
+	if d.KeeperPid != 0 {
+		procs = append(procs, fmt.Sprintf("keeper pid %d", d.KeeperPid))
+	}
+	if len(procs) == 0 {
+		procs = append(procs, "none")
+	}
+	line("processes", "%s (%s, unit %s)", strings.Join(procs, ", "), d.Manager, d.Unit)
+	line("network", "%s: address %s, gateway %s", vm.Subnet, vm.Address, vm.Gateway)
+	line("links", "bridge %s, TAP %s, MAC %s", vm.Bridge, vm.TAP, vm.MAC)
+	line("resources", "%d vCPU, %d MiB, %s, image %s, dns %s", vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.Image, vm.DNS)
+	line("autostart", "%t", vm.Autostart)
+	switch {
+	case d.State != "running":
+		line("changed", "- (not running)")
+	case len(d.Changes) == 0:
+		line("changed", "nothing since it started")
+	default:
+		line("changed", "%s (microvm update %s restarts it with them)", strings.Join(d.Changes, ", "), vm.Name)
+	}
+	data := vm.StateDir
+	if d.DiskBytes != nil {
+		data += " (" + humanSize(*d.DiskBytes) + ")"
+	}
+	line("data", "%s", data)
+	line("logs", "%s, %s", d.ConsoleLog, d.SupervisorLog)
+	if len(d.Snapshots) > 0 {
+		last := d.Snapshots[len(d.Snapshots)-1]
+		line("snapshots", "%d, the newest %s (%s)", len(d.Snapshots), last.Name, last.Created.Local().Format("2006-01-02 15:04:05"))
+	}
+	tw.Flush()
+	for _, p := range d.Problems {
+		fmt.Fprintf(e.stderr, "%s\n", p)
+	}
+}

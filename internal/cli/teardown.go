@@ -1,0 +1,215 @@
+package cli
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/simple-microvm-infra/microvm/internal/action"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/plan"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
+)
+
+// teardownStdin is where teardown --data reads its confirmation; tests
+// replace it.
+var teardownStdin io.Reader = os.Stdin
+
+func teardownCmd() *command {
+	var data, yes, dryRun bool
+	return &command{
+		name:  "teardown",
+		args:  "[-f FILE] [--dry-run] [--data [--yes]]",
+		short: "remove all that apply made: VMs stopped, units, firewall, bridges, TAPs, routes",
+		long: `
+Undoes apply: stops every VM (also those that left the file), removes the
+systemd units (microvm@.service, microvms.target and their links), the
+VM subnets advertised to tailscaled, every bridge and TAP the program made,
+its nftables table, and run_dir with the mounts in it. Like apply, it
+prints each change as a command, and a teardown that was interrupted is
+finished by running it again.
+
+The VMs' data stays: state_dir with each VM's /etc and /var, the images
+and the admin key. --data deletes it too (with storage = "zfs", the
+dataset zfs_dataset and everything below it), after asking, unless --yes.
+What is not the program's alone stays as it is: IPv4 forwarding, and the
+VMM's user (userdel microvm removes it).
+
+--dry-run prints what it would do and changes nothing. Needs root.
+
+Examples:
+  sudo microvm teardown --dry-run
+  sudo microvm teardown
+  sudo microvm teardown --data --yes      and delete every VM's data and the images`,
+		flags: func(fs *pflag.FlagSet) {
+			fs.BoolVar(&dryRun, "dry-run", false, "print what it would remove, change nothing")
+			fs.BoolVar(&data, "data", false, "also delete state_dir: every VM's /etc and /var, and the images")
+			fs.BoolVar(&yes, "yes", false, "do not ask before deleting the data")
+		},
+		run: func(e *env, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			in, m, lock, err := e.lifecycle()
+			if err != nil {
+				return err
+			}
+			defer lock.Release()
+			p, err := teardownPlan(e, in, m, data)
+			if err != nil {
+				return err
+			}
+			if dryRun {
+				p.Print(e.stdout)
+				return nil
+			}
+			if data && !yes && len(p.Actions) > 0 {
+				what := in.Host.StateDir
+				if in.Host.Storage == "zfs" {
+					what = "ZFS dataset " + in.Host.ZFSDataset + " and everything in it"
+				}
+				fmt.Fprintf(e.stdout, "Tear down and delete %s: every VM's /etc and /var, their snapshots and the images? This cannot be undone.\nType yes to delete: ", what)
+				line, _ := bufio.NewReader(teardownStdin).ReadString('\n')
+				if a := strings.ToLower(strings.TrimSpace(line)); a != "yes" && a != "y" {
+					fmt.Fprintln(e.stdout)
+					return fmt.Errorf("not confirmed; nothing was changed")
+				}
+			}
+			if err := p.Apply(e.stdout); err != nil {
+				return fmt.Errorf("%w\nrun teardown again to finish", err)
+			}
+			if len(p.Actions) == 0 {
+				fmt.Fprintln(e.stdout, "nothing to remove")
+			} else if !data {
+				fmt.Fprintf(e.stdout, "done; the VMs' data stays in %s (microvm teardown --data deletes it)\n", in.Host.StateDir)
+			}
+			return nil
+		},
+	}
+}
+
+// teardownPlan is what teardown does, in order: stop every VM that runs
+// (while its network is there for a clean shutdown), remove the units,
+// then the host part (plan.Teardown), then, with data, state_dir.
+func teardownPlan(e *env, in *config.Infra, m systemd.Manager, data bool) (*plan.Plan, error) {
+	p := &plan.Plan{}
+	gone, err := departed(in, m)
+	if err != nil {
+		return nil, err
+	}
+	vms := gone
+	for i := range in.VMs {
+		vms = append(vms, &in.VMs[i])
+	}
+	for _, vm := range vms {
+		if m.Active(vm) || stateOf(m, vm).State != "stopped" {
+			p.Actions = append(p.Actions, vmAction{
+				text: "microvm down " + vm.Name,
+				do:   func() error { return stopVM(e, m, vm) },
+			})
+		}
+	}
+	if units := installedUnits(); len(units) > 0 {
+		p.Actions = append(p.Actions, &removeUnits{dir: systemd.UnitDir, files: units, reload: systemd.Booted()})
+	}
+	host, err := plan.Teardown(in)
+	if err != nil {
+		return nil, err
+	}
+	p.Actions = append(p.Actions, host.Actions...)
+	if data {
+		p.Actions = append(p.Actions, dataRemoval(in)...)
+	}
+	return p, nil
+}
+
+// installedUnits lists the program's unit files in systemd.UnitDir and the
+// links that enable them, relative to it.
+func installedUnits() []string {
+	names := map[string]bool{systemd.Template: true, systemd.Target: true}
+	if u, err := systemd.Render("/microvm", "/infra.toml"); err == nil {
+		for n := range u {
+			names[n] = true
+		}
+	}
+	ours := func(n string) bool { return names[n] || strings.HasPrefix(n, "microvm@") }
+	var out []string
+	for n := range names {
+		if _, err := os.Lstat(filepath.Join(systemd.UnitDir, n)); err == nil {
+			out = append(out, n)
+		}
+	}
+	wants, _ := filepath.Glob(filepath.Join(systemd.UnitDir, "*.wants", "*"))
+	for _, w := range wants {
+		if fi, err := os.Lstat(w); err == nil && fi.Mode()&os.ModeSymlink != 0 && ours(filepath.Base(w)) {
+			rel, _ := filepath.Rel(systemd.UnitDir, w)
+			out = append(out, rel)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// removeUnits deletes the unit files and their links (what systemctl
+// disable removes), then the wants directories they leave empty, and
+// reloads systemd where it runs.
+type removeUnits struct {
+	dir    string
+	files  []string
+	reload bool
+}
+
+func (a *removeUnits) String() string {
+	s := "cd " + a.dir + " && rm " + strings.Join(a.files, " ")
+	if a.reload {
+		s += "; systemctl daemon-reload"
+	}
+	return s
+}
+
+func (a *removeUnits) Apply() error {
+	for _, f := range a.files {
+		p := filepath.Join(a.dir, f)
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		if d := filepath.Dir(p); d != a.dir {
+			os.Remove(d) // only if empty
+		}
+	}
+	if a.reload {
+		return systemd.Systemctl("daemon-reload")
+	}
+	return nil
+}
+
+// dataRemoval deletes state_dir: with ZFS the dataset tree first (which
+// unmounts it), then the directory.
+func dataRemoval(in *config.Infra) []action.Action {
+	var out []action.Action
+	if in.Host.Storage == "zfs" {
+		ds := in.Host.ZFSDataset
+		if exec.Command("zfs", "list", "-H", "-o", "name", ds).Run() == nil {
+			out = append(out, vmAction{
+				text: "zfs destroy -r " + ds + "  # every VM's /etc and /var, their snapshots, the images",
+				do: func() error {
+					if b, err := exec.Command("zfs", "destroy", "-r", ds).CombinedOutput(); err != nil {
+						return fmt.Errorf("zfs destroy -r %s: %s", ds, strings.TrimSpace(string(b)))
+					}
+					return nil
+				},
+			})
+		}
+	}
+	if _, err := os.Lstat(in.Host.StateDir); err == nil {
+		out = append(out, &plan.RemoveTree{Dir: in.Host.StateDir, Note: "every VM's /etc and /var, the images, the admin key"})
+	}
+	return out
+}

@@ -1,0 +1,171 @@
+package runner
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/kernel"
+)
+
+// Checks are what a VM needs from the host to start, beyond the host part
+// that apply makes: the VMM's program, /dev/kvm where it is needed, the
+// image built, the guest's init (microvm-init) beside microvm, and
+// state_dir and run_dir reachable by the user the VMM runs as. `microvm
+// plan` reports every one of them, for every VM it would start, before
+// anything changes; up, restart and a supervisor stop at the first. Each
+// message starts with the VM's name.
+func Checks(in *config.Infra, vm *config.VM) []error {
+	var errs []error
+	for _, check := range []func(*config.Infra, *config.VM) error{vmmInstalled, kvmPresent, imageBuilt, initFound, vmmReaches} {
+		if err := check(in, vm); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// KVMDevice is where KVM is; tests point it elsewhere.
+var KVMDevice = "/dev/kvm"
+
+func vmmInstalled(in *config.Infra, vm *config.VM) error {
+	bin := "cloud-hypervisor"
+	if vm.Hypervisor == "qemu" {
+		bin = "qemu-system-x86_64"
+	}
+	if _, err := exec.LookPath(bin); err != nil {
+		return fmt.Errorf("%s uses hypervisor %q, but %s is not installed (not found in PATH); install it, or set hypervisor = %q for it in %s", vm.Name, vm.Hypervisor, bin, other(vm.Hypervisor), in.File)
+	}
+	return nil
+}
+
+func other(h string) string {
+	if h == "qemu" {
+		return "cloud-hypervisor"
+	}
+	return "qemu"
+}
+
+func kvmPresent(in *config.Infra, vm *config.VM) error {
+	if vm.Hypervisor == "cloud-hypervisor" || in.Host.Accel == "kvm" {
+		if _, err := os.Stat(KVMDevice); err != nil {
+			return fmt.Errorf("%s needs /dev/kvm, which this host does not have (enable virtualization, load kvm_intel or kvm_amd); without KVM only QEMU can run guests: set accel = \"tcg\" in [host] and hypervisor = \"qemu\"", vm.Name)
+		}
+	}
+	return nil
+}
+
+func imageBuilt(in *config.Infra, vm *config.VM) error {
+	for _, f := range []string{in.Host.ImageRootfs(vm.Image), in.Host.ImageVmlinux(vm.Image)} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("%s: image %s is not built (%s is missing); run: microvm image build %s", vm.Name, vm.Image, f, vm.Image)
+		}
+	}
+	return nil
+}
+
+func initFound(in *config.Infra, vm *config.VM) error {
+	if _, err := kernel.FindInit(); err != nil {
+		return fmt.Errorf("%s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// vmmReaches checks that the VMM, which runs as the VMM user, can open
+// the kernel it boots (in state_dir) and reach the VM's run directory
+// (sockets, console log, initramfs), so that a state_dir under a private
+// directory is an error here instead of a VMM that fails at every restart.
+func vmmReaches(in *config.Infra, vm *config.VM) error {
+	u := lookupIDs(in.Host.User)
+	for _, p := range []string{in.Host.ImageVmlinux(vm.Image), vm.RunDir} {
+		if err := u.reaches(p); err != nil {
+			return fmt.Errorf("%s: the VMM runs as user %s, which cannot reach %s: %w; make it reachable (chmod o+x on the directory) or move state_dir or run_dir in %s", vm.Name, in.Host.User, p, err, in.File)
+		}
+	}
+	return nil
+}
+
+// access is a user as the kernel checks file access: uid, groups.
+type access struct {
+	uid    int
+	groups map[int]bool
+}
+
+// lookupIDs returns the user's ids; a user that does not exist yet (apply
+// creates it) has none, and gets only what every user gets.
+func lookupIDs(name string) access {
+	id := access{uid: -1, groups: map[int]bool{}}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return id
+	}
+	id.uid, _ = strconv.Atoi(u.Uid)
+	if gid, err := strconv.Atoi(u.Gid); err == nil {
+		id.groups[gid] = true
+	}
+	gids, _ := u.GroupIds()
+	for _, g := range gids {
+		if n, err := strconv.Atoi(g); err == nil {
+			id.groups[n] = true
+		}
+	}
+	return id
+}
+
+// reaches checks search permission on every directory above path that
+// exists, and read permission on path if it exists, by the mode bits
+// (ACLs are not read). What does not exist yet is made reachable by the
+// supervisor.
+func (id access) reaches(path string) error {
+	var dirs []string
+	for d := filepath.Dir(path); ; d = filepath.Dir(d) {
+		dirs = append([]string{d}, dirs...)
+		if d == "/" {
+			break
+		}
+	}
+	for _, d := range dirs {
+		fi, err := os.Stat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !id.may(fi, 1) {
+			return fmt.Errorf("%s is mode %04o, owned by uid %d", d, fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Uid)
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil
+	}
+	want := os.FileMode(4)
+	if fi.IsDir() {
+		want = 1
+	}
+	if !id.may(fi, want) {
+		return fmt.Errorf("it is mode %04o, owned by uid %d", fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Uid)
+	}
+	return nil
+}
+
+// may reports whether id has the access bits want (4 read, 1 search) on fi.
+func (id access) may(fi os.FileInfo, want os.FileMode) bool {
+	st := fi.Sys().(*syscall.Stat_t)
+	perm := fi.Mode().Perm()
+	switch {
+	case id.uid >= 0 && int(st.Uid) == id.uid:
+		return perm>>6&want == want
+	case id.groups[int(st.Gid)]:
+		return perm>>3&want == want
+	}
+	return perm&want == want
+}
