@@ -215,7 +215,7 @@ func (c *command) cobra(stdout, stderr io.Writer) *cobra.Command {
 		if fs.ShorthandLookup("f") != nil {
 			short = ""
 		}
-		fs.StringVarP(&e.fileFlag, "file", short, "", "the infra.toml `FILE` to read (default: $"+config.EnvFile+", else ./infra.toml, else "+config.SystemFile+")")
+		fs.StringVarP(&e.fileFlag, "file", short, "", "read infra.toml from `FILE` (default: $"+config.EnvFile+", else ./infra.toml, else "+config.SystemFile+")")
 		cc.RegisterFlagCompletionFunc("file", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 			return []string{"toml"}, cobra.ShellCompDirectiveFilterFileExt
 		})
@@ -301,7 +301,7 @@ Commands:
 `)
 	for _, c := range root.Commands() {
 		if !c.Hidden {
-			fmt.Fprintf(w, "  %-10s %s\n", c.Name(), c.Short)
+			fmt.Fprintf(w, "  %-11s %s\n", c.Name(), c.Short)
 		}
 	}
 	fmt.Fprintf(w, `
@@ -341,7 +341,7 @@ func help(w io.Writer, c *cobra.Command) {
 		fmt.Fprintln(w, "\nCommands:")
 		for _, s := range c.Commands() {
 			if !s.Hidden {
-				fmt.Fprintf(w, "  %-10s %s\n", s.Name(), s.Short)
+				fmt.Fprintf(w, "  %-11s %s\n", s.Name(), s.Short)
 			}
 		}
 	}

@@ -49,7 +49,9 @@ func TestSnapshotUsage(t *testing.T) {
 	}{
 		{[]string{"snapshot"}, 2, "name one VM, and optionally a label"},
 		{[]string{"snapshots", "-f", file, "vm1", "x"}, 2, "name one VM"},
-		{[]string{"rollback", "-f", file, "vm1", "--yes"}, 2, "--yes must come before the VM's name"},
+		{[]string{"rollback", "vm1", "--yes", "-f", file}, 1, `snapshots need [host] storage = "zfs"`}, // flags anywhere
+		{[]string{"snapshot", "rm", "-f", file, "vm1"}, 2, "name one VM and the snapshots to destroy"},
+		{[]string{"snapshot", "rm", "-f", file, "vm1", "x"}, 1, `snapshots need [host] storage = "zfs"`},
 		{[]string{"snapshot", "-f", file, "vm9"}, 1, `no VM "vm9" in ` + file},
 		{[]string{"snapshot", "-f", file, "vm1"}, 1, file + `: snapshots need [host] storage = "zfs" in infra.toml`},
 		{[]string{"rollback", "-f", file, "vm1"}, 1, `snapshots need [host] storage = "zfs"`},
@@ -125,6 +127,21 @@ func TestSnapshotCommandsZFS(t *testing.T) {
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 ||
 		!strings.HasPrefix(lines[0], "NAME") || !strings.HasPrefix(lines[1], "before ") || !strings.HasSuffix(lines[1], "manual") || !strings.HasPrefix(lines[2], "later ") {
 		t.Errorf("snapshots:\n%s", out)
+	}
+	out = mustCLI("", "snapshots", "vm1", "--json", "-f", file)
+	checkShape(t, out, snapshotsDoc{})
+	if !strings.Contains(out, `"name": "before"`) || !strings.Contains(out, `"automatic": false`) {
+		t.Errorf("snapshots --json:\n%s", out)
+	}
+	mustCLI("", "snapshot", "-f", file, "vm1", "extra")
+	if out, code := snapCLI(t, "", "snapshot", "rm", "-f", file, "vm1", "extra", "nope"); code != 1 || !strings.Contains(out, `vm1 has no snapshot "nope"`) {
+		t.Errorf("snapshot rm of a missing one: exit %d\n%s", code, out)
+	}
+	if out := mustCLI("", "snapshot", "rm", "-f", file, "vm1", "extra"); !strings.Contains(out, "snapshot extra of vm1 destroyed") {
+		t.Errorf("snapshot rm: %s", out)
+	}
+	if out := mustCLI("", "snapshots", "-f", file, "vm1"); strings.Contains(out, "extra") {
+		t.Errorf("snapshot rm left it:\n%s", out)
 	}
 
 	out, code := snapCLI(t, "no\n", "rollback", "-f", file, "vm1", "before")

@@ -61,7 +61,14 @@ Examples:
 			if err != nil {
 				return err
 			}
-			defer lock.Release()
+			defer func() {
+				// The lock lives in run_dir, which goes too.
+				lock.Release()
+				if !dryRun {
+					os.Remove(in.Host.LockFile())
+					os.Remove(in.Host.RunDir)
+				}
+			}()
 			p, err := teardownPlan(e, in, m, data)
 			if err != nil {
 				return err

@@ -45,7 +45,9 @@ func Teardown(in *config.Infra) (*Plan, error) {
 	} else if cur != nil {
 		p.Actions = append(p.Actions, firewall.Delete{})
 	}
-	if _, err := os.Lstat(in.Host.RunDir); err == nil {
+	// A run_dir that holds only the lock (which teardown itself takes)
+	// is gone with the lock.
+	if entries, err := os.ReadDir(in.Host.RunDir); err == nil && !(len(entries) == 1 && entries[0].Name() == filepath.Base(in.Host.LockFile())) && len(entries) > 0 {
 		p.Actions = append(p.Actions, &RemoveTree{Dir: in.Host.RunDir, Unmount: true})
 	}
 	return p, nil
