@@ -10,15 +10,20 @@ build:
 demo: build
 	bin/microvm demo
 
-# Every test tier; CI=true turns a skip (no root, a missing tool) into a failure.
-# One package at a time (-p 1): the end-to-end packages each boot emulated
-# VMs, and two of them at once on a small machine only slow both down.
+# Every test tier, with the test kernel fetched and zfs-fuse started and
+# stopped around them (test/run.sh); CI=true turns a skip (no root, a
+# missing tool) into a failure. As root, after make deps test-deps.
 test:
-	go test -p 1 -count=1 -timeout 40m ./...
+	test/run.sh
 
-# What the tests and the demo need, on Debian or Ubuntu.
+# What a host needs to run VMs, on Debian or Ubuntu.
 deps:
 	bash .ci/deps
+
+# What the tests add (zfs-fuse among them: not for a host with
+# zfsutils-linux).
+test-deps: deps
+	bash .ci/test-deps
 
 # The benchmarks (bench/README.md), each rewriting its section of
 # docs/benchmarks.md; as root, in sandbox namespaces. boot, disk and memory
@@ -34,4 +39,7 @@ bench:
 install: build
 	install -m 0755 bin/microvm bin/microvm-init /usr/local/bin/
 
-.PHONY: build demo test deps install bench
+uninstall:
+	rm -f /usr/local/bin/microvm /usr/local/bin/microvm-init
+
+.PHONY: build demo test deps test-deps install uninstall bench

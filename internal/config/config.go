@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2/unstable"
@@ -320,7 +321,7 @@ func (p *parser) derive() {
 	p.resources(&def, p.defaults, "defaults")
 
 	if len(p.vms) == 0 {
-		p.errorf(Pos{1, 1}, "no VMs are declared; add one, e.g.\n\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"")
+		p.errorf(Pos{1, 1}, "no VMs are declared; add one, e.g. [vm.vm1] with subnet = \"10.1.0.0/24\" (to remove the VMs and what apply made instead, run microvm teardown)")
 	}
 	used := map[netip.Prefix]string{}
 	for _, r := range p.vms {
@@ -468,7 +469,9 @@ func (p *parser) resources(vm *VM, vals map[string]*value, table string) {
 			vm.VCPU = n
 		}
 	}
-	if v, ok := vals["memory"]; ok {
+	if v, ok := vals["memory"]; ok && v.kind == unstable.String {
+		p.errorf(v.pos, "%s.memory = %q must be a whole number of MiB, not a string%s", table, v.str, mibHint(v.str))
+	} else if ok {
 		if n, ok := p.num(v, table+".memory"); ok {
 			if n < 128 || n > 1<<20 {
 				p.errorf(v.pos, "%s.memory = %d is out of range; it is in MiB, use 128 to 1048576 (e.g. memory = 1024 for 1 GiB)", table, n)
@@ -521,6 +524,26 @@ func (p *parser) resources(vm *VM, vals map[string]*value, table string) {
 			vm.DNS = s
 		}
 	}
+}
+
+// mibHint suggests the number of MiB a size such as "2G" or "512MiB" is.
+func mibHint(s string) string {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return !(r >= '0' && r <= '9' || r == '.') })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.ToUpper(strings.TrimSpace(t[i:]))
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return "; e.g. memory = 1024 for 1 GiB"
+	}
+	scale := map[string]float64{"": 1, "M": 1, "MB": 1, "MIB": 1, "G": 1024, "GB": 1024, "GIB": 1024, "T": 1 << 20, "TB": 1 << 20, "TIB": 1 << 20}
+	m, ok := scale[unit]
+	if !ok {
+		return "; e.g. memory = 1024 for 1 GiB"
+	}
+	return fmt.Sprintf("; write memory = %d", int(f*m))
 }
 
 // subnet parses and checks one VM subnet.
