@@ -130,7 +130,7 @@ func TestLifecycle(t *testing.T) {
 
 	// up: both VMs, detached (this machine's PID 1 is not systemd).
 	began := time.Now()
-	if r := mvm("up", "-f", file, "lc1", "lc2"); r.code != 0 {
+	if r := mvm("up", "--all", "-f", file); r.code != 0 {
 		t.Fatalf("up: %s", r.out)
 	} else {
 		t.Logf("up returned in %s:\n%s", time.Since(began).Round(100*time.Millisecond), r.out)
@@ -150,17 +150,46 @@ func TestLifecycle(t *testing.T) {
 			}
 		}
 		r = mvm("status", "--json", "-f", file)
-		var rows []struct {
-			Name   string `json:"name"`
-			State  string `json:"state"`
-			Uptime int64  `json:"uptime_seconds"`
-			Disk   int64  `json:"disk_bytes"`
+		var doc struct {
+			Version int `json:"version"`
+			VMs     []struct {
+				Name   string `json:"name"`
+				State  string `json:"state"`
+				Uptime int64  `json:"uptime_seconds"`
+				Disk   int64  `json:"disk_bytes"`
+			} `json:"vms"`
 		}
-		if err := json.Unmarshal([]byte(r.out), &rows); err != nil {
+		if err := json.Unmarshal([]byte(r.out), &doc); err != nil {
 			t.Fatalf("status --json: %v\n%s", err, r.out)
 		}
-		if len(rows) != 2 || rows[0].State != "running" || rows[0].Uptime < 1 || rows[0].Disk == 0 {
-			t.Errorf("status --json: %+v", rows)
+		if rows := doc.VMs; doc.Version != 1 || len(rows) != 2 || rows[0].State != "running" || rows[0].Uptime < 1 || rows[0].Disk == 0 {
+			t.Errorf("status --json: %+v", doc)
+		}
+	})
+
+	t.Run("info and exec", func(t *testing.T) {
+		r := mvm("info", "lc1", "-f", file)
+		t.Logf("microvm info lc1:\n%s", r.out)
+		for _, want := range []string{"state      running since", "qemu pid ", "keeper pid ", "bridge br-lc1, TAP vm-lc1, MAC ", "nothing since it started"} {
+			if !strings.Contains(r.out, want) {
+				t.Errorf("info lc1 lacks %q", want)
+			}
+		}
+		var info struct {
+			State  string `json:"state"`
+			VMMPid int    `json:"vmm_pid"`
+			VM     struct {
+				Address string `json:"address"`
+			} `json:"vm"`
+		}
+		r = mvm("info", "--json", "lc1", "-f", file)
+		if err := json.Unmarshal([]byte(r.out), &info); err != nil || info.State != "running" || !systemd.Alive(info.VMMPid) || info.VM.Address != "10.1.0.2" {
+			t.Errorf("info --json: %v %+v\n%s", err, info, r.out)
+		}
+		// exec hands each argument over as one, and exits with the
+		// command's status.
+		if r := mvm("exec", "lc2", "-f", file, "--", "sh", "-c", `echo "$1|$2"; exit 3`, "sh", "a b", "it's"); r.code != 3 || r.out != "a b|it's\n" {
+			t.Errorf("exec: exit %d, %q; want 3 and %q", r.code, r.out, "a b|it's\n")
 		}
 	})
 
@@ -247,10 +276,16 @@ func TestLifecycle(t *testing.T) {
 	})
 
 	t.Run("down is a clean shutdown", func(t *testing.T) {
-		r := mvm("down", "-f", file, "lc1", "lc2")
-		t.Logf("microvm down:\n%s", r.out)
-		if r.code != 0 {
+		r := mvm("down", "-f", file, "--timeout", "2m", "lc1")
+		t.Logf("microvm down --timeout 2m lc1:\n%s", r.out)
+		if r.code != 0 || !strings.Contains(r.out, "lc1 stopped in ") {
 			t.Fatalf("down: exit %d", r.code)
+		}
+		// --force: the plug pulled, at once, and nothing left running.
+		r = mvm("down", "--force", "lc2", "-f", file)
+		t.Logf("microvm down --force lc2:\n%s", r.out)
+		if r.code != 0 || !strings.Contains(r.out, "lc2 killed (its VMM, pid ") {
+			t.Fatalf("down --force: exit %d", r.code)
 		}
 		console, _ := os.ReadFile(lc1.ConsoleLog())
 		if !strings.Contains(string(console), "systemd-shutdown") {

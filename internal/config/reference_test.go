@@ -1,0 +1,91 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestReference checks the README's infra.toml reference against the
+// code: every key the parser knows is in it, nothing else is, and each
+// default is the value the model has when the file leaves the key out.
+func TestReference(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	start := strings.Index(doc, "\n## infra.toml reference")
+	if start < 0 {
+		t.Fatal("README has no section \"## infra.toml reference\"")
+	}
+	doc = doc[start+1:]
+	if end := strings.Index(doc[1:], "\n## "); end >= 0 {
+		doc = doc[:end+1]
+	}
+	got := map[string]string{} // "[table] key" -> default, as written
+	for _, line := range strings.Split(doc, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`[") {
+			continue
+		}
+		got[strings.Trim(strings.TrimSpace(cells[1]), "`")] = strings.Trim(strings.TrimSpace(cells[2]), "`")
+	}
+
+	in, err := Parse("min.toml", []byte("[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, vm := in.Host, in.VMs[0]
+	defaults := map[string]string{
+		"[host] uplink": "required", "[vm.NAME] subnet": "required",
+		"[host] state_dir": fmt.Sprintf("%q", h.StateDir), "[host] run_dir": fmt.Sprintf("%q", h.RunDir),
+		"[host] user": fmt.Sprintf("%q", h.User), "[host] accel": fmt.Sprintf("%q", h.Accel),
+		"[host] storage": fmt.Sprintf("%q", h.Storage), "[host] zfs_dataset": fmt.Sprintf("%q", h.ZFSDataset),
+		"[host] keep_snapshots":                fmt.Sprint(h.KeepSnapshots),
+		"[host.tailscale] enabled":             fmt.Sprintf("%q", string(h.Tailscale.Enabled)),
+		"[host.tailscale] socket":              fmt.Sprintf("%q", h.Tailscale.Socket),
+		"[host.tailscale] allow_vm_to_tailnet": fmt.Sprint(h.Tailscale.AllowVMToTailnet),
+		"[defaults] vcpu":                      fmt.Sprint(vm.VCPU), "[defaults] memory": fmt.Sprint(vm.MemoryMiB),
+		"[defaults] hypervisor": fmt.Sprintf("%q", vm.Hypervisor), "[defaults] image": fmt.Sprintf("%q", vm.Image),
+		"[defaults] dns": fmt.Sprintf("%q", vm.DNS), "[defaults] ssh_keys": "[]",
+		"[defaults] autostart": fmt.Sprint(vm.Autostart),
+	}
+	// Every key the parser knows, and no other.
+	want := map[string]bool{}
+	for _, k := range hostKeys {
+		if k != "tailscale" { // the table [host.tailscale]
+			want["[host] "+k] = true
+		}
+	}
+	for _, k := range tailscaleKeys {
+		want["[host.tailscale] "+k] = true
+	}
+	for _, k := range defaultsKeys {
+		want["[defaults] "+k] = true
+	}
+	for _, k := range vmKeys {
+		want["[vm.NAME] "+k] = true
+		if k != "subnet" {
+			defaults["[vm.NAME] "+k] = "[defaults]"
+			if !slices.Contains(defaultsKeys, k) {
+				t.Errorf("[vm.NAME] %s is not a key of [defaults]; give it a default of its own here", k)
+			}
+		}
+	}
+	for k := range want {
+		if _, ok := got[k]; !ok {
+			t.Errorf("the README's reference lacks %s", k)
+		}
+	}
+	for k, v := range got {
+		switch {
+		case !want[k]:
+			t.Errorf("the README's reference has %s, which infra.toml does not", k)
+		case v != defaults[k]:
+			t.Errorf("the README says %s defaults to %s; the code says %s", k, v, defaults[k])
+		}
+	}
+}
