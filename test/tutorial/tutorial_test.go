@@ -42,8 +42,8 @@ var notHere = map[string]string{
 	"microvm status --host":                  "in step 2, before the file exists (step 3); internal/cli's TestJSONHost runs it",
 	"microvm image build debian": "takes minutes and downloads about 100 MB: the test uses the image the image tests " +
 		"built (internal/image/imagetest), which this command would refuse to replace",
-	"systemctl status microvm@vm1": "systemd is not PID 1 here; the units are verified with systemd-analyze (internal/systemd)",
-	"journalctl -u microvm@vm1 -f": "as systemctl, above (and -f never ends)",
+	"systemctl status microvm@vm1":                     "systemd is not PID 1 here; the units are verified with systemd-analyze (internal/systemd)",
+	"journalctl -u microvm@vm1 -f":                     "as systemctl, above (and -f never ends)",
 	"curl -fsSL https://tailscale.com/install.sh | sh": "downloads from the internet, which tests never reach",
 	"tailscale up --advertise-routes=10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24": "needs a tailnet; test/tailscale " +
 		"runs tailscaled against a test control server",
@@ -188,7 +188,10 @@ func TestTutorial(t *testing.T) {
 		t.Fatal(err)
 	}
 	goPath, _ := exec.LookPath("go")
-	goEnv := func(k string) string { b, _ := exec.Command("go", "env", k).Output(); return strings.TrimSpace(string(b)) }
+	goEnv := func(k string) string {
+		b, _ := exec.Command("go", "env", k).Output()
+		return strings.TrimSpace(string(b))
+	}
 	n := &ns{t: t, holder: holder, env: []string{
 		"PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:" + filepath.Dir(goPath),
 		"HOME=" + home, "GOCACHE=" + goEnv("GOCACHE"), "GOMODCACHE=" + goEnv("GOMODCACHE"), "GOFLAGS=" + goEnv("GOFLAGS"),
