@@ -135,7 +135,10 @@ func imageJob(e *env, name string, job func(context.Context, config.Host, io.Wri
 	p.Close()
 	switch {
 	case ctx.Err() != nil:
-		return fmt.Errorf("stopped: %w; nothing of image %s was kept (the log is %s)", err, name, logPath)
+		if err == nil {
+			return nil // finished as the signal came
+		}
+		return fmt.Errorf("stopped (%v); nothing of image %s was kept (the log is %s)", context.Cause(ctx), name, logPath)
 	case err != nil:
 		return fmt.Errorf("%w\nthe whole log is %s", err, logPath)
 	}

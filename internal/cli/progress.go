@@ -64,6 +64,9 @@ func (p *progress) Write(b []byte) (int, error) {
 			p.newPhase(phase)
 		} else if strings.TrimSpace(line) != "" {
 			p.last = line
+			if p.tty && p.phase != "" {
+				p.draw()
+			}
 		}
 	}
 }
