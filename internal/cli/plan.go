@@ -55,7 +55,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if err := needRoot("plan reads the host's network, firewall and VMs to compare them with the file (it changes nothing)"); err != nil {
+			if err := needRoot("it reads the host's network, firewall and VMs to compare them with the file (and changes nothing)"); err != nil {
 				return err
 			}
 			p, err := planFor(e, in, hostOnly)
