@@ -252,11 +252,11 @@ func TestLifecycle(t *testing.T) {
 		if err != nil || !strings.Contains(string(out), "lc1 login:") || !strings.Contains(string(out), "detached from lc1's console") {
 			t.Errorf("console: %v\n%s", err, out)
 		}
-		r := mvm("logs", "-f", file, "-n", "3", "lc1")
+		r := mvm("logs", "--file", file, "-n", "3", "lc1")
 		if r.code != 0 || strings.Count(r.out, "\n") != 3 {
 			t.Errorf("logs -n 3: exit %d, %q", r.code, r.out)
 		}
-		if r := mvm("logs", "-f", file, "lc1"); !strings.Contains(r.out, "keeper: microvm run lc1 failed") {
+		if r := mvm("logs", "--file", file, "lc1"); !strings.Contains(r.out, "keeper: microvm run lc1 failed") {
 			t.Errorf("the supervisor log does not show the restart:\n%s", r.out)
 		}
 	})
