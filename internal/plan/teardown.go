@@ -54,11 +54,11 @@ func Teardown(in *config.Infra) (*Plan, error) {
 }
 
 // RemoveTree removes Dir and everything in it; rm does not follow
-// symlinks. With Unmount (run_dir), what is mounted under Dir (the
-// read-only image views) is unmounted first, deepest first. Without it
-// (state_dir), a mount below Dir stops it, and a filesystem mounted at Dir
-// itself is emptied and left mounted. Nothing is removed while a mount
-// below Dir is left.
+// symlinks. With Unmount (run_dir), what is mounted below Dir (the
+// read-only image views) is unmounted first, deepest first; without it
+// (state_dir), a mount below Dir stops it. A filesystem mounted at Dir
+// itself (a tmpfs for run_dir, a disk for state_dir) is emptied and left
+// mounted. Nothing is removed while a mount below Dir is left.
 type RemoveTree struct {
 	Dir     string
 	Unmount bool
@@ -86,7 +86,7 @@ func (a *RemoveTree) Apply() error {
 	var below []string
 	for _, m := range mounts {
 		switch {
-		case m == a.Dir && !a.Unmount:
+		case m == a.Dir:
 			at = true
 		case a.Unmount:
 			if err := unix.Unmount(m, 0); err != nil && err != unix.EINVAL {
@@ -99,8 +99,14 @@ func (a *RemoveTree) Apply() error {
 	if a.Unmount {
 		// Mounts stacked on one another show up again once the top one
 		// is gone: whatever is left stops the removal.
-		if below, err = mountinfo.Under(a.Dir); err != nil {
+		left, err := mountinfo.Under(a.Dir)
+		if err != nil {
 			return err
+		}
+		for _, m := range left {
+			if m != a.Dir {
+				below = append(below, m)
+			}
 		}
 	}
 	if len(below) > 0 {
