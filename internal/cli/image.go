@@ -48,9 +48,10 @@ func imageBuildCmd() *command {
 		short: "build an image from its recipe (debian)",
 		long: `
 Builds the image NAME from its recipe. The one recipe is debian: Debian 12
-with systemd, OpenSSH and the cloud kernel, made with debootstrap (about
-2 minutes on a 2-core machine with a fast mirror: docs/benchmarks.md; it
-downloads about 100 MB). Any other system comes in with image import.
+with systemd, OpenSSH and the cloud kernel, made with debootstrap (3 min
+29 s measured on a busy 2-core machine, nearly all of it debootstrap
+downloading and unpacking about 100 MB). Any other system comes in with
+image import.
 
 It shows each phase with the time since the start; the whole output of
 debootstrap goes to a log file it names (RUN_DIR/images/NAME.build.log).

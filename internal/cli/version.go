@@ -10,10 +10,11 @@ var Version = ""
 
 func versionCmd() *command {
 	return &command{
-		name:  "version",
-		args:  "",
-		short: "print the version",
-		long:  "Prints the version of microvm and the Go it was built with.",
+		name:   "version",
+		args:   "",
+		short:  "print the version",
+		noFile: true,
+		long:   "Prints the version of microvm and the Go it was built with.",
 		run: func(e *env, args []string) error {
 			v := Version
 			info, ok := debug.ReadBuildInfo()
