@@ -92,11 +92,7 @@ Examples:
 			if len(args) != 1 {
 				return fmt.Errorf("%w: name one VM", errUsage)
 			}
-			_, vm, b, err := loadSnapshots(e, args[0])
-			if err != nil {
-				return err
-			}
-			snaps, err := b.Snapshots(vm)
+			_, vm, _, snaps, err := listSnapshots(e, args[0])
 			if err != nil {
 				return err
 			}
@@ -150,11 +146,7 @@ Examples:
 			if len(args) < 1 || len(args) > 2 {
 				return fmt.Errorf("%w: name one VM, and optionally a snapshot", errUsage)
 			}
-			in, vm, b, err := loadSnapshots(e, args[0])
-			if err != nil {
-				return err
-			}
-			snaps, err := b.Snapshots(vm)
+			in, vm, b, snaps, err := listSnapshots(e, args[0])
 			if err != nil {
 				return err
 			}
@@ -210,11 +202,7 @@ Examples:
 			if len(args) < 2 {
 				return fmt.Errorf("%w: name one VM and the snapshots to destroy", errUsage)
 			}
-			_, vm, b, err := loadSnapshots(e, args[0])
-			if err != nil {
-				return err
-			}
-			snaps, err := b.Snapshots(vm)
+			_, vm, b, snaps, err := listSnapshots(e, args[0])
 			if err != nil {
 				return err
 			}
@@ -232,6 +220,19 @@ Examples:
 			return nil
 		},
 	}
+}
+
+// listSnapshots is loadSnapshots with the VM's snapshots, oldest first.
+func listSnapshots(e *env, name string) (*config.Infra, *config.VM, storage.Backend, []storage.Snapshot, error) {
+	in, vm, b, err := loadSnapshots(e, name)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	snaps, err := b.Snapshots(vm)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return in, vm, b, snaps, nil
 }
 
 // snapshotsDoc is snapshots --json.
