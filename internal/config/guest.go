@@ -21,7 +21,12 @@ import "path/filepath"
 // called name: written when the VM is first prepared, and required by
 // destroy, so that no other directory of state_dir is ever deleted as a
 // VM's. Only root can write there.
-func (h Host) VMMarker(name string) string { return filepath.Join(h.StateDir, name, ".microvm-vm") }
+func (h Host) VMMarker(name string) string { return filepath.Join(h.StateDir, name, vmMarker) }
+
+// Marker is vm's VMMarker.
+func (vm *VM) Marker() string { return filepath.Join(vm.StateDir, vmMarker) }
+
+const vmMarker = ".microvm-vm"
 
 // Staging is where the image's tree (etc or var) is copied for the VM
 // before it becomes vm's own: a directory the guest never sees.

@@ -110,6 +110,12 @@ func (d *Dir) Chown(uid, gid int) error {
 // OpenDir opens the directory name beneath d.
 func (d *Dir) OpenDir(name string) (*Dir, error) {
 	fd, err := d.openat(name, unix.O_RDONLY|unix.O_DIRECTORY)
+	if errors.Is(err, unix.ENOTDIR) {
+		// O_DIRECTORY answers a symlink with ENOTDIR; say which it is.
+		if st, lerr := d.Lstat(name); lerr == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			err = d.err("open", name, unix.ELOOP)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -495,6 +501,9 @@ func (d *Dir) err(op, name string, err error) error {
 	return &fs.PathError{Op: op, Path: d.join(name), Err: explain(err)}
 }
 
+// ErrNotRegular is the error for a file that is not a regular file.
+var ErrNotRegular = errors.New("not a regular file")
+
 // ErrSymlink is the error for a name that is, or goes through, a symlink.
 var ErrSymlink = errors.New("is or passes through a symlink, which is not followed here")
 
@@ -526,7 +535,7 @@ func regular(fd int) error {
 		return err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return errors.New("not a regular file")
+		return ErrNotRegular
 	}
 	return nil
 }
