@@ -367,7 +367,7 @@ func (p *parser) derive() {
 		vm.Bridge = "br-" + r.name
 		vm.TAP = "vm-" + r.name
 		vm.MAC = macFor(r.name)
-		vm.User = h.User + "-" + r.name
+		vm.User = h.VMUser(r.name)
 		vm.Allow = p.allowList(r.vals["allow"], key+".allow")
 		if other, dup := macs[vm.MAC.String()]; dup {
 			p.errorf(r.at, "vm.%s and vm.%s derive the same MAC address %s; rename one of them", other, r.name, vm.MAC)

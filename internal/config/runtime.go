@@ -1,6 +1,9 @@
 package config
 
-import "path/filepath"
+import (
+	"io/fs"
+	"path/filepath"
+)
 
 // Runtime paths: where a running VM's sockets and console log live, and where
 // an image's files are. Like every other name, they are derived here and only
@@ -30,6 +33,14 @@ import "path/filepath"
 // RUN_DIR is a tmpfs on most hosts, which suits what lives there: sockets and
 // mounts do not survive a reboot either. Unix socket paths are limited to 107
 // bytes, so RUN_DIR must stay short.
+
+// Modes of the directories the program makes for each VM, set through
+// their descriptors at each start.
+const (
+	RunDirMode   fs.FileMode = 0o711 // RUN_DIR/NAME: root's; others reach names in it but cannot list or change it
+	VMMDirMode   fs.FileMode = 0o700 // RUN_DIR/NAME/vmm: the VM user's alone
+	StateDirMode fs.FileMode = 0o700 // STATE_DIR/NAME: root's alone; the guest sees etc and var in it through virtiofsd
+)
 
 // VMMDir is the part of the VM's run directory that its VMM writes.
 func (vm *VM) VMMDir() string { return filepath.Join(vm.RunDir, "vmm") }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -26,16 +25,7 @@ const AdminComment = "microvm-admin"
 // Every VM authorizes it, so `microvm ssh` and the tests can log in.
 func AdminKey(host config.Host) (pub, privPath string, err error) {
 	privPath = host.AdminKey()
-	dir := filepath.Dir(privPath)
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return "", "", fmt.Errorf("making the admin key: %w", err)
-	}
-	parent, err := safedir.Open(filepath.Dir(dir))
-	if err != nil {
-		return "", "", fmt.Errorf("making the admin key: %w", err)
-	}
-	defer parent.Close()
-	d, err := parent.MakeDir(filepath.Base(dir), 0o700, 0, 0)
+	d, err := safedir.MakePrivate(filepath.Dir(privPath), 0o700)
 	if err != nil {
 		return "", "", fmt.Errorf("making the admin key: %w", err)
 	}

@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -43,16 +42,7 @@ var trees = []string{"etc", "var"}
 // VM's (config.Host.VMMarker), and opens it. With storage = "zfs" the
 // directory is the VM's dataset, mounted by apply.
 func OpenState(vm *config.VM) (*safedir.Dir, error) {
-	parent := filepath.Dir(vm.StateDir)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, fmt.Errorf("making %s: %w", parent, err)
-	}
-	p, err := safedir.Open(parent)
-	if err != nil {
-		return nil, err
-	}
-	defer p.Close()
-	d, err := p.MakeDir(filepath.Base(vm.StateDir), 0o700, 0, 0)
+	d, err := safedir.MakePrivate(vm.StateDir, config.StateDirMode)
 	if err != nil {
 		return nil, fmt.Errorf("making %s: %w", vm.StateDir, err)
 	}

@@ -71,6 +71,26 @@ func OpenPrivate(path string) (*Dir, error) {
 	return d, nil
 }
 
+// MakePrivate makes the directory at path (and its missing parents, 0755)
+// if it is missing, gives it to root with mode perm, through its
+// descriptor, and opens it: a place where root keeps its own files. perm
+// must not let others write.
+func MakePrivate(path string, perm fs.FileMode) (*Dir, error) {
+	if perm&0o022 != 0 {
+		return nil, fmt.Errorf("%s: mode %#o would let others write", path, perm)
+	}
+	parent := filepath.Dir(path)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	p, err := Open(parent)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return p.MakeDir(filepath.Base(path), perm, 0, 0)
+}
+
 func (d *Dir) checkPrivate() error {
 	st, err := d.Stat()
 	if err != nil {

@@ -193,7 +193,7 @@ func TestLifecycle(t *testing.T) {
 		}
 		var again runner.Started
 		for {
-			if s, ok, _ := runner.ReadStarted(lc1); ok && s.VMMPid != st.VMMPid && systemd.Alive(s.VMMPid) {
+			if s, ok, _ := runner.ReadStarted(lc1); ok && s.VMMPid != st.VMMPid && s.VMM().Alive() {
 				again = s
 				break
 			}
