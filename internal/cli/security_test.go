@@ -10,12 +10,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/check"
@@ -139,10 +139,22 @@ func TestTAPOwnership(t *testing.T) {
 		{"vm-vm2", unix.EPERM},
 		{"vm-vm3", unix.EPERM},
 	} {
-		err := asUser(t, sb.Host, uid, gid, func() error { return attachTAP(tun, tt.tap) })
+		err := testenv.AsUser(uid, gid, enter(sb.Host), func() error { return attachTAP(tun, tt.tap) })
 		if err != tt.want {
 			t.Errorf("as vm1's VMM user (uid %d), attaching to %s: %v; want %v", uid, tt.tap, err, tt.want)
 		}
+	}
+}
+
+// enter joins the network namespace ns, on the calling thread.
+func enter(ns string) func() error {
+	return func() error {
+		h, err := netns.GetFromName(ns)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		return netns.Set(h)
 	}
 }
 
@@ -165,38 +177,6 @@ func attachTAP(dev, name string) error {
 		return errno
 	}
 	return nil
-}
-
-// asUser runs f in network namespace ns on a thread of its own that has
-// dropped root for uid and gid. The thread is never used again: its
-// goroutine ends locked to it, and the runtime ends the thread with it.
-func asUser(t *testing.T, ns string, uid, gid uint32, f func() error) error {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: see above
-		var ferr error
-		err := sandbox.Do(ns, func() error {
-			// The raw calls change this thread only, as wanted.
-			if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
-				return e
-			}
-			if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(gid), uintptr(gid), uintptr(gid)); e != 0 {
-				return e
-			}
-			if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)); e != 0 {
-				return e
-			}
-			ferr = f()
-			return nil
-		})
-		if err != nil {
-			errc <- fmt.Errorf("dropping root: %w", err)
-			return
-		}
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 // TestForeignLinks: a link with a name the model derives that the program

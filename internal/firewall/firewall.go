@@ -132,16 +132,16 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 // 203.0.113.0/24) are left out: nothing real is there, and the sandbox's
 // "internet" uses them.
 var Blocked = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),       // "this network"
-	netip.MustParsePrefix("10.0.0.0/8"),      // private (RFC 1918)
-	netip.MustParsePrefix("100.64.0.0/10"),   // CGNAT (RFC 6598), and the tailnet's addresses
-	netip.MustParsePrefix("127.0.0.0/8"),     // loopback
-	netip.MustParsePrefix("169.254.0.0/16"),  // link-local: cloud metadata (169.254.169.254)
-	netip.MustParsePrefix("172.16.0.0/12"),   // private (RFC 1918)
-	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments
-	netip.MustParsePrefix("192.168.0.0/16"),  // private (RFC 1918)
-	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking, often used inside networks
-	netip.MustParsePrefix("224.0.0.0/3"),     // multicast, reserved, broadcast
+	netip.MustParsePrefix("0.0.0.0/8"),      // "this network"
+	netip.MustParsePrefix("10.0.0.0/8"),     // private (RFC 1918)
+	netip.MustParsePrefix("100.64.0.0/10"),  // CGNAT (RFC 6598), and the tailnet's addresses
+	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local: cloud metadata (169.254.169.254)
+	netip.MustParsePrefix("172.16.0.0/12"),  // private (RFC 1918)
+	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments
+	netip.MustParsePrefix("192.168.0.0/16"), // private (RFC 1918)
+	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking, often used inside networks
+	netip.MustParsePrefix("224.0.0.0/3"),    // multicast, reserved, broadcast
 }
 
 // Ruleset is the table for the model and this host's uplink, as nft text.

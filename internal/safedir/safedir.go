@@ -41,7 +41,10 @@ const resolve = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_N
 // from these trees are keys, IDs and small records.
 const MaxRead = 1 << 20
 
-// Dir is an open directory.
+// Dir is an open directory. Its descriptor is an O_PATH one, which needs
+// only the right to pass through the directory (x), not to list it: a
+// user may read a file it knows the name of in a directory of mode 0711.
+// Changing the directory itself, or listing it, opens it again.
 type Dir struct {
 	fd   int
 	path string // for messages
@@ -50,7 +53,7 @@ type Dir struct {
 // Open opens the directory at path. Its last component must not be a
 // symlink.
 func Open(path string) (*Dir, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: explain(err)}
 	}
@@ -117,19 +120,36 @@ func (d *Dir) Stat() (unix.Stat_t, error) {
 	return st, nil
 }
 
-// Chmod sets the directory's mode, through its descriptor.
+// Chmod sets the directory's mode, through a descriptor of it.
 func (d *Dir) Chmod(perm fs.FileMode) error {
-	return d.err("chmod", "", unix.Fchmod(d.fd, uint32(perm.Perm())))
+	fd, err := d.reopen()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return d.err("chmod", "", unix.Fchmod(fd, uint32(perm.Perm())))
 }
 
-// Chown sets the directory's owner and group, through its descriptor.
+// Chown sets the directory's owner and group, through a descriptor of it.
 func (d *Dir) Chown(uid, gid int) error {
-	return d.err("chown", "", unix.Fchown(d.fd, uid, gid))
+	fd, err := d.reopen()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return d.err("chown", "", unix.Fchown(fd, uid, gid))
+}
+
+// reopen opens the directory itself for reading: the very directory d
+// holds, whatever its path leads to now.
+func (d *Dir) reopen() (int, error) {
+	fd, err := unix.Openat(d.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	return fd, d.err("open", "", err)
 }
 
 // OpenDir opens the directory name beneath d.
 func (d *Dir) OpenDir(name string) (*Dir, error) {
-	fd, err := d.openat(name, unix.O_RDONLY|unix.O_DIRECTORY)
+	fd, err := d.openat(name, unix.O_PATH|unix.O_DIRECTORY)
 	if errors.Is(err, unix.ENOTDIR) {
 		// O_DIRECTORY answers a symlink with ENOTDIR; say which it is.
 		if st, lerr := d.Lstat(name); lerr == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
@@ -217,7 +237,13 @@ func (d *Dir) Exists(name string) (bool, error) {
 // refused without blocking: the open does not wait for a FIFO's writer, and
 // a device opened by mistake is closed before it is read.
 func (d *Dir) Open(name string) (*os.File, error) {
-	fd, err := d.openat(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
+	return d.openRegular(name, unix.O_RDONLY)
+}
+
+// openRegular opens name beneath d with flags, without blocking, and keeps
+// it only if it is a regular file.
+func (d *Dir) openRegular(name string, flags int, mode ...uint32) (*os.File, error) {
+	fd, err := d.openat(name, flags|unix.O_NONBLOCK|unix.O_NOCTTY, mode...)
 	if err != nil {
 		return nil, err
 	}
@@ -328,15 +354,7 @@ func (d *Dir) writeTemp(base string, data []byte, perm fs.FileMode) (string, err
 // OpenAppend opens the regular file name beneath d for appending, making
 // it with mode perm if it is missing.
 func (d *Dir) OpenAppend(name string, perm fs.FileMode) (*os.File, error) {
-	fd, err := d.openat(name, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT|unix.O_NONBLOCK|unix.O_NOCTTY, uint32(perm.Perm()))
-	if err != nil {
-		return nil, err
-	}
-	if err := regular(fd); err != nil {
-		unix.Close(fd)
-		return nil, d.err("open", name, err)
-	}
-	return os.NewFile(uintptr(fd), d.join(name)), nil
+	return d.openRegular(name, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, uint32(perm.Perm()))
 }
 
 // Rename renames old to new, both beneath d. With noReplace it fails if new
@@ -414,10 +432,9 @@ func (d *Dir) RemoveAll(name string) error {
 
 // Names returns the names in d, unsorted.
 func (d *Dir) Names() ([]string, error) {
-	// A second descriptor: reading a directory moves its offset.
-	fd, err := unix.Openat(d.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := d.reopen()
 	if err != nil {
-		return nil, d.err("open", "", err)
+		return nil, err
 	}
 	f := os.NewFile(uintptr(fd), d.path)
 	defer f.Close()

@@ -2,6 +2,7 @@ package safedir
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 // tree makes a directory "guest" as a hostile guest could leave it, and an
@@ -168,6 +171,38 @@ func TestOpenPrivate(t *testing.T) {
 	os.Symlink(dir, link)
 	if _, err := Open(link); err == nil {
 		t.Error("Open followed a symlink as its last component")
+	}
+}
+
+// TestPassThrough: another user reads a file it knows the name of in a
+// private directory of mode 0711, as `microvm status` reads a VM's
+// started.json without root, and cannot list the directory.
+func TestPassThrough(t *testing.T) {
+	testenv.NeedRoot(t)
+	dir := filepath.Join(testenv.ShortDir(t), "run")
+	os.Chmod(filepath.Dir(dir), 0o755)
+	d, err := MakePrivate(dir, 0o711)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.WriteFile("record", []byte("hello"), 0o644)
+	d.Close()
+	err = testenv.AsUser(65534, 65534, nil, func() error {
+		d, err := OpenPrivate(dir)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if b, err := d.ReadFile("record"); err != nil || string(b) != "hello" {
+			return fmt.Errorf("ReadFile: %q, %v", b, err)
+		}
+		if _, err := d.Names(); err == nil {
+			return errors.New("listed a 0711 directory")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }
 

@@ -183,6 +183,9 @@ func TestLifecycle(t *testing.T) {
 		if r := mvm("ssh", "-f", file, "lc1", "--", "echo "+token+" > /var/marker && sync"); r.code != 0 {
 			t.Fatalf("writing the marker: %s", r.out)
 		}
+		// The guest plants symlinks to host paths in its /etc and /var;
+		// the restart below prepares its files again (attack_test.go).
+		checkHost := guestSymlinks(t, func(script string) result { return mvm("ssh", "-f", file, "lc1", "--", script) }, host.StateDir)
 		st, ok, err := runner.ReadStarted(lc1)
 		if !ok || err != nil {
 			t.Fatalf("no started record: %v", err)
@@ -206,6 +209,7 @@ func TestLifecycle(t *testing.T) {
 		if r := mvm("ssh", "-f", file, "--wait", "5m", "lc1", "--", "cat /var/marker"); r.code != 0 || strings.TrimSpace(r.out) != token {
 			t.Errorf("after the restart /var/marker: exit %d, %q; want %q", r.code, r.out, token)
 		}
+		checkHost(t)
 	})
 
 	t.Run("console and logs", func(t *testing.T) {
@@ -247,6 +251,16 @@ func TestLifecycle(t *testing.T) {
 	})
 
 	t.Run("down is a clean shutdown", func(t *testing.T) {
+		// lc1's VMM, compromised, reaches for lc2's files and plants
+		// pids and a symlink where root reads them (attack_test.go).
+		st, ok, err := runner.ReadStarted(lc1)
+		if !ok || err != nil {
+			t.Fatalf("no started record: %v", err)
+		}
+		uid, gid := vmmUser(t, st.VMMPid)
+		lc2, _ := in.VM("lc2")
+		vmmReach(t, uid, gid, lc1, lc2)
+		checkVictim := vmmAttack(t, lc1, uid, gid, dir)
 		r := mvm("down", "-f", file, "lc1", "lc2")
 		t.Logf("microvm down:\n%s", r.out)
 		if r.code != 0 {
@@ -268,6 +282,7 @@ func TestLifecycle(t *testing.T) {
 		if strings.Count(r.out, "stopped") != 2 {
 			t.Errorf("status after down:\n%s", r.out)
 		}
+		checkVictim(t)
 	})
 
 	t.Run("apply brings VMs to the file", func(t *testing.T) {

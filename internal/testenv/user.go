@@ -1,0 +1,42 @@
+package testenv
+
+import (
+	"fmt"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// AsUser runs f as uid and gid (with no supplementary groups), to attack
+// the host the way a compromised VMM would. It runs on a thread of its
+// own, which first runs enter as root if given (to join a network
+// namespace, say), then drops root for good: the goroutine ends locked to
+// the thread, so the Go runtime ends the thread instead of reusing it.
+func AsUser(uid, gid uint32, enter, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: see above
+		if enter != nil {
+			if err := enter(); err != nil {
+				errc <- err
+				return
+			}
+		}
+		// The raw calls change this thread only, as wanted.
+		for _, c := range []struct {
+			nr   uintptr
+			args [3]uintptr
+		}{
+			{unix.SYS_SETGROUPS, [3]uintptr{0, 0, 0}},
+			{unix.SYS_SETRESGID, [3]uintptr{uintptr(gid), uintptr(gid), uintptr(gid)}},
+			{unix.SYS_SETRESUID, [3]uintptr{uintptr(uid), uintptr(uid), uintptr(uid)}},
+		} {
+			if _, _, e := unix.RawSyscall(c.nr, c.args[0], c.args[1], c.args[2]); e != 0 {
+				errc <- fmt.Errorf("dropping root for uid %d: %w", uid, e)
+				return
+			}
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
