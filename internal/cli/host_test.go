@@ -6,6 +6,7 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -96,6 +97,14 @@ func TestHostApply(t *testing.T) {
 			for _, want := range []string{"master " + vm.Bridge, "tun type tap pi off vnet_hdr on multi_queue", "persist on user " + vm.User + " group " + vm.User, "alias microvm:" + vm.Name} {
 				if !strings.Contains(string(out), want) {
 					t.Errorf("%s lacks %q:\n%s", vm.TAP, want, out)
+				}
+			}
+		}
+		for _, vm := range in.VMs {
+			out, _ := sandbox.Command(sb.Host, "ip", "-d", "link", "show", vm.Bridge).Output()
+			for _, want := range []string{fmt.Sprintf("group %d", config.LinkGroup), "alias microvm:" + vm.Name} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("%s lacks %q:\n%s", vm.Bridge, want, out)
 				}
 			}
 		}
