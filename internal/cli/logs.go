@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
-	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
@@ -72,9 +71,9 @@ Examples:
 // anything the VMM could have put in their place (package runner).
 func openLog(vm *config.VM, console bool) (*os.File, error) {
 	if console {
-		return runner.OpenConsoleLog(vm)
+		return systemd.OpenConsoleLog(vm)
 	}
-	return runner.OpenSupervisorLog(vm)
+	return systemd.OpenSupervisorLog(vm)
 }
 
 // showFile prints vm's console or supervisor log (its last lines if lines

@@ -17,7 +17,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
-	"github.com/simple-microvm-infra/microvm/internal/runner"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
 // VM is a real microVM running in the sandbox: `microvm run NAME` started
@@ -134,9 +134,9 @@ func Tail(b []byte, n int) string {
 
 // Console returns the end of vm's console log, n lines, read as the
 // program reads it: without following anything its VMM could have put in
-// its place (runner.OpenConsoleLog).
+// its place (systemd.OpenConsoleLog).
 func Console(vm *config.VM, n int) string {
-	f, err := runner.OpenConsoleLog(vm)
+	f, err := systemd.OpenConsoleLog(vm)
 	if err != nil {
 		return err.Error()
 	}
