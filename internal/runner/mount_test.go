@@ -19,7 +19,14 @@ import (
 // mount is gone.
 func TestProtectState(t *testing.T) {
 	testenv.NeedRoot(t)
-	vm := &config.VM{Name: "vm1", StateDir: filepath.Join(t.TempDir(), "vm1")}
+	// A tmpfs of the test's own, mounted without nodev: where /tmp has
+	// nodev, the premise below would not hold.
+	top := t.TempDir()
+	if err := unix.Mount("tmpfs", top, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(top, unix.MNT_DETACH) })
+	vm := &config.VM{Name: "vm1", StateDir: filepath.Join(top, "vm1")}
 	dev := filepath.Join(vm.StateDir, "var", "zero")
 	if err := os.MkdirAll(filepath.Dir(dev), 0o755); err != nil {
 		t.Fatal(err)
