@@ -204,6 +204,11 @@ func TestPassThrough(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
+	// The process itself (its main thread, which ps and userdel see)
+	// is still root's.
+	if b, _ := os.ReadFile("/proc/self/status"); !strings.Contains(string(b), "\nUid:\t0\t") {
+		t.Errorf("the test process is no longer root's:\n%s", b)
+	}
 }
 
 func TestWalk(t *testing.T) {

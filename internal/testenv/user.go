@@ -11,11 +11,20 @@ import (
 // the host the way a compromised VMM would. It runs on a thread of its
 // own, which first runs enter as root if given (to join a network
 // namespace, say), then drops root for good: the goroutine ends locked to
-// the thread, so the Go runtime ends the thread instead of reusing it.
+// the thread, so the Go runtime ends the thread instead of reusing it. (Not
+// the main thread: the runtime parks that one instead, and the process
+// would go on as the user, for userdel and ps to see.)
 func AsUser(uid, gid uint32, enter, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: see above
+		if unix.Gettid() == unix.Getpid() {
+			// The main thread is never ended, only parked: keep it,
+			// and let another thread (not this one, held here) drop root.
+			errc <- AsUser(uid, gid, enter, f)
+			runtime.UnlockOSThread()
+			return
+		}
 		if enter != nil {
 			if err := enter(); err != nil {
 				errc <- err

@@ -92,6 +92,13 @@ func startNoNewPrivs(cmd *exec.Cmd) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// The runtime parks the main thread instead of ending it: keep
+			// it, and set the bit on another thread (not this one, held).
+			errc <- startNoNewPrivs(cmd)
+			runtime.UnlockOSThread()
+			return
+		}
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			errc <- fmt.Errorf("setting no_new_privs: %w", err)
 			return

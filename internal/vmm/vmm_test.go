@@ -364,7 +364,11 @@ func TestNoNewPrivs(t *testing.T) {
 	if got := strings.TrimSpace(out.String()); got != "NoNewPrivs:\t1" {
 		t.Errorf("the VMM's status says %q, want NoNewPrivs:\t1", got)
 	}
-	// The thread that started it is gone; others start programs as usual.
+	// The thread that started it is gone (the main thread never is);
+	// others start programs as usual.
+	if b, _ := os.ReadFile("/proc/self/status"); !strings.Contains(string(b), "NoNewPrivs:\t0") {
+		t.Errorf("the caller's main thread has no_new_privs set")
+	}
 	for range 5 {
 		out, _ := exec.Command("grep", "NoNewPrivs", "/proc/self/status").Output()
 		if got := strings.TrimSpace(string(out)); got != "NoNewPrivs:\t0" {
