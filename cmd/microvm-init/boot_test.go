@@ -245,12 +245,12 @@ memory = 256
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The test runs QEMU as root, and the user "microvm" need not exist:
-	// no socket group for the daemons.
-	in.Host.User = ""
+	// The test runs QEMU as root, and the VM's user need not exist: no
+	// socket group for the daemons.
 	vm, _ := in.VM("vm1")
+	vm.User = ""
 	e := &bootEnv{host: in.Host, vm: vm, rootfs: in.Host.ImageRootfs(vm.Image), daemon: daemon}
-	for _, d := range []string{vm.EtcDir, vm.VarDir, vm.RunDir, e.host.ImageDir(vm.Image)} {
+	for _, d := range []string{vm.EtcDir, vm.VarDir, vm.VMMDir(), e.host.ImageDir(vm.Image)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}

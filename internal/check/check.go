@@ -38,6 +38,9 @@ type Prober interface {
 // Host is the "from" of probes sent by the host itself.
 const Host = "host"
 
+// PrivateColumn is the column of Target.Private: "internet only".
+const PrivateColumn = "lan, metadata"
+
 // Target describes where the probes go. Servers answering "seen ADDR" on
 // Port (TCP and UDP) must run on the internet target and in every VM.
 type Target struct {
@@ -45,6 +48,10 @@ type Target struct {
 	Port     uint16     // TCP and UDP port of every test server
 	Uplink   netip.Addr // the address the internet must see (NAT)
 	HostSSH  []netip.Addr
+	// Private are servers beyond the internet that no VM may reach: hosts
+	// on the uplink's network, a cloud's metadata server. Probed on Port
+	// when given; the column is left out otherwise.
+	Private []netip.Addr
 }
 
 // Cell is one verdict of the matrix.
@@ -81,6 +88,9 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 		r.Columns = append(r.Columns, vm.Name)
 	}
 	r.Columns = append(r.Columns, "own gateway", "other gateways", "host ssh")
+	if len(t.Private) > 0 {
+		r.Columns = append(r.Columns, PrivateColumn)
+	}
 
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -139,6 +149,18 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 			}
 			return Cell{"blocked", true}
 		})
+		if len(t.Private) > 0 {
+			do(from, PrivateColumn, func() Cell {
+				probes := map[string]func() bool{}
+				for _, a := range t.Private {
+					probes[a.String()] = func() bool { return !blocked(p, from, a, t.Port).OK }
+				}
+				if got := anyReached(probes); len(got) > 0 {
+					return Cell{"REACHED " + strings.Join(got, ","), false}
+				}
+				return Cell{"blocked", true}
+			})
+		}
 		do(from, "host ssh", func() Cell {
 			probes := map[string]func() bool{}
 			for _, a := range append([]netip.Addr{vm.Gateway}, t.HostSSH...) {
@@ -165,7 +187,7 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 			return Cell{"ok", true}
 		})
 	}
-	for _, col := range []string{"internet", "own gateway", "other gateways", "host ssh"} {
+	for _, col := range []string{"internet", "own gateway", "other gateways", "host ssh", PrivateColumn} {
 		set(Host, col, Cell{"-", true})
 	}
 	wg.Wait()

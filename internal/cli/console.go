@@ -1,12 +1,15 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
 // consoleStdin is what console sends to the guest; tests replace it.
@@ -40,13 +43,25 @@ Examples:
 			}
 			if vm.Hypervisor != "qemu" {
 				fmt.Fprintf(e.stderr, "%s runs under Cloud Hypervisor, whose console is a log: following %s (read-only; Ctrl-C ends)\n", vm.Name, vm.ConsoleLog())
-				return showFile(e, vm.Name, vm.ConsoleLog(), 0, true)
+				return showFile(e, vm, true, 0, true)
 			}
-			c, err := net.Dial("unix", vm.ConsoleSocket())
+			// The socket is the VMM's: talk to it only if the VMM that
+			// was started listens on it (vmm.Dial).
+			m, err := e.manager()
 			if err != nil {
-				if m, merr := e.manager(); merr == nil && stateOf(m, vm).State == "stopped" {
-					return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
-				}
+				return err
+			}
+			s := stateOf(m, vm)
+			switch s.State {
+			case "stopped":
+				return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
+			case "starting":
+				return fmt.Errorf("%s is starting: its VMM is not up yet; try again in a moment", vm.Name)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			c, err := vmm.Dial(ctx, vm.ConsoleSocket(), s.Started.VMMPid)
+			cancel()
+			if err != nil {
 				return fmt.Errorf("attaching to %s's console: %w (is someone else attached?)", vm.Name, err)
 			}
 			defer c.Close()

@@ -234,7 +234,7 @@ func demoBoot(w io.Writer, in *config.Infra, sb *sandbox.Sandbox) (map[string]*s
 	if err := os.WriteFile(file, []byte(demoFile(in)), 0o644); err != nil {
 		return nil, nil, err
 	}
-	fmt.Fprintf(w, "\nBooting %d microVMs (%s, accel %s), consoles in %s/NAME/console.log:\n", len(in.VMs), in.VMs[0].Hypervisor, in.Host.Accel, in.Host.RunDir)
+	fmt.Fprintf(w, "\nBooting %d microVMs (%s, accel %s), consoles in %s:\n", len(in.VMs), in.VMs[0].Hypervisor, in.Host.Accel, strings.Replace(in.VMs[0].ConsoleLog(), "/"+in.VMs[0].Name+"/", "/NAME/", 1))
 	return sb.Boot(bin, file, in.Host.RunDir, 6*time.Minute, func(name string, after time.Duration) {
 		fmt.Fprintf(w, "  %s: SSH ready %s after start\n", name, after.Round(100*time.Millisecond))
 	})

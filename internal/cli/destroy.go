@@ -10,8 +10,13 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // destroyStdin is where destroy reads its confirmation; tests replace it.
@@ -25,11 +30,16 @@ func destroyCmd() *command {
 		short: "delete the /etc and /var of a VM that left infra.toml",
 		long: `
 Deletes everything the VM NAME kept: its /etc and /var (STATE_DIR/NAME, or
-its ZFS dataset with every snapshot) and its run directory. This cannot be
-undone, so --data must be given and the command asks first, unless --yes.
+its ZFS dataset with every snapshot), its run directory and its user
+(USER-NAME). This cannot be undone, so --data must be given and the
+command asks first, unless --yes.
 
 Only for a VM that is no longer in infra.toml and is stopped: apply stops
 VMs that left the file and keeps their data, for this command to delete.
+Only what the program made for a VM is deleted: NAME must be a VM name, and
+STATE_DIR/NAME must carry the mark the program leaves when it first starts
+a VM; anything else in state_dir (the images, the admin key, your own
+files) is refused.
 
 Examples:
   sudo microvm destroy --data vm5
@@ -51,22 +61,32 @@ Examples:
 			}
 			defer lock.Release()
 			name := args[0]
-			if !config.IsImageName(name) {
+			if what, ok := config.ReservedNames[name]; ok {
+				return fmt.Errorf("%s is not a VM: STATE_DIR/%s holds %s; destroy deletes only a VM's data", name, name, what)
+			}
+			if !config.IsVMName(name) {
 				return fmt.Errorf("%q is not a VM name", name)
 			}
 			if _, ok := in.VM(name); ok {
 				return fmt.Errorf("%s is still in %s; remove it from the file and run apply first", name, in.File)
 			}
-			vm := &config.VM{Name: name, StateDir: filepath.Join(in.Host.StateDir, name), RunDir: in.Host.VMRunDir(name)}
+			vm := in.Host.Departed(name)
 			if m.Active(vm) || stateOf(m, vm).State != "stopped" {
 				return fmt.Errorf("%s is still running; run apply (it stops VMs that left the file) or microvm down first", name)
+			}
+			isVM, err := guest.IsVMState(in.Host.StateDir, name)
+			if err != nil {
+				return fmt.Errorf("checking %s: %w", vm.StateDir, err)
+			}
+			if !isVM {
+				if _, err := os.Lstat(vm.StateDir); os.IsNotExist(err) && in.Host.Storage != "zfs" {
+					return fmt.Errorf("%s has no data here (%s does not exist)", name, vm.StateDir)
+				}
+				return fmt.Errorf("%s is not the data of a VM called %s (it lacks the mark %s that microvm writes when it first starts a VM); nothing is deleted", vm.StateDir, name, filepath.Base(vm.Marker()))
 			}
 			what := vm.StateDir
 			if in.Host.Storage == "zfs" {
 				what = "ZFS dataset " + in.Host.VMDataset(vm) + " and all its snapshots"
-			}
-			if _, err := os.Stat(vm.StateDir); os.IsNotExist(err) && in.Host.Storage != "zfs" {
-				return fmt.Errorf("%s has no data here (%s does not exist)", name, vm.StateDir)
 			}
 			if !yes {
 				fmt.Fprintf(e.stdout, "Delete %s's /etc and /var (%s)? This cannot be undone.\nType yes to delete: ", name, what)
@@ -76,19 +96,56 @@ Examples:
 					return fmt.Errorf("not confirmed; %s's data is unchanged", name)
 				}
 			}
+			// The nosuid,nodev mount that a supervisor killed before it
+			// could clean up left (runner's protectState) goes first; with
+			// ZFS it is on top of the dataset's own mount.
+			own := 0
+			if in.Host.Storage == "zfs" {
+				own = 1
+			}
+			if points, err := mountinfo.Points(); err == nil && count(points, vm.StateDir) > own {
+				if err := unix.Unmount(vm.StateDir, unix.MNT_DETACH); err != nil {
+					return fmt.Errorf("unmounting %s: %w", vm.StateDir, err)
+				}
+			}
 			if in.Host.Storage == "zfs" {
 				if out, err := exec.Command("zfs", "destroy", "-r", in.Host.VMDataset(vm)).CombinedOutput(); err != nil {
 					return fmt.Errorf("zfs destroy -r %s: %s", in.Host.VMDataset(vm), strings.TrimSpace(string(out)))
 				}
 			}
-			if err := os.RemoveAll(vm.StateDir); err != nil {
+			for _, dir := range []string{vm.StateDir, vm.RunDir} {
+				if err := removeAll(dir); err != nil {
+					return err
+				}
+			}
+			if err := (&hostnet.DelUser{Name: vm.User, VM: name}).Apply(); err != nil {
 				return err
 			}
-			if err := os.RemoveAll(vm.RunDir); err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "%s destroyed: %s deleted\n", name, what)
+			fmt.Fprintf(e.stdout, "%s destroyed: %s, its run directory and its user %s deleted\n", name, what, vm.User)
 			return nil
 		},
 	}
+}
+
+func count(list []string, s string) int {
+	n := 0
+	for _, x := range list {
+		if x == s {
+			n++
+		}
+	}
+	return n
+}
+
+// removeAll deletes dir and everything in it, following no symlink.
+func removeAll(dir string) error {
+	parent, err := safedir.Open(filepath.Dir(dir))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	return parent.RemoveAll(filepath.Base(dir))
 }

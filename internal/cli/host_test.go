@@ -6,6 +6,7 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -76,18 +77,16 @@ func writeFile(t *testing.T, body string) string {
 // TestHostApply applies the seed's 4-VM network and proves every promise.
 func TestHostApply(t *testing.T) {
 	sb, in := newSandbox(t, example)
-	// The VMM user is machine-wide; make it exist so the plan is the same
-	// on every run.
-	if err := (&hostnet.AddUser{Name: in.Host.User}).Apply(); err != nil {
-		t.Fatal(err)
-	}
+	// The VM users are machine-wide; make them exist so the plan is the
+	// same on every run.
+	addUsers(t, in)
 
 	t.Run("plan", func(t *testing.T) {
 		testenv.Golden(t, "plan-fresh.golden", mustRun(t, sb.Host, "plan", "--host-only", "-f", example))
 	})
 	t.Run("apply", func(t *testing.T) {
 		out := mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
-		if !strings.Contains(out, "ip link add br-vm4 type bridge") {
+		if !strings.Contains(out, "ip link add br-vm4 group 7173741 type bridge") {
 			t.Errorf("apply output lacks the bridges:\n%s", out)
 		}
 	})
@@ -95,9 +94,17 @@ func TestHostApply(t *testing.T) {
 		// Read back with iproute2, not the program's own netlink code.
 		for _, vm := range in.VMs {
 			out, _ := sandbox.Command(sb.Host, "ip", "-d", "link", "show", vm.TAP).Output()
-			for _, want := range []string{"master " + vm.Bridge, "tun type tap pi off vnet_hdr on multi_queue", "persist on user microvm group microvm", "alias microvm:" + vm.Name} {
+			for _, want := range []string{"master " + vm.Bridge, "tun type tap pi off vnet_hdr on multi_queue", "persist on user " + vm.User + " group " + vm.User, "alias microvm:" + vm.Name} {
 				if !strings.Contains(string(out), want) {
 					t.Errorf("%s lacks %q:\n%s", vm.TAP, want, out)
+				}
+			}
+		}
+		for _, vm := range in.VMs {
+			out, _ := sandbox.Command(sb.Host, "ip", "-d", "link", "show", vm.Bridge).Output()
+			for _, want := range []string{fmt.Sprintf("group %d", config.LinkGroup), "alias microvm:" + vm.Name} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("%s lacks %q:\n%s", vm.Bridge, want, out)
 				}
 			}
 		}
@@ -257,7 +264,7 @@ func TestKilledApply(t *testing.T) {
 		t.Fatalf("building microvm: %s %v", out, err)
 	}
 	in, _ := config.Load(example)
-	(&hostnet.AddUser{Name: in.Host.User}).Apply()
+	addUsers(t, in)
 
 	steps := 0
 	for kill := 1; ; kill++ {
@@ -330,11 +337,23 @@ func TestHostChecks(t *testing.T) {
 	ns := testenv.NetNS(t)
 	ipExec(t, ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer")
 	ipExec(t, ns, "addr", "add", "10.2.0.5/16", "dev", "eth0")
+	ipExec(t, ns, "link", "set", "eth0", "up")
+	ipExec(t, ns, "link", "add", "docker0", "type", "bridge")
+	ipExec(t, ns, "addr", "add", "172.17.0.1/16", "dev", "docker0")
+	ipExec(t, ns, "route", "add", "10.50.0.0/16", "via", "10.2.0.1", "dev", "eth0")
+	// As tailscaled adds a route another node advertises, in its table.
+	ipExec(t, ns, "route", "add", "192.168.200.0/24", "dev", "eth0", "table", "52")
 	tests := []struct{ name, file, want string }{
 		{"missing uplink", "[host]\nuplink = \"wan0\"\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n",
 			`infra.toml:2:1: uplink "wan0" does not exist on this host`},
 		{"subnet overlaps uplink", "[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"10.2.3.0/24\"\n",
-			"infra.toml:4:1: vm.vm1.subnet 10.2.3.0/24 overlaps the uplink's own network 10.2.0.0/16 (on eth0)"},
+			"infra.toml:4:1: vm.vm1.subnet 10.2.3.0/24 overlaps 10.2.0.0/16, a network this host already has (address 10.2.0.5/16 on eth0)"},
+		{"subnet overlaps another link's address", "[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"172.17.5.0/24\"\n",
+			"infra.toml:4:1: vm.vm1.subnet 172.17.5.0/24 overlaps 172.17.0.0/16, a network this host already has (address 172.17.0.1/16 on docker0)"},
+		{"subnet overlaps a route", "[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"10.50.1.0/24\"\n",
+			"infra.toml:4:1: vm.vm1.subnet 10.50.1.0/24 overlaps 10.50.0.0/16, a network this host already has (a route via eth0 to 10.50.0.0/16)"},
+		{"subnet overlaps a route in another table", "[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"192.168.200.0/24\"\n",
+			"infra.toml:4:1: vm.vm1.subnet 192.168.200.0/24 overlaps 192.168.200.0/24, a network this host already has (a route via eth0 in table 52 to 192.168.200.0/24)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -348,6 +367,17 @@ func TestHostChecks(t *testing.T) {
 				t.Errorf("a failed check still changed the host:\n%s", links)
 			}
 		})
+	}
+}
+
+// addUsers makes the users of in's VMs, which are machine-wide, so that
+// plans are the same at every run.
+func addUsers(t *testing.T, in *config.Infra) {
+	t.Helper()
+	for i := range in.VMs {
+		if err := hostnet.NewUser(&in.VMs[i]).Apply(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

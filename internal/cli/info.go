@@ -86,8 +86,8 @@ func infoOf(in *config.Infra, m systemd.Manager, vm *config.VM) infoDoc {
 		d.Started, d.UptimeSeconds = &t, int64(s.Since.Seconds())
 		d.Changes = orEmpty(changes(in, vm, s.Started))
 	}
-	if pid, ok := systemd.KeeperPid(vm); ok {
-		d.KeeperPid = pid
+	if keeper, ok := systemd.KeeperPid(vm); ok {
+		d.KeeperPid = keeper.Pid
 	}
 	if os.Geteuid() != 0 {
 		d.Problems = append(d.Problems, "disk use and snapshots need root to read")

@@ -38,9 +38,6 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if err := os.MkdirAll(vm.RunDir, 0o750); err != nil {
-				return err
-			}
 			return systemd.Keep(bin, file, vm, e.stderr)
 		},
 	}

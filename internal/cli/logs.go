@@ -1,14 +1,17 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
@@ -45,10 +48,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			path := vm.SupervisorLog()
-			if console {
-				path = vm.ConsoleLog()
-			} else if systemd.Booted() {
+			if !console && systemd.Booted() {
 				jargs := []string{"-u", systemd.Unit(vm.Name), "--no-pager"}
 				if follow {
 					jargs = append(jargs, "-f")
@@ -60,17 +60,30 @@ Examples:
 				c.Stdout, c.Stderr = e.stdout, e.stderr
 				return c.Run()
 			}
-			return showFile(e, vm.Name, path, lines, follow)
+			return showFile(e, vm, console, lines, follow)
 		},
 	}
 }
 
-// showFile prints the log at path (its last lines if lines > 0) and, with
-// follow, what is added to it until interrupted.
-func showFile(e *env, name, path string, lines int, follow bool) error {
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
-		return fmt.Errorf("%s has no log yet (%s); it has not been started here", name, path)
+// openLog opens vm's console log or its supervisor log, without following
+// anything the VMM could have put in their place (package runner).
+func openLog(vm *config.VM, console bool) (*os.File, error) {
+	if console {
+		return systemd.OpenConsoleLog(vm)
+	}
+	return systemd.OpenSupervisorLog(vm)
+}
+
+// showFile prints vm's console or supervisor log (its last lines if lines
+// > 0) and, with follow, what is added to it until interrupted.
+func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error {
+	f, err := openLog(vm, console)
+	if errors.Is(err, fs.ErrNotExist) {
+		path := vm.SupervisorLog()
+		if console {
+			path = vm.ConsoleLog()
+		}
+		return fmt.Errorf("%s has no log yet (%s); it has not been started here", vm.Name, path)
 	}
 	if err != nil {
 		return err
@@ -90,12 +103,13 @@ func showFile(e *env, name, path string, lines int, follow bool) error {
 			return err
 		}
 		// A console rewritten by a restart starts again from the top.
-		if fi, err := os.Stat(path); err == nil {
-			if pos, _ := f.Seek(0, io.SeekCurrent); fi.Size() < pos {
+		if again, err := openLog(vm, console); err == nil {
+			fi, serr := again.Stat()
+			if pos, _ := f.Seek(0, io.SeekCurrent); serr == nil && fi.Size() < pos {
 				f.Close()
-				if f, err = os.Open(path); err != nil {
-					return err
-				}
+				f = again
+			} else {
+				again.Close()
 			}
 		}
 		time.Sleep(300 * time.Millisecond)

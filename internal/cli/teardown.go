@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
@@ -39,8 +41,8 @@ finished by running it again.
 The VMs' data stays: state_dir with each VM's /etc and /var, the images
 and the admin key. --data deletes it too (with storage = "zfs", the
 dataset zfs_dataset and everything below it), after asking, unless --yes.
-What is not the program's alone stays as it is: IPv4 forwarding, and the
-VMM's user (userdel microvm removes it).
+The VMs' users (microvm-NAME) stay with their data; --data deletes them
+too. IPv4 forwarding stays as it is: other software may rely on it.
 
 --dry-run prints what it would do and changes nothing. Needs root.
 
@@ -133,6 +135,12 @@ func teardownPlan(e *env, in *config.Infra, m systemd.Manager, data bool) (*plan
 	p.Actions = append(p.Actions, host.Actions...)
 	if data {
 		p.Actions = append(p.Actions, dataRemoval(in)...)
+		// The VMs' users go with their data, as with destroy --data.
+		for _, vm := range vms {
+			if _, err := user.Lookup(in.Host.VMUser(vm.Name)); err == nil {
+				p.Actions = append(p.Actions, &hostnet.DelUser{Name: in.Host.VMUser(vm.Name), VM: vm.Name})
+			}
+		}
 	}
 	return p, nil
 }

@@ -69,7 +69,7 @@ func TestPlanChecks(t *testing.T) {
 		"microvm plan: vm1: image nosuch is not built",
 		"microvm plan: vm2: image debian is not built",
 		"microvm plan: vm1: microvm-init, the guest's init, is not beside microvm nor on PATH",
-		"microvm plan: vm2: the VMM runs as user microvm, which cannot reach " + filepath.Join(state, "images", "debian", "vmlinux") + ": ",
+		"microvm plan: vm2: the VMM runs as user microvm-vm2, which cannot reach " + filepath.Join(state, "images", "debian", "vmlinux") + ": ",
 		"microvm plan: apply refuses until these are fixed; nothing was changed",
 	}
 	if code != 1 {

@@ -12,6 +12,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
@@ -137,15 +138,29 @@ func departed(in *config.Infra, m systemd.Manager) ([]*config.VM, error) {
 		if _, ok := in.VM(e.Name()); ok {
 			continue
 		}
-		vm := &config.VM{Name: e.Name(), RunDir: in.Host.VMRunDir(e.Name())}
-		_, hasKeeper := os.Stat(vm.KeeperPidFile())
-		_, hasStarted := os.Stat(vm.StartedFile())
-		if hasKeeper == nil || hasStarted == nil || m.Active(vm) {
+		vm := in.Host.Departed(e.Name())
+		if hasRecords(vm) || m.Active(vm) {
 			out = append(out, vm)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// hasRecords reports whether vm's run directory holds a keeper's pid file
+// or a started record, read only where root alone writes them.
+func hasRecords(vm *config.VM) bool {
+	d, err := safedir.OpenPrivate(vm.RunDir)
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	for _, f := range []string{vm.KeeperPidFile(), vm.StartedFile()} {
+		if ok, _ := d.Exists(filepath.Base(f)); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // unitActions installs the units if they differ and sets each VM's unit

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strconv"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
@@ -27,11 +30,12 @@ type vmState struct {
 }
 
 // stateOf reads vm's state: running once its VMM is up (the supervisor
-// records it), starting while a supervisor runs without a VMM (booting, or
-// restarting after a failure), stopped otherwise.
+// records it, with the start times of both processes, which must match),
+// starting while a supervisor runs without a VMM (booting, or restarting
+// after a failure), stopped otherwise.
 func stateOf(m systemd.Manager, vm *config.VM) vmState {
 	st, ok, _ := runner.ReadStarted(vm)
-	if ok && systemd.Alive(st.VMMPid) && systemd.Alive(st.RunPid) {
+	if ok && st.VMM().Alive() && st.Run().Alive() {
 		return vmState{State: "running", Started: st, Since: time.Since(st.Time)}
 	}
 	if m.Active(vm) {
@@ -131,9 +135,9 @@ func stopVMWithin(e *env, m systemd.Manager, vm *config.VM, timeout time.Duratio
 			return err
 		}
 	case <-limit:
-		if st.VMMPid > 0 && systemd.Alive(st.VMMPid) {
-			if err := syscall.Kill(st.VMMPid, syscall.SIGKILL); err != nil {
-				return fmt.Errorf("killing the VMM of %s (pid %d): %w", vm.Name, st.VMMPid, err)
+		if vmm := st.VMM(); vmm.Alive() {
+			if err := vmm.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, proc.ErrGone) {
+				return fmt.Errorf("killing the VMM of %s (%s): %w", vm.Name, vmm, err)
 			}
 			how = "killed (its VMM, pid " + strconv.Itoa(st.VMMPid) + ")"
 			if !force {
@@ -155,14 +159,12 @@ func stopSupervisor(m systemd.Manager, vm *config.VM, began time.Time) error {
 	}
 	if s := stateOf(m, vm); s.State == "running" {
 		// A supervisor whose keeper is gone (killed): stop it directly.
-		if err := syscall.Kill(s.Started.RunPid, syscall.SIGTERM); err != nil {
-			return fmt.Errorf("stopping %s (supervisor pid %d): %w", vm.Name, s.Started.RunPid, err)
+		run := s.Started.Run()
+		if err := run.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, proc.ErrGone) {
+			return fmt.Errorf("stopping %s (supervisor %s): %w", vm.Name, run, err)
 		}
-		for systemd.Alive(s.Started.RunPid) {
-			if time.Since(began) > systemd.StopTimeout {
-				return fmt.Errorf("%s did not stop in %s (supervisor pid %d)", vm.Name, systemd.StopTimeout, s.Started.RunPid)
-			}
-			time.Sleep(100 * time.Millisecond)
+		if err := systemd.WaitGone(run, systemd.StopTimeout, fmt.Sprintf("%s did not stop in %s (supervisor %s)", vm.Name, systemd.StopTimeout, run)); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -173,7 +175,12 @@ func logTail(m systemd.Manager, vm *config.VM, n int) string {
 	if m.Kind() == "systemd" {
 		return fmt.Sprintf("(see journalctl -u %s)", systemd.Unit(vm.Name))
 	}
-	b, _ := os.ReadFile(vm.SupervisorLog())
+	f, err := openLog(vm, false)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(f)
 	return sandbox.Tail(b, n)
 }
 

@@ -39,6 +39,11 @@ const (
 
 	// Table is the one nftables table the program owns.
 	Table = "microvm"
+	// LinkGroup is the link group (ip link ... group) of every bridge the
+	// program creates. The kernel sets it in the same request that makes
+	// the bridge, so a bridge whose alias could not be set yet (an apply
+	// interrupted in between) is still known as the program's.
+	LinkGroup = 0x6d766d // "mvm"
 	// Tailscale is the interface tailscaled creates.
 	Tailscale = "tailscale0"
 	// MaxNameLen keeps "br-" + name within the kernel's 15-byte limit.
@@ -80,7 +85,7 @@ type Host struct {
 	Uplink   string // interface that reaches the internet (NAT goes out here)
 	StateDir string // persistent VM data
 	RunDir   string // sockets, pid files, console logs
-	User     string // unprivileged user the VMM runs as; owns the TAPs
+	User     string // prefix of the VM users: the VMM of vm1 runs as USER-vm1 (VM.User)
 	Accel    string // "kvm" or "tcg", for QEMU
 
 	Storage       string // "dir" or "zfs"
@@ -88,6 +93,11 @@ type Host struct {
 	KeepSnapshots int    // with storage "zfs": automatic snapshots kept per VM; 0 takes none
 
 	Tailscale TailscaleSettings // [host.tailscale]: subnet routes for the VM networks
+
+	// Allow lists what every VM may reach through the uplink beyond the
+	// internet (by default not the LAN, private ranges, CGNAT, link-local
+	// or cloud metadata); VM.Allow adds to it per VM.
+	Allow []Allow
 }
 
 // VM is one [vm.NAME] table with every derived value.
@@ -106,6 +116,8 @@ type VM struct {
 	DNS        string
 	SSHKeys    []string // authorized for root, beside the host's admin key
 	Autostart  bool     // started by apply (and at boot); default true
+	Allow      []Allow  // what this VM may reach beyond the internet, besides Host.Allow
+	User       string   // the user its VMM runs as, with a group of the same name: USER-NAME
 
 	StateDir string // STATE_DIR/NAME
 	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
@@ -192,9 +204,9 @@ func (p *parser) errorf(at Pos, format string, args ...any) {
 }
 
 var (
-	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "tailscale"}
+	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "tailscale"}
 	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
-	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
+	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow"}
 	topKeys      = []string{"host", "defaults", "vm"}
 )
 
@@ -316,6 +328,7 @@ func (p *parser) derive() {
 	}
 	p.storage(h)
 	p.tailscale(h)
+	h.Allow = p.allowList(p.host["allow"], "host.allow")
 
 	def := VM{VCPU: DefaultVCPU, MemoryMiB: DefaultMemoryMiB, Hypervisor: DefaultHypervisor, Image: DefaultImage, DNS: DefaultDNS, Autostart: true}
 	p.resources(&def, p.defaults, "defaults")
@@ -355,6 +368,8 @@ func (p *parser) derive() {
 		vm.Bridge = "br-" + r.name
 		vm.TAP = "vm-" + r.name
 		vm.MAC = macFor(r.name)
+		vm.User = h.VMUser(r.name)
+		vm.Allow = p.allowList(r.vals["allow"], key+".allow")
 		if other, dup := macs[vm.MAC.String()]; dup {
 			p.errorf(r.at, "vm.%s and vm.%s derive the same MAC address %s; rename one of them", other, r.name, vm.MAC)
 		}
@@ -363,6 +378,7 @@ func (p *parser) derive() {
 		p.in.VMs = append(p.in.VMs, vm)
 	}
 	p.overlaps()
+	p.socketPaths()
 	sort.Slice(p.in.VMs, func(i, j int) bool { return p.in.VMs[i].Name < p.in.VMs[j].Name })
 }
 
@@ -662,28 +678,64 @@ func fixName(s string) string {
 	return out
 }
 
+// validIfName accepts the interface names the program can write safely in
+// nftables rules and ip commands: letters, digits, '.', '_' and '-'. Linux
+// allows more (quotes, '*', which nftables reads as a wildcard), which no
+// uplink needs.
 func validIfName(s string) string {
-	if s == "" || len(s) > 15 || strings.ContainsAny(s, "/ \t\n:") || s == "." || s == ".." {
+	if s == "" || len(s) > 15 || s == "." || s == ".." {
 		return "is not an interface name; use the name `ip link` shows, e.g. \"eth0\""
+	}
+	if c, ok := badRune(s, "._-"); ok {
+		return fmt.Sprintf("contains %q; interface names here use letters, digits, '.', '_' and '-' only, e.g. \"eth0\" or \"enp1s0.100\"", c)
 	}
 	return ""
 }
 
+// validDir accepts clean absolute paths of letters, digits and / . _ - +:
+// they reach the VMMs' and daemons' option syntax (commas separate
+// options) and systemd's, where other characters mean something.
 func validDir(s string) string {
 	if !filepath.IsAbs(s) || filepath.Clean(s) != s || s == "/" {
 		return "must be a clean absolute path, e.g. \"/var/lib/microvms\""
 	}
+	if c, ok := badRune(s, "/._-+"); ok {
+		return fmt.Sprintf("contains %q; use a path of letters, digits and / . _ - + only, e.g. \"/var/lib/microvms\"", c)
+	}
 	return ""
 }
 
+// maxUser is the longest user name useradd makes.
+const maxUser = 32
+
 func validUser(s string) string {
-	if s == "" || len(s) > 32 || !(s[0] >= 'a' && s[0] <= 'z' || s[0] == '_') || strings.ContainsAny(s, ": /\t\n") {
+	if s == "" || !(s[0] >= 'a' && s[0] <= 'z' || s[0] == '_') {
 		return "is not a user name; e.g. \"microvm\""
 	}
+	if c, ok := badRune(s, "_-"); ok || strings.ToLower(s) != s {
+		if !ok {
+			c = []rune(s)[0]
+		}
+		return fmt.Sprintf("contains %q; the VM users' names are lowercase letters, digits, '_' and '-', e.g. \"microvm\"", c)
+	}
+	if len(s)+1+MaxNameLen > maxUser {
+		return fmt.Sprintf("is too long: each VM's VMM runs as its own user, %s-NAME, and user names have at most %d characters; use at most %d, e.g. \"microvm\"", s, maxUser, maxUser-1-MaxNameLen)
+	}
 	if s == "root" {
-		return "would run the VMM as root; use an unprivileged user such as \"microvm\""
+		return "would run the VMMs as root; use an unprivileged prefix such as \"microvm\""
 	}
 	return ""
+}
+
+// badRune returns the first rune of s that is not an ASCII letter or digit
+// or in extra.
+func badRune(s, extra string) (rune, bool) {
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune(extra, c)) {
+			return c, true
+		}
+	}
+	return 0, false
 }
 
 func contains(list []string, s string) bool {

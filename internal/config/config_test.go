@@ -67,9 +67,9 @@ func describe(in *Infra) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "host: %+v\n", in.Host)
 	for _, vm := range in.VMs {
-		fmt.Fprintf(&b, "%s: subnet=%s gateway=%s addr=%s bridge=%s tap=%s mac=%s vcpu=%d memory=%d hypervisor=%s image=%s dns=%s state=%s etc=%s var=%s run=%s\n",
+		fmt.Fprintf(&b, "%s: subnet=%s gateway=%s addr=%s bridge=%s tap=%s mac=%s vcpu=%d memory=%d hypervisor=%s image=%s dns=%s user=%s allow=%v state=%s etc=%s var=%s run=%s vmm=%s\n",
 			vm.Name, vm.Subnet, vm.Gateway, vm.Addr, vm.Bridge, vm.TAP, vm.MAC, vm.VCPU, vm.MemoryMiB,
-			vm.Hypervisor, vm.Image, vm.DNS, vm.StateDir, vm.EtcDir, vm.VarDir, vm.RunDir)
+			vm.Hypervisor, vm.Image, vm.DNS, vm.User, vm.Allow, vm.StateDir, vm.EtcDir, vm.VarDir, vm.RunDir, vm.VMMDir())
 	}
 	return b.String()
 }
@@ -167,4 +167,46 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestAllow reads allow lists, with where each entry is written.
+func TestAllow(t *testing.T) {
+	src := `[host]
+uplink = "eth0"
+allow = ["192.168.1.20", "192.168.1.0/24 icmp",
+  "10.0.0.5 udp 53,123", "10.9.0.0/16 tcp 22,8000-8080"]
+
+[vm.vm1]
+subnet = "10.1.0.0/24"
+allow = ["172.16.0.9 tcp 445"]
+
+[vm.vm2]
+subnet = "10.2.0.0/24"
+`
+	in, err := Parse("a.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range in.Host.Allow {
+		got = append(got, a.String()+" @"+a.At)
+	}
+	vm1, _ := in.VM("vm1")
+	vm2, _ := in.VM("vm2")
+	for _, a := range vm1.Allow {
+		got = append(got, "vm1: "+a.String()+" @"+a.At)
+	}
+	want := []string{
+		"192.168.1.20/32 @a.toml:3:10",
+		"192.168.1.0/24 icmp @a.toml:3:26",
+		"10.0.0.5/32 udp 53,123 @a.toml:4:3",
+		"10.9.0.0/16 tcp 22,8000-8080 @a.toml:4:26",
+		"vm1: 172.16.0.9/32 tcp 445 @a.toml:8:10",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(vm2.Allow) != 0 || vm1.User != "microvm-vm1" || vm2.User != "microvm-vm2" {
+		t.Errorf("vm2.Allow = %v, users %q %q", vm2.Allow, vm1.User, vm2.User)
+	}
 }

@@ -7,12 +7,30 @@ import "path/filepath"
 // Derived here, like every other name.
 //
 //	STATE_DIR/admin/id_ed25519                    the host's admin SSH key (and .pub): how `microvm ssh` and the tests log in
+//	STATE_DIR/NAME/                               root's only (0700); the guest sees only etc and var in it
+//	STATE_DIR/NAME/.microvm-vm                    the mark that NAME is (or was) a VM: destroy deletes nothing without it
+//	STATE_DIR/NAME/.etc.new, .var.new             the image's etc and var being copied, before they are renamed to etc and var
 //	STATE_DIR/NAME/etc/ssh/ssh_host_ed25519_key   the VM's SSH host key (and .pub), generated once
 //	STATE_DIR/NAME/var/root/.ssh/authorized_keys  root's authorized keys: an image's /root is a symlink to var/root
 //
 // /root, /home and /srv of every image are symlinks into /var (var/root,
 // var/home, var/srv), because /var is the VM's own and writable while the
 // image is shared and read-only.
+
+// VMMarker is the file that marks STATE_DIR/name as the state of a VM
+// called name: written when the VM is first prepared, and required by
+// destroy, so that no other directory of state_dir is ever deleted as a
+// VM's. Only root can write there.
+func (h Host) VMMarker(name string) string { return filepath.Join(h.StateDir, name, vmMarker) }
+
+// Marker is vm's VMMarker.
+func (vm *VM) Marker() string { return filepath.Join(vm.StateDir, vmMarker) }
+
+const vmMarker = ".microvm-vm"
+
+// Staging is where the image's tree (etc or var) is copied for the VM
+// before it becomes vm's own: a directory the guest never sees.
+func (vm *VM) Staging(tree string) string { return filepath.Join(vm.StateDir, "."+tree+".new") }
 
 // AdminKey is the private half of the host's admin SSH key, in OpenSSH
 // format; the public half is beside it, with ".pub" appended.

@@ -3,13 +3,16 @@ package config
 import "path/filepath"
 
 // Lifecycle paths: what `microvm up` and `apply` keep about a VM they
-// started, and the lock that keeps two of them from running at once.
-// Derived here, like every other name.
+// started, and the lock that keeps two of them from running at once. They
+// are in the root-only part of the run directory (see runtime.go): the VMM
+// cannot write them, and every pid in them comes with its process's start
+// time, checked before a signal is sent. Derived here, like every other
+// name.
 //
 //	RUN_DIR/microvm.lock        held by apply, up, down, restart, update, destroy
-//	RUN_DIR/NAME/keeper.pid     the detached supervisor's keeper (hosts without systemd)
-//	RUN_DIR/NAME/supervisor.log what `microvm run NAME` printed, when detached
-//	RUN_DIR/NAME/started.json   what the running VM was started with (settings, hash, time, VMM pid)
+//	RUN_DIR/NAME/keeper.pid     the detached supervisor's keeper (hosts without systemd): "PID START"
+//	RUN_DIR/NAME/supervisor.log what `microvm run NAME` printed, when detached (root's only, 0600)
+//	RUN_DIR/NAME/started.json   what the running VM was started with (settings, hash, time, VMM and supervisor)
 
 // LockFile is the lock held while VMs are started, stopped or changed.
 func (h Host) LockFile() string { return filepath.Join(h.RunDir, "microvm.lock") }
@@ -31,4 +34,4 @@ func (h Host) VMRunDir(name string) string { return filepath.Join(h.RunDir, name
 
 // ConsoleSocket is the guest's serial console as a Unix socket, for
 // `microvm console` (QEMU; the same output also goes to ConsoleLog).
-func (vm *VM) ConsoleSocket() string { return filepath.Join(vm.RunDir, "console.sock") }
+func (vm *VM) ConsoleSocket() string { return filepath.Join(vm.VMMDir(), "console.sock") }

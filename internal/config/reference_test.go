@@ -52,7 +52,10 @@ func TestReference(t *testing.T) {
 		"[defaults] hypervisor": fmt.Sprintf("%q", vm.Hypervisor), "[defaults] image": fmt.Sprintf("%q", vm.Image),
 		"[defaults] dns": fmt.Sprintf("%q", vm.DNS), "[defaults] ssh_keys": "[]",
 		"[defaults] autostart": fmt.Sprint(vm.Autostart),
+		"[host] allow":         "[]",
 	}
+	// Keys of [vm.NAME] that add to [host]'s rather than override [defaults].
+	own := map[string]string{"allow": "[]"}
 	// Every key the parser knows, and no other.
 	want := map[string]bool{}
 	for _, k := range hostKeys {
@@ -68,7 +71,9 @@ func TestReference(t *testing.T) {
 	}
 	for _, k := range vmKeys {
 		want["[vm.NAME] "+k] = true
-		if k != "subnet" {
+		if d, ok := own[k]; ok {
+			defaults["[vm.NAME] "+k] = d
+		} else if k != "subnet" {
 			defaults["[vm.NAME] "+k] = "[defaults]"
 			if !slices.Contains(defaultsKeys, k) {
 				t.Errorf("[vm.NAME] %s is not a key of [defaults]; give it a default of its own here", k)

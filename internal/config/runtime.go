@@ -1,15 +1,29 @@
 package config
 
-import "path/filepath"
+import (
+	"io/fs"
+	"path/filepath"
+)
 
 // Runtime paths: where a running VM's sockets and console log live, and where
 // an image's files are. Like every other name, they are derived here and only
 // here; the supervisor, the VMM backends and the CLI read them.
 //
-//	RUN_DIR/NAME/api.sock               Cloud Hypervisor's REST API (hypervisor = "cloud-hypervisor")
-//	RUN_DIR/NAME/qmp.sock               QEMU's QMP (hypervisor = "qemu")
-//	RUN_DIR/NAME/virtiofs-TAG.sock      one vhost-user socket per virtiofs share
-//	RUN_DIR/NAME/console.log            the guest's serial console, rewritten at each start
+// A VM's run directory has two parts. RUN_DIR/NAME is root's (root:root,
+// 0711: others may reach what is in it by name, but not list it or write
+// to it): the supervisor's records (lifecycle.go) and the virtiofs sockets,
+// which root's daemons create and only the VM's group may connect to.
+// RUN_DIR/NAME/vmm is the VMM's (owned by the VM's user, 0700, made anew at
+// each start): what the VMM creates. Root never follows a name the VMM
+// could have replaced: it opens files there without following symlinks,
+// and checks who listens on a socket before talking to it.
+//
+//	RUN_DIR/NAME/virtiofs-TAG.sock      one vhost-user socket per virtiofs share (root:USER-NAME 0770)
+//	RUN_DIR/NAME/vmm/                   the VMM's own directory (USER-NAME 0700)
+//	RUN_DIR/NAME/vmm/api.sock           Cloud Hypervisor's REST API (hypervisor = "cloud-hypervisor")
+//	RUN_DIR/NAME/vmm/qmp.sock           QEMU's QMP (hypervisor = "qemu")
+//	RUN_DIR/NAME/vmm/console.sock       the guest's serial console, for `microvm console` (QEMU)
+//	RUN_DIR/NAME/vmm/console.log        the guest's serial console, rewritten at each start
 //	STATE_DIR/images/IMAGE/rootfs       the image's root filesystem, written only by the image builder
 //	STATE_DIR/images/IMAGE/vmlinuz      the image's kernel as its distribution ships it
 //	STATE_DIR/images/IMAGE/vmlinux      the same kernel uncompressed (PVH entry), what the VMMs boot
@@ -20,13 +34,24 @@ import "path/filepath"
 // mounts do not survive a reboot either. Unix socket paths are limited to 107
 // bytes, so RUN_DIR must stay short.
 
+// Modes of the directories the program makes for each VM, set through
+// their descriptors at each start.
+const (
+	RunDirMode   fs.FileMode = 0o711 // RUN_DIR/NAME: root's; others reach names in it but cannot list or change it
+	VMMDirMode   fs.FileMode = 0o700 // RUN_DIR/NAME/vmm: the VM user's alone
+	StateDirMode fs.FileMode = 0o700 // STATE_DIR/NAME: root's alone; the guest sees etc and var in it through virtiofsd
+)
+
+// VMMDir is the part of the VM's run directory that its VMM writes.
+func (vm *VM) VMMDir() string { return filepath.Join(vm.RunDir, "vmm") }
+
 // ControlSocket is the VMM's control socket: Cloud Hypervisor's REST API or
 // QEMU's QMP, by the VM's hypervisor.
 func (vm *VM) ControlSocket() string {
 	if vm.Hypervisor == "qemu" {
-		return filepath.Join(vm.RunDir, "qmp.sock")
+		return filepath.Join(vm.VMMDir(), "qmp.sock")
 	}
-	return filepath.Join(vm.RunDir, "api.sock")
+	return filepath.Join(vm.VMMDir(), "api.sock")
 }
 
 // ShareSocket is the vhost-user socket of the virtiofs share tagged tag.
@@ -35,7 +60,7 @@ func (vm *VM) ShareSocket(tag string) string {
 }
 
 // ConsoleLog is the file the guest's serial console (ttyS0) is written to.
-func (vm *VM) ConsoleLog() string { return filepath.Join(vm.RunDir, "console.log") }
+func (vm *VM) ConsoleLog() string { return filepath.Join(vm.VMMDir(), "console.log") }
 
 // TAPQueues is how many queue pairs the VM's network device has: one per
 // vCPU. Above one, the TAP must be created multi_queue and the VMM must open
@@ -67,3 +92,19 @@ func (h Host) ImageInitramfs(name string) string {
 // "image" share serves. The kernel refuses writes through it, whatever the
 // virtiofs daemon or the guest does (see package virtiofs).
 func (h Host) ImageView(name string) string { return filepath.Join(h.RunDir, "images", name) }
+
+// maxSocketPath is the longest path a Unix socket can have on Linux.
+const maxSocketPath = 107
+
+// socketPaths rejects a run_dir too long for the sockets in it.
+func (p *parser) socketPaths() {
+	for _, vm := range p.in.VMs {
+		for _, s := range []string{vm.ShareSocket("image"), vm.ControlSocket(), vm.ConsoleSocket()} {
+			if len(s) > maxSocketPath {
+				at := p.in.keys["host.run_dir"]
+				p.errorf(at, "run_dir %q is too long for the sockets of vm.%s (%s is %d bytes; a Unix socket path has at most %d); use a shorter run_dir, such as %q", p.in.Host.RunDir, vm.Name, s, len(s), maxSocketPath, DefaultRunDir)
+				return
+			}
+		}
+	}
+}

@@ -1,6 +1,9 @@
 package config
 
-import "testing"
+import (
+	"reflect"
+	"testing"
+)
 
 // TestStorageKeys: the storage keys' defaults, and what a valid file sets.
 func TestStorageKeys(t *testing.T) {
@@ -25,7 +28,7 @@ func TestStorageKeys(t *testing.T) {
 			}
 			h := in.Host
 			got := Host{Storage: h.Storage, ZFSDataset: h.ZFSDataset, KeepSnapshots: h.KeepSnapshots}
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
 		})

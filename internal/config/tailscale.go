@@ -53,9 +53,6 @@ var TailscaleRange6 = netip.MustParsePrefix("fd7a:115c:a1e0::/48")
 
 var tailscaleKeys = []string{"enabled", "socket", "allow_vm_to_tailnet"}
 
-// maxSocketPath is the longest path a Unix socket can have on Linux.
-const maxSocketPath = 107
-
 // tailscale reads [host.tailscale].
 func (p *parser) tailscale(h *Host) {
 	ts := TailscaleSettings{Enabled: TailscaleAuto, Socket: DefaultTailscaleSocket}

@@ -29,6 +29,7 @@ type value struct {
 	kind unstable.Kind
 	str  string // String; the raw text for other scalars
 	list []string
+	at   []Pos // where each element of list is written
 	pos  Pos
 }
 
@@ -156,6 +157,11 @@ func decodeValue(n *unstable.Node, at Pos, pos func(unstable.Range) Pos) (*value
 				return nil, &Error{Pos: at, Msg: "arrays in infra.toml hold only strings"}
 			}
 			v.list = append(v.list, string(c.Data))
+			at := v.pos
+			if c.Raw.Length > 0 {
+				at = pos(c.Raw)
+			}
+			v.at = append(v.at, at)
 		}
 	default:
 		v.str = string(n.Data)

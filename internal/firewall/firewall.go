@@ -3,6 +3,15 @@
 // every VM from every other, stops spoofed packets, and lets a VM reach the
 // host only for replies and a ping to its own gateway.
 //
+// "Internet only": through the uplink a VM reaches the internet and by
+// default nothing else: not the uplink's own networks (the LAN, its router
+// and other hosts), not private (RFC 1918), CGNAT or link-local addresses
+// (cloud metadata services at 169.254.169.254 hand out credentials), nor
+// other special ranges (Blocked). Its own DNS server (dns) stays reachable
+// on port 53 wherever it is, and the allow lists of infra.toml ([host] and
+// [vm.NAME] allow) open more, each rule commented with the line it comes
+// from.
+//
 // Tailnet clients (through tailscale0) reach every VM: that is how the
 // seed's Tailscale subnet routes arrive. VMs cannot open connections into
 // the tailnet unless [host.tailscale] allow_vm_to_tailnet is set, so a
@@ -21,12 +30,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"text/template"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 )
 
 // Family and Table name the nftables table the program owns.
@@ -61,6 +73,17 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}{{$v.Subnet}}{{end}} }
 	}
 
+	set vm_dns {
+		type ifname . ipv4_addr . inet_proto . inet_service
+		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.DNS}} . udp . 53, "{{$v.Bridge}}" . {{$v.DNS}} . tcp . 53{{end}} }
+	}
+
+	set not_internet {
+		type ipv4_addr
+		flags interval
+		elements = { {{range $i, $p := .Blocked}}{{if $i}}, {{end}}{{$p}}{{end}} }
+	}
+
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
 		iifname @vm_bridges meta nfproto ipv6 drop comment "VM networks are IPv4 only (so no VM reaches the tailnet's {{.TailscaleRange6}})"
@@ -83,7 +106,12 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 {{- if .AllowVMToTailnet}}
 		iifname @vm_bridges oifname "{{.Tailscale}}" ip daddr {{.TailscaleRange}} accept comment "VMs may open connections into the tailnet (allow_vm_to_tailnet)"
 {{- end}}
-		iifname @vm_bridges oifname "{{.Uplink}}" ip daddr != {{.TailscaleRange}} accept comment "VMs reach the internet"
+		iifname @vm_bridges oifname "{{.Uplink}}" iifname . ip daddr . meta l4proto . th dport @vm_dns accept comment "each VM reaches its own DNS server (dns), wherever it is"
+{{- range .Allow}}
+		iifname {{.Bridge}} oifname "{{$.Uplink}}" ip daddr {{.Net}}{{if .Proto}} meta l4proto {{.Proto}}{{end}}{{if .Ports}} th dport { {{.Ports}} }{{end}} accept comment "allow {{.Text}} ({{.At}})"
+{{- end}}
+		iifname @vm_bridges oifname "{{.Uplink}}" ip daddr @not_internet drop comment "internet only: not the uplink's networks, private, CGNAT, link-local (cloud metadata) or special ranges"
+		iifname @vm_bridges oifname "{{.Uplink}}" accept comment "VMs reach the internet"
 		iifname @vm_bridges drop comment "VMs reach nothing else: {{if not .AllowVMToTailnet}}not the tailnet, {{end}}not other host networks"
 		oifname @vm_bridges drop comment "nobody else opens connections into a VM"
 	}
@@ -98,15 +126,67 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 }
 `))
 
-// Ruleset is the table for the model, as nft text.
+// Blocked are the destinations beyond the internet: what no VM reaches
+// through the uplink unless an allow list says so, besides the uplink's own
+// networks. The documentation ranges (192.0.2.0/24, 198.51.100.0/24,
+// 203.0.113.0/24) are left out: nothing real is there, and the sandbox's
+// "internet" uses them.
+var Blocked = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),      // "this network"
+	netip.MustParsePrefix("10.0.0.0/8"),     // private (RFC 1918)
+	netip.MustParsePrefix("100.64.0.0/10"),  // CGNAT (RFC 6598), and the tailnet's addresses
+	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local: cloud metadata (169.254.169.254)
+	netip.MustParsePrefix("172.16.0.0/12"),  // private (RFC 1918)
+	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments
+	netip.MustParsePrefix("192.168.0.0/16"), // private (RFC 1918)
+	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking, often used inside networks
+	netip.MustParsePrefix("224.0.0.0/3"),    // multicast, reserved, broadcast
+}
+
+// Ruleset is the table for the model and this host's uplink, as nft text.
+// The uplink's networks are read from the host; if they cannot be, the
+// table fails closed: VMs reach nothing through the uplink.
 func Ruleset(in *config.Infra) string {
+	nets, err := hostnet.UplinkNetworks(in.Host.Uplink)
+	if err != nil {
+		nets = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+	}
+	return Render(in, nets)
+}
+
+// allowRule is one allow entry as the template writes it.
+type allowRule struct {
+	Bridge string // "@vm_bridges" for every VM, or one VM's bridge in quotes
+	Net    netip.Prefix
+	Proto  string
+	Ports  string // "22, 8000-8080"
+	Text   string // the entry as infra.toml writes it
+	At     string
+}
+
+// Render is the table for the model, with uplinkNets the networks of its
+// uplink.
+func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
+	var allow []allowRule
+	add := func(bridge string, list []config.Allow) {
+		for _, a := range list {
+			allow = append(allow, allowRule{bridge, a.Net, a.Proto, a.PortList(", "), a.String(), a.At})
+		}
+	}
+	add("@vm_bridges", in.Host.Allow)
+	for _, vm := range in.VMs {
+		add(`"`+vm.Bridge+`"`, vm.Allow)
+	}
 	data := struct {
 		Table, Uplink, Tailscale, Hash  string
 		TailscaleRange, TailscaleRange6 string
 		AllowVMToTailnet                bool
 		VMs                             []config.VM
+		Blocked                         []netip.Prefix
+		Allow                           []allowRule
 	}{Table, in.Host.Uplink, config.Tailscale, "", config.TailscaleRange.String(), config.TailscaleRange6.String(),
-		in.Host.Tailscale.AllowVMToTailnet, in.VMs}
+		in.Host.Tailscale.AllowVMToTailnet, in.VMs, merge(append(slices.Clone(Blocked), uplinkNets...)), allow}
 	var b bytes.Buffer
 	// Render once without the hash, hash that, and render again with it: the
 	// hash in the comment lets plan see whether the loaded table is current.
@@ -116,6 +196,25 @@ func Ruleset(in *config.Infra) string {
 	b.Reset()
 	ruleset.Execute(&b, data)
 	return b.String()
+}
+
+// merge sorts prefixes and drops those inside another: an nftables
+// interval set refuses overlapping elements.
+func merge(ps []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	var out []netip.Prefix
+	for _, p := range ps {
+		if n := len(out); n > 0 && out[n-1].Bits() <= p.Bits() && out[n-1].Contains(p.Addr()) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // Replace loads ruleset as one transaction: the table is created if it is

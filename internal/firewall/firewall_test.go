@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,39 +29,68 @@ func infra(t testing.TB, n int) *config.Infra {
 	return in
 }
 
+// uplinkNets stands for the networks of a host's uplink in the tests that
+// render without a host: a LAN that is not inside a private range.
+var uplinkNets = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("192.168.1.0/24")}
+
+func render(in *config.Infra) string { return Render(in, uplinkNets) }
+
 func TestRulesetGolden(t *testing.T) {
-	in, err := config.Load("../../examples/infra.toml")
-	if err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct{ file, golden string }{
+		{"../../examples/infra.toml", "example.nft"},
+		{"testdata/allow.toml", "allow.nft"},
+	} {
+		in, err := config.Load(tt.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := render(in)
+		path := filepath.Join("testdata", tt.golden)
+		if testenv.Update() {
+			os.WriteFile(path, []byte(got), 0o644)
+		}
+		want, _ := os.ReadFile(path)
+		if got != string(want) {
+			t.Errorf("ruleset differs from %s (run go test -update after checking):\n%s", path, got)
+		}
 	}
-	got := Ruleset(in)
-	path := filepath.Join("testdata", "example.nft")
-	if testenv.Update() {
-		os.WriteFile(path, []byte(got), 0o644)
+}
+
+// TestNotInternet: the uplink's networks join the blocked ranges, merged
+// so that none lies inside another (nftables refuses overlapping
+// intervals), and a host whose uplink cannot be read blocks everything.
+func TestNotInternet(t *testing.T) {
+	in := infra(t, 1)
+	rs := Render(in, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("203.0.113.0/25")})
+	want := "elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.0.0.0/24, 192.0.2.0/24, 192.168.0.0/16, 198.18.0.0/15, 203.0.113.0/25, 224.0.0.0/3 }"
+	if !strings.Contains(rs, want) {
+		t.Errorf("not_internet: want %s in\n%s", want, rs)
 	}
-	want, _ := os.ReadFile(path)
-	if got != string(want) {
-		t.Errorf("ruleset differs from %s (run go test -update after checking):\n%s", path, got)
+	closed := Render(in, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")})
+	if !strings.Contains(closed, "elements = { 0.0.0.0/0 }") {
+		t.Errorf("fail-closed table:\n%s", closed)
 	}
 }
 
 // TestConstantRules: isolation is expressed with sets, so the rule count
 // does not grow with the number of VMs (the seed's iptables need N×(N−1)).
 func TestConstantRules(t *testing.T) {
-	want := summarize(Ruleset(infra(t, 4))).Rules
+	want := summarize(render(infra(t, 4))).Rules
+	blocked := summarize(render(infra(t, 4))).Elements - 6*4 // the not_internet set
 	for _, n := range []int{1, 16, 64, 250} {
-		s := summarize(Ruleset(infra(t, n)))
+		s := summarize(render(infra(t, n)))
 		if s.Rules != want {
 			t.Errorf("N=%d: got %d rules, want %d", n, s.Rules, want)
 		}
-		if got, want := s.Elements, 4*n; got != want {
+		// Per VM: bridge, source, gateway, subnet, and DNS over UDP and TCP.
+		if got, want := s.Elements, 6*n+blocked; got != want {
 			t.Errorf("N=%d: got %d set elements, want %d", n, got, want)
 		}
 	}
 }
 
 func TestHashChangesWithModel(t *testing.T) {
-	a, b := summarize(Ruleset(infra(t, 4))), summarize(Ruleset(infra(t, 5)))
+	a, b := summarize(render(infra(t, 4))), summarize(render(infra(t, 5)))
 	if a.Hash == "" || a.Hash == b.Hash {
 		t.Errorf("hashes %q and %q: want distinct and non-empty", a.Hash, b.Hash)
 	}
@@ -182,10 +212,10 @@ func TestAllowVMToTailnet(t *testing.T) {
 		{"closed (default)", closed, false, 0},
 		{"allow_vm_to_tailnet", open, true, 2},
 	}
-	base := summarize(Ruleset(closed)).Rules
+	base := summarize(render(closed)).Rules
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rs := Ruleset(tt.in)
+			rs := render(tt.in)
 			for _, r := range rules {
 				if got := strings.Contains(rs, r); got != tt.want {
 					t.Errorf("has %q: got %v, want %v", r, got, tt.want)
@@ -196,7 +226,7 @@ func TestAllowVMToTailnet(t *testing.T) {
 			}
 		})
 	}
-	if summarize(Ruleset(closed)).Hash == summarize(Ruleset(open)).Hash {
+	if summarize(render(closed)).Hash == summarize(render(open)).Hash {
 		t.Error("the setting does not change the table's hash, so apply would not reload it")
 	}
 
@@ -204,7 +234,7 @@ func TestAllowVMToTailnet(t *testing.T) {
 	ns := testenv.NetNS(t)
 	err := sandbox.Do(ns, func() error {
 		for _, in := range []*config.Infra{open, closed} {
-			if err := (&Replace{Ruleset(in), "create"}).Apply(); err != nil {
+			if err := (&Replace{render(in), "create"}).Apply(); err != nil {
 				return err
 			}
 		}
@@ -212,5 +242,21 @@ func TestAllowVMToTailnet(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRulesetLoads: the tables of the golden files, allow lists and all,
+// load into a real nftables, which parses every rule.
+func TestRulesetLoads(t *testing.T) {
+	testenv.NeedCommands(t, "nft")
+	ns := testenv.NetNS(t)
+	for _, file := range []string{"../../examples/infra.toml", "testdata/allow.toml"} {
+		in, err := config.Load(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sandbox.Do(ns, func() error { return (&Replace{render(in), "create"}).Apply() }); err != nil {
+			t.Errorf("%s: %v", file, err)
+		}
 	}
 }

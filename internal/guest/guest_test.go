@@ -107,14 +107,17 @@ func listTree(t *testing.T, dir string) string {
 }
 
 // testVM returns a VM whose state lives in a new temporary directory.
+// Seed makes that directory root's: the tests run as root.
 func testVM(t *testing.T) *config.VM {
+	testenv.NeedRoot(t)
 	dir := filepath.Join(t.TempDir(), "vm1")
 	return &config.VM{
-		Name:   "vm1",
-		Addr:   netip.MustParseAddr("10.1.0.2"),
-		DNS:    "1.1.1.1",
-		EtcDir: filepath.Join(dir, "etc"),
-		VarDir: filepath.Join(dir, "var"),
+		Name:     "vm1",
+		Addr:     netip.MustParseAddr("10.1.0.2"),
+		DNS:      "1.1.1.1",
+		StateDir: dir,
+		EtcDir:   filepath.Join(dir, "etc"),
+		VarDir:   filepath.Join(dir, "var"),
 	}
 }
 
@@ -122,44 +125,45 @@ func TestSeed(t *testing.T) {
 	image := makeImage(t)
 	tests := []struct {
 		name   string
-		before func(t *testing.T, dir, src string) // prepares the VM's directory
-		want   func(src string) string             // the directory's listing after Seed
+		before func(t *testing.T, vm *config.VM, tree, src string) // prepares the VM's state directory
+		want   func(src string) string                             // the tree's listing after Seed
 	}{{
 		name:   "first start",
-		before: func(t *testing.T, dir, src string) {},
+		before: func(t *testing.T, vm *config.VM, tree, src string) {},
 		want:   func(src string) string { return listTree(t, src) },
 	}, {
-		name:   "empty directory, as a mount point is",
-		before: func(t *testing.T, dir, src string) { mkdir(t, dir) },
+		name:   "empty directories",
+		before: func(t *testing.T, vm *config.VM, tree, src string) { mkdir(t, filepath.Join(vm.StateDir, tree)) },
 		want:   func(src string) string { return listTree(t, src) },
 	}, {
 		name: "seeded before: the VM's own",
-		before: func(t *testing.T, dir, src string) {
-			mkdir(t, dir)
-			writeText(t, filepath.Join(dir, "mine"), "the user's")
+		before: func(t *testing.T, vm *config.VM, tree, src string) {
+			mkdir(t, filepath.Join(vm.StateDir, tree))
+			writeText(t, filepath.Join(vm.StateDir, tree, "mine"), "the user's")
 		},
 		want: nil, // unchanged
 	}, {
 		name: "interrupted while copying",
-		before: func(t *testing.T, dir, src string) {
-			mkdir(t, filepath.Join(dir, seedCopy, "half"))
+		before: func(t *testing.T, vm *config.VM, tree, src string) {
+			mkdir(t, filepath.Join(vm.Staging(tree), "half"))
 		},
 		want: func(src string) string { return listTree(t, src) },
 	}, {
-		name: "interrupted while moving up",
-		before: func(t *testing.T, dir, src string) {
-			mkdir(t, dir)
-			cp(t, src, filepath.Join(dir, seedDone))
-			entries, _ := os.ReadDir(filepath.Join(dir, seedDone))
-			os.Rename(filepath.Join(dir, seedDone, entries[0].Name()), filepath.Join(dir, entries[0].Name()))
+		// The names an older version kept its progress under mean
+		// nothing now, wherever the guest points them.
+		name: "guest-made marks and symlinks",
+		before: func(t *testing.T, vm *config.VM, tree, src string) {
+			mkdir(t, filepath.Join(vm.StateDir, tree))
+			os.Symlink("/etc/ssh", filepath.Join(vm.StateDir, tree, ".microvm-seed-done"))
+			os.Symlink("/root", filepath.Join(vm.StateDir, tree, ".microvm-seed-copy"))
 		},
-		want: func(src string) string { return listTree(t, src) },
+		want: nil,
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			vm := testVM(t)
-			tt.before(t, vm.EtcDir, filepath.Join(image, "etc"))
-			tt.before(t, vm.VarDir, filepath.Join(image, "var"))
+			tt.before(t, vm, "etc", filepath.Join(image, "etc"))
+			tt.before(t, vm, "var", filepath.Join(image, "var"))
 			wantEtc, wantVar := "", ""
 			if tt.want == nil {
 				wantEtc, wantVar = listTree(t, vm.EtcDir), listTree(t, vm.VarDir)
@@ -174,6 +178,22 @@ func TestSeed(t *testing.T) {
 			}
 			if got := listTree(t, vm.VarDir); got != wantVar {
 				t.Errorf("var:\n%s\nwant\n%s", got, wantVar)
+			}
+			// The state directory is root's alone, marked as a VM's,
+			// with nothing left over.
+			if fi, err := os.Stat(vm.StateDir); err != nil || fi.Mode() != fs.ModeDir|0o700 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+				t.Errorf("state directory: %v, %v; want root's, 0700", fi.Mode(), err)
+			}
+			entries, _ := os.ReadDir(vm.StateDir)
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			if got := strings.Join(names, " "); got != ".microvm-vm etc var" {
+				t.Errorf("state directory holds %q, want .microvm-vm etc var", got)
+			}
+			if ok, err := IsVMState(filepath.Dir(vm.StateDir), vm.Name); !ok || err != nil {
+				t.Errorf("IsVMState = %v, %v", ok, err)
 			}
 		})
 	}
@@ -366,6 +386,7 @@ func TestWriteManagedEscapes(t *testing.T) {
 		{"/etc/hostname", func(vm *config.VM) string { return filepath.Join(vm.EtcDir, "hostname") }, "file", false},
 		{"authorized_keys", func(vm *config.VM) string { return vm.AuthorizedKeys() }, "file", false},
 		{"host key", func(vm *config.VM) string { return vm.HostKey() }, "file", true},
+		{"machine-id", func(vm *config.VM) string { return filepath.Join(vm.EtcDir, "machine-id") }, "file", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -391,6 +412,39 @@ func TestWriteManagedEscapes(t *testing.T) {
 				t.Errorf("outside the VM's directory:\n%s\nwant\n%s", got, before)
 			}
 		})
+	}
+}
+
+// TestWriteManagedInsideLinks proves that symlinks the guest makes inside
+// its own tree are not followed either (Go's os.Root would follow them):
+// the host writes only the names it manages, where they are.
+func TestWriteManagedInsideLinks(t *testing.T) {
+	vm := testVM(t)
+	if err := Seed(vm, makeImage(t)); err != nil {
+		t.Fatal(err)
+	}
+	// /etc/ssh -> /etc/alternatives: the host key would land there.
+	os.RemoveAll(filepath.Join(vm.EtcDir, "ssh"))
+	os.Symlink("alternatives", filepath.Join(vm.EtcDir, "ssh"))
+	before := listTree(t, filepath.Join(vm.EtcDir, "alternatives"))
+	if err := WriteManaged(vm, Keys{Admin: testKey(t, 1, AdminComment)}); err == nil || !strings.Contains(err.Error(), "symlink") {
+		t.Errorf("WriteManaged through /etc/ssh -> alternatives: %v; want a symlink error", err)
+	}
+	if got := listTree(t, filepath.Join(vm.EtcDir, "alternatives")); got != before {
+		t.Errorf("/etc/alternatives changed:\n%s", got)
+	}
+
+	// A FIFO for machine-id would block a reader forever; it is replaced.
+	os.Remove(filepath.Join(vm.EtcDir, "ssh"))
+	os.Remove(filepath.Join(vm.EtcDir, "machine-id"))
+	if err := syscall.Mkfifo(filepath.Join(vm.EtcDir, "machine-id"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteManaged(vm, Keys{Admin: testKey(t, 1, AdminComment)}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(vm.EtcDir, "machine-id")); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("machine-id is %v, %v; want a regular file", fi.Mode(), err)
 	}
 }
 

@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // AdminComment is the comment of the admin key, which names it in a VM's
@@ -25,30 +25,33 @@ const AdminComment = "microvm-admin"
 // Every VM authorizes it, so `microvm ssh` and the tests can log in.
 func AdminKey(host config.Host) (pub, privPath string, err error) {
 	privPath = host.AdminKey()
-	dir := filepath.Dir(privPath)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", "", fmt.Errorf("making the admin key: %w", err)
-	}
-	root, err := os.OpenRoot(dir)
+	d, err := safedir.MakePrivate(filepath.Dir(privPath), 0o700)
 	if err != nil {
 		return "", "", fmt.Errorf("making the admin key: %w", err)
 	}
-	defer root.Close()
-	pub, err = keyPair(root, filepath.Base(privPath), AdminComment)
+	defer d.Close()
+	pub, err = keyPair(d, filepath.Base(privPath), AdminComment)
 	if err != nil {
 		return "", "", fmt.Errorf("making the admin key: %w", err)
 	}
 	return pub, privPath, nil
 }
 
-// keyPair returns the public half of the SSH key name in root, in
+// keyPair returns the public half of the SSH key name in d, in
 // authorized_keys form with comment, making an ed25519 key first if there
 // is none. The private key is never replaced; the public half, name.pub,
-// is written from it.
-func keyPair(root *os.Root, name, comment string) (string, error) {
-	data, err := root.ReadFile(name)
+// is written from it. If another process makes a key at the same time,
+// the first one written is kept by both.
+func keyPair(d *safedir.Dir, name, comment string) (string, error) {
+	data, err := d.ReadFile(name)
 	if errors.Is(err, fs.ErrNotExist) {
-		data, err = newKey(root, name, comment)
+		data, err = newKey(comment)
+		if err == nil {
+			var created bool
+			if created, err = d.WriteNew(name, data, 0o600); err == nil && !created {
+				data, err = d.ReadFile(name)
+			}
+		}
 	}
 	if err != nil {
 		return "", err
@@ -58,17 +61,14 @@ func keyPair(root *os.Root, name, comment string) (string, error) {
 		return "", fmt.Errorf("reading %s: %w", name, err)
 	}
 	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))) + " " + comment
-	if err := writeFile(root, name+".pub", []byte(pub+"\n"), 0o644); err != nil {
+	if err := d.WriteFile(name+".pub", []byte(pub+"\n"), 0o644); err != nil {
 		return "", err
 	}
 	return pub, nil
 }
 
-// newKey makes an ed25519 key, writes it to name in OpenSSH format, and
-// returns what it wrote. The file is linked into place, which unlike a
-// rename fails if name exists: if another process made a key meanwhile,
-// that key is kept and returned.
-func newKey(root *os.Root, name, comment string) ([]byte, error) {
+// newKey makes an ed25519 key in OpenSSH format.
+func newKey(comment string) ([]byte, error) {
 	_, priv, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		return nil, err
@@ -77,16 +77,5 @@ func newKey(root *os.Root, name, comment string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	data := pem.EncodeToMemory(block)
-	tmp, err := writeTemp(root, name, data, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer root.Remove(tmp)
-	if err := root.Link(tmp, name); errors.Is(err, fs.ErrExist) {
-		return root.ReadFile(name)
-	} else if err != nil {
-		return nil, err
-	}
-	return data, nil
+	return pem.EncodeToMemory(block), nil
 }

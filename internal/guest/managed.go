@@ -7,13 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // Keys are the public keys that may log in to a VM as root, each in
@@ -37,31 +37,26 @@ const header = "# Managed by microvm: rewritten at every start of the VM; change
 //	/etc/machine-id                made once, when it is empty (or not an ID)
 //
 // Each file is replaced atomically (a temporary file renamed over it), and
-// left as it is when it already has the content. Seed must have run.
+// left as it is when it already has the content. A directory on the way
+// that the guest replaced with a symlink is an error: nothing is written
+// there. Seed must have run.
 func WriteManaged(vm *config.VM, keys Keys) error {
-	for _, dir := range []string{vm.EtcDir, vm.VarDir} {
-		if ok, err := seeded(dir); err != nil {
-			return fmt.Errorf("writing managed files: %w", err)
-		} else if !ok {
-			return fmt.Errorf("writing managed files: %s is not seeded from the image yet", dir)
-		}
-	}
 	authorized, err := authorizedKeys(keys)
 	if err != nil {
 		return err
 	}
-
-	etc, err := os.OpenRoot(vm.EtcDir)
+	etc, vars, err := openTrees(vm)
 	if err != nil {
 		return fmt.Errorf("writing managed files: %w", err)
 	}
 	defer etc.Close()
+	defer vars.Close()
 	for _, f := range []struct{ name, text string }{
 		{"hostname", vm.Name + "\n"},
 		{"hosts", hosts(vm)},
 		{"resolv.conf", header + "nameserver " + vm.DNS + "\n"},
 	} {
-		if err := writeFile(etc, f.name, []byte(f.text), 0o644); err != nil {
+		if err := etc.WriteFile(f.name, []byte(f.text), 0o644); err != nil {
 			return fmt.Errorf("writing /etc/%s: %w", f.name, err)
 		}
 	}
@@ -72,49 +67,75 @@ func WriteManaged(vm *config.VM, keys Keys) error {
 	if err != nil {
 		return fmt.Errorf("writing the SSH host key: %w", err)
 	}
-	if err := etc.MkdirAll(filepath.Dir(hostKey), 0o755); err != nil {
+	ssh, err := etc.MkdirAll(filepath.Dir(hostKey), 0o755)
+	if err != nil {
 		return fmt.Errorf("writing the SSH host key: %w", err)
 	}
-	if _, err := keyPair(etc, hostKey, "root@"+vm.Name); err != nil {
+	defer ssh.Close()
+	if _, err := keyPair(ssh, filepath.Base(hostKey), "root@"+vm.Name); err != nil {
 		return fmt.Errorf("writing the SSH host key: %w", err)
 	}
 
-	vars, err := os.OpenRoot(vm.VarDir)
-	if err != nil {
-		return fmt.Errorf("writing managed files: %w", err)
-	}
-	defer vars.Close()
 	// sshd ignores authorized_keys unless only its owner can write to
 	// it and to the directories above it.
 	ak, err := filepath.Rel(vm.VarDir, vm.AuthorizedKeys())
 	if err != nil {
 		return fmt.Errorf("writing root's authorized_keys: %w", err)
 	}
-	if err := vars.MkdirAll(filepath.Dir(ak), 0o700); err != nil {
+	dotSSH, err := vars.MkdirAll(filepath.Dir(ak), 0o700)
+	if err != nil {
 		return fmt.Errorf("writing root's authorized_keys: %w", err)
 	}
-	if err := vars.Chmod(filepath.Dir(ak), 0o700); err != nil {
+	defer dotSSH.Close()
+	if err := dotSSH.Chmod(0o700); err != nil {
 		return fmt.Errorf("writing root's authorized_keys: %w", err)
 	}
-	if err := writeFile(vars, ak, []byte(authorized), 0o600); err != nil {
+	if err := dotSSH.WriteFile(filepath.Base(ak), []byte(authorized), 0o600); err != nil {
 		return fmt.Errorf("writing root's authorized_keys: %w", err)
 	}
 	return nil
 }
 
+// openTrees opens vm's etc and var, which Seed must have made.
+func openTrees(vm *config.VM) (etc, vars *safedir.Dir, err error) {
+	d, err := safedir.OpenPrivate(vm.StateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%s is not seeded from the image yet", vm.StateDir)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	defer d.Close()
+	for _, tree := range trees {
+		if ok, err := seededTree(d, tree); err != nil {
+			return nil, nil, err
+		} else if !ok {
+			return nil, nil, fmt.Errorf("%s is not seeded from the image yet", filepath.Join(vm.StateDir, tree))
+		}
+	}
+	if etc, err = d.OpenDir("etc"); err != nil {
+		return nil, nil, err
+	}
+	if vars, err = d.OpenDir("var"); err != nil {
+		etc.Close()
+		return nil, nil, err
+	}
+	return etc, vars, nil
+}
+
 // HostPublicKey returns the VM's SSH host key in authorized_keys form, for
 // a known_hosts line. WriteManaged makes it.
 func HostPublicKey(vm *config.VM) (string, error) {
-	etc, err := os.OpenRoot(vm.EtcDir)
+	name, err := filepath.Rel(vm.StateDir, vm.HostKey())
 	if err != nil {
 		return "", fmt.Errorf("reading the SSH host key: %w", err)
 	}
-	defer etc.Close()
-	name, err := filepath.Rel(vm.EtcDir, vm.HostKey())
+	d, err := safedir.OpenPrivate(vm.StateDir)
 	if err != nil {
 		return "", fmt.Errorf("reading the SSH host key: %w", err)
 	}
-	b, err := etc.ReadFile(name + ".pub")
+	defer d.Close()
+	b, err := d.ReadFile(name + ".pub")
 	if err != nil {
 		return "", fmt.Errorf("reading the SSH host key: %w", err)
 	}
@@ -154,10 +175,11 @@ func authorizedKeys(keys Keys) (string, error) {
 // image's is empty: the ID must differ per VM. It is made here rather than
 // left to systemd, because an empty file would make the first boot a
 // "first boot" (ConditionFirstBoot), which runs setup units meant for a
-// person at a console.
-func machineID(etc *os.Root) error {
+// person at a console. Something other than a regular file there (a
+// symlink, a FIFO the guest made) is replaced.
+func machineID(etc *safedir.Dir) error {
 	b, err := etc.ReadFile("machine-id")
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, safedir.ErrSymlink) && !errors.Is(err, safedir.ErrNotRegular) {
 		return err
 	}
 	if isMachineID(strings.TrimSpace(string(b))) {
@@ -169,7 +191,7 @@ func machineID(etc *os.Root) error {
 	rand.Read(id)
 	id[6] = id[6]&0x0f | 0x40
 	id[8] = id[8]&0x3f | 0x80
-	return writeFile(etc, "machine-id", []byte(hex.EncodeToString(id)+"\n"), 0o444)
+	return etc.WriteFile("machine-id", []byte(hex.EncodeToString(id)+"\n"), 0o444)
 }
 
 // isMachineID reports whether s is 32 lowercase hex digits, not all zero.
@@ -183,61 +205,6 @@ func isMachineID(s string) bool {
 		}
 	}
 	return true
-}
-
-// writeFile replaces name in root with a file holding data, atomically: it
-// writes a temporary file in the same directory and renames it over name.
-// A rename replaces a symlink rather than writing where it points. A file
-// that already holds data with mode perm is left alone.
-func writeFile(root *os.Root, name string, data []byte, perm fs.FileMode) error {
-	if fi, err := root.Lstat(name); err == nil && fi.Mode() == perm {
-		if old, err := root.ReadFile(name); err == nil && bytes.Equal(old, data) {
-			return nil
-		}
-	}
-	tmp, err := writeTemp(root, name, data, perm)
-	if err != nil {
-		return err
-	}
-	if err := root.Rename(tmp, name); err != nil {
-		root.Remove(tmp)
-		return err
-	}
-	return nil
-}
-
-// writeTemp writes data to a new file beside name, with mode perm and
-// synced to disk, and returns the file's name.
-func writeTemp(root *os.Root, name string, data []byte, perm fs.FileMode) (string, error) {
-	var tmp string
-	var f *os.File
-	for {
-		tmp = filepath.Join(filepath.Dir(name), "."+filepath.Base(name)+".tmp-"+rand.Text()[:8])
-		var err error
-		f, err = root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-		if errors.Is(err, fs.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		break
-	}
-	_, err := f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm) // whatever the umask
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		root.Remove(tmp)
-		return "", err
-	}
-	return tmp, nil
 }
 
 // abbrev shortens a key for an error message.

@@ -1,6 +1,7 @@
-// Package guest writes what a VM has of its own on the host: its /etc and
-// /var (vm.EtcDir and vm.VarDir, which the guest mounts over virtiofs) and
-// the host's admin SSH key that logs in to every VM.
+// Package guest writes what a VM has of its own on the host: its state
+// directory, STATE_DIR/NAME, with its /etc and /var (vm.EtcDir and
+// vm.VarDir, which the guest mounts over virtiofs), and the host's admin
+// SSH key that logs in to every VM.
 //
 // A VM's /etc and /var are seeded from its image once, at the first start
 // (Seed), and are the VM's from then on: a user's changes survive restarts
@@ -8,39 +9,84 @@
 // it manages (WriteManaged): the hostname, /etc/hosts, resolv.conf, root's
 // authorized_keys, and, when missing, the SSH host key and machine ID.
 //
-// The guest is root in its own /etc and /var and can put any symlink there.
-// Everything here that reads or writes in them goes through os.Root, which
-// refuses paths that leave the directory, so that a guest cannot make the
-// host write to, or read from, a file of its own.
+// The guest is root in its own /etc and /var and can put anything there:
+// symlinks to any host path, hard links, FIFOs, device nodes. So the host
+// never works inside those trees by path: everything here goes through
+// package safedir, which resolves each name beneath the tree without
+// following any symlink, opens only regular files, and changes modes and
+// owners through descriptors. Seeding does not happen inside them at all:
+// the image's trees are copied into STATE_DIR/NAME, which is root's alone
+// and which the guest never sees, and renamed into place.
 package guest
 
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
-// Names Seed gives its work inside the directory it seeds, so that an
-// interrupted seed is finished or redone at the next start instead of
-// leaving a half-copied /etc that looks seeded. They start with a dot
-// and are gone before the VM starts.
-const (
-	seedCopy = ".microvm-seed-copy" // being copied from the image
-	seedDone = ".microvm-seed-done" // copied; its entries are being moved up
-)
+// trees are the directories of a VM's state that its guest mounts.
+var trees = []string{"etc", "var"}
+
+// OpenState makes vm's state directory (STATE_DIR/NAME) root's alone
+// (root:root, 0700: the guest sees only etc and var in it, through
+// virtiofsd, and no other user of the host sees anything), marks it as a
+// VM's (config.Host.VMMarker), and opens it. With storage = "zfs" the
+// directory is the VM's dataset, mounted by apply.
+func OpenState(vm *config.VM) (*safedir.Dir, error) {
+	d, err := safedir.MakePrivate(vm.StateDir, config.StateDirMode)
+	if err != nil {
+		return nil, fmt.Errorf("making %s: %w", vm.StateDir, err)
+	}
+	if err := d.WriteFile(filepath.Base(vm.Marker()), []byte(marker(vm.Name)), 0o600); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("marking %s as a VM's: %w", vm.StateDir, err)
+	}
+	return d, nil
+}
+
+// marker is what the marker file of the VM name holds.
+func marker(name string) string { return "microvm VM " + name + "\n" }
+
+// IsVMState reports whether the directory stateDir/name is the state of a
+// VM called name: root's, and marked by OpenState. Nothing else in
+// state_dir may be deleted as a VM's.
+func IsVMState(stateDir, name string) (bool, error) {
+	d, err := safedir.OpenPrivate(filepath.Join(stateDir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer d.Close()
+	b, err := d.ReadFile(filepath.Base(config.Host{StateDir: stateDir}.VMMarker(name)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return string(b) == marker(name), nil
+}
 
 // Seed copies the image's /etc and /var (under rootfs, the image's root
 // filesystem) into vm.EtcDir and vm.VarDir, each only if it does not exist
-// yet or is empty. A directory that has anything in it is left alone.
+// yet or is empty. A tree that has anything in it is the VM's and is left
+// alone; what is in it plays no part in the decision.
+//
+// Each tree is copied into a staging directory of STATE_DIR/NAME
+// (vm.Staging) and renamed into place, in one step, when the copy is
+// complete: an interrupted seed leaves only the staging directory, which
+// the next start removes and makes again.
 //
 // It copies with tar, which keeps what a root filesystem's files have
 // (numeric owners, modes, symlinks, hard links, device nodes, times) and
@@ -48,104 +94,68 @@ const (
 // ACLs and extended attributes are left behind on purpose: ZFS datasets
 // (acltype=off, the default on Linux) refuse ACLs, and `cp -a` then fails on
 // /var/log/journal, whose ACL systemd-tmpfiles sets again at boot.
-//
-// The copy is made inside the directory and its entries are moved up when
-// it is complete, which works where the directory is a mount point (a ZFS
-// dataset per VM) and lets the next Seed finish an interrupted one.
 func Seed(vm *config.VM, rootfs string) error {
-	for _, d := range []struct{ src, dst string }{
-		{filepath.Join(rootfs, "etc"), vm.EtcDir},
-		{filepath.Join(rootfs, "var"), vm.VarDir},
-	} {
-		if err := seedDir(d.src, d.dst); err != nil {
-			return fmt.Errorf("seeding %s from %s: %w", d.dst, d.src, err)
+	d, err := OpenState(vm)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	for _, tree := range trees {
+		if err := seedTree(d, vm, tree, filepath.Join(rootfs, tree)); err != nil {
+			return fmt.Errorf("seeding %s from %s: %w", filepath.Join(vm.StateDir, tree), filepath.Join(rootfs, tree), err)
 		}
 	}
 	return nil
 }
 
-func seedDir(src, dst string) error {
-	if err := os.MkdirAll(dst, 0o755); err != nil {
+func seedTree(d *safedir.Dir, vm *config.VM, tree, src string) error {
+	if ok, err := seededTree(d, tree); err != nil || ok {
 		return err
 	}
-	names, err := readNames(dst)
+	staging := filepath.Base(vm.Staging(tree))
+	if err := d.RemoveAll(staging); err != nil {
+		return err
+	}
+	s, err := d.MakeDir(staging, 0o700, 0, 0)
 	if err != nil {
 		return err
 	}
-	copying, done := filepath.Join(dst, seedCopy), filepath.Join(dst, seedDone)
-	switch {
-	case slices.Contains(names, seedDone):
-		// Copied before, but not all moved up: finish.
-	case len(names) == 0 || len(names) == 1 && names[0] == seedCopy:
-		if err := os.RemoveAll(copying); err != nil {
-			return err
-		}
-		if err := copyTree(src, copying); err != nil {
-			return err
-		}
-		if err := os.Rename(copying, done); err != nil {
-			return err
-		}
-	default:
-		return os.RemoveAll(copying) // seeded before: the VM's own now
-	}
-
-	entries, err := readNames(done)
-	if err != nil {
+	s.Close()
+	if err := copyTree(src, filepath.Join(d.Path(), staging)); err != nil {
 		return err
 	}
-	for _, name := range entries {
-		if err := os.Rename(filepath.Join(done, name), filepath.Join(dst, name)); err != nil {
-			return err
-		}
-	}
-	// The directory itself takes the owner and mode of the image's.
-	fi, err := os.Stat(done)
-	if err != nil {
-		return err
-	}
-	st := fi.Sys().(*syscall.Stat_t)
-	if err := os.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
-		return err
-	}
-	if err := os.Chmod(dst, fi.Mode()&(fs.ModePerm|fs.ModeSticky|fs.ModeSetgid)); err != nil {
-		return err
-	}
-	return os.Remove(done)
+	// rename(2) replaces a missing or empty directory, and fails on one
+	// that has something in it.
+	return d.Rename(staging, tree, false)
 }
 
-// seeded reports whether Seed has completed in dir.
-func seeded(dir string) (bool, error) {
-	names, err := readNames(dir)
+// seededTree reports whether tree (etc or var) in the state directory d
+// has been seeded: it is a directory with something in it.
+func seededTree(d *safedir.Dir, tree string) (bool, error) {
+	st, err := d.Lstat(tree)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	return len(names) > 0 && !slices.Contains(names, seedCopy) && !slices.Contains(names, seedDone), nil
-}
-
-// readNames returns the names in dir, unsorted.
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return false, fmt.Errorf("%s/%s is not a directory", d.Path(), tree)
+	}
+	t, err := d.OpenDir(tree)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil && err != io.EOF {
-		return nil, err
-	}
-	return names, nil
+	defer t.Close()
+	names, err := t.Names()
+	return len(names) > 0, err
 }
 
-// copyTree copies the tree at src to a new directory dst: tar -C src -c . |
-// tar -C dst -x, with numeric owners (the guest's users, not the host's).
+// copyTree copies the tree at src into the empty directory dst, which only
+// root can reach: tar -C src -c . | tar -C dst -x, with numeric owners (the
+// guest's users, not the host's). The directory takes the owner and mode of
+// src, as tar restores those of ".".
 func copyTree(src, dst string) error {
-	if err := os.Mkdir(dst, 0o755); err != nil {
-		return err
-	}
 	pack := exec.Command("tar", "--numeric-owner", "-C", src, "-cf", "-", ".")
 	unpack := exec.Command("tar", "--numeric-owner", "--same-permissions", "-C", dst, "-xf", "-")
 	pipe, err := pack.StdoutPipe()

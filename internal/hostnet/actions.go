@@ -5,36 +5,19 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/user"
 	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
 // Each action below reads like the command a person would type, and applies
 // the same change through netlink. Apply succeeds when the change is already
 // in place.
-
-// AddUser creates the unprivileged system user the VMM runs as.
-type AddUser struct{ Name string }
-
-func (a *AddUser) String() string {
-	return "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin " + a.Name
-}
-
-func (a *AddUser) Apply() error {
-	if _, err := user.Lookup(a.Name); err == nil {
-		return nil
-	}
-	args := strings.Fields(a.String())
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		return fmt.Errorf("creating user %s: %s: %w", a.Name, strings.TrimSpace(string(out)), err)
-	}
-	return nil
-}
 
 // Sysctl sets one kernel parameter.
 type Sysctl struct{ Key, Value string }
@@ -48,20 +31,23 @@ func (a *Sysctl) Apply() error {
 	return nil
 }
 
-// AddBridge creates a bridge and marks it with the alias. (The kernel takes
-// no alias in the create request.)
+// AddBridge creates a bridge in the program's link group and marks it with
+// the alias. The kernel takes no alias in the create request, but does
+// take the group: a bridge whose alias an interrupted apply did not set
+// is still known as the program's, and the next apply sets it. A bridge of
+// that name that is not the program's is an error, and is left alone.
 type AddBridge struct{ Name, Alias string }
 
 func (a *AddBridge) String() string {
-	return fmt.Sprintf("ip link add %s type bridge && ip link set %s alias %s", a.Name, a.Name, a.Alias)
+	return fmt.Sprintf("ip link add %s group %d type bridge && ip link set %s alias %s", a.Name, config.LinkGroup, a.Name, a.Alias)
 }
 
 func (a *AddBridge) Apply() error {
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: a.Name}}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: a.Name, Group: config.LinkGroup}}
 	if err := ignoreExist(netlink.LinkAdd(br)); err != nil {
 		return fmt.Errorf("creating bridge %s: %w", a.Name, err)
 	}
-	return (&SetAlias{Name: a.Name, Alias: a.Alias}).Apply()
+	return claim(a.Name, a.Alias, func(l netlink.Link) bool { return l.Type() == "bridge" && l.Attrs().Group == config.LinkGroup })
 }
 
 // AddTAP creates a persistent TAP owned by User. vnet_hdr lets the VMM
@@ -98,10 +84,21 @@ func (a *AddTAP) matches(t *netlink.Tuntap) bool {
 		t.Owner == uid && t.Group == gid && !t.NonPersist
 }
 
+// Apply creates the TAP, or finishes one an interrupted apply made: a
+// persistent TAP owned by a.User can only be the program's, as the kernel
+// makes a TAP persistent only after its owner is set. Any other link of
+// that name is an error, and is left alone (opening a foreign TAP as root
+// would attach to it and could change its owner).
 func (a *AddTAP) Apply() error {
 	uid, gid, err := lookupIDs(a.User)
 	if err != nil {
 		return err
+	}
+	if _, err := netlink.LinkByName(a.Name); err == nil {
+		return claim(a.Name, a.Alias, func(l netlink.Link) bool {
+			t, ok := l.(*netlink.Tuntap)
+			return ok && t.Owner == uid && !t.NonPersist
+		})
 	}
 	tap := &netlink.Tuntap{
 		LinkAttrs: netlink.LinkAttrs{Name: a.Name},
@@ -110,23 +107,27 @@ func (a *AddTAP) Apply() error {
 		Owner:     uid,
 		Group:     gid,
 	}
-	if err := netlink.LinkAdd(tap); err != nil && !errors.Is(err, unix.EBUSY) && !errors.Is(err, os.ErrExist) {
+	if err := netlink.LinkAdd(tap); err != nil {
 		return fmt.Errorf("creating TAP %s: %w", a.Name, err)
 	}
-	return (&SetAlias{Name: a.Name, Alias: a.Alias}).Apply()
+	return claim(a.Name, a.Alias, func(netlink.Link) bool { return true })
 }
 
-// SetAlias marks a link as the program's.
-type SetAlias struct{ Name, Alias string }
-
-func (a *SetAlias) String() string { return fmt.Sprintf("ip link set %s alias %s", a.Name, a.Alias) }
-func (a *SetAlias) Apply() error {
-	l, err := netlink.LinkByName(a.Name)
+// claim sets alias on the link name if it has it already or if unmarked
+// (no alias yet) says it is the program's, and fails otherwise.
+func claim(name, alias string, unmarked func(netlink.Link) bool) error {
+	l, err := netlink.LinkByName(name)
 	if err != nil {
-		return fmt.Errorf("finding %s: %w", a.Name, err)
+		return fmt.Errorf("finding %s: %w", name, err)
 	}
-	if err := netlink.LinkSetAlias(l, a.Alias); err != nil {
-		return fmt.Errorf("setting alias of %s: %w", a.Name, err)
+	switch a := l.Attrs().Alias; {
+	case a == alias:
+		return nil
+	case a != "" || !unmarked(l):
+		return fmt.Errorf("%s exists and was not made by microvm (alias %q); it is left alone", name, a)
+	}
+	if err := netlink.LinkSetAlias(l, alias); err != nil {
+		return fmt.Errorf("setting alias of %s: %w", name, err)
 	}
 	return nil
 }

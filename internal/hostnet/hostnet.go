@@ -1,8 +1,10 @@
 // Package hostnet plans and applies the host's side of the VM networks: one
-// bridge per VM holding the VM's gateway address, one TAP per VM on it (owned
-// by the user the VMM runs as), and IPv4 forwarding. It reads the host
-// through netlink and changes only links it created, which it marks with an
-// alias ("microvm:NAME").
+// bridge per VM holding the VM's gateway address, one TAP per VM on it
+// (owned by the VM's own user, which it also makes), and IPv4 forwarding.
+// It reads the host through netlink and changes only links it created,
+// which it marks with an alias ("microvm:NAME"): a link with a name the
+// model derives that is not the program's is an error at plan, and
+// nothing is changed.
 package hostnet
 
 import (
@@ -11,10 +13,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/user"
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -24,36 +26,150 @@ import (
 const ForwardSysctl = "net.ipv4.ip_forward"
 
 // Check validates the model against this host before anything is planned:
-// the uplink exists, and no VM subnet overlaps a network the host already
-// has, and no link with a VM's name is of another kind. Errors point at the
-// line of infra.toml to change.
+// the uplink exists; no VM subnet overlaps a network the host already has
+// (an address or a route, in any routing table, on any link but the
+// program's own); every link with a name a VM needs is the program's; and
+// every VM user is. Errors point at the line of infra.toml to change.
 func Check(in *config.Infra) error {
-	up, err := netlink.LinkByName(in.Host.Uplink)
-	if err != nil {
+	if _, err := netlink.LinkByName(in.Host.Uplink); err != nil {
 		return fmt.Errorf("%s: uplink %q does not exist on this host; set [host] uplink to the interface of your default route (%s)", in.Pos("host.uplink"), in.Host.Uplink, defaultRouteLinks())
 	}
-	addrs, err := netlink.AddrList(up, netlink.FAMILY_V4)
+	nets, err := hostNetworks()
 	if err != nil {
-		return fmt.Errorf("reading addresses of %s: %w", in.Host.Uplink, err)
+		return err
 	}
 	for _, vm := range in.VMs {
-		for _, a := range addrs {
-			p := prefixOf(a.IPNet).Masked()
-			if p.Overlaps(vm.Subnet) {
-				return fmt.Errorf("%s: vm.%s.subnet %s overlaps the uplink's own network %s (on %s); choose another range", in.Pos("vm."+vm.Name+".subnet"), vm.Name, vm.Subnet, p, in.Host.Uplink)
+		for _, n := range nets {
+			if n.prefix.Overlaps(vm.Subnet) {
+				return fmt.Errorf("%s: vm.%s.subnet %s overlaps %s, a network this host already has (%s); choose another range", in.Pos("vm."+vm.Name+".subnet"), vm.Name, vm.Subnet, n.prefix, n.what)
 			}
 		}
 		for _, want := range []struct{ name, kind string }{{vm.Bridge, "bridge"}, {vm.TAP, "tuntap"}} {
 			l, err := netlink.LinkByName(want.name)
-			if err == nil && l.Type() != want.kind {
+			if err != nil {
+				continue
+			}
+			if l.Type() != want.kind {
 				return fmt.Errorf("%s: vm.%s needs the interface name %s, but a %s link of that name exists; delete it (ip link del %s) or rename the VM", in.Pos("vm."+vm.Name), vm.Name, want.name, l.Type(), want.name)
 			}
+			if !owned(&vm, l) {
+				return fmt.Errorf("%s: vm.%s needs the interface name %s, but %s exists and was not made by microvm (its alias is %q, not %q); the program changes only its own links: rename the VM, or rename or delete that interface if it is not in use", in.Pos("vm."+vm.Name), vm.Name, want.name, want.name, l.Attrs().Alias, vm.Alias())
+			}
 		}
+	}
+	if err := checkUsers(in); err != nil {
+		return err
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		return fmt.Errorf("/dev/net/tun is missing: load the tun module (modprobe tun)")
 	}
 	return nil
+}
+
+// owned reports whether l, a link with one of vm's names, is the
+// program's: it has vm's alias, or no alias yet and the mark its creation
+// leaves (see AddBridge and AddTAP), which an apply interrupted before the
+// alias leaves behind.
+func owned(vm *config.VM, l netlink.Link) bool {
+	switch alias := l.Attrs().Alias; {
+	case alias == vm.Alias():
+		return true
+	case alias != "":
+		return false
+	}
+	if t, ok := l.(*netlink.Tuntap); ok {
+		uid, _, err := lookupIDs(vm.User)
+		return err == nil && t.Owner == uid && !t.NonPersist
+	}
+	return l.Type() == "bridge" && l.Attrs().Group == config.LinkGroup
+}
+
+// network is a network the host has, and where.
+type network struct {
+	prefix netip.Prefix
+	what   string // "address 10.2.0.5/16 on eth0", "route 172.17.0.0/16 via docker0"
+}
+
+// hostNetworks lists the IPv4 networks of this host's addresses and routes
+// (every table, so policy routing and tailscaled's table count too),
+// except those of the program's own links, which it manages, and default
+// routes, which overlap everything.
+func hostNetworks() ([]network, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	names := map[int]string{}
+	ours := map[int]bool{}
+	for _, l := range links {
+		a := l.Attrs()
+		names[a.Index] = a.Name
+		ours[a.Index] = strings.HasPrefix(a.Alias, config.AliasPrefix)
+	}
+	var out []network
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if !ours[a.LinkIndex] {
+			p := prefixOf(a.IPNet)
+			out = append(out, network{p.Masked(), fmt.Sprintf("address %s on %s", p, names[a.LinkIndex])})
+		}
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("listing routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || ours[r.LinkIndex] {
+			continue
+		}
+		p := prefixOf(r.Dst).Masked()
+		if p.Bits() == 0 {
+			continue
+		}
+		where := "a route"
+		if name, ok := names[r.LinkIndex]; ok {
+			where = "a route via " + name
+		}
+		if r.Table != unix.RT_TABLE_MAIN && r.Table != unix.RT_TABLE_LOCAL {
+			where += fmt.Sprintf(" in table %d", r.Table)
+		}
+		out = append(out, network{p, where + " to " + p.String()})
+	}
+	return out, nil
+}
+
+// UplinkNetworks are the IPv4 networks reached directly through the
+// uplink: those of its addresses and of the routes out of it (but the
+// default route), in the main table. VMs reach none of them unless an
+// allow list says so (package firewall).
+func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
+	l, err := netlink.LinkByName(uplink)
+	if err != nil {
+		return nil, fmt.Errorf("finding uplink %s: %w", uplink, err)
+	}
+	var out []netip.Prefix
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("reading addresses of %s: %w", uplink, err)
+	}
+	for _, a := range addrs {
+		out = append(out, prefixOf(a.IPNet).Masked())
+	}
+	routes, err := netlink.RouteList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("reading routes of %s: %w", uplink, err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil {
+			if p := prefixOf(r.Dst).Masked(); p.Bits() > 0 {
+				out = append(out, p)
+			}
+		}
+	}
+	return out, nil
 }
 
 // Diff returns the actions that bring the host's links and sysctls to the
@@ -69,8 +185,11 @@ func Diff(in *config.Infra) (cleanup, setup []action.Action, err error) {
 	for _, l := range links {
 		byName[l.Attrs().Name] = l
 	}
-	if _, err := user.Lookup(in.Host.User); err != nil {
-		cleanup = append(cleanup, &AddUser{Name: in.Host.User})
+	for _, a := range userDiff(in) {
+		cleanup = append(cleanup, a)
+	}
+	for _, a := range groupDiff(in) {
+		cleanup = append(cleanup, a)
 	}
 
 	// Links this program made for VMs that are no longer in the file: TAPs
@@ -102,7 +221,7 @@ func Diff(in *config.Infra) (cleanup, setup []action.Action, err error) {
 	for i := range in.VMs {
 		vm := &in.VMs[i]
 		setup = append(setup, bridgeDiff(vm, byName[vm.Bridge])...)
-		setup = append(setup, tapDiff(in.Host.User, vm, byName[vm.TAP], byName[vm.Bridge])...)
+		setup = append(setup, tapDiff(vm, byName[vm.TAP], byName[vm.Bridge])...)
 	}
 	return cleanup, setup, nil
 }
@@ -118,7 +237,9 @@ func bridgeDiff(vm *config.VM, l netlink.Link) []action.Action {
 		}
 	}
 	if l.Attrs().Alias != vm.Alias() {
-		acts = append(acts, &SetAlias{Name: vm.Bridge, Alias: vm.Alias()})
+		// Made by an apply interrupted before the alias (Check proved
+		// it is the program's): AddBridge finishes it.
+		acts = append(acts, &AddBridge{Name: vm.Bridge, Alias: vm.Alias()})
 	}
 	addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
 	have := false
@@ -139,8 +260,8 @@ func bridgeDiff(vm *config.VM, l netlink.Link) []action.Action {
 	return acts
 }
 
-func tapDiff(owner string, vm *config.VM, l, bridge netlink.Link) []action.Action {
-	want := &AddTAP{Name: vm.TAP, User: owner, MultiQueue: vm.VCPU > 1, Alias: vm.Alias()}
+func tapDiff(vm *config.VM, l, bridge netlink.Link) []action.Action {
+	want := &AddTAP{Name: vm.TAP, User: vm.User, MultiQueue: vm.VCPU > 1, Alias: vm.Alias()}
 	all := []action.Action{want, &SetMaster{Name: vm.TAP, Master: vm.Bridge}, &LinkUp{Name: vm.TAP}}
 	if l == nil {
 		return all
@@ -152,7 +273,7 @@ func tapDiff(owner string, vm *config.VM, l, bridge netlink.Link) []action.Actio
 	}
 	var acts []action.Action
 	if l.Attrs().Alias != vm.Alias() {
-		acts = append(acts, &SetAlias{Name: vm.TAP, Alias: vm.Alias()})
+		acts = append(acts, want) // finishes a TAP an interrupted apply made
 	}
 	if bridge == nil || l.Attrs().MasterIndex != bridge.Attrs().Index {
 		acts = append(acts, all[1])

@@ -21,7 +21,7 @@ import (
 // from tailscaled (first, while the bridges still show which they are),
 // every link the program made (TAPs before bridges), the nftables table,
 // and the run directory (its mounts first). It is what Host plans for a
-// model with no VMs, less what stays: the VMM user, IPv4 forwarding (other
+// model with no VMs, less what stays: the VMs' users, IPv4 forwarding (other
 // software may rely on it) and state_dir, which the caller removes only
 // when asked. The VMs must be stopped before it is applied.
 func Teardown(in *config.Infra) (*Plan, error) {

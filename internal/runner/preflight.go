@@ -78,16 +78,16 @@ func initFound(in *config.Infra, vm *config.VM) error {
 	return nil
 }
 
-// vmmReaches checks that the VMM, which runs as the VMM user, can open
+// vmmReaches checks that the VMM, which runs as the VM's user, can open
 // the kernel it boots (in state_dir) and reach run_dir, where its sockets,
 // console log and initramfs are (the VM's own directory in it is made
 // the user's by the supervisor), so that a state_dir under a private
 // directory is an error here instead of a VMM that fails at every restart.
 func vmmReaches(in *config.Infra, vm *config.VM) error {
-	u := lookupIDs(in.Host.User)
+	u := lookupIDs(vm.User)
 	for _, p := range []string{in.Host.ImageVmlinux(vm.Image), in.Host.RunDir} {
 		if err := u.reaches(p); err != nil {
-			return fmt.Errorf("%s: the VMM runs as user %s, which cannot reach %s: %w; make it reachable (chmod o+x on the directory) or move state_dir or run_dir in %s", vm.Name, in.Host.User, p, err, in.File)
+			return fmt.Errorf("%s: the VMM runs as user %s, which cannot reach %s: %w; make it reachable (chmod o+x on the directory) or move state_dir or run_dir in %s", vm.Name, vm.User, p, err, in.File)
 		}
 	}
 	return nil

@@ -6,7 +6,8 @@
 //     /etc and /var (seeded from the image on first start), the files the
 //     program manages in them, and the initramfs;
 //  3. start the three virtiofsd daemons and wait for their sockets;
-//  4. start the VMM as the unprivileged VMM user;
+//  4. start the VMM as the VM's own unprivileged user (USER-NAME), with
+//     no_new_privs, given only its TAP's descriptors;
 //  5. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
 //     to exit, and only then stop the daemons (a daemon that went first
 //     would leave the guest with I/O errors on its root filesystem).
@@ -20,9 +21,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -32,6 +33,9 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
+	"github.com/simple-microvm-infra/microvm/internal/proc"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 	"github.com/simple-microvm-infra/microvm/internal/vmm/cloudhypervisor"
@@ -47,9 +51,16 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		return err
 	}
 	spec := vmm.NewSpec(in.Host, vm)
-	if err := prepare(in, vm, spec, logf); err != nil {
+	run, err := systemd.OpenRunDir(vm)
+	if err != nil {
 		return err
 	}
+	defer run.Close()
+	unmount, err := prepare(in, vm, run, spec, logf)
+	if err != nil {
+		return err
+	}
+	defer unmount()
 
 	daemon, err := virtiofs.Find()
 	if err != nil {
@@ -84,7 +95,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
-	if err := runAs(cmd, in.Host.User); err != nil {
+	if err := runAs(cmd, vm.User); err != nil {
 		stopDaemons()
 		return err
 	}
@@ -106,11 +117,15 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
-	logf("%s started (pid %d), console in %s", vm.Hypervisor, m.Pid(), vm.ConsoleLog())
-	if err := writeStarted(in, vm, m.Pid()); err != nil {
+	logf("%s started (pid %d, user %s), console in %s", vm.Hypervisor, m.Pid(), vm.User, vm.ConsoleLog())
+	vmmID, err := proc.Of(m.Pid())
+	if err == nil {
+		err = writeStarted(run, in, vm, vmmID)
+	}
+	if err != nil {
 		logf("recording what the VM started with: %v", err)
 	}
-	defer os.Remove(vm.StartedFile())
+	defer run.Remove(filepath.Base(vm.StartedFile()))
 
 	var vmmErr error
 	select {
@@ -147,23 +162,44 @@ func checkHost(in *config.Infra, vm *config.VM) error {
 }
 
 // prepare makes the files the VM boots from and writes its managed files.
-func prepare(in *config.Infra, vm *config.VM, spec vmm.Spec, logf func(string, ...any)) error {
+// What it returns undoes the mount of the VM's state (protectState), for
+// when the VM has stopped.
+func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, logf func(string, ...any)) (unmount func(), err error) {
+	unmount = func() {}
+	state, err := guest.OpenState(vm)
+	if err != nil {
+		return unmount, err
+	}
+	state.Close()
+	if unmount, err = protectState(vm); err != nil {
+		return unmount, err
+	}
+	defer func() {
+		if err != nil {
+			unmount()
+		}
+	}()
+	return unmount, prepareFiles(in, vm, run, spec, logf)
+}
+
+func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, logf func(string, ...any)) error {
 	h := in.Host
-	uid, gid, err := ids(h.User)
+	uid, gid, err := ids(vm.User)
 	if err != nil {
 		return err
 	}
-	// The VMM, running as the VMM user, creates its control socket and
-	// console log in the VM's run directory; it must be able to reach it.
-	if err := os.MkdirAll(h.RunDir, 0o755); err != nil {
-		return fmt.Errorf("making %s: %w", h.RunDir, err)
+	// The VMM creates its control socket and console log in a directory of
+	// its own, made anew at each start: nothing a VMM left there before
+	// is used again.
+	vmmDir := filepath.Base(vm.VMMDir())
+	if err := run.RemoveAll(vmmDir); err != nil {
+		return err
 	}
-	if err := os.MkdirAll(vm.RunDir, 0o750); err != nil {
-		return fmt.Errorf("making %s: %w", vm.RunDir, err)
+	d, err := run.MakeDir(vmmDir, config.VMMDirMode, uid, gid)
+	if err != nil {
+		return fmt.Errorf("making %s: %w", vm.VMMDir(), err)
 	}
-	if err := os.Chown(vm.RunDir, uid, gid); err != nil {
-		return fmt.Errorf("making %s: %w", vm.RunDir, err)
-	}
+	d.Close()
 	view := &virtiofs.ReadOnlyView{Src: h.ImageRootfs(vm.Image), Dst: h.ImageView(vm.Image)}
 	if err := view.Apply(); err != nil {
 		return err
@@ -198,8 +234,9 @@ func backendFor(in *config.Infra, vm *config.VM) vmm.Backend {
 }
 
 // runAs makes cmd run as user, with that user's groups: the VMM needs no
-// privilege beyond its TAP (which the user owns) and the daemons' sockets
-// (which its group may use).
+// privilege beyond its TAP (which the user owns, and whose descriptors it
+// is given), the daemons' sockets (which its group may use) and, with KVM,
+// /dev/kvm (group kvm).
 func runAs(c *exec.Cmd, name string) error {
 	uid, gid, err := ids(name)
 	if err != nil {
@@ -215,7 +252,7 @@ func runAs(c *exec.Cmd, name string) error {
 func ids(name string) (uid, gid int, err error) {
 	u, err := user.Lookup(name)
 	if err != nil {
-		return 0, 0, fmt.Errorf("looking up the VMM user: %w (microvm apply --host-only creates it)", err)
+		return 0, 0, fmt.Errorf("looking up the VM's user: %w (microvm apply --host-only creates it)", err)
 	}
 	uid, _ = strconv.Atoi(u.Uid)
 	gid, _ = strconv.Atoi(u.Gid)

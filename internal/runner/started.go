@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/proc"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // Started is what a running VM was started with, kept in vm.StartedFile()
@@ -23,8 +26,16 @@ type Started struct {
 	Hash     string            `json:"hash"`
 	Time     time.Time         `json:"started"`
 	VMMPid   int               `json:"vmm_pid"`
-	RunPid   int               `json:"run_pid"` // the `microvm run` supervisor
+	VMMStart uint64            `json:"vmm_start"` // its start time (package proc)
+	RunPid   int               `json:"run_pid"`   // the `microvm run` supervisor
+	RunStart uint64            `json:"run_start"`
 }
+
+// VMM is the VMM's process, as recorded.
+func (st Started) VMM() proc.ID { return proc.ID{Pid: st.VMMPid, Start: st.VMMStart} }
+
+// Run is the supervisor's process, as recorded.
+func (st Started) Run() proc.ID { return proc.ID{Pid: st.RunPid, Start: st.RunStart} }
 
 // Settings are the effective settings a VM runs with: everything in the
 // model that reaches its VMM or its guest, and the identity of the image's
@@ -40,7 +51,7 @@ func Settings(in *config.Infra, vm *config.VM) map[string]string {
 		"dns":        vm.DNS,
 		"ssh_keys":   strings.Join(vm.SSHKeys, "\n"),
 		"accel":      in.Host.Accel,
-		"user":       in.Host.User,
+		"user":       vm.User,
 		"image_root": fileID(in.Host.ImageRootfs(vm.Image)),
 		"kernel":     fileID(in.Host.ImageVmlinux(vm.Image)),
 	}
@@ -114,9 +125,18 @@ func orNone(s string) string {
 }
 
 // ReadStarted reads what vm was started with; ok is false if the file is
-// missing (the VM is not running, or was started by an older version).
+// missing (the VM is not running, or was started by an older version). It
+// is read only from a run directory that root alone can write.
 func ReadStarted(vm *config.VM) (st Started, ok bool, err error) {
-	b, err := os.ReadFile(vm.StartedFile())
+	d, err := safedir.OpenPrivate(vm.RunDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, err
+	}
+	defer d.Close()
+	b, err := d.ReadFile(filepath.Base(vm.StartedFile()))
 	if errors.Is(err, os.ErrNotExist) {
 		return st, false, nil
 	}
@@ -129,18 +149,17 @@ func ReadStarted(vm *config.VM) (st Started, ok bool, err error) {
 	return st, true, nil
 }
 
-func writeStarted(in *config.Infra, vm *config.VM, vmmPid int) error {
+// writeStarted records in run (vm's run directory) that the VMM vmm runs.
+func writeStarted(run *safedir.Dir, in *config.Infra, vm *config.VM, vmm proc.ID) error {
 	s := Settings(in, vm)
-	st := Started{Settings: s, Hash: Hash(s), Time: time.Now().UTC(), VMMPid: vmmPid, RunPid: os.Getpid()}
+	self := proc.Self()
+	st := Started{Settings: s, Hash: Hash(s), Time: time.Now().UTC(),
+		VMMPid: vmm.Pid, VMMStart: vmm.Start, RunPid: self.Pid, RunStart: self.Start}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := vm.StartedFile() + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, vm.StartedFile())
+	return run.WriteFile(filepath.Base(vm.StartedFile()), append(b, '\n'), 0o644)
 }
 
 // Preflight checks what a VM needs before anything is started, so that

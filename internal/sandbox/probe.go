@@ -63,26 +63,32 @@ func Serve(ns string, port int) error {
 				c.Close()
 			}
 		}()
+		// Answer from the address the client asked (the namespace has
+		// several: a router's, the internet server's, the metadata
+		// server's), or NAT on the way back would not recognize the reply.
+		pc := ipv4.NewPacketConn(ul)
+		if err := pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
+			tl.Close()
+			ul.Close()
+			return fmt.Errorf("listening in %s: %w", ns, err)
+		}
 		go func() {
 			buf := make([]byte, 512)
 			for {
-				_, from, err := ul.ReadFrom(buf)
+				_, cm, from, err := pc.ReadFrom(buf)
 				if err != nil {
 					return
 				}
-				fmt.Fprintf(packetWriter{ul, from}, "seen %s\n", from.(*net.UDPAddr).IP)
+				var reply *ipv4.ControlMessage
+				if cm != nil {
+					reply = &ipv4.ControlMessage{Src: cm.Dst}
+				}
+				pc.WriteTo([]byte(fmt.Sprintf("seen %s\n", from.(*net.UDPAddr).IP)), reply, from)
 			}
 		}()
 		return nil
 	})
 }
-
-type packetWriter struct {
-	c  net.PacketConn
-	to net.Addr
-}
-
-func (w packetWriter) Write(b []byte) (int, error) { return w.c.WriteTo(b, w.to) }
 
 // TCP connects from namespace ns to addr:port.
 func TCP(ns string, to netip.AddrPort) check.Result { return TCPFrom(ns, netip.Addr{}, to) }

@@ -1,13 +1,16 @@
 // Package sandbox builds a throwaway world of network namespaces in which the
 // program can run for real without touching the machine it runs on: a
 // "host" namespace (where the program applies its network and runs the
-// microVMs), and an "internet" namespace reached through the host's uplink.
-// Where no real guest is needed, a namespace per VM can stand in for it.
+// microVMs), an "internet" namespace reached through the host's uplink, and
+// a "LAN host" on the uplink's own network. Where no real guest is needed,
+// a namespace per VM can stand in for it.
 //
 //	microVM vm1 (or stand-in ns) eth0 10.1.0.2 ── vm-vm1 (or sb-vm1) ─┐
 //	                                        br-vm1 10.1.0.1 (made by apply)
-//	host ns: eth0 192.0.2.2 ──veth── isp0 192.0.2.1 : internet ns
-//	                                      203.0.113.10 (the "internet" server)
+//	host ns: eth0 192.0.2.2 ──veth── isp0 ┐
+//	                                      lan0 192.0.2.1 : internet ns (the host's router)
+//	lan ns:  eth0 192.0.2.50 ──veth── lan1 ┘  203.0.113.10 (the "internet" server)
+//	         (a LAN host)                     169.254.169.254 (a cloud's metadata server)
 //
 // Every address used is from the documentation ranges or the model, and
 // every packet stays inside these namespaces.
@@ -32,15 +35,18 @@ import (
 
 // Addresses of the simulated internet (RFC 5737 documentation ranges).
 var (
-	UplinkAddr   = netip.MustParsePrefix("192.0.2.2/24") // the host's uplink
-	ISPAddr      = netip.MustParsePrefix("192.0.2.1/24") // the host's default gateway
-	InternetAddr = netip.MustParseAddr("203.0.113.10")   // a server "on the internet"
+	UplinkAddr   = netip.MustParsePrefix("192.0.2.2/24")  // the host's uplink
+	ISPAddr      = netip.MustParsePrefix("192.0.2.1/24")  // the host's default gateway
+	InternetAddr = netip.MustParseAddr("203.0.113.10")    // a server "on the internet"
+	LANAddr      = netip.MustParsePrefix("192.0.2.50/24") // another host on the uplink's network
+	MetadataAddr = netip.MustParseAddr("169.254.169.254") // a cloud's instance metadata server, behind the router
 )
 
 // Sandbox is a set of namespaces; Close removes them all.
 type Sandbox struct {
 	Host     string            // namespace where the program runs
-	Internet string            // namespace holding the internet server
+	Internet string            // namespace holding the internet server, the router and the metadata server
+	LAN      string            // namespace of the LAN host
 	VMs      map[string]string // VM name -> namespace of its stand-in
 	in       *config.Infra
 	prefix   string
@@ -59,13 +65,13 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 	id := make([]byte, 3)
 	rand.Read(id)
 	prefix := "mvm" + hex.EncodeToString(id)
-	s = &Sandbox{Host: prefix + "-host", Internet: prefix + "-inet", VMs: map[string]string{}, in: in, prefix: prefix}
+	s = &Sandbox{Host: prefix + "-host", Internet: prefix + "-inet", LAN: prefix + "-lan", VMs: map[string]string{}, in: in, prefix: prefix}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-	for _, ns := range []string{s.Host, s.Internet} {
+	for _, ns := range []string{s.Host, s.Internet, s.LAN} {
 		if err := s.addNS(ns); err != nil {
 			return s, err
 		}
@@ -76,9 +82,19 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 		{"-n", s.Host, "addr", "add", UplinkAddr.String(), "dev", up},
 		{"-n", s.Host, "link", "set", up, "up"},
 		{"-n", s.Host, "route", "add", "default", "via", ISPAddr.Addr().String()},
-		{"-n", s.Internet, "addr", "add", ISPAddr.String(), "dev", "isp0"},
+		// The router's LAN is a bridge: the host's uplink and the LAN
+		// host are on one segment, as on a home or office network.
+		{"-n", s.Internet, "link", "add", "lan0", "type", "bridge"},
+		{"-n", s.Internet, "link", "set", "isp0", "master", "lan0", "up"},
+		{"-n", s.Internet, "addr", "add", ISPAddr.String(), "dev", "lan0"},
+		{"-n", s.Internet, "link", "set", "lan0", "up"},
 		{"-n", s.Internet, "addr", "add", InternetAddr.String() + "/32", "dev", "lo"},
-		{"-n", s.Internet, "link", "set", "isp0", "up"},
+		{"-n", s.Internet, "addr", "add", MetadataAddr.String() + "/32", "dev", "lo"},
+		{"-n", s.LAN, "link", "add", "eth0", "type", "veth", "peer", "name", "lan1", "netns", s.Internet},
+		{"-n", s.LAN, "addr", "add", LANAddr.String(), "dev", "eth0"},
+		{"-n", s.LAN, "link", "set", "eth0", "up"},
+		{"-n", s.LAN, "route", "add", "default", "via", ISPAddr.Addr().String()},
+		{"-n", s.Internet, "link", "set", "lan1", "master", "lan0", "up"},
 	}
 	for _, st := range steps {
 		if err := ip(st...); err != nil {
@@ -218,15 +234,19 @@ func ip(args ...string) error {
 	return nil
 }
 
-// Serve starts the test servers: the internet server, a server in every
-// stand-in there is, and a listener on the host's port 22 standing in for
-// sshd (which no VM may reach).
+// Serve starts the test servers: the internet server (which also answers
+// on the router's and the metadata server's addresses), the LAN host's (on
+// Port, and on 53 as a DNS server would), a server in every stand-in there
+// is, and a listener on the host's port 22 standing in for sshd (which no
+// VM may reach).
 func (s *Sandbox) Serve() error {
-	if err := Serve(s.Internet, Port); err != nil {
-		return err
-	}
-	if err := Serve(s.Host, 22); err != nil {
-		return err
+	for _, sv := range []struct {
+		ns   string
+		port int
+	}{{s.Internet, Port}, {s.LAN, Port}, {s.LAN, 53}, {s.Host, 22}} {
+		if err := Serve(sv.ns, sv.port); err != nil {
+			return err
+		}
 	}
 	for _, ns := range s.VMs {
 		if err := Serve(ns, Port); err != nil {
@@ -243,5 +263,6 @@ func (s *Sandbox) Target() check.Target {
 		Port:     Port,
 		Uplink:   UplinkAddr.Addr(),
 		HostSSH:  []netip.Addr{UplinkAddr.Addr()},
+		Private:  []netip.Addr{LANAddr.Addr(), ISPAddr.Addr(), MetadataAddr},
 	}
 }

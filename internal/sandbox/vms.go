@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
 // VM is a real microVM running in the sandbox: `microvm run NAME` started
@@ -108,8 +110,7 @@ func (s *Sandbox) Boot(bin, file, logDir string, timeout time.Duration, ready fu
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				console, _ := os.ReadFile(vm.ConsoleLog())
-				errs = append(errs, fmt.Errorf("%w\n%s's console ends:\n%s", err, vm.Name, Tail(console, 25)))
+				errs = append(errs, fmt.Errorf("%w\n%s's console ends:\n%s", err, vm.Name, Console(vm, 25)))
 				return
 			}
 			clients[vm.Name] = c
@@ -129,4 +130,17 @@ func Tail(b []byte, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// Console returns the end of vm's console log, n lines, read as the
+// program reads it: without following anything its VMM could have put in
+// its place (systemd.OpenConsoleLog).
+func Console(vm *config.VM, n int) string {
+	f, err := systemd.OpenConsoleLog(vm)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(f)
+	return Tail(b, n)
 }

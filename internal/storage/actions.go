@@ -39,6 +39,19 @@ func (a *CreateDataset) Apply() error {
 	return nil
 }
 
+// SetProp sets one property of a dataset that exists (one per command:
+// older zfs commands, zfs-fuse's among them, take only one).
+type SetProp struct{ Name, Prop string } // Prop is "key=value"
+
+func (a *SetProp) String() string { return "zfs set " + a.Prop + " " + a.Name }
+
+func (a *SetProp) Apply() error {
+	if _, err := run("zfs", "set", a.Prop, a.Name); err != nil {
+		return fmt.Errorf("setting %s on %s: %w", a.Prop, a.Name, err)
+	}
+	return nil
+}
+
 // MountDataset mounts a dataset that exists but is not mounted, as after
 // a reboot on a host that does not mount ZFS at boot.
 type MountDataset struct{ Name string }

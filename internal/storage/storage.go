@@ -36,16 +36,17 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // Backend is one way of keeping VM data.
@@ -289,34 +290,31 @@ func (d *Dir) Usage(in *config.Infra) (Usage, error) {
 
 // DiskUsage is the bytes allocated to everything under dir, each file
 // once however many hard links it has (images hard-link many files); 0 if
-// dir does not exist.
+// dir does not exist. It reads the tree through descriptors and follows
+// no symlink: VM directories hold whatever their guests put there.
 func DiskUsage(dir string) (int64, error) {
+	d, err := safedir.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("measuring disk use of %s: %w", dir, err)
+	}
+	defer d.Close()
 	type inode struct{ dev, ino uint64 }
 	seen := map[inode]bool{}
 	var total int64
-	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
-		if errors.Is(err, fs.ErrNotExist) && path == dir {
-			return fs.SkipAll
+	add := func(st *unix.Stat_t) {
+		id := inode{st.Dev, st.Ino}
+		if !seen[id] {
+			seen[id] = true
+			total += st.Blocks * 512 // st_blocks counts 512-byte units, whatever the file system's block size
 		}
-		if err != nil {
-			return err
-		}
-		fi, err := e.Info()
-		if err != nil {
-			return err
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return nil
-		}
-		id := inode{uint64(st.Dev), st.Ino}
-		if seen[id] {
-			return nil
-		}
-		seen[id] = true
-		total += st.Blocks * 512 // st_blocks counts 512-byte units, whatever the file system's block size
-		return nil
-	})
+	}
+	if st, err := d.Stat(); err == nil {
+		add(&st)
+	}
+	err = d.Walk(func(_ string, st *unix.Stat_t) error { add(st); return nil })
 	if err != nil {
 		return 0, fmt.Errorf("measuring disk use of %s: %w", dir, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,7 +24,13 @@ type ZFS struct{ Host config.Host }
 type dataset struct {
 	mountpoint string // a path, or "legacy", "none"
 	mounted    bool
+	inert      bool // setuid=off and devices=off
 }
+
+// vmProps make a VM's dataset ignore setuid bits and device nodes: its
+// guest writes them, as root, through virtiofsd (see runner's
+// protectState, which checks the mount has them).
+var vmProps = []string{"setuid=off", "devices=off"}
 
 // place is a dataset the model needs, made by create, and the directory
 // it must be mounted at.
@@ -54,7 +61,7 @@ func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
 	}
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		places = append(places, place{&CreateDataset{Name: h.VMDataset(vm)}, vm.StateDir})
+		places = append(places, place{&CreateDataset{Name: h.VMDataset(vm), Props: vmProps}, vm.StateDir})
 	}
 
 	var acts []action.Action
@@ -73,6 +80,11 @@ func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
 			return nil, nil, mountedElsewhere(in, name, d.mountpoint, p.dir)
 		case !d.mounted:
 			acts = append(acts, &MountDataset{Name: name})
+		}
+		if ok && slices.Equal(p.create.Props, vmProps) && !d.inert {
+			for _, prop := range vmProps {
+				acts = append(acts, &SetProp{Name: name, Prop: prop})
+			}
 		}
 	}
 
@@ -109,7 +121,7 @@ func (z *ZFS) datasets(in *config.Infra) (map[string]dataset, error) {
 			return nil, setupError(in, fmt.Sprintf("this host has no %s command", tool), true)
 		}
 	}
-	out, err := run("zfs", "list", "-H", "-o", "name,mountpoint,mounted", "-t", "filesystem", "-r", h.ZFSDataset)
+	out, err := run("zfs", "list", "-H", "-o", "name,mountpoint,mounted,setuid,devices", "-t", "filesystem", "-r", h.ZFSDataset)
 	if err != nil {
 		if _, perr := run("zpool", "list", "-H", "-o", "name", h.ZFSPool()); perr != nil {
 			return nil, setupError(in, fmt.Sprintf("the pool %s is not available (%v)", h.ZFSPool(), perr), false)
@@ -122,10 +134,10 @@ func (z *ZFS) datasets(in *config.Infra) (map[string]dataset, error) {
 	have := map[string]dataset{}
 	for _, line := range lines(out) {
 		f := strings.Split(line, "\t")
-		if len(f) != 3 {
+		if len(f) != 5 {
 			return nil, fmt.Errorf("listing datasets under %s: unexpected line %q", h.ZFSDataset, line)
 		}
-		have[f[0]] = dataset{mountpoint: f[1], mounted: f[2] == "yes"}
+		have[f[0]] = dataset{mountpoint: f[1], mounted: f[2] == "yes", inert: f[3] == "off" && f[4] == "off"}
 	}
 	return have, nil
 }

@@ -75,8 +75,8 @@ func TestZFSDatasets(t *testing.T) {
 	want := []string{
 		"zfs create -o mountpoint=" + state + " -o compression=on " + parent,
 		"zfs create " + parent + "/images",
-		"zfs create " + parent + "/vm1",
-		"zfs create " + parent + "/vm2",
+		"zfs create -o setuid=off -o devices=off " + parent + "/vm1",
+		"zfs create -o setuid=off -o devices=off " + parent + "/vm2",
 	}
 	if got := strs(acts); !reflect.DeepEqual(got, want) {
 		t.Fatalf("first plan:\ngot  %q\nwant %q", got, want)
@@ -94,6 +94,8 @@ func TestZFSDatasets(t *testing.T) {
 		{"mountpoint", parent + "/vm1", vm1.StateDir},
 		{"compression", parent + "/vm1", "on"},
 		{"mounted", parent + "/vm1", "yes"},
+		{"setuid", parent + "/vm1", "off"},
+		{"devices", parent + "/vm1", "off"},
 		{"mountpoint", parent + "/images", in.Host.ImagesDir()},
 		{"mounted", parent + "/images", "yes"},
 	}
@@ -117,6 +119,21 @@ func TestZFSDatasets(t *testing.T) {
 	for _, a := range acts {
 		if err := a.Apply(); err != nil {
 			t.Errorf("applying %q again: %v", a, err)
+		}
+	}
+
+	// A VM dataset made without the two properties (by an older
+	// version) gets them.
+	if _, err := run("zfs", "set", "setuid=on", parent+"/vm2"); err != nil {
+		t.Fatal(err)
+	}
+	acts, _, err = For(in.Host).Diff(in)
+	if want := []string{"zfs set setuid=off " + parent + "/vm2", "zfs set devices=off " + parent + "/vm2"}; err != nil || !reflect.DeepEqual(strs(acts), want) {
+		t.Errorf("plan after setuid=on: got %q, %v; want %q", strs(acts), err, want)
+	}
+	for _, a := range acts {
+		if err := a.Apply(); err != nil {
+			t.Fatal(err)
 		}
 	}
 

@@ -7,12 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strconv"
-	"strings"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/proc"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // Keep is the detached keeper of one VM, for hosts without systemd: it does
@@ -29,10 +30,16 @@ func Keep(bin, file string, vm *config.VM, log io.Writer) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	if err := os.WriteFile(vm.KeeperPidFile(), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	run, err := OpenRunDir(vm)
+	if err != nil {
 		return err
 	}
-	defer os.Remove(vm.KeeperPidFile())
+	defer run.Close()
+	pidFile := filepath.Base(vm.KeeperPidFile())
+	if err := run.WriteFile(pidFile, []byte(proc.Self().Format()), 0o644); err != nil {
+		return err
+	}
+	defer run.Remove(pidFile)
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(log, "%s keeper: %s\n", time.Now().UTC().Format(time.RFC3339), fmt.Sprintf(format, args...))
 	}
@@ -91,43 +98,48 @@ func exitText(err error) string {
 	return err.Error()
 }
 
-// KeeperPid returns the pid of vm's keeper if one is running.
-func KeeperPid(vm *config.VM) (int, bool) {
-	b, err := os.ReadFile(vm.KeeperPidFile())
+// OpenRunDir makes (if missing) and opens vm's run directory, the part of
+// it that is root's (see config's runtime.go): owned by root, mode
+// config.RunDirMode, so that the VMM's user reaches its own directory and
+// sockets in it by name but cannot list it or change anything in it.
+func OpenRunDir(vm *config.VM) (*safedir.Dir, error) {
+	d, err := safedir.MakePrivate(vm.RunDir, config.RunDirMode)
 	if err != nil {
-		return 0, false
+		return nil, fmt.Errorf("making %s: %w", vm.RunDir, err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0, false
-	}
-	return pid, Alive(pid)
+	return d, nil
 }
 
-// Alive reports whether process pid exists (and is not a zombie).
-func Alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// KeeperPid returns vm's keeper if one is running. The pid file is read
+// only from a run directory that root alone can write, and the pid counts
+// only if its process started when the keeper that wrote it did.
+func KeeperPid(vm *config.VM) (proc.ID, bool) {
+	d, err := safedir.OpenPrivate(vm.RunDir)
 	if err != nil {
-		return false
+		return proc.ID{}, false
 	}
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
+	defer d.Close()
+	b, err := d.ReadFile(filepath.Base(vm.KeeperPidFile()))
+	if err != nil {
+		return proc.ID{}, false
 	}
-	return true
+	id, err := proc.Parse(string(b))
+	if err != nil {
+		return proc.ID{}, false
+	}
+	return id, id.Alive()
 }
 
 // StartDetached starts the keeper of vm in its own session, detached from
 // the caller: `bin keep -f file NAME`, its output appended to
 // vm.SupervisorLog(). It returns once the keeper has written its pid file.
 func StartDetached(bin, file string, vm *config.VM) (int, error) {
-	if err := os.MkdirAll(vm.RunDir, 0o750); err != nil {
+	run, err := OpenRunDir(vm)
+	if err != nil {
 		return 0, err
 	}
-	log, err := os.OpenFile(vm.SupervisorLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	defer run.Close()
+	log, err := run.OpenAppend(filepath.Base(vm.SupervisorLog()), 0o600)
 	if err != nil {
 		return 0, err
 	}
@@ -137,7 +149,9 @@ func StartDetached(bin, file string, vm *config.VM) (int, error) {
 		return 0, err
 	}
 	defer null.Close()
-	os.Remove(vm.KeeperPidFile())
+	if err := run.Remove(filepath.Base(vm.KeeperPidFile())); err != nil {
+		return 0, err
+	}
 	cmd := exec.Command(bin, "keep", "-f", file, vm.Name)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -149,7 +163,7 @@ func StartDetached(bin, file string, vm *config.VM) (int, error) {
 	go func() { cmd.Wait(); close(exited) }()
 	deadline := time.After(10 * time.Second)
 	for {
-		if p, ok := KeeperPid(vm); ok && p == pid {
+		if p, ok := KeeperPid(vm); ok && p.Pid == pid {
 			cmd.Process.Release()
 			return pid, nil
 		}
@@ -169,17 +183,25 @@ var ErrNotRunning = errors.New("not running")
 // StopDetached asks vm's keeper to stop (SIGTERM, which it passes to the
 // supervisor, which shuts the guest down) and waits for it to exit.
 func StopDetached(vm *config.VM, timeout time.Duration) error {
-	pid, ok := KeeperPid(vm)
+	id, ok := KeeperPid(vm)
 	if !ok {
 		return ErrNotRunning
 	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
-		return fmt.Errorf("stopping %s (keeper pid %d): %w", vm.Name, pid, err)
+	if err := id.Signal(syscall.SIGTERM); errors.Is(err, proc.ErrGone) {
+		return ErrNotRunning
+	} else if err != nil {
+		return fmt.Errorf("stopping %s (keeper %s): %w", vm.Name, id, err)
 	}
+	return WaitGone(id, timeout, fmt.Sprintf("%s did not stop in %s (keeper %s); see %s", vm.Name, timeout, id, vm.SupervisorLog()))
+}
+
+// WaitGone waits until id's process has exited, or fails with msg after
+// timeout.
+func WaitGone(id proc.ID, timeout time.Duration, msg string) error {
 	deadline := time.Now().Add(timeout)
-	for Alive(pid) {
+	for id.Alive() {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not stop in %s (keeper pid %d); see %s", vm.Name, timeout, pid, vm.SupervisorLog())
+			return errors.New(msg)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

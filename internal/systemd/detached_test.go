@@ -1,7 +1,9 @@
 package systemd
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -43,8 +46,8 @@ while :; do sleep 0.1; done
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("restarted after %s", time.Since(began).Round(10*time.Millisecond))
-	if pid, ok := KeeperPid(vm); !ok || pid != os.Getpid() {
-		t.Errorf("keeper pid file: %d %v, want %d", pid, ok, os.Getpid())
+	if id, ok := KeeperPid(vm); !ok || id != proc.Self() {
+		t.Errorf("keeper pid file: %+v %v, want %+v", id, ok, proc.Self())
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	select {
@@ -63,6 +66,64 @@ while :; do sleep 0.1; done
 	}
 	if !strings.Contains(log.String(), "failed (exit status 1); restarting in 1s") {
 		t.Errorf("log:\n%s", log.String())
+	}
+}
+
+// TestKeeperPidChecked: a keeper pid is believed only from a run
+// directory that only root can write, and only for the process that
+// started when the keeper did; anything else is "not running", and
+// StopDetached signals nothing.
+func TestKeeperPidChecked(t *testing.T) {
+	testenv.NeedRoot(t)
+	victim := exec.Command("sleep", "60")
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer victim.Process.Kill()
+	id, err := proc.Of(victim.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name    string
+		content string
+		setup   func(dir string)
+	}{
+		{"pid without a start time", fmt.Sprintf("%d\n", id.Pid), nil},
+		{"another process's start time", proc.ID{Pid: id.Pid, Start: id.Start + 7}.Format(), nil},
+		{"directory the VMM user can write", id.Format(), func(dir string) { os.Chown(dir, 1234, 1234) }},
+		{"world-writable directory", id.Format(), func(dir string) { os.Chmod(dir, 0o777) }},
+		{"pid file is a symlink", "", func(dir string) {
+			os.WriteFile(filepath.Join(dir, "elsewhere"), []byte(id.Format()), 0o644)
+			os.Symlink("elsewhere", filepath.Join(dir, "keeper.pid"))
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			vm := &config.VM{Name: "vm1", RunDir: dir}
+			if tt.content != "" {
+				os.WriteFile(vm.KeeperPidFile(), []byte(tt.content), 0o644)
+			}
+			if tt.setup != nil {
+				tt.setup(dir)
+			}
+			if got, ok := KeeperPid(vm); ok {
+				t.Errorf("KeeperPid believed %+v", got)
+			}
+			if err := StopDetached(vm, time.Second); err != ErrNotRunning {
+				t.Errorf("StopDetached: %v, want ErrNotRunning", err)
+			}
+			if !id.Alive() {
+				t.Fatal("the victim was signalled")
+			}
+		})
+	}
+	// The same record, where it belongs, is believed.
+	dir := t.TempDir()
+	vm := &config.VM{Name: "vm1", RunDir: dir}
+	os.WriteFile(vm.KeeperPidFile(), []byte(id.Format()), 0o644)
+	if got, ok := KeeperPid(vm); !ok || got != id {
+		t.Errorf("KeeperPid = %+v, %v; want %+v", got, ok, id)
 	}
 }
 

@@ -60,16 +60,16 @@ type Share struct {
 	Tag      string // what the guest mounts it by
 	Dir      string // the host directory the daemon serves
 	Socket   string // the vhost-user socket the VMM connects to
-	Group    string // group allowed to connect to Socket: the VMM's user's group
+	Group    string // group allowed to connect to Socket: the VM's own group (config.VM.User)
 	ReadOnly bool   // the guest must not change anything in Dir
 }
 
 // Shares returns vm's three shares, in the order image, etc, var.
 func Shares(h config.Host, vm *config.VM) []Share {
 	return []Share{
-		{Tag: TagImage, Dir: h.ImageView(vm.Image), Socket: vm.ShareSocket(TagImage), Group: h.User, ReadOnly: true},
-		{Tag: TagEtc, Dir: vm.EtcDir, Socket: vm.ShareSocket(TagEtc), Group: h.User},
-		{Tag: TagVar, Dir: vm.VarDir, Socket: vm.ShareSocket(TagVar), Group: h.User},
+		{Tag: TagImage, Dir: h.ImageView(vm.Image), Socket: vm.ShareSocket(TagImage), Group: vm.User, ReadOnly: true},
+		{Tag: TagEtc, Dir: vm.EtcDir, Socket: vm.ShareSocket(TagEtc), Group: vm.User},
+		{Tag: TagVar, Dir: vm.VarDir, Socket: vm.ShareSocket(TagVar), Group: vm.User},
 	}
 }
 

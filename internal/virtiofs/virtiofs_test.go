@@ -40,9 +40,9 @@ func TestShares(t *testing.T) {
 	vm, _ := in.VM("vm1")
 	got := Shares(in.Host, vm)
 	want := []Share{
-		{Tag: "image", Dir: "/run/microvm/images/debian", Socket: "/run/microvm/vm1/virtiofs-image.sock", Group: "microvm", ReadOnly: true},
-		{Tag: "etc", Dir: "/var/lib/microvms/vm1/etc", Socket: "/run/microvm/vm1/virtiofs-etc.sock", Group: "microvm"},
-		{Tag: "var", Dir: "/var/lib/microvms/vm1/var", Socket: "/run/microvm/vm1/virtiofs-var.sock", Group: "microvm"},
+		{Tag: "image", Dir: "/run/microvm/images/debian", Socket: "/run/microvm/vm1/virtiofs-image.sock", Group: "microvm-vm1", ReadOnly: true},
+		{Tag: "etc", Dir: "/var/lib/microvms/vm1/etc", Socket: "/run/microvm/vm1/virtiofs-etc.sock", Group: "microvm-vm1"},
+		{Tag: "var", Dir: "/var/lib/microvms/vm1/var", Socket: "/run/microvm/vm1/virtiofs-var.sock", Group: "microvm-vm1"},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("Shares:\ngot  %+v\nwant %+v", got, want)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"time"
@@ -19,12 +18,13 @@ type Backend interface {
 	// the host; the caller may still set the command's user and output
 	// before passing it to [Start].
 	Command(s Spec) (*exec.Cmd, error)
-	// Ping returns nil if the VMM answers on vm's control socket.
-	Ping(ctx context.Context, vm *config.VM) error
-	// StopSteps are the ways to stop vm's VMM, gentlest first.
-	// [Machine.Stop] tries them in turn and kills the process when none
-	// has worked.
-	StopSteps(vm *config.VM) []Step
+	// Ping returns nil if the VMM, process pid, answers on vm's control
+	// socket.
+	Ping(ctx context.Context, vm *config.VM, pid int) error
+	// StopSteps are the ways to stop vm's VMM, process pid, gentlest
+	// first. [Machine.Stop] tries them in turn and kills the process when
+	// none has worked.
+	StopSteps(vm *config.VM, pid int) []Step
 }
 
 // Step is one way of stopping a VMM.
@@ -56,14 +56,18 @@ type Machine struct {
 	err     error
 }
 
-// Start starts cmd, which b.Command returned for vm.
+// Start starts cmd, which b.Command returned for vm, with no_new_privs
+// set: the VMM never gains a privilege by running another program.
 //
 // A control socket left by an earlier run is removed first (Cloud
 // Hypervisor refuses to start on one), unless it answers: then a VMM of the
 // same VM is running, and Start refuses to start a second.
 func Start(b Backend, vm *config.VM, cmd *exec.Cmd) (*Machine, error) {
 	sock := vm.ControlSocket()
-	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	c, err := Dial(ctx, sock, 0)
+	cancel()
+	if err == nil {
 		c.Close()
 		return nil, fmt.Errorf("starting %s: its control socket %s answers: is it already running?", vm.Name, sock)
 	}
@@ -71,7 +75,7 @@ func Start(b Backend, vm *config.VM, cmd *exec.Cmd) (*Machine, error) {
 		return nil, fmt.Errorf("starting %s: removing stale socket: %w", vm.Name, err)
 	}
 	m := &Machine{VM: vm, backend: b, cmd: cmd, done: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
+	if err := startNoNewPrivs(cmd); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", vm.Name, err)
 	}
 	go func() {
@@ -100,7 +104,7 @@ func (m *Machine) Ready(ctx context.Context) error {
 	defer tick.Stop()
 	for {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := m.backend.Ping(pctx, m.VM)
+		err := m.backend.Ping(pctx, m.VM, m.Pid())
 		cancel()
 		if err == nil {
 			return nil
@@ -120,7 +124,7 @@ func (m *Machine) Ready(ctx context.Context) error {
 // none worked or ctx ends. It returns once the process is gone: nil if a
 // step stopped it, [ErrKilled] if it had to be killed.
 func (m *Machine) Stop(ctx context.Context) error {
-	for _, s := range m.backend.StopSteps(m.VM) {
+	for _, s := range m.backend.StopSteps(m.VM, m.Pid()) {
 		if m.exited() || ctx.Err() != nil {
 			break
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
+	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
@@ -183,7 +184,7 @@ func TestLifecycle(t *testing.T) {
 			} `json:"vm"`
 		}
 		r = mvm("info", "--json", "lc1", "-f", file)
-		if err := json.Unmarshal([]byte(r.out), &info); err != nil || info.State != "running" || !systemd.Alive(info.VMMPid) || info.VM.Address != "10.1.0.2" {
+		if err := json.Unmarshal([]byte(r.out), &info); err != nil || info.State != "running" || !pidAlive(info.VMMPid) || info.VM.Address != "10.1.0.2" {
 			t.Errorf("info --json: %v %+v\n%s", err, info, r.out)
 		}
 		// exec hands each argument over as one, and exits with the
@@ -212,6 +213,9 @@ func TestLifecycle(t *testing.T) {
 		if r := mvm("ssh", "-f", file, "lc1", "--", "echo "+token+" > /var/marker && sync"); r.code != 0 {
 			t.Fatalf("writing the marker: %s", r.out)
 		}
+		// The guest plants symlinks to host paths in its /etc and /var;
+		// the restart below prepares its files again (attack_test.go).
+		checkHost := guestSymlinks(t, func(script string) result { return mvm("ssh", "-f", file, "lc1", "--", script) }, host.StateDir)
 		st, ok, err := runner.ReadStarted(lc1)
 		if !ok || err != nil {
 			t.Fatalf("no started record: %v", err)
@@ -222,7 +226,7 @@ func TestLifecycle(t *testing.T) {
 		}
 		var again runner.Started
 		for {
-			if s, ok, _ := runner.ReadStarted(lc1); ok && s.VMMPid != st.VMMPid && systemd.Alive(s.VMMPid) {
+			if s, ok, _ := runner.ReadStarted(lc1); ok && s.VMMPid != st.VMMPid && s.VMM().Alive() {
 				again = s
 				break
 			}
@@ -235,6 +239,7 @@ func TestLifecycle(t *testing.T) {
 		if r := mvm("ssh", "-f", file, "--wait", "5m", "lc1", "--", "cat /var/marker"); r.code != 0 || strings.TrimSpace(r.out) != token {
 			t.Errorf("after the restart /var/marker: exit %d, %q; want %q", r.code, r.out, token)
 		}
+		checkHost(t)
 	})
 
 	t.Run("console and logs", func(t *testing.T) {
@@ -276,6 +281,16 @@ func TestLifecycle(t *testing.T) {
 	})
 
 	t.Run("down is a clean shutdown", func(t *testing.T) {
+		// lc1's VMM, compromised, reaches for lc2's files and plants
+		// pids and a symlink where root reads them (attack_test.go).
+		st, ok, err := runner.ReadStarted(lc1)
+		if !ok || err != nil {
+			t.Fatalf("no started record: %v", err)
+		}
+		uid, gid := vmmUser(t, st.VMMPid)
+		lc2, _ := in.VM("lc2")
+		vmmReach(t, uid, gid, lc1, lc2)
+		checkVictim := vmmAttack(t, lc1, uid, gid, dir)
 		r := mvm("down", "-f", file, "--timeout", "2m", "lc1")
 		t.Logf("microvm down --timeout 2m lc1:\n%s", r.out)
 		if r.code != 0 || !strings.Contains(r.out, "lc1 stopped in ") {
@@ -303,6 +318,7 @@ func TestLifecycle(t *testing.T) {
 		if strings.Count(r.out, "stopped") != 2 {
 			t.Errorf("status after down:\n%s", r.out)
 		}
+		checkVictim(t)
 	})
 
 	t.Run("apply brings VMs to the file", func(t *testing.T) {
@@ -353,4 +369,11 @@ func TestLifecycle(t *testing.T) {
 			t.Errorf("lc1's data is still there after destroy: %v", err)
 		}
 	})
+}
+
+// pidAlive reports whether a process pid exists, as a test reads a pid
+// from JSON (without its start time).
+func pidAlive(pid int) bool {
+	id, err := proc.Of(pid)
+	return err == nil && id.Alive()
 }

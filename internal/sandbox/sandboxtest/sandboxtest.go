@@ -67,8 +67,7 @@ func Login(t testing.TB, sb *sandbox.Sandbox, vm *config.VM) *ssh.Client {
 // Dump logs the end of vm's supervisor log (at log) and console.
 func Dump(t testing.TB, vm config.VM, log string) {
 	sup, _ := os.ReadFile(log)
-	console, _ := os.ReadFile(vm.ConsoleLog())
-	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, sandbox.Tail(sup, 20), vm.Name, sandbox.Tail(console, 30))
+	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, sandbox.Tail(sup, 20), vm.Name, sandbox.Console(&vm, 30))
 }
 
 // Promises measures the promise matrix of in with p (from inside the

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
 // Client talks to Cloud Hypervisor's REST API on its unix socket
@@ -20,12 +22,12 @@ type Client struct {
 	http *http.Client
 }
 
-// NewClient returns a client of the API on the unix socket at path.
-func NewClient(path string) *Client {
+// NewClient returns a client of the API on the unix socket at path, served
+// by the Cloud Hypervisor process pid (see vmm.Dial).
+func NewClient(path string, pid int) *Client {
 	return &Client{http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			return vmm.Dial(ctx, path, pid)
 		},
 		// One request per connection, as ch-remote does: the API server
 		// serves a few connections at a time, and a stopping VMM closes

@@ -73,8 +73,8 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 }
 
 // Ping returns nil if the API answers.
-func (b *Backend) Ping(ctx context.Context, vm *config.VM) error {
-	_, err := NewClient(vm.ControlSocket()).Ping(ctx)
+func (b *Backend) Ping(ctx context.Context, vm *config.VM, pid int) error {
+	_, err := NewClient(vm.ControlSocket(), pid).Ping(ctx)
 	return err
 }
 
@@ -83,8 +83,8 @@ func (b *Backend) Ping(ctx context.Context, vm *config.VM) error {
 // the VMM (vm.shutdown, at once, like pulling the power cord) and making the
 // VMM exit (vmm.shutdown). Cloud Hypervisor exits by itself when its guest
 // powers off.
-func (b *Backend) StopSteps(vm *config.VM) []vmm.Step {
-	c := NewClient(vm.ControlSocket())
+func (b *Backend) StopSteps(vm *config.VM, pid int) []vmm.Step {
+	c := NewClient(vm.ControlSocket(), pid)
 	grace := b.Grace
 	if grace == 0 {
 		grace = vmm.DefaultGrace

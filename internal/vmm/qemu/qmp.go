@@ -10,6 +10,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
 // QMP is a connection to QEMU's machine protocol: one JSON object per line
@@ -52,11 +54,11 @@ type message struct {
 	Event  string          `json:"event"`
 }
 
-// DialQMP connects to the QMP socket at path and negotiates capabilities.
-// ctx bounds the whole handshake.
-func DialQMP(ctx context.Context, path string) (*QMP, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
+// DialQMP connects to the QMP socket at path, served by the QEMU process
+// pid (see vmm.Dial), and negotiates capabilities. ctx bounds the whole
+// handshake.
+func DialQMP(ctx context.Context, path string, pid int) (*QMP, error) {
+	conn, err := vmm.Dial(ctx, path, pid)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to QMP: %w", err)
 	}

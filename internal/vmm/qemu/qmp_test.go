@@ -54,10 +54,10 @@ func startQEMU(t *testing.T, sock string, extra ...string) (*exec.Cmd, chan stru
 }
 
 // dial connects to sock once QEMU listens on it.
-func dial(t *testing.T, ctx context.Context, sock string) *QMP {
+func dial(t *testing.T, ctx context.Context, sock string, pid int) *QMP {
 	t.Helper()
 	for {
-		q, err := DialQMP(ctx, sock)
+		q, err := DialQMP(ctx, sock, pid)
 		if err == nil {
 			return q
 		}
@@ -74,10 +74,10 @@ func dial(t *testing.T, ctx context.Context, sock string) *QMP {
 // the events QEMU interleaves), an error answer, and quit.
 func TestQMP(t *testing.T) {
 	sock := filepath.Join(testenv.ShortDir(t), "qmp.sock")
-	_, done := startQEMU(t, sock)
+	cmd, done := startQEMU(t, sock)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	q := dial(t, ctx, sock)
+	q := dial(t, ctx, sock, cmd.Process.Pid)
 	defer q.Close()
 
 	if v := q.Greet.QMP.Version.QEMU; v.Major < 7 {
@@ -120,10 +120,10 @@ func TestQMP(t *testing.T) {
 // a guest reset (what ctrl-alt-del makes systemd do) makes QEMU exit.
 func TestNoReboot(t *testing.T) {
 	sock := filepath.Join(testenv.ShortDir(t), "qmp.sock")
-	_, done := startQEMU(t, sock, "-no-reboot")
+	cmd, done := startQEMU(t, sock, "-no-reboot")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	q := dial(t, ctx, sock)
+	q := dial(t, ctx, sock, cmd.Process.Pid)
 	defer q.Close()
 	if err := q.Execute(ctx, "system_reset", nil, nil); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		t.Logf("system_reset: %v (QEMU may exit before answering)", err)
@@ -153,7 +153,7 @@ hypervisor = "qemu"
 		t.Fatal(err)
 	}
 	vm, _ := in.VM("vm1")
-	if err := os.MkdirAll(vm.RunDir, 0o755); err != nil {
+	if err := os.MkdirAll(vm.VMMDir(), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	b := &Backend{Accel: "tcg", Grace: time.Second}

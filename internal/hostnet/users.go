@@ -1,0 +1,173 @@
+package hostnet
+
+import (
+	"fmt"
+	"os/exec"
+	"os/user"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// Each VM's VMM runs as a user of its own, USER-NAME (config.VM.User), with
+// a group of the same name, as Firecracker's jailer gives each microVM its
+// own uid: it owns the VM's TAP, its group may use the VM's virtiofs
+// sockets, and nothing of another VM's is open to it. The user has no home
+// and no shell, and its comment marks it as the program's ("microvm VM
+// NAME"): the program never runs a VMM as, changes or deletes a user
+// without that mark. With KVM the user is also in the group kvm, which
+// owns /dev/kvm on most hosts.
+//
+// A VM that leaves the file keeps its user, as it keeps its data: a VM
+// added back under the same name gets the same user. `microvm destroy
+// NAME --data` deletes both. The user owns no file outside the VM's run
+// directory (the guest's files belong to the guest's own uids), so
+// nothing is left behind for a later user with the same uid.
+
+// KVMGroup is the group that may open /dev/kvm on most distributions.
+const KVMGroup = "kvm"
+
+// UserComment is the comment (GECOS field) that marks the user of the VM
+// called name as the program's.
+func UserComment(name string) string { return "microvm VM " + name }
+
+// AddUser creates the system user a VM's VMM runs as, with its own group,
+// and in Groups.
+type AddUser struct {
+	Name, Comment string
+	Groups        []string
+}
+
+// NewUser is the AddUser of vm's user.
+func NewUser(vm *config.VM) *AddUser {
+	a := &AddUser{Name: vm.User, Comment: UserComment(vm.Name)}
+	if _, err := user.LookupGroup(KVMGroup); err == nil {
+		a.Groups = []string{KVMGroup}
+	}
+	return a
+}
+
+func (a *AddUser) args() []string {
+	args := []string{"--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--user-group", "--comment", a.Comment}
+	if len(a.Groups) > 0 {
+		args = append(args, "--groups", strings.Join(a.Groups, ","))
+	}
+	return append(args, a.Name)
+}
+
+func (a *AddUser) String() string { return "useradd " + shellJoin(a.args()) }
+
+func (a *AddUser) Apply() error {
+	if u, err := user.Lookup(a.Name); err == nil {
+		if u.Name != a.Comment {
+			return fmt.Errorf("user %s exists and was not made by microvm (comment %q, not %q); it is left alone", a.Name, u.Name, a.Comment)
+		}
+		return nil
+	}
+	return runLocked("useradd", a.args()...)
+}
+
+// AddToGroup adds a VM's user to a group it lacks (kvm, made after it).
+type AddToGroup struct{ User, Group string }
+
+func (a *AddToGroup) String() string {
+	return fmt.Sprintf("usermod --append --groups %s %s", a.Group, a.User)
+}
+
+func (a *AddToGroup) Apply() error {
+	return runLocked("usermod", "--append", "--groups", a.Group, a.User)
+}
+
+// DelUser deletes a VM's user and its group, if it carries the mark of
+// the VM called VM.
+type DelUser struct{ Name, VM string }
+
+func (a *DelUser) String() string { return "userdel " + a.Name }
+
+func (a *DelUser) Apply() error {
+	u, err := user.Lookup(a.Name)
+	if err != nil {
+		return nil // gone already
+	}
+	if u.Name != UserComment(a.VM) {
+		return fmt.Errorf("user %s was not made by microvm (comment %q); it is left alone", a.Name, u.Name)
+	}
+	return runLocked("userdel", a.Name)
+}
+
+// userDiff returns what makes the users of the model's VMs exist, in the
+// groups they need. A user of that name that is not the program's is an
+// error (Check).
+func userDiff(in *config.Infra) []*AddUser {
+	var out []*AddUser
+	for i := range in.VMs {
+		if _, err := user.Lookup(in.VMs[i].User); err != nil {
+			out = append(out, NewUser(&in.VMs[i]))
+		}
+	}
+	return out
+}
+
+// groupDiff returns what adds existing VM users to the kvm group, where
+// there is one.
+func groupDiff(in *config.Infra) []*AddToGroup {
+	kvm, err := user.LookupGroup(KVMGroup)
+	if err != nil {
+		return nil
+	}
+	var out []*AddToGroup
+	for _, vm := range in.VMs {
+		u, err := user.Lookup(vm.User)
+		if err != nil {
+			continue
+		}
+		if ids, err := u.GroupIds(); err == nil && !slices.Contains(ids, kvm.Gid) {
+			out = append(out, &AddToGroup{User: vm.User, Group: KVMGroup})
+		}
+	}
+	return out
+}
+
+// checkUsers refuses a VM whose user name belongs to someone else.
+func checkUsers(in *config.Infra) error {
+	for _, vm := range in.VMs {
+		u, err := user.Lookup(vm.User)
+		if err == nil && u.Name != UserComment(vm.Name) {
+			return fmt.Errorf("%s: vm.%s's VMM runs as user %s, which exists and was not made by microvm (its comment is %q, not %q); the program does not run a VMM as someone else's user: rename the VM, or set another [host] user prefix", in.Pos("vm."+vm.Name), vm.Name, vm.User, u.Name, UserComment(vm.Name))
+		}
+	}
+	return nil
+}
+
+// runLocked runs a shadow-utils command, trying again for a few seconds
+// while another one holds the lock on /etc/passwd.
+func runLocked(name string, args ...string) error {
+	var out []byte
+	var err error
+	for range 20 {
+		out, err = exec.Command(name, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "lock") {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %s: %w", name, args[len(args)-1], strings.TrimSpace(string(out)), err)
+	}
+	return nil
+}
+
+// shellJoin writes args as a shell would need them: quoted when they hold
+// a space.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if strings.ContainsAny(a, " \t'\"") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}

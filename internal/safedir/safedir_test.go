@@ -1,0 +1,233 @@
+package safedir
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// tree makes a directory "guest" as a hostile guest could leave it, and an
+// "outside" directory with a file the host must never read or change.
+func tree(t *testing.T) (guest, secret string) {
+	t.Helper()
+	top := t.TempDir()
+	guest, outside := filepath.Join(top, "guest"), filepath.Join(top, "outside")
+	for _, d := range []string{guest, outside, filepath.Join(guest, "ssh")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret = filepath.Join(outside, "secret")
+	os.WriteFile(secret, []byte("host secret\n"), 0o600)
+	for link, to := range map[string]string{
+		"out":           outside,                     // a directory outside
+		"secret-link":   secret,                      // a file outside
+		"inside-link":   filepath.Join(guest, "ssh"), // a directory inside: still not followed
+		"relative-link": "ssh",
+		"dotdot":        "../outside",
+	} {
+		if err := os.Symlink(to, filepath.Join(guest, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mkfifo(filepath.Join(guest, "fifo"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(guest, "ssh", "key"), []byte("key\n"), 0o600)
+	return guest, secret
+}
+
+func TestRefusesSymlinks(t *testing.T) {
+	guest, secret := tree(t)
+	d, err := Open(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, name := range []string{"secret-link", "out/secret", "inside-link/key", "relative-link/key", "dotdot/secret", "../outside/secret", "/etc/passwd"} {
+		if b, err := d.ReadFile(name); err == nil {
+			t.Errorf("ReadFile(%q) = %q; want an error", name, b)
+		}
+		if err := d.WriteFile(name+"x", []byte("x"), 0o644); err == nil && !strings.HasSuffix(name, "link") {
+			t.Errorf("WriteFile(%qx) succeeded", name)
+		}
+		if sub, err := d.MkdirAll(name+"/sub", 0o755); err == nil {
+			sub.Close()
+			t.Errorf("MkdirAll(%q/sub) succeeded", name)
+		}
+	}
+	if b, _ := os.ReadFile(secret); string(b) != "host secret\n" {
+		t.Errorf("the secret outside changed: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(secret), "sub")); err == nil {
+		t.Error("MkdirAll made a directory outside")
+	}
+	// The one that works: a real file on a real path.
+	if b, err := d.ReadFile("ssh/key"); err != nil || string(b) != "key\n" {
+		t.Errorf("ReadFile(ssh/key) = %q, %v", b, err)
+	}
+}
+
+// TestWriteReplacesSymlink: writing a name that is a symlink replaces the
+// link and leaves its target alone.
+func TestWriteReplacesSymlink(t *testing.T) {
+	guest, secret := tree(t)
+	d, _ := Open(guest)
+	defer d.Close()
+	if err := d.WriteFile("secret-link", []byte("mine\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(secret); string(b) != "host secret\n" {
+		t.Errorf("wrote through the symlink: secret is %q", b)
+	}
+	fi, err := os.Lstat(filepath.Join(guest, "secret-link"))
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o644 {
+		t.Errorf("secret-link is %v, %v; want a regular file 0644", fi.Mode(), err)
+	}
+	if created, err := d.WriteNew("ssh/key", []byte("other"), 0o600); created || err != nil {
+		t.Errorf("WriteNew over an existing file: %v, %v", created, err)
+	}
+	if created, err := d.WriteNew("ssh/new", []byte("new"), 0o600); !created || err != nil {
+		t.Errorf("WriteNew: %v, %v", created, err)
+	}
+}
+
+// TestSpecialFiles: a FIFO or a device node is refused at once, neither
+// waited on nor read.
+func TestSpecialFiles(t *testing.T) {
+	guest, _ := tree(t)
+	if os.Geteuid() == 0 {
+		// /dev/zero's numbers: reading it would never end.
+		if err := unix.Mknod(filepath.Join(guest, "zero"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, _ := Open(guest)
+	defer d.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, name := range []string{"fifo", "zero", "ssh"} {
+			if _, err := d.ReadFile(name); err == nil {
+				t.Errorf("ReadFile(%q) succeeded", name)
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadFile blocked on a special file")
+	}
+}
+
+// TestRemoveAll removes a tree without following its symlinks.
+func TestRemoveAll(t *testing.T) {
+	guest, secret := tree(t)
+	parent, _ := Open(filepath.Dir(guest))
+	defer parent.Close()
+	if err := parent.RemoveAll("guest"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(guest); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("guest still there: %v", err)
+	}
+	if _, err := os.Stat(secret); err != nil {
+		t.Errorf("the secret outside went too: %v", err)
+	}
+	if err := parent.RemoveAll("guest"); err != nil {
+		t.Errorf("RemoveAll of a missing name: %v", err)
+	}
+}
+
+func TestOpenPrivate(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700)
+	if os.Geteuid() == 0 {
+		if d, err := OpenPrivate(dir); err != nil {
+			t.Errorf("OpenPrivate of root's 0700 directory: %v", err)
+		} else {
+			d.Close()
+		}
+		os.Chown(dir, 1, 1)
+		if _, err := OpenPrivate(dir); err == nil {
+			t.Error("OpenPrivate accepted a directory another user owns")
+		}
+		os.Chown(dir, 0, 0)
+	}
+	os.Chmod(dir, 0o777)
+	if _, err := OpenPrivate(dir); err == nil {
+		t.Error("OpenPrivate accepted a world-writable directory")
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	os.Symlink(dir, link)
+	if _, err := Open(link); err == nil {
+		t.Error("Open followed a symlink as its last component")
+	}
+}
+
+// TestPassThrough: another user reads a file it knows the name of in a
+// private directory of mode 0711, as `microvm status` reads a VM's
+// started.json without root, and cannot list the directory.
+func TestPassThrough(t *testing.T) {
+	testenv.NeedRoot(t)
+	dir := filepath.Join(testenv.ShortDir(t), "run")
+	os.Chmod(filepath.Dir(dir), 0o755)
+	d, err := MakePrivate(dir, 0o711)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.WriteFile("record", []byte("hello"), 0o644)
+	d.Close()
+	err = testenv.AsUser(65534, 65534, nil, func() error {
+		d, err := OpenPrivate(dir)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if b, err := d.ReadFile("record"); err != nil || string(b) != "hello" {
+			return fmt.Errorf("ReadFile: %q, %v", b, err)
+		}
+		if _, err := d.Names(); err == nil {
+			return errors.New("listed a 0711 directory")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	// The process itself (its main thread, which ps and userdel see)
+	// is still root's.
+	if b, _ := os.ReadFile("/proc/self/status"); !strings.Contains(string(b), "\nUid:\t0\t") {
+		t.Errorf("the test process is no longer root's:\n%s", b)
+	}
+}
+
+func TestWalk(t *testing.T) {
+	guest, _ := tree(t)
+	d, _ := Open(guest)
+	defer d.Close()
+	var names []string
+	if err := d.Walk(func(name string, st *unix.Stat_t) error {
+		names = append(names, name)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "out/") || strings.HasPrefix(n, "dotdot/") || strings.HasPrefix(n, "inside-link/") {
+			t.Errorf("Walk went through a symlink: %s", n)
+		}
+	}
+	if !strings.Contains(strings.Join(names, " "), "ssh/key") {
+		t.Errorf("Walk missed ssh/key: %v", names)
+	}
+}

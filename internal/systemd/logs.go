@@ -1,0 +1,58 @@
+package systemd
+
+import (
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
+)
+
+// OpenSupervisorLog opens vm's supervisor log, from the part of its run
+// directory that only root writes.
+func OpenSupervisorLog(vm *config.VM) (*os.File, error) {
+	d, err := safedir.OpenPrivate(vm.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Open(filepath.Base(vm.SupervisorLog()))
+}
+
+// OpenConsoleLog opens vm's console log, which its VMM writes in its own
+// directory. It is opened only if it is what the VMM made there: a
+// regular file of the VM's user with one link, not a symlink, a FIFO, or
+// a hard link to a file of someone else's.
+func OpenConsoleLog(vm *config.VM) (*os.File, error) {
+	d, err := safedir.Open(vm.VMMDir())
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	f, err := d.Open(filepath.Base(vm.ConsoleLog()))
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, err
+	}
+	u, err := user.Lookup(vm.User)
+	if err == nil && u.Uid != strconv.Itoa(int(st.Uid)) {
+		err = fmt.Errorf("owned by uid %d, not by %s", st.Uid, vm.User)
+	}
+	if err == nil && st.Nlink != 1 {
+		err = fmt.Errorf("has %d links", st.Nlink)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s is not the console log its VMM made: %w", vm.ConsoleLog(), err)
+	}
+	return f, nil
+}

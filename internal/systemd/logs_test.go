@@ -1,0 +1,49 @@
+package systemd
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// TestOpenConsoleLog: root reads a VM's console log only if it is what
+// the VMM made, a regular file of the VM's user with one link; not what a
+// VMM's user can put in its place.
+func TestOpenConsoleLog(t *testing.T) {
+	testenv.NeedRoot(t)
+	secret := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(secret, []byte("root's\n"), 0o600)
+	for _, tt := range []struct {
+		name string
+		make func(log string)
+		ok   bool
+	}{
+		{"the VMM's log", func(log string) { os.WriteFile(log, []byte("boot\n"), 0o644); os.Chown(log, 65534, 65534) }, true},
+		{"a symlink to root's file", func(log string) { os.Symlink(secret, log) }, false},
+		{"a hard link to root's file", func(log string) { os.Link(secret, log) }, false},
+		{"a hard link to its own file", func(log string) {
+			os.WriteFile(log+".x", nil, 0o644)
+			os.Chown(log+".x", 65534, 65534)
+			os.Link(log+".x", log)
+		}, false},
+		{"a FIFO", func(log string) { unix.Mkfifo(log, 0o666); os.Chown(log, 65534, 65534) }, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			vm := &config.VM{Name: "vm1", User: "nobody", RunDir: t.TempDir()}
+			os.MkdirAll(vm.VMMDir(), 0o700)
+			tt.make(vm.ConsoleLog())
+			f, err := OpenConsoleLog(vm)
+			if f != nil {
+				f.Close()
+			}
+			if (err == nil) != tt.ok {
+				t.Errorf("OpenConsoleLog: %v; want ok = %v", err, tt.ok)
+			}
+		})
+	}
+}
