@@ -18,7 +18,7 @@ answers() { zpool list -H >/dev/null 2>&1; }
 # A daemonized zfs-fuse is a child of PID 1, which may not reap it: a
 # zombie counts as gone.
 alive() {
-	[ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+	[ -n "$1" ] && [ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
 
 start() {
@@ -37,11 +37,20 @@ start() {
 		echo "zfs-fuse.sh: a zfs-fuse daemon is already running" >&2
 		return
 	fi
+	# A pid file left by a daemon that is gone (a reboot, a killed run)
+	# makes zfs-fuse exit at once, silently.
+	if [ -f "$pidfile" ] && ! alive "$(cat "$pidfile")"; then
+		rm -f "$pidfile"
+	fi
 	# --fuse-*-timeout 0: Debian's /etc/zfs/zfsrc lets the kernel cache
 	# names and attributes for an hour; kernel ZFS has no such cache that
 	# could show a file a rollback removed.
-	zfs-fuse --no-kstat-mount --fuse-attr-timeout 0 --fuse-entry-timeout 0 \
-		--pidfile "$pidfile" >"$log" 2>&1
+	if ! zfs-fuse --no-kstat-mount --fuse-attr-timeout 0 --fuse-entry-timeout 0 \
+		--pidfile "$pidfile" >"$log" 2>&1; then
+		echo "zfs-fuse.sh: zfs-fuse failed to start; its log:" >&2
+		cat "$log" >&2
+		exit 1
+	fi
 	i=0
 	until answers; do
 		i=$((i + 1))
