@@ -204,7 +204,7 @@ func TestAllowVMToTailnet(t *testing.T) {
 	ns := testenv.NetNS(t)
 	err := sandbox.Do(ns, func() error {
 		for _, in := range []*config.Infra{open, closed} {
-			if err := (&Replace{Ruleset(in), "create"}).Apply(); err != nil {
+			if err := (&Replace{Ruleset: Ruleset(in), Why: "create"}).Apply(); err != nil {
 				return err
 			}
 		}
