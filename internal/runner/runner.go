@@ -31,7 +31,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
-	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 	"github.com/simple-microvm-infra/microvm/internal/vmm/cloudhypervisor"
@@ -45,6 +44,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 
 	if err := Preflight(in, vm); err != nil {
 		return err
+	}
+	for _, w := range hostWarnings(in, vm) {
+		logf("warning: %s", w)
 	}
 	spec := vmm.NewSpec(in.Host, vm)
 	if err := prepare(in, vm, spec, logf); err != nil {
@@ -132,23 +134,6 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	stopDaemons()
 	logf("stopped")
 	return vmmErr
-}
-
-// checkHost refuses to start a VM whose network the host does not have.
-func checkHost(in *config.Infra, vm *config.VM) error {
-	p, err := plan.Host(in)
-	if err != nil {
-		return err
-	}
-	if len(p.Actions) > 0 {
-		return fmt.Errorf("the host part is not applied (plan shows %d changes, e.g. %q); run: microvm apply --host-only -f %s", len(p.Actions), p.Actions[0].String(), in.File)
-	}
-	for _, f := range []string{in.Host.ImageRootfs(vm.Image), in.Host.ImageVmlinux(vm.Image)} {
-		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("image %s is not built (%s is missing); run: microvm image build %s", vm.Image, f, vm.Image)
-		}
-	}
-	return nil
 }
 
 // prepare makes the files the VM boots from and writes its managed files.
