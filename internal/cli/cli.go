@@ -38,7 +38,7 @@ func (e *env) load() (*config.Infra, error) {
 func commands() []*command {
 	return []*command{validateCmd(), planCmd(), applyCmd(),
 		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), logsCmd(), consoleCmd(), sshCmd(), checkCmd(),
-		runCmd(), keepCmd(), imageCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), versionCmd()}
+		runCmd(), keepCmd(), hostCmd(), imageCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), versionCmd()}
 }
 
 // errUsage marks a mistake on the command line (exit status 2).
