@@ -73,6 +73,10 @@ func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
 			return nil, nil, mountedElsewhere(in, name, d.mountpoint, p.dir)
 		case !d.mounted:
 			acts = append(acts, &MountDataset{Name: name})
+		default:
+			if err := visibleAt(name, p.dir); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
 
