@@ -1,10 +1,8 @@
 package firewall_test
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,11 +15,9 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
-
-// echoPort is where the test's echo servers listen.
-const echoPort = 9000
 
 // TestWatch: with the host part applied in a sandbox and namespaces
 // standing in for two VMs, the watcher repairs a flushed ruleset and hand
@@ -46,16 +42,16 @@ func TestWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ns := range []string{sb.VMs["vm1"], sb.VMs["vm2"], sb.Host} {
-		echo(t, ns, "")
+		sandboxtest.Echo(t, ns, "")
 	}
 	// Bound to its address, so that its answers come from where the
 	// datagrams went and NAT takes them back.
-	echo(t, sb.Internet, sandbox.InternetAddr.String())
+	sandboxtest.Echo(t, sb.Internet, sandbox.InternetAddr.String())
 	vm1, vm2 := sb.VMs["vm1"], sb.VMs["vm2"]
-	toVM2 := netip.AddrPortFrom(netip.MustParseAddr("10.2.0.2"), echoPort)
-	toVM1 := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.2"), echoPort)
-	toGateway := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), echoPort)
-	toInternet := netip.AddrPortFrom(sandbox.InternetAddr, echoPort)
+	toVM2 := netip.AddrPortFrom(netip.MustParseAddr("10.2.0.2"), sandboxtest.EchoPort)
+	toVM1 := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.2"), sandboxtest.EchoPort)
+	toGateway := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), sandboxtest.EchoPort)
+	toInternet := netip.AddrPortFrom(sandbox.InternetAddr, sandboxtest.EchoPort)
 	type path struct {
 		from string
 		to   netip.AddrPort
@@ -66,14 +62,14 @@ func TestWatch(t *testing.T) {
 	if out, err := sandbox.Command(sb.Host, "nft", "delete", "table", "inet", "microvm").CombinedOutput(); err != nil {
 		t.Fatalf("%s %v", out, err)
 	}
-	if got := flood(t, vm1, toVM2, 300*time.Millisecond, nil); len(got) == 0 {
+	if got := sandboxtest.Flood(t, vm1, toVM2, 300*time.Millisecond, nil); len(got) == 0 {
 		t.Fatal("without the table, no datagram from vm1 reached vm2: the floods below would prove nothing")
 	}
 	applyHost(t, sb, in)
-	if got := flood(t, vm1, toVM2, 300*time.Millisecond, nil); len(got) > 0 {
+	if got := sandboxtest.Flood(t, vm1, toVM2, 300*time.Millisecond, nil); len(got) > 0 {
 		t.Fatalf("with the table, %d datagrams from vm1 reached vm2", len(got))
 	}
-	if got := flood(t, vm1, toInternet, 200*time.Millisecond, nil); len(got) == 0 {
+	if got := sandboxtest.Flood(t, vm1, toInternet, 200*time.Millisecond, nil); len(got) == 0 {
 		t.Fatal("vm1 does not reach the internet")
 	}
 
@@ -115,9 +111,13 @@ func TestWatch(t *testing.T) {
 	}{
 		{"nft flush ruleset", func() string { return "flush ruleset" }, "table inet microvm is missing"},
 		{"a drop turned into an accept", func() string {
-			return "replace rule inet microvm forward handle " + ruleHandle(t, sb.Host, "forward", "isolation") +
-				` iifname @vm_bridges oifname @vm_bridges accept comment "isolation: no VM reaches another"`
-		}, `rule "isolation: no VM reaches another" changed (drop -> accept)`},
+			out, err := sandbox.Command(sb.Host, "nft", "-a", "list", "chain", "inet", "microvm", "forward").Output()
+			h, rule, ok := sandboxtest.DropToAccept(string(out))
+			if err != nil || !ok {
+				t.Fatalf("no rule that drops in chain forward: %v\n%s", err, out)
+			}
+			return "replace rule inet microvm forward handle " + h + " " + rule
+		}, "changed (drop -> accept)"},
 		{"an element removed", func() string { return `delete element inet microvm vm_bridges { "br-vm2" }` }, "set vm_bridges lacks br-vm2"},
 		{"the table deleted", func() string { return "delete table inet microvm" }, "table inet microvm is missing"},
 	}
@@ -129,7 +129,7 @@ func TestWatch(t *testing.T) {
 			var wg sync.WaitGroup
 			for i, p := range closed {
 				wg.Add(1)
-				go func() { defer wg.Done(); answered[i] = flood(t, p.from, p.to, time.Minute, stopFlood) }()
+				go func() { defer wg.Done(); answered[i] = sandboxtest.Flood(t, p.from, p.to, time.Minute, stopFlood) }()
 			}
 			time.Sleep(100 * time.Millisecond)
 			cmd := sandbox.Command(sb.Host, "nft", "-f", "-")
@@ -185,7 +185,7 @@ func TestWatch(t *testing.T) {
 			// the port, and with it the gateway's ARP entry: its kernel asks
 			// again within a second.
 			for began := time.Now(); ; {
-				if got := flood(t, vm1, toInternet, 100*time.Millisecond, nil); len(got) > 0 {
+				if got := sandboxtest.Flood(t, vm1, toInternet, 100*time.Millisecond, nil); len(got) > 0 {
 					t.Logf("vm1 reaches the internet again %s after the repair", time.Since(began).Round(10*time.Millisecond))
 					break
 				}
@@ -239,112 +239,4 @@ func applyHost(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-// ruleHandle finds the handle of the rule in chain whose comment has word.
-func ruleHandle(t *testing.T, ns, chain, word string) string {
-	t.Helper()
-	out, err := sandbox.Command(ns, "nft", "-a", "list", "chain", "inet", "microvm", chain).Output()
-	if err != nil {
-		t.Fatalf("nft list chain: %v", err)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if _, h, ok := strings.Cut(line, "# handle "); ok && strings.Contains(line, word) {
-			return strings.TrimSpace(h)
-		}
-	}
-	t.Fatalf("no rule with %q in chain %s:\n%s", word, chain, out)
-	return ""
-}
-
-// echo starts a UDP server on addr:echoPort in namespace ns that sends
-// every datagram back; it lives until the namespace goes.
-func echo(t *testing.T, ns, addr string) {
-	t.Helper()
-	err := sandbox.Do(ns, func() error {
-		c, err := net.ListenPacket("udp4", fmt.Sprintf("%s:%d", addr, echoPort))
-		if err != nil {
-			return err
-		}
-		go func() {
-			buf := make([]byte, 64)
-			for {
-				n, from, err := c.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				c.WriteTo(buf[:n], from)
-			}
-		}()
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// flood sends a numbered datagram every millisecond from namespace ns to
-// to, for d or until stop is closed, and returns when each datagram that
-// came back was sent.
-func flood(t *testing.T, ns string, to netip.AddrPort, d time.Duration, stop <-chan struct{}) []time.Time {
-	var c net.Conn
-	if err := sandbox.Do(ns, func() error {
-		var err error
-		c, err = net.Dial("udp4", to.String())
-		return err
-	}); err != nil {
-		t.Error(err)
-		return nil
-	}
-	defer c.Close()
-	var mu sync.Mutex
-	var sent []time.Time
-	var answered []time.Time
-	readDone := make(chan struct{})
-	go func() {
-		defer close(readDone)
-		buf := make([]byte, 64)
-		for {
-			n, err := c.Read(buf)
-			if err != nil {
-				if ne, ok := err.(net.Error); ok && ne.Timeout() {
-					return
-				}
-				continue // ICMP errors while the path is closed
-			}
-			if n == 8 {
-				seq := binary.BigEndian.Uint64(buf[:8])
-				mu.Lock()
-				if seq < uint64(len(sent)) {
-					answered = append(answered, sent[seq])
-				}
-				mu.Unlock()
-			}
-		}
-	}()
-	end := time.After(d)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	buf := make([]byte, 8)
-loop:
-	for seq := uint64(0); ; seq++ {
-		select {
-		case <-stop:
-			break loop
-		case <-end:
-			break loop
-		case <-tick.C:
-		}
-		mu.Lock()
-		sent = append(sent, time.Now())
-		mu.Unlock()
-		binary.BigEndian.PutUint64(buf, seq)
-		c.Write(buf)
-	}
-	time.Sleep(100 * time.Millisecond) // answers on their way
-	c.SetReadDeadline(time.Now())
-	<-readDone
-	mu.Lock()
-	defer mu.Unlock()
-	return answered
 }

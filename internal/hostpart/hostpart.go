@@ -78,8 +78,8 @@ func Run(opts Options, stop <-chan struct{}, log io.Writer) error {
 	st := systemd.HostState{Pid: os.Getpid(), Since: time.Now().UTC(), File: opts.File, Detached: opts.Detached}
 	status := func() string {
 		s := fmt.Sprintf("STATUS=keeping table %s %s", firewall.Family, firewall.Table)
-		if st.Last != nil {
-			s += fmt.Sprintf("; %d repairs, the last at %s", st.Repairs, st.Last.Heard.Local().Format(time.TimeOnly))
+		if last := st.Last(); last != nil {
+			s += fmt.Sprintf("; %d repairs, the last at %s", st.Repairs, last.Heard.Local().Format(time.TimeOnly))
 		}
 		return s
 	}
@@ -94,8 +94,7 @@ func Run(opts Options, stop <-chan struct{}, log io.Writer) error {
 			logf("host part of %s applied; keeping table %s %s", opts.File, firewall.Family, firewall.Table)
 		},
 		Restored: func(r firewall.Restore) {
-			st.Repairs++
-			st.Last = &r
+			st.Repaired(r)
 			systemd.WriteHostState(h, st)
 			systemd.Notify(status())
 		},

@@ -37,7 +37,7 @@ func PrintStatus(w io.Writer, in *config.Infra) {
 		who = "microvm host --detached (log in " + in.Host.HostLog() + ")"
 	}
 	fmt.Fprintf(w, "  firewall: kept by %s, pid %d, since %s\n", who, st.Pid, st.Since.Local().Format(time.DateTime))
-	if r := st.Last; r != nil {
+	if r := st.Last(); r != nil {
 		ago := time.Since(r.Heard).Round(time.Second)
 		what := fmt.Sprintf("restored in %d ms", r.Millis)
 		if r.Err != "" {

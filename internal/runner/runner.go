@@ -118,7 +118,10 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	select {
 	case <-stop:
 		logf("shutting the guest down")
-		vmmErr = m.Stop(context.Background())
+		began := time.Now()
+		if vmmErr = m.Stop(context.Background()); vmmErr == nil {
+			logf("the guest shut down in %s; stopping its virtiofs daemons", time.Since(began).Round(100*time.Millisecond))
+		}
 	case <-m.Done():
 		vmmErr = m.Wait()
 		if vmmErr == nil {

@@ -17,12 +17,32 @@ import (
 // HostState is what `microvm host` says about itself in h.HostState(),
 // for status --host.
 type HostState struct {
-	Pid      int               `json:"pid"`
-	Since    time.Time         `json:"since"`
-	File     string            `json:"file"`
-	Detached bool              `json:"detached"` // started by up or apply, not by systemd
-	Repairs  int               `json:"repairs"`
-	Last     *firewall.Restore `json:"last_repair,omitempty"`
+	Pid      int                `json:"pid"`
+	Since    time.Time          `json:"since"`
+	File     string             `json:"file"`
+	Detached bool               `json:"detached"` // started by up or apply, not by systemd
+	Repairs  int                `json:"repairs"`
+	Recent   []firewall.Restore `json:"recent_repairs,omitempty"` // the last few, newest last
+}
+
+// KeepRepairs is how many repairs HostState keeps.
+const KeepRepairs = 10
+
+// Repaired counts r and keeps it among the recent ones.
+func (st *HostState) Repaired(r firewall.Restore) {
+	st.Repairs++
+	st.Recent = append(st.Recent, r)
+	if len(st.Recent) > KeepRepairs {
+		st.Recent = st.Recent[len(st.Recent)-KeepRepairs:]
+	}
+}
+
+// Last is the last repair, or nil.
+func (st *HostState) Last() *firewall.Restore {
+	if len(st.Recent) == 0 {
+		return nil
+	}
+	return &st.Recent[len(st.Recent)-1]
 }
 
 // ReadHostState reads h's host state; ok is false when no `microvm host`
