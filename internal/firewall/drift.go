@@ -213,30 +213,23 @@ func ruleChanges(chain string, have, want []object) []string {
 
 // setDiff returns what is in a and not in b, and what is in b and not in
 // a, counting duplicates.
-func setDiff(a, b []string) (onlyA, onlyB []string) {
+func setDiff(a, b []string) (onlyA, onlyB []string) { return minus(a, b), minus(b, a) }
+
+// minus is a without b, counting duplicates.
+func minus(a, b []string) []string {
 	count := map[string]int{}
 	for _, x := range b {
 		count[x]++
 	}
+	var out []string
 	for _, x := range a {
 		if count[x] > 0 {
 			count[x]--
 			continue
 		}
-		onlyA = append(onlyA, x)
+		out = append(out, x)
 	}
-	count = map[string]int{}
-	for _, x := range a {
-		count[x]++
-	}
-	for _, x := range b {
-		if count[x] > 0 {
-			count[x]--
-			continue
-		}
-		onlyB = append(onlyB, x)
-	}
-	return onlyA, onlyB
+	return out
 }
 
 func comment(r object) string { s, _ := r.body["comment"].(string); return s }

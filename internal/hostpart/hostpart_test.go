@@ -12,6 +12,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -125,17 +126,7 @@ func TestHost(t *testing.T) {
 		t.Errorf("plan after microvm host is ready:\n%s", out)
 	}
 
-	if out, err := sandbox.Command(sb.Host, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
-		t.Fatalf("%s %v", out, err)
-	}
-	flushed := time.Now()
-	for sandbox.Command(sb.Host, "nft", "list", "table", "inet", "microvm").Run() != nil {
-		if time.Since(flushed) > time.Second {
-			t.Fatal("the table is not back a second after nft flush ruleset")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("the table is back %s after nft flush ruleset", time.Since(flushed).Round(time.Millisecond))
+	sandboxtest.FlushHealed(t, sb.Host)
 	notified("STATUS=keeping table inet microvm; 1 repairs", 5*time.Second)
 	if !strings.Contains(log.String(), "firewall: table inet microvm is missing; restored table inet microvm in ") {
 		t.Errorf("the log does not say what it repaired")

@@ -184,17 +184,7 @@ func TestLifecycle(t *testing.T) {
 		if r := mvm("status", "--host", "-f", file); !strings.Contains(r.out, "firewall: kept by microvm host --detached") {
 			t.Fatalf("status --host:\n%s", r.out)
 		}
-		if out, err := sandbox.Command(sb.Host, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
-			t.Fatalf("%s %v", out, err)
-		}
-		flushed := time.Now()
-		for sandbox.Command(sb.Host, "nft", "list", "table", "inet", "microvm").Run() != nil {
-			if time.Since(flushed) > time.Second {
-				t.Fatal("the table is not back a second after nft flush ruleset")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Logf("the table is back %s after nft flush ruleset", time.Since(flushed).Round(time.Millisecond))
+		sandboxtest.FlushHealed(t, sb.Host)
 		if r := mvm("check", "-f", file, "--target", fmt.Sprintf("%s:%d", sandbox.InternetAddr, sandbox.Port), "--seen-as", sandbox.UplinkAddr.Addr().String()); r.code != 0 {
 			t.Errorf("check after the repair: exit %d\n%s", r.code, r.out)
 		}

@@ -215,3 +215,21 @@ func DropToAccept(listing string) (handle, rule string, ok bool) {
 	}
 	return "", "", false
 }
+
+// FlushHealed runs `nft flush ruleset` in namespace ns, where a watcher
+// keeps the program's table, and fails t unless the table is back within a
+// second.
+func FlushHealed(t testing.TB, ns string) {
+	t.Helper()
+	if out, err := sandbox.Command(ns, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
+		t.Fatalf("nft flush ruleset: %s %v", out, err)
+	}
+	flushed := time.Now()
+	for sandbox.Command(ns, "nft", "list", "table", "inet", "microvm").Run() != nil {
+		if time.Since(flushed) > time.Second {
+			t.Fatal("the table is not back a second after nft flush ruleset")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("the table is back %s after nft flush ruleset", time.Since(flushed).Round(time.Millisecond))
+}
