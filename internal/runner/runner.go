@@ -119,8 +119,12 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	case <-stop:
 		logf("shutting the guest down")
 		began := time.Now()
-		if vmmErr = m.Stop(context.Background()); vmmErr == nil {
-			logf("the guest shut down in %s; stopping its virtiofs daemons", time.Since(began).Round(100*time.Millisecond))
+		vmmErr = m.Stop(context.Background())
+		took := time.Since(began).Round(100 * time.Millisecond)
+		if m.Graceful {
+			logf("the guest shut down in %s; stopping its virtiofs daemons", took)
+		} else {
+			logf("the guest did not shut down by itself; its VMM stopped after %s; stopping its virtiofs daemons", took)
 		}
 	case <-m.Done():
 		vmmErr = m.Wait()
