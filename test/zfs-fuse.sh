@@ -33,6 +33,12 @@ start() {
 		echo "zfs-fuse.sh: /dev/fuse is missing (modprobe fuse; in a container, pass the device in)" >&2
 		exit 1
 	fi
+	# zfs-fuse mounts datasets in its own mount namespace; commands run
+	# under `ip netns exec` (the tests' sandboxes) see them only if / is a
+	# shared mount, as systemd makes it at boot (zfstest.SharedRoot).
+	if ! grep -qE '^[0-9]+ [0-9]+ [^ ]+ [^ ]+ / [^ ]+ .*shared:[0-9]+.* - ' /proc/self/mountinfo; then
+		mount --make-shared /
+	fi
 	if answers; then
 		echo "zfs-fuse.sh: a zfs-fuse daemon is already running" >&2
 		return

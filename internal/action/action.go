@@ -9,3 +9,11 @@ type Action interface {
 	String() string
 	Apply() error
 }
+
+// Optional is implemented by actions that the rest of a plan does not
+// depend on: a VM's start (other VMs start without it), Tailscale's routes
+// (a VM runs, and the host reaches it, without them). When one that reports
+// true fails, the plan goes on and reports the failure at its end.
+type Optional interface {
+	Optional() bool
+}

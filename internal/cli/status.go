@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostpart"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 )
@@ -50,7 +51,8 @@ Under systemd, systemctl status microvm@NAME says the same about one VM.
 Reading the disk use of every VM needs root.
 
 --host adds the host's side: the disk used by the images, the VMs and in
-all (the seed promises under 10 GB for its 4 VMs), and whether each VM's
+all (the seed promises under 10 GB for its 4 VMs), whether the host part is
+applied, who keeps the firewall and its last repair, and whether each VM's
 subnet is advertised to the tailnet and approved there.
 
 Examples:
@@ -143,5 +145,6 @@ func hostStatus(e *env, in *config.Infra, u storage.Usage, uerr error) {
 		fmt.Fprintf(e.stdout, "  disk: images %s, VMs %s, total %s (the seed's goal: under 10 GB)\n",
 			humanSize(u.Images), humanSize(vms), humanSize(u.Total))
 	}
+	hostpart.PrintStatus(e.stdout, in)
 	tailscale.Status(context.Background(), in).Print(e.stdout)
 }

@@ -31,8 +31,9 @@ func teardownCmd() *command {
 		args:  "[-f FILE] [--dry-run] [--data [--yes]]",
 		short: "remove all that apply made: VMs stopped, units, firewall, bridges, TAPs, routes",
 		long: `
-Undoes apply: stops every VM (also those that left the file), removes the
-systemd units (microvm@.service, microvms.target and their links), the
+Undoes apply: stops every VM (also those that left the file) and the
+microvm host that keeps the firewall, removes the systemd units
+(microvm@.service, microvms.target, microvm-host.service and their links), the
 VM subnets advertised to tailscaled, every bridge and TAP the program made,
 its nftables table, and run_dir with the mounts in it. Like apply, it
 prints each change as a command, and a teardown that was interrupted is
@@ -124,6 +125,17 @@ func teardownPlan(e *env, in *config.Infra, m systemd.Manager, data bool) (*plan
 				do:   func() error { return stopVM(e, m, vm) },
 			})
 		}
+	}
+	// The keeper of the firewall goes before the table, which it would
+	// load again.
+	keeper := ""
+	if systemd.Booted() && systemd.Systemctl("is-active", "--quiet", systemd.HostUnit) == nil {
+		keeper = "systemctl stop " + systemd.HostUnit
+	} else if id, ok := systemd.HostKeeper(in.Host); ok {
+		keeper = fmt.Sprintf("kill %d   # microvm host --detached, which keeps the firewall", id.Pid)
+	}
+	if keeper != "" {
+		p.Actions = append(p.Actions, vmAction{text: keeper, do: func() error { return systemd.StopHost(in.Host) }})
 	}
 	if units := installedUnits(); len(units) > 0 {
 		p.Actions = append(p.Actions, &removeUnits{dir: systemd.UnitDir, files: units, reload: systemd.Booted()})

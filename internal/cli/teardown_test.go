@@ -201,7 +201,7 @@ func TestTeardown(t *testing.T) {
 	os.MkdirAll(filepath.Join(state, "vm1", "var"), 0o755)
 
 	dry := mustRun(t, sb.Host, "teardown", "--dry-run", "-f", file)
-	for _, want := range []string{"rm microvm@.service microvms.target", "ip link del vm-vm1", "ip link del br-vm4", "nft delete table inet microvm", "umount -R " + runDir} {
+	for _, want := range []string{"rm microvm-host.service microvm@.service microvms.target", "ip link del vm-vm1", "ip link del br-vm4", "nft delete table inet microvm", "umount -R " + runDir} {
 		if !strings.Contains(dry, want) {
 			t.Errorf("teardown --dry-run lacks %q:\n%s", want, dry)
 		}

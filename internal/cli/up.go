@@ -27,8 +27,11 @@ Restart=on-failure does), with its pid file and log in RUN_DIR/NAME.
 
 Refuses, changing nothing, a VM that is already running, an image that is
 not built, a missing qemu or cloud-hypervisor, a missing /dev/kvm, and a
-host part that is not applied. --all starts every VM of the file that is
-stopped. Needs root.
+host that lacks what the VM needs (its bridge and TAP, its storage, the
+firewall table). The rest of the host part, Tailscale's routes included, is
+only a warning in its log. --all starts every VM of the file that is
+stopped. Without systemd it also starts microvm host --detached, which
+keeps the firewall while VMs run. Needs root.
 
 Examples:
   sudo microvm up vm1

@@ -28,6 +28,9 @@ type vmAction struct {
 func (a vmAction) String() string { return a.text }
 func (a vmAction) Apply() error   { return a.do() }
 
+// Optional: when a VM's start or restart fails, the other VMs still start.
+func (a vmAction) Optional() bool { return a.vm != nil }
+
 // fullPlan is the host part with the VM part around it: VMs that left the
 // file are stopped first (while their network is still there for a clean
 // shutdown), then the host part, then VMs are started and restarted. What
@@ -61,6 +64,8 @@ func fullPlan(e *env, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
 func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []action.Action, notes []string, err error) {
 	if m.Kind() == "systemd" {
 		after = append(after, unitActions(in)...)
+	} else if a := hostAction(in, m); a != nil {
+		after = append(after, a)
 	}
 	gone, err := departed(in, m)
 	if err != nil {
@@ -182,7 +187,7 @@ func unitActions(in *config.Infra) []action.Action {
 	if len(names) > 0 {
 		sort.Strings(names)
 		out = append(out, vmAction{
-			text: fmt.Sprintf("install %s in %s; systemctl daemon-reload; systemctl enable %s", strings.Join(names, " and "), systemd.UnitDir, systemd.Target),
+			text: fmt.Sprintf("install %s in %s; systemctl daemon-reload; systemctl enable %s %s", strings.Join(names, ", "), systemd.UnitDir, systemd.Target, systemd.HostUnit),
 			do: func() error {
 				if _, err := u.Install(systemd.UnitDir); err != nil {
 					return err
@@ -190,8 +195,16 @@ func unitActions(in *config.Infra) []action.Action {
 				if err := systemd.Systemctl("daemon-reload"); err != nil {
 					return err
 				}
-				return systemd.Systemctl("enable", systemd.Target)
+				return systemd.Systemctl("enable", systemd.Target, systemd.HostUnit)
 			},
+		})
+	}
+	// The host unit keeps the firewall from now on, and brings the host
+	// part back at boot.
+	if systemd.Systemctl("is-active", "--quiet", systemd.HostUnit) != nil {
+		out = append(out, vmAction{
+			text: "systemctl start " + systemd.HostUnit + "   # keeps the firewall; at boot, brings the host part back",
+			do:   func() error { return systemd.Systemctl("start", systemd.HostUnit) },
 		})
 	}
 	for i := range in.VMs {
@@ -210,4 +223,28 @@ func unitActions(in *config.Infra) []action.Action {
 		})
 	}
 	return out
+}
+
+// hostAction starts the detached keeper of the firewall on a host without
+// systemd where VMs run without one (the VMs apply starts get it with their
+// start).
+func hostAction(in *config.Infra, m systemd.Manager) action.Action {
+	if _, ok := systemd.HostKeeper(in.Host); ok {
+		return nil
+	}
+	running := false
+	for i := range in.VMs {
+		if stateOf(m, &in.VMs[i]).State != "stopped" {
+			running = true
+		}
+	}
+	if !running {
+		return nil
+	}
+	bin, _ := os.Executable()
+	file, _ := filepath.Abs(in.File)
+	return vmAction{
+		text: fmt.Sprintf("microvm host --detached -f %s &   # keeps the firewall while VMs run; log in %s", file, in.Host.HostLog()),
+		do:   func() error { return systemd.StartHost(bin, file, in.Host) },
+	}
 }

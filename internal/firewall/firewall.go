@@ -28,7 +28,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -219,19 +218,47 @@ func merge(ps []netip.Prefix) []netip.Prefix {
 
 // Replace loads ruleset as one transaction: the table is created if it is
 // missing, deleted and defined again, so there is never a moment with a half
-// table and nothing outside it changes.
+// table and nothing outside it changes. With Host set, it also records the
+// ruleset in Host's run directory as the table the watcher keeps (see
+// Watcher), under the lock the watcher takes, so the watcher never takes
+// this change for an edit.
 type Replace struct {
 	Ruleset string
-	Why     string
+	Why     string   // "create", "update", "repair (edited by hand)"
+	Changes []string // what differs, as State.Changes says
+	Host    *config.Host
 }
 
 func (r *Replace) String() string {
-	return fmt.Sprintf("nft -f microvm.nft  # %s table %s %s (plan -v shows it)", r.Why, Family, Table)
+	s := fmt.Sprintf("nft -f microvm.nft  # %s table %s %s", r.Why, Family, Table)
+	if len(r.Changes) > 0 {
+		const show = 3
+		s += ": " + strings.Join(r.Changes[:min(show, len(r.Changes))], "; ")
+		if len(r.Changes) > show {
+			s += fmt.Sprintf("; and %d more", len(r.Changes)-show)
+		}
+	}
+	return s + " (plan -v shows it)"
 }
 
 func (r *Replace) Apply() error {
-	script := fmt.Sprintf("table %s %s {}\ndelete table %s %s\n%s", Family, Table, Family, Table, r.Ruleset)
-	return nft(script, "-f", "-")
+	if r.Host == nil {
+		return load(r.Ruleset)
+	}
+	unlock, err := lockRecord(*r.Host)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := load(r.Ruleset); err != nil {
+		return err
+	}
+	return writeRecord(*r.Host, r.Ruleset)
+}
+
+// load replaces the table with ruleset in one transaction.
+func load(ruleset string) error {
+	return nft(fmt.Sprintf("table %s %s {}\ndelete table %s %s\n%s", Family, Table, Family, Table, ruleset), "-f", "-")
 }
 
 // Delete removes the table: used when the program is asked to remove the
@@ -244,35 +271,42 @@ func (Delete) Apply() error {
 }
 
 // Diff returns the action that makes the loaded table match the model, or
-// nothing when it already does.
+// nothing when it already does. It compares the two rule by rule (see
+// State), so any edit by hand shows, and says what changed.
 func Diff(in *config.Infra) ([]action.Action, error) {
 	want := Ruleset(in)
 	cur, err := Current()
 	if err != nil {
 		return nil, err
 	}
-	wantState := summarize(want)
-	switch {
-	case cur == nil:
-		return []action.Action{&Replace{want, "create"}}, nil
-	case cur.Hash != wantState.Hash:
-		return []action.Action{&Replace{want, "update"}}, nil
-	case cur.Rules != wantState.Rules || cur.Elements != wantState.Elements:
-		return []action.Action{&Replace{want, "repair (edited by hand)"}}, nil
+	if cur == nil {
+		return []action.Action{&Replace{Ruleset: want, Why: "create", Host: &in.Host}}, nil
 	}
-	return nil, nil
+	ws, err := wanted(want)
+	if err != nil {
+		return nil, err
+	}
+	changes := cur.Changes(ws)
+	if len(changes) == 0 {
+		return nil, nil
+	}
+	why := "update"
+	if cur.Hash == summarize(want).Hash {
+		why = "repair (edited by hand)"
+	}
+	return []action.Action{&Replace{Ruleset: want, Why: why, Changes: changes, Host: &in.Host}}, nil
 }
 
-// State is what Diff compares: the hash written in the table's comment and
-// counts of its rules and set elements, which catch edits by hand.
-type State struct {
+// summary is what the rendered ruleset says of itself: the hash in its
+// comment, and how many rules and set elements it has.
+type summary struct {
 	Hash     string
 	Rules    int
 	Elements int
 }
 
-func summarize(ruleset string) State {
-	var s State
+func summarize(ruleset string) summary {
+	var s summary
 	if i := strings.Index(ruleset, "(sha256:"); i >= 0 {
 		s.Hash = ruleset[i+1 : i+1+len("sha256:")+16]
 	}
@@ -293,41 +327,21 @@ func summarize(ruleset string) State {
 	return s
 }
 
-// Current reads the loaded table, or returns nil when there is none. The
-// hash comes from the text listing (nft 1.0.6's JSON leaves out the table
-// comment), the counts from the JSON one.
+// Current reads the loaded table in canonical form, or returns nil when
+// there is none. The hash comes from the text listing, as nft 1.0.6's JSON
+// leaves out the table's comment.
 func Current() (*State, error) {
+	s, err := loaded()
+	if err != nil || s == nil {
+		return nil, err
+	}
 	text, err := exec.Command("nft", "list", "table", Family, Table).Output()
 	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok && bytes.Contains(ee.Stderr, []byte("No such file")) {
-			return nil, nil
-		}
 		return nil, fmt.Errorf("reading nftables table %s %s: %w", Family, Table, cmdErr(err))
 	}
-	s := &State{}
 	if i := bytes.Index(text, []byte("(sha256:")); i >= 0 {
 		if j := bytes.IndexByte(text[i:], ')'); j > 0 {
 			s.Hash = string(text[i+1 : i+j])
-		}
-	}
-	js, err := exec.Command("nft", "-j", "list", "table", Family, Table).Output()
-	if err != nil {
-		return nil, fmt.Errorf("reading nftables table %s %s: %w", Family, Table, cmdErr(err))
-	}
-	var doc struct {
-		Nftables []map[string]json.RawMessage `json:"nftables"`
-	}
-	if err := json.Unmarshal(js, &doc); err != nil {
-		return nil, fmt.Errorf("reading nft -j output: %w", err)
-	}
-	for _, obj := range doc.Nftables {
-		switch {
-		case obj["rule"] != nil:
-			s.Rules++
-		case obj["set"] != nil:
-			var set struct{ Elem []json.RawMessage }
-			json.Unmarshal(obj["set"], &set)
-			s.Elements += len(set.Elem)
 		}
 	}
 	return s, nil

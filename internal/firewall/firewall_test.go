@@ -234,7 +234,7 @@ func TestAllowVMToTailnet(t *testing.T) {
 	ns := testenv.NetNS(t)
 	err := sandbox.Do(ns, func() error {
 		for _, in := range []*config.Infra{open, closed} {
-			if err := (&Replace{render(in), "create"}).Apply(); err != nil {
+			if err := (&Replace{Ruleset: render(in), Why: "create"}).Apply(); err != nil {
 				return err
 			}
 		}
@@ -255,7 +255,7 @@ func TestRulesetLoads(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := sandbox.Do(ns, func() error { return (&Replace{render(in), "create"}).Apply() }); err != nil {
+		if err := sandbox.Do(ns, func() error { return (&Replace{Ruleset: render(in), Why: "create"}).Apply() }); err != nil {
 			t.Errorf("%s: %v", file, err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -89,8 +90,10 @@ func (p *Plan) printNotes(w io.Writer) {
 }
 
 // Apply runs the actions in order, printing each as it goes, and stops at
-// the first error. Every action is idempotent, so a failed or interrupted
-// apply is finished by running apply again.
+// the first error, except an optional action's (action.Optional): it says
+// so, goes on, and returns them all at the end as Skipped. Every action is
+// idempotent, so a failed or interrupted apply is finished by running apply
+// again.
 func (p *Plan) Apply(w io.Writer) error {
 	if len(p.Errors) > 0 {
 		return fmt.Errorf("nothing was changed: %w", errors.Join(p.Errors...))
@@ -98,12 +101,33 @@ func (p *Plan) Apply(w io.Writer) error {
 	for _, warn := range p.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}
+	var skipped Skipped
 	for _, a := range p.Actions {
 		fmt.Fprintln(w, a)
 		if err := a.Apply(); err != nil {
+			if o, ok := a.(action.Optional); ok && o.Optional() {
+				fmt.Fprintf(w, "warning: %v; going on with the rest\n", err)
+				skipped = append(skipped, err)
+				continue
+			}
 			return err
 		}
 	}
 	p.printNotes(w)
+	if len(skipped) > 0 {
+		return skipped
+	}
 	return nil
+}
+
+// Skipped are the errors of optional actions that failed while the rest of
+// the plan was applied.
+type Skipped []error
+
+func (s Skipped) Error() string {
+	var msgs []string
+	for _, err := range s {
+		msgs = append(msgs, err.Error())
+	}
+	return fmt.Sprintf("%d change(s) failed, the rest was applied: %s", len(s), strings.Join(msgs, "; "))
 }

@@ -32,7 +32,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
-	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
@@ -49,6 +48,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 
 	if err := Preflight(in, vm); err != nil {
 		return err
+	}
+	for _, w := range hostWarnings(in, vm) {
+		logf("warning: %s", w)
 	}
 	spec := vmm.NewSpec(in.Host, vm)
 	run, err := systemd.OpenRunDir(vm)
@@ -131,7 +133,14 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	select {
 	case <-stop:
 		logf("shutting the guest down")
+		began := time.Now()
 		vmmErr = m.Stop(context.Background())
+		took := time.Since(began).Round(100 * time.Millisecond)
+		if m.Graceful {
+			logf("the guest shut down in %s; stopping its virtiofs daemons", took)
+		} else {
+			logf("the guest did not shut down by itself; its VMM stopped after %s; stopping its virtiofs daemons", took)
+		}
 	case <-m.Done():
 		vmmErr = m.Wait()
 		if vmmErr == nil {
@@ -147,18 +156,6 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	stopDaemons()
 	logf("stopped")
 	return vmmErr
-}
-
-// checkHost refuses to start a VM whose network the host does not have.
-func checkHost(in *config.Infra, vm *config.VM) error {
-	p, err := plan.Host(in)
-	if err != nil {
-		return err
-	}
-	if len(p.Actions) > 0 {
-		return fmt.Errorf("the host part is not applied (plan shows %d changes, e.g. %q); run: microvm apply --host-only -f %s", len(p.Actions), p.Actions[0].String(), in.File)
-	}
-	return imageBuilt(in, vm)
 }
 
 // prepare makes the files the VM boots from and writes its managed files.

@@ -2,7 +2,10 @@ package storage
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
+
+	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
 )
 
 // The actions of the zfs backend. Each reads as the zfs command it runs,
@@ -36,7 +39,7 @@ func (a *CreateDataset) Apply() error {
 	if _, err := run("zfs", a.args()...); err != nil {
 		return fmt.Errorf("creating dataset %s: %w", a.Name, err)
 	}
-	return nil
+	return visible(a.Name)
 }
 
 // SetProp sets one property of a dataset that exists (one per command:
@@ -65,7 +68,7 @@ func (a *MountDataset) Apply() error {
 	if _, err := run("zfs", "mount", a.Name); err != nil {
 		return fmt.Errorf("mounting dataset %s: %w", a.Name, err)
 	}
-	return nil
+	return visible(a.Name)
 }
 
 // mounted reports whether the dataset name exists and is mounted.
@@ -78,4 +81,32 @@ func mounted(name string) bool {
 func exists(name string) bool {
 	_, err := run("zfs", "list", "-H", "-o", "name", name)
 	return err == nil
+}
+
+// visible checks that dataset name, which ZFS says it mounted, is mounted
+// where this process looks. zfs-fuse mounts in its own daemon's mount
+// namespace: a process in another one that does not receive its mounts
+// would write VM data, or an image, beside the dataset instead of in it,
+// and the zfs command would make a child's mount point there too, where
+// the daemon then fails to mount it ("cannot mount ...: Input/output
+// error"). That happens under `ip netns exec`, whose private copy of the
+// mounts receives nothing on a host whose / is not shared (systemd makes it
+// shared at boot; a container or a CI machine may not).
+func visible(name string) error {
+	out, err := run("zfs", "get", "-H", "-o", "value", "mountpoint", name)
+	if err != nil {
+		return fmt.Errorf("reading the mount point of %s: %w", name, err)
+	}
+	return visibleAt(name, strings.TrimSpace(out))
+}
+
+func visibleAt(name, dir string) error {
+	if !filepath.IsAbs(dir) {
+		return nil // legacy, none: not ZFS's to mount
+	}
+	ok, err := mountinfo.IsPoint(filepath.Clean(dir))
+	if err != nil || ok {
+		return err
+	}
+	return fmt.Errorf("ZFS mounted dataset %s at %s, but not in the mount namespace this command runs in, which does not receive ZFS's mounts (zfs-fuse mounts in its own; `ip netns exec` gives commands a private copy of the mounts, which receives nothing new where / is not a shared mount): run microvm in the host's mount namespace (nsenter --net=/run/netns/NAME instead of ip netns exec), or make / shared as systemd does at boot (mount --make-shared /)", name, dir)
 }

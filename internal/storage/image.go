@@ -80,7 +80,7 @@ func (z *ZFS) StageImage(name, dir string) error {
 	if _, err := run("zfs", "create", "-o", "mountpoint="+dir, ds); err != nil {
 		return fmt.Errorf("creating dataset %s for image %s: %w", ds, name, hint(err))
 	}
-	return nil
+	return visibleAt(ds, dir)
 }
 
 func (z *ZFS) CommitImage(name, dir string) error {

@@ -80,6 +80,10 @@ func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
 			return nil, nil, mountedElsewhere(in, name, d.mountpoint, p.dir)
 		case !d.mounted:
 			acts = append(acts, &MountDataset{Name: name})
+		default:
+			if err := visibleAt(name, p.dir); err != nil {
+				return nil, nil, err
+			}
 		}
 		if ok && slices.Equal(p.create.Props, vmProps) && !d.inert {
 			for _, prop := range vmProps {

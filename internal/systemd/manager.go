@@ -46,8 +46,18 @@ func For(bin, file string) (Manager, error) {
 type Detached struct{ Bin, File string }
 
 func (d *Detached) Kind() string { return "detached" }
+
+// Start starts vm's keeper, and first the keeper of the firewall if none
+// runs, as systemd starts microvm-host.service before a VM's unit.
 func (d *Detached) Start(vm *config.VM) error {
-	_, err := StartDetached(d.Bin, d.File, vm)
+	in, err := config.Load(d.File)
+	if err != nil {
+		return err
+	}
+	if err := StartHost(d.Bin, d.File, in.Host); err != nil {
+		return err
+	}
+	_, err = StartDetached(d.Bin, d.File, vm)
 	return err
 }
 func (d *Detached) Stop(vm *config.VM) error  { return StopDetached(vm, StopTimeout+10*time.Second) }
@@ -75,7 +85,7 @@ func (s *systemdManager) install() error {
 		if err := Systemctl("daemon-reload"); err != nil {
 			return err
 		}
-		return Systemctl("enable", Target)
+		return Systemctl("enable", Target, HostUnit)
 	}
 	return nil
 }

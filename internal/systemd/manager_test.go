@@ -44,7 +44,7 @@ func TestSystemdManager(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(calls)
-	want := "daemon-reload\nenable microvms.target\nstart microvm@vm1.service\nenable microvm@vm1.service\nis-active --quiet microvm@vm1.service\nstop microvm@vm1.service\n"
+	want := "daemon-reload\nenable microvms.target microvm-host.service\nstart microvm@vm1.service\nenable microvm@vm1.service\nis-active --quiet microvm@vm1.service\nstop microvm@vm1.service\n"
 	if string(got) != want {
 		t.Errorf("systemctl calls:\n%s\nwant:\n%s", got, want)
 	}

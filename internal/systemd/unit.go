@@ -1,9 +1,11 @@
 // Package systemd keeps VMs running: on a host whose PID 1 is systemd, with
 // a unit template microvm@.service (so `systemctl status microvm@vm1` and
-// `journalctl -u microvm@vm1 -f` work as the seed says) and a
-// microvms.target; elsewhere (containers, CI) with a detached keeper that
+// `journalctl -u microvm@vm1 -f` work as the seed says), a microvms.target,
+// and microvm-host.service, which brings the host part back at boot and
+// keeps the firewall; elsewhere (containers, CI) with a detached keeper that
 // runs `microvm run NAME`, restarts it when it fails, and keeps a pid file
-// and a log file in the VM's run directory.
+// and a log file in the VM's run directory, and a detached `microvm host`
+// that keeps the firewall while VMs run.
 package systemd
 
 import (
@@ -26,10 +28,11 @@ var UnitDir = "/etc/systemd/system"
 // elsewhere.
 var bootedDir = "/run/systemd/system"
 
-// Template and Target are the unit names.
+// Template, Target and HostUnit are the unit names.
 const (
 	Template = "microvm@.service"
 	Target   = "microvms.target"
+	HostUnit = "microvm-host.service"
 )
 
 // Unit is the unit of one VM: microvm@NAME.service.
@@ -46,11 +49,17 @@ const RestartDelay = time.Second
 // Units are the files apply installs, by name.
 type Units map[string][]byte
 
+// A VM's unit needs the host part: Requires= and After= microvm-host, so
+// at boot a VM starts once its network and firewall are back, and at
+// shutdown (or a stop of the host unit) the VMs stop first, each guest
+// shut down cleanly before its virtiofs daemons, while the network is
+// still there.
 var unitTemplate = template.Must(template.New("unit").Parse(`# Written by microvm apply; changes are overwritten.
 [Unit]
 Description=microVM %i
+Requires={{.HostUnit}}
 Wants=network-online.target
-After=network-online.target
+After={{.HostUnit}} network-online.target
 PartOf={{.Target}}
 StartLimitIntervalSec=60
 StartLimitBurst=10
@@ -73,15 +82,43 @@ WantedBy={{.Target}}
 var targetTemplate = template.Must(template.New("target").Parse(`# Written by microvm apply; changes are overwritten.
 [Unit]
 Description=microVMs of {{.File}}
-Wants=network-online.target
-After=network-online.target
+Wants={{.HostUnit}} network-online.target
+After={{.HostUnit}} network-online.target
 
 [Install]
 WantedBy=multi-user.target
 `))
 
-// Render returns the unit template and the target for the microvm binary
-// bin reading file. Both paths must be absolute: systemd runs them at boot.
+// The host unit applies the host part of the file at boot (storage,
+// bridges, TAPs, forwarding, the nftables table), after the network and
+// any distribution firewall, whose reload would flush the table, and
+// before any VM; then it keeps the firewall. It says it is ready
+// (Type=notify) only once the host part is applied: until then it tries
+// again every few seconds, saying why in systemctl status, and the VMs
+// wait (TimeoutStartSec=infinity), so an uplink that comes late or a pool
+// imported late delays the VMs instead of failing them. Stopping it
+// leaves the host part as it is.
+var hostTemplate = template.Must(template.New("host").Parse(`# Written by microvm apply; changes are overwritten.
+[Unit]
+Description=microVM host part of {{.File}}: storage, networks, firewall (kept)
+Wants=network-online.target
+After=network-online.target nftables.service firewalld.service zfs-mount.service zfs-fuse.service
+Before={{.Target}}
+StartLimitIntervalSec=0
+
+[Service]
+Type=notify
+ExecStart={{.Bin}} host -f {{.File}}
+Restart=always
+RestartSec=2s
+TimeoutStartSec=infinity
+
+[Install]
+WantedBy=multi-user.target
+`))
+
+// Render returns the unit template, the target and the host unit for the
+// microvm binary bin reading file. Both paths must be absolute: systemd runs them at boot.
 func Render(bin, file string) (Units, error) {
 	for _, p := range []string{bin, file} {
 		if !filepath.IsAbs(p) {
@@ -92,12 +129,12 @@ func Render(bin, file string) (Units, error) {
 		}
 	}
 	data := map[string]any{
-		"Bin": bin, "File": file, "Target": Target,
+		"Bin": bin, "File": file, "Target": Target, "HostUnit": HostUnit,
 		"RestartSec": fmt.Sprintf("%ds", int(RestartDelay/time.Second)),
 		"StopSec":    fmt.Sprintf("%ds", int(StopTimeout/time.Second)),
 	}
 	u := Units{}
-	for name, t := range map[string]*template.Template{Template: unitTemplate, Target: targetTemplate} {
+	for name, t := range map[string]*template.Template{Template: unitTemplate, Target: targetTemplate, HostUnit: hostTemplate} {
 		var b bytes.Buffer
 		if err := t.Execute(&b, data); err != nil {
 			return nil, err

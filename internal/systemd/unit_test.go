@@ -15,7 +15,7 @@ func TestRenderGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{Template, Target} {
+	for _, name := range []string{Template, Target, HostUnit} {
 		golden := filepath.Join("testdata", name)
 		if testenv.Update() {
 			os.WriteFile(golden, u[name], 0o644)
@@ -54,7 +54,7 @@ func TestVerify(t *testing.T) {
 	if _, err := u.Install(dir); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("systemd-analyze", "verify", "--man=no", filepath.Join(dir, "microvm@vm1.service"), filepath.Join(dir, Target))
+	cmd := exec.Command("systemd-analyze", "verify", "--man=no", filepath.Join(dir, "microvm@vm1.service"), filepath.Join(dir, Target), filepath.Join(dir, HostUnit))
 	cmd.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+dir+":")
 	out, err := cmd.CombinedOutput()
 	// Without systemd as PID 1 it may note that it cannot reach the

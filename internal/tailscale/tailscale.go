@@ -130,6 +130,10 @@ func (a *SetRoutes) String() string {
 	return fmt.Sprintf("%s set --advertise-routes=%s  # %s", cmd, join(a.Result), a.Why)
 }
 
+// Optional: no VM needs its subnet advertised to start or to run, so a
+// tailscaled that refuses the change does not stop the rest of apply.
+func (a *SetRoutes) Optional() bool { return true }
+
 func (a *SetRoutes) Apply() error {
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()

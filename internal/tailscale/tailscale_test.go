@@ -1,82 +1,17 @@
 package tailscale
 
 import (
-	"encoding/json"
 	"net"
-	"net/http"
-	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-
-	"tailscale.com/ipn"
-	"tailscale.com/ipn/ipnstate"
-	"tailscale.com/types/views"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/tailscale/tailscaletest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
-
-// fakeTailscaled answers the three local API calls the program makes, on a
-// Unix socket, as tailscaled does. (test/tailscale runs the real one.)
-type fakeTailscaled struct {
-	mu       sync.Mutex
-	state    string
-	routes   []netip.Prefix // advertised
-	approved []netip.Prefix // by the control server
-	calls    int
-}
-
-func startFake(t *testing.T, socket string, state string, routes, approved []netip.Prefix) *fakeTailscaled {
-	t.Helper()
-	f := &fakeTailscaled{state: state, routes: routes, approved: approved}
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /localapi/v0/status", func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.calls++
-		allowed := views.SliceOf(f.approved)
-		json.NewEncoder(w).Encode(&ipnstate.Status{BackendState: f.state,
-			Self: &ipnstate.PeerStatus{HostName: "hv", AllowedIPs: &allowed}})
-	})
-	mux.HandleFunc("GET /localapi/v0/prefs", func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.calls++
-		json.NewEncoder(w).Encode(&ipn.Prefs{AdvertiseRoutes: f.routes, ControlURL: "https://ctl.example"})
-	})
-	mux.HandleFunc("PATCH /localapi/v0/prefs", func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.calls++
-		var mp ipn.MaskedPrefs
-		if err := json.NewDecoder(r.Body).Decode(&mp); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		if mp.AdvertiseRoutesSet {
-			f.routes = mp.AdvertiseRoutes
-		}
-		json.NewEncoder(w).Encode(&ipn.Prefs{AdvertiseRoutes: f.routes})
-	})
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return f
-}
-
-func (f *fakeTailscaled) advertised() string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return str(f.routes)
-}
 
 // model is vm1 and vm2 with [host.tailscale] as given.
 func model(t *testing.T, enabled config.TailscaleMode, socket string) *config.Infra {
@@ -160,10 +95,10 @@ func TestDiff(t *testing.T) {
 				defer ipIn(t, ns, "link", "del", config.Tailscale)
 			}
 			socket := filepath.Join(t.TempDir(), "ts.sock")
-			var fake *fakeTailscaled
+			var fake *tailscaletest.Fake
 			switch {
 			case tt.state != "":
-				fake = startFake(t, socket, tt.state, prefixes(tt.routes), prefixes(tt.approved))
+				fake = tailscaletest.Start(t, socket, tt.state, prefixes(tt.routes), prefixes(tt.approved))
 			case tt.socket: // a socket nobody listens on
 				ln, err := net.Listen("unix", socket)
 				if err != nil {
@@ -213,11 +148,11 @@ func TestDiff(t *testing.T) {
 					}
 				}
 			}
-			if got, want := fake.advertised(), tt.after; got != want {
+			if got, want := fake.Advertised(), tt.after; got != want {
 				t.Errorf("advertised after apply: got %q, want %q", got, want)
 			}
-			if got := fake.calls > 0; got != tt.calls {
-				t.Errorf("tailscaled was asked: got %v, want %v (%d calls)", got, tt.calls, fake.calls)
+			if got := fake.Calls() > 0; got != tt.calls {
+				t.Errorf("tailscaled was asked: got %v, want %v (%d calls)", got, tt.calls, fake.Calls())
 			}
 			// What was applied is in step: a second plan changes nothing.
 			if tt.calls {
@@ -260,7 +195,7 @@ func TestStatusReport(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			socket := filepath.Join(t.TempDir(), "ts.sock")
 			if tt.state != "" {
-				startFake(t, socket, tt.state, prefixes(tt.routes), prefixes(tt.approved))
+				tailscaletest.Start(t, socket, tt.state, prefixes(tt.routes), prefixes(tt.approved))
 			}
 			enabled := tt.enabled
 			if enabled == "" {

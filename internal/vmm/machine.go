@@ -54,6 +54,9 @@ type Machine struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	err     error
+	// Graceful is set by Stop when its first step, the guest's own
+	// shutdown, stopped the VMM.
+	Graceful bool
 }
 
 // Start starts cmd, which b.Command returned for vm, with no_new_privs
@@ -124,7 +127,7 @@ func (m *Machine) Ready(ctx context.Context) error {
 // none worked or ctx ends. It returns once the process is gone: nil if a
 // step stopped it, [ErrKilled] if it had to be killed.
 func (m *Machine) Stop(ctx context.Context) error {
-	for _, s := range m.backend.StopSteps(m.VM, m.Pid()) {
+	for i, s := range m.backend.StopSteps(m.VM, m.Pid()) {
 		if m.exited() || ctx.Err() != nil {
 			break
 		}
@@ -135,6 +138,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 		}
 		select {
 		case <-m.done:
+			m.Graceful = i == 0
 		case <-sctx.Done():
 		}
 		cancel()

@@ -164,10 +164,11 @@ func TestStop(t *testing.T) {
 		works     []bool // per step
 		wantCalls string
 		wantErr   error
+		graceful  bool // the first step stopped it
 	}{
-		{"guest obeys", []bool{true, true}, "gentle", nil},
-		{"guest ignores, VMM obeys", []bool{false, true}, "gentle hard", nil},
-		{"nothing works", []bool{false, false}, "gentle hard", ErrKilled},
+		{"guest obeys", []bool{true, true}, "gentle", nil, true},
+		{"guest ignores, VMM obeys", []bool{false, true}, "gentle hard", nil, false},
+		{"nothing works", []bool{false, false}, "gentle hard", ErrKilled, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -189,6 +190,9 @@ func TestStop(t *testing.T) {
 			}
 			if got := strings.Join(f.calls, " "); got != tt.wantCalls {
 				t.Errorf("steps run: got %q, want %q", got, tt.wantCalls)
+			}
+			if m.Graceful != tt.graceful {
+				t.Errorf("Graceful: got %v, want %v", m.Graceful, tt.graceful)
 			}
 			select {
 			case <-m.Done():

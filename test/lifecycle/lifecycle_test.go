@@ -208,6 +208,22 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("the firewall heals", func(t *testing.T) {
+		// up started microvm host --detached beside the keepers, as
+		// systemd starts microvm-host.service.
+		if r := mvm("status", "--host", "-f", file); !strings.Contains(r.out, "firewall: kept by microvm host --detached") {
+			t.Fatalf("status --host:\n%s", r.out)
+		}
+		sandboxtest.FlushHealed(t, sb.Host)
+		if r := mvm("check", "-f", file, "--target", fmt.Sprintf("%s:%d", sandbox.InternetAddr, sandbox.Port), "--seen-as", sandbox.UplinkAddr.Addr().String()); r.code != 0 {
+			t.Errorf("check after the repair: exit %d\n%s", r.code, r.out)
+		}
+		log, _ := os.ReadFile(in.Host.HostLog())
+		if !strings.Contains(string(log), "firewall: table inet microvm is missing; restored table inet microvm in ") {
+			t.Errorf("%s:\n%s", in.Host.HostLog(), log)
+		}
+	})
+
 	t.Run("killed VMM restarts with /var intact", func(t *testing.T) {
 		token := filepath.Base(run) + fmt.Sprint(time.Now().UnixNano())
 		if r := mvm("ssh", "-f", file, "lc1", "--", "echo "+token+" > /var/marker && sync"); r.code != 0 {
@@ -319,6 +335,16 @@ func TestLifecycle(t *testing.T) {
 			t.Errorf("status after down:\n%s", r.out)
 		}
 		checkVictim(t)
+		// The detached keeper of the firewall goes with the last VM.
+		for began := time.Now(); ; time.Sleep(500 * time.Millisecond) {
+			if _, ok := systemd.HostKeeper(in.Host); !ok {
+				break
+			}
+			if time.Since(began) > 30*time.Second {
+				t.Error("microvm host --detached still runs 30 s after the last VM stopped")
+				break
+			}
+		}
 	})
 
 	t.Run("apply brings VMs to the file", func(t *testing.T) {

@@ -10,6 +10,10 @@
 //
 // Where kernel ZFS answers instead, the test uses it just the same.
 //
+// The root mount is made shared (SharedRoot), as on a host booted by
+// systemd, so that zfs-fuse's mounts reach the commands tests run under
+// `ip netns exec`.
+//
 // Requirements: root, the zfs and zpool commands, and, unless a daemon or
 // kernel ZFS answers, zfs-fuse and /dev/fuse. Without them the test skips,
 // or fails in CI (package testenv).
@@ -54,6 +58,9 @@ func New(t testing.TB) *Pool {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "zfs", "zpool")
 	lock(t)
+	if err := SharedRoot(); err != nil {
+		t.Fatal(err)
+	}
 	p := &Pool{Dir: t.TempDir()}
 	if !answers() { // no zfs-fuse running, and no kernel ZFS
 		testenv.NeedCommands(t, "zfs-fuse")
@@ -124,6 +131,41 @@ func lock(t testing.TB) {
 		t.Fatalf("locking %s: %v", Lock, err)
 	}
 	t.Cleanup(func() { f.Close() }) // closing releases the lock
+}
+
+// SharedRoot makes the root mount shared, as systemd does at boot on
+// every host it runs, unless it is. zfs-fuse mounts datasets in its own
+// mount namespace; the commands the tests run under `ip netns exec` have a
+// private copy of the mounts, which receives those mounts only when / is
+// shared (it then is a slave of it). Without that, a dataset created under
+// ip netns exec is not mounted where the command looks, and the program
+// refuses to go on (see storage's visibleAt). Only the root mount changes,
+// not the mounts below it.
+func SharedRoot() error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// "27 1 254:0 / / rw,relatime shared:1 - ext4 ...": the fifth field
+		// is the mount point, optional fields up to "-".
+		f := strings.Fields(line)
+		if len(f) < 7 || f[4] != "/" {
+			continue
+		}
+		for _, opt := range f[6:] {
+			if opt == "-" {
+				break
+			}
+			if strings.HasPrefix(opt, "shared:") {
+				return nil
+			}
+		}
+	}
+	if out, err := exec.Command("mount", "--make-shared", "/").CombinedOutput(); err != nil {
+		return fmt.Errorf("mount --make-shared /: %s: %w", strings.TrimSpace(string(out)), err)
+	}
+	return nil
 }
 
 // answers reports whether a zfs-fuse daemon answers the zpool command.

@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostpart"
+)
+
+func hostCmd() *command {
+	var detached bool
+	return &command{
+		name:  "host",
+		args:  "[-f FILE] [--detached]",
+		short: "bring the host part back and keep the firewall (what microvm-host.service runs)",
+		long: `
+Applies the host part of infra.toml, as apply --host-only does (storage,
+bridges, TAPs, forwarding, the nftables table, Tailscale's routes), then keeps
+the firewall until it is stopped: when the table is flushed (nft flush
+ruleset, a reload of nftables.service) or edited by hand, it sets every VM
+port down at once, so that no VM reaches another, the host or the LAN, loads
+the table again and sets the ports up, within a second. Each repair is one
+line in its log, and status --host shows the last one.
+
+microvm-host.service runs it at boot, after the network and before any VM:
+while the host part cannot be applied (an uplink that is not up yet) it
+tries again every 5 s and the VMs wait. A Tailscale that refuses the routes
+is only warned about. Needs root.
+
+--detached is how up and apply start it on hosts without systemd: it only
+keeps the firewall (they have just applied or checked the host part), logs
+to RUN_DIR/host.log, and exits once no VM has run for 10 s.
+
+Examples:
+  sudo microvm host -f /etc/microvm/infra.toml
+  systemctl status microvm-host`,
+		flags: func(fs *pflag.FlagSet) {
+			fs.BoolVar(&detached, "detached", false, "keep only the firewall, and exit once no VM runs (how up and apply start it without systemd)")
+		},
+		run: func(e *env, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			if err := needRoot(changesHost); err != nil {
+				return err
+			}
+			// hostpart.Run reads the file itself, again on each try.
+			found, err := config.Locate(e.fileFlag)
+			if err != nil {
+				return err
+			}
+			file, err := filepath.Abs(found)
+			if err != nil {
+				return err
+			}
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+			defer signal.Stop(sigs)
+			stop := make(chan struct{})
+			go func() { <-sigs; close(stop) }()
+			return hostpart.Run(hostpart.Options{File: file, Detached: detached}, stop, e.stderr)
+		},
+	}
+}

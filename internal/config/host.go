@@ -1,0 +1,30 @@
+package config
+
+import "path/filepath"
+
+// Paths of the host part's keeper, `microvm host` (microvm-host.service
+// under systemd, detached elsewhere), and of the firewall it keeps:
+//
+//	RUN_DIR/host.log                what it printed, when detached (under systemd: the journal)
+//	RUN_DIR/host.json               its state for `status --host`: its pid, since when, its last repair
+//	RUN_DIR/firewall.lock           held while the table is loaded or compared
+//	RUN_DIR/firewall-net-INODE.nft  the ruleset last loaded in network namespace INODE
+//
+// They are files, so no VM name can collide with them.
+
+// HostLog is the output of the detached `microvm host`.
+func (h Host) HostLog() string { return filepath.Join(h.RunDir, "host.log") }
+
+// HostState is where `microvm host` says how it is, for status.
+func (h Host) HostState() string { return filepath.Join(h.RunDir, "host.json") }
+
+// FirewallLock is held while the program loads its table, and while the
+// watcher compares it, so that the watcher never takes apply's change for
+// an edit.
+func (h Host) FirewallLock() string { return filepath.Join(h.RunDir, "firewall.lock") }
+
+// FirewallRecord holds the ruleset the program last loaded in the network
+// namespace netns (its inode number): the table the watcher keeps.
+func (h Host) FirewallRecord(netns string) string {
+	return filepath.Join(h.RunDir, "firewall-net-"+netns+".nft")
+}

@@ -1,0 +1,421 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// The watcher keeps the table as the program last loaded it. `nft flush
+// ruleset` (what Debian's nftables.service does on a reload, and what many
+// admins type) removes it, and a hand edit can open it; either way the VMs
+// would reach each other, the host and the LAN. The watcher hears every
+// change to the ruleset of its network namespace from the kernel (netlink
+// group NFNLGRP_NFTABLES). When a change deletes the table or edits part of
+// it, it fails closed at once: it sets every port of the VM bridges down, so
+// no VM traffic passes at all. Then it compares the table rule by rule with
+// the last ruleset the program loaded, loads that again, atomically, if they
+// differ, and sets the ports it took down up again. One line in the log says
+// what changed and how long the repair took.
+//
+// The last ruleset the program loaded is recorded per network namespace in
+// RUN_DIR (config.Host.FirewallRecord) by every Replace, under a lock the
+// watcher takes too: a change apply makes is never taken for an edit, and
+// the watcher's own repair, when it hears of it, compares equal. So it
+// never loops.
+
+// recordPath is the file holding the ruleset last loaded in the network
+// namespace of the calling thread.
+func recordPath(h config.Host) (string, error) {
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		return "", fmt.Errorf("reading the network namespace: %w", err)
+	}
+	return h.FirewallRecord(strings.TrimSuffix(strings.TrimPrefix(link, "net:["), "]")), nil
+}
+
+// lockRecord takes h's firewall lock, waiting for it.
+func lockRecord(h config.Host) (unlock func(), err error) {
+	if err := os.MkdirAll(h.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("making %s: %w", h.RunDir, err)
+	}
+	f, err := os.OpenFile(h.FirewallLock(), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func writeRecord(h config.Host, ruleset string) error {
+	p, err := recordPath(h)
+	if err != nil {
+		return err
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(ruleset), 0o644); err != nil {
+		return fmt.Errorf("recording the loaded table: %w", err)
+	}
+	return os.Rename(tmp, p)
+}
+
+// readRecord returns the recorded ruleset, or "" when there is none.
+func readRecord(h config.Host) (string, error) {
+	p, err := recordPath(h)
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	return string(b), err
+}
+
+// Adopt records the model's table as the one to keep, when the loaded
+// table is that one: for a watcher starting on a table an apply loaded
+// before anything recorded it.
+func Adopt(in *config.Infra) error {
+	unlock, err := lockRecord(in.Host)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	want := Ruleset(in)
+	ws, err := wanted(want)
+	if err != nil {
+		return err
+	}
+	cur, err := loaded()
+	if err != nil {
+		return err
+	}
+	if ch := cur.Changes(ws); len(ch) > 0 {
+		return fmt.Errorf("the loaded table is not the one %s wants (%s); run microvm apply", in.File, strings.Join(ch, "; "))
+	}
+	return writeRecord(in.Host, want)
+}
+
+// Restore is one repair the watcher made.
+type Restore struct {
+	Heard   time.Time `json:"heard"`           // when the watcher heard of the change
+	Changes []string  `json:"changes"`         // what differed
+	Closed  time.Time `json:"closed"`          // when the VM ports were down
+	Millis  int64     `json:"ms"`              // from hearing of the change to the ports up again
+	Ports   []string  `json:"ports,omitempty"` // the VM ports it held down meanwhile
+	Err     string    `json:"error,omitempty"` // why the table could not be loaded (the ports stay down)
+}
+
+// Watcher keeps the table of its network namespace (the one of the thread
+// that calls Run) as recorded in Host's run directory.
+type Watcher struct {
+	Host config.Host
+	// Logf writes one line of the log.
+	Logf func(format string, args ...any)
+	// Ready, if set, is called once the watcher hears every change and
+	// has compared the table once.
+	Ready func()
+	// Restored, if set, is told of each repair.
+	Restored func(Restore)
+
+	ruleset string    // the last recorded ruleset, kept if the record goes
+	closed  []string  // ports held down until the table is back
+	closeAt time.Time // when they went down
+}
+
+// Resync is how often the watcher compares without having heard of a
+// change to the table, in case the kernel dropped a notification; while it
+// holds ports down after a failed repair it tries again every second.
+var Resync = 10 * time.Second
+
+// Run watches until stop is closed. Everything it does runs on the calling
+// goroutine, locked to its thread by the caller where that matters (the
+// tests run it inside a sandbox namespace): it starts no goroutine that
+// touches the network.
+//
+// What the kernel says about a change decides how fast the watcher acts.
+// A transaction that leaves the table deleted (nft flush ruleset, delete
+// table) or changes part of it (a rule, a set element) is no work of the
+// program, which only ever replaces the whole table: the ports go down at
+// once, before the comparison. A transaction that defines the table anew
+// (apply, or the watcher's own repair) is compared first, and left alone
+// when it is the recorded one.
+func (w *Watcher) Run(stop <-chan struct{}) error {
+	fd, err := subscribe()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	w.check(time.Now())
+	if w.Ready != nil {
+		w.Ready()
+	}
+	last := time.Now()
+	buf := make([]byte, 1<<16)
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 200)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("waiting for nftables events: %w", err)
+		}
+		heard := time.Now()
+		every := Resync
+		if len(w.closed) > 0 {
+			every = time.Second
+		}
+		if n > 0 {
+			switch drain(fd, buf) {
+			case untouched:
+				if time.Since(last) < every {
+					continue
+				}
+			case edited:
+				w.closeNow()
+			}
+		} else if time.Since(last) < every {
+			continue
+		}
+		w.check(heard)
+		last = time.Now()
+	}
+}
+
+// subscribe opens a netlink socket that hears of every change to the
+// ruleset in the calling thread's network namespace.
+func subscribe() (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return -1, fmt.Errorf("opening a netfilter netlink socket: %w", err)
+	}
+	// Room for a big transaction's notifications; an overflow (ENOBUFS)
+	// only means the watcher compares without knowing what changed.
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (unix.NFNLGRP_NFTABLES - 1)}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listening for nftables events: %w", err)
+	}
+	return fd, nil
+}
+
+// What the notifications read at once say about the program's table.
+type news int
+
+const (
+	untouched news = iota // nothing about it
+	replaced              // defined anew as a whole, as the program does
+	edited                // deleted, or changed in part: not the program's doing
+)
+
+// nfnlSubsysNftables is NFNL_SUBSYS_NFTABLES, the high byte of the
+// message type of every nftables notification.
+const nfnlSubsysNftables = 10
+
+// drain reads every pending notification and says what the last
+// transaction that touched the table did to it. A transaction ends with a
+// NEWGEN message; every other message names its table in attribute 1.
+func drain(fd int, buf []byte) news {
+	result, batch := untouched, untouched
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if errors.Is(err, unix.ENOBUFS) {
+			result = replaced // some were lost: compare, as after a replace
+			continue
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return result // EAGAIN: nothing more
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return replaced
+		}
+		for _, m := range msgs {
+			if m.Header.Type>>8 != nfnlSubsysNftables {
+				continue
+			}
+			op := m.Header.Type & 0xff
+			if op == unix.NFT_MSG_NEWGEN {
+				if batch != untouched {
+					result = batch
+				}
+				batch = untouched
+				continue
+			}
+			if len(m.Data) < 4 || m.Data[0] != unix.NFPROTO_INET || tableOf(m.Data[4:]) != Table {
+				continue
+			}
+			switch {
+			case op == unix.NFT_MSG_NEWTABLE:
+				batch = replaced
+			case op == unix.NFT_MSG_DELTABLE:
+				batch = edited
+			case batch == untouched:
+				batch = edited
+			}
+		}
+	}
+}
+
+// tableOf reads attribute 1 (NFTA_*_TABLE in every nftables object
+// message, NFTA_TABLE_NAME in a table's own), a NUL-terminated name.
+func tableOf(attrs []byte) string {
+	for len(attrs) >= 4 {
+		l := int(attrs[0]) | int(attrs[1])<<8
+		typ := (int(attrs[2]) | int(attrs[3])<<8) & 0x3fff
+		if l < 4 || l > len(attrs) {
+			return ""
+		}
+		if typ == unix.NFTA_TABLE_NAME {
+			return strings.TrimRight(string(attrs[4:l]), "\x00")
+		}
+		attrs = attrs[(l+3)&^3:]
+	}
+	return ""
+}
+
+// closeNow sets the VM ports down, unless they already are.
+func (w *Watcher) closeNow() {
+	if len(w.closed) > 0 {
+		return
+	}
+	var err error
+	w.closed, err = closePorts()
+	w.closeAt = time.Now()
+	if err != nil {
+		w.Logf("firewall: setting VM ports down: %v", err)
+	}
+}
+
+// check compares the loaded table with the record and repairs it. heard is
+// when the change was heard of.
+func (w *Watcher) check(heard time.Time) {
+	unlock, err := lockRecord(w.Host)
+	if err != nil {
+		w.Logf("firewall: %v", err)
+		return
+	}
+	defer unlock()
+	if rs, err := readRecord(w.Host); err != nil {
+		w.Logf("firewall: reading the recorded table: %v", err)
+	} else if rs != "" {
+		w.ruleset = rs
+	}
+	if w.ruleset == "" {
+		w.open() // nothing loaded here yet, so nothing to keep
+		return
+	}
+	want, err := wanted(w.ruleset)
+	if err != nil {
+		w.Logf("firewall: %v", err)
+		return
+	}
+	cur, err := loaded()
+	if err != nil {
+		w.Logf("firewall: %v", err)
+		return
+	}
+	changes := cur.Changes(want)
+	if len(changes) == 0 {
+		w.open() // if the ports went down for a change someone undid
+		return
+	}
+	w.closeNow()
+	r := Restore{Heard: heard, Changes: changes, Closed: w.closeAt, Ports: w.closed}
+	if err := load(w.ruleset); err != nil {
+		r.Err = err.Error()
+		r.Millis = time.Since(heard).Milliseconds()
+		w.Logf("firewall: %s; cannot load it again (%v): VM ports %s stay down", strings.Join(changes, "; "), err, orNone(w.closed))
+		w.report(r)
+		return
+	}
+	w.open()
+	r.Millis = time.Since(heard).Milliseconds()
+	msg := fmt.Sprintf("firewall: %s; restored table %s %s in %d ms", strings.Join(changes, "; "), Family, Table, r.Millis)
+	if len(r.Ports) > 0 {
+		msg += fmt.Sprintf("; VM ports %s were down from %.1f ms after the change until then", strings.Join(r.Ports, " "), float64(r.Closed.Sub(heard).Microseconds())/1000)
+	}
+	w.Logf("%s", msg)
+	w.report(r)
+}
+
+func (w *Watcher) report(r Restore) {
+	if w.Restored != nil {
+		w.Restored(r)
+	}
+}
+
+// open sets the ports w closed up again.
+func (w *Watcher) open() {
+	for _, name := range w.closed {
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		if err != nil {
+			w.Logf("firewall: setting %s up again: %v", name, err)
+		}
+	}
+	w.closed = nil
+}
+
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, " ")
+}
+
+// closePorts sets down every port that is up on a bridge the program made
+// (alias "microvm:NAME"): the VMs' TAPs, and anything else plugged in
+// there. A bridge drops every frame from a port that is down.
+func closePorts() ([]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	bridges := map[int]bool{}
+	for _, l := range links {
+		if l.Type() == "bridge" && strings.HasPrefix(l.Attrs().Alias, config.AliasPrefix) {
+			bridges[l.Attrs().Index] = true
+		}
+	}
+	var closed []string
+	var errs []error
+	for _, l := range links {
+		a := l.Attrs()
+		if !bridges[a.MasterIndex] || a.Flags&net.FlagUp == 0 {
+			continue
+		}
+		if err := netlink.LinkSetDown(l); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a.Name, err))
+			continue
+		}
+		closed = append(closed, a.Name)
+	}
+	return closed, errors.Join(errs...)
+}

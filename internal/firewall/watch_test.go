@@ -1,0 +1,242 @@
+package firewall_test
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/firewall"
+	"github.com/simple-microvm-infra/microvm/internal/plan"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// TestWatch: with the host part applied in a sandbox and namespaces
+// standing in for two VMs, the watcher repairs a flushed ruleset and hand
+// edits within a second, failing closed meanwhile: floods of numbered
+// datagrams from one VM to the other and to the host show that nothing
+// sent after the watcher set the ports down got through, and traffic to
+// the internet flows again after. A change apply makes is left alone.
+func TestWatch(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft")
+	run := t.TempDir()
+	src := fmt.Sprintf("[host]\nuplink = \"eth0\"\nrun_dir = %q\n[host.tailscale]\nenabled = false\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n[vm.vm2]\nsubnet = \"10.2.0.0/24\"\n", run)
+	in := parse(t, src)
+	only1 := parse(t, strings.Split(src, "[vm.vm2]")[0])
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	applyHost(t, sb, in)
+	if err := sb.AddStandIns(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{sb.VMs["vm1"], sb.VMs["vm2"], sb.Host} {
+		sandboxtest.Echo(t, ns, "")
+	}
+	// Bound to its address, so that its answers come from where the
+	// datagrams went and NAT takes them back.
+	sandboxtest.Echo(t, sb.Internet, sandbox.InternetAddr.String())
+	vm1, vm2 := sb.VMs["vm1"], sb.VMs["vm2"]
+	toVM2 := netip.AddrPortFrom(netip.MustParseAddr("10.2.0.2"), sandboxtest.EchoPort)
+	toVM1 := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.2"), sandboxtest.EchoPort)
+	toGateway := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), sandboxtest.EchoPort)
+	toInternet := netip.AddrPortFrom(sandbox.InternetAddr, sandboxtest.EchoPort)
+	type path struct {
+		from string
+		to   netip.AddrPort
+	}
+	closed := []path{{vm1, toVM2}, {vm2, toVM1}, {vm1, toGateway}}
+
+	// The floods can see a breach: without the table, vm1 reaches vm2.
+	if out, err := sandbox.Command(sb.Host, "nft", "delete", "table", "inet", "microvm").CombinedOutput(); err != nil {
+		t.Fatalf("%s %v", out, err)
+	}
+	if got := sandboxtest.Flood(t, vm1, toVM2, 300*time.Millisecond, nil); len(got) == 0 {
+		t.Fatal("without the table, no datagram from vm1 reached vm2: the floods below would prove nothing")
+	}
+	applyHost(t, sb, in)
+	if got := sandboxtest.Flood(t, vm1, toVM2, 300*time.Millisecond, nil); len(got) > 0 {
+		t.Fatalf("with the table, %d datagrams from vm1 reached vm2", len(got))
+	}
+	if got := sandboxtest.Flood(t, vm1, toInternet, 200*time.Millisecond, nil); len(got) == 0 {
+		t.Fatal("vm1 does not reach the internet")
+	}
+
+	restored := make(chan firewall.Restore, 10)
+	var logMu sync.Mutex
+	var log strings.Builder
+	w := &firewall.Watcher{
+		Host: in.Host,
+		Logf: func(format string, args ...any) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			fmt.Fprintf(&log, format+"\n", args...)
+		},
+		Restored: func(r firewall.Restore) { restored <- r },
+	}
+	ready := make(chan struct{})
+	w.Ready = func() { close(ready) }
+	stop, done := make(chan struct{}), make(chan error, 1)
+	go func() { done <- sandbox.Do(sb.Host, func() error { return w.Run(stop) }) }()
+	defer func() {
+		close(stop)
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		logMu.Lock()
+		t.Logf("the watcher's log:\n%s", log.String())
+		logMu.Unlock()
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("the watcher stopped: %v", err)
+	}
+
+	events := []struct {
+		name string
+		edit func() string // an nft script, run in the host namespace
+		want string        // in the restore's changes
+	}{
+		{"nft flush ruleset", func() string { return "flush ruleset" }, "table inet microvm is missing"},
+		{"a drop turned into an accept", func() string {
+			out, err := sandbox.Command(sb.Host, "nft", "-a", "list", "chain", "inet", "microvm", "forward").Output()
+			h, rule, ok := sandboxtest.DropToAccept(string(out))
+			if err != nil || !ok {
+				t.Fatalf("no rule that drops in chain forward: %v\n%s", err, out)
+			}
+			return "replace rule inet microvm forward handle " + h + " " + rule
+		}, "changed (drop -> accept)"},
+		{"an element removed", func() string { return `delete element inet microvm vm_bridges { "br-vm2" }` }, "set vm_bridges lacks br-vm2"},
+		{"the table deleted", func() string { return "delete table inet microvm" }, "table inet microvm is missing"},
+	}
+	for _, ev := range events {
+		t.Run(ev.name, func(t *testing.T) {
+			script := ev.edit()
+			stopFlood := make(chan struct{})
+			answered := make([][]time.Time, len(closed))
+			var wg sync.WaitGroup
+			for i, p := range closed {
+				wg.Add(1)
+				go func() { defer wg.Done(); answered[i] = sandboxtest.Flood(t, p.from, p.to, time.Minute, stopFlood) }()
+			}
+			time.Sleep(100 * time.Millisecond)
+			cmd := sandbox.Command(sb.Host, "nft", "-f", "-")
+			cmd.Stdin = strings.NewReader(script)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				close(stopFlood)
+				wg.Wait()
+				t.Fatalf("%s: %s %v", script, out, err)
+			}
+			var r firewall.Restore
+			select {
+			case r = <-restored:
+			case <-time.After(5 * time.Second):
+				close(stopFlood)
+				wg.Wait()
+				t.Fatal("no repair 5 s after the edit")
+			}
+			time.Sleep(200 * time.Millisecond)
+			close(stopFlood)
+			wg.Wait()
+
+			t.Logf("ports %s down %s after the change was heard; table restored and ports up %d ms after it",
+				r.Ports, r.Closed.Sub(r.Heard), r.Millis)
+			if !strings.Contains(strings.Join(r.Changes, "\n"), ev.want) {
+				t.Errorf("the watcher saw %q, want %q", r.Changes, ev.want)
+			}
+			if r.Millis > 1000 || r.Err != "" {
+				t.Errorf("restore: %d ms, error %q; want within a second", r.Millis, r.Err)
+			}
+			if len(r.Ports) != 4 {
+				t.Errorf("ports held down: %q, want the two TAPs and the two stand-ins' ports", r.Ports)
+			}
+			for i, p := range closed {
+				var early int
+				for _, sent := range answered[i] {
+					if !sent.Before(r.Closed) {
+						t.Errorf("%s -> %s: a datagram sent %s after the ports went down got through", p.from, p.to, sent.Sub(r.Closed))
+					} else {
+						early++
+					}
+				}
+				if early > 0 {
+					t.Logf("%s -> %s: %d datagrams sent in the %s between the edit and the ports going down got through", p.from, p.to, early, r.Closed.Sub(r.Heard))
+				}
+			}
+			sandbox.Do(sb.Host, func() error {
+				if acts, err := firewall.Diff(in); err != nil || len(acts) > 0 {
+					t.Errorf("after the repair, plan: %v %v", acts, err)
+				}
+				return nil
+			})
+			// Traffic flows again. A stand-in's veth lost its carrier with
+			// the port, and with it the gateway's ARP entry: its kernel asks
+			// again within a second.
+			for began := time.Now(); ; {
+				if got := sandboxtest.Flood(t, vm1, toInternet, 100*time.Millisecond, nil); len(got) > 0 {
+					t.Logf("vm1 reaches the internet again %s after the repair", time.Since(began).Round(10*time.Millisecond))
+					break
+				}
+				if time.Since(began) > 3*time.Second {
+					t.Error("3 s after the repair, vm1 does not reach the internet")
+					break
+				}
+			}
+		})
+	}
+
+	t.Run("apply's own change stays", func(t *testing.T) {
+		applyHost(t, sb, only1)
+		select {
+		case r := <-restored:
+			t.Errorf("the watcher undid apply's change: %q", r.Changes)
+		case <-time.After(time.Second):
+		}
+		sandbox.Do(sb.Host, func() error {
+			if acts, err := firewall.Diff(only1); err != nil || len(acts) > 0 {
+				t.Errorf("after apply without vm2, plan: %v %v", acts, err)
+			}
+			return nil
+		})
+	})
+}
+
+func parse(t *testing.T, src string) *config.Infra {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "infra.toml")
+	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// applyHost applies the host part of in in the sandbox's host namespace.
+func applyHost(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) {
+	t.Helper()
+	err := sandbox.Do(sb.Host, func() error {
+		p, err := plan.Host(in)
+		if err != nil {
+			return err
+		}
+		return p.Apply(io.Discard)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,40 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/simple-microvm-infra/microvm/internal/action"
+	"github.com/simple-microvm-infra/microvm/internal/config"
+)
+
+// DiffVM returns what vm's own network lacks: its bridge with the gateway
+// address, up, and its TAP owned by its VMM user, on the bridge, up. It is
+// what a VM needs of the host's links to start; the rest of Diff (other
+// VMs' links, forwarding) does not stop it.
+func DiffVM(in *config.Infra, vm *config.VM) ([]action.Action, error) {
+	bridge, err := linkOrNil(vm.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	tap, err := linkOrNil(vm.TAP)
+	if err != nil {
+		return nil, err
+	}
+	return append(bridgeDiff(vm, bridge), tapDiff(vm, tap, bridge)...), nil
+}
+
+// linkOrNil finds the link called name, or returns nil if there is none.
+func linkOrNil(name string) (netlink.Link, error) {
+	l, err := netlink.LinkByName(name)
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("finding %s: %w", name, err)
+	}
+	return l, nil
+}

@@ -1,0 +1,116 @@
+package systemd
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/proc"
+)
+
+// HostKeeper is the `microvm host` that runs for h, as it recorded itself
+// in h.HostState() (package hostpart writes the rest of that file); ok is
+// false when none runs.
+func HostKeeper(h config.Host) (id proc.ID, ok bool) {
+	b, err := os.ReadFile(h.HostState())
+	if err != nil || json.Unmarshal(b, &id) != nil {
+		return id, false
+	}
+	return id, id.Alive()
+}
+
+// StartHost starts `bin host --detached -f file`, unless one runs, in its
+// own session with its output appended to h.HostLog(). It returns once
+// that keeps the firewall (it has written its state), or with what its
+// log says when it could not.
+func StartHost(bin, file string, h config.Host) error {
+	if _, ok := HostKeeper(h); ok {
+		return nil
+	}
+	if err := os.MkdirAll(h.RunDir, 0o755); err != nil {
+		return err
+	}
+	log, err := os.OpenFile(h.HostLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	defer null.Close()
+	os.Remove(h.HostState())
+	cmd := exec.Command(bin, "host", "--detached", "-f", file)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting microvm host: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	deadline := time.After(30 * time.Second)
+	for {
+		if id, ok := HostKeeper(h); ok && id.Pid == cmd.Process.Pid {
+			cmd.Process.Release()
+			return nil
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(h.HostLog())
+			return fmt.Errorf("microvm host exited at once; its log (%s) ends:\n%s", h.HostLog(), tail(b, 5))
+		case <-deadline:
+			return fmt.Errorf("microvm host does not keep the firewall 30 s after it started; see %s", h.HostLog())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// StopHost stops the `microvm host` that keeps h's firewall, if one runs:
+// the unit under systemd, else the detached one (SIGTERM). Teardown stops
+// it before it deletes the table, which it would otherwise load again.
+func StopHost(h config.Host) error {
+	if Booted() && Systemctl("is-active", "--quiet", HostUnit) == nil {
+		return Systemctl("stop", HostUnit)
+	}
+	id, ok := HostKeeper(h)
+	if !ok {
+		return nil
+	}
+	if err := id.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, proc.ErrGone) {
+		return fmt.Errorf("stopping microvm host (%s): %w", id, err)
+	}
+	return WaitGone(id, 30*time.Second, fmt.Sprintf("microvm host (%s) did not stop in 30 s; see %s", id, h.HostLog()))
+}
+
+// Notify tells systemd about the service, as sd_notify(3) does: "READY=1"
+// once it is started, "STATUS=..." for systemctl status. Without systemd
+// (no $NOTIFY_SOCKET) it does nothing.
+func Notify(state string) error {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return nil
+	}
+	// Go's net package reads a leading @ as Linux's abstract namespace.
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("notifying systemd: %w", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(state)); err != nil {
+		return fmt.Errorf("notifying systemd: %w", err)
+	}
+	return nil
+}
+
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
