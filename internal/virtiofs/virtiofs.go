@@ -91,13 +91,11 @@ type Daemon struct {
 
 // Args returns the command line that serves s, without the program name.
 //
-// Both flavours get the same settings: cache=auto (the guest caches
-// metadata for a second and data until a file changes on the host, the
-// daemons' default, good for an image nobody changes and fine for /etc and
-// /var that only one guest uses); and sandbox=namespace, in which the daemon
-// pivot_roots into the shared directory inside new mount, PID and network
-// namespaces, so that neither a symlink nor the network leads it out. Root
-// runs the daemons, which namespace mode requires.
+// Both flavours get the same settings: the cache mode of the share
+// (Share.cache); and sandbox=namespace, in which the daemon pivot_roots
+// into the shared directory inside new mount, PID and network namespaces,
+// so that neither a symlink nor the network leads it out. Root runs the
+// daemons, which namespace mode requires.
 func (d Daemon) Args(s Share) []string {
 	var args []string
 	switch d.Flavour {
@@ -105,7 +103,7 @@ func (d Daemon) Args(s Share) []string {
 		args = []string{
 			"--socket-path=" + s.Socket,
 			"--shared-dir=" + s.Dir,
-			"--cache=auto",
+			"--cache=" + s.cache(),
 			"--sandbox=namespace",
 			"--log-level=warn",
 		}
@@ -116,7 +114,7 @@ func (d Daemon) Args(s Share) []string {
 		args = []string{
 			"--socket-path=" + s.Socket,
 			"-o", "source=" + s.Dir,
-			"-o", "cache=auto",
+			"-o", "cache=" + s.cache(),
 			"-o", "sandbox=namespace",
 			// Its "info" level logs every virtqueue event.
 			"-o", "log_level=warn",
@@ -137,4 +135,19 @@ func (d Daemon) String() string {
 		name = "C virtiofsd"
 	}
 	return fmt.Sprintf("%s %s (%s)", name, d.Version, d.Path)
+}
+
+// cache is the daemon's cache mode for s. The image never changes while a
+// VM uses it (an image is immutable, and is not removed while mounted), so
+// the guest may keep what it read of it for good ("always"): a path looked
+// up or a file read once is not asked of the daemon again, and every
+// process the guest starts looks up its program and libraries. The VM's
+// own /etc and /var get "auto": the guest caches metadata for a second
+// and data until a file changes, since the host writes a few files of
+// /etc (package guest) between starts.
+func (s Share) cache() string {
+	if s.ReadOnly {
+		return "always"
+	}
+	return "auto"
 }

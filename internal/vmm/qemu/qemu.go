@@ -47,6 +47,12 @@ type Backend struct {
 	// which hangs the boot on a busy host. New reads it from the host;
 	// zero leaves the guest to calibrate.
 	TSCkHz int
+	// TSCReliable, under tcg only, says the guest's TSC (which under
+	// emulation is the host's) can be trusted: tsc=reliable then spares
+	// the guest kernel its clocksource watchdog. New sets it when the
+	// host's own kernel keeps time with its TSC; under KVM the guest uses
+	// kvmclock and it is not given.
+	TSCReliable bool
 	// Grace is how long the guest has to shut down after ctrl-alt-del and
 	// the power button; vmm.DefaultGrace if zero.
 	Grace time.Duration
@@ -57,6 +63,7 @@ func New(accel string) *Backend {
 	b := &Backend{Accel: accel}
 	if accel == "tcg" {
 		b.TSCkHz = HostTSCkHz()
+		b.TSCReliable = hostClocksource() == "tsc"
 	}
 	return b
 }
@@ -73,6 +80,12 @@ func HostTSCkHz() int {
 	}
 	defer f.Close()
 	return cpuinfoTSCkHz(f)
+}
+
+// hostClocksource is the clocksource the host's kernel keeps time with.
+func hostClocksource() string {
+	b, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+	return strings.TrimSpace(string(b))
 }
 
 // cpuinfoTSCkHz returns the first "cpu MHz" of a /proc/cpuinfo, in kHz.
@@ -117,6 +130,9 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		timers = "pit=on,pic=on"
 		if b.TSCkHz > 0 {
 			extra = append(extra, fmt.Sprintf("tsc_early_khz=%d", b.TSCkHz))
+		}
+		if b.TSCReliable {
+			extra = append(extra, "tsc=reliable")
 		}
 	default:
 		return nil, fmt.Errorf("building QEMU command for %s: accelerator %q is not kvm or tcg", vm.Name, b.Accel)

@@ -51,7 +51,7 @@ func TestCommand(t *testing.T) {
 	}{
 		{"vm1-kvm.golden", "vm1", &Backend{Accel: "kvm"}},
 		{"vm2-kvm-vhost.golden", "vm2", &Backend{Accel: "kvm", VhostNet: true}},
-		{"vm1-tcg.golden", "vm1", &Backend{Accel: "tcg", TSCkHz: 2596094}},
+		{"vm1-tcg.golden", "vm1", &Backend{Accel: "tcg", TSCkHz: 2596094, TSCReliable: true}},
 		{"vm2-tcg-no-tsc.golden", "vm2", &Backend{Accel: "tcg"}},
 	}
 	for _, tt := range tests {
