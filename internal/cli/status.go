@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
@@ -17,6 +18,7 @@ import (
 type statusRow struct {
 	Name          string `json:"name"`
 	State         string `json:"state"`
+	Guest         string `json:"guest,omitempty"` // booting or ready, when running
 	Address       string `json:"address"`
 	Hypervisor    string `json:"hypervisor"`
 	Image         string `json:"image"`
@@ -27,6 +29,9 @@ type statusRow struct {
 	VMMPid        int    `json:"vmm_pid,omitempty"`
 	DiskBytes     int64  `json:"disk_bytes"`
 	Changed       bool   `json:"changed_since_start,omitempty"`
+	// ReadyAfter is how long the guest took from its VMM's start until
+	// its sshd answered.
+	ReadyAfter float64 `json:"ready_after_seconds,omitempty"`
 }
 
 func statusCmd(name string) *command {
@@ -41,7 +46,8 @@ func statusCmd(name string) *command {
 		short: short,
 		long: `
 Prints one line per VM of infra.toml: its state (running once its VMM is
-up; starting while its supervisor boots or restarts it; stopped), address,
+up; starting while its supervisor boots or restarts it; stopped), its
+guest (booting until its sshd answers, then ready), address,
 hypervisor, image, vCPUs, memory, uptime and the disk its /etc and /var use.
 A running VM whose settings in the file changed since it started is marked
 with *: microvm update NAME (or apply) restarts it with them.
@@ -85,6 +91,10 @@ Examples:
 					r.UptimeSeconds = int64(s.Since.Seconds())
 					r.VMMPid = s.Started.VMMPid
 					r.Changed = len(changes(in, vm, s.Started)) > 0
+					r.Guest = s.Started.Guest()
+					if s.Started.Ready != nil {
+						r.ReadyAfter = s.Started.Ready.Sub(s.Started.Time).Round(100 * time.Millisecond).Seconds()
+					}
 				}
 				if uerr == nil {
 					r.DiskBytes = usage.VMs[vm.Name]
@@ -97,9 +107,9 @@ Examples:
 				return enc.Encode(rows)
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tADDRESS\tHYPERVISOR\tIMAGE\tVCPU\tMEMORY\tUPTIME\tDISK")
+			fmt.Fprintln(tw, "NAME\tSTATE\tGUEST\tADDRESS\tHYPERVISOR\tIMAGE\tVCPU\tMEMORY\tUPTIME\tDISK")
 			for _, r := range rows {
-				up, disk := "-", "?"
+				up, disk, guest := "-", "?", "-"
 				if r.State == "running" {
 					up = uptime(secs(r.UptimeSeconds))
 				}
@@ -110,7 +120,10 @@ Examples:
 				if r.Changed {
 					state += "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", r.Name, state, r.Address, r.Hypervisor, r.Image, r.VCPU, r.MemoryMiB, up, disk)
+				if r.Guest != "" {
+					guest = r.Guest
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", r.Name, state, guest, r.Address, r.Hypervisor, r.Image, r.VCPU, r.MemoryMiB, up, disk)
 			}
 			tw.Flush()
 			for _, r := range rows {

@@ -7,7 +7,8 @@
 //     program manages in them, and the initramfs;
 //  3. start the three virtiofsd daemons and wait for their sockets;
 //  4. start the VMM as the unprivileged VMM user;
-//  5. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
+//  5. wait for the guest's sshd to answer, and record that it is ready;
+//  6. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
 //     to exit, and only then stop the daemons (a daemon that went first
 //     would leave the guest with I/O errors on its root filesystem).
 //
@@ -98,6 +99,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		return err
 	}
 	m.Logf = logf
+	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	err = m.Ready(ctx)
 	cancel()
@@ -107,10 +109,17 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		return err
 	}
 	logf("%s started (pid %d), console in %s", vm.Hypervisor, m.Pid(), vm.ConsoleLog())
-	if err := writeStarted(in, vm, m.Pid()); err != nil {
+	if err := writeStarted(in, vm, m.Pid(), began); err != nil {
 		logf("recording what the VM started with: %v", err)
 	}
 	defer os.Remove(vm.StartedFile())
+	ready, stopReady := context.WithCancel(context.Background())
+	readyDone := make(chan struct{})
+	go func() {
+		defer close(readyDone)
+		watchReady(ready, vm, m.Pid(), began, logf)
+	}()
+	defer func() { stopReady(); <-readyDone }() // before the record goes
 
 	var vmmErr error
 	select {

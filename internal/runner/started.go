@@ -25,6 +25,18 @@ type Started struct {
 	Time     time.Time         `json:"started"`
 	VMMPid   int               `json:"vmm_pid"`
 	RunPid   int               `json:"run_pid"` // the `microvm run` supervisor
+	// Ready is when the guest's sshd first answered (see watchReady);
+	// nil while it boots.
+	Ready *time.Time `json:"ready,omitempty"`
+}
+
+// Guest says how the guest of a running VM is: "ready" once its sshd has
+// answered, "booting" until then.
+func (st Started) Guest() string {
+	if st.Ready != nil {
+		return "ready"
+	}
+	return "booting"
 }
 
 // Settings are the effective settings a VM runs with: everything in the
@@ -130,9 +142,13 @@ func ReadStarted(vm *config.VM) (st Started, ok bool, err error) {
 	return st, true, nil
 }
 
-func writeStarted(in *config.Infra, vm *config.VM, vmmPid int) error {
+func writeStarted(in *config.Infra, vm *config.VM, vmmPid int, began time.Time) error {
 	s := Settings(in, vm)
-	st := Started{Settings: s, Hash: Hash(s), Time: time.Now().UTC(), VMMPid: vmmPid, RunPid: os.Getpid()}
+	return writeStartedFile(vm, Started{Settings: s, Hash: Hash(s), Time: began.UTC(), VMMPid: vmmPid, RunPid: os.Getpid()})
+}
+
+// writeStartedFile replaces vm's started record with st, atomically.
+func writeStartedFile(vm *config.VM, st Started) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
