@@ -53,10 +53,19 @@ type Backend struct {
 	// host's own kernel keeps time with its TSC; under KVM the guest uses
 	// kvmclock and it is not given.
 	TSCReliable bool
+	// TBSizeMiB, under tcg only, is the size of QEMU's translated-code
+	// cache (-accel tcg,tb-size=); 0 leaves QEMU's default (1 GiB, or an
+	// eighth of the host's memory if less). New sets TBSizeMiB.
+	TBSizeMiB int
 	// Grace is how long the guest has to shut down after ctrl-alt-del and
 	// the power button; vmm.DefaultGrace if zero.
 	Grace time.Duration
 }
+
+// TBSizeMiB is the translated-code cache QEMU gets under emulation, in
+// MiB, chosen by measurement (docs/guest.md): a lean boot fills about 160
+// MiB of it, and QEMU's default, 1 GiB, lets it grow with the VM's age.
+var TBSizeMiB = 128
 
 // New returns the backend for the accelerator accel ("kvm" or "tcg").
 func New(accel string) *Backend {
@@ -64,6 +73,7 @@ func New(accel string) *Backend {
 	if accel == "tcg" {
 		b.TSCkHz = HostTSCkHz()
 		b.TSCReliable = hostClocksource() == "tsc"
+		b.TBSizeMiB = TBSizeMiB
 	}
 	return b
 }
@@ -137,13 +147,17 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 	default:
 		return nil, fmt.Errorf("building QEMU command for %s: accelerator %q is not kvm or tcg", vm.Name, b.Accel)
 	}
+	accel := b.Accel
+	if b.Accel == "tcg" && b.TBSizeMiB > 0 {
+		accel += fmt.Sprintf(",tb-size=%d", b.TBSizeMiB)
+	}
 	mem := fmt.Sprintf("%dM", vm.MemoryMiB)
 	args := []string{
 		"-name", vm.Name,
 		// rtc=on: the guest's clock starts at the right time. acpi=on: the
 		// power button (system_powerdown). No option ROMs, no PCI, no USB.
 		"-M", "microvm,x-option-roms=off," + timers + ",rtc=on,isa-serial=on,acpi=on,pcie=off,usb=off,memory-backend=mem",
-		"-accel", b.Accel,
+		"-accel", accel,
 		"-cpu", cpu,
 		"-smp", fmt.Sprint(vm.VCPU),
 		"-m", mem,
