@@ -19,13 +19,15 @@ var (
 	// veritysetup, gpt-auto, hibernate-resume), no offline updates
 	// (system-update), no kernel command line the program does not write
 	// (debug, run), no SysV scripts without a unit and no /etc/rc.local
-	// (sysv, rc-local). systemd skips a generator whose name is a symlink
-	// to /dev/null in /etc/systemd/system-generators. fstab (/tmp, and a
-	// user's own mounts) and getty (the serial console) stay.
+	// (sysv, rc-local), and the console is always ttyS0, whose getty is
+	// enabled instead (getty). systemd skips a generator whose name is a
+	// symlink to /dev/null in /etc/systemd/system-generators. fstab (/tmp,
+	// and a user's own mounts) stays.
 	leanGenerators = []string{
 		"systemd-cryptsetup-generator", "systemd-integritysetup-generator", "systemd-veritysetup-generator",
 		"systemd-gpt-auto-generator", "systemd-hibernate-resume-generator", "systemd-system-update-generator",
 		"systemd-debug-generator", "systemd-run-generator", "systemd-sysv-generator", "systemd-rc-local-generator",
+		"systemd-getty-generator",
 	}
 
 	// leanMasked are units of Debian's sysinit and multi-user targets
@@ -33,10 +35,15 @@ var (
 	// unmask` in a VM puts one back there.
 	leanMasked = []string{
 		// Mounts of kernel filesystems for huge pages, debugging,
-		// tracing, FUSE's control files and configfs, which a server
-		// does not use, and the modprobe@ units they pull in.
+		// tracing, FUSE's control files, configfs and POSIX message
+		// queues, which a server seldom uses, and the modprobe@ units
+		// they pull in.
 		"dev-hugepages.mount", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
-		"sys-fs-fuse-connections.mount", "sys-kernel-config.mount",
+		"sys-fs-fuse-connections.mount", "sys-kernel-config.mount", "dev-mqueue.mount",
+		// Device nodes for modules not loaded yet (/dev/net/tun, ...),
+		// so that opening one loads its module: without udev, a module
+		// makes its nodes when it loads (modprobe tun).
+		"kmod-static-nodes.service", "systemd-tmpfiles-setup-dev.service",
 		// Skipped by their conditions (no disk to repartition), but
 		// they pull in modprobe@loop and modprobe@dm_mod first.
 		"systemd-repart.service",
@@ -82,11 +89,17 @@ var (
 		"systemd-pstore.service",
 	}
 
+	// leanRemoved are files the image does without: /etc/modules, read
+	// through this link, lists no module, and without it systemd skips
+	// systemd-modules-load (a file in /etc/modules-load.d brings it back).
+	leanRemoved = []string{"etc/modules-load.d/modules.conf"}
+
 	// leanFiles are written into the image. Those under /usr are the
 	// image's own (a VM overrides them with a file or drop-in of its own in
 	// /etc); those under /etc are each VM's.
 	leanFiles = []struct{ name, text string }{
 		{"usr/lib/systemd/system/serial-getty@ttyS0.service", serialGetty},
+		{"etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service", "-> /usr/lib/systemd/system/serial-getty@ttyS0.service"},
 		{"usr/lib/systemd/system/ssh.service.d/microvm.conf", sshEarly},
 		{"usr/lib/systemd/journald.conf.d/microvm.conf", "# Written by microvm (image recipe debian): the journal is kept in memory,\n" +
 			"# not written to /var over virtiofs. Storage=persistent in\n# /etc/systemd/journald.conf.d/ keeps it across restarts.\n[Journal]\nStorage=volatile\n"},
@@ -100,8 +113,8 @@ var (
 // serialGetty is Debian's serial-getty@.service without its dependency on
 // dev-ttyS0.device: the image has no udev, so no device unit ever appears,
 // and the serial port is always there. As a unit of the instance's own
-// name it takes the place of the template for ttyS0, which the getty
-// generator starts for the kernel's console=ttyS0.
+// name it takes the place of the template for ttyS0, the console on the
+// kernel command line of every VM.
 const serialGetty = `# Written by microvm (image recipe debian): Debian's serial-getty@.service
 # without BindsTo=/After=dev-%i.device, a device unit that only udev makes
 # (this image has no udev; every VMM gives the guest this serial port).
@@ -192,6 +205,11 @@ func lean(root *os.Root) error {
 			if err := removeIfExists(root, path.Join(dir, u)); err != nil {
 				return err
 			}
+		}
+	}
+	for _, name := range leanRemoved {
+		if err := removeIfExists(root, name); err != nil {
+			return err
 		}
 	}
 	for _, f := range leanFiles {

@@ -24,6 +24,8 @@ func TestLean(t *testing.T) {
 		"etc/systemd/system/systemd-logind.service -> /usr/lib/systemd/system/systemd-logind.service",
 		"usr/lib/systemd/system/systemd-logind.service: [Unit]",
 		"etc/acpi/events/",
+		"etc/modules: # /etc/modules: kernel modules to load at boot time.",
+		"etc/modules-load.d/modules.conf -> ../modules",
 	})
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -70,6 +72,9 @@ func TestLean(t *testing.T) {
 		"etc/systemd/system/multi-user.target.wants/microvm-shutdown-log.service -> /usr/lib/systemd/system/microvm-shutdown-log.service",
 		"usr/lib/systemd/system/serial-getty@ttyS0.service: " + serialGetty,
 		"usr/lib/systemd/system/ssh.service.d/microvm.conf: " + sshEarly,
+		"etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service -> /usr/lib/systemd/system/serial-getty@ttyS0.service",
+		"etc/modules: # /etc/modules: kernel modules to load at boot time.",
+		"etc/modules-load.d/",
 	} {
 		if !slices.Contains(first, want) {
 			t.Errorf("missing %q", want)

@@ -30,7 +30,7 @@ var Recipes = []Recipe{
 	{
 		Name:    "debian",
 		About:   "Debian 12 for microVMs: systemd, journald, OpenSSH and apt; only what a server needs on its way to SSH (docs/guest.md)",
-		Version: 2,
+		Version: 3,
 		Packages: []string{
 			"systemd", "systemd-sysv",
 			"openssh-server",

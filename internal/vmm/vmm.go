@@ -60,7 +60,7 @@ import (
 //	microvm.dns=ADDR        the IPv4 address of the DNS resolver
 //
 // Then come the words extra that a backend needs for its machine (QEMU
-// under emulation adds tsc_early_khz= and tsc=reliable), and QEMU may
+// under emulation adds tsc_early_khz=, tsc=reliable and mitigations=off), and QEMU may
 // append words of its own (virtio_mmio.device=, when ACPI is off).
 //
 // Words are separated by single spaces, each is a flag or KEY=VALUE, and
