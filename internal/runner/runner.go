@@ -7,7 +7,7 @@
 //     program manages in them, and the initramfs;
 //  3. start the three virtiofsd daemons and wait for their sockets;
 //  4. start the VMM as the unprivileged VMM user;
-//  5. wait for the guest's sshd to answer, and record that it is ready;
+//  5. probe the guest's sshd while it boots, and record when it answers;
 //  6. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
 //     to exit, and only then stop the daemons (a daemon that went first
 //     would leave the guest with I/O errors on its root filesystem).
