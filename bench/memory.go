@@ -172,26 +172,34 @@ func readQEMU(file string, vm config.VM) qemuMem {
 // memRun is one configuration of the memory benchmark.
 type memRun struct {
 	name, image string
-	tb          int // -accel tcg,tb-size (MiB); 0 for QEMU's default
-	program     bool
+	tb          int  // -accel tcg,tb-size (MiB); 0 for QEMU's default
+	program     bool // booted by microvm run, not by the bench
+	baseline    bool // by the program as it was (baselineRev)
 	load        string
 	booted      []qemuMem // per VM, after the boot had settled
 	worked      []qemuMem // and after the workload
 	cpuWork     []time.Duration
 }
 
-// runMemory boots the seed's 4 VMs three times: the stock image with
-// QEMU's default code cache, as before (QEMU started by the bench from the
-// backend's command line, without tb-size); the lean image so; and the
-// lean image with `microvm run`, as the program runs it now. For each it
+// runMemory boots the seed's 4 VMs three times: today's, the stock image
+// with the program as it was (baselineRev); the lean image with the
+// program as it is but QEMU's default code cache (QEMU started by the
+// bench from the backend's command line without tb-size); and the lean
+// image with `microvm run`, as the program runs it now. For each it
 // measures QEMU after the boot and after the same workload in every
 // guest; for the last, every process of each VM and the guest's own use.
 func runMemory(args []string) error {
 	runs := []*memRun{
-		{name: "stock image, QEMU's default code cache", image: stockImage},
+		{name: "today: stock image, program " + baselineRev[:7], image: stockImage, program: true, baseline: true},
 		{name: "lean image, QEMU's default code cache", image: leanImage},
 		{name: fmt.Sprintf("lean image, tb-size=%d (microvm run)", qemu.TBSizeMiB), image: leanImage, tb: qemu.TBSizeMiB, program: true},
 	}
+	fmt.Printf("building the baseline program (%s) from git\n", baselineRev[:7])
+	baseline, err := buildRev(baselineRev)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(filepath.Dir(filepath.Dir(baseline)))
 	const settle = 20 * time.Second
 	var m machine
 	var host, gt table
@@ -203,6 +211,12 @@ func runMemory(args []string) error {
 		}
 		if m.Started.IsZero() {
 			m = w.m
+		}
+		if r.baseline {
+			if err := w.useBaseline(baseline); err != nil {
+				w.close()
+				return err
+			}
 		}
 		r.load = loadavg()
 		fmt.Printf("memory: %s; 4 VMs, accel %s; load average %s\n", r.name, w.accel, r.load)
@@ -229,7 +243,7 @@ func runMemory(args []string) error {
 		for _, vm := range w.in.VMs {
 			r.booted = append(r.booted, readQEMU(w.file, vm))
 		}
-		if r.program {
+		if r.program && !r.baseline {
 			host, gt, sumPSS, sumOwn, sumGuestRAM = measureVMs(w, clients)
 		}
 		fmt.Println("the same workload in every guest")
@@ -277,6 +291,13 @@ func runMemory(args []string) error {
 		}
 		return s / float64(len(ms))
 	}
+	meanCache := func(ms []qemuMem) float64 {
+		var s float64
+		for _, m := range ms {
+			s += m.cache
+		}
+		return s / float64(len(ms))
+	}
 	meanCPU := func(ds []time.Duration) float64 {
 		var s time.Duration
 		for _, d := range ds {
@@ -286,10 +307,12 @@ func runMemory(args []string) error {
 	}
 	today, leanDefault, now := runs[0], runs[1], runs[2]
 	var sum strings.Builder
-	fmt.Fprintf(&sum, "QEMU's PSS per VM, mean of 4, after the boot: %.0f MiB before (stock image, default cache), %.0f MiB with the lean image, %.0f MiB with the lean image and tb-size=%d: **%.2f× before** (the bar: ≤ 0.5×). "+
-		"After the workload: %.0f, %.0f and %.0f MiB (%.2f×). QEMU's CPU time for the workload: %.1f s with the default cache, %.1f s with tb-size=%d (%.2f×), on the lean image.\n",
-		mean(today.booted), mean(leanDefault.booted), mean(now.booted), qemu.TBSizeMiB, mean(now.booted)/mean(today.booted),
+	fmt.Fprintf(&sum, "QEMU's PSS per VM, mean of 4, after the boot: today %.0f MiB, the lean image with QEMU's default cache %.0f MiB, with tb-size=%d %.0f MiB: now / today **%.2f×** (the bar: ≤ 0.5×). "+
+		"After the workload: %.0f, %.0f and %.0f MiB, now / today %.2f×; the code cache alone after it: %.0f, %.0f and %.0f MiB. "+
+		"QEMU's CPU time for the workload on the lean image: %.1f s with the default cache, %.1f s with tb-size=%d (%.2f×; the runs had different loads).\n",
+		mean(today.booted), mean(leanDefault.booted), qemu.TBSizeMiB, mean(now.booted), mean(now.booted)/mean(today.booted),
 		mean(today.worked), mean(leanDefault.worked), mean(now.worked), mean(now.worked)/mean(today.worked),
+		meanCache(today.worked), meanCache(leanDefault.worked), meanCache(now.worked),
 		meanCPU(leanDefault.cpuWork), meanCPU(now.cpuWork), qemu.TBSizeMiB, meanCPU(now.cpuWork)/meanCPU(leanDefault.cpuWork))
 	fmt.Println("\n" + sum.String())
 
@@ -300,16 +323,16 @@ func runMemory(args []string) error {
 	fmt.Fprintf(&b, `
 The seed's 4 VMs (512 MiB and 1 vCPU each, QEMU, accel %s), three times, one after the other, each measured %s after
 the last one answered SSH and again after the same workload in every guest (`+"`bench/memory.go: workload`"+`: hashing
-files, a perl loop, listing a tree: code the boot did not run). First the stock image (`+"`debian-full`"+`) with
-QEMU's default translated-code cache, as the program ran guests before (1 GiB under TCG, `+"`-accel tcg`"+`), then
-the lean image (`+"`debian`"+`) so, both with QEMU started by the bench from the backend's own command line without
-tb-size; then the lean image with `+"`microvm run`"+`, whose QEMU gets `+"`-accel tcg,tb-size=%d`"+`. QEMU's PSS
-is from /proc/PID/smaps_rollup; "guest RAM" is its `+"`RssShmem`"+` (the guest's memory is a memfd, shared with
-the virtiofsd daemons); "code cache" is the resident part of its one anonymous read-write-execute mapping, the
-translated-code cache (QEMU has none under KVM). The cache holds every translation since the last time it was
-full, including those of code the guest has since overwritten, so without a limit it grows with the VM's age
-towards 1 GiB. The size, %d MiB, was chosen by measurement ([guest.md](guest.md#the-code-cache-under-tcg)): a
-smaller cache fills up during the boot and translates the same code again, a larger one saves nothing after a boot.
+files, a perl loop, listing a tree: code the boot did not run). **Today**: the stock image (`+"`debian-full`"+`) booted by
+the program as it was before the lean boot (commit `+baselineRev[:7]+`, built from git: QEMU's default translated-code
+cache, 1 GiB under TCG). Then the lean image (`+"`debian`"+`) with the program as it is, first with QEMU started by the
+bench from the backend's own command line without tb-size, then with `+"`microvm run`"+`, whose QEMU gets
+`+"`-accel tcg,tb-size=%d`"+`. QEMU's PSS is from /proc/PID/smaps_rollup; "guest RAM" is its `+"`RssShmem`"+` (the guest's
+memory is a memfd, shared with the virtiofsd daemons); "code cache" is the resident part of its one anonymous
+read-write-execute mapping, the translated-code cache (QEMU has none under KVM). The cache keeps every translation
+until it is full, including those of code the guest has since overwritten, so without a limit it grows with the
+VM's age towards 1 GiB. The size, %d MiB, was chosen by measurement ([guest.md](guest.md#the-code-cache-under-tcg)):
+a lean boot fills it once, a smaller one fills several times and translates the same code again.
 
 `, m.Accel, settle, qemu.TBSizeMiB, qemu.TBSizeMiB)
 	b.WriteString(q.markdown())
