@@ -51,7 +51,6 @@ func runBoot(args []string) error {
 		{name: "stock alone", image: stockImage, n: 1},
 		{name: "today alone", image: stockImage, n: 1, baseline: true},
 	}
-	fmt.Printf("building the baseline program (%s) from git\n", baselineRev[:7])
 	baseline, err := buildRev(baselineRev)
 	if err != nil {
 		return err
@@ -60,18 +59,12 @@ func runBoot(args []string) error {
 	var m machine
 	var slow slowdown
 	for _, r := range runs {
-		w, err := setupVMs("dir", r.n, r.image)
+		w, err := setupRun(r.n, r.image, r.baseline, baseline)
 		if err != nil {
 			return err
 		}
 		if m.Started.IsZero() {
 			m = w.m
-		}
-		if r.baseline {
-			if err := w.useBaseline(baseline); err != nil {
-				w.close()
-				return err
-			}
 		}
 		r.load = loadavg()
 		fmt.Printf("boot: %s (image %s, qemu, accel %s); load average %s\n", r.name, r.image, w.accel, r.load)
@@ -208,21 +201,28 @@ microvm-init), ssh.service's ` + "`ActiveEnterTimestampMonotonic`" + ` and sshd'
 	return writeSection("boot", b.String())
 }
 
-// useBaseline makes the world's VMs run with the program at bin, after
-// applying the host part with it: a supervisor refuses a host whose
-// network is not the one its own plan makes.
-func (w *vmWorld) useBaseline(bin string) error {
+// setupRun is setupVMs for n VMs of img; for a run of today's (baseline),
+// the VMs then run with the program at bin, which applies the host part
+// again first: a supervisor refuses a host whose network is not the one
+// its own plan makes.
+func setupRun(n int, img string, baseline bool, bin string) (*vmWorld, error) {
+	w, err := setupVMs("dir", n, img)
+	if err != nil || !baseline {
+		return w, err
+	}
 	w.bin = bin
 	if out, err := sandbox.Command(w.sb.Host, bin, "apply", "--host-only", "-f", w.file).CombinedOutput(); err != nil {
-		return fmt.Errorf("baseline apply --host-only: %s %w", out, err)
+		w.close()
+		return nil, fmt.Errorf("baseline apply --host-only: %s %w", out, err)
 	}
-	return nil
+	return w, nil
 }
 
 // buildRev builds microvm and microvm-init as they were at revision rev
 // of this repository (git archive, then go build) and returns the path of
 // microvm.
 func buildRev(rev string) (string, error) {
+	fmt.Printf("building the baseline program (%s) from git\n", rev[:7])
 	tmp, err := os.MkdirTemp("", "bench-baseline-")
 	if err != nil {
 		return "", err

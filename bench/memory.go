@@ -194,7 +194,6 @@ func runMemory(args []string) error {
 		{name: "lean image, QEMU's default code cache", image: leanImage},
 		{name: fmt.Sprintf("lean image, tb-size=%d (microvm run)", qemu.TBSizeMiB), image: leanImage, tb: qemu.TBSizeMiB, program: true},
 	}
-	fmt.Printf("building the baseline program (%s) from git\n", baselineRev[:7])
 	baseline, err := buildRev(baselineRev)
 	if err != nil {
 		return err
@@ -205,18 +204,12 @@ func runMemory(args []string) error {
 	var host, gt table
 	var sumPSS, sumOwn, sumGuestRAM float64
 	for _, r := range runs {
-		w, err := setupVMs("dir", 4, r.image)
+		w, err := setupRun(4, r.image, r.baseline, baseline)
 		if err != nil {
 			return err
 		}
 		if m.Started.IsZero() {
 			m = w.m
-		}
-		if r.baseline {
-			if err := w.useBaseline(baseline); err != nil {
-				w.close()
-				return err
-			}
 		}
 		r.load = loadavg()
 		fmt.Printf("memory: %s; 4 VMs, accel %s; load average %s\n", r.name, w.accel, r.load)
