@@ -101,6 +101,18 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 			return s, err
 		}
 	}
+	// The host learns the router's MAC now: a first ARP request lost on
+	// the fresh bridge is retried only a second later, and a test's first
+	// short flood through the uplink would see nothing come back.
+	for try := 0; ; try++ {
+		out, err := Command(s.Host, "ping", "-c", "1", "-W", "1", ISPAddr.Addr().String()).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if try == 9 {
+			return s, fmt.Errorf("the sandbox's host does not reach its router %s: %s: %w", ISPAddr.Addr(), strings.TrimSpace(string(out)), err)
+		}
+	}
 	return s, nil
 }
 

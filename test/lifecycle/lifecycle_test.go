@@ -320,6 +320,16 @@ func TestLifecycle(t *testing.T) {
 			t.Fatalf("down: exit %d", r.code)
 		}
 		// --force: the plug pulled, at once, and nothing left running.
+		// lc2 restarted in the update above; a guest still in its kernel
+		// would power off on the stop request before the kill.
+		for began := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+			if st, ok, _ := runner.ReadStarted(lc2); ok && st.Ready != nil {
+				break
+			}
+			if time.Since(began) > 5*time.Minute {
+				t.Fatal("lc2 is not ready 5 minutes after its restart")
+			}
+		}
 		r = mvm("down", "--force", "lc2", "-f", file)
 		t.Logf("microvm down --force lc2:\n%s", r.out)
 		if r.code != 0 || !strings.Contains(r.out, "lc2 killed (its VMM, pid ") {
