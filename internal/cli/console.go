@@ -73,6 +73,7 @@ Examples:
 					raw.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
 					raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
 					if unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, &raw) == nil {
+						// Put back what worked a moment ago; nothing more to do if not.
 						defer unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, old)
 					}
 				}
@@ -86,7 +87,7 @@ Examples:
 					n, err := consoleStdin.Read(buf)
 					for i := 0; i < n; i++ {
 						if buf[i] == consoleEscape {
-							c.Write(buf[:i])
+							_, _ = c.Write(buf[:i]) // detaching anyway: a lost tail is no matter
 							done <- nil
 							return
 						}

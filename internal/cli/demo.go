@@ -115,7 +115,9 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 	}
 	defer func() {
 		fmt.Fprintln(w, "Removing the sandbox.")
-		sb.Close()
+		// Close removes every namespace it can and goes on; what stays
+		// is named by `ip netns`, and leaving does not wait for it.
+		_ = sb.Close()
 	}()
 
 	fmt.Fprintf(w, "\nApplying the host part in namespace %s (microvm apply --host-only):\n", sb.Host)
@@ -176,6 +178,7 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 		if standIns {
 			fmt.Fprintf(w, "  ip netns exec %s ping -c1 %s\n", sb.VMs[in.VMs[0].Name], sandbox.InternetAddr)
 		} else {
+			// A hint: without the key file the path printed is where it goes.
 			_, key, _ := guest.AdminKey(in.Host)
 			fmt.Fprintf(w, "  ip netns exec %s ssh -i %s root@%s\n", sb.Host, key, in.VMs[0].Addr)
 		}

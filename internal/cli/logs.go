@@ -105,6 +105,7 @@ func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error
 		// A console rewritten by a restart starts again from the top.
 		if again, err := openLog(vm, console); err == nil {
 			fi, serr := again.Stat()
+			// Seek(0, current) on a regular file cannot fail.
 			if pos, _ := f.Seek(0, io.SeekCurrent); serr == nil && fi.Size() < pos {
 				f.Close()
 				f = again

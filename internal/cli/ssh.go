@@ -106,6 +106,7 @@ func shell(s *ssh.Session) error {
 	if err != nil { // not a terminal: a shell reading stdin
 		return s.Run("")
 	}
+	// fd is a terminal (above); if its size cannot be read, 80x24 below.
 	ws, _ := unix.IoctlGetWinsize(fd, unix.TIOCGWINSZ)
 	h, w := 24, 80
 	if ws != nil && ws.Row > 0 {
@@ -128,7 +129,7 @@ func shell(s *ssh.Session) error {
 	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &raw); err != nil {
 		return err
 	}
-	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+	defer unix.IoctlSetTermios(fd, unix.TCSETS, old) // put back what was just read; nothing more to do if not
 	if err := s.Shell(); err != nil {
 		return err
 	}

@@ -68,8 +68,10 @@ Examples:
 				// The lock lives in run_dir, which goes too.
 				lock.Release()
 				if !dryRun {
-					os.Remove(in.Host.LockFile())
-					os.Remove(in.Host.RunDir)
+					// Only if nothing else is left there: another
+					// process's files keep run_dir, which is no error.
+					_ = os.Remove(in.Host.LockFile())
+					_ = os.Remove(in.Host.RunDir)
 				}
 			}()
 			p, err := teardownPlan(e, in, m, data)
@@ -173,10 +175,11 @@ func installedUnits() []string {
 			out = append(out, n)
 		}
 	}
+	// Glob fails only on a bad pattern, and this one is fixed.
 	wants, _ := filepath.Glob(filepath.Join(systemd.UnitDir, "*.wants", "*"))
 	for _, w := range wants {
 		if fi, err := os.Lstat(w); err == nil && fi.Mode()&os.ModeSymlink != 0 && ours(filepath.Base(w)) {
-			rel, _ := filepath.Rel(systemd.UnitDir, w)
+			rel, _ := filepath.Rel(systemd.UnitDir, w) // w is under UnitDir: Glob made it
 			out = append(out, rel)
 		}
 	}

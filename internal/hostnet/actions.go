@@ -144,6 +144,7 @@ func (a *AddAddr) Apply() error {
 	if err != nil {
 		return fmt.Errorf("finding %s: %w", a.Link, err)
 	}
+	// A netip.Prefix always prints as ParseAddr reads it.
 	addr, _ := netlink.ParseAddr(a.Prefix.String())
 	if err := ignoreExist(netlink.AddrAdd(l, addr)); err != nil {
 		return fmt.Errorf("adding %s to %s: %w", a.Prefix, a.Link, err)

@@ -71,7 +71,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	var daemons []*virtiofs.Process
 	stopDaemons := func() {
 		for _, d := range daemons {
-			d.Stop(5 * time.Second)
+			if err := d.Stop(5 * time.Second); err != nil {
+				logf("%v", err)
+			}
 		}
 	}
 	for _, sh := range spec.Shares {
@@ -115,7 +117,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	err = m.Ready(ctx)
 	cancel()
 	if err != nil {
-		m.Stop(context.Background())
+		_ = m.Stop(context.Background()) // err, why it never got ready, is the one to report
 		stopDaemons()
 		return err
 	}
@@ -150,7 +152,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		}
 	case <-anyDone(daemons):
 		logf("a virtiofs daemon exited; stopping the VMM")
-		m.Stop(context.Background())
+		_ = m.Stop(context.Background()) // the daemon's exit is the error to report
 		vmmErr = errors.New("a virtiofs daemon exited under a running guest")
 	}
 	stopDaemons()

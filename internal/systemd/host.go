@@ -47,7 +47,7 @@ func StartHost(bin, file string, h config.Host) error {
 		return err
 	}
 	defer null.Close()
-	os.Remove(h.HostState())
+	_ = os.Remove(h.HostState()) // a stale state, if any: the new host writes its own
 	cmd := exec.Command(bin, "host", "--detached", "-f", file)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -64,7 +64,7 @@ func StartHost(bin, file string, h config.Host) error {
 		}
 		select {
 		case <-exited:
-			b, _ := os.ReadFile(h.HostLog())
+			b, _ := os.ReadFile(h.HostLog()) // an empty tail if unreadable: the error says where it is
 			return fmt.Errorf("microvm host exited at once; its log (%s) ends:\n%s", h.HostLog(), tail(b, 5))
 		case <-deadline:
 			return fmt.Errorf("microvm host does not keep the firewall 30 s after it started; see %s", h.HostLog())
