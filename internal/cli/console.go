@@ -12,9 +12,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
-// consoleStdin is what console sends to the guest; tests replace it.
-var consoleStdin io.Reader = os.Stdin
-
 // consoleEscape ends a console session: Ctrl-] (as telnet and virsh do).
 const consoleEscape = 0x1d
 
@@ -65,7 +62,7 @@ Examples:
 				return fmt.Errorf("attaching to %s's console: %w (is someone else attached?)", vm.Name, err)
 			}
 			defer c.Close()
-			if f, ok := consoleStdin.(*os.File); ok {
+			if f, ok := e.stdin.(*os.File); ok {
 				if old, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
 					raw := *old
 					raw.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
@@ -84,7 +81,7 @@ Examples:
 			go func() {
 				buf := make([]byte, 256)
 				for {
-					n, err := consoleStdin.Read(buf)
+					n, err := e.stdin.Read(buf)
 					for i := 0; i < n; i++ {
 						if buf[i] == consoleEscape {
 							_, _ = c.Write(buf[:i]) // detaching anyway: a lost tail is no matter

@@ -3,7 +3,6 @@ package cli
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,9 +17,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
-
-// destroyStdin is where destroy reads its confirmation; tests replace it.
-var destroyStdin io.Reader = os.Stdin
 
 func destroyCmd() *command {
 	var data, yes bool
@@ -90,7 +86,7 @@ Examples:
 			}
 			if !yes {
 				fmt.Fprintf(e.stdout, "Delete %s's /etc and /var (%s)? This cannot be undone.\nType yes to delete: ", name, what)
-				line, _ := bufio.NewReader(destroyStdin).ReadString('\n')
+				line, _ := bufio.NewReader(e.stdin).ReadString('\n') // no answer (EOF) is no
 				if a := strings.ToLower(strings.TrimSpace(line)); a != "yes" && a != "y" {
 					fmt.Fprintln(e.stdout)
 					return fmt.Errorf("not confirmed; %s's data is unchanged", name)

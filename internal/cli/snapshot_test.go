@@ -31,11 +31,8 @@ func snapshotFile(t *testing.T, dir, host string) string {
 // together, and the exit status.
 func snapCLI(t *testing.T, stdin string, args ...string) (string, int) {
 	t.Helper()
-	old := rollbackStdin
-	rollbackStdin = strings.NewReader(stdin)
-	defer func() { rollbackStdin = old }()
 	var out bytes.Buffer
-	code := Main(args, &out, &out)
+	code := Main(args, strings.NewReader(stdin), &out, &out)
 	return out.String(), code
 }
 
@@ -188,7 +185,7 @@ func TestApplyZFS(t *testing.T) {
 		t.Helper()
 		var out bytes.Buffer
 		code := -1
-		if err := sandbox.Do(sb.Host, func() error { code = Main(args, &out, &out); return nil }); err != nil {
+		if err := sandbox.Do(sb.Host, func() error { code = Main(args, strings.NewReader(""), &out, &out); return nil }); err != nil {
 			t.Fatal(err)
 		}
 		return out.String(), code

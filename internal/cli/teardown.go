@@ -3,7 +3,6 @@ package cli
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -19,10 +18,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
-
-// teardownStdin is where teardown --data reads its confirmation; tests
-// replace it.
-var teardownStdin io.Reader = os.Stdin
 
 func teardownCmd() *command {
 	var data, yes, dryRun bool
@@ -88,7 +83,7 @@ Examples:
 					what = "ZFS dataset " + in.Host.ZFSDataset + " and everything in it"
 				}
 				fmt.Fprintf(e.stdout, "Tear down and delete %s: every VM's /etc and /var, their snapshots and the images? This cannot be undone.\nType yes to delete: ", what)
-				line, _ := bufio.NewReader(teardownStdin).ReadString('\n')
+				line, _ := bufio.NewReader(e.stdin).ReadString('\n') // no answer (EOF) is no
 				if a := strings.ToLower(strings.TrimSpace(line)); a != "yes" && a != "y" {
 					fmt.Fprintln(e.stdout)
 					return fmt.Errorf("not confirmed; nothing was changed")

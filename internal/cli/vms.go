@@ -14,7 +14,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
-	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
@@ -183,8 +182,8 @@ func logTail(m systemd.Manager, vm *config.VM, n int) string {
 		return err.Error()
 	}
 	defer f.Close()
-	b, _ := io.ReadAll(f)
-	return sandbox.Tail(b, n)
+	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
+	return systemd.Tail(b, n)
 }
 
 // lifecycle loads the file and takes the lock, for commands that start or

@@ -78,8 +78,8 @@ func owned(vm *config.VM, l netlink.Link) bool {
 		return false
 	}
 	if t, ok := l.(*netlink.Tuntap); ok {
-		uid, _, err := lookupIDs(vm.User)
-		return err == nil && t.Owner == uid && !t.NonPersist
+		id, err := LookupIDs(vm.User)
+		return err == nil && t.Owner == id.UID && !t.NonPersist
 	}
 	return l.Type() == "bridge" && l.Attrs().Group == config.LinkGroup
 }

@@ -6,12 +6,11 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"syscall"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 )
 
@@ -102,22 +101,16 @@ type access struct {
 // lookupIDs returns the user's ids; a user that does not exist yet (apply
 // creates it) has none, and gets only what every user gets.
 func lookupIDs(name string) access {
-	id := access{uid: -1, groups: map[int]bool{}}
-	u, err := user.Lookup(name)
+	acc := access{uid: -1, groups: map[int]bool{}}
+	id, err := hostnet.LookupIDs(name)
 	if err != nil {
-		return id
+		return acc
 	}
-	id.uid, _ = strconv.Atoi(u.Uid)
-	if gid, err := strconv.Atoi(u.Gid); err == nil {
-		id.groups[gid] = true
+	acc.uid = int(id.UID)
+	for _, g := range append(id.Groups, id.GID) {
+		acc.groups[int(g)] = true
 	}
-	gids, _ := u.GroupIds()
-	for _, g := range gids {
-		if n, err := strconv.Atoi(g); err == nil {
-			id.groups[n] = true
-		}
-	}
-	return id
+	return acc
 }
 
 // reaches checks search permission on every directory above path that

@@ -22,15 +22,14 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
@@ -183,10 +182,11 @@ func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, l
 
 func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, logf func(string, ...any)) error {
 	h := in.Host
-	uid, gid, err := ids(vm.User)
+	id, err := ids(vm.User)
 	if err != nil {
 		return err
 	}
+	uid, gid := int(id.UID), int(id.GID)
 	// The VMM creates its control socket and console log in a directory of
 	// its own, made anew at each start: nothing a VMM left there before
 	// is used again.
@@ -237,41 +237,24 @@ func backendFor(in *config.Infra, vm *config.VM) vmm.Backend {
 // is given), the daemons' sockets (which its group may use) and, with KVM,
 // /dev/kvm (group kvm).
 func runAs(c *exec.Cmd, name string) error {
-	uid, gid, err := ids(name)
+	id, err := ids(name)
 	if err != nil {
 		return err
 	}
 	if c.SysProcAttr == nil {
 		c.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	c.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups(name)}
+	c.SysProcAttr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
 	return nil
 }
 
-func ids(name string) (uid, gid int, err error) {
-	u, err := user.Lookup(name)
+// ids returns the ids of the VM's user name.
+func ids(name string) (hostnet.IDs, error) {
+	id, err := hostnet.LookupIDs(name)
 	if err != nil {
-		return 0, 0, fmt.Errorf("looking up the VM's user: %w (microvm apply --host-only creates it)", err)
+		return id, fmt.Errorf("%w (microvm apply --host-only creates it)", err)
 	}
-	uid, _ = strconv.Atoi(u.Uid)
-	gid, _ = strconv.Atoi(u.Gid)
-	return uid, gid, nil
-}
-
-// groups returns the supplementary groups of user name, such as kvm.
-func groups(name string) []uint32 {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return nil
-	}
-	ids, _ := u.GroupIds()
-	var out []uint32
-	for _, id := range ids {
-		if n, err := strconv.Atoi(id); err == nil {
-			out = append(out, uint32(n))
-		}
-	}
-	return out
+	return id, nil
 }
 
 // anyDone is closed when any of the daemons exits.

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
@@ -65,7 +64,7 @@ func StartHost(bin, file string, h config.Host) error {
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(h.HostLog()) // an empty tail if unreadable: the error says where it is
-			return fmt.Errorf("microvm host exited at once; its log (%s) ends:\n%s", h.HostLog(), tail(b, 5))
+			return fmt.Errorf("microvm host exited at once; its log (%s) ends:\n%s", h.HostLog(), Tail(b, 5))
 		case <-deadline:
 			return fmt.Errorf("microvm host does not keep the firewall 30 s after it started; see %s", h.HostLog())
 		case <-time.After(50 * time.Millisecond):
@@ -108,9 +107,4 @@ func Notify(state string) error {
 		return fmt.Errorf("notifying systemd: %w", err)
 	}
 	return nil
-}
-
-func tail(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
