@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
 // command is one subcommand.
@@ -43,14 +44,22 @@ type env struct {
 	file           string // the file read, once load has found it
 }
 
-// load finds infra.toml (config.Locate), reads and validates it.
+// load finds infra.toml (config.Locate), reads and validates it, and
+// checks that every VM's hypervisor can run it (vmm.Check).
 func (e *env) load() (*config.Infra, error) {
 	path, err := config.Locate(e.fileFlag)
 	if err != nil {
 		return nil, err
 	}
 	e.file = path
-	return config.Load(path)
+	in, err := config.Load(path)
+	if err != nil {
+		return in, err
+	}
+	if err := vmm.Check(in); err != nil {
+		return nil, err
+	}
+	return in, nil
 }
 
 func commands() []*command {

@@ -38,8 +38,8 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if vm.Hypervisor != "qemu" {
-				fmt.Fprintf(e.stderr, "%s runs under Cloud Hypervisor, whose console is a log: following %s (read-only; Ctrl-C ends)\n", vm.Name, vm.ConsoleLog())
+			if h, _ := vmm.Lookup(vm.Hypervisor); h.Console != vmm.ConsoleSocket {
+				fmt.Fprintf(e.stderr, "%s runs under %s, whose console is a log: following %s (read-only; Ctrl-C ends)\n", vm.Name, h.Title, vm.ConsoleLog())
 				return showFile(e, vm, true, 0, true)
 			}
 			// The socket is the VMM's: talk to it only if the VMM that

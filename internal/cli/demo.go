@@ -22,6 +22,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
 	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
 )
 
@@ -201,8 +202,10 @@ func demoPrepare(w io.Writer, in *config.Infra) error {
 	in.Host.Accel = accel
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		if _, err := exec.LookPath("cloud-hypervisor"); err != nil || accel == "tcg" {
-			vm.Hypervisor = "qemu" // Cloud Hypervisor needs KVM
+		// Cloud Hypervisor needs KVM: without it, or without the
+		// program, one that emulates (QEMU).
+		if h, _ := vmm.Lookup(vm.Hypervisor); !installed(h) || h.NeedsKVM && accel == "tcg" {
+			vm.Hypervisor = emulator()
 		}
 		if accel == "tcg" {
 			// Emulated vCPUs are slow: one each, and less memory, keeps
@@ -274,4 +277,20 @@ func (i indent) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
+}
+
+// installed reports whether h's program is in PATH.
+func installed(h vmm.Hypervisor) bool {
+	_, err := exec.LookPath(h.Program)
+	return err == nil
+}
+
+// emulator is the first hypervisor that runs guests without KVM.
+func emulator() string {
+	for _, n := range vmm.Names() {
+		if h, _ := vmm.Lookup(n); !h.NeedsKVM {
+			return n
+		}
+	}
+	return ""
 }

@@ -50,7 +50,9 @@ const (
 	MaxNameLen = 15 - len("br-")
 )
 
-// Hypervisors the program can drive.
+// Hypervisors the program can drive. Package vmm has the backend of each
+// in its registry (vmm.Hypervisor), and a test there keeps the two equal;
+// config knows only their names and control sockets (VM.ControlSocket).
 var Hypervisors = []string{"cloud-hypervisor", "qemu"}
 
 // Storages are the ways VM data can be kept: "dir" is plain directories
@@ -139,6 +141,20 @@ func (in *Infra) Pos(key string) string {
 		return fmt.Sprintf("%s:%d:%d", in.File, p.Line, p.Col)
 	}
 	return in.File
+}
+
+// Errorf is a problem found in the model after Parse (by a package that
+// knows more than config, as vmm knows its hypervisors), at the first of
+// keys that is written in the file, or at the file if none is.
+func (in *Infra) Errorf(keys []string, format string, args ...any) *Error {
+	e := &Error{File: in.File, Msg: fmt.Sprintf(format, args...)}
+	for _, k := range keys {
+		if p, ok := in.keys[k]; ok {
+			e.Pos = p
+			break
+		}
+	}
+	return e
 }
 
 // VM returns the VM called name.
@@ -498,7 +514,7 @@ func (p *parser) resources(vm *VM, vals map[string]*value, table string) {
 	if v, ok := vals["hypervisor"]; ok {
 		if s, ok := p.str(v, table+".hypervisor"); ok {
 			if !contains(Hypervisors, s) {
-				p.errorf(v.pos, "%s.hypervisor = %q is not supported; use \"cloud-hypervisor\" or \"qemu\"%s", table, s, suggest(s, Hypervisors))
+				p.errorf(v.pos, "%s.hypervisor = %q is not supported; use %s%s", table, s, quoted(Hypervisors, " or "), suggest(s, Hypervisors))
 			}
 			vm.Hypervisor = s
 		}
@@ -780,4 +796,20 @@ func distance(a, b string) int {
 		prev = cur
 	}
 	return prev[len(b)]
+}
+
+// quoted writes names as a person lists them: "a", "b" or "c".
+func quoted(names []string, last string) string {
+	var b strings.Builder
+	for i, n := range names {
+		switch {
+		case i == 0:
+		case i == len(names)-1:
+			b.WriteString(last)
+		default:
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%q", n)
+	}
+	return b.String()
 }

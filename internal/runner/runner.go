@@ -36,8 +36,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
-	"github.com/simple-microvm-infra/microvm/internal/vmm/cloudhypervisor"
-	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
 )
 
 // Run supervises vm until stop is closed (then it shuts the guest down) or
@@ -92,8 +90,11 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
-	backend := backendFor(in, vm)
-	cmd, err := backend.Command(spec)
+	backend, err := backendFor(in, vm)
+	var cmd *exec.Cmd
+	if err == nil {
+		cmd, err = backend.Command(spec)
+	}
 	if err != nil {
 		stopDaemons()
 		return err
@@ -223,13 +224,6 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 		logf("initramfs of image %s made with %s", vm.Image, init)
 	}
 	return nil
-}
-
-func backendFor(in *config.Infra, vm *config.VM) vmm.Backend {
-	if vm.Hypervisor == "qemu" {
-		return qemu.New(in.Host.Accel)
-	}
-	return cloudhypervisor.New()
 }
 
 // runAs makes cmd run as user, with that user's groups: the VMM needs no

@@ -13,7 +13,7 @@ import (
 // virtualization without the MSRs QEMU sets) QEMU aborts as soon as it
 // creates the vCPU. The demo uses it to choose between kvm and tcg.
 func CheckKVM() error {
-	cmd := exec.Command("qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host,-sgx",
+	cmd := exec.Command(Program, "-M", "microvm", "-accel", "kvm", "-cpu", "host,-sgx",
 		"-m", "64", "-nodefaults", "-display", "none", "-S")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

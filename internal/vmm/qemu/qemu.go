@@ -183,7 +183,7 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		"-device", device,
 		"-qmp", "unix:"+vm.ControlSocket()+",server=on,wait=off",
 	)
-	return vmm.NewCmd(b.Binary, "qemu-system-x86_64", s, args), nil
+	return vmm.NewCmd(b.Binary, Program, s, args), nil
 }
 
 // Ping returns nil if QMP answers query-status.
