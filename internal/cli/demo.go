@@ -194,9 +194,9 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 // demoPrepare picks the VMM and accelerator this machine can run, builds
 // the image if needed, and starts the VMs from fresh disks.
 func demoPrepare(w io.Writer, in *config.Infra) error {
-	accel := "kvm"
+	accel := config.KVM
 	if err := qemu.CheckKVM(); err != nil {
-		accel = "tcg"
+		accel = config.TCG
 		fmt.Fprintf(w, "KVM does not work here (%v);\nthe guests run under emulation (TCG): booting takes a minute or two instead of seconds.\n", firstLine(err))
 	}
 	in.Host.Accel = accel
@@ -204,10 +204,10 @@ func demoPrepare(w io.Writer, in *config.Infra) error {
 		vm := &in.VMs[i]
 		// Cloud Hypervisor needs KVM: without it, or without the
 		// program, one that emulates (QEMU).
-		if h, _ := vmm.Lookup(vm.Hypervisor); !installed(h) || h.NeedsKVM && accel == "tcg" {
+		if h, _ := vmm.Lookup(vm.Hypervisor); !installed(h) || h.NeedsKVM && accel == config.TCG {
 			vm.Hypervisor = emulator()
 		}
-		if accel == "tcg" {
+		if accel == config.TCG {
 			// Emulated vCPUs are slow: one each, and less memory, keeps
 			// four guests bootable on a small machine.
 			vm.VCPU, vm.MemoryMiB = 1, 512
@@ -286,7 +286,7 @@ func installed(h vmm.Hypervisor) bool {
 }
 
 // emulator is the first hypervisor that runs guests without KVM.
-func emulator() string {
+func emulator() config.Hypervisor {
 	for _, n := range vmm.Names() {
 		if h, _ := vmm.Lookup(n); !h.NeedsKVM {
 			return n

@@ -268,7 +268,7 @@ func loadSnapshots(e *env, name string) (*config.Infra, *config.VM, storage.Back
 	if !ok {
 		return nil, nil, nil, fmt.Errorf("no VM %q in %s", name, in.File)
 	}
-	if in.Host.Storage != "zfs" {
+	if in.Host.Storage != config.StorageZFS {
 		return nil, nil, nil, fmt.Errorf("%s: %w", in.File, storage.ErrNoSnapshots)
 	}
 	if os.Geteuid() != 0 {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"sort"
@@ -16,6 +15,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
@@ -78,10 +78,7 @@ Examples:
 				return nil
 			}
 			if data && !yes && len(p.Actions) > 0 {
-				what := in.Host.StateDir
-				if in.Host.Storage == "zfs" {
-					what = "ZFS dataset " + in.Host.ZFSDataset + " and everything in it"
-				}
+				what := storage.For(in.Host).Holds(nil)
 				fmt.Fprintf(e.stdout, "Tear down and delete %s: every VM's /etc and /var, their snapshots and the images? This cannot be undone.\nType yes to delete: ", what)
 				line, _ := bufio.NewReader(e.stdin).ReadString('\n') // no answer (EOF) is no
 				if a := strings.ToLower(strings.TrimSpace(line)); a != "yes" && a != "y" {
@@ -219,19 +216,8 @@ func (a *removeUnits) Apply() error {
 // unmounts it), then the directory.
 func dataRemoval(in *config.Infra) []action.Action {
 	var out []action.Action
-	if in.Host.Storage == "zfs" {
-		ds := in.Host.ZFSDataset
-		if exec.Command("zfs", "list", "-H", "-o", "name", ds).Run() == nil {
-			out = append(out, vmAction{
-				text: "zfs destroy -r " + ds + "  # every VM's /etc and /var, their snapshots, the images",
-				do: func() error {
-					if b, err := exec.Command("zfs", "destroy", "-r", ds).CombinedOutput(); err != nil {
-						return fmt.Errorf("zfs destroy -r %s: %s", ds, strings.TrimSpace(string(b)))
-					}
-					return nil
-				},
-			})
-		}
+	if a := storage.For(in.Host).Destroy(nil); a != nil {
+		out = append(out, a)
 	}
 	if _, err := os.Lstat(in.Host.StateDir); err == nil {
 		out = append(out, &plan.RemoveTree{Dir: in.Host.StateDir, Note: "every VM's /etc and /var, the images, the admin key"})

@@ -47,7 +47,7 @@ func vmmInstalled(in *config.Infra, vm *config.VM) error {
 }
 
 // other is the first hypervisor but h, to suggest instead.
-func other(h string) string {
+func other(h config.Hypervisor) config.Hypervisor {
 	for _, n := range vmm.Names() {
 		if n != h {
 			return n
@@ -58,7 +58,7 @@ func other(h string) string {
 
 func kvmPresent(in *config.Infra, vm *config.VM) error {
 	h, _ := vmm.Lookup(vm.Hypervisor) // unknown: vmmInstalled says so
-	if h.NeedsKVM || in.Host.Accel == "kvm" {
+	if h.NeedsKVM || in.Host.Accel == config.KVM {
 		if _, err := os.Stat(KVMDevice); err != nil {
 			return fmt.Errorf("%s needs /dev/kvm, which this host does not have (enable virtualization, load kvm_intel or kvm_amd); without KVM only QEMU can run guests: set accel = \"tcg\" in [host] and hypervisor = \"qemu\"", vm.Name)
 		}

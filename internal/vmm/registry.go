@@ -1,8 +1,8 @@
 package vmm
 
 import (
+	"maps"
 	"slices"
-	"sort"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
@@ -13,10 +13,10 @@ import (
 // cloudhypervisor, an import of it in package runner, and its name in
 // config.Hypervisors.
 type Hypervisor struct {
-	Name     string // as infra.toml writes it: hypervisor = "qemu"
-	Title    string // as people write it: "QEMU"
-	Program  string // the executable, looked up in PATH
-	NeedsKVM bool   // it cannot emulate a CPU: accel = "tcg" is not for it
+	Name     config.Hypervisor // as infra.toml writes it: hypervisor = "qemu"
+	Title    string            // as people write it: "QEMU"
+	Program  string            // the executable, looked up in PATH
+	NeedsKVM bool              // it cannot emulate a CPU: accel = "tcg" is not for it
 	Console  Console
 	// Socket is the name of its control socket in the VM's vmm directory
 	// (config.VM.ControlSocket derives the path).
@@ -26,7 +26,7 @@ type Hypervisor struct {
 	Virtiofs bool
 	// New returns its backend, for the host's accelerator ("kvm" or
 	// "tcg").
-	New func(accel string) Backend
+	New func(accel config.Accel) Backend
 }
 
 // Console is what a hypervisor makes of the guest's serial console.
@@ -40,31 +40,26 @@ const (
 	ConsoleSocket
 )
 
-var registry = map[string]Hypervisor{}
+var registry = map[config.Hypervisor]Hypervisor{}
 
 // Register adds h to the hypervisors the program knows, from the init of
 // its backend's package. A name registered twice is a bug, and panics.
 func Register(h Hypervisor) {
 	if _, ok := registry[h.Name]; ok {
-		panic("vmm: hypervisor " + h.Name + " registered twice")
+		panic("vmm: hypervisor " + string(h.Name) + " registered twice")
 	}
 	registry[h.Name] = h
 }
 
 // Lookup returns the hypervisor called name.
-func Lookup(name string) (Hypervisor, bool) {
+func Lookup(name config.Hypervisor) (Hypervisor, bool) {
 	h, ok := registry[name]
 	return h, ok
 }
 
 // Names are the names of the registered hypervisors, sorted.
-func Names() []string {
-	names := make([]string, 0, len(registry))
-	for n := range registry {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+func Names() []config.Hypervisor {
+	return slices.Sorted(maps.Keys(registry))
 }
 
 // For returns the hypervisor vm runs under, or an error saying what to
@@ -101,7 +96,7 @@ func check(in *config.Infra, vm *config.VM) (Hypervisor, *config.Error) {
 		return h, in.Errorf(at, "vm.%s: hypervisor %q has no backend in this program; use one of %q", vm.Name, vm.Hypervisor, Names())
 	}
 	if !h.Virtiofs {
-		can := slices.DeleteFunc(Names(), func(n string) bool { return !registry[n].Virtiofs })
+		can := slices.DeleteFunc(Names(), func(n config.Hypervisor) bool { return !registry[n].Virtiofs })
 		return h, in.Errorf(at, "vm.%s: hypervisor %q cannot give the guest virtiofs shares, which every VM boots from; use one of %q", vm.Name, vm.Hypervisor, can)
 	}
 	return h, nil
