@@ -86,7 +86,7 @@ sparse file; kernel OpenZFS uses the same on-disk format and compression. The im
 // measureDisk boots the 4 VMs with storage backend and measures.
 func measureDisk(backend string) (diskRun, machine, error) {
 	r := diskRun{backend: backend}
-	w, err := setupVMs(backend)
+	w, err := setupVMs(backend, 4, config.DefaultImage)
 	if err != nil {
 		return r, machine{}, err
 	}

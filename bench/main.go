@@ -6,9 +6,9 @@
 //
 //	go run ./bench apply     # host network apply at N = 4, 16, 64, 250 VMs vs the seed's iptables rules
 //	go run ./bench packet    # throughput and latency VM -> internet, program's ruleset vs the seed's rules
-//	go run ./bench boot      # 4 real microVMs started together vs a bare QEMU command line
+//	go run ./bench boot      # the stock and the lean image: 4 real microVMs started together, and one alone, phase by phase
 //	go run ./bench disk      # image size, each VM's own use after boot, total vs the seed's < 10 GB
-//	go run ./bench memory    # host-side RSS/PSS per VM and the guest's own use
+//	go run ./bench memory    # QEMU's memory per VM before and after (image, code cache), every process of a VM, the guest's own use
 //
 // Run it as root from the repository's root (it writes docs/ there).
 package main
@@ -27,9 +27,9 @@ type benchmark struct {
 var benchmarks = map[string]benchmark{
 	"apply":  {"host network apply at N = 4, 16, 64, 250 VMs, beside the seed's iptables rules", runApply},
 	"packet": {"throughput and latency from a VM stand-in to the internet, program's ruleset vs the seed's rules", runPacket},
-	"boot":   {"4 real microVMs started together, boot phases, vs a bare QEMU command line", runBoot},
+	"boot":   {"the stock and the lean image, 4 real microVMs together and one alone: boot phases, CPU time, systemd-analyze", runBoot},
 	"disk":   {"image size, each VM's own disk use after boot, total for the 4-VM setup", runDisk},
-	"memory": {"host-side memory per running VM and the guest's own use", runMemory},
+	"memory": {"QEMU's memory per VM before and after the lean image and its code cache size; every process of a VM; the guest's own use", runMemory},
 }
 
 func main() {

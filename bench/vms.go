@@ -1,10 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,6 +20,8 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/image"
+	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
@@ -28,21 +30,71 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
 )
 
-// benchState is where the VM benchmarks keep their state: a copy of the
-// test image (made once) and the VMs' etc and var. It is not the tests'
-// directory, so a test suite running beside a benchmark is not disturbed.
+// benchState is where the VM benchmarks keep their state: copies of the
+// images (made once per recipe version) and the VMs' etc and var. It is not
+// the tests' directory, so a test suite running beside a benchmark is not
+// disturbed.
 const benchState = "/var/cache/microvm-bench/state"
 
-// testImage is the image the tests build (internal/image/imagetest).
-func testImage() string {
+// ensureImage makes sure benchState holds the image name as its recipe
+// makes it now: a copy of the tests' (internal/image/imagetest) if that is
+// current, else a build (a few minutes, with debootstrap).
+func ensureImage(name string) error {
+	bench := config.Host{StateDir: benchState, RunDir: filepath.Join(benchState, "run")}
+	if m, err := image.ReadMeta(bench, name); err == nil && m.Current(name) {
+		if _, err := os.Stat(bench.ImageVmlinux(name)); err == nil {
+			return nil
+		}
+	}
+	if _, err := os.Stat(bench.ImageDir(name)); err == nil {
+		fmt.Printf("removing the bench's image %s, made by an older recipe\n", name)
+		if err := image.Remove(bench, name, nil); err != nil {
+			return err
+		}
+	}
 	dir := os.Getenv("MICROVM_TEST_STATE")
 	if dir == "" {
 		dir = "/var/cache/microvm-test/state"
 	}
-	return filepath.Join(dir, "images", config.DefaultImage)
+	tests := config.Host{StateDir: dir}
+	if m, err := image.ReadMeta(tests, name); err == nil && m.Current(name) {
+		src := tests.ImageDir(name)
+		fmt.Printf("copying the image %s to %s (once)\n", src, bench.ImageDir(name))
+		os.MkdirAll(bench.ImagesDir(), 0o755)
+		if out, err := exec.Command("cp", "-a", src, bench.ImageDir(name)).CombinedOutput(); err != nil {
+			return fmt.Errorf("copying the image: %s %w", out, err)
+		}
+		return nil
+	}
+	fmt.Printf("building the image %s in %s (once per recipe version; minutes)\n", name, benchState)
+	return image.Build(context.Background(), bench, name, prefixed{"  "}, image.Options{Mirror: os.Getenv("MICROVM_TEST_MIRROR"), Boot: image.BootFiles})
 }
 
-// vmWorld is the seed's 4 VMs, QEMU, in a sandbox with the host part applied.
+// prefixed writes to stdout with a prefix before each line.
+type prefixed struct{ p string }
+
+func (w prefixed) Write(b []byte) (int, error) {
+	s := strings.TrimRight(string(b), "\n")
+	fmt.Println(w.p + strings.ReplaceAll(s, "\n", "\n"+w.p))
+	return len(b), nil
+}
+
+// benchAccel is the accelerator the VMs run with: $MICROVM_BENCH_ACCEL if
+// set, else kvm when qemu.CheckKVM says it works. CheckKVM cannot tell a
+// /dev/kvm that runs firmware but not a Linux kernel (some nested hosts),
+// or one the VMM's user may not open: set MICROVM_BENCH_ACCEL=tcg there.
+func benchAccel() string {
+	if a := os.Getenv("MICROVM_BENCH_ACCEL"); a != "" {
+		return a
+	}
+	if err := qemu.CheckKVM(); err != nil {
+		return "tcg"
+	}
+	return "kvm"
+}
+
+// vmWorld is n of the seed's VMs, QEMU, in a sandbox with the host part
+// applied, each VM from fresh state.
 type vmWorld struct {
 	in    *config.Infra
 	file  string
@@ -51,14 +103,16 @@ type vmWorld struct {
 	accel string
 	tmp   string
 	m     machine
+	image string
 	pool  string // the ZFS pool to destroy at the end, if any
 }
 
-// setupVMs builds the world with the storage backend named ("dir" or
-// "zfs"). With "zfs", the VMs' state and the image live in a pool of
-// their own (zfsPool), made here and destroyed by close.
-func setupVMs(backend string) (w *vmWorld, err error) {
-	w = &vmWorld{}
+// setupVMs builds the world of n VMs booting img, with the storage
+// backend named ("dir" or "zfs"). With "zfs", the VMs' state and the
+// image live in a pool of their own (zfsPool), made here and destroyed by
+// close.
+func setupVMs(backend string, n int, img string) (w *vmWorld, err error) {
+	w = &vmWorld{image: img}
 	w.tmp, err = os.MkdirTemp("", "bench-vms-")
 	if err != nil {
 		return nil, err
@@ -68,42 +122,31 @@ func setupVMs(backend string) (w *vmWorld, err error) {
 			w.close()
 		}
 	}()
-	fmt.Println("building microvm and microvm-init (CGO_ENABLED=0)")
 	build := exec.Command("go", "build", "-o", w.tmp+"/", "./cmd/...")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		return w, fmt.Errorf("building: %s %w (run from the repository's root)", out, err)
 	}
 	w.bin = filepath.Join(w.tmp, "microvm")
-
-	img := filepath.Join(benchState, "images", config.DefaultImage)
-	if _, err := os.Stat(filepath.Join(img, "vmlinux")); err != nil {
-		src := testImage()
-		if _, err := os.Stat(filepath.Join(src, "vmlinux")); err != nil {
-			return w, fmt.Errorf("no image in %s: build the tests' image first (MICROVM_TEST_IMAGE_BUILD=1 go test ./internal/image/)", src)
-		}
-		fmt.Printf("copying the image %s to %s (once)\n", src, img)
-		os.MkdirAll(filepath.Dir(img), 0o755)
-		if out, err := exec.Command("cp", "-a", src, img).CombinedOutput(); err != nil {
-			return w, fmt.Errorf("copying the image: %s %w", out, err)
-		}
+	if err := ensureImage(img); err != nil {
+		return w, err
 	}
 
-	w.accel = "kvm"
-	if err := qemu.CheckKVM(); err != nil {
-		w.accel = "tcg"
-	}
+	w.accel = benchAccel()
 	w.m = readMachine(w.accel)
 	id := make([]byte, 3)
 	rand.Read(id)
 	run := "/run/mvb-" + hex.EncodeToString(id)
-	text := infraTOML(4, benchState, run, w.accel, true)
+	withImage := func(text string) string {
+		return strings.Replace(text, "[defaults]\n", "[defaults]\nimage = \""+img+"\"\n", 1)
+	}
+	text := withImage(infraTOML(n, benchState, run, w.accel, true))
 	if backend == "zfs" {
 		if err := newPool(); err != nil {
 			return w, err
 		}
 		w.pool = zfsPool
-		text = strings.Replace(infraTOML(4, zfsState, run, w.accel, true), "[host]\n",
+		text = strings.Replace(withImage(infraTOML(n, zfsState, run, w.accel, true)), "[host]\n",
 			"[host]\nstorage = \"zfs\"\nzfs_dataset = \""+zfsPool+"/microvms\"\n", 1)
 	}
 	w.in, w.file, err = parseInfra(w.tmp, text)
@@ -127,7 +170,7 @@ func setupVMs(backend string) (w *vmWorld, err error) {
 		return p.Apply(io.Discard)
 	})
 	if err == nil && backend == "zfs" {
-		err = importImage(w.in.Host, img, w.tmp)
+		err = importImage(w.in.Host, filepath.Join(benchState, "images", img), img, w.tmp)
 	}
 	return w, err
 }
@@ -137,7 +180,7 @@ func (w *vmWorld) close() {
 		w.sb.Close()
 	}
 	if w.in != nil {
-		exec.Command("umount", w.in.Host.ImageView(config.DefaultImage)).Run()
+		exec.Command("umount", w.in.Host.ImageView(w.image)).Run()
 		os.RemoveAll(w.in.Host.RunDir)
 	}
 	if w.pool != "" {
@@ -149,22 +192,16 @@ func (w *vmWorld) close() {
 	os.RemoveAll(w.tmp)
 }
 
-// marker is a console or log line whose first appearance is a boot phase.
-type marker struct {
-	name string
-	re   *regexp.Regexp
-}
-
 var (
-	anyLine    = regexp.MustCompile(`\S`)
-	switchRoot = regexp.MustCompile(`\[\s*(\d+\.\d+)\] microvm-init: switching root`)
-	sshStarted = regexp.MustCompile(`Start(ing|ed) ssh\.serv`)
-	vmmStarted = regexp.MustCompile(`started \(pid \d+\)`)
-	ansi       = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
+	initStarted = regexp.MustCompile(`\[\s*(\d+\.\d+)\] microvm-init: started`)
+	switchRoot  = regexp.MustCompile(`\[\s*(\d+\.\d+)\] microvm-init: switching root`)
+	vmmStarted  = regexp.MustCompile(`started \(pid \d+\)`)
+	guestReady  = regexp.MustCompile(`ready: sshd answers`)
+	ansi        = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
 )
 
 // watch polls file every 20 ms and records when re first matches in it,
-// until stop is closed.
+// and the matched groups, until stop is closed.
 func watch(file string, re *regexp.Regexp, stop <-chan struct{}, t0 time.Time, out *time.Duration, match *[]string, mu *sync.Mutex) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -190,41 +227,135 @@ func watch(file string, re *regexp.Regexp, stop <-chan struct{}, t0 time.Time, o
 	}
 }
 
-// phases is one VM's boot, in wall time from the start of the boot.
+// phases is one VM's boot: wall time from the start of its run, as the
+// host saw it, and the guest's own clock (seconds since its kernel
+// started), read in the guest after the boot.
 type phases struct {
-	vm, run                            string
-	vmm, kernel, switchRoot, sshd, ssh time.Duration
-	guestSwitch                        string        // the guest's clock at switch root
-	cpu, vmmCPU                        time.Duration // CPU time of all the VM's processes, and of QEMU, when SSH answered
-	shutdown                           time.Duration
+	vm, run string
+	// Wall: the supervisor's "qemu started", microvm-init's first line,
+	// its switch root, systemd starting sshd (from the guest clock, see
+	// derive), the supervisor seeing sshd answer, and an SSH login.
+	vmm, initStart, switchRoot, sshd, ready, ssh time.Duration
+	// Guest clock: microvm-init's first line, its switch root, sshd
+	// active (systemd's ActiveEnterTimestampMonotonic of ssh.service), the
+	// first accepted SSH login (sshd's journal).
+	gInit, gSwitch, gSSHD, gLogin float64
+	kernelT, userT                float64       // systemd-analyze: until systemd started, and its userspace until the default target
+	analyze                       string        // systemd-analyze's first line
+	chain                         string        // systemd-analyze critical-chain ssh.service
+	cpu, vmmCPU                   time.Duration // CPU time of all the VM's processes, and of QEMU, at the SSH login
+	shutdown                      time.Duration
 }
 
-func watchBoot(vm config.VM, supLog, console string, t0 time.Time, stop <-chan struct{}) (*phases, *sync.Mutex, *sync.WaitGroup) {
+// derive fills in the wall time of what is seen only on the guest clock:
+// the guest's clock runs with the host's (under TCG the guest's TSC is
+// the host's), so a guest interval after microvm-init's first line is the
+// same interval of wall time.
+func (p *phases) derive() {
+	if p.initStart > 0 && p.gInit > 0 && p.gSSHD > 0 {
+		p.sshd = p.initStart + time.Duration((p.gSSHD-p.gInit)*float64(time.Second))
+	}
+}
+
+func stamp(m []string) float64 {
+	var f float64
+	if len(m) > 1 {
+		fmt.Sscanf(m[1], "%g", &f)
+	}
+	return f
+}
+
+func watchBoot(vm config.VM, supLog, console string, t0 time.Time, stop <-chan struct{}) (*phases, *sync.WaitGroup) {
 	p := &phases{vm: vm.Name}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	var sw []string
 	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 	if supLog != "" {
 		run(func() { watch(supLog, vmmStarted, stop, t0, &p.vmm, nil, &mu) })
+		run(func() { watch(supLog, guestReady, stop, t0, &p.ready, nil, &mu) })
 	}
-	run(func() { watch(console, anyLine, stop, t0, &p.kernel, nil, &mu) })
 	run(func() {
-		watch(console, switchRoot, stop, t0, &p.switchRoot, &sw, &mu)
-		mu.Lock()
-		if len(sw) > 1 {
-			p.guestSwitch = sw[1] + " s"
-		}
-		mu.Unlock()
+		var m []string
+		watch(console, initStarted, stop, t0, &p.initStart, &m, &mu)
+		p.gInit = stamp(m)
 	})
-	run(func() { watch(console, sshStarted, stop, t0, &p.sshd, nil, &mu) })
-	return p, &mu, &wg
+	run(func() {
+		var m []string
+		watch(console, switchRoot, stop, t0, &p.switchRoot, &m, &mu)
+		p.gSwitch = stamp(m)
+	})
+	return p, &wg
 }
 
-// bootMicrovm starts the 4 VMs with `microvm run` (sandbox.Boot) and
-// returns their phases, the VMs and SSH clients.
+// guestScript reads the guest's own account of its boot, once it is over.
+const guestScript = `timeout 600 systemctl is-system-running --wait >/dev/null 2>&1
+systemd-analyze | head -1
+echo "sshd $(systemctl show -p ActiveEnterTimestampMonotonic --value ssh.service)"
+journalctl -b -u ssh.service -o short-monotonic --no-pager | grep -m1 'Accepted publickey'
+echo '--- chain'
+systemd-analyze critical-chain ssh.service 2>&1 | tail -n +3`
+
+var (
+	analyzeLine = regexp.MustCompile(`Startup finished in (.*?) \(kernel\) \+ (.*?) \(userspace\)`)
+	sshdLine    = regexp.MustCompile(`(?m)^sshd (\d+)$`)
+	loginLine   = regexp.MustCompile(`\[\s*(\d+\.\d+)\] .*Accepted publickey`)
+)
+
+// readGuest fills in p's guest-clock phases and systemd-analyze from the
+// guest, over SSH.
+func readGuest(c *ssh.Client, p *phases) error {
+	out, _, err := guest.Run(c, guestScript)
+	if err != nil {
+		return err
+	}
+	head, chain, _ := strings.Cut(out, "--- chain\n")
+	p.chain = strings.TrimRight(chain, "\n")
+	if l, _, _ := strings.Cut(head, "\n"); strings.HasPrefix(l, "Startup finished") {
+		p.analyze = strings.TrimSpace(l)
+	}
+	if m := analyzeLine.FindStringSubmatch(head); m != nil {
+		p.kernelT, p.userT = span(m[1]), span(m[2])
+	}
+	if m := sshdLine.FindStringSubmatch(head); m != nil {
+		var us float64
+		fmt.Sscanf(m[1], "%g", &us)
+		p.gSSHD = us / 1e6
+	}
+	p.gLogin = stamp(loginLine.FindStringSubmatch(head))
+	p.derive()
+	return nil
+}
+
+// span reads a systemd timespan ("1min 21.924s", "895ms") in seconds.
+func span(s string) float64 {
+	var total float64
+	for _, f := range strings.Fields(s) {
+		i := strings.IndexFunc(f, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+		if i <= 0 {
+			continue
+		}
+		var v float64
+		fmt.Sscanf(f[:i], "%g", &v)
+		switch f[i:] {
+		case "h":
+			v *= 3600
+		case "min":
+			v *= 60
+		case "ms":
+			v /= 1000
+		case "us":
+			v /= 1e6
+		}
+		total += v
+	}
+	return total
+}
+
+// bootMicrovm starts the world's VMs with `microvm run` (sandbox.Boot),
+// all at once, and returns their phases (guest clock included), the VMs
+// and SSH clients.
 func (w *vmWorld) bootMicrovm(run string) ([]*phases, map[string]*sandbox.VM, map[string]*ssh.Client, error) {
-	logs := filepath.Join(w.tmp, "logs-"+run)
+	logs := filepath.Join(w.tmp, "logs-"+strings.ReplaceAll(run, " ", "-"))
 	os.MkdirAll(logs, 0o755)
 	for _, vm := range w.in.VMs {
 		os.Remove(vm.ConsoleLog())
@@ -234,32 +365,44 @@ func (w *vmWorld) bootMicrovm(run string) ([]*phases, map[string]*sandbox.VM, ma
 	var ps []*phases
 	var wgs []*sync.WaitGroup
 	byName := map[string]*phases{}
-	var mus []*sync.Mutex
 	for _, vm := range w.in.VMs {
-		p, mu, wg := watchBoot(vm, filepath.Join(logs, vm.Name+".log"), vm.ConsoleLog(), t0, stop)
+		p, wg := watchBoot(vm, filepath.Join(logs, vm.Name+".log"), vm.ConsoleLog(), t0, stop)
 		p.run = run
 		ps = append(ps, p)
 		byName[vm.Name] = p
 		wgs = append(wgs, wg)
-		mus = append(mus, mu)
 	}
 	var rmu sync.Mutex
 	vms, clients, err := w.sb.Boot(w.bin, w.file, logs, 10*time.Minute, func(name string, after time.Duration) {
 		rmu.Lock()
+		defer rmu.Unlock()
 		byName[name].ssh = after
 		vm, _ := w.in.VM(name)
 		sup, fs, q := vmPids(w.file, *vm)
 		byName[name].vmmCPU = cpuTime(q...)
 		byName[name].cpu = cpuTime(append(append(sup, fs...), q...)...)
-		rmu.Unlock()
-		fmt.Printf("  %s (%s): SSH answers %s after start\n", name, run, secs(after))
+		fmt.Printf("  %s (%s): SSH login %s after start\n", name, run, secs(after))
 	})
 	time.Sleep(500 * time.Millisecond) // let the watchers see the last lines
 	close(stop)
 	for _, wg := range wgs {
 		wg.Wait()
 	}
-	return ps, vms, clients, err
+	if err != nil {
+		return ps, vms, clients, err
+	}
+	var gwg sync.WaitGroup
+	for name, c := range clients {
+		gwg.Add(1)
+		go func() {
+			defer gwg.Done()
+			if err := readGuest(c, byName[name]); err != nil {
+				fmt.Printf("  %s: reading the guest's boot: %v\n", name, err)
+			}
+		}()
+	}
+	gwg.Wait()
+	return ps, vms, clients, nil
 }
 
 func (w *vmWorld) stopMicrovm(ps []*phases, vms map[string]*sandbox.VM, clients map[string]*ssh.Client) {
@@ -287,156 +430,115 @@ func (w *vmWorld) stopMicrovm(ps []*phases, vms map[string]*sandbox.VM, clients 
 	wg.Wait()
 }
 
-// bareVM is the baseline: the same kernel, initramfs and virtiofs daemons,
-// with QEMU started from a command line written by hand, no supervisor.
-type bareVM struct {
-	qemu    *exec.Cmd
+// qemuVM is a VM whose QEMU the bench starts itself, from the command line
+// the QEMU backend writes, with no supervisor: to run QEMU with settings
+// the program does not use (memory: QEMU's default code cache).
+type qemuVM struct {
+	cmd     *exec.Cmd
 	daemons []*virtiofs.Process
 	done    chan struct{}
 }
 
-// bareArgs is the hand-written QEMU command line of the baseline: the
-// minimum that boots the image (microvm machine, shared memory for
-// virtiofs, the three shares, the TAP, a serial console to a file).
-func bareArgs(accel string, vm *config.VM, kernel, initrd, console string, shares []virtiofs.Share) []string {
-	cpu, timers, extra := "host", "pit=off,pic=off", ""
-	if accel == "tcg" {
-		cpu, timers = "max", "pit=on,pic=on"
-		if k := qemu.HostTSCkHz(); k > 0 {
-			extra = fmt.Sprintf("tsc_early_khz=%d", k) // as the backend does: no TSC calibration
-		}
-	}
-	mem := fmt.Sprintf("%dM", vm.MemoryMiB)
-	args := []string{
-		"-M", "microvm,x-option-roms=off," + timers + ",rtc=on,isa-serial=on,acpi=on,pcie=off,usb=off,memory-backend=mem",
-		"-accel", accel, "-cpu", cpu, "-smp", fmt.Sprint(vm.VCPU), "-m", mem,
-		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
-		"-global", "virtio-mmio.force-legacy=false",
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", strings.TrimSpace(vmm.Cmdline(vm) + " " + extra),
-		"-serial", "file:" + console,
-		"-device", "virtio-rng-device",
-	}
-	for i, sh := range shares {
-		args = append(args,
-			"-chardev", fmt.Sprintf("socket,id=fs%d,path=%s", i, sh.Socket),
-			"-device", fmt.Sprintf("vhost-user-fs-device,chardev=fs%d,tag=%s,queue-size=1024", i, sh.Tag))
-	}
-	return append(args,
-		"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no", vm.TAP),
-		"-device", fmt.Sprintf("virtio-net-device,netdev=net0,mac=%s", vm.MAC))
-}
-
-func (w *vmWorld) bootBare() ([]*phases, []*bareVM, map[string]*ssh.Client, error) {
+// bootQEMU prepares the world's VMs as the supervisor does (their /etc and
+// /var seeded, the managed files, the initramfs, the image's read-only
+// view) and starts each with b's command line, all at once; it returns
+// them with an SSH client for each.
+func (w *vmWorld) bootQEMU(b *qemu.Backend) (map[string]*qemuVM, map[string]*ssh.Client, error) {
 	h := w.in.Host
-	view := &virtiofs.ReadOnlyView{Src: h.ImageRootfs(config.DefaultImage), Dst: h.ImageView(config.DefaultImage)}
+	view := &virtiofs.ReadOnlyView{Src: h.ImageRootfs(w.image), Dst: h.ImageView(w.image)}
 	if err := view.Apply(); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	daemon, err := virtiofs.Find()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	stop := make(chan struct{})
-	t0 := time.Now()
-	var ps []*phases
-	var wgs []*sync.WaitGroup
-	var bares []*bareVM
-	var errs []error
+	pub, _, err := guest.AdminKey(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	qs := map[string]*qemuVM{}
+	for i := range w.in.VMs {
+		vm := &w.in.VMs[i]
+		spec := vmm.NewSpec(h, vm)
+		if err := os.MkdirAll(vm.RunDir, 0o755); err != nil {
+			return qs, nil, err
+		}
+		if err := guest.Seed(vm, h.ImageRootfs(w.image)); err != nil {
+			return qs, nil, err
+		}
+		if err := guest.WriteManaged(vm, guest.Keys{Admin: pub}); err != nil {
+			return qs, nil, err
+		}
+		if _, err := kernel.UpdateInitramfs(h.ImageRootfs(w.image), filepath.Join(w.tmp, "microvm-init"), spec.Initramfs); err != nil {
+			return qs, nil, err
+		}
+		q := &qemuVM{done: make(chan struct{})}
+		qs[vm.Name] = q
+		for _, sh := range spec.Shares {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			d, err := virtiofs.Start(ctx, daemon, sh, nil)
+			cancel()
+			if err != nil {
+				return qs, nil, err
+			}
+			q.daemons = append(q.daemons, d)
+		}
+		c, err := b.Command(spec)
+		if err != nil {
+			return qs, nil, err
+		}
+		q.cmd = sandbox.Command(w.sb.Host, c.Path, c.Args[1:]...)
+		q.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := q.cmd.Start(); err != nil {
+			return qs, nil, err
+		}
+		go func() { q.cmd.Wait(); close(q.done) }()
+	}
 	clients := map[string]*ssh.Client{}
-	var cmu sync.Mutex
-	var dial sync.WaitGroup
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var errs []error
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	for i := range w.in.VMs {
 		vm := &w.in.VMs[i]
-		console := filepath.Join(vm.RunDir, "bare-console.log")
-		os.Remove(console)
-		p, _, wg := watchBoot(*vm, "", console, t0, stop)
-		p.run = "bare QEMU"
-		ps = append(ps, p)
-		wgs = append(wgs, wg)
-		spec := vmm.NewSpec(h, vm)
-		b := &bareVM{done: make(chan struct{})}
-		bares = append(bares, b)
-		for _, sh := range spec.Shares {
-			dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
-			d, err := virtiofs.Start(dctx, daemon, sh, nil)
-			dcancel()
-			if err != nil {
-				return ps, bares, clients, err
-			}
-			b.daemons = append(b.daemons, d)
-		}
-		b.qemu = sandbox.Command(w.sb.Host, "qemu-system-x86_64", bareArgs(w.accel, vm, spec.Kernel, spec.Initramfs, console, spec.Shares)...)
-		b.qemu.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		var qout bytes.Buffer
-		b.qemu.Stdout, b.qemu.Stderr = &qout, &qout
-		if err := b.qemu.Start(); err != nil {
-			return ps, bares, clients, err
-		}
-		p.vmm = time.Since(t0)
-		go func() { b.qemu.Wait(); close(b.done) }()
-		vctx, vcancel := context.WithCancel(ctx)
+		wg.Add(1)
 		go func() {
-			select { // a QEMU that exits ends the wait for its SSH
-			case <-b.done:
-				vcancel()
-			case <-vctx.Done():
-			}
-		}()
-		dial.Add(1)
-		go func() {
-			defer dial.Done()
-			defer vcancel()
-			c, err := w.sb.Dial(vctx, vm)
-			cmu.Lock()
-			defer cmu.Unlock()
+			defer wg.Done()
+			c, err := w.sb.Dial(ctx, vm)
+			mu.Lock()
+			defer mu.Unlock()
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w (qemu: %s)", vm.Name, err, qout.String()))
+				errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
 				return
 			}
-			p.ssh = time.Since(t0)
-			// By command line, as for microvm: the C virtiofsd forks, and
-			// its child does the work.
-			_, fs, q := vmPids(w.file, *vm)
-			p.vmmCPU = cpuTime(q...)
-			p.cpu = cpuTime(append(fs, q...)...)
 			clients[vm.Name] = c
-			fmt.Printf("  %s (bare QEMU): SSH answers %s after start\n", vm.Name, secs(p.ssh))
 		}()
 	}
-	dial.Wait()
-	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	for _, wg := range wgs {
-		wg.Wait()
-	}
-	if len(errs) > 0 {
-		return ps, bares, clients, errs[0]
-	}
-	return ps, bares, clients, nil
+	wg.Wait()
+	return qs, clients, errors.Join(errs...)
 }
 
-func stopBare(bares []*bareVM, clients map[string]*ssh.Client) {
-	// The guests power off; QEMU exits (-no-reboot).
+// stopQEMU powers the guests off (QEMU exits with them) and stops the
+// daemons.
+func stopQEMU(qs map[string]*qemuVM, clients map[string]*ssh.Client) {
 	var wg sync.WaitGroup
 	for _, c := range clients {
 		wg.Add(1)
 		go func() { defer wg.Done(); guest.Run(c, "systemctl poweroff --no-block"); c.Close() }()
 	}
 	wg.Wait()
-	for _, b := range bares {
-		if b.qemu != nil && b.qemu.Process != nil {
+	for _, q := range qs {
+		if q.cmd != nil && q.cmd.Process != nil {
 			select {
-			case <-b.done:
+			case <-q.done:
 			case <-time.After(90 * time.Second):
-				b.qemu.Process.Kill()
-				<-b.done
+				q.cmd.Process.Kill()
+				<-q.done
 			}
 		}
-		for _, d := range b.daemons {
+		for _, d := range q.daemons {
 			d.Stop(5 * time.Second)
 		}
 	}

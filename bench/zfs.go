@@ -59,12 +59,12 @@ func newPool() error {
 // importImage makes the image in h's storage from the image directory src
 // the way a person would: `microvm image import` of a tarball of its
 // root filesystem (with ZFS, into a dataset of its own, read-only).
-func importImage(h config.Host, src, tmp string) error {
+func importImage(h config.Host, src, name, tmp string) error {
 	tarball := filepath.Join(tmp, "rootfs.tar")
-	fmt.Printf("importing the image into %s (tar of %s)\n", h.ImageDataset(config.DefaultImage), src)
+	fmt.Printf("importing the image into %s (tar of %s)\n", h.ImageDataset(name), src)
 	if out, err := exec.Command("tar", "--create", "--file="+tarball, "--directory="+filepath.Join(src, "rootfs"), "--numeric-owner", ".").CombinedOutput(); err != nil {
 		return fmt.Errorf("tar: %s %w", out, err)
 	}
 	defer os.Remove(tarball)
-	return image.Import(context.Background(), h, config.DefaultImage, tarball, nil, image.Options{Boot: image.BootFiles})
+	return image.Import(context.Background(), h, name, tarball, nil, image.Options{Boot: image.BootFiles})
 }

@@ -58,6 +58,7 @@ func TestBoot(t *testing.T) {
 			t.Fatalf("the guest did not power off (QEMU killed after %v, or %v without console output); console:\n%s", bootTimeout, stallAfter, r.console)
 		}
 		wantInit := []string{
+			"started",
 			fmt.Sprintf("modules loaded (%d)", len(e.modules)),
 			"shares mounted",
 			"eth0 10.1.0.2/24 via 10.1.0.1",
@@ -177,6 +178,7 @@ func TestBoot(t *testing.T) {
 // that the guest powered off by itself.
 func failsWith(t *testing.T, r bootResult, before []string, want string) {
 	t.Helper()
+	before = append([]string{"started"}, before...)
 	if r.timedOut {
 		t.Fatalf("the guest did not power off (QEMU killed after %v, or %v without console output); console:\n%s", bootTimeout, stallAfter, r.console)
 	}

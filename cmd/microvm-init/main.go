@@ -27,9 +27,10 @@
 //     guest memory forever), move the new root onto /, chroot into it and
 //     exec /sbin/init (microvm.init=PATH overrides it, for tests).
 //
-// Each step prints a line on the console, "[ seconds] microvm-init: what
-// happened", with the time since boot the way the kernel stamps its own
-// lines, so that the console log shows where boot time goes. On any failure
+// It prints "started" first, then a line for each step on the console,
+// "[ seconds] microvm-init: what happened", with the time since boot the
+// way the kernel stamps its own lines, so that the console log shows where
+// boot time goes. On any failure
 // microvm-init prints one line, "microvm-init: what failed: why", and powers
 // the VM off: a VM without its filesystems or its network is of no use, and
 // its VMM exiting is what the supervisor and the person watching notice.
@@ -64,6 +65,9 @@ func main() {
 }
 
 func run() error {
+	// The console's first line when the kernel command line has quiet:
+	// when the kernel was done.
+	logf("started")
 	if err := mountKernelFS(); err != nil {
 		return err
 	}

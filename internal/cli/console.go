@@ -27,7 +27,7 @@ person uses when the VM's network or sshd is broken. Ctrl-] detaches; the
 VM keeps running. One person at a time.
 
 The console is also logged, whether or not anyone is attached, to
-RUN_DIR/NAME/console.log (microvm logs --console NAME). With Cloud
+RUN_DIR/NAME/vmm/console.log (microvm logs --console NAME). With Cloud
 Hypervisor the console is that log only: console follows it, read-only.
 Needs root.
 

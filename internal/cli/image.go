@@ -65,12 +65,12 @@ Examples:
 		flags: func(fs *pflag.FlagSet) {
 			fs.StringVar(&mirror, "mirror", image.DefaultMirror, "the Debian `URL` to install from")
 		},
-		complete: func(*env, []string) []string { return image.Recipes },
+		complete: func(*env, []string) []string { return image.RecipeNames() },
 		run: func(e *env, args []string) error {
 			if len(args) != 1 {
 				return fmt.Errorf("%w: name the image to build, e.g. microvm image build debian", errUsage)
 			}
-			if err := image.CheckRecipe(args[0]); err != nil {
+			if _, err := image.FindRecipe(args[0]); err != nil {
 				return err
 			}
 			return imageJob(e, args[0], func(ctx context.Context, h config.Host, w io.Writer) error {

@@ -27,7 +27,7 @@ Prints the log of the VM's supervisor (microvm run NAME): its virtiofs
 daemons, its VMM, starts, stops and restarts. Under systemd this is
 journalctl -u microvm@NAME; without systemd, RUN_DIR/NAME/supervisor.log.
 
---console prints the guest's serial console instead (RUN_DIR/NAME/console.log,
+--console prints the guest's serial console instead (RUN_DIR/NAME/vmm/console.log,
 rewritten at each start): the kernel's and the guest's boot messages.
 
 Here -f is --follow, as in journalctl and tail; the file is --file.

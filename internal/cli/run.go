@@ -19,7 +19,7 @@ image, its own /etc and /var, seeded from the image on first start), starts
 its three virtiofsd daemons, then its VMM as the unprivileged VMM user.
 SIGTERM or Ctrl-C shuts the guest down cleanly, waits for the VMM to exit,
 and only then stops the daemons. The guest's serial console is written to
-RUN_DIR/NAME/console.log.
+RUN_DIR/NAME/vmm/console.log.
 
 The host part must be applied first (microvm apply --host-only) and the
 image built (microvm image build debian). Needs root.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -16,18 +17,20 @@ import (
 
 // statusRow is one VM in status --json.
 type statusRow struct {
-	Name          string `json:"name"`
-	State         string `json:"state" doc:"running, starting or stopped"`
-	Address       string `json:"address" doc:"the guest's address, e.g. 10.1.0.2"`
-	Hypervisor    string `json:"hypervisor" doc:"cloud-hypervisor or qemu"`
-	Image         string `json:"image"`
-	VCPU          int    `json:"vcpu"`
-	MemoryMiB     int    `json:"memory_mib"`
-	Autostart     bool   `json:"autostart"`
-	UptimeSeconds int64  `json:"uptime_seconds,omitempty" doc:"while running"`
-	VMMPid        int    `json:"vmm_pid,omitempty" doc:"while running"`
-	DiskBytes     int64  `json:"disk_bytes" doc:"what its /etc and /var use (0 when it cannot be read: without root)"`
-	Changed       bool   `json:"changed_since_start,omitempty" doc:"running with settings, image or kernel that differ from the file's now"`
+	Name          string  `json:"name"`
+	State         string  `json:"state" doc:"running, starting or stopped"`
+	Guest         string  `json:"guest,omitempty" doc:"booting or ready (its sshd answers), while running"`
+	Address       string  `json:"address" doc:"the guest's address, e.g. 10.1.0.2"`
+	Hypervisor    string  `json:"hypervisor" doc:"cloud-hypervisor or qemu"`
+	Image         string  `json:"image"`
+	VCPU          int     `json:"vcpu"`
+	MemoryMiB     int     `json:"memory_mib"`
+	Autostart     bool    `json:"autostart"`
+	UptimeSeconds int64   `json:"uptime_seconds,omitempty" doc:"while running"`
+	VMMPid        int     `json:"vmm_pid,omitempty" doc:"while running"`
+	DiskBytes     int64   `json:"disk_bytes" doc:"what its /etc and /var use (0 when it cannot be read: without root)"`
+	Changed       bool    `json:"changed_since_start,omitempty" doc:"running with settings, image or kernel that differ from the file's now"`
+	ReadyAfter    float64 `json:"ready_after_seconds,omitempty" doc:"from its VMM's start until its sshd answered, once ready"`
 }
 
 func statusCmd(name string) *command {
@@ -42,7 +45,8 @@ func statusCmd(name string) *command {
 		short: short,
 		long: `
 Prints one line per VM of infra.toml: its state (running once its VMM is
-up; starting while its supervisor boots or restarts it; stopped), address,
+up; starting while its supervisor boots or restarts it; stopped), its
+guest (booting until its sshd answers, then ready), address,
 hypervisor, image, vCPUs, memory, uptime and the disk its /etc and /var use.
 A running VM whose settings in the file changed since it started is marked
 with *: microvm update NAME (or apply) restarts it with them.
@@ -87,6 +91,10 @@ Examples:
 					r.UptimeSeconds = int64(s.Since.Seconds())
 					r.VMMPid = s.Started.VMMPid
 					r.Changed = len(changes(in, vm, s.Started)) > 0
+					r.Guest = s.Started.Guest()
+					if s.Started.Ready != nil {
+						r.ReadyAfter = s.Started.Ready.Sub(s.Started.Time).Round(100 * time.Millisecond).Seconds()
+					}
 				}
 				if uerr == nil {
 					r.DiskBytes = usage.VMs[vm.Name]
@@ -97,9 +105,9 @@ Examples:
 				return printJSON(e.stdout, statusJSON(in, rows, host, usage, uerr))
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tADDRESS\tHYPERVISOR\tIMAGE\tVCPU\tMEMORY\tUPTIME\tDISK")
+			fmt.Fprintln(tw, "NAME\tSTATE\tGUEST\tADDRESS\tHYPERVISOR\tIMAGE\tVCPU\tMEMORY\tUPTIME\tDISK")
 			for _, r := range rows {
-				up, disk := "-", "?"
+				up, disk, guest := "-", "?", "-"
 				if r.State == "running" {
 					up = uptime(secs(r.UptimeSeconds))
 				}
@@ -110,7 +118,10 @@ Examples:
 				if r.Changed {
 					state += "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", r.Name, state, r.Address, r.Hypervisor, r.Image, r.VCPU, r.MemoryMiB, up, disk)
+				if r.Guest != "" {
+					guest = r.Guest
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", r.Name, state, guest, r.Address, r.Hypervisor, r.Image, r.VCPU, r.MemoryMiB, up, disk)
 			}
 			tw.Flush()
 			for _, r := range rows {

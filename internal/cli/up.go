@@ -5,20 +5,26 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
 // startTimeout is how long up waits for a VM's VMM to be running.
 const startTimeout = 90 * time.Second
 
 func upCmd() *command {
-	var all bool
+	var all, wait bool
+	var waitTimeout time.Duration
 	return &command{
 		name:  "up",
-		args:  "[-f FILE] NAME... | --all",
+		args:  "[-f FILE] [--wait [--wait-timeout DURATION]] NAME... | --all",
 		short: "start VMs (systemctl start microvm@NAME, or detached)",
 		long: `
 Starts the named VMs and returns once each VMM runs; the guests boot in the
-background (watch with microvm logs --console NAME, or wait for microvm ssh).
+background (watch with microvm logs --console NAME, or microvm status).
+With --wait, it returns once every guest is ready: its sshd answers, as
+microvm status shows (GUEST ready), or fails after --wait-timeout.
 
 Where systemd is PID 1 this is systemctl start microvm@NAME. Elsewhere
 (containers, CI) the supervisor, microvm run NAME, runs detached under a
@@ -36,9 +42,12 @@ keeps the firewall while VMs run. Needs root.
 Examples:
   sudo microvm up vm1
   sudo microvm up -f /etc/microvm/infra.toml vm1 vm2
+  sudo microvm up --wait vm1 && ssh root@10.1.0.2
   sudo microvm up --all`,
 		flags: func(fs *pflag.FlagSet) {
 			fs.BoolVar(&all, "all", false, "start every VM of the file that is stopped")
+			fs.BoolVar(&wait, "wait", false, "return once each guest's sshd answers")
+			fs.DurationVar(&waitTimeout, "wait-timeout", 5*time.Minute, "how long --wait waits for the guests")
 		},
 		complete: vmNames,
 		run: func(e *env, args []string) error {
@@ -55,12 +64,40 @@ Examples:
 					return fmt.Errorf("%s is already %s; to start it again: microvm restart %s", vm.Name, s.State, vm.Name)
 				}
 			}
+			began := time.Now()
 			for _, vm := range vms {
 				if err := startVM(e, in, m, vm, startTimeout); err != nil {
 					return err
 				}
 			}
+			if !wait {
+				return nil
+			}
+			for _, vm := range vms {
+				if err := waitReady(e, m, vm, began.Add(waitTimeout)); err != nil {
+					return err
+				}
+			}
 			return nil
 		},
+	}
+}
+
+// waitReady waits until vm's guest is ready (its supervisor saw its sshd
+// answer) or deadline passes.
+func waitReady(e *env, m systemd.Manager, vm *config.VM, deadline time.Time) error {
+	for {
+		s := stateOf(m, vm)
+		switch {
+		case s.State == "running" && s.Started.Ready != nil:
+			fmt.Fprintf(e.stdout, "%s ready: sshd answers on %s, %s after its VMM started\n",
+				vm.Name, vm.Addr, s.Started.Ready.Sub(s.Started.Time).Round(100*time.Millisecond))
+			return nil
+		case s.State == "stopped":
+			return fmt.Errorf("%s stopped while booting; its log ends:\n%s", vm.Name, logTail(m, vm, 15))
+		case time.Now().After(deadline):
+			return fmt.Errorf("%s is not ready by --wait-timeout: it is %s and its sshd does not answer; watch it with: microvm logs --console %s", vm.Name, s.State, vm.Name)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

@@ -27,7 +27,8 @@ import (
 //	STATE_DIR/images/IMAGE/rootfs       the image's root filesystem, written only by the image builder
 //	STATE_DIR/images/IMAGE/vmlinuz      the image's kernel as its distribution ships it
 //	STATE_DIR/images/IMAGE/vmlinux      the same kernel uncompressed (PVH entry), what the VMMs boot
-//	STATE_DIR/images/IMAGE/initramfs    the initramfs with the guest's PID 1 (cmd/microvm-init)
+//	STATE_DIR/images/IMAGE/image.json   what the image was made from (its recipe and version)
+//	RUN_DIR/images/IMAGE.initramfs      the initramfs with the guest's PID 1 (cmd/microvm-init)
 //	RUN_DIR/images/IMAGE                a read-only bind mount of rootfs: what guests are given
 //
 // RUN_DIR is a tmpfs on most hosts, which suits what lives there: sockets and
@@ -79,6 +80,10 @@ func (h Host) ImageKernel(name string) string { return filepath.Join(h.ImageDir(
 // ImageVmlinux is the image's kernel uncompressed, with its PVH entry point:
 // Cloud Hypervisor can only boot this form, and QEMU boots it faster.
 func (h Host) ImageVmlinux(name string) string { return filepath.Join(h.ImageDir(name), "vmlinux") }
+
+// ImageMeta is the file that says what the image was made from: the
+// recipe and its version, or the tarball it was imported from.
+func (h Host) ImageMeta(name string) string { return filepath.Join(h.ImageDir(name), "image.json") }
 
 // ImageInitramfs is the initramfs every VM of the image boots with. It
 // holds the running program's guest init as well as the image's kernel

@@ -39,26 +39,6 @@ const (
 	Suite         = "bookworm" // Debian 12
 )
 
-// Packages are installed by Build on top of debootstrap's minbase variant
-// (which is only dpkg, apt and the Essential packages). debootstrap adds
-// their dependencies, but not what they recommend.
-var Packages = []string{
-	// The guest's init: /sbin/init is systemd.
-	"systemd", "systemd-sysv",
-	// Device units (serial-getty@ttyS0 waits for dev-ttyS0.device), and
-	// the "power-switch" tag logind looks for on the power button.
-	"udev",
-	// systemd-logind needs D-Bus; logind powers the guest off on the ACPI
-	// power button, which is how both VMMs ask a guest to shut down.
-	"dbus",
-	// `microvm ssh` and `ssh root@10.1.0.2`.
-	"openssh-server",
-	// The kernel every VM of the image boots, and its modules.
-	"linux-image-cloud-amd64",
-	// What a person, and the end-to-end tests, use to look at the network.
-	"iproute2", "iputils-ping", "netcat-openbsd", "curl", "ca-certificates", "procps",
-}
-
 // Options adjust how an image is made.
 type Options struct {
 	// Mirror is the Debian mirror Build installs from; DefaultMirror if
@@ -74,7 +54,8 @@ type Options struct {
 	Boot func(host config.Host, name string) error
 }
 
-// Build makes the image name by debootstrapping Debian 12 from opt.Mirror.
+// Build makes the image name by following its recipe (Recipes):
+// debootstrapping Debian 12 from opt.Mirror, then the recipe's own changes.
 // debootstrap's output and the names of the phases go to progress (nil
 // discards them). It needs root and the debootstrap command, and refuses to
 // replace an existing image.
@@ -82,7 +63,8 @@ func Build(ctx context.Context, host config.Host, name string, progress io.Write
 	if err := checkNew(host, name); err != nil {
 		return err
 	}
-	if err := CheckRecipe(name); err != nil {
+	r, err := FindRecipe(name)
+	if err != nil {
 		return err
 	}
 	if os.Geteuid() != 0 {
@@ -95,12 +77,25 @@ func Build(ctx context.Context, host config.Host, name string, progress io.Write
 	if mirror == "" {
 		mirror = DefaultMirror
 	}
-	return stage(host, name, progress, opt.Boot, func(rootfs string) error {
+	meta := Meta{Recipe: r.Name, Version: r.Version}
+	return stage(host, name, progress, opt.Boot, meta, func(rootfs string) error {
 		phasef(progress, "debootstrap %s from %s", Suite, mirror)
 		err := runTool(ctx, progress, "debootstrap", "--variant=minbase",
-			"--include="+strings.Join(Packages, ","), Suite, rootfs, mirror)
+			"--include="+strings.Join(r.Packages, ","), Suite, rootfs, mirror)
 		if err != nil {
 			return fmt.Errorf("debootstrap: %w%s", err, logTail(filepath.Join(rootfs, "debootstrap", "debootstrap.log")))
+		}
+		if r.Tune == nil {
+			return nil
+		}
+		phasef(progress, "recipe %s v%d", r.Name, r.Version)
+		root, err := os.OpenRoot(rootfs)
+		if err != nil {
+			return err
+		}
+		defer root.Close()
+		if err := r.Tune(root); err != nil {
+			return fmt.Errorf("recipe %s: %w", r.Name, err)
 		}
 		return nil
 	})
@@ -134,7 +129,7 @@ func Import(ctx context.Context, host config.Host, name, tarPath string, progres
 	if _, err := os.Stat(abs); err != nil {
 		return fmt.Errorf("importing image: %w", err)
 	}
-	return stage(host, name, progress, opt.Boot, func(rootfs string) error {
+	return stage(host, name, progress, opt.Boot, Meta{Source: abs}, func(rootfs string) error {
 		phasef(progress, "unpacking %s", abs)
 		// tar finds the compression itself when it reads a file.
 		err := runTool(ctx, progress, "tar", "--extract", "--file="+abs, "--directory="+rootfs,
@@ -171,11 +166,13 @@ func checkNew(host config.Host, name string) error {
 // once in place). fill writes the root filesystem into the (empty)
 // directory it is given.
 //
+// meta is recorded in the image (ImageMeta).
+//
 // The staging directory is a state directory of its own, next to the real
 // images so that the final rename stays on one filesystem: the staged image
 // is laid out by the same config methods as the final one, and its boot
 // files (opt.Boot) are made there.
-func stage(host config.Host, name string, progress io.Writer, boot func(config.Host, string) error, fill func(rootfs string) error) (err error) {
+func stage(host config.Host, name string, progress io.Writer, boot func(config.Host, string) error, meta Meta, fill func(rootfs string) error) (err error) {
 	start := time.Now()
 	store := storage.For(host)
 	if err := store.CheckImages(); err != nil {
@@ -228,6 +225,11 @@ func stage(host config.Host, name string, progress io.Writer, boot func(config.H
 		if err := boot(staged, name); err != nil {
 			return fmt.Errorf("preparing image %s: %w", name, err)
 		}
+	}
+
+	meta.Made = time.Now().UTC()
+	if err := writeMeta(staged, name, meta); err != nil {
+		return fmt.Errorf("preparing image %s: %w", name, err)
 	}
 
 	// Checked again: another build of the same name may have finished

@@ -211,7 +211,7 @@ func testHost(t *testing.T) config.Host {
 // fakeImage makes the image name from fakeRootfs, through stage as Build
 // and Import do, without debootstrap or root.
 func fakeImage(t *testing.T, host config.Host, name string, boot func(config.Host, string) error) error {
-	return stage(host, name, nil, boot, func(rootfs string) error {
+	return stage(host, name, nil, boot, Meta{Source: "fake.tar"}, func(rootfs string) error {
 		writeTree(t, rootfs, fakeRootfs)
 		return nil
 	})
@@ -248,6 +248,9 @@ func TestStage(t *testing.T) {
 	if got := names(t, host.ImagesDir()); !slices.Equal(got, []string{"debian"}) {
 		t.Errorf("images dir holds %q, want only the image", got)
 	}
+	if m, err := ReadMeta(host, "debian"); err != nil || m.Source != "fake.tar" || m.Made.IsZero() || m.Current("debian") {
+		t.Errorf("ReadMeta = %+v, %v; want the source, a time, and not current", m, err)
+	}
 }
 
 func TestStageFailureLeavesNothing(t *testing.T) {
@@ -265,7 +268,7 @@ func TestStageFailureLeavesNothing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			host := testHost(t)
-			err := stage(host, "debian", nil, tt.boot, func(rootfs string) error {
+			err := stage(host, "debian", nil, tt.boot, Meta{}, func(rootfs string) error {
 				writeTree(t, rootfs, tt.fill)
 				return nil
 			})
@@ -307,6 +310,9 @@ func TestImmutable(t *testing.T) {
 	if err := Build(t.Context(), host, "Debian", nil, Options{}); err == nil || !strings.Contains(err.Error(), "not an image name") {
 		t.Errorf("Build(\"Debian\"): got %v, want a bad-name error", err)
 	}
+	if err := Build(t.Context(), host, "alpine", nil, Options{}); err == nil || !strings.Contains(err.Error(), "no recipe for an image called \"alpine\"; image build makes debian, debian-full") {
+		t.Errorf("Build(\"alpine\"): got %v, want a no-recipe error", err)
+	}
 }
 
 func TestList(t *testing.T) {
@@ -329,7 +335,7 @@ func TestList(t *testing.T) {
 	var got []string
 	for _, info := range infos {
 		got = append(got, info.Name)
-		if info.Kernel != "6.1.0-9-cloud-amd64" || info.Size <= 0 || info.Created.IsZero() {
+		if info.Kernel != "6.1.0-9-cloud-amd64" || info.Size <= 0 || info.Created.IsZero() || info.Meta.String() != "imported from fake.tar" {
 			t.Errorf("List: %+v", info)
 		}
 	}

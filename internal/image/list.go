@@ -21,6 +21,7 @@ type Info struct {
 	Size    int64     // bytes on disk, each file once however many links it has
 	Kernel  string    // the version of its kernel, e.g. 6.1.0-28-cloud-amd64; "" if none is found
 	Created time.Time // when it was made: the time its vmlinuz was written, which is never rewritten
+	Meta    Meta      // what it was made from
 }
 
 // List returns the images under host's state directory, by name.
@@ -35,6 +36,7 @@ func List(host config.Host) ([]Info, error) {
 	}
 	var infos []Info
 	for _, e := range entries {
+		var err error
 		name := e.Name()
 		if !e.IsDir() || !config.IsImageName(name) {
 			continue
@@ -42,6 +44,9 @@ func List(host config.Host) ([]Info, error) {
 		info := Info{Name: name}
 		if fi, err := os.Stat(host.ImageKernel(name)); err == nil {
 			info.Created = fi.ModTime()
+		}
+		if info.Meta, err = ReadMeta(host, name); err != nil {
+			return nil, fmt.Errorf("listing images: %w", err)
 		}
 		if k, err := kernel.Find(host.ImageRootfs(name)); err == nil {
 			info.Kernel = k.Version

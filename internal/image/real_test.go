@@ -44,15 +44,18 @@ func TestRealImage(t *testing.T) {
 	})
 
 	t.Run("programs", func(t *testing.T) {
-		// Each package of image.Packages, by a file it installs.
+		// Each package of the recipe, by a file it installs.
 		for _, p := range []string{
-			"usr/lib/systemd/systemd", "usr/lib/systemd/systemd-logind", "usr/bin/udevadm",
-			"usr/bin/dbus-daemon", "usr/sbin/sshd", "usr/bin/ip", "usr/bin/ping",
+			"usr/lib/systemd/systemd", "usr/sbin/sshd", "usr/sbin/acpid", "usr/bin/apt-get", "usr/bin/ip", "usr/bin/ping",
 			"usr/bin/nc.openbsd", "usr/bin/curl", "usr/bin/ps", "etc/ssl/certs/ca-certificates.crt",
 		} {
 			if _, err := os.Stat(filepath.Join(rootfs, p)); err != nil {
 				t.Errorf("missing /%s: %v", p, err)
 			}
+		}
+		// Left out: D-Bus (and with it logind).
+		if _, err := os.Stat(filepath.Join(rootfs, "usr/bin/dbus-daemon")); err == nil {
+			t.Error("the lean image has D-Bus")
 		}
 		if got, _ := os.Readlink(filepath.Join(rootfs, "usr/sbin/init")); !strings.HasSuffix(got, "systemd/systemd") {
 			t.Errorf("/sbin/init is a link to %q, want systemd", got)
@@ -91,6 +94,28 @@ func TestRealImage(t *testing.T) {
 			if m, _ := filepath.Glob(filepath.Join(rootfs, pattern)); len(m) > 0 || pattern == "initrd.img*" && lexists(filepath.Join(rootfs, "initrd.img")) {
 				t.Errorf("left in the image: %q", m)
 			}
+		}
+	})
+
+	t.Run("recipe", func(t *testing.T) {
+		m, err := image.ReadMeta(host, imagetest.Name)
+		if err != nil || !m.Current(imagetest.Name) {
+			t.Errorf("metadata %v, %v; want the current recipe", m, err)
+		}
+		// A few of the lean recipe's changes, as systemd will read them.
+		for name, want := range map[string]string{
+			"etc/systemd/system/systemd-udevd.service":                                "/dev/null",
+			"etc/systemd/system/systemd-logind.service":                               "/dev/null",
+			"etc/systemd/system-generators/systemd-gpt-auto-generator":                "/dev/null",
+			"etc/systemd/system/multi-user.target.wants/ssh.service":                  "/lib/systemd/system/ssh.service",
+			"etc/systemd/system/multi-user.target.wants/microvm-shutdown-log.service": "/usr/lib/systemd/system/microvm-shutdown-log.service",
+		} {
+			if got, err := os.Readlink(filepath.Join(rootfs, name)); got != want {
+				t.Errorf("/%s links to %q (%v), want %s", name, got, err, want)
+			}
+		}
+		if _, err := os.Lstat(filepath.Join(rootfs, "etc/systemd/system/timers.target.wants/apt-daily.timer")); err == nil {
+			t.Error("apt-daily.timer is still enabled")
 		}
 	})
 

@@ -8,7 +8,8 @@
 //  3. start the three virtiofsd daemons and wait for their sockets;
 //  4. start the VMM as the VM's own unprivileged user (USER-NAME), with
 //     no_new_privs, given only its TAP's descriptors;
-//  5. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
+//  5. probe the guest's sshd while it boots, and record when it answers;
+//  6. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
 //     to exit, and only then stop the daemons (a daemon that went first
 //     would leave the guest with I/O errors on its root filesystem).
 //
@@ -113,6 +114,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		return err
 	}
 	m.Logf = logf
+	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	err = m.Ready(ctx)
 	cancel()
@@ -124,12 +126,19 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	logf("%s started (pid %d, user %s), console in %s", vm.Hypervisor, m.Pid(), vm.User, vm.ConsoleLog())
 	vmmID, err := proc.Of(m.Pid())
 	if err == nil {
-		err = writeStarted(run, in, vm, vmmID)
+		err = writeStarted(run, in, vm, vmmID, began)
 	}
 	if err != nil {
 		logf("recording what the VM started with: %v", err)
 	}
 	defer run.Remove(filepath.Base(vm.StartedFile()))
+	ready, stopReady := context.WithCancel(context.Background())
+	readyDone := make(chan struct{})
+	go func() {
+		defer close(readyDone)
+		watchReady(ready, run, vm, vmmID, began, logf)
+	}()
+	defer func() { stopReady(); <-readyDone }() // before the record goes
 
 	var vmmErr error
 	select {

@@ -29,6 +29,18 @@ type Started struct {
 	VMMStart uint64            `json:"vmm_start"` // its start time (package proc)
 	RunPid   int               `json:"run_pid"`   // the `microvm run` supervisor
 	RunStart uint64            `json:"run_start"`
+	// Ready is when the guest's sshd first answered (see watchReady);
+	// nil while it boots.
+	Ready *time.Time `json:"ready,omitempty"`
+}
+
+// Guest says how the guest of a running VM is: "ready" once its sshd has
+// answered, "booting" until then.
+func (st Started) Guest() string {
+	if st.Ready != nil {
+		return "ready"
+	}
+	return "booting"
 }
 
 // VMM is the VMM's process, as recorded.
@@ -149,12 +161,17 @@ func ReadStarted(vm *config.VM) (st Started, ok bool, err error) {
 	return st, true, nil
 }
 
-// writeStarted records in run (vm's run directory) that the VMM vmm runs.
-func writeStarted(run *safedir.Dir, in *config.Infra, vm *config.VM, vmm proc.ID) error {
+// writeStarted records in run (vm's run directory) that the VMM vmm runs,
+// since began.
+func writeStarted(run *safedir.Dir, in *config.Infra, vm *config.VM, vmm proc.ID, began time.Time) error {
 	s := Settings(in, vm)
 	self := proc.Self()
-	st := Started{Settings: s, Hash: Hash(s), Time: time.Now().UTC(),
-		VMMPid: vmm.Pid, VMMStart: vmm.Start, RunPid: self.Pid, RunStart: self.Start}
+	return writeStartedFile(run, vm, Started{Settings: s, Hash: Hash(s), Time: began.UTC(),
+		VMMPid: vmm.Pid, VMMStart: vmm.Start, RunPid: self.Pid, RunStart: self.Start})
+}
+
+// writeStartedFile replaces vm's started record in run with st, at once.
+func writeStartedFile(run *safedir.Dir, vm *config.VM, st Started) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err

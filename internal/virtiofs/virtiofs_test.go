@@ -63,11 +63,11 @@ func TestArgs(t *testing.T) {
 		share Share
 		want  string
 	}{
-		{"rust image", rust, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock --shared-dir=/run/microvm/images/debian --cache=auto --sandbox=namespace --log-level=warn --readonly --socket-group=microvm"},
-		{"rust etc", rust, etc, "--socket-path=/run/microvm/vm1/virtiofs-etc.sock --shared-dir=/var/lib/microvms/vm1/etc --cache=auto --sandbox=namespace --log-level=warn"},
-		{"rust without --readonly", oldRust, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock --shared-dir=/run/microvm/images/debian --cache=auto --sandbox=namespace --log-level=warn --socket-group=microvm"},
-		{"c image", c, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock -o source=/run/microvm/images/debian -o cache=auto -o sandbox=namespace -o log_level=warn --socket-group=microvm"},
-		{"c etc", c, etc, "--socket-path=/run/microvm/vm1/virtiofs-etc.sock -o source=/var/lib/microvms/vm1/etc -o cache=auto -o sandbox=namespace -o log_level=warn"},
+		{"rust image", rust, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock --shared-dir=/run/microvm/images/debian --cache=always --sandbox=namespace --log-level=warn --readonly --socket-group=microvm"},
+		{"rust etc", rust, etc, "--socket-path=/run/microvm/vm1/virtiofs-etc.sock --shared-dir=/var/lib/microvms/vm1/etc --cache=always --sandbox=namespace --log-level=warn"},
+		{"rust without --readonly", oldRust, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock --shared-dir=/run/microvm/images/debian --cache=always --sandbox=namespace --log-level=warn --socket-group=microvm"},
+		{"c image", c, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock -o source=/run/microvm/images/debian -o cache=always -o sandbox=namespace -o log_level=warn --socket-group=microvm"},
+		{"c etc", c, etc, "--socket-path=/run/microvm/vm1/virtiofs-etc.sock -o source=/var/lib/microvms/vm1/etc -o cache=always -o sandbox=namespace -o log_level=warn"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

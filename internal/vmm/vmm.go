@@ -39,11 +39,15 @@ import (
 // definition of what the guest's init (cmd/microvm-init) reads, and reads
 // like this for the seed's first VM:
 //
-//	console=ttyS0 reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1
+//	console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1
 //
-// For the kernel:
+// For the kernel, a VM's whose devices are known:
 //
 //	console=ttyS0   kernel messages and the login prompt go to the serial port, which both VMMs write to the console log
+//	quiet           only warnings and worse go to that port while booting: every character written to an emulated
+//	                UART is a trap into the VMM, and the kernel waits for each (docs/guest.md; the guest's
+//	                journal and dmesg have every message)
+//	i8042.noaux     the keyboard controller QEMU gives the guest (for ctrl-alt-del) has no mouse to probe
 //	reboot=t        reboot by triple fault: both VMMs see it as a reset, and QEMU (-no-reboot) then exits
 //	panic=-1        reboot at once on a panic, instead of hanging with the VMM still running
 //
@@ -55,16 +59,18 @@ import (
 //	microvm.dns=ADDR        the IPv4 address of the DNS resolver
 //
 // Then come the words extra that a backend needs for its machine (QEMU
-// under emulation adds tsc_early_khz=), and QEMU may append words of its own
-// (virtio_mmio.device=, when ACPI is off).
+// under emulation adds tsc_early_khz=, tsc=reliable and mitigations=off), and QEMU may
+// append words of its own (virtio_mmio.device=, when ACPI is off).
 //
-// Words are separated by single spaces, each is KEY=VALUE, and values never
-// contain spaces. The init must ignore words it does not know. The virtiofs
-// tags are not on the command line, they are fixed: image, etc and var
-// ([virtiofs.TagImage]).
+// Words are separated by single spaces, each is a flag or KEY=VALUE, and
+// values never contain spaces. The init must ignore words it does not
+// know. The virtiofs tags are not on the command line, they are fixed:
+// image, etc and var ([virtiofs.TagImage]).
 func Cmdline(vm *config.VM, extra ...string) string {
 	words := []string{
 		"console=ttyS0",
+		"quiet",
+		"i8042.noaux",
 		"reboot=t",
 		"panic=-1",
 		"microvm.name=" + vm.Name,

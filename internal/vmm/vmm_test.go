@@ -47,9 +47,9 @@ func TestCmdline(t *testing.T) {
 		extra []string
 		want  string
 	}{
-		{"vm1", nil, "console=ttyS0 reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1"},
-		{"db", nil, "console=ttyS0 reboot=t panic=-1 microvm.name=db microvm.ip=172.20.0.2/16 microvm.gw=172.20.0.1 microvm.dns=9.9.9.9"},
-		{"vm1", []string{"tsc_early_khz=2600000"}, "console=ttyS0 reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1 tsc_early_khz=2600000"},
+		{"vm1", nil, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1"},
+		{"db", nil, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=db microvm.ip=172.20.0.2/16 microvm.gw=172.20.0.1 microvm.dns=9.9.9.9"},
+		{"vm1", []string{"tsc_early_khz=2600000"}, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1 tsc_early_khz=2600000"},
 	}
 	for _, tt := range tests {
 		vm, _ := in.VM(tt.vm)

@@ -129,12 +129,18 @@ func TestLifecycle(t *testing.T) {
 	wantErr("up while another command holds the lock", "another microvm command is changing VMs", "up", "-f", file, "lc1")
 	lock.Release()
 
-	// up: both VMs, detached (this machine's PID 1 is not systemd).
+	// up: both VMs, detached (this machine's PID 1 is not systemd), until
+	// their guests are ready.
 	began := time.Now()
-	if r := mvm("up", "--all", "-f", file); r.code != 0 {
+	if r := mvm("up", "--all", "--wait", "-f", file); r.code != 0 {
 		t.Fatalf("up: %s", r.out)
 	} else {
-		t.Logf("up returned in %s:\n%s", time.Since(began).Round(100*time.Millisecond), r.out)
+		t.Logf("up --wait returned in %s:\n%s", time.Since(began).Round(100*time.Millisecond), r.out)
+		for _, name := range []string{"lc1", "lc2"} {
+			if !strings.Contains(r.out, name+" ready: sshd answers on ") {
+				t.Errorf("up --wait does not say %s is ready", name)
+			}
+		}
 	}
 	wantErr("up on a running VM", "lc1 is already running", "up", "-f", file, "lc1")
 	for _, vm := range in.VMs {
@@ -146,8 +152,8 @@ func TestLifecycle(t *testing.T) {
 		r := mvm("status", "-f", file)
 		t.Logf("microvm status:\n%s", r.out)
 		for _, line := range strings.Split(r.out, "\n")[1:] {
-			if f := strings.Fields(line); len(f) > 1 && f[1] != "running" {
-				t.Errorf("%s is %s in status, want running", f[0], f[1])
+			if f := strings.Fields(line); len(f) > 2 && (f[1] != "running" || f[2] != "ready") {
+				t.Errorf("%s is %s, its guest %s in status; want running and ready", f[0], f[1], f[2])
 			}
 		}
 		r = mvm("status", "--json", "-f", file)
@@ -156,6 +162,7 @@ func TestLifecycle(t *testing.T) {
 			VMs     []struct {
 				Name   string `json:"name"`
 				State  string `json:"state"`
+				Guest  string `json:"guest"`
 				Uptime int64  `json:"uptime_seconds"`
 				Disk   int64  `json:"disk_bytes"`
 			} `json:"vms"`
@@ -163,7 +170,7 @@ func TestLifecycle(t *testing.T) {
 		if err := json.Unmarshal([]byte(r.out), &doc); err != nil {
 			t.Fatalf("status --json: %v\n%s", err, r.out)
 		}
-		if rows := doc.VMs; doc.Version != 1 || len(rows) != 2 || rows[0].State != "running" || rows[0].Uptime < 1 || rows[0].Disk == 0 {
+		if rows := doc.VMs; doc.Version != 1 || len(rows) != 2 || rows[0].State != "running" || rows[0].Guest != "ready" || rows[0].Uptime < 1 || rows[0].Disk == 0 {
 			t.Errorf("status --json: %+v", doc)
 		}
 	})

@@ -2,14 +2,16 @@
 // once and shared by every test and package of a run, and by later runs.
 //
 // The image is made in a cache directory, $MICROVM_TEST_STATE (default
-// /var/cache/microvm-test/state), as STATE/images/debian. If it is there,
-// it is used as it is: delete the directory to make it again (after a
-// change to package image). If it is not, it is made only when
-// MICROVM_TEST_IMAGE_BUILD=1 or CI is set, since that takes minutes and
-// downloads about 100 MB; otherwise the test skips. A lock file makes
-// concurrent test binaries wait for one build instead of racing. CI builds
-// it once per run, in whichever package gets there first; a CI that keeps
-// the cache directory between runs builds it once.
+// /var/cache/microvm-test/state), as STATE/images/debian. If it is there
+// and was made by the recipe as it is now (its metadata names the recipe's
+// version), it is used as it is. If it is missing, or was made by an
+// older recipe (a change to package image bumps the recipe's version), it
+// is made again only when MICROVM_TEST_IMAGE_BUILD=1 or CI is set, since
+// that takes minutes and downloads about 100 MB; otherwise the test
+// skips, saying why. A lock file makes concurrent test binaries wait for
+// one build instead of racing. CI builds it once per run, in whichever
+// package gets there first; a CI that keeps the cache directory between
+// runs builds it once per recipe version.
 //
 // MICROVM_TEST_MIRROR overrides the Debian mirror.
 package imagetest
@@ -17,6 +19,7 @@ package imagetest
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -45,11 +48,12 @@ func Debian(t *testing.T) config.Host {
 	t.Helper()
 	dir := StateDir()
 	host := config.Host{StateDir: dir, RunDir: filepath.Join(dir, "run")}
-	if _, err := os.Stat(host.ImageVmlinux(Name)); err == nil {
+	why := current(host)
+	if why == "" {
 		return host
 	}
 	if os.Getenv("MICROVM_TEST_IMAGE_BUILD") != "1" && !testenv.CI() {
-		t.Skipf("no test image in %s: set MICROVM_TEST_IMAGE_BUILD=1 to build it (some minutes, once)", dir)
+		t.Skipf("%s: set MICROVM_TEST_IMAGE_BUILD=1 to build it (some minutes, once)", why)
 	}
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "debootstrap")
@@ -65,8 +69,14 @@ func Debian(t *testing.T) config.Host {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(host.ImageVmlinux(Name)); err == nil {
+	if current(host) == "" {
 		return host // made by another test binary while this one waited
+	}
+	if _, err := os.Stat(host.ImageDir(Name)); err == nil {
+		t.Logf("%s: removing it", why)
+		if err := image.Remove(host, Name, nil); err != nil {
+			t.Fatalf("removing the stale test image: %v", err)
+		}
 	}
 
 	// Stop debootstrap cleanly before go test's own timeout kills the
@@ -87,6 +97,22 @@ func Debian(t *testing.T) config.Host {
 	}
 	t.Logf("built image %s in %s", Name, time.Since(start).Round(time.Second))
 	return host
+}
+
+// current returns why the cached image cannot be used, or "" if it can.
+func current(host config.Host) string {
+	if _, err := os.Stat(host.ImageVmlinux(Name)); err != nil {
+		return "no test image in " + host.StateDir
+	}
+	m, err := image.ReadMeta(host, Name)
+	if err != nil {
+		return err.Error()
+	}
+	if !m.Current(Name) {
+		r, _ := image.FindRecipe(Name)
+		return fmt.Sprintf("the test image in %s was made by recipe %s, not %s v%d", host.StateDir, m, r.Name, r.Version)
+	}
+	return ""
 }
 
 // lineLogger logs what is written to it, a line at a time.

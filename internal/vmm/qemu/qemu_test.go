@@ -49,9 +49,9 @@ func TestCommand(t *testing.T) {
 		vm     string
 		b      *Backend
 	}{
-		{"vm1-kvm.golden", "vm1", &Backend{Accel: "kvm"}},
+		{"vm1-kvm.golden", "vm1", &Backend{Accel: "kvm", TBSizeMiB: 128}},
 		{"vm2-kvm-vhost.golden", "vm2", &Backend{Accel: "kvm", VhostNet: true}},
-		{"vm1-tcg.golden", "vm1", &Backend{Accel: "tcg", TSCkHz: 2596094}},
+		{"vm1-tcg.golden", "vm1", &Backend{Accel: "tcg", TSCkHz: 2596094, TSCReliable: true, TBSizeMiB: 128}},
 		{"vm2-tcg-no-tsc.golden", "vm2", &Backend{Accel: "tcg"}},
 	}
 	for _, tt := range tests {
