@@ -96,6 +96,7 @@ func HostTSCkHz() int {
 
 // hostClocksource is the clocksource the host's kernel keeps time with.
 func hostClocksource() string {
+	// Unreadable is unknown: "" is not "tsc", and the guest keeps its watchdog.
 	b, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
 	return strings.TrimSpace(string(b))
 }
