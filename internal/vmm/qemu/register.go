@@ -17,6 +17,6 @@ func init() {
 		Console:  vmm.ConsoleSocket,
 		Socket:   "qmp.sock",
 		Virtiofs: true,
-		New:      func(accel config.Accel) vmm.Backend { return New(string(accel)) },
+		New:      func(accel config.Accel) vmm.Backend { return New(accel) },
 	})
 }
