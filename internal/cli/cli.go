@@ -226,7 +226,8 @@ func (c *command) cobra(stdin io.Reader, stdout, stderr io.Writer) *cobra.Comman
 			short = ""
 		}
 		fs.StringVarP(&e.fileFlag, "file", short, "", "read infra.toml from `FILE` (default: $"+config.EnvFile+", else ./infra.toml, else "+config.SystemFile+")")
-		cc.RegisterFlagCompletionFunc("file", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		// It fails only for a flag that is missing or already has one: not this one.
+		_ = cc.RegisterFlagCompletionFunc("file", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 			return []string{"toml"}, cobra.ShellCompDirectiveFilterFileExt
 		})
 	}

@@ -160,7 +160,7 @@ func StartDetached(bin, file string, vm *config.VM) (int, error) {
 	}
 	pid := cmd.Process.Pid
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() { _ = cmd.Wait(); close(exited) }() // that it exited is what counts: its log says why
 	deadline := time.After(10 * time.Second)
 	for {
 		if p, ok := KeeperPid(vm); ok && p.Pid == pid {

@@ -54,7 +54,7 @@ func StartHost(bin, file string, h config.Host) error {
 		return fmt.Errorf("starting microvm host: %w", err)
 	}
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() { _ = cmd.Wait(); close(exited) }() // that it exited is what counts: its log says why
 	deadline := time.After(30 * time.Second)
 	for {
 		if id, ok := HostKeeper(h); ok && id.Pid == cmd.Process.Pid {
