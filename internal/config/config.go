@@ -7,6 +7,7 @@ package config
 import (
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -55,16 +56,19 @@ const (
 type Hypervisor string
 
 // The hypervisors the program can drive. Package vmm has the backend of
-// each in its registry (vmm.Hypervisor), and a test there keeps the two
-// equal; config knows only their names and control sockets
-// (VM.ControlSocket).
+// each in its registry (vmm.Hypervisor), and a test there keeps it equal to
+// controlSockets; config knows only their names and control sockets.
 const (
 	CloudHypervisor Hypervisor = "cloud-hypervisor"
 	QEMU            Hypervisor = "qemu"
 )
 
-// Hypervisors are the hypervisors infra.toml may name.
-var Hypervisors = []Hypervisor{CloudHypervisor, QEMU}
+// controlSockets names each hypervisor's control socket in the VM's vmm
+// directory (VM.ControlSocket): Cloud Hypervisor's REST API, QEMU's QMP.
+var controlSockets = map[Hypervisor]string{CloudHypervisor: "api.sock", QEMU: "qmp.sock"}
+
+// Hypervisors are the hypervisors infra.toml may name, sorted.
+var Hypervisors = slices.Sorted(maps.Keys(controlSockets))
 
 // Storage is the way VM data is kept (package storage has a backend for
 // each).

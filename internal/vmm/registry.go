@@ -10,8 +10,10 @@ import (
 // Hypervisor is one VMM the program drives: how to make its backend, and
 // what it needs and can do. Each backend package registers its own (see
 // Register), so adding a VMM is a new package beside qemu and
-// cloudhypervisor, an import of it in package runner, and its name in
-// config.Hypervisors.
+// cloudhypervisor, an import of it in package runner (hypervisors.go), and
+// its name and control socket in config (controlSockets, which
+// TestRegistryMatchesConfig keeps equal to the registry). What it cannot
+// do is a problem in the file (Check).
 type Hypervisor struct {
 	Name     config.Hypervisor // as infra.toml writes it: hypervisor = "qemu"
 	Title    string            // as people write it: "QEMU"

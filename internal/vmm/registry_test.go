@@ -18,7 +18,7 @@ import (
 func TestRegistryMatchesConfig(t *testing.T) {
 	got, want := vmm.Names(), slices.Sorted(slices.Values(config.Hypervisors))
 	if !slices.Equal(got, want) {
-		t.Fatalf("vmm registers %q, config accepts %q: add the backend, or the name in config.Hypervisors", got, want)
+		t.Fatalf("vmm registers %q, config accepts %q: register the backend, or add the name and control socket to config's controlSockets", got, want)
 	}
 	if _, ok := vmm.Lookup(config.DefaultHypervisor); !ok {
 		t.Errorf("the default hypervisor %q is not registered", config.DefaultHypervisor)
