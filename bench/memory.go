@@ -220,7 +220,7 @@ func runMemory(args []string) error {
 			_, vms, clients, err = w.bootMicrovm(r.name)
 			stop = func() { w.stopMicrovm(nil, vms, clients) }
 		} else {
-			b := qemu.New(w.accel)
+			b := qemu.New(config.Accel(w.accel))
 			b.TBSizeMiB = r.tb
 			var qs map[string]*qemuVM
 			qs, clients, err = w.bootQEMU(b)

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
 // command is one subcommand.
@@ -37,19 +38,28 @@ type command struct {
 // env is what a running command has: its output streams and the file
 // -f/--file names (or the one config.Locate finds).
 type env struct {
+	stdin          io.Reader // what console, ssh and exec pass on; where confirmations are read
 	stdout, stderr io.Writer
 	fileFlag       string // -f/--file as given; "" if not
 	file           string // the file read, once load has found it
 }
 
-// load finds infra.toml (config.Locate), reads and validates it.
+// load finds infra.toml (config.Locate), reads and validates it, and
+// checks that every VM's hypervisor can run it (vmm.Check).
 func (e *env) load() (*config.Infra, error) {
 	path, err := config.Locate(e.fileFlag)
 	if err != nil {
 		return nil, err
 	}
 	e.file = path
-	return config.Load(path)
+	in, err := config.Load(path)
+	if err != nil {
+		return in, err
+	}
+	if err := vmm.Check(in); err != nil {
+		return nil, err
+	}
+	return in, nil
 }
 
 func commands() []*command {
@@ -62,15 +72,15 @@ func commands() []*command {
 // errUsage marks a mistake on the command line (exit status 2).
 var errUsage = errors.New("usage")
 
-// Main runs the command line args (without the program name) and returns
-// the exit status.
-func Main(args []string, stdout, stderr io.Writer) int {
+// Main runs the command line args (without the program name) with the
+// given standard streams, and returns the exit status.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	args, err := seedArgs(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "microvm: %s\n", err)
 		return 2
 	}
-	root := tree(stdout, stderr)
+	root := tree(stdin, stdout, stderr)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteC()
 	if err == nil {
@@ -142,7 +152,7 @@ func seedArgs(args []string) ([]string, error) {
 }
 
 // tree builds the cobra command tree of commands().
-func tree(stdout, stderr io.Writer) *cobra.Command {
+func tree(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	cobra.EnableCommandSorting = false
 	root := &cobra.Command{
 		Use:           "microvm",
@@ -165,7 +175,7 @@ func tree(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(flagError)
 	root.CompletionOptions.DisableDefaultCmd = true
 	for _, c := range commands() {
-		root.AddCommand(c.cobra(stdout, stderr))
+		root.AddCommand(c.cobra(stdin, stdout, stderr))
 	}
 	root.SetHelpCommand(helpCmd(root))
 	// -h/--help on every command now, so that `help CMD` lists it too.
@@ -181,8 +191,8 @@ func tree(stdout, stderr io.Writer) *cobra.Command {
 }
 
 // cobra turns c into a cobra command whose run gets a fresh env.
-func (c *command) cobra(stdout, stderr io.Writer) *cobra.Command {
-	e := &env{stdout: stdout, stderr: stderr}
+func (c *command) cobra(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
 	cc := &cobra.Command{
 		Use:     strings.TrimSpace(c.name + " " + c.args),
 		Aliases: c.aliases,
@@ -216,7 +226,8 @@ func (c *command) cobra(stdout, stderr io.Writer) *cobra.Command {
 			short = ""
 		}
 		fs.StringVarP(&e.fileFlag, "file", short, "", "read infra.toml from `FILE` (default: $"+config.EnvFile+", else ./infra.toml, else "+config.SystemFile+")")
-		cc.RegisterFlagCompletionFunc("file", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		// It fails only for a flag that is missing or already has one: not this one.
+		_ = cc.RegisterFlagCompletionFunc("file", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 			return []string{"toml"}, cobra.ShellCompDirectiveFilterFileExt
 		})
 	}
@@ -226,7 +237,7 @@ func (c *command) cobra(stdout, stderr io.Writer) *cobra.Command {
 		}
 	}
 	for _, s := range c.sub {
-		sc := s.cobra(stdout, stderr)
+		sc := s.cobra(stdin, stdout, stderr)
 		// A subcommand reads the file its parent was given too:
 		// microvm image -f FILE list.
 		cc.AddCommand(sc)

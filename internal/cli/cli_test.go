@@ -14,7 +14,7 @@ import (
 // commands that read nothing from the host.
 func mainOut(args ...string) (string, string, int) {
 	var out, errw bytes.Buffer
-	code := Main(args, &out, &errw)
+	code := Main(args, strings.NewReader(""), &out, &errw)
 	return out.String(), errw.String(), code
 }
 

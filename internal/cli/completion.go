@@ -27,7 +27,7 @@ Examples:
 			}
 			// The script describes the whole tree, which this command
 			// cannot reach from its own env: build it again.
-			root := tree(io.Discard, io.Discard)
+			root := tree(nil, io.Discard, io.Discard)
 			switch args[0] {
 			case "bash":
 				return root.GenBashCompletionV2(e.stdout, true)

@@ -12,9 +12,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
-// consoleStdin is what console sends to the guest; tests replace it.
-var consoleStdin io.Reader = os.Stdin
-
 // consoleEscape ends a console session: Ctrl-] (as telnet and virsh do).
 const consoleEscape = 0x1d
 
@@ -41,8 +38,8 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if vm.Hypervisor != "qemu" {
-				fmt.Fprintf(e.stderr, "%s runs under Cloud Hypervisor, whose console is a log: following %s (read-only; Ctrl-C ends)\n", vm.Name, vm.ConsoleLog())
+			if h, _ := vmm.Lookup(vm.Hypervisor); h.Console != vmm.ConsoleSocket {
+				fmt.Fprintf(e.stderr, "%s runs under %s, whose console is a log: following %s (read-only; Ctrl-C ends)\n", vm.Name, h.Title, vm.ConsoleLog())
 				return showFile(e, vm, true, 0, true)
 			}
 			// The socket is the VMM's: talk to it only if the VMM that
@@ -65,7 +62,7 @@ Examples:
 				return fmt.Errorf("attaching to %s's console: %w (is someone else attached?)", vm.Name, err)
 			}
 			defer c.Close()
-			if f, ok := consoleStdin.(*os.File); ok {
+			if f, ok := e.stdin.(*os.File); ok {
 				if old, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
 					raw := *old
 					raw.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
@@ -73,6 +70,7 @@ Examples:
 					raw.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
 					raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
 					if unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, &raw) == nil {
+						// Put back what worked a moment ago; nothing more to do if not.
 						defer unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, old)
 					}
 				}
@@ -83,10 +81,10 @@ Examples:
 			go func() {
 				buf := make([]byte, 256)
 				for {
-					n, err := consoleStdin.Read(buf)
+					n, err := e.stdin.Read(buf)
 					for i := 0; i < n; i++ {
 						if buf[i] == consoleEscape {
-							c.Write(buf[:i])
+							_, _ = c.Write(buf[:i]) // detaching anyway: a lost tail is no matter
 							done <- nil
 							return
 						}

@@ -22,6 +22,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
 	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
 )
 
@@ -115,7 +116,9 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 	}
 	defer func() {
 		fmt.Fprintln(w, "Removing the sandbox.")
-		sb.Close()
+		// Close removes every namespace it can and goes on; what stays
+		// is named by `ip netns`, and leaving does not wait for it.
+		_ = sb.Close()
 	}()
 
 	fmt.Fprintf(w, "\nApplying the host part in namespace %s (microvm apply --host-only):\n", sb.Host)
@@ -176,6 +179,7 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 		if standIns {
 			fmt.Fprintf(w, "  ip netns exec %s ping -c1 %s\n", sb.VMs[in.VMs[0].Name], sandbox.InternetAddr)
 		} else {
+			// A hint: without the key file the path printed is where it goes.
 			_, key, _ := guest.AdminKey(in.Host)
 			fmt.Fprintf(w, "  ip netns exec %s ssh -i %s root@%s\n", sb.Host, key, in.VMs[0].Addr)
 		}
@@ -190,18 +194,20 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 // demoPrepare picks the VMM and accelerator this machine can run, builds
 // the image if needed, and starts the VMs from fresh disks.
 func demoPrepare(w io.Writer, in *config.Infra) error {
-	accel := "kvm"
+	accel := config.KVM
 	if err := qemu.CheckKVM(); err != nil {
-		accel = "tcg"
+		accel = config.TCG
 		fmt.Fprintf(w, "KVM does not work here (%v);\nthe guests run under emulation (TCG): booting takes a minute or two instead of seconds.\n", firstLine(err))
 	}
 	in.Host.Accel = accel
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		if _, err := exec.LookPath("cloud-hypervisor"); err != nil || accel == "tcg" {
-			vm.Hypervisor = "qemu" // Cloud Hypervisor needs KVM
+		// Cloud Hypervisor needs KVM: without it, or without the
+		// program, one that emulates (QEMU).
+		if h, _ := vmm.Lookup(vm.Hypervisor); !installed(h) || h.NeedsKVM && accel == config.TCG {
+			vm.Hypervisor = emulator()
 		}
-		if accel == "tcg" {
+		if accel == config.TCG {
 			// Emulated vCPUs are slow: one each, and less memory, keeps
 			// four guests bootable on a small machine.
 			vm.VCPU, vm.MemoryMiB = 1, 512
@@ -271,4 +277,20 @@ func (i indent) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
+}
+
+// installed reports whether h's program is in PATH.
+func installed(h vmm.Hypervisor) bool {
+	_, err := exec.LookPath(h.Program)
+	return err == nil
+}
+
+// emulator is the first hypervisor that runs guests without KVM.
+func emulator() config.Hypervisor {
+	for _, n := range vmm.Names() {
+		if h, _ := vmm.Lookup(n); !h.NeedsKVM {
+			return n
+		}
+	}
+	return ""
 }

@@ -3,9 +3,7 @@ package cli
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -17,10 +15,8 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 )
-
-// destroyStdin is where destroy reads its confirmation; tests replace it.
-var destroyStdin io.Reader = os.Stdin
 
 func destroyCmd() *command {
 	var data, yes bool
@@ -74,23 +70,23 @@ Examples:
 			if m.Active(vm) || stateOf(m, vm).State != "stopped" {
 				return fmt.Errorf("%s is still running; run apply (it stops VMs that left the file) or microvm down first", name)
 			}
+			data := storage.For(in.Host)
 			isVM, err := guest.IsVMState(in.Host.StateDir, name)
 			if err != nil {
 				return fmt.Errorf("checking %s: %w", vm.StateDir, err)
 			}
 			if !isVM {
-				if _, err := os.Lstat(vm.StateDir); os.IsNotExist(err) && in.Host.Storage != "zfs" {
+				// Without a mount of the backend's own, the directory is all
+				// the data there is.
+				if _, err := os.Lstat(vm.StateDir); os.IsNotExist(err) && data.Mounts(vm) == 0 {
 					return fmt.Errorf("%s has no data here (%s does not exist)", name, vm.StateDir)
 				}
 				return fmt.Errorf("%s is not the data of a VM called %s (it lacks the mark %s that microvm writes when it first starts a VM); nothing is deleted", vm.StateDir, name, filepath.Base(vm.Marker()))
 			}
-			what := vm.StateDir
-			if in.Host.Storage == "zfs" {
-				what = "ZFS dataset " + in.Host.VMDataset(vm) + " and all its snapshots"
-			}
+			what := data.Holds(vm)
 			if !yes {
 				fmt.Fprintf(e.stdout, "Delete %s's /etc and /var (%s)? This cannot be undone.\nType yes to delete: ", name, what)
-				line, _ := bufio.NewReader(destroyStdin).ReadString('\n')
+				line, _ := bufio.NewReader(e.stdin).ReadString('\n') // no answer (EOF) is no
 				if a := strings.ToLower(strings.TrimSpace(line)); a != "yes" && a != "y" {
 					fmt.Fprintln(e.stdout)
 					return fmt.Errorf("not confirmed; %s's data is unchanged", name)
@@ -99,18 +95,14 @@ Examples:
 			// The nosuid,nodev mount that a supervisor killed before it
 			// could clean up left (runner's protectState) goes first; with
 			// ZFS it is on top of the dataset's own mount.
-			own := 0
-			if in.Host.Storage == "zfs" {
-				own = 1
-			}
-			if points, err := mountinfo.Points(); err == nil && count(points, vm.StateDir) > own {
+			if points, err := mountinfo.Points(); err == nil && count(points, vm.StateDir) > data.Mounts(vm) {
 				if err := unix.Unmount(vm.StateDir, unix.MNT_DETACH); err != nil {
 					return fmt.Errorf("unmounting %s: %w", vm.StateDir, err)
 				}
 			}
-			if in.Host.Storage == "zfs" {
-				if out, err := exec.Command("zfs", "destroy", "-r", in.Host.VMDataset(vm)).CombinedOutput(); err != nil {
-					return fmt.Errorf("zfs destroy -r %s: %s", in.Host.VMDataset(vm), strings.TrimSpace(string(out)))
+			if a := data.Destroy(vm); a != nil {
+				if err := a.Apply(); err != nil {
+					return err
 				}
 			}
 			for _, dir := range []string{vm.StateDir, vm.RunDir} {

@@ -24,13 +24,20 @@ import (
 
 const example = "../../examples/infra.toml"
 
-// run runs the CLI in namespace ns and returns its output and exit status.
+// run runs the CLI in namespace ns, with nothing on stdin, and returns its
+// output and exit status.
 func run(t *testing.T, ns string, args ...string) (string, int) {
+	t.Helper()
+	return runWith(t, ns, "", args...)
+}
+
+// runWith is run with stdin.
+func runWith(t *testing.T, ns, stdin string, args ...string) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
 	code := -1
 	err := sandbox.Do(ns, func() error {
-		code = Main(args, &out, &out)
+		code = Main(args, strings.NewReader(stdin), &out, &out)
 		return nil
 	})
 	if err != nil {

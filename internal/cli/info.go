@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -93,18 +94,18 @@ func infoOf(in *config.Infra, m systemd.Manager, vm *config.VM) infoDoc {
 		d.Problems = append(d.Problems, "disk use and snapshots need root to read")
 		return d
 	}
-	if u, err := storage.For(in.Host).Usage(in); err == nil {
+	data := storage.For(in.Host)
+	if u, err := data.Usage(in); err == nil {
 		b := u.VMs[vm.Name]
 		d.DiskBytes = &b
 	} else {
 		d.Problems = append(d.Problems, "disk use: "+err.Error())
 	}
-	if in.Host.Storage == "zfs" {
-		if snaps, err := storage.For(in.Host).Snapshots(vm); err == nil {
-			d.Snapshots = snapshotDocs(snaps)
-		} else {
-			d.Problems = append(d.Problems, "snapshots: "+err.Error())
-		}
+	switch snaps, err := data.Snapshots(vm); {
+	case err == nil:
+		d.Snapshots = snapshotDocs(snaps)
+	case !errors.Is(err, storage.ErrNoSnapshots): // none to list with plain directories
+		d.Problems = append(d.Problems, "snapshots: "+err.Error())
 	}
 	return d
 }

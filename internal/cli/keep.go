@@ -1,9 +1,6 @@
 package cli
 
 import (
-	"os"
-	"path/filepath"
-
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
@@ -30,11 +27,7 @@ Examples:
 			if err := needRoot(changesHost); err != nil {
 				return err
 			}
-			bin, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			file, err := filepath.Abs(e.file)
+			bin, file, err := self(e.file)
 			if err != nil {
 				return err
 			}

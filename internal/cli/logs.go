@@ -94,7 +94,7 @@ func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, tailLines(b, lines))
+		fmt.Fprintln(e.stdout, systemd.Tail(b, lines))
 	} else if _, err := io.Copy(e.stdout, f); err != nil {
 		return err
 	}
@@ -105,6 +105,7 @@ func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error
 		// A console rewritten by a restart starts again from the top.
 		if again, err := openLog(vm, console); err == nil {
 			fi, serr := again.Stat()
+			// Seek(0, current) on a regular file cannot fail.
 			if pos, _ := f.Seek(0, io.SeekCurrent); serr == nil && fi.Size() < pos {
 				f.Close()
 				f = again
@@ -115,21 +116,4 @@ func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error
 		time.Sleep(300 * time.Millisecond)
 	}
 	return nil
-}
-
-func tailLines(b []byte, n int) string {
-	s := string(b)
-	count := 0
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '\n' && i != len(s)-1 {
-			count++
-			if count == n {
-				return s[i+1 : len(s)-1]
-			}
-		}
-	}
-	if len(s) > 0 && s[len(s)-1] == '\n' {
-		return s[:len(s)-1]
-	}
-	return s
 }

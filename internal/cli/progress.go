@@ -49,7 +49,9 @@ func newProgress(out, log io.Writer) *progress {
 }
 
 func (p *progress) Write(b []byte) (int, error) {
-	p.log.Write(b)
+	// The log is a copy for later: a full disk must not stop the build,
+	// whose own output goes on below.
+	_, _ = p.log.Write(b)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.buf = append(p.buf, b...)

@@ -17,9 +17,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
-// rollbackStdin is where rollback reads its confirmation; tests replace it.
-var rollbackStdin io.Reader = os.Stdin
-
 func snapshotCmd() *command {
 	return &command{
 		name:  "snapshot",
@@ -163,7 +160,7 @@ Examples:
 			}
 			later := storage.Later(snaps, target.Name)
 			if !yes {
-				ok, err := confirmRollback(e.stdout, vm, target, later)
+				ok, err := confirmRollback(e.stdin, e.stdout, vm, target, later)
 				if err != nil {
 					return err
 				}
@@ -271,7 +268,7 @@ func loadSnapshots(e *env, name string) (*config.Infra, *config.VM, storage.Back
 	if !ok {
 		return nil, nil, nil, fmt.Errorf("no VM %q in %s", name, in.File)
 	}
-	if in.Host.Storage != "zfs" {
+	if in.Host.Storage != config.StorageZFS {
 		return nil, nil, nil, fmt.Errorf("%s: %w", in.File, storage.ErrNoSnapshots)
 	}
 	if os.Geteuid() != 0 {
@@ -309,15 +306,15 @@ func whileStopped(e *env, in *config.Infra, vm *config.VM, f func() error) error
 }
 
 // confirmRollback asks whether to roll back, saying what will be lost, and reads
-// the answer from rollbackStdin.
-func confirmRollback(w io.Writer, vm *config.VM, to storage.Snapshot, later []storage.Snapshot) (bool, error) {
+// the answer from stdin.
+func confirmRollback(stdin io.Reader, w io.Writer, vm *config.VM, to storage.Snapshot, later []storage.Snapshot) (bool, error) {
 	fmt.Fprintf(w, "Roll %s back to snapshot %s, taken %s?\n", vm.Name, to.Name, to.Created.Format("2006-01-02 15:04:05"))
 	fmt.Fprintf(w, "Everything %s changed in /etc and /var since then is lost.\n", vm.Name)
 	if len(later) > 0 {
 		fmt.Fprintf(w, "These later snapshots are destroyed too: %s.\n", snapshotNames(later))
 	}
 	fmt.Fprint(w, "Type yes to roll back: ")
-	line, err := bufio.NewReader(rollbackStdin).ReadString('\n')
+	line, err := bufio.NewReader(stdin).ReadString('\n')
 	if err != nil && line == "" {
 		fmt.Fprintln(w)
 		if err == io.EOF {

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -31,11 +32,8 @@ func snapshotFile(t *testing.T, dir, host string) string {
 // together, and the exit status.
 func snapCLI(t *testing.T, stdin string, args ...string) (string, int) {
 	t.Helper()
-	old := rollbackStdin
-	rollbackStdin = strings.NewReader(stdin)
-	defer func() { rollbackStdin = old }()
 	var out bytes.Buffer
-	code := Main(args, &out, &out)
+	code := Main(args, strings.NewReader(stdin), &out, &out)
 	return out.String(), code
 }
 
@@ -184,15 +182,16 @@ func TestApplyZFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sb.Close() })
-	inNS := func(args ...string) (string, int) {
+	inNSWith := func(stdin string, args ...string) (string, int) {
 		t.Helper()
 		var out bytes.Buffer
 		code := -1
-		if err := sandbox.Do(sb.Host, func() error { code = Main(args, &out, &out); return nil }); err != nil {
+		if err := sandbox.Do(sb.Host, func() error { code = Main(args, strings.NewReader(stdin), &out, &out); return nil }); err != nil {
 			t.Fatal(err)
 		}
 		return out.String(), code
 	}
+	inNS := func(args ...string) (string, int) { t.Helper(); return inNSWith("", args...) }
 
 	out, code := inNS("apply", "--host-only", "-f", file)
 	first := "zfs create -o mountpoint=" + in.Host.StateDir + " -o compression=on " + pool.Name + "/microvms"
@@ -201,6 +200,37 @@ func TestApplyZFS(t *testing.T) {
 	}
 	if out, code := inNS("plan", "--host-only", "-f", file); code != 0 || !strings.Contains(out, "no changes") || strings.Contains(out, "zfs ") {
 		t.Errorf("second plan: exit %d, want no changes:\n%s", code, out)
+	}
+
+	// destroy deletes the dataset of a VM that left the file, with its
+	// snapshots, after saying so.
+	ds := pool.Name + "/microvms/vm1"
+	if err := os.WriteFile(in.Host.VMMarker("vm1"), []byte("microvm VM vm1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command("zfs", "snapshot", ds+"@x").Run(); err != nil {
+		t.Fatal(err)
+	}
+	left := filepath.Join(t.TempDir(), "left.toml")
+	body, _ := os.ReadFile(file)
+	if err := os.WriteFile(left, []byte(strings.Replace(string(body), "[vm.vm1]", "[vm.vm2]", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code = inNSWith("no\n", "destroy", "--data", "-f", left, "vm1")
+	if code != 1 || !strings.Contains(out, "Delete vm1's /etc and /var (ZFS dataset "+ds+" and all its snapshots)?") || !strings.Contains(out, "not confirmed") {
+		t.Errorf("destroy answered no: exit %d\n%s", code, out)
+	}
+	if out, code := inNS("destroy", "--data", "--yes", "-f", left, "vm1"); code != 0 || exec.Command("zfs", "list", ds).Run() == nil {
+		t.Errorf("destroy: exit %d, dataset %s still there:\n%s", code, ds, out)
+	}
+
+	// teardown --data deletes the whole tree, after saying so.
+	out, code = inNSWith("no\n", "teardown", "--data", "-f", file)
+	if code != 1 || !strings.Contains(out, "Tear down and delete ZFS dataset "+pool.Name+"/microvms and everything in it:") {
+		t.Errorf("teardown --data answered no: exit %d\n%s", code, out)
+	}
+	if out, code := inNS("teardown", "--data", "--yes", "-f", file); code != 0 || !strings.Contains(out, "zfs destroy -r "+pool.Name+"/microvms  # every VM's /etc and /var, their snapshots, the images") || exec.Command("zfs", "list", pool.Name+"/microvms").Run() == nil {
+		t.Errorf("teardown --data: exit %d, want the tree destroyed:\n%s", code, out)
 	}
 
 	missing := snapshotFile(t, t.TempDir(), "storage = \"zfs\"\nzfs_dataset = \""+pool.Name+"x/microvms\"\n")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -20,9 +21,6 @@ import (
 type exitStatus int
 
 func (s exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(s)) }
-
-// sshStdin is what ssh gives the remote command; tests replace it.
-var sshStdin = os.Stdin
 
 func sshCmd() *command {
 	var wait time.Duration
@@ -81,10 +79,10 @@ func inGuest(e *env, name, command string, wait time.Duration) error {
 	defer s.Close()
 	s.Stdout, s.Stderr = e.stdout, e.stderr
 	if command != "" {
-		s.Stdin = sshStdin
+		s.Stdin = e.stdin
 		err = s.Run(command)
 	} else {
-		err = shell(s)
+		err = shell(e.stdin, s)
 	}
 	var exit *ssh.ExitError
 	switch {
@@ -99,13 +97,18 @@ func inGuest(e *env, name, command string, wait time.Duration) error {
 }
 
 // shell runs an interactive shell, with a terminal if stdin is one.
-func shell(s *ssh.Session) error {
-	s.Stdin = sshStdin
-	fd := int(sshStdin.Fd())
+func shell(stdin io.Reader, s *ssh.Session) error {
+	s.Stdin = stdin
+	f, ok := stdin.(*os.File)
+	if !ok { // not a terminal: a shell reading stdin
+		return s.Run("")
+	}
+	fd := int(f.Fd())
 	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	if err != nil { // not a terminal: a shell reading stdin
 		return s.Run("")
 	}
+	// fd is a terminal (above); if its size cannot be read, 80x24 below.
 	ws, _ := unix.IoctlGetWinsize(fd, unix.TIOCGWINSZ)
 	h, w := 24, 80
 	if ws != nil && ws.Row > 0 {
@@ -128,7 +131,7 @@ func shell(s *ssh.Session) error {
 	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &raw); err != nil {
 		return err
 	}
-	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+	defer unix.IoctlSetTermios(fd, unix.TCSETS, old) // put back what was just read; nothing more to do if not
 	if err := s.Shell(); err != nil {
 		return err
 	}

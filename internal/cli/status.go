@@ -85,7 +85,7 @@ Examples:
 			var rows []statusRow
 			for _, vm := range vms {
 				s := stateOf(m, vm)
-				r := statusRow{Name: vm.Name, State: s.State, Address: vm.Addr.String(), Hypervisor: vm.Hypervisor,
+				r := statusRow{Name: vm.Name, State: s.State, Address: vm.Addr.String(), Hypervisor: string(vm.Hypervisor),
 					Image: vm.Image, VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB, Autostart: vm.Autostart}
 				if s.State == "running" {
 					r.UptimeSeconds = int64(s.Since.Seconds())

@@ -63,7 +63,7 @@ func statusJSON(in *config.Infra, rows []statusRow, host bool, u storage.Usage, 
 	if !host {
 		return d
 	}
-	h := &hostDoc{Storage: in.Host.Storage, StateDir: in.Host.StateDir}
+	h := &hostDoc{Storage: string(in.Host.Storage), StateDir: in.Host.StateDir}
 	if uerr == nil {
 		disk := &diskDoc{ImagesBytes: u.Images, TotalBytes: u.Total}
 		for _, b := range u.VMs {

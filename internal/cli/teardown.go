@@ -3,9 +3,7 @@ package cli
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"sort"
@@ -17,12 +15,9 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
-
-// teardownStdin is where teardown --data reads its confirmation; tests
-// replace it.
-var teardownStdin io.Reader = os.Stdin
 
 func teardownCmd() *command {
 	var data, yes, dryRun bool
@@ -68,8 +63,10 @@ Examples:
 				// The lock lives in run_dir, which goes too.
 				lock.Release()
 				if !dryRun {
-					os.Remove(in.Host.LockFile())
-					os.Remove(in.Host.RunDir)
+					// Only if nothing else is left there: another
+					// process's files keep run_dir, which is no error.
+					_ = os.Remove(in.Host.LockFile())
+					_ = os.Remove(in.Host.RunDir)
 				}
 			}()
 			p, err := teardownPlan(e, in, m, data)
@@ -81,12 +78,9 @@ Examples:
 				return nil
 			}
 			if data && !yes && len(p.Actions) > 0 {
-				what := in.Host.StateDir
-				if in.Host.Storage == "zfs" {
-					what = "ZFS dataset " + in.Host.ZFSDataset + " and everything in it"
-				}
+				what := storage.For(in.Host).Holds(nil)
 				fmt.Fprintf(e.stdout, "Tear down and delete %s: every VM's /etc and /var, their snapshots and the images? This cannot be undone.\nType yes to delete: ", what)
-				line, _ := bufio.NewReader(teardownStdin).ReadString('\n')
+				line, _ := bufio.NewReader(e.stdin).ReadString('\n') // no answer (EOF) is no
 				if a := strings.ToLower(strings.TrimSpace(line)); a != "yes" && a != "y" {
 					fmt.Fprintln(e.stdout)
 					return fmt.Errorf("not confirmed; nothing was changed")
@@ -173,10 +167,11 @@ func installedUnits() []string {
 			out = append(out, n)
 		}
 	}
+	// Glob fails only on a bad pattern, and this one is fixed.
 	wants, _ := filepath.Glob(filepath.Join(systemd.UnitDir, "*.wants", "*"))
 	for _, w := range wants {
 		if fi, err := os.Lstat(w); err == nil && fi.Mode()&os.ModeSymlink != 0 && ours(filepath.Base(w)) {
-			rel, _ := filepath.Rel(systemd.UnitDir, w)
+			rel, _ := filepath.Rel(systemd.UnitDir, w) // w is under UnitDir: Glob made it
 			out = append(out, rel)
 		}
 	}
@@ -221,19 +216,8 @@ func (a *removeUnits) Apply() error {
 // unmounts it), then the directory.
 func dataRemoval(in *config.Infra) []action.Action {
 	var out []action.Action
-	if in.Host.Storage == "zfs" {
-		ds := in.Host.ZFSDataset
-		if exec.Command("zfs", "list", "-H", "-o", "name", ds).Run() == nil {
-			out = append(out, vmAction{
-				text: "zfs destroy -r " + ds + "  # every VM's /etc and /var, their snapshots, the images",
-				do: func() error {
-					if b, err := exec.Command("zfs", "destroy", "-r", ds).CombinedOutput(); err != nil {
-						return fmt.Errorf("zfs destroy -r %s: %s", ds, strings.TrimSpace(string(b)))
-					}
-					return nil
-				},
-			})
-		}
+	if a := storage.For(in.Host).Destroy(nil); a != nil {
+		out = append(out, a)
 	}
 	if _, err := os.Lstat(in.Host.StateDir); err == nil {
 		out = append(out, &plan.RemoveTree{Dir: in.Host.StateDir, Note: "every VM's /etc and /var, the images, the admin key"})

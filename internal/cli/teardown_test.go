@@ -239,9 +239,7 @@ func TestTeardown(t *testing.T) {
 		t.Errorf("second teardown: %q", out)
 	}
 
-	teardownStdin = strings.NewReader("no\n")
-	defer func() { teardownStdin = os.Stdin }()
-	if out, code := run(t, sb.Host, "teardown", "--data", "-f", file); code != 1 || !strings.Contains(out, "not confirmed") {
+	if out, code := runWith(t, sb.Host, "no\n", "teardown", "--data", "-f", file); code != 1 || !strings.Contains(out, "not confirmed") {
 		t.Errorf("teardown --data answered no: exit %d\n%s", code, out)
 	}
 	mustRun(t, sb.Host, "teardown", "--data", "--yes", "-f", file)

@@ -117,7 +117,7 @@ func modelOf(vm *config.VM) vmModel {
 	}
 	return vmModel{Name: vm.Name, Subnet: vm.Subnet.String(), Gateway: vm.Gateway.String(), Address: vm.Addr.String(),
 		Bridge: vm.Bridge, TAP: vm.TAP, MAC: vm.MAC.String(), VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
-		Hypervisor: vm.Hypervisor, Image: vm.Image, DNS: vm.DNS, SSHKeys: keys, Autostart: vm.Autostart,
+		Hypervisor: string(vm.Hypervisor), Image: vm.Image, DNS: vm.DNS, SSHKeys: keys, Autostart: vm.Autostart,
 		StateDir: vm.StateDir, RunDir: vm.RunDir}
 }
 
@@ -136,9 +136,9 @@ func validateJSON(file string, in *config.Infra, err error) validateDoc {
 		return d
 	}
 	h := in.Host
-	d.Host = &hostModel{Uplink: h.Uplink, StateDir: h.StateDir, RunDir: h.RunDir, User: h.User, Accel: h.Accel,
-		Storage: h.Storage, KeepSnapshots: h.KeepSnapshots}
-	if h.Storage == "zfs" {
+	d.Host = &hostModel{Uplink: h.Uplink, StateDir: h.StateDir, RunDir: h.RunDir, User: h.User, Accel: string(h.Accel),
+		Storage: string(h.Storage), KeepSnapshots: h.KeepSnapshots}
+	if h.Storage == config.StorageZFS {
 		d.Host.ZFSDataset = h.ZFSDataset
 	}
 	d.Host.Tailscale.Enabled = string(h.Tailscale.Enabled)

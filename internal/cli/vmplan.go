@@ -62,9 +62,13 @@ func fullPlan(e *env, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
 // directory removed, their data kept. Under systemd the units are installed
 // and autostart VMs enabled.
 func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []action.Action, notes []string, err error) {
+	bin, file, err := self(in.File)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	if m.Kind() == "systemd" {
-		after = append(after, unitActions(in)...)
-	} else if a := hostAction(in, m); a != nil {
+		after = append(after, unitActions(in, bin, file)...)
+	} else if a := hostAction(in, m, bin, file); a != nil {
 		after = append(after, a)
 	}
 	gone, err := departed(in, m)
@@ -80,8 +84,8 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 						return err
 					}
 				}
-				if m.Kind() == "systemd" {
-					m.Enable(vm, false)
+				if err := m.Enable(vm, false); err != nil {
+					return err
 				}
 				return os.RemoveAll(vm.RunDir)
 			},
@@ -161,6 +165,8 @@ func hasRecords(vm *config.VM) bool {
 	}
 	defer d.Close()
 	for _, f := range []string{vm.KeeperPidFile(), vm.StartedFile()} {
+		// A record that cannot be read (not a regular file) is none:
+		// root alone writes there, so it is not one of ours.
 		if ok, _ := d.Exists(filepath.Base(f)); ok {
 			return true
 		}
@@ -168,12 +174,22 @@ func hasRecords(vm *config.VM) bool {
 	return false
 }
 
+// self returns this program and the absolute path of file, as a command
+// that runs later (a unit, a keeper) names them.
+func self(file string) (bin, abs string, err error) {
+	if bin, err = os.Executable(); err != nil {
+		return "", "", fmt.Errorf("finding this program: %w", err)
+	}
+	if abs, err = filepath.Abs(file); err != nil {
+		return "", "", fmt.Errorf("finding %s: %w", file, err)
+	}
+	return bin, abs, nil
+}
+
 // unitActions installs the units if they differ and sets each VM's unit
 // enabled as its autostart says.
-func unitActions(in *config.Infra) []action.Action {
+func unitActions(in *config.Infra, bin, file string) []action.Action {
 	var out []action.Action
-	bin, _ := os.Executable()
-	file, _ := filepath.Abs(in.File)
 	u, err := systemd.Render(bin, file)
 	if err != nil {
 		return []action.Action{vmAction{text: "# cannot write systemd units: " + err.Error(), do: func() error { return err }}}
@@ -228,7 +244,7 @@ func unitActions(in *config.Infra) []action.Action {
 // hostAction starts the detached keeper of the firewall on a host without
 // systemd where VMs run without one (the VMs apply starts get it with their
 // start).
-func hostAction(in *config.Infra, m systemd.Manager) action.Action {
+func hostAction(in *config.Infra, m systemd.Manager, bin, file string) action.Action {
 	if _, ok := systemd.HostKeeper(in.Host); ok {
 		return nil
 	}
@@ -241,8 +257,6 @@ func hostAction(in *config.Infra, m systemd.Manager) action.Action {
 	if !running {
 		return nil
 	}
-	bin, _ := os.Executable()
-	file, _ := filepath.Abs(in.File)
 	return vmAction{
 		text: fmt.Sprintf("microvm host --detached -f %s &   # keeps the firewall while VMs run; log in %s", file, in.Host.HostLog()),
 		do:   func() error { return systemd.StartHost(bin, file, in.Host) },

@@ -14,7 +14,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
-	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
@@ -34,6 +33,8 @@ type vmState struct {
 // starting while a supervisor runs without a VMM (booting, or restarting
 // after a failure), stopped otherwise.
 func stateOf(m systemd.Manager, vm *config.VM) vmState {
+	// A record that cannot be read says nothing runs: the supervisor's
+	// state decides between starting and stopped.
 	st, ok, _ := runner.ReadStarted(vm)
 	if ok && st.VMM().Alive() && st.Run().Alive() {
 		return vmState{State: "running", Started: st, Since: time.Since(st.Time)}
@@ -117,6 +118,7 @@ func stopVM(e *env, m systemd.Manager, vm *config.VM) error {
 // stops the virtiofs daemons and exits without a restart.
 func stopVMWithin(e *env, m systemd.Manager, vm *config.VM, timeout time.Duration, force bool) error {
 	began := time.Now()
+	// Without a record (or an unreadable one) there is no VMM to wait for.
 	st, _, _ := runner.ReadStarted(vm)
 	done := make(chan error, 1)
 	go func() { done <- stopSupervisor(m, vm, began) }()
@@ -180,8 +182,8 @@ func logTail(m systemd.Manager, vm *config.VM, n int) string {
 		return err.Error()
 	}
 	defer f.Close()
-	b, _ := io.ReadAll(f)
-	return sandbox.Tail(b, n)
+	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
+	return systemd.Tail(b, n)
 }
 
 // lifecycle loads the file and takes the lock, for commands that start or

@@ -7,10 +7,12 @@ package config
 import (
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,14 +27,14 @@ const (
 	DefaultUser       = "microvm"
 	DefaultVCPU       = 1
 	DefaultMemoryMiB  = 512
-	DefaultHypervisor = "cloud-hypervisor"
+	DefaultHypervisor = CloudHypervisor
 	DefaultImage      = "debian"
 	DefaultDNS        = "1.1.1.1"
-	DefaultAccel      = "kvm"
+	DefaultAccel      = KVM
 
 	// Storage: plain directories unless the file asks for ZFS, which
 	// needs a pool the user made (the seed's step 2).
-	DefaultStorage       = "dir"
+	DefaultStorage       = StorageDir
 	DefaultZFSDataset    = "rpool/microvms" // the seed's dataset for VM data
 	DefaultKeepSnapshots = 5                // automatic snapshots kept per VM
 	MaxKeepSnapshots     = 1000
@@ -50,22 +52,51 @@ const (
 	MaxNameLen = 15 - len("br-")
 )
 
-// Hypervisors the program can drive.
-var Hypervisors = []string{"cloud-hypervisor", "qemu"}
+// Hypervisor names the VMM a VM runs under, as infra.toml writes it.
+type Hypervisor string
 
-// Storages are the ways VM data can be kept: "dir" is plain directories
-// under state_dir; "zfs" is a dataset per VM under zfs_dataset, mounted at
-// state_dir, with snapshots (package storage).
-var Storages = []string{"dir", "zfs"}
+// The hypervisors the program can drive. Package vmm has the backend of
+// each in its registry (vmm.Hypervisor), and a test there keeps it equal to
+// controlSockets; config knows only their names and control sockets.
+const (
+	CloudHypervisor Hypervisor = "cloud-hypervisor"
+	QEMU            Hypervisor = "qemu"
+)
+
+// controlSockets names each hypervisor's control socket in the VM's vmm
+// directory (VM.ControlSocket): Cloud Hypervisor's REST API, QEMU's QMP.
+var controlSockets = map[Hypervisor]string{CloudHypervisor: "api.sock", QEMU: "qmp.sock"}
+
+// Hypervisors are the hypervisors infra.toml may name, sorted.
+var Hypervisors = slices.Sorted(maps.Keys(controlSockets))
+
+// Storage is the way VM data is kept (package storage has a backend for
+// each).
+type Storage string
+
+const (
+	StorageDir Storage = "dir" // plain directories under state_dir
+	StorageZFS Storage = "zfs" // a dataset per VM under zfs_dataset, mounted at state_dir, with snapshots
+)
+
+// Storages are the ways VM data can be kept.
+var Storages = []Storage{StorageDir, StorageZFS}
 
 // ReservedNames are the directories of state_dir that are not VMs, with
 // what they hold. No VM may be called by them: its etc and var, or its ZFS
 // dataset, would land in theirs.
 var ReservedNames = map[string]string{"images": "the shared images", "admin": "the admin SSH key"}
 
-// Accels are the ways QEMU can run a guest: KVM on real hosts, TCG (software
-// emulation, slow) where /dev/kvm does not work, such as CI machines.
-var Accels = []string{"kvm", "tcg"}
+// Accel is the way QEMU runs a guest's CPU.
+type Accel string
+
+const (
+	KVM Accel = "kvm" // real hosts
+	TCG Accel = "tcg" // software emulation, slow, where /dev/kvm does not work, such as CI machines
+)
+
+// Accels are the ways QEMU can run a guest.
+var Accels = []Accel{KVM, TCG}
 
 // TailscaleRange is the CGNAT range tailnet addresses come from; VM subnets
 // must not overlap it or tailnet traffic would be routed into a VM.
@@ -86,9 +117,9 @@ type Host struct {
 	StateDir string // persistent VM data
 	RunDir   string // sockets, pid files, console logs
 	User     string // prefix of the VM users: the VMM of vm1 runs as USER-vm1 (VM.User)
-	Accel    string // "kvm" or "tcg", for QEMU
+	Accel    Accel  // for QEMU
 
-	Storage       string // "dir" or "zfs"
+	Storage       Storage
 	ZFSDataset    string // with storage "zfs": the parent dataset, mounted at StateDir
 	KeepSnapshots int    // with storage "zfs": automatic snapshots kept per VM; 0 takes none
 
@@ -111,7 +142,7 @@ type VM struct {
 	MAC        net.HardwareAddr
 	VCPU       int
 	MemoryMiB  int
-	Hypervisor string
+	Hypervisor Hypervisor
 	Image      string
 	DNS        string
 	SSHKeys    []string // authorized for root, beside the host's admin key
@@ -139,6 +170,20 @@ func (in *Infra) Pos(key string) string {
 		return fmt.Sprintf("%s:%d:%d", in.File, p.Line, p.Col)
 	}
 	return in.File
+}
+
+// Errorf is a problem found in the model after Parse (by a package that
+// knows more than config, as vmm knows its hypervisors), at the first of
+// keys that is written in the file, or at the file if none is.
+func (in *Infra) Errorf(keys []string, format string, args ...any) *Error {
+	e := &Error{File: in.File, Msg: fmt.Sprintf(format, args...)}
+	for _, k := range keys {
+		if p, ok := in.keys[k]; ok {
+			e.Pos = p
+			break
+		}
+	}
+	return e
 }
 
 // VM returns the VM called name.
@@ -317,12 +362,12 @@ func (p *parser) derive() {
 	h.StateDir = p.hostString("state_dir", DefaultStateDir, validDir)
 	h.RunDir = p.hostString("run_dir", DefaultRunDir, validDir)
 	h.User = p.hostString("user", DefaultUser, validUser)
-	h.Accel = p.hostString("accel", DefaultAccel, func(s string) string {
-		if !contains(Accels, s) {
+	h.Accel = Accel(p.hostString("accel", string(DefaultAccel), func(s string) string {
+		if !slices.Contains(Accels, Accel(s)) {
 			return "is not supported; use \"kvm\" (real hosts) or \"tcg\" (software emulation, where /dev/kvm does not work)" + suggest(s, Accels)
 		}
 		return ""
-	})
+	}))
 	if h.StateDir != "" && h.StateDir == h.RunDir {
 		p.errorf(p.in.keys["host.run_dir"], "run_dir must differ from state_dir (%s)", h.StateDir)
 	}
@@ -420,12 +465,12 @@ func (p *parser) validName(r *rawVM) bool {
 // names a dataset but forgot storage = "zfs" would otherwise run without
 // the snapshots its author counts on.
 func (p *parser) storage(h *Host) {
-	h.Storage = p.hostString("storage", DefaultStorage, func(s string) string {
-		if !contains(Storages, s) {
+	h.Storage = Storage(p.hostString("storage", string(DefaultStorage), func(s string) string {
+		if !slices.Contains(Storages, Storage(s)) {
 			return "is not supported; use \"dir\" (plain directories under state_dir) or \"zfs\" (a dataset per VM, with snapshots)" + suggest(s, Storages)
 		}
 		return ""
-	})
+	}))
 	h.ZFSDataset = p.hostString("zfs_dataset", DefaultZFSDataset, validDataset)
 	h.KeepSnapshots = DefaultKeepSnapshots
 	if v, ok := p.host["keep_snapshots"]; ok {
@@ -436,7 +481,7 @@ func (p *parser) storage(h *Host) {
 			h.KeepSnapshots = n
 		}
 	}
-	if h.Storage == "dir" {
+	if h.Storage == StorageDir {
 		for _, k := range []string{"zfs_dataset", "keep_snapshots"} {
 			if v, ok := p.host[k]; ok {
 				p.errorf(v.pos, "%s is only used with storage = \"zfs\"; add storage = \"zfs\" to [host], or remove %s", k, k)
@@ -497,10 +542,10 @@ func (p *parser) resources(vm *VM, vals map[string]*value, table string) {
 	}
 	if v, ok := vals["hypervisor"]; ok {
 		if s, ok := p.str(v, table+".hypervisor"); ok {
-			if !contains(Hypervisors, s) {
-				p.errorf(v.pos, "%s.hypervisor = %q is not supported; use \"cloud-hypervisor\" or \"qemu\"%s", table, s, suggest(s, Hypervisors))
+			if !slices.Contains(Hypervisors, Hypervisor(s)) {
+				p.errorf(v.pos, "%s.hypervisor = %q is not supported; use %s%s", table, s, quoted(Hypervisors, " or "), suggest(s, Hypervisors))
 			}
-			vm.Hypervisor = s
+			vm.Hypervisor = Hypervisor(s)
 		}
 	}
 	if v, ok := vals["image"]; ok {
@@ -748,11 +793,11 @@ func contains(list []string, s string) bool {
 }
 
 // suggest returns "; did you mean X?" for the closest known word, if any.
-func suggest(s string, known []string) string {
+func suggest[T ~string](s string, known []T) string {
 	best, bestD := "", 3
 	for _, k := range known {
-		if d := distance(s, k); d < bestD {
-			best, bestD = k, d
+		if d := distance(s, string(k)); d < bestD {
+			best, bestD = string(k), d
 		}
 	}
 	if best == "" {
@@ -780,4 +825,20 @@ func distance(a, b string) int {
 		prev = cur
 	}
 	return prev[len(b)]
+}
+
+// quoted writes names as a person lists them: "a", "b" or "c".
+func quoted[T ~string](names []T, last string) string {
+	var b strings.Builder
+	for i, n := range names {
+		switch {
+		case i == 0:
+		case i == len(names)-1:
+			b.WriteString(last)
+		default:
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%q", n)
+	}
+	return b.String()
 }

@@ -104,7 +104,7 @@ subnet = "172.16.0.0/29"
 		{"a hypervisor default", a.Hypervisor, DefaultHypervisor},
 		{"a addr in /29", a.Addr.String(), "172.16.0.2"},
 		{"b memory override", b.MemoryMiB, 2048},
-		{"b hypervisor override", b.Hypervisor, "qemu"},
+		{"b hypervisor override", b.Hypervisor, QEMU},
 		{"b dns default", b.DNS, DefaultDNS},
 		{"pos of b.subnet", in.Pos("vm.b.subnet"), "x.toml:7:1"},
 		{"pos of unknown key", in.Pos("vm.c"), "x.toml"},

@@ -49,10 +49,7 @@ func (vm *VM) VMMDir() string { return filepath.Join(vm.RunDir, "vmm") }
 // ControlSocket is the VMM's control socket: Cloud Hypervisor's REST API or
 // QEMU's QMP, by the VM's hypervisor.
 func (vm *VM) ControlSocket() string {
-	if vm.Hypervisor == "qemu" {
-		return filepath.Join(vm.VMMDir(), "qmp.sock")
-	}
-	return filepath.Join(vm.VMMDir(), "api.sock")
+	return filepath.Join(vm.VMMDir(), controlSockets[vm.Hypervisor])
 }
 
 // ShareSocket is the vhost-user socket of the virtiofs share tagged tag.

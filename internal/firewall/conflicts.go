@@ -22,7 +22,9 @@ func Conflicts() []string {
 				}
 			}
 		}
-		json.Unmarshal(js, &doc)
+		// Conflicts are hints: JSON this nft writes otherwise gives none,
+		// as a missing nft does.
+		_ = json.Unmarshal(js, &doc)
 		for _, o := range doc.Nftables {
 			c := o.Chain
 			if c == nil || c.Table == Table && c.Family == Family || c.Hook != "forward" || c.Policy != "drop" {

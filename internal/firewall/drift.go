@@ -95,6 +95,8 @@ func parseState(js []byte) (*State, error) {
 
 // canon is v as JSON with sorted keys, which encoding/json gives maps.
 func canon(v any) string {
+	// v was decoded from JSON (maps, slices, strings, numbers, bools), which
+	// always encodes again.
 	b, _ := json.Marshal(v)
 	return string(b)
 }

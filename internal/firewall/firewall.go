@@ -186,14 +186,21 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 		Allow                           []allowRule
 	}{Table, in.Host.Uplink, config.Tailscale, "", config.TailscaleRange.String(), config.TailscaleRange6.String(),
 		in.Host.Tailscale.AllowVMToTailnet, in.VMs, merge(append(slices.Clone(Blocked), uplinkNets...)), allow}
-	var b bytes.Buffer
 	// Render once without the hash, hash that, and render again with it: the
 	// hash in the comment lets plan see whether the loaded table is current.
-	ruleset.Execute(&b, data)
-	sum := sha256.Sum256(b.Bytes())
+	sum := sha256.Sum256([]byte(execute(data)))
 	data.Hash = "sha256:" + hex.EncodeToString(sum[:8])
-	b.Reset()
-	ruleset.Execute(&b, data)
+	return execute(data)
+}
+
+// execute runs the template. Its text is fixed and its data plain values,
+// so an error is a bug in this file (every test renders it): it panics
+// rather than let a partial table be loaded.
+func execute(data any) string {
+	var b bytes.Buffer
+	if err := ruleset.Execute(&b, data); err != nil {
+		panic("firewall: rendering the ruleset: " + err.Error())
+	}
 	return b.String()
 }
 

@@ -212,7 +212,7 @@ func subscribe() (int, error) {
 	}
 	// Room for a big transaction's notifications; an overflow (ENOBUFS)
 	// only means the watcher compares without knowing what changed.
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (unix.NFNLGRP_NFTABLES - 1)}); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("listening for nftables events: %w", err)

@@ -540,10 +540,3 @@ func writeText(t *testing.T, path, text string) {
 		t.Fatal(err)
 	}
 }
-
-func cp(t *testing.T, src, dst string) {
-	t.Helper()
-	if out, err := exec.Command("cp", "-a", "--no-target-directory", src, dst).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %s: %v", out, err)
-	}
-}

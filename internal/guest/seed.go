@@ -169,7 +169,7 @@ func copyTree(src, dst string) error {
 		return fmt.Errorf("tar -x: %w", err)
 	}
 	if err := pack.Run(); err != nil {
-		unpack.Wait()
+		_ = unpack.Wait() // tar -c's failure is the one to report
 		return fmt.Errorf("tar -c: %s: %w", strings.TrimSpace(packErr.String()), err)
 	}
 	if err := unpack.Wait(); err != nil {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/user"
-	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -75,13 +73,13 @@ func (a *AddTAP) flags() netlink.TuntapFlag {
 
 // matches reports whether an existing TAP was made as this action makes it.
 func (a *AddTAP) matches(t *netlink.Tuntap) bool {
-	uid, gid, err := lookupIDs(a.User)
+	id, err := LookupIDs(a.User)
 	if err != nil {
 		return false
 	}
 	const mask = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_MULTI_QUEUE
 	return t.Mode == netlink.TUNTAP_MODE_TAP && t.Flags&mask == a.flags() &&
-		t.Owner == uid && t.Group == gid && !t.NonPersist
+		t.Owner == id.UID && t.Group == id.GID && !t.NonPersist
 }
 
 // Apply creates the TAP, or finishes one an interrupted apply made: a
@@ -90,10 +88,11 @@ func (a *AddTAP) matches(t *netlink.Tuntap) bool {
 // that name is an error, and is left alone (opening a foreign TAP as root
 // would attach to it and could change its owner).
 func (a *AddTAP) Apply() error {
-	uid, gid, err := lookupIDs(a.User)
+	id, err := LookupIDs(a.User)
 	if err != nil {
 		return err
 	}
+	uid, gid := id.UID, id.GID
 	if _, err := netlink.LinkByName(a.Name); err == nil {
 		return claim(a.Name, a.Alias, func(l netlink.Link) bool {
 			t, ok := l.(*netlink.Tuntap)
@@ -144,6 +143,7 @@ func (a *AddAddr) Apply() error {
 	if err != nil {
 		return fmt.Errorf("finding %s: %w", a.Link, err)
 	}
+	// A netip.Prefix always prints as ParseAddr reads it.
 	addr, _ := netlink.ParseAddr(a.Prefix.String())
 	if err := ignoreExist(netlink.AddrAdd(l, addr)); err != nil {
 		return fmt.Errorf("adding %s to %s: %w", a.Prefix, a.Link, err)
@@ -231,14 +231,4 @@ func (a *DelLink) Apply() error {
 		return fmt.Errorf("deleting %s: %w", a.Name, err)
 	}
 	return nil
-}
-
-func lookupIDs(name string) (uid, gid uint32, err error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return 0, 0, fmt.Errorf("looking up user %s: %w", name, err)
-	}
-	a, _ := strconv.ParseUint(u.Uid, 10, 32)
-	b, _ := strconv.ParseUint(u.Gid, 10, 32)
-	return uint32(a), uint32(b), nil
 }

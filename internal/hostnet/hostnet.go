@@ -78,8 +78,8 @@ func owned(vm *config.VM, l netlink.Link) bool {
 		return false
 	}
 	if t, ok := l.(*netlink.Tuntap); ok {
-		uid, _, err := lookupIDs(vm.User)
-		return err == nil && t.Owner == uid && !t.NonPersist
+		id, err := LookupIDs(vm.User)
+		return err == nil && t.Owner == id.UID && !t.NonPersist
 	}
 	return l.Type() == "bridge" && l.Attrs().Group == config.LinkGroup
 }
@@ -220,13 +220,34 @@ func Diff(in *config.Infra) (cleanup, setup []action.Action, err error) {
 	}
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		setup = append(setup, bridgeDiff(vm, byName[vm.Bridge])...)
-		setup = append(setup, tapDiff(vm, byName[vm.TAP], byName[vm.Bridge])...)
+		acts, err := vmDiff(vm, byName[vm.Bridge], byName[vm.TAP])
+		if err != nil {
+			return nil, nil, err
+		}
+		setup = append(setup, acts...)
 	}
 	return cleanup, setup, nil
 }
 
-func bridgeDiff(vm *config.VM, l netlink.Link) []action.Action {
+// vmDiff reads what vm's bridge and TAP (nil if missing) hold and returns
+// what they lack.
+func vmDiff(vm *config.VM, bridge, tap netlink.Link) ([]action.Action, error) {
+	var addrs []netip.Prefix
+	if bridge != nil {
+		list, err := netlink.AddrList(bridge, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("listing the addresses of %s: %w", vm.Bridge, err)
+		}
+		for _, a := range list {
+			addrs = append(addrs, prefixOf(a.IPNet))
+		}
+	}
+	return append(bridgeDiff(vm, bridge, addrs), tapDiff(vm, tap, bridge)...), nil
+}
+
+// bridgeDiff returns what vm's bridge l (nil if missing), holding the IPv4
+// addresses addrs, lacks.
+func bridgeDiff(vm *config.VM, l netlink.Link, addrs []netip.Prefix) []action.Action {
 	var acts []action.Action
 	gw := netip.PrefixFrom(vm.Gateway, vm.Subnet.Bits())
 	if l == nil {
@@ -241,10 +262,8 @@ func bridgeDiff(vm *config.VM, l netlink.Link) []action.Action {
 		// it is the program's): AddBridge finishes it.
 		acts = append(acts, &AddBridge{Name: vm.Bridge, Alias: vm.Alias()})
 	}
-	addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
 	have := false
-	for _, a := range addrs {
-		p := prefixOf(a.IPNet)
+	for _, p := range addrs {
 		if p == gw {
 			have = true
 			continue
@@ -260,6 +279,8 @@ func bridgeDiff(vm *config.VM, l netlink.Link) []action.Action {
 	return acts
 }
 
+// tapDiff returns what vm's TAP l (nil if missing) lacks, with bridge
+// the link it belongs on.
 func tapDiff(vm *config.VM, l, bridge netlink.Link) []action.Action {
 	want := &AddTAP{Name: vm.TAP, User: vm.User, MultiQueue: vm.VCPU > 1, Alias: vm.Alias()}
 	all := []action.Action{want, &SetMaster{Name: vm.TAP, Master: vm.Bridge}, &LinkUp{Name: vm.TAP}}
@@ -287,6 +308,7 @@ func tapDiff(vm *config.VM, l, bridge netlink.Link) []action.Action {
 // prefixOf converts an interface address such as 10.1.0.1/24, keeping the
 // host part.
 func prefixOf(n *net.IPNet) netip.Prefix {
+	// Only for FAMILY_V4 addresses, whose IP is 4 bytes: ok is always true.
 	a, _ := netip.AddrFromSlice(n.IP.To4())
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(a, ones)

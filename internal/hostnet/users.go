@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"os/user"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -170,4 +171,39 @@ func shellJoin(args []string) string {
 		out[i] = a
 	}
 	return strings.Join(out, " ")
+}
+
+// IDs are a user's ids, as the kernel checks them.
+type IDs struct {
+	UID, GID uint32
+	Groups   []uint32 // supplementary, such as kvm
+}
+
+// LookupIDs returns the ids of user name.
+func LookupIDs(name string) (IDs, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return IDs{}, fmt.Errorf("looking up user %s: %w", name, err)
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return IDs{}, fmt.Errorf("user %s: uid %q: %w", name, u.Uid, err)
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return IDs{}, fmt.Errorf("user %s: gid %q: %w", name, u.Gid, err)
+	}
+	groups, err := u.GroupIds()
+	if err != nil {
+		return IDs{}, fmt.Errorf("listing the groups of user %s: %w", name, err)
+	}
+	id := IDs{UID: uint32(uid), GID: uint32(gid)}
+	for _, g := range groups {
+		n, err := strconv.ParseUint(g, 10, 32)
+		if err != nil {
+			return IDs{}, fmt.Errorf("user %s: group id %q: %w", name, g, err)
+		}
+		id.Groups = append(id.Groups, uint32(n))
+	}
+	return id, nil
 }

@@ -23,7 +23,7 @@ func DiffVM(in *config.Infra, vm *config.VM) ([]action.Action, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(bridgeDiff(vm, bridge), tapDiff(vm, tap, bridge)...), nil
+	return vmDiff(vm, bridge, tap)
 }
 
 // linkOrNil finds the link called name, or returns nil if there is none.

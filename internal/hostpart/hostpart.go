@@ -67,7 +67,7 @@ func Run(opts Options, stop <-chan struct{}, log io.Writer) error {
 			logf("%s; trying again every %s", msg, RetryEvery)
 			last = msg
 		}
-		systemd.Notify("STATUS=waiting: " + strings.SplitN(msg, "\n", 2)[0])
+		notify(logf, "STATUS=waiting: "+strings.SplitN(msg, "\n", 2)[0])
 		select {
 		case <-stop:
 			return nil
@@ -84,27 +84,40 @@ func Run(opts Options, stop <-chan struct{}, log io.Writer) error {
 		}
 		return s
 	}
+	// The state is for status: a failure to write it is logged, and the
+	// firewall is kept all the same.
+	save := func() {
+		if err := WriteState(h, st); err != nil {
+			logf("writing %s: %v", h.HostState(), err)
+		}
+	}
 	w := &firewall.Watcher{
 		Host: h,
 		Logf: logf,
 		Ready: func() {
-			if err := WriteState(h, st); err != nil {
-				logf("writing %s: %v", h.HostState(), err)
-			}
-			systemd.Notify("READY=1\n" + status())
+			save()
+			notify(logf, "READY=1\n"+status())
 			logf("host part of %s applied; keeping table %s %s", opts.File, firewall.Family, firewall.Table)
 		},
 		Restored: func(r firewall.Restore) {
 			st.Repaired(r)
-			WriteState(h, st)
-			systemd.Notify(status())
+			save()
+			notify(logf, status())
 		},
 	}
-	defer os.Remove(h.HostState())
+	defer os.Remove(h.HostState()) // gone with us; if it stays, its pid says it is stale
 	if opts.Detached {
 		stop = untilIdle(h, stop, logf)
 	}
 	return w.Run(stop)
+}
+
+// notify tells systemd (if it runs us) state; a failure is logged: the
+// firewall is kept whatever systemd knows of it.
+func notify(logf func(string, ...any), state string) {
+	if err := systemd.Notify(state); err != nil {
+		logf("%v", err)
+	}
 }
 
 // bringBack applies the host part (unless detached) and records the table
@@ -158,6 +171,7 @@ func untilIdle(h config.Host, stop <-chan struct{}, logf func(string, ...any)) <
 
 // anyVM reports whether a detached VM keeper of h runs.
 func anyVM(h config.Host) bool {
+	// No run directory (or none readable) means no keeper runs from it.
 	entries, _ := os.ReadDir(h.RunDir)
 	for _, e := range entries {
 		if e.IsDir() {

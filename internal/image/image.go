@@ -277,6 +277,7 @@ func copyKernel(rootfs, dst string) (string, error) {
 		return "", fmt.Errorf("copying kernel: %w", err)
 	}
 	defer root.Close()
+	// k's paths were found under rootfs: Rel cannot fail.
 	modDep, _ := filepath.Rel(rootfs, filepath.Join(k.Modules, "modules.dep"))
 	if _, err := root.Stat(modDep); err != nil {
 		return "", fmt.Errorf("kernel %s has no modules.dep (run depmod %s in the image): %w", k.Version, k.Version, err)

@@ -116,6 +116,7 @@ func linkIntoVar(root *os.Root) error {
 		fi, err := root.Lstat(l.Dir)
 		switch {
 		case err == nil && fi.Mode()&fs.ModeSymlink != 0:
+			// A link that cannot be read points somewhere else: the error below.
 			if link, _ := root.Readlink(l.Dir); link == target || link == "/"+target {
 				continue // done before
 			}

@@ -29,6 +29,7 @@ var ErrGone = errors.New("the process is gone")
 
 // Self is the calling process.
 func Self() ID {
+	// Our own /proc entry is there while we run.
 	id, _ := Of(os.Getpid())
 	return id
 }

@@ -30,7 +30,9 @@ func protectState(vm *config.VM) (undo func(), err error) {
 	if err := unix.Mount(vm.StateDir, vm.StateDir, "", unix.MS_BIND, ""); err != nil {
 		return none, fmt.Errorf("bind-mounting %s nosuid,nodev: %w", vm.StateDir, err)
 	}
-	undo = func() { unix.Unmount(vm.StateDir, unix.MNT_DETACH) }
+	// Undoing on a failed start: the mount dies with the runner's mount
+	// namespace anyway.
+	undo = func() { _ = unix.Unmount(vm.StateDir, unix.MNT_DETACH) }
 	// A bind mount takes its source's flags; new ones take a remount,
 	// which must repeat those to keep (read-only never applies here).
 	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)

@@ -6,13 +6,13 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"syscall"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
+	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
 // Checks are what a VM needs from the host to start, beyond the host part
@@ -36,25 +36,29 @@ func Checks(in *config.Infra, vm *config.VM) []error {
 var KVMDevice = "/dev/kvm"
 
 func vmmInstalled(in *config.Infra, vm *config.VM) error {
-	bin := "cloud-hypervisor"
-	if vm.Hypervisor == "qemu" {
-		bin = "qemu-system-x86_64"
+	h, err := vmm.For(in, vm)
+	if err != nil {
+		return err
 	}
-	if _, err := exec.LookPath(bin); err != nil {
-		return fmt.Errorf("%s uses hypervisor %q, but %s is not installed (not found in PATH); install it, or set hypervisor = %q for it in %s", vm.Name, vm.Hypervisor, bin, other(vm.Hypervisor), in.File)
+	if _, err := exec.LookPath(h.Program); err != nil {
+		return fmt.Errorf("%s uses hypervisor %q, but %s is not installed (not found in PATH); install it, or set hypervisor = %q for it in %s", vm.Name, vm.Hypervisor, h.Program, other(h.Name), in.File)
 	}
 	return nil
 }
 
-func other(h string) string {
-	if h == "qemu" {
-		return "cloud-hypervisor"
+// other is the first hypervisor but h, to suggest instead.
+func other(h config.Hypervisor) config.Hypervisor {
+	for _, n := range vmm.Names() {
+		if n != h {
+			return n
+		}
 	}
-	return "qemu"
+	return h
 }
 
 func kvmPresent(in *config.Infra, vm *config.VM) error {
-	if vm.Hypervisor == "cloud-hypervisor" || in.Host.Accel == "kvm" {
+	h, _ := vmm.Lookup(vm.Hypervisor) // unknown: vmmInstalled says so
+	if h.NeedsKVM || in.Host.Accel == config.KVM {
 		if _, err := os.Stat(KVMDevice); err != nil {
 			return fmt.Errorf("%s needs /dev/kvm, which this host does not have (enable virtualization, load kvm_intel or kvm_amd); without KVM only QEMU can run guests: set accel = \"tcg\" in [host] and hypervisor = \"qemu\"", vm.Name)
 		}
@@ -102,22 +106,16 @@ type access struct {
 // lookupIDs returns the user's ids; a user that does not exist yet (apply
 // creates it) has none, and gets only what every user gets.
 func lookupIDs(name string) access {
-	id := access{uid: -1, groups: map[int]bool{}}
-	u, err := user.Lookup(name)
+	acc := access{uid: -1, groups: map[int]bool{}}
+	id, err := hostnet.LookupIDs(name)
 	if err != nil {
-		return id
+		return acc
 	}
-	id.uid, _ = strconv.Atoi(u.Uid)
-	if gid, err := strconv.Atoi(u.Gid); err == nil {
-		id.groups[gid] = true
+	acc.uid = int(id.UID)
+	for _, g := range append(id.Groups, id.GID) {
+		acc.groups[int(g)] = true
 	}
-	gids, _ := u.GroupIds()
-	for _, g := range gids {
-		if n, err := strconv.Atoi(g); err == nil {
-			id.groups[n] = true
-		}
-	}
-	return id
+	return acc
 }
 
 // reaches checks search permission on every directory above path that

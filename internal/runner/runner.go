@@ -23,23 +23,20 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
-	"github.com/simple-microvm-infra/microvm/internal/vmm/cloudhypervisor"
-	"github.com/simple-microvm-infra/microvm/internal/vmm/qemu"
 )
 
 // Run supervises vm until stop is closed (then it shuts the guest down) or
@@ -72,7 +69,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	var daemons []*virtiofs.Process
 	stopDaemons := func() {
 		for _, d := range daemons {
-			d.Stop(5 * time.Second)
+			if err := d.Stop(5 * time.Second); err != nil {
+				logf("%v", err)
+			}
 		}
 	}
 	for _, sh := range spec.Shares {
@@ -92,8 +91,11 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
-	backend := backendFor(in, vm)
-	cmd, err := backend.Command(spec)
+	backend, err := backendFor(in, vm)
+	var cmd *exec.Cmd
+	if err == nil {
+		cmd, err = backend.Command(spec)
+	}
 	if err != nil {
 		stopDaemons()
 		return err
@@ -117,7 +119,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	err = m.Ready(ctx)
 	cancel()
 	if err != nil {
-		m.Stop(context.Background())
+		_ = m.Stop(context.Background()) // err, why it never got ready, is the one to report
 		stopDaemons()
 		return err
 	}
@@ -159,7 +161,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		}
 	case <-anyDone(daemons):
 		logf("a virtiofs daemon exited; stopping the VMM")
-		m.Stop(context.Background())
+		_ = m.Stop(context.Background()) // the daemon's exit is the error to report
 		vmmErr = errors.New("a virtiofs daemon exited under a running guest")
 	}
 	stopDaemons()
@@ -190,10 +192,11 @@ func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, l
 
 func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, logf func(string, ...any)) error {
 	h := in.Host
-	uid, gid, err := ids(vm.User)
+	id, err := ids(vm.User)
 	if err != nil {
 		return err
 	}
+	uid, gid := int(id.UID), int(id.GID)
 	// The VMM creates its control socket and console log in a directory of
 	// its own, made anew at each start: nothing a VMM left there before
 	// is used again.
@@ -232,53 +235,29 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 	return nil
 }
 
-func backendFor(in *config.Infra, vm *config.VM) vmm.Backend {
-	if vm.Hypervisor == "qemu" {
-		return qemu.New(in.Host.Accel)
-	}
-	return cloudhypervisor.New()
-}
-
 // runAs makes cmd run as user, with that user's groups: the VMM needs no
 // privilege beyond its TAP (which the user owns, and whose descriptors it
 // is given), the daemons' sockets (which its group may use) and, with KVM,
 // /dev/kvm (group kvm).
 func runAs(c *exec.Cmd, name string) error {
-	uid, gid, err := ids(name)
+	id, err := ids(name)
 	if err != nil {
 		return err
 	}
 	if c.SysProcAttr == nil {
 		c.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	c.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups(name)}
+	c.SysProcAttr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
 	return nil
 }
 
-func ids(name string) (uid, gid int, err error) {
-	u, err := user.Lookup(name)
+// ids returns the ids of the VM's user name.
+func ids(name string) (hostnet.IDs, error) {
+	id, err := hostnet.LookupIDs(name)
 	if err != nil {
-		return 0, 0, fmt.Errorf("looking up the VM's user: %w (microvm apply --host-only creates it)", err)
+		return id, fmt.Errorf("%w (microvm apply --host-only creates it)", err)
 	}
-	uid, _ = strconv.Atoi(u.Uid)
-	gid, _ = strconv.Atoi(u.Gid)
-	return uid, gid, nil
-}
-
-// groups returns the supplementary groups of user name, such as kvm.
-func groups(name string) []uint32 {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return nil
-	}
-	ids, _ := u.GroupIds()
-	var out []uint32
-	for _, id := range ids {
-		if n, err := strconv.Atoi(id); err == nil {
-			out = append(out, uint32(n))
-		}
-	}
-	return out
+	return id, nil
 }
 
 // anyDone is closed when any of the daemons exits.

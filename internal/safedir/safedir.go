@@ -291,7 +291,7 @@ func (d *Dir) WriteFile(name string, data []byte, perm fs.FileMode) error {
 		return err
 	}
 	if err := unix.Renameat(parent.fd, tmp, parent.fd, base); err != nil {
-		unix.Unlinkat(parent.fd, tmp, 0)
+		_ = unix.Unlinkat(parent.fd, tmp, 0) // our temporary; the rename's error is the one to report
 		return d.err("rename", name, err)
 	}
 	return nil
@@ -311,7 +311,7 @@ func (d *Dir) WriteNew(name string, data []byte, perm fs.FileMode) (bool, error)
 	if err != nil {
 		return false, err
 	}
-	defer unix.Unlinkat(parent.fd, tmp, 0)
+	defer unix.Unlinkat(parent.fd, tmp, 0) // our temporary: linked under base or not, it goes
 	if err := unix.Linkat(parent.fd, tmp, parent.fd, base, 0); errors.Is(err, unix.EEXIST) {
 		return false, nil
 	} else if err != nil {
@@ -344,7 +344,7 @@ func (d *Dir) writeTemp(base string, data []byte, perm fs.FileMode) (string, err
 			err = cerr
 		}
 		if err != nil {
-			unix.Unlinkat(d.fd, tmp, 0)
+			_ = unix.Unlinkat(d.fd, tmp, 0) // our temporary; the write's error is the one to report
 			return "", d.err("write", tmp, err)
 		}
 		return tmp, nil

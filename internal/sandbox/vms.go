@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -55,7 +54,7 @@ func (s *Sandbox) StartVM(bin, file, name, logPath string) (*VM, error) {
 // Stop asks the supervisor to shut the guest down (SIGTERM, as systemctl
 // stop does) and waits for it to exit, killing it after timeout.
 func (v *VM) Stop(timeout time.Duration) error {
-	v.cmd.Process.Signal(syscall.SIGTERM)
+	_ = v.cmd.Process.Signal(syscall.SIGTERM) // fails only if it has exited, which done tells
 	select {
 	case <-v.done:
 		return v.err
@@ -123,15 +122,6 @@ func (s *Sandbox) Boot(bin, file, logDir string, timeout time.Duration, ready fu
 	return vms, clients, errors.Join(errs...)
 }
 
-// Tail returns the last n lines of b.
-func Tail(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // Console returns the end of vm's console log, n lines, read as the
 // program reads it: without following anything its VMM could have put in
 // its place (systemd.OpenConsoleLog).
@@ -141,6 +131,6 @@ func Console(vm *config.VM, n int) string {
 		return err.Error()
 	}
 	defer f.Close()
-	b, _ := io.ReadAll(f)
-	return Tail(b, n)
+	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
+	return systemd.Tail(b, n)
 }

@@ -53,7 +53,7 @@ func (d *Dir) RemoveImage(name string) error {
 		return fmt.Errorf("removing image %s: %w", name, err)
 	}
 	if err := os.Rename(d.Host.ImageDir(name), filepath.Join(trash, name)); err != nil {
-		os.Remove(trash)
+		_ = os.Remove(trash) // empty: the rename that would fill it failed
 		return fmt.Errorf("removing image %s: %w", name, err)
 	}
 	if err := os.RemoveAll(trash); err != nil {

@@ -87,11 +87,26 @@ type Backend interface {
 	DiscardImage(name, dir string) error
 	// RemoveImage deletes the image name, which no VM may be using.
 	RemoveImage(name string) error
+
+	// The deletion of VM data (microvm destroy, teardown --data):
+
+	// Holds says what holds vm's /etc and /var, or with vm nil every
+	// VM's and the images, as the question before deleting it says it.
+	Holds(vm *config.VM) string
+	// Mounts is how many mounts of its own the backend keeps at vm's
+	// state directory: its dataset's with ZFS, none with plain
+	// directories, whose files are all there is.
+	Mounts(vm *config.VM) int
+	// Destroy returns the action that deletes what the backend keeps of
+	// vm's data (vm nil: every VM's and the images) besides the files
+	// under state_dir, which the caller removes: with ZFS, the datasets
+	// and their snapshots. Nil when there is nothing.
+	Destroy(vm *config.VM) action.Action
 }
 
 // For returns the backend h asks for.
 func For(h config.Host) Backend {
-	if h.Storage == "zfs" {
+	if h.Storage == config.StorageZFS {
 		return &ZFS{Host: h}
 	}
 	return &Dir{Host: h}
@@ -178,7 +193,7 @@ var now = time.Now
 // are about to restart, once the VM has stopped, so that the snapshot has
 // every write the guest made.
 func SnapshotBeforeChange(h config.Host, vm *config.VM, reason string) (string, error) {
-	if h.Storage != "zfs" || h.KeepSnapshots == 0 {
+	if h.Storage != config.StorageZFS || h.KeepSnapshots == 0 {
 		return "", nil
 	}
 	if !isLabel(reason) {

@@ -56,13 +56,13 @@ func Keep(bin, file string, vm *config.VM, log io.Writer) error {
 		select {
 		case sig := <-sigs:
 			logf("%s: stopping %s", sig, vm.Name)
-			cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Process.Signal(syscall.SIGTERM) // fails only if it has exited, which done tells
 			select {
 			case err := <-done:
 				logf("stopped (%v)", exitText(err))
 				return nil
 			case <-time.After(StopTimeout):
-				cmd.Process.Kill()
+				_ = cmd.Process.Kill() // as above
 				<-done
 				return fmt.Errorf("the supervisor of %s did not stop in %s; killed", vm.Name, StopTimeout)
 			}
@@ -160,7 +160,7 @@ func StartDetached(bin, file string, vm *config.VM) (int, error) {
 	}
 	pid := cmd.Process.Pid
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() { _ = cmd.Wait(); close(exited) }() // that it exited is what counts: its log says why
 	deadline := time.After(10 * time.Second)
 	for {
 		if p, ok := KeeperPid(vm); ok && p.Pid == pid {

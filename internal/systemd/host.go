@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
@@ -47,7 +46,7 @@ func StartHost(bin, file string, h config.Host) error {
 		return err
 	}
 	defer null.Close()
-	os.Remove(h.HostState())
+	_ = os.Remove(h.HostState()) // a stale state, if any: the new host writes its own
 	cmd := exec.Command(bin, "host", "--detached", "-f", file)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -55,7 +54,7 @@ func StartHost(bin, file string, h config.Host) error {
 		return fmt.Errorf("starting microvm host: %w", err)
 	}
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() { _ = cmd.Wait(); close(exited) }() // that it exited is what counts: its log says why
 	deadline := time.After(30 * time.Second)
 	for {
 		if id, ok := HostKeeper(h); ok && id.Pid == cmd.Process.Pid {
@@ -64,8 +63,8 @@ func StartHost(bin, file string, h config.Host) error {
 		}
 		select {
 		case <-exited:
-			b, _ := os.ReadFile(h.HostLog())
-			return fmt.Errorf("microvm host exited at once; its log (%s) ends:\n%s", h.HostLog(), tail(b, 5))
+			b, _ := os.ReadFile(h.HostLog()) // an empty tail if unreadable: the error says where it is
+			return fmt.Errorf("microvm host exited at once; its log (%s) ends:\n%s", h.HostLog(), Tail(b, 5))
 		case <-deadline:
 			return fmt.Errorf("microvm host does not keep the firewall 30 s after it started; see %s", h.HostLog())
 		case <-time.After(50 * time.Millisecond):
@@ -108,9 +107,4 @@ func Notify(state string) error {
 		return fmt.Errorf("notifying systemd: %w", err)
 	}
 	return nil
-}
-
-func tail(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -3,13 +3,13 @@ package systemd
 import (
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
@@ -43,8 +43,8 @@ func OpenConsoleLog(vm *config.VM) (*os.File, error) {
 		f.Close()
 		return nil, err
 	}
-	u, err := user.Lookup(vm.User)
-	if err == nil && u.Uid != strconv.Itoa(int(st.Uid)) {
+	id, err := hostnet.LookupIDs(vm.User)
+	if err == nil && id.UID != st.Uid {
 		err = fmt.Errorf("owned by uid %d, not by %s", st.Uid, vm.User)
 	}
 	if err == nil && st.Nlink != 1 {
@@ -55,4 +55,18 @@ func OpenConsoleLog(vm *config.VM) (*os.File, error) {
 		return nil, fmt.Errorf("%s is not the console log its VMM made: %w", vm.ConsoleLog(), err)
 	}
 	return f, nil
+}
+
+// Tail returns the last n lines of a log (all of it if it has fewer),
+// without the final newline; blank lines count.
+func Tail(b []byte, n int) string {
+	if n <= 0 {
+		return ""
+	}
+	s := strings.TrimSuffix(string(b), "\n")
+	i := len(s)
+	for ; n > 0 && i >= 0; n-- {
+		i = strings.LastIndexByte(s[:i], '\n')
+	}
+	return s[i+1:]
 }

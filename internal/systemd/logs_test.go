@@ -47,3 +47,24 @@ func TestOpenConsoleLog(t *testing.T) {
 		})
 	}
 }
+
+func TestTail(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"", 3, ""},
+		{"a\nb\nc\n", 2, "b\nc"},
+		{"a\nb\nc", 2, "b\nc"},
+		{"a\nb\nc\n", 3, "a\nb\nc"},
+		{"a\nb\nc\n", 9, "a\nb\nc"},
+		{"a\nb\n\n", 1, ""},
+		{"a\nb\n\n", 2, "b\n"},
+		{"a\n", 0, ""},
+	} {
+		if got := Tail([]byte(tt.in), tt.n); got != tt.want {
+			t.Errorf("Tail(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
+}

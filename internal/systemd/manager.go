@@ -124,7 +124,7 @@ func TakeLock(h config.Host) (*Lock, error) {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(h.LockFile())
+		b, _ := os.ReadFile(h.LockFile()) // who holds it, a hint only
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			who := strings.TrimSpace(string(b))
@@ -135,15 +135,16 @@ func TakeLock(h config.Host) (*Lock, error) {
 		}
 		return nil, fmt.Errorf("locking %s: %w", h.LockFile(), err)
 	}
-	f.Truncate(0)
-	f.WriteAt([]byte("pid "+strconv.Itoa(os.Getpid())+": "+strings.Join(os.Args, " ")+"\n"), 0)
+	// Who holds the lock, for the message above; the lock holds without it.
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte("pid "+strconv.Itoa(os.Getpid())+": "+strings.Join(os.Args, " ")+"\n"), 0)
 	return &Lock{f: f}, nil
 }
 
 // Release lets the next command in.
 func (l *Lock) Release() {
 	if l != nil && l.f != nil {
-		l.f.Truncate(0)
+		_ = l.f.Truncate(0) // the holder's name, a hint: the lock goes with Close
 		l.f.Close()
 		l.f = nil
 	}

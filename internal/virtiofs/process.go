@@ -75,25 +75,16 @@ func Start(ctx context.Context, d Daemon, s Share, log io.Writer) (*Process, err
 		case <-p.done:
 			return nil, fmt.Errorf("starting virtiofsd for share %s: it exited (%v) before listening on %s: %s", s.Tag, p.err, s.Socket, p.out)
 		case <-ctx.Done():
-			p.Stop(time.Second)
+			_ = p.Stop(time.Second) // the missing socket is the error to report
 			return nil, fmt.Errorf("starting virtiofsd for share %s: no socket %s yet: %w", s.Tag, s.Socket, ctx.Err())
 		case <-tick.C:
 		}
 	}
 }
 
-// Pid is the daemon's process ID.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
-
 // Done is closed when the daemon has exited. A daemon exits by itself when
 // its VMM disconnects, so after the VMM has gone Done closes soon.
 func (p *Process) Done() <-chan struct{} { return p.done }
-
-// Wait waits for the daemon to exit and returns how it did.
-func (p *Process) Wait() error {
-	<-p.done
-	return p.err
-}
 
 // Stop asks the daemon to exit (SIGTERM), and kills it (SIGKILL) if it is
 // still there after grace. It returns once the daemon is gone. Its exit

@@ -1,14 +1,13 @@
 // Package vmm runs a microVM's virtual machine monitor. A [Backend] turns the
 // model into a VMM command line and knows how to stop that VMM; there are two,
 // in the packages cloudhypervisor (the default: command line and REST API)
-// and qemu (-M microvm and QMP). A [Machine] is one running VMM process.
+// and qemu (-M microvm and QMP), each registered as a [Hypervisor] with what
+// it needs and can do. A [Machine] is one running VMM process.
 //
 // The supervisor picks the backend by the VM's hypervisor:
 //
-//	var b vmm.Backend = cloudhypervisor.New()
-//	if vm.Hypervisor == "qemu" {
-//		b = qemu.New(accel) // "kvm" on real hosts, "tcg" in tests
-//	}
+//	h, err := vmm.For(infra, vm) // the registry's entry for vm.Hypervisor
+//	b := h.New(accel)             // "kvm" on real hosts, "tcg" in tests
 //	spec := vmm.NewSpec(infra.Host, vm)
 //	cmd, err := b.Command(spec)
 //	// set cmd's user and output here

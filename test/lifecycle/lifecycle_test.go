@@ -90,7 +90,7 @@ func TestLifecycle(t *testing.T) {
 			for _, vm := range in.VMs {
 				sup, _ := os.ReadFile(vm.SupervisorLog())
 				con, _ := os.ReadFile(vm.ConsoleLog())
-				t.Logf("%s supervisor log:\n%s\n%s console (end):\n%s", vm.Name, sandbox.Tail(sup, 30), vm.Name, sandbox.Tail(con, 20))
+				t.Logf("%s supervisor log:\n%s\n%s console (end):\n%s", vm.Name, systemd.Tail(sup, 30), vm.Name, systemd.Tail(con, 20))
 			}
 		}
 	}()
@@ -337,7 +337,7 @@ func TestLifecycle(t *testing.T) {
 		}
 		console, _ := os.ReadFile(lc1.ConsoleLog())
 		if !strings.Contains(string(console), "systemd-shutdown") {
-			t.Errorf("no clean guest shutdown in lc1's console:\n%s", sandbox.Tail(console, 15))
+			t.Errorf("no clean guest shutdown in lc1's console:\n%s", systemd.Tail(console, 15))
 		}
 		for _, vm := range in.VMs {
 			if _, ok := systemd.KeeperPid(&vm); ok {

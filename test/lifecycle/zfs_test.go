@@ -68,7 +68,7 @@ func TestRollbackZFS(t *testing.T) {
 		if t.Failed() {
 			sup, _ := os.ReadFile(vm.SupervisorLog())
 			con, _ := os.ReadFile(vm.ConsoleLog())
-			t.Logf("supervisor log:\n%s\nconsole (end):\n%s", sandbox.Tail(sup, 30), sandbox.Tail(con, 20))
+			t.Logf("supervisor log:\n%s\nconsole (end):\n%s", systemd.Tail(sup, 30), systemd.Tail(con, 20))
 		}
 	}()
 
@@ -76,7 +76,7 @@ func TestRollbackZFS(t *testing.T) {
 	// cannot mount inside the private one of `ip netns exec`).
 	if err := sandbox.Do(sb.Host, func() error {
 		var out strings.Builder
-		if code := cli.Main([]string{"apply", "--host-only", "-f", file}, &out, &out); code != 0 {
+		if code := cli.Main([]string{"apply", "--host-only", "-f", file}, strings.NewReader(""), &out, &out); code != 0 {
 			return fmt.Errorf("apply: exit %d\n%s", code, out.String())
 		}
 		return nil

@@ -85,7 +85,7 @@ func microvm(t *testing.T, ns string, args ...string) string {
 	t.Helper()
 	var out bytes.Buffer
 	code := -1
-	if err := sandbox.Do(ns, func() error { code = cli.Main(args, &out, &out); return nil }); err != nil {
+	if err := sandbox.Do(ns, func() error { code = cli.Main(args, strings.NewReader(""), &out, &out); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if code != 0 {

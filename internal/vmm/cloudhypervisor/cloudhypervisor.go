@@ -69,7 +69,7 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		"--serial", "file="+vm.ConsoleLog(),
 		"--console", "off",
 	)
-	return vmm.NewCmd(b.Binary, "cloud-hypervisor", s, args), nil
+	return vmm.NewCmd(b.Binary, Program, s, args), nil
 }
 
 // Ping returns nil if the API answers.

@@ -35,9 +35,9 @@ import (
 // Backend runs QEMU.
 type Backend struct {
 	Binary string // the program; "qemu-system-x86_64", looked up in PATH, if empty
-	// Accel is the accelerator: "kvm" on real hosts, "tcg" (emulation,
+	// Accel is the accelerator: kvm on real hosts, tcg (emulation,
 	// slow, for tests on machines where KVM is unusable).
-	Accel string
+	Accel config.Accel
 	// VhostNet moves the guest's packets in the host kernel (vhost=on)
 	// instead of QEMU's main loop. It needs KVM, and /dev/vhost-net
 	// readable and writable by the VMM's user; most hosts have neither
@@ -69,10 +69,10 @@ type Backend struct {
 // MiB of it, and QEMU's default, 1 GiB, lets it grow with the VM's age.
 var TBSizeMiB = 128
 
-// New returns the backend for the accelerator accel ("kvm" or "tcg").
-func New(accel string) *Backend {
+// New returns the backend for the accelerator accel.
+func New(accel config.Accel) *Backend {
 	b := &Backend{Accel: accel}
-	if accel == "tcg" {
+	if accel == config.TCG {
 		b.TSCkHz = HostTSCkHz()
 		b.TSCReliable = hostClocksource() == "tsc"
 		b.TBSizeMiB = TBSizeMiB
@@ -96,6 +96,7 @@ func HostTSCkHz() int {
 
 // hostClocksource is the clocksource the host's kernel keeps time with.
 func hostClocksource() string {
+	// Unreadable is unknown: "" is not "tsc", and the guest keeps its watchdog.
 	b, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
 	return strings.TrimSpace(string(b))
 }
@@ -126,13 +127,13 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 	var cpu, timers string
 	var extra []string // kernel command line words for this machine
 	switch b.Accel {
-	case "kvm":
+	case config.KVM:
 		// SGX crashes QEMU's microvm (QEMU issue 2142).
 		cpu = "host,-sgx"
 		// KVM gives the guest kvmclock; the legacy timer and interrupt
 		// controller would only cost boot time.
 		timers = "pit=off,pic=off"
-	case "tcg":
+	case config.TCG:
 		cpu = "max"
 		// Emulation gives the guest no kvmclock, and microvm has no HPET
 		// or ACPI PM timer: the kernel can only calibrate its TSC against
@@ -154,8 +155,8 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 	default:
 		return nil, fmt.Errorf("building QEMU command for %s: accelerator %q is not kvm or tcg", vm.Name, b.Accel)
 	}
-	accel := b.Accel
-	if b.Accel == "tcg" && b.TBSizeMiB > 0 {
+	accel := string(b.Accel)
+	if b.Accel == config.TCG && b.TBSizeMiB > 0 {
 		accel += fmt.Sprintf(",tb-size=%d", b.TBSizeMiB)
 	}
 	mem := fmt.Sprintf("%dM", vm.MemoryMiB)
@@ -201,7 +202,7 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 	}
 	device := fmt.Sprintf("virtio-net-device,netdev=net0,mac=%s", vm.MAC)
 	if b.VhostNet {
-		if b.Accel != "kvm" {
+		if b.Accel != config.KVM {
 			return nil, fmt.Errorf("building QEMU command for %s: vhost-net needs the kvm accelerator", vm.Name)
 		}
 		netdev += ",vhost=on"
@@ -218,7 +219,7 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		"-device", device,
 		"-qmp", "unix:"+vm.ControlSocket()+",server=on,wait=off",
 	)
-	return vmm.NewCmd(b.Binary, "qemu-system-x86_64", s, args), nil
+	return vmm.NewCmd(b.Binary, Program, s, args), nil
 }
 
 // Ping returns nil if QMP answers query-status.

@@ -123,10 +123,12 @@ func (q *QMP) execute(command string, args, result any) error {
 // deadline applies ctx's deadline to the connection, and makes ctx's
 // cancellation interrupt a blocked read or write.
 func (q *QMP) deadline(ctx context.Context) (stop func()) {
+	// SetDeadline fails only on a closed connection, whose next read or
+	// write says so.
 	if d, ok := ctx.Deadline(); ok {
-		q.conn.SetDeadline(d)
+		_ = q.conn.SetDeadline(d)
 	} else {
-		q.conn.SetDeadline(time.Time{})
+		_ = q.conn.SetDeadline(time.Time{})
 	}
 	unhook := context.AfterFunc(ctx, func() { q.conn.SetDeadline(time.Unix(1, 0)) })
 	return func() { unhook() }
