@@ -221,7 +221,7 @@ func TestSubnetRoutes(t *testing.T) {
 			"warning: tailscaled is logged out (state NeedsLogin): tailscaled keeps the routes",
 			"tailscale up --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24",
 			"Edit route settings",
-			"ip link add br-ts4 type bridge", // the rest of the work is done
+			"ip link add br-ts4 group 7173741 type bridge", // the rest of the work is done
 			"tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24  # advertise the VM subnets",
 		} {
 			if !strings.Contains(out, want) {
