@@ -80,14 +80,13 @@ func (w prefixed) Write(b []byte) (int, error) {
 }
 
 // benchAccel is the accelerator the VMs run with: $MICROVM_BENCH_ACCEL if
-// set, else kvm when qemu.CheckKVM says it works. CheckKVM cannot tell a
-// /dev/kvm that runs firmware but not a Linux kernel (some nested hosts),
-// or one the VMM's user may not open: set MICROVM_BENCH_ACCEL=tcg there.
-func benchAccel() string {
+// set, else kvm when qemu.CheckKVM boots the kernel of image img with it.
+func benchAccel(img string) string {
 	if a := os.Getenv("MICROVM_BENCH_ACCEL"); a != "" {
 		return a
 	}
-	if err := qemu.CheckKVM(); err != nil {
+	bench := config.Host{StateDir: benchState}
+	if err := qemu.CheckKVM(bench.ImageVmlinux(img)); err != nil {
 		return "tcg"
 	}
 	return "kvm"
@@ -132,7 +131,7 @@ func setupVMs(backend string, n int, img string) (w *vmWorld, err error) {
 		return w, err
 	}
 
-	w.accel = benchAccel()
+	w.accel = benchAccel(img)
 	w.m = readMachine(w.accel)
 	id := make([]byte, 3)
 	rand.Read(id)

@@ -194,8 +194,16 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 // demoPrepare picks the VMM and accelerator this machine can run, builds
 // the image if needed, and starts the VMs from fresh disks.
 func demoPrepare(w io.Writer, in *config.Infra) error {
+	img := in.VMs[0].Image
+	if _, err := os.Stat(in.Host.ImageVmlinux(img)); err != nil {
+		fmt.Fprintf(w, "Building image %s in %s (once; a few minutes):\n", img, in.Host.ImageDir(img))
+		if err := image.Build(context.Background(), in.Host, img, indent{w}, image.Options{Boot: image.BootFiles}); err != nil {
+			return err
+		}
+	}
+	// The image's kernel is what tells whether KVM runs guests here.
 	accel := config.KVM
-	if err := qemu.CheckKVM(); err != nil {
+	if err := qemu.CheckKVM(in.Host.ImageVmlinux(img)); err != nil {
 		accel = config.TCG
 		fmt.Fprintf(w, "KVM does not work here (%v);\nthe guests run under emulation (TCG): booting takes a minute or two instead of seconds.\n", firstLine(err))
 	}
@@ -214,13 +222,6 @@ func demoPrepare(w io.Writer, in *config.Infra) error {
 		}
 		if err := os.RemoveAll(vm.StateDir); err != nil {
 			return fmt.Errorf("clearing the demo's %s: %w", vm.Name, err)
-		}
-	}
-	img := in.VMs[0].Image
-	if _, err := os.Stat(in.Host.ImageVmlinux(img)); err != nil {
-		fmt.Fprintf(w, "Building image %s in %s (once; a few minutes):\n", img, in.Host.ImageDir(img))
-		if err := image.Build(context.Background(), in.Host, img, indent{w}, image.Options{Boot: image.BootFiles}); err != nil {
-			return err
 		}
 	}
 	return nil
