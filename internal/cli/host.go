@@ -1,10 +1,7 @@
 package cli
 
 import (
-	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -58,11 +55,8 @@ Examples:
 			if err != nil {
 				return err
 			}
-			sigs := make(chan os.Signal, 1)
-			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-			defer signal.Stop(sigs)
-			stop := make(chan struct{})
-			go func() { <-sigs; close(stop) }()
+			stop, release := stopOnSignal()
+			defer release()
 			return hostpart.Run(hostpart.Options{File: file, Detached: detached}, stop, e.stderr)
 		},
 	}

@@ -35,12 +35,24 @@ Examples:
 			if err := needRoot(changesHost); err != nil {
 				return err
 			}
-			sigs := make(chan os.Signal, 1)
-			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-			defer signal.Stop(sigs)
-			stop := make(chan struct{})
-			go func() { <-sigs; close(stop) }()
+			stop, release := stopOnSignal()
+			defer release()
 			return runner.Run(in, vm, stop, e.stderr)
 		},
 	}
+}
+
+// stopOnSignal returns a channel closed on the first SIGTERM (systemd's
+// stop) or SIGINT (Ctrl-C), for the commands that run until stopped;
+// release stops listening.
+func stopOnSignal() (stop <-chan struct{}, release func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	c := make(chan struct{})
+	go func() {
+		if _, ok := <-sigs; ok {
+			close(c)
+		}
+	}()
+	return c, func() { signal.Stop(sigs); close(sigs) }
 }
