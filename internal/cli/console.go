@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
@@ -48,7 +49,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			s := stateOf(m, vm)
+			s := lifecycle.StateOf(m, vm)
 			switch s.State {
 			case "stopped":
 				return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)

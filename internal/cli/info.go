@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
@@ -78,14 +79,14 @@ type infoDoc struct {
 }
 
 func infoOf(in *config.Infra, m systemd.Manager, vm *config.VM) infoDoc {
-	s := stateOf(m, vm)
+	s := lifecycle.StateOf(m, vm)
 	d := infoDoc{Version: jsonVersion, File: in.File, VM: modelOf(vm), State: s.State, Manager: m.Kind(), Unit: systemd.Unit(vm.Name),
 		ConsoleLog: vm.ConsoleLog(), SupervisorLog: vm.SupervisorLog(), Changes: []string{}, Snapshots: []snapshotDoc{}, Problems: []string{}}
 	if s.State == "running" {
 		d.VMMPid, d.SupervisorPid = s.Started.VMMPid, s.Started.RunPid
 		t := s.Started.Time
 		d.Started, d.UptimeSeconds = &t, int64(s.Since.Seconds())
-		d.Changes = orEmpty(changes(in, vm, s.Started))
+		d.Changes = orEmpty(lifecycle.Changes(in, vm, s.Started))
 	}
 	if keeper, ok := systemd.KeeperPid(vm); ok {
 		d.KeeperPid = keeper.Pid

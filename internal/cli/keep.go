@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
 
@@ -27,7 +28,7 @@ Examples:
 			if err := needRoot(changesHost); err != nil {
 				return err
 			}
-			bin, file, err := self(e.file)
+			bin, file, err := lifecycle.Self(e.file)
 			if err != nil {
 				return err
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostpart"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 )
@@ -84,13 +85,13 @@ Examples:
 			usage, uerr := storage.For(in.Host).Usage(in)
 			var rows []statusRow
 			for _, vm := range vms {
-				s := stateOf(m, vm)
+				s := lifecycle.StateOf(m, vm)
 				r := statusRow{Name: vm.Name, State: s.State, Address: vm.Addr.String(), Hypervisor: string(vm.Hypervisor),
 					Image: vm.Image, VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB, Autostart: vm.Autostart}
 				if s.State == "running" {
 					r.UptimeSeconds = int64(s.Since.Seconds())
 					r.VMMPid = s.Started.VMMPid
-					r.Changed = len(changes(in, vm, s.Started)) > 0
+					r.Changed = len(lifecycle.Changes(in, vm, s.Started)) > 0
 					r.Guest = s.Started.Guest()
 					if s.Started.Ready != nil {
 						r.ReadyAfter = s.Started.Ready.Sub(s.Started.Time).Round(100 * time.Millisecond).Seconds()

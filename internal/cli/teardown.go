@@ -14,6 +14,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
@@ -103,34 +104,11 @@ Examples:
 // (while its network is there for a clean shutdown), remove the units,
 // then the host part (plan.Teardown), then, with data, state_dir.
 func teardownPlan(e *env, in *config.Infra, m systemd.Manager, data bool) (*plan.Plan, error) {
-	p := &plan.Plan{}
-	gone, err := departed(in, m)
+	stops, vms, err := lifecycle.Teardown(e.stdout, in, m)
 	if err != nil {
 		return nil, err
 	}
-	vms := gone
-	for i := range in.VMs {
-		vms = append(vms, &in.VMs[i])
-	}
-	for _, vm := range vms {
-		if m.Active(vm) || stateOf(m, vm).State != "stopped" {
-			p.Actions = append(p.Actions, vmAction{
-				text: "microvm down " + vm.Name,
-				do:   func() error { return stopVM(e, m, vm) },
-			})
-		}
-	}
-	// The keeper of the firewall goes before the table, which it would
-	// load again.
-	keeper := ""
-	if systemd.Booted() && systemd.Systemctl("is-active", "--quiet", systemd.HostUnit) == nil {
-		keeper = "systemctl stop " + systemd.HostUnit
-	} else if id, ok := systemd.HostKeeper(in.Host); ok {
-		keeper = fmt.Sprintf("kill %d   # microvm host --detached, which keeps the firewall", id.Pid)
-	}
-	if keeper != "" {
-		p.Actions = append(p.Actions, vmAction{text: keeper, do: func() error { return systemd.StopHost(in.Host) }})
-	}
+	p := &plan.Plan{Actions: stops}
 	if units := installedUnits(); len(units) > 0 {
 		p.Actions = append(p.Actions, &removeUnits{dir: systemd.UnitDir, files: units, reload: systemd.Booted()})
 	}

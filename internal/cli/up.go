@@ -7,11 +7,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/systemd"
 )
-
-// startTimeout is how long up waits for a VM's VMM to be running.
-const startTimeout = 90 * time.Second
 
 func upCmd() *command {
 	var all, wait bool
@@ -57,16 +55,16 @@ Examples:
 			}
 			defer lock.Release()
 			if all {
-				vms = inState(m, vms, "stopped")
+				vms = lifecycle.InState(m, vms, "stopped")
 			}
 			for _, vm := range vms {
-				if s := stateOf(m, vm); s.State != "stopped" {
+				if s := lifecycle.StateOf(m, vm); s.State != "stopped" {
 					return fmt.Errorf("%s is already %s; to start it again: microvm restart %s", vm.Name, s.State, vm.Name)
 				}
 			}
 			began := time.Now()
 			for _, vm := range vms {
-				if err := startVM(e, in, m, vm, startTimeout); err != nil {
+				if err := lifecycle.StartVM(e.stdout, in, m, vm, lifecycle.StartTimeout); err != nil {
 					return err
 				}
 			}
@@ -87,14 +85,14 @@ Examples:
 // answer) or deadline passes.
 func waitReady(e *env, m systemd.Manager, vm *config.VM, deadline time.Time) error {
 	for {
-		s := stateOf(m, vm)
+		s := lifecycle.StateOf(m, vm)
 		switch {
 		case s.State == "running" && s.Started.Ready != nil:
 			fmt.Fprintf(e.stdout, "%s ready: sshd answers on %s, %s after its VMM started\n",
 				vm.Name, vm.Addr, s.Started.Ready.Sub(s.Started.Time).Round(100*time.Millisecond))
 			return nil
 		case s.State == "stopped":
-			return fmt.Errorf("%s stopped while booting; its log ends:\n%s", vm.Name, logTail(m, vm, 15))
+			return fmt.Errorf("%s stopped while booting; its log ends:\n%s", vm.Name, lifecycle.LogTail(m, vm, 15))
 		case time.Now().After(deadline):
 			return fmt.Errorf("%s is not ready by --wait-timeout: it is %s and its sshd does not answer; watch it with: microvm logs --console %s", vm.Name, s.State, vm.Name)
 		}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 )
@@ -47,12 +48,12 @@ Examples:
 			}
 			defer lock.Release()
 			for _, vm := range vms {
-				s := stateOf(m, vm)
+				s := lifecycle.StateOf(m, vm)
 				if s.State != "running" {
 					fmt.Fprintf(e.stdout, "%s is %s; it starts with the file's settings next time (microvm up %s)\n", vm.Name, s.State, vm.Name)
 					continue
 				}
-				ch := changes(in, vm, s.Started)
+				ch := lifecycle.Changes(in, vm, s.Started)
 				if len(ch) == 0 {
 					fmt.Fprintf(e.stdout, "%s is up to date; not restarted\n", vm.Name)
 					continue
@@ -61,7 +62,7 @@ Examples:
 					return err
 				}
 				fmt.Fprintf(e.stdout, "%s changed: %s; restarting\n", vm.Name, strings.Join(ch, ", "))
-				if err := stopVM(e, m, vm); err != nil {
+				if err := lifecycle.StopVM(e.stdout, m, vm); err != nil {
 					return err
 				}
 				if snap, err := storage.SnapshotBeforeChange(in.Host, vm, "update"); err != nil {
@@ -69,7 +70,7 @@ Examples:
 				} else if snap != "" {
 					fmt.Fprintf(e.stdout, "%s: snapshot %s taken\n", vm.Name, snap)
 				}
-				if err := startVM(e, in, m, vm, startTimeout); err != nil {
+				if err := lifecycle.StartVM(e.stdout, in, m, vm, lifecycle.StartTimeout); err != nil {
 					return err
 				}
 			}

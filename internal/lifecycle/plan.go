@@ -1,8 +1,9 @@
-package cli
+package lifecycle
 
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -31,17 +32,17 @@ func (a vmAction) Apply() error   { return a.do() }
 // Optional: when a VM's start or restart fails, the other VMs still start.
 func (a vmAction) Optional() bool { return a.vm != nil }
 
-// fullPlan is the host part with the VM part around it: VMs that left the
+// Plan is the host part with the VM part around it: VMs that left the
 // file are stopped first (while their network is still there for a clean
 // shutdown), then the host part, then VMs are started and restarted. What
 // the host lacks for any of it (the host checks, and runner.Checks for
 // each VM it starts) is in the plan's errors, all of them at once.
-func fullPlan(e *env, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
+func Plan(w io.Writer, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
 	host, err := plan.Host(in)
 	if err != nil {
 		host = &plan.Plan{Errors: []error{err}}
 	}
-	before, after, notes, err := planVMs(e, in, m)
+	before, after, notes, err := planVMs(w, in, m)
 	if err != nil {
 		return nil, err
 	}
@@ -61,8 +62,8 @@ func fullPlan(e *env, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
 // what changed), VMs no longer in the file are stopped and their run
 // directory removed, their data kept. Under systemd the units are installed
 // and autostart VMs enabled.
-func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []action.Action, notes []string, err error) {
-	bin, file, err := self(in.File)
+func planVMs(w io.Writer, in *config.Infra, m systemd.Manager) (before, after []action.Action, notes []string, err error) {
+	bin, file, err := Self(in.File)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -71,7 +72,7 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 	} else if a := hostAction(in, m, bin, file); a != nil {
 		after = append(after, a)
 	}
-	gone, err := departed(in, m)
+	gone, err := Departed(in, m)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -93,10 +94,10 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 	}
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		s := stateOf(m, vm)
+		s := StateOf(m, vm)
 		switch {
 		case s.State == "running":
-			if ch := changes(in, vm, s.Started); len(ch) > 0 {
+			if ch := Changes(in, vm, s.Started); len(ch) > 0 {
 				after = append(after, vmAction{
 					text: fmt.Sprintf("microvm restart %s   # %s", vm.Name, strings.Join(ch, ", ")),
 					vm:   vm,
@@ -104,15 +105,15 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 						if err := runner.Preflight(in, vm); err != nil {
 							return err
 						}
-						if err := stopVM(e, m, vm); err != nil {
+						if err := StopVM(w, m, vm); err != nil {
 							return err
 						}
 						if snap, err := storage.SnapshotBeforeChange(in.Host, vm, "apply"); err != nil {
 							return err
 						} else if snap != "" {
-							fmt.Fprintf(e.stdout, "%s: snapshot %s taken\n", vm.Name, snap)
+							fmt.Fprintf(w, "%s: snapshot %s taken\n", vm.Name, snap)
 						}
-						return startVM(e, in, m, vm, startTimeout)
+						return StartVM(w, in, m, vm, StartTimeout)
 					},
 				})
 			}
@@ -122,16 +123,16 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 			after = append(after, vmAction{
 				text: "microvm up " + vm.Name,
 				vm:   vm,
-				do:   func() error { return startVM(e, in, m, vm, startTimeout) },
+				do:   func() error { return StartVM(w, in, m, vm, StartTimeout) },
 			})
 		}
 	}
 	return before, after, notes, nil
 }
 
-// departed are the VMs with a run directory and a running supervisor that
+// Departed are the VMs with a run directory and a running supervisor that
 // are no longer in the file.
-func departed(in *config.Infra, m systemd.Manager) ([]*config.VM, error) {
+func Departed(in *config.Infra, m systemd.Manager) ([]*config.VM, error) {
 	entries, err := os.ReadDir(in.Host.RunDir)
 	if os.IsNotExist(err) {
 		return nil, nil
@@ -174,9 +175,9 @@ func hasRecords(vm *config.VM) bool {
 	return false
 }
 
-// self returns this program and the absolute path of file, as a command
+// Self returns this program and the absolute path of file, as a command
 // that runs later (a unit, a keeper) names them.
-func self(file string) (bin, abs string, err error) {
+func Self(file string) (bin, abs string, err error) {
 	if bin, err = os.Executable(); err != nil {
 		return "", "", fmt.Errorf("finding this program: %w", err)
 	}
@@ -250,7 +251,7 @@ func hostAction(in *config.Infra, m systemd.Manager, bin, file string) action.Ac
 	}
 	running := false
 	for i := range in.VMs {
-		if stateOf(m, &in.VMs[i]).State != "stopped" {
+		if StateOf(m, &in.VMs[i]).State != "stopped" {
 			running = true
 		}
 	}
@@ -261,4 +262,38 @@ func hostAction(in *config.Infra, m systemd.Manager, bin, file string) action.Ac
 		text: fmt.Sprintf("microvm host --detached -f %s &   # keeps the firewall while VMs run; log in %s", file, in.Host.HostLog()),
 		do:   func() error { return systemd.StartHost(bin, file, in.Host) },
 	}
+}
+
+// Teardown is the VM part of teardown, in order: stop every VM that runs,
+// in the file or gone from it (while its network is there for a clean
+// shutdown), then the keeper of the firewall, before the table, which it
+// would load again. vms are the VMs it considered: the file's and those
+// gone from it.
+func Teardown(w io.Writer, in *config.Infra, m systemd.Manager) (out []action.Action, vms []*config.VM, err error) {
+	gone, err := Departed(in, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	vms = gone
+	for i := range in.VMs {
+		vms = append(vms, &in.VMs[i])
+	}
+	for _, vm := range vms {
+		if m.Active(vm) || StateOf(m, vm).State != "stopped" {
+			out = append(out, vmAction{
+				text: "microvm down " + vm.Name,
+				do:   func() error { return StopVM(w, m, vm) },
+			})
+		}
+	}
+	keeper := ""
+	if systemd.Booted() && systemd.Systemctl("is-active", "--quiet", systemd.HostUnit) == nil {
+		keeper = "systemctl stop " + systemd.HostUnit
+	} else if id, ok := systemd.HostKeeper(in.Host); ok {
+		keeper = fmt.Sprintf("kill %d   # microvm host --detached, which keeps the firewall", id.Pid)
+	}
+	if keeper != "" {
+		out = append(out, vmAction{text: keeper, do: func() error { return systemd.StopHost(in.Host) }})
+	}
+	return out, vms, nil
 }
