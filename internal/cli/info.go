@@ -13,7 +13,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func infoCmd() *command {
@@ -78,9 +78,9 @@ type infoDoc struct {
 	Problems      []string      `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
 }
 
-func infoOf(in *config.Infra, m systemd.Manager, vm *config.VM) infoDoc {
+func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	s := lifecycle.StateOf(m, vm)
-	d := infoDoc{Version: jsonVersion, File: in.File, VM: modelOf(vm), State: s.State, Manager: m.Kind(), Unit: systemd.Unit(vm.Name),
+	d := infoDoc{Version: jsonVersion, File: in.File, VM: modelOf(vm), State: s.State, Manager: m.Kind(), Unit: supervise.Unit(vm.Name),
 		ConsoleLog: vm.ConsoleLog(), SupervisorLog: vm.SupervisorLog(), Changes: []string{}, Snapshots: []snapshotDoc{}, Problems: []string{}}
 	if s.State == "running" {
 		d.VMMPid, d.SupervisorPid = s.Started.VMMPid, s.Started.RunPid
@@ -88,7 +88,7 @@ func infoOf(in *config.Infra, m systemd.Manager, vm *config.VM) infoDoc {
 		d.Started, d.UptimeSeconds = &t, int64(s.Since.Seconds())
 		d.Changes = orEmpty(lifecycle.Changes(in, vm, s.Started))
 	}
-	if keeper, ok := systemd.KeeperPid(vm); ok {
+	if keeper, ok := supervise.KeeperPid(vm); ok {
 		d.KeeperPid = keeper.Pid
 	}
 	if os.Geteuid() != 0 {

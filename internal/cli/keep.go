@@ -2,7 +2,7 @@ package cli
 
 import (
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func keepCmd() *command {
@@ -32,7 +32,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			return systemd.Keep(bin, file, vm, e.stderr)
+			return supervise.Keep(bin, file, vm, e.stderr)
 		},
 	}
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func snapshotCmd() *command {
@@ -286,7 +286,7 @@ func whileStopped(e *env, in *config.Infra, vm *config.VM, f func() error) error
 	if err != nil {
 		return err
 	}
-	lock, err := systemd.TakeLock(in.Host)
+	lock, err := supervise.TakeLock(in.Host)
 	if err != nil {
 		return err
 	}

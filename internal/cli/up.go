@@ -8,7 +8,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func upCmd() *command {
@@ -83,7 +83,7 @@ Examples:
 
 // waitReady waits until vm's guest is ready (its supervisor saw its sshd
 // answer) or deadline passes.
-func waitReady(e *env, m systemd.Manager, vm *config.VM, deadline time.Time) error {
+func waitReady(e *env, m supervise.Manager, vm *config.VM, deadline time.Time) error {
 	for {
 		s := lifecycle.StateOf(m, vm)
 		switch {

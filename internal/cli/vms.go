@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // What the lifecycle commands (up, down, restart, update, status, apply)
@@ -16,12 +16,12 @@ import (
 // lifecycle starts and stops them and reads their state.
 
 // manager returns how VMs are kept running on this host.
-func (e *env) manager() (systemd.Manager, error) {
+func (e *env) manager() (supervise.Manager, error) {
 	bin, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	return systemd.For(bin, e.file)
+	return supervise.For(bin, e.file)
 }
 
 // namedVMs returns the VMs called names, all of them if names is empty and
@@ -54,7 +54,7 @@ func namedVMs(in *config.Infra, names []string, all bool) ([]*config.VM, error) 
 
 // lifecycle loads the file and takes the lock, for commands that start or
 // stop VMs. The caller releases the lock.
-func (e *env) lifecycle() (*config.Infra, systemd.Manager, *systemd.Lock, error) {
+func (e *env) lifecycle() (*config.Infra, supervise.Manager, *supervise.Lock, error) {
 	in, err := e.load()
 	if err != nil {
 		return nil, nil, nil, err
@@ -66,7 +66,7 @@ func (e *env) lifecycle() (*config.Infra, systemd.Manager, *systemd.Lock, error)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	l, err := systemd.TakeLock(in.Host)
+	l, err := supervise.TakeLock(in.Host)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -92,7 +92,7 @@ func (e *env) oneVM(args []string) (*config.Infra, *config.VM, error) {
 // lifecycleOf is lifecycle for the VMs named in args (one at least), or
 // with all for every VM of the file, for up, down, restart and update. The
 // caller releases the lock.
-func (e *env) lifecycleOf(args []string, all bool) (*config.Infra, systemd.Manager, []*config.VM, *systemd.Lock, error) {
+func (e *env) lifecycleOf(args []string, all bool) (*config.Infra, supervise.Manager, []*config.VM, *supervise.Lock, error) {
 	switch {
 	case all && len(args) > 0:
 		return nil, nil, nil, nil, fmt.Errorf("%w: name VMs or give --all, not both", errUsage)

@@ -15,7 +15,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // vmAction is one change to a VM's running state, in a plan. Starting
@@ -37,7 +37,7 @@ func (a vmAction) Optional() bool { return a.vm != nil }
 // shutdown), then the host part, then VMs are started and restarted. What
 // the host lacks for any of it (the host checks, and runner.Checks for
 // each VM it starts) is in the plan's errors, all of them at once.
-func Plan(w io.Writer, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
+func Plan(w io.Writer, in *config.Infra, m supervise.Manager) (*plan.Plan, error) {
 	host, err := plan.Host(in)
 	if err != nil {
 		host = &plan.Plan{Errors: []error{err}}
@@ -62,7 +62,7 @@ func Plan(w io.Writer, in *config.Infra, m systemd.Manager) (*plan.Plan, error) 
 // what changed), VMs no longer in the file are stopped and their run
 // directory removed, their data kept. Under systemd the units are installed
 // and autostart VMs enabled.
-func planVMs(w io.Writer, in *config.Infra, m systemd.Manager) (before, after []action.Action, notes []string, err error) {
+func planVMs(w io.Writer, in *config.Infra, m supervise.Manager) (before, after []action.Action, notes []string, err error) {
 	bin, file, err := Self(in.File)
 	if err != nil {
 		return nil, nil, nil, err
@@ -132,7 +132,7 @@ func planVMs(w io.Writer, in *config.Infra, m systemd.Manager) (before, after []
 
 // Departed are the VMs with a run directory and a running supervisor that
 // are no longer in the file.
-func Departed(in *config.Infra, m systemd.Manager) ([]*config.VM, error) {
+func Departed(in *config.Infra, m supervise.Manager) ([]*config.VM, error) {
 	entries, err := os.ReadDir(in.Host.RunDir)
 	if os.IsNotExist(err) {
 		return nil, nil
@@ -191,42 +191,42 @@ func Self(file string) (bin, abs string, err error) {
 // enabled as its autostart says.
 func unitActions(in *config.Infra, bin, file string) []action.Action {
 	var out []action.Action
-	u, err := systemd.Render(bin, file)
+	u, err := supervise.Render(bin, file)
 	if err != nil {
 		return []action.Action{vmAction{text: "# cannot write systemd units: " + err.Error(), do: func() error { return err }}}
 	}
 	var names []string
 	for name, content := range u {
-		if old, err := os.ReadFile(filepath.Join(systemd.UnitDir, name)); err != nil || !bytes.Equal(old, content) {
+		if old, err := os.ReadFile(filepath.Join(supervise.UnitDir, name)); err != nil || !bytes.Equal(old, content) {
 			names = append(names, name)
 		}
 	}
 	if len(names) > 0 {
 		sort.Strings(names)
 		out = append(out, vmAction{
-			text: fmt.Sprintf("install %s in %s; systemctl daemon-reload; systemctl enable %s %s", strings.Join(names, ", "), systemd.UnitDir, systemd.Target, systemd.HostUnit),
+			text: fmt.Sprintf("install %s in %s; systemctl daemon-reload; systemctl enable %s %s", strings.Join(names, ", "), supervise.UnitDir, supervise.Target, supervise.HostUnit),
 			do: func() error {
-				if _, err := u.Install(systemd.UnitDir); err != nil {
+				if _, err := u.Install(supervise.UnitDir); err != nil {
 					return err
 				}
-				if err := systemd.Systemctl("daemon-reload"); err != nil {
+				if err := supervise.Systemctl("daemon-reload"); err != nil {
 					return err
 				}
-				return systemd.Systemctl("enable", systemd.Target, systemd.HostUnit)
+				return supervise.Systemctl("enable", supervise.Target, supervise.HostUnit)
 			},
 		})
 	}
 	// The host unit keeps the firewall from now on, and brings the host
 	// part back at boot.
-	if systemd.Systemctl("is-active", "--quiet", systemd.HostUnit) != nil {
+	if supervise.Systemctl("is-active", "--quiet", supervise.HostUnit) != nil {
 		out = append(out, vmAction{
-			text: "systemctl start " + systemd.HostUnit + "   # keeps the firewall; at boot, brings the host part back",
-			do:   func() error { return systemd.Systemctl("start", systemd.HostUnit) },
+			text: "systemctl start " + supervise.HostUnit + "   # keeps the firewall; at boot, brings the host part back",
+			do:   func() error { return supervise.Systemctl("start", supervise.HostUnit) },
 		})
 	}
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		enabled := systemd.Systemctl("is-enabled", "--quiet", systemd.Unit(vm.Name)) == nil
+		enabled := supervise.Systemctl("is-enabled", "--quiet", supervise.Unit(vm.Name)) == nil
 		if enabled == vm.Autostart {
 			continue
 		}
@@ -235,8 +235,8 @@ func unitActions(in *config.Infra, bin, file string) []action.Action {
 			verb = "disable"
 		}
 		out = append(out, vmAction{
-			text: fmt.Sprintf("systemctl %s %s", verb, systemd.Unit(vm.Name)),
-			do:   func() error { return systemd.Systemctl(verb, systemd.Unit(vm.Name)) },
+			text: fmt.Sprintf("systemctl %s %s", verb, supervise.Unit(vm.Name)),
+			do:   func() error { return supervise.Systemctl(verb, supervise.Unit(vm.Name)) },
 		})
 	}
 	return out
@@ -245,8 +245,8 @@ func unitActions(in *config.Infra, bin, file string) []action.Action {
 // hostAction starts the detached keeper of the firewall on a host without
 // systemd where VMs run without one (the VMs apply starts get it with their
 // start).
-func hostAction(in *config.Infra, m systemd.Manager, bin, file string) action.Action {
-	if _, ok := systemd.HostKeeper(in.Host); ok {
+func hostAction(in *config.Infra, m supervise.Manager, bin, file string) action.Action {
+	if _, ok := supervise.HostKeeper(in.Host); ok {
 		return nil
 	}
 	running := false
@@ -260,7 +260,7 @@ func hostAction(in *config.Infra, m systemd.Manager, bin, file string) action.Ac
 	}
 	return vmAction{
 		text: fmt.Sprintf("microvm host --detached -f %s &   # keeps the firewall while VMs run; log in %s", file, in.Host.HostLog()),
-		do:   func() error { return systemd.StartHost(bin, file, in.Host) },
+		do:   func() error { return supervise.StartHost(bin, file, in.Host) },
 	}
 }
 
@@ -269,7 +269,7 @@ func hostAction(in *config.Infra, m systemd.Manager, bin, file string) action.Ac
 // shutdown), then the keeper of the firewall, before the table, which it
 // would load again. vms are the VMs it considered: the file's and those
 // gone from it.
-func Teardown(w io.Writer, in *config.Infra, m systemd.Manager) (out []action.Action, vms []*config.VM, err error) {
+func Teardown(w io.Writer, in *config.Infra, m supervise.Manager) (out []action.Action, vms []*config.VM, err error) {
 	gone, err := Departed(in, m)
 	if err != nil {
 		return nil, nil, err
@@ -287,13 +287,13 @@ func Teardown(w io.Writer, in *config.Infra, m systemd.Manager) (out []action.Ac
 		}
 	}
 	keeper := ""
-	if systemd.Booted() && systemd.Systemctl("is-active", "--quiet", systemd.HostUnit) == nil {
-		keeper = "systemctl stop " + systemd.HostUnit
-	} else if id, ok := systemd.HostKeeper(in.Host); ok {
+	if supervise.Booted() && supervise.Systemctl("is-active", "--quiet", supervise.HostUnit) == nil {
+		keeper = "systemctl stop " + supervise.HostUnit
+	} else if id, ok := supervise.HostKeeper(in.Host); ok {
 		keeper = fmt.Sprintf("kill %d   # microvm host --detached, which keeps the firewall", id.Pid)
 	}
 	if keeper != "" {
-		out = append(out, vmAction{text: keeper, do: func() error { return systemd.StopHost(in.Host) }})
+		out = append(out, vmAction{text: keeper, do: func() error { return supervise.StopHost(in.Host) }})
 	}
 	return out, vms, nil
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // StartTimeout is how long up, restart and apply wait for a VM's VMM to
@@ -30,7 +30,7 @@ type VMState struct {
 // records it, with the start times of both processes, which must match),
 // starting while a supervisor runs without a VMM (booting, or restarting
 // after a failure), stopped otherwise.
-func StateOf(m systemd.Manager, vm *config.VM) VMState {
+func StateOf(m supervise.Manager, vm *config.VM) VMState {
 	// A record that cannot be read says nothing runs: the supervisor's
 	// state decides between starting and stopped.
 	st, ok, _ := runner.ReadStarted(vm)
@@ -45,7 +45,7 @@ func StateOf(m systemd.Manager, vm *config.VM) VMState {
 
 // StartVM starts vm's supervisor and waits until its VMM is up (not until
 // the guest has booted), or the supervisor fails.
-func StartVM(w io.Writer, in *config.Infra, m systemd.Manager, vm *config.VM, timeout time.Duration) error {
+func StartVM(w io.Writer, in *config.Infra, m supervise.Manager, vm *config.VM, timeout time.Duration) error {
 	if err := runner.Preflight(in, vm); err != nil {
 		return err
 	}
@@ -69,7 +69,7 @@ func StartVM(w io.Writer, in *config.Infra, m systemd.Manager, vm *config.VM, ti
 }
 
 // StopVM stops vm's supervisor, which shuts the guest down cleanly.
-func StopVM(w io.Writer, m systemd.Manager, vm *config.VM) error {
+func StopVM(w io.Writer, m supervise.Manager, vm *config.VM) error {
 	return StopVMWithin(w, m, vm, 0, false)
 }
 
@@ -77,7 +77,7 @@ func StopVM(w io.Writer, m systemd.Manager, vm *config.VM) error {
 // after timeout (0: no limit), or at once with force, its VMM is killed,
 // as a power cut would stop it. The supervisor, already told to stop, then
 // stops the virtiofs daemons and exits without a restart.
-func StopVMWithin(w io.Writer, m systemd.Manager, vm *config.VM, timeout time.Duration, force bool) error {
+func StopVMWithin(w io.Writer, m supervise.Manager, vm *config.VM, timeout time.Duration, force bool) error {
 	began := time.Now()
 	// Without a record (or an unreadable one) there is no VMM to wait for.
 	st, _, _ := runner.ReadStarted(vm)
@@ -116,7 +116,7 @@ func StopVMWithin(w io.Writer, m systemd.Manager, vm *config.VM, timeout time.Du
 }
 
 // stopSupervisor asks vm's supervisor to stop and waits until it has.
-func stopSupervisor(m systemd.Manager, vm *config.VM, began time.Time) error {
+func stopSupervisor(m supervise.Manager, vm *config.VM, began time.Time) error {
 	if m.Active(vm) {
 		return m.Stop(vm)
 	}
@@ -126,7 +126,7 @@ func stopSupervisor(m systemd.Manager, vm *config.VM, began time.Time) error {
 		if err := run.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, proc.ErrGone) {
 			return fmt.Errorf("stopping %s (supervisor %s): %w", vm.Name, run, err)
 		}
-		if err := systemd.WaitGone(run, systemd.StopTimeout, fmt.Sprintf("%s did not stop in %s (supervisor %s)", vm.Name, systemd.StopTimeout, run)); err != nil {
+		if err := supervise.WaitGone(run, supervise.StopTimeout, fmt.Sprintf("%s did not stop in %s (supervisor %s)", vm.Name, supervise.StopTimeout, run)); err != nil {
 			return err
 		}
 	}
@@ -134,17 +134,17 @@ func stopSupervisor(m systemd.Manager, vm *config.VM, began time.Time) error {
 }
 
 // LogTail is the end of vm's supervisor log.
-func LogTail(m systemd.Manager, vm *config.VM, n int) string {
+func LogTail(m supervise.Manager, vm *config.VM, n int) string {
 	if m.Kind() == "systemd" {
-		return fmt.Sprintf("(see journalctl -u %s)", systemd.Unit(vm.Name))
+		return fmt.Sprintf("(see journalctl -u %s)", supervise.Unit(vm.Name))
 	}
-	f, err := systemd.OpenSupervisorLog(vm)
+	f, err := supervise.OpenSupervisorLog(vm)
 	if err != nil {
 		return err.Error()
 	}
 	defer f.Close()
 	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
-	return systemd.Tail(b, n)
+	return supervise.Tail(b, n)
 }
 
 // Changes lists what differs between what vm was started with and what it
@@ -158,7 +158,7 @@ func Changes(in *config.Infra, vm *config.VM, st runner.Started) []string {
 }
 
 // InState keeps the VMs whose state is one of states.
-func InState(m systemd.Manager, vms []*config.VM, states ...string) []*config.VM {
+func InState(m supervise.Manager, vms []*config.VM, states ...string) []*config.VM {
 	var out []*config.VM
 	for _, vm := range vms {
 		if slices.Contains(states, StateOf(m, vm).State) {

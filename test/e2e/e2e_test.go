@@ -22,7 +22,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -111,7 +111,7 @@ func TestMicroVMs(t *testing.T) {
 		t.Logf("vm1 stopped in %s", time.Since(stopped).Round(100*time.Millisecond))
 		console, _ := os.ReadFile(vm.ConsoleLog())
 		if !bytes.Contains(console, []byte("systemd-shutdown")) {
-			t.Errorf("no clean guest shutdown in the console:\n%s", systemd.Tail(console, 15))
+			t.Errorf("no clean guest shutdown in the console:\n%s", supervise.Tail(console, 15))
 		}
 		// The supervisor returns only after its daemons: none may be left.
 		if out, _ := exec.Command("pgrep", "-f", vm.RunDir+"/virtiofs-").Output(); len(out) > 0 {

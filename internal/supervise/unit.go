@@ -1,4 +1,4 @@
-// Package systemd keeps VMs running: on a host whose PID 1 is systemd, with
+// Package supervise keeps VMs running: on a host whose PID 1 is systemd, with
 // a unit template microvm@.service (so `systemctl status microvm@vm1` and
 // `journalctl -u microvm@vm1 -f` work as the seed says), a microvms.target,
 // and microvm-host.service, which brings the host part back at boot and
@@ -6,7 +6,7 @@
 // runs `microvm run NAME`, restarts it when it fails, and keeps a pid file
 // and a log file in the VM's run directory, and a detached `microvm host`
 // that keeps the firewall while VMs run.
-package systemd
+package supervise
 
 import (
 	"bytes"
