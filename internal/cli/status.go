@@ -145,7 +145,7 @@ Examples:
 }
 
 // hostStatus prints the host's side of status --host: disk totals, read
-// off directly against the seed's "disk usage < 10GB total", and the
+// off directly against the design's "disk usage < 10GB total", and the
 // Tailscale routes.
 func hostStatus(e *env, in *config.Infra, u storage.Usage, uerr error) {
 	fmt.Fprintf(e.stdout, "\nhost: storage %s in %s\n", in.Host.Storage, in.Host.StateDir)

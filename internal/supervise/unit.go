@@ -1,6 +1,6 @@
 // Package supervise keeps VMs running: on a host whose PID 1 is systemd, with
 // a unit template microvm@.service (so `systemctl status microvm@vm1` and
-// `journalctl -u microvm@vm1 -f` work as the seed says), a microvms.target,
+// `journalctl -u microvm@vm1 -f` work as the design says), a microvms.target,
 // and microvm-host.service, which brings the host part back at boot and
 // keeps the firewall; elsewhere (containers, CI) with a detached keeper that
 // runs `microvm run NAME`, restarts it when it fails, and keeps a pid file

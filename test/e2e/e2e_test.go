@@ -1,5 +1,5 @@
-// Package e2e boots the seed's 4 microVMs for real, under QEMU, in a sandbox
-// of network namespaces, and proves the seed's promises from inside the
+// Package e2e boots the design's 4 microVMs for real, under QEMU, in a sandbox
+// of network namespaces, and proves the design's promises from inside the
 // guests over SSH (tier 3 of DESIGN.md).
 package e2e
 
@@ -26,7 +26,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
-// setup writes the seed's infra.toml for this machine: QEMU under TCG,
+// setup writes the design's infra.toml for this machine: QEMU under TCG,
 // state in the test image's cache, run files in a short fresh directory.
 func setup(t *testing.T) (*config.Infra, string) {
 	t.Helper()

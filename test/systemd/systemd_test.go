@@ -1,4 +1,4 @@
-// Package systemd runs the program under a real systemd, as on the seed's
+// Package systemd runs the program under a real systemd, as on the design's
 // hosts (tier 3 of DESIGN.md). This kind of machine has no systemd as PID 1,
 // so the test boots one with systemd-nspawn, on an overlay of the machine's
 // own root, in a sandbox network namespace (see container). Inside, with a
@@ -6,7 +6,7 @@
 // (the fake), and a namespace of the test's standing in for a second VM:
 //
 //   - microvm apply installs the units, and systemctl and journalctl show
-//     the VM as the seed says;
+//     the VM as the design says;
 //   - a reload of the distribution's firewall (which flushes the ruleset),
 //     nft flush ruleset and a hand edit are repaired within a second, and
 //     floods across them show that nothing got through once the watcher
