@@ -13,8 +13,8 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
-// Manager starts and stops VM supervisors: through systemd where it is PID
-// 1, or as detached keepers elsewhere.
+// Manager starts and stops VM supervisors: through their systemd units
+// where systemd is PID 1, or through detached keepers elsewhere.
 type Manager interface {
 	// Kind is "systemd" or "detached".
 	Kind() string
@@ -23,7 +23,8 @@ type Manager interface {
 	Start(vm *config.VM) error
 	// Stop stops vm's supervisor, which shuts the guest down cleanly.
 	Stop(vm *config.VM) error
-	// Active reports whether vm's supervisor is running (or restarting).
+	// Active reports whether vm's unit or keeper is running: its
+	// supervisor runs, or is being restarted.
 	Active(vm *config.VM) bool
 	// Enable makes vm start at boot, or not.
 	Enable(vm *config.VM, on bool) error
