@@ -101,7 +101,7 @@ func allRunning(e *env, in *config.Infra) error {
 	}
 	var stopped []string
 	for i := range in.VMs {
-		if lifecycle.StateOf(m, &in.VMs[i]).State == "stopped" {
+		if lifecycle.StateOf(m, &in.VMs[i]).State == lifecycle.Stopped {
 			stopped = append(stopped, in.VMs[i].Name)
 		}
 	}

@@ -51,9 +51,9 @@ Examples:
 			}
 			s := lifecycle.StateOf(m, vm)
 			switch s.State {
-			case "stopped":
+			case lifecycle.Stopped:
 				return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
-			case "starting":
+			case lifecycle.Starting:
 				return fmt.Errorf("%s is starting: its VMM is not up yet; try again in a moment", vm.Name)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

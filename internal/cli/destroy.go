@@ -68,7 +68,7 @@ Examples:
 				return fmt.Errorf("%s is still in %s; remove it from the file and run apply first", name, in.File)
 			}
 			vm := in.Host.Departed(name)
-			if m.Active(vm) || lifecycle.StateOf(m, vm).State != "stopped" {
+			if m.Active(vm) || lifecycle.StateOf(m, vm).State != lifecycle.Stopped {
 				return fmt.Errorf("%s is still running; run apply (it stops VMs that left the file) or microvm down first", name)
 			}
 			data := storage.For(in.Host)

@@ -46,10 +46,10 @@ Examples:
 			}
 			defer lock.Release()
 			if all {
-				vms = lifecycle.InState(m, vms, "running", "starting")
+				vms = lifecycle.InState(m, vms, lifecycle.Running, lifecycle.Starting)
 			}
 			for _, vm := range vms {
-				if lifecycle.StateOf(m, vm).State == "stopped" {
+				if lifecycle.StateOf(m, vm).State == lifecycle.Stopped {
 					return fmt.Errorf("%s is not running; nothing to stop", vm.Name)
 				}
 			}

@@ -39,7 +39,7 @@ Examples:
 				}
 			}
 			for _, vm := range vms {
-				if lifecycle.StateOf(m, vm).State != "stopped" {
+				if lifecycle.StateOf(m, vm).State != lifecycle.Stopped {
 					if err := lifecycle.StopVM(e.stdout, m, vm); err != nil {
 						return err
 					}

@@ -291,7 +291,7 @@ func whileStopped(e *env, in *config.Infra, vm *config.VM, f func() error) error
 		return err
 	}
 	defer lock.Release()
-	running := lifecycle.StateOf(m, vm).State != "stopped"
+	running := lifecycle.StateOf(m, vm).State != lifecycle.Stopped
 	if running {
 		if err := lifecycle.StopVM(e.stdout, m, vm); err != nil {
 			return err

@@ -55,10 +55,10 @@ Examples:
 			}
 			defer lock.Release()
 			if all {
-				vms = lifecycle.InState(m, vms, "stopped")
+				vms = lifecycle.InState(m, vms, lifecycle.Stopped)
 			}
 			for _, vm := range vms {
-				if s := lifecycle.StateOf(m, vm); s.State != "stopped" {
+				if s := lifecycle.StateOf(m, vm); s.State != lifecycle.Stopped {
 					return fmt.Errorf("%s is already %s; to start it again: microvm restart %s", vm.Name, s.State, vm.Name)
 				}
 			}
@@ -87,11 +87,11 @@ func waitReady(e *env, m supervise.Manager, vm *config.VM, deadline time.Time) e
 	for {
 		s := lifecycle.StateOf(m, vm)
 		switch {
-		case s.State == "running" && s.Started.Ready != nil:
+		case s.State == lifecycle.Running && s.Started.Ready != nil:
 			fmt.Fprintf(e.stdout, "%s ready: sshd answers on %s, %s after its VMM started\n",
 				vm.Name, vm.Addr, s.Started.Ready.Sub(s.Started.Time).Round(100*time.Millisecond))
 			return nil
-		case s.State == "stopped":
+		case s.State == lifecycle.Stopped:
 			return fmt.Errorf("%s stopped while booting; its log ends:\n%s", vm.Name, lifecycle.LogTail(m, vm, 15))
 		case time.Now().After(deadline):
 			return fmt.Errorf("%s is not ready by --wait-timeout: it is %s and its sshd does not answer; watch it with: microvm logs --console %s", vm.Name, s.State, vm.Name)

@@ -49,7 +49,7 @@ Examples:
 			defer lock.Release()
 			for _, vm := range vms {
 				s := lifecycle.StateOf(m, vm)
-				if s.State != "running" {
+				if s.State != lifecycle.Running {
 					fmt.Fprintf(e.stdout, "%s is %s; it starts with the file's settings next time (microvm up %s)\n", vm.Name, s.State, vm.Name)
 					continue
 				}

@@ -67,7 +67,7 @@ func planVMs(w io.Writer, in *config.Infra, m supervise.Manager) (before, after 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if m.Kind() == "systemd" {
+	if m.Kind() == supervise.KindSystemd {
 		after = append(after, unitActions(in, bin, file)...)
 	} else if a := hostAction(in, m, bin, file); a != nil {
 		after = append(after, a)
@@ -96,7 +96,7 @@ func planVMs(w io.Writer, in *config.Infra, m supervise.Manager) (before, after 
 		vm := &in.VMs[i]
 		s := StateOf(m, vm)
 		switch {
-		case s.State == "running":
+		case s.State == Running:
 			if ch := Changes(in, vm, s.Started); len(ch) > 0 {
 				after = append(after, vmAction{
 					text: fmt.Sprintf("microvm restart %s   # %s", vm.Name, strings.Join(ch, ", ")),
@@ -117,7 +117,7 @@ func planVMs(w io.Writer, in *config.Infra, m supervise.Manager) (before, after 
 					},
 				})
 			}
-		case s.State == "starting":
+		case s.State == Starting:
 			notes = append(notes, vm.Name+" is starting (or restarting after a failure); apply leaves it to its supervisor")
 		case vm.Autostart:
 			after = append(after, vmAction{
@@ -251,7 +251,7 @@ func hostAction(in *config.Infra, m supervise.Manager, bin, file string) action.
 	}
 	running := false
 	for i := range in.VMs {
-		if StateOf(m, &in.VMs[i]).State != "stopped" {
+		if StateOf(m, &in.VMs[i]).State != Stopped {
 			running = true
 		}
 	}
@@ -279,7 +279,7 @@ func Teardown(w io.Writer, in *config.Infra, m supervise.Manager) (out []action.
 		vms = append(vms, &in.VMs[i])
 	}
 	for _, vm := range vms {
-		if m.Active(vm) || StateOf(m, vm).State != "stopped" {
+		if m.Active(vm) || StateOf(m, vm).State != Stopped {
 			out = append(out, vmAction{
 				text: "microvm down " + vm.Name,
 				do:   func() error { return StopVM(w, m, vm) },

@@ -19,9 +19,18 @@ import (
 // be running.
 const StartTimeout = 90 * time.Second
 
+// State is where a VM is in its life, as status prints it.
+type State string
+
+const (
+	Running  State = "running"  // its VMM is up
+	Starting State = "starting" // its supervisor runs without a VMM: booting, or restarting after a failure
+	Stopped  State = "stopped"  // no supervisor runs
+)
+
 // VMState is a VM's state as status prints it.
 type VMState struct {
-	State   string // running, starting, stopped
+	State   State
 	Started runner.Started
 	Since   time.Duration // uptime, when running
 }
@@ -35,12 +44,12 @@ func StateOf(m supervise.Manager, vm *config.VM) VMState {
 	// state decides between starting and stopped.
 	st, ok, _ := runner.ReadStarted(vm)
 	if ok && st.VMM().Alive() && st.Run().Alive() {
-		return VMState{State: "running", Started: st, Since: time.Since(st.Time)}
+		return VMState{State: Running, Started: st, Since: time.Since(st.Time)}
 	}
 	if m.Active(vm) {
-		return VMState{State: "starting"}
+		return VMState{State: Starting}
 	}
-	return VMState{State: "stopped"}
+	return VMState{State: Stopped}
 }
 
 // StartVM starts vm's supervisor and waits until its VMM is up (not until
@@ -55,12 +64,12 @@ func StartVM(w io.Writer, in *config.Infra, m supervise.Manager, vm *config.VM, 
 	}
 	for time.Since(began) < timeout {
 		s := StateOf(m, vm)
-		if s.State == "running" {
+		if s.State == Running {
 			fmt.Fprintf(w, "%s started: %s pid %d, %s; it boots in the background (microvm logs %s --console)\n",
 				vm.Name, vm.Hypervisor, s.Started.VMMPid, vm.Addr, vm.Name)
 			return nil
 		}
-		if s.State == "stopped" {
+		if s.State == Stopped {
 			return fmt.Errorf("%s failed to start; its log ends:\n%s", vm.Name, LogTail(m, vm, 15))
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -120,7 +129,7 @@ func stopSupervisor(m supervise.Manager, vm *config.VM, began time.Time) error {
 	if m.Active(vm) {
 		return m.Stop(vm)
 	}
-	if s := StateOf(m, vm); s.State == "running" {
+	if s := StateOf(m, vm); s.State == Running {
 		// A supervisor whose keeper is gone (killed): stop it directly.
 		run := s.Started.Run()
 		if err := run.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, proc.ErrGone) {
@@ -135,7 +144,7 @@ func stopSupervisor(m supervise.Manager, vm *config.VM, began time.Time) error {
 
 // LogTail is the end of vm's supervisor log.
 func LogTail(m supervise.Manager, vm *config.VM, n int) string {
-	if m.Kind() == "systemd" {
+	if m.Kind() == supervise.KindSystemd {
 		return fmt.Sprintf("(see journalctl -u %s)", supervise.Unit(vm.Name))
 	}
 	f, err := supervise.OpenSupervisorLog(vm)
@@ -158,7 +167,7 @@ func Changes(in *config.Infra, vm *config.VM, st runner.Started) []string {
 }
 
 // InState keeps the VMs whose state is one of states.
-func InState(m supervise.Manager, vms []*config.VM, states ...string) []*config.VM {
+func InState(m supervise.Manager, vms []*config.VM, states ...State) []*config.VM {
 	var out []*config.VM
 	for _, vm := range vms {
 		if slices.Contains(states, StateOf(m, vm).State) {
