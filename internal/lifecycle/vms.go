@@ -147,13 +147,7 @@ func LogTail(m supervise.Manager, vm *config.VM, n int) string {
 	if m.Kind() == supervise.KindSystemd {
 		return fmt.Sprintf("(see journalctl -u %s)", supervise.Unit(vm.Name))
 	}
-	f, err := supervise.OpenSupervisorLog(vm)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
-	return supervise.Tail(b, n)
+	return supervise.TailOf(supervise.OpenSupervisorLog, vm, n)
 }
 
 // Changes lists what differs between what vm was started with and what it

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,11 +125,5 @@ func (s *Sandbox) Boot(bin, file, logDir string, timeout time.Duration, ready fu
 // program reads it: without following anything its VMM could have put in
 // its place (supervise.OpenConsoleLog).
 func Console(vm *config.VM, n int) string {
-	f, err := supervise.OpenConsoleLog(vm)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
-	return supervise.Tail(b, n)
+	return supervise.TailOf(supervise.OpenConsoleLog, vm, n)
 }
