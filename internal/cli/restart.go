@@ -39,12 +39,7 @@ Examples:
 				}
 			}
 			for _, vm := range vms {
-				if lifecycle.StateOf(m, vm).State != lifecycle.Stopped {
-					if err := lifecycle.StopVM(e.stdout, m, vm); err != nil {
-						return err
-					}
-				}
-				if err := lifecycle.StartVM(e.stdout, in, m, vm, lifecycle.StartTimeout); err != nil {
+				if err := lifecycle.Restart(e.stdout, in, m, vm); err != nil {
 					return err
 				}
 			}

@@ -6,9 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
-	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func upCmd() *command {
@@ -72,30 +70,11 @@ Examples:
 				return nil
 			}
 			for _, vm := range vms {
-				if err := waitReady(e, m, vm, began.Add(waitTimeout)); err != nil {
+				if err := lifecycle.WaitReady(e.stdout, m, vm, began.Add(waitTimeout)); err != nil {
 					return err
 				}
 			}
 			return nil
 		},
-	}
-}
-
-// waitReady waits until vm's guest is ready (its supervisor saw its sshd
-// answer) or deadline passes.
-func waitReady(e *env, m supervise.Manager, vm *config.VM, deadline time.Time) error {
-	for {
-		s := lifecycle.StateOf(m, vm)
-		switch {
-		case s.State == lifecycle.Running && s.Started.Ready != nil:
-			fmt.Fprintf(e.stdout, "%s ready: sshd answers on %s, %s after its VMM started\n",
-				vm.Name, vm.Addr, s.Started.Ready.Sub(s.Started.Time).Round(100*time.Millisecond))
-			return nil
-		case s.State == lifecycle.Stopped:
-			return fmt.Errorf("%s stopped while booting; its log ends:\n%s", vm.Name, lifecycle.LogTail(m, vm, 15))
-		case time.Now().After(deadline):
-			return fmt.Errorf("%s is not ready by --wait-timeout: it is %s and its sshd does not answer; watch it with: microvm logs --console %s", vm.Name, s.State, vm.Name)
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }

@@ -6,12 +6,14 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
@@ -169,4 +171,64 @@ func InState(m supervise.Manager, vms []*config.VM, states ...State) []*config.V
 		}
 	}
 	return out
+}
+
+// Restart stops vm if it runs or starts, and starts it again
+// (microvm restart).
+func Restart(w io.Writer, in *config.Infra, m supervise.Manager, vm *config.VM) error {
+	if StateOf(m, vm).State != Stopped {
+		if err := StopVM(w, m, vm); err != nil {
+			return err
+		}
+	}
+	return StartVM(w, in, m, vm, StartTimeout)
+}
+
+// Update restarts vm, if it runs, when what it would start with now
+// differs from what it was started with (microvm update), taking a
+// snapshot of its data between the stop and the start where the storage
+// does.
+func Update(w io.Writer, in *config.Infra, m supervise.Manager, vm *config.VM) error {
+	s := StateOf(m, vm)
+	if s.State != Running {
+		fmt.Fprintf(w, "%s is %s; it starts with the file's settings next time (microvm up %s)\n", vm.Name, s.State, vm.Name)
+		return nil
+	}
+	ch := Changes(in, vm, s.Started)
+	if len(ch) == 0 {
+		fmt.Fprintf(w, "%s is up to date; not restarted\n", vm.Name)
+		return nil
+	}
+	if err := runner.Preflight(in, vm); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s changed: %s; restarting\n", vm.Name, strings.Join(ch, ", "))
+	if err := StopVM(w, m, vm); err != nil {
+		return err
+	}
+	if snap, err := storage.SnapshotBeforeChange(in.Host, vm, "update"); err != nil {
+		return fmt.Errorf("%w\n%s is stopped; start it with: microvm up %s", err, vm.Name, vm.Name)
+	} else if snap != "" {
+		fmt.Fprintf(w, "%s: snapshot %s taken\n", vm.Name, snap)
+	}
+	return StartVM(w, in, m, vm, StartTimeout)
+}
+
+// WaitReady waits until vm's guest is ready (its supervisor saw its sshd
+// answer) or deadline passes (up --wait).
+func WaitReady(w io.Writer, m supervise.Manager, vm *config.VM, deadline time.Time) error {
+	for {
+		s := StateOf(m, vm)
+		switch {
+		case s.State == Running && s.Started.Ready != nil:
+			fmt.Fprintf(w, "%s ready: sshd answers on %s, %s after its VMM started\n",
+				vm.Name, vm.Addr, s.Started.Ready.Sub(s.Started.Time).Round(100*time.Millisecond))
+			return nil
+		case s.State == Stopped:
+			return fmt.Errorf("%s stopped while booting; its log ends:\n%s", vm.Name, LogTail(m, vm, 15))
+		case time.Now().After(deadline):
+			return fmt.Errorf("%s is not ready by --wait-timeout: it is %s and its sshd does not answer; watch it with: microvm logs --console %s", vm.Name, s.State, vm.Name)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
