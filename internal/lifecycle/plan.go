@@ -36,7 +36,9 @@ func (a vmAction) Optional() bool { return a.vm != nil }
 // file are stopped first (while their network is still there for a clean
 // shutdown), then the host part, then VMs are started and restarted. What
 // the host lacks for any of it (the host checks, and runner.Checks for
-// each VM it starts) is in the plan's errors, all of them at once.
+// each VM it starts) is in the plan's errors, all of them at once. What
+// the VM actions report when applied (started, stopped, snapshot taken)
+// goes to w.
 func Plan(w io.Writer, in *config.Infra, m supervise.Manager) (*plan.Plan, error) {
 	host, err := plan.Host(in)
 	if err != nil {
