@@ -26,7 +26,7 @@ type applyResult struct {
 }
 
 // runApply measures the host part of `microvm apply` as the VM count grows,
-// and beside it the seed's N×(N−1) iptables FORWARD DROP rules.
+// and beside it the design's N×(N−1) iptables FORWARD DROP rules.
 func runApply(args []string) error {
 	ns := []int{4, 16, 64, 250}
 	m := readMachine("")
@@ -248,7 +248,7 @@ func applyAt(n int, slow bool) (r applyResult, err error) {
 		return r, err
 	}
 
-	// The seed's rules in a namespace of their own.
+	// The design's rules in a namespace of their own.
 	seed, err := sandbox.New(in)
 	if err != nil {
 		return r, err
@@ -276,7 +276,7 @@ func applyAt(n int, slow bool) (r applyResult, err error) {
 		return r, err
 	}
 	if slow && n <= 64 {
-		// As the seed's extraCommands do it: one process per rule.
+		// As the design's extraCommands do it: one process per rule.
 		err = sandbox.Do(seed.Internet, func() error {
 			start := time.Now()
 			for _, a := range in.VMs {
@@ -295,7 +295,7 @@ func applyAt(n int, slow bool) (r applyResult, err error) {
 	return r, err
 }
 
-// seedRules is the seed's isolation: a FORWARD DROP rule for every ordered
+// seedRules is the design's isolation: a FORWARD DROP rule for every ordered
 // pair of VM bridges, as iptables-restore input.
 func seedRules(vms []config.VM) string {
 	var b strings.Builder
@@ -311,7 +311,7 @@ func seedRules(vms []config.VM) string {
 	return b.String()
 }
 
-// seedAddRules is what the seed adds for one more VM: 2N rules.
+// seedAddRules is what the design adds for one more VM: 2N rules.
 func seedAddRules(vms []config.VM, add config.VM) string {
 	var b strings.Builder
 	b.WriteString("*filter\n")

@@ -37,7 +37,7 @@ type bootRun struct {
 	ps          []*phases
 }
 
-// runBoot boots the seed's 4 VMs together: the stock image with the
+// runBoot boots the design's 4 VMs together: the stock image with the
 // program as it was (baselineRev), the stock image and the lean one with
 // the program as it is; then one VM of each alone; all with `microvm run`
 // from fresh VM state and the same kernel. It splits each boot into

@@ -179,7 +179,7 @@ func infraTOML(n int, stateDir, runDir, accel string, seedSubnets bool) string {
 	for i := 1; i <= n; i++ {
 		s := subnet(i)
 		if seedSubnets {
-			s = fmt.Sprintf("10.%d.0.0/24", i) // the seed's 10.1.0.0/24 ... 10.4.0.0/24
+			s = fmt.Sprintf("10.%d.0.0/24", i) // the design's 10.1.0.0/24 ... 10.4.0.0/24
 		}
 		fmt.Fprintf(&b, "[vm.vm%d]\nsubnet = %q\n", i, s)
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 )
 
-const seedDiskLimit = 10 << 30 // the seed's "< 10 GB for 4 VMs" (taken as GiB, the stricter reading is 10^10 B)
+const seedDiskLimit = 10 << 30 // the design's "< 10 GB for 4 VMs" (taken as GiB, the stricter reading is 10^10 B)
 
 // du returns the bytes allocated under path (du -sB1, as storage's dir
 // backend counts).
@@ -37,7 +37,7 @@ type diskRun struct {
 	total, image, own int64 // bytes: all of state_dir, the image, the 4 VMs' etc + var
 }
 
-// runDisk boots the seed's 4 VMs with the dir backend, then with the zfs
+// runDisk boots the design's 4 VMs with the dir backend, then with the zfs
 // backend, and measures disk use of each.
 func runDisk(args []string) error {
 	var runs []diskRun

@@ -4,10 +4,10 @@
 // prints a table, and rewrites its own section of docs/benchmarks.md (and
 // its plot, docs/bench-*.svg) with the figures and the machine it ran on.
 //
-//	go run ./bench apply     # host network apply at N = 4, 16, 64, 250 VMs vs the seed's iptables rules
-//	go run ./bench packet    # throughput and latency VM -> internet, program's ruleset vs the seed's rules
+//	go run ./bench apply     # host network apply at N = 4, 16, 64, 250 VMs vs the design's iptables rules
+//	go run ./bench packet    # throughput and latency VM -> internet, program's ruleset vs the design's rules
 //	go run ./bench boot      # the stock and the lean image: 4 real microVMs started together, and one alone, phase by phase
-//	go run ./bench disk      # image size, each VM's own use after boot, total vs the seed's < 10 GB
+//	go run ./bench disk      # image size, each VM's own use after boot, total vs the design's < 10 GB
 //	go run ./bench memory    # QEMU's memory per VM before and after (image, code cache), every process of a VM, the guest's own use
 //
 // Run it as root from the repository's root (it writes docs/ there).

@@ -181,7 +181,7 @@ type memRun struct {
 	cpuWork     []time.Duration
 }
 
-// runMemory boots the seed's 4 VMs three times: today's, the stock image
+// runMemory boots the design's 4 VMs three times: today's, the stock image
 // with the program as it was (baselineRev); the lean image with the
 // program as it is but QEMU's default code cache (QEMU started by the
 // bench from the backend's command line without tb-size); and the lean

@@ -158,7 +158,7 @@ func packetAt(n int) ([]packetResult, error) {
 	}
 	measure("microvm", rules)
 
-	// The seed's firewall instead of the program's table.
+	// The design's firewall instead of the program's table.
 	seed := strings.Replace(seedRules(in.VMs), "COMMIT\n", "COMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.0.0.0/8 -o "+in.Host.Uplink+" -j MASQUERADE\nCOMMIT\n", 1)
 	err = sandbox.Do(sb.Host, func() error {
 		if out, err := exec.Command("nft", "delete", "table", firewall.Family, firewall.Table).CombinedOutput(); err != nil {

@@ -92,7 +92,7 @@ func benchAccel(img string) string {
 	return "kvm"
 }
 
-// vmWorld is n of the seed's VMs, QEMU, in a sandbox with the host part
+// vmWorld is n of the design's VMs, QEMU, in a sandbox with the host part
 // applied, each VM from fresh state.
 type vmWorld struct {
 	in    *config.Infra

@@ -10,7 +10,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
-// seed is the command line of the seed's first VM, as vmm.Cmdline writes
+// seed is the command line of the design's first VM, as vmm.Cmdline writes
 // it, followed by what QEMU appends for its MMIO devices and what
 // /proc/cmdline ends with.
 const seed = "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1" +

@@ -1,4 +1,4 @@
-// Package check proves the seed's network promises on a running setup by
+// Package check proves the design's network promises on a running setup by
 // sending real packets: every VM reaches the internet through NAT, no VM
 // reaches another VM or another VM's gateway by TCP, UDP or ICMP, no VM
 // reaches the host's SSH port, and the host reaches every VM.

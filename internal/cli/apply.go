@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func applyCmd() *command {
@@ -60,7 +60,7 @@ Examples:
 			}
 			if !hostOnly {
 				// Starting and stopping VMs: one command at a time.
-				lock, err := systemd.TakeLock(in.Host)
+				lock, err := supervise.TakeLock(in.Host)
 				if err != nil {
 					return err
 				}

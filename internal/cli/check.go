@@ -1,12 +1,10 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +15,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/check"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 )
 
 func checkCmd() *command {
@@ -81,7 +80,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			p := check.NewGuestProber(clients, localProber{}, guest.Run)
+			p := check.NewGuestProber(clients, check.LocalProber{}, guest.Run)
 			r := check.Run(in, p, check.Target{Internet: tgt.Addr(), Port: tgt.Port(), Uplink: uplink, HostSSH: []netip.Addr{uplink}})
 			r.Print(e.stdout)
 			if !r.OK() {
@@ -102,7 +101,7 @@ func allRunning(e *env, in *config.Infra) error {
 	}
 	var stopped []string
 	for i := range in.VMs {
-		if stateOf(m, &in.VMs[i]).State == "stopped" {
+		if lifecycle.StateOf(m, &in.VMs[i]).State == lifecycle.Stopped {
 			stopped = append(stopped, in.VMs[i].Name)
 		}
 	}
@@ -166,58 +165,4 @@ func dialAll(in *config.Infra, wait time.Duration) (map[string]*ssh.Client, erro
 		return clients, fmt.Errorf("cannot log in to every VM (are they all up? microvm status):\n  %s", strings.Join(failed, "\n  "))
 	}
 	return clients, nil
-}
-
-// localProber sends the host's probes from this process's namespace.
-type localProber struct{}
-
-const localTimeout = 2 * time.Second
-
-func (localProber) TCP(from string, to netip.AddrPort) check.Result {
-	c, err := net.DialTimeout("tcp", to.String(), localTimeout)
-	if err != nil {
-		if strings.Contains(err.Error(), "connection refused") {
-			return check.Result{Reached: true}
-		}
-		return check.Result{Err: err}
-	}
-	defer c.Close()
-	// The connection is the result; what the listener says (who it saw)
-	// is a detail, missing when the deadline or the peer cut it short.
-	_ = c.SetReadDeadline(time.Now().Add(time.Second))
-	line, _ := bufio.NewReader(c).ReadString('\n')
-	r := check.Result{Reached: true}
-	if strings.HasPrefix(line, "seen ") {
-		r.SeenAs = strings.TrimSpace(strings.TrimPrefix(line, "seen "))
-	}
-	return r
-}
-
-func (localProber) UDP(from string, to netip.AddrPort) check.Result {
-	c, err := net.Dial("udp", to.String())
-	if err != nil {
-		return check.Result{Err: err}
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(localTimeout)) // on a fresh connection it cannot fail
-	if _, err := c.Write([]byte("probe\n")); err != nil {
-		return check.Result{Err: err}
-	}
-	buf := make([]byte, 256)
-	n, err := c.Read(buf)
-	if err != nil {
-		if strings.Contains(err.Error(), "connection refused") {
-			return check.Result{Reached: true}
-		}
-		return check.Result{Err: err}
-	}
-	return check.Result{Reached: true, SeenAs: strings.TrimSpace(strings.TrimPrefix(string(buf[:n]), "seen "))}
-}
-
-func (localProber) Ping(from string, to netip.Addr) check.Result {
-	out, err := exec.Command("ping", "-n", "-c1", "-W2", to.String()).CombinedOutput()
-	if err != nil {
-		return check.Result{Err: fmt.Errorf("ping: %s", strings.TrimSpace(string(out)))}
-	}
-	return check.Result{Reached: true}
 }

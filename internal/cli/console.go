@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
@@ -48,11 +49,11 @@ Examples:
 			if err != nil {
 				return err
 			}
-			s := stateOf(m, vm)
+			s := lifecycle.StateOf(m, vm)
 			switch s.State {
-			case "stopped":
+			case lifecycle.Stopped:
 				return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
-			case "starting":
+			case lifecycle.Starting:
 				return fmt.Errorf("%s is starting: its VMM is not up yet; try again in a moment", vm.Name)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

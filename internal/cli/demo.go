@@ -104,12 +104,14 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
+	from, file := in.File, ""
 	if !standIns {
-		if err := demoPrepare(w, in); err != nil {
+		var err error
+		if in, file, err = demoPrepare(w, in); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(w, "Building the sandbox from %s: %d VMs, uplink %s (this machine's own network is not touched)\n", in.File, len(in.VMs), in.Host.Uplink)
+	fmt.Fprintf(w, "Building the sandbox from %s: %d VMs, uplink %s (this machine's own network is not touched)\n", from, len(in.VMs), in.Host.Uplink)
 	sb, err := sandbox.New(in)
 	if err != nil {
 		return err
@@ -142,7 +144,7 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 			return err
 		}
 	} else {
-		vms, clients, err := demoBoot(w, in, sb)
+		vms, clients, err := demoBoot(w, in, file, sb)
 		defer func() {
 			fmt.Fprintln(w, "\nShutting the VMs down (as systemctl stop does):")
 			for _, vm := range in.VMs {
@@ -191,54 +193,49 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 	return nil
 }
 
-// demoPrepare picks the VMM and accelerator this machine can run, builds
-// the image if needed, and starts the VMs from fresh disks.
-func demoPrepare(w io.Writer, in *config.Infra) error {
-	img := in.VMs[0].Image
-	if _, err := os.Stat(in.Host.ImageVmlinux(img)); err != nil {
-		fmt.Fprintf(w, "Building image %s in %s (once; a few minutes):\n", img, in.Host.ImageDir(img))
-		if err := image.Build(context.Background(), in.Host, img, indent{w}, image.Options{Boot: image.BootFiles}); err != nil {
-			return err
+// demoPrepare builds the image if needed, picks the VMM and accelerator
+// this machine can run, writes the demo's model as the infra.toml its
+// supervisors read and reads it back (config alone derives names and
+// paths), and clears the VMs' disks for a fresh start. It returns the model
+// read and its file.
+func demoPrepare(w io.Writer, src *config.Infra) (*config.Infra, string, error) {
+	img := src.VMs[0].Image
+	if _, err := os.Stat(src.Host.ImageVmlinux(img)); err != nil {
+		fmt.Fprintf(w, "Building image %s in %s (once; a few minutes):\n", img, src.Host.ImageDir(img))
+		if err := image.Build(context.Background(), src.Host, img, indent{w}, image.Options{Boot: image.BootFiles}); err != nil {
+			return nil, "", err
 		}
 	}
 	// The image's kernel is what tells whether KVM runs guests here.
 	accel := config.KVM
-	if err := qemu.CheckKVM(in.Host.ImageVmlinux(img)); err != nil {
+	if err := qemu.CheckKVM(src.Host.ImageVmlinux(img)); err != nil {
 		accel = config.TCG
 		fmt.Fprintf(w, "KVM does not work here (%v);\nthe guests run under emulation (TCG): booting takes a minute or two instead of seconds.\n", firstLine(err))
 	}
-	in.Host.Accel = accel
-	for i := range in.VMs {
-		vm := &in.VMs[i]
-		// Cloud Hypervisor needs KVM: without it, or without the
-		// program, one that emulates (QEMU).
-		if h, _ := vmm.Lookup(vm.Hypervisor); !installed(h) || h.NeedsKVM && accel == config.TCG {
-			vm.Hypervisor = emulator()
-		}
-		if accel == config.TCG {
-			// Emulated vCPUs are slow: one each, and less memory, keeps
-			// four guests bootable on a small machine.
-			vm.VCPU, vm.MemoryMiB = 1, 512
-		}
+	if err := os.MkdirAll(src.Host.RunDir, 0o755); err != nil {
+		return nil, "", err
+	}
+	file := filepath.Join(src.Host.RunDir, "infra.toml")
+	if err := os.WriteFile(file, []byte(demoFile(src, accel)), 0o644); err != nil {
+		return nil, "", err
+	}
+	in, err := config.Load(file)
+	if err != nil {
+		return nil, "", fmt.Errorf("reading the demo's model back: %w", err)
+	}
+	for _, vm := range in.VMs {
 		if err := os.RemoveAll(vm.StateDir); err != nil {
-			return fmt.Errorf("clearing the demo's %s: %w", vm.Name, err)
+			return nil, "", fmt.Errorf("clearing the demo's %s: %w", vm.Name, err)
 		}
 	}
-	return nil
+	return in, file, nil
 }
 
-// demoBoot starts the VMs with `microvm run`, as systemd would, and logs in
-// to each. The file the supervisors read is the demo's model written out.
-func demoBoot(w io.Writer, in *config.Infra, sb *sandbox.Sandbox) (map[string]*sandbox.VM, map[string]*ssh.Client, error) {
+// demoBoot starts the VMs with `microvm run` on file, as systemd would,
+// and logs in to each.
+func demoBoot(w io.Writer, in *config.Infra, file string, sb *sandbox.Sandbox) (map[string]*sandbox.VM, map[string]*ssh.Client, error) {
 	bin, err := os.Executable()
 	if err != nil {
-		return nil, nil, err
-	}
-	if err := os.MkdirAll(in.Host.RunDir, 0o755); err != nil {
-		return nil, nil, err
-	}
-	file := filepath.Join(in.Host.RunDir, "infra.toml")
-	if err := os.WriteFile(file, []byte(demoFile(in)), 0o644); err != nil {
 		return nil, nil, err
 	}
 	fmt.Fprintf(w, "\nBooting %d microVMs (%s, accel %s), consoles in %s:\n", len(in.VMs), in.VMs[0].Hypervisor, in.Host.Accel, strings.Replace(in.VMs[0].ConsoleLog(), "/"+in.VMs[0].Name+"/", "/NAME/", 1))
@@ -248,16 +245,25 @@ func demoBoot(w io.Writer, in *config.Infra, sb *sandbox.Sandbox) (map[string]*s
 }
 
 // demoFile writes the demo's model as the infra.toml its supervisors read:
-// the file it started from, with the demo's directories, VMM and
-// accelerator.
-func demoFile(in *config.Infra) string {
+// the file it started from, with the demo's directories, accel, and a VMM
+// this machine runs. Cloud Hypervisor needs KVM: without it, or without
+// the program, one that emulates (QEMU). Emulated vCPUs are slow: one
+// each, and less memory, keeps four guests bootable on a small machine.
+func demoFile(in *config.Infra, accel config.Accel) string {
 	var b strings.Builder
 	h := in.Host
 	fmt.Fprintf(&b, "# Written by microvm demo from %s.\n[host]\nuplink = %q\nstate_dir = %q\nrun_dir = %q\nuser = %q\naccel = %q\n",
-		in.File, h.Uplink, h.StateDir, h.RunDir, h.User, h.Accel)
+		in.File, h.Uplink, h.StateDir, h.RunDir, h.User, accel)
 	for _, vm := range in.VMs {
+		hv, vcpu, mem := vm.Hypervisor, vm.VCPU, vm.MemoryMiB
+		if v, _ := vmm.Lookup(hv); !installed(v) || v.NeedsKVM && accel == config.TCG {
+			hv = emulator()
+		}
+		if accel == config.TCG {
+			vcpu, mem = 1, 512
+		}
 		fmt.Fprintf(&b, "\n[vm.%s]\nsubnet = %q\nvcpu = %d\nmemory = %d\nhypervisor = %q\nimage = %q\ndns = %q\n",
-			vm.Name, vm.Subnet, vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.Image, vm.DNS)
+			vm.Name, vm.Subnet, vcpu, mem, hv, vm.Image, vm.DNS)
 	}
 	return b.String()
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
@@ -67,7 +68,7 @@ Examples:
 				return fmt.Errorf("%s is still in %s; remove it from the file and run apply first", name, in.File)
 			}
 			vm := in.Host.Departed(name)
-			if m.Active(vm) || stateOf(m, vm).State != "stopped" {
+			if m.Active(vm) || lifecycle.StateOf(m, vm).State != lifecycle.Stopped {
 				return fmt.Errorf("%s is still running; run apply (it stops VMs that left the file) or microvm down first", name)
 			}
 			data := storage.For(in.Host)

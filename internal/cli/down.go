@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/spf13/pflag"
 )
 
@@ -45,15 +46,15 @@ Examples:
 			}
 			defer lock.Release()
 			if all {
-				vms = inState(m, vms, "running", "starting")
+				vms = lifecycle.InState(m, vms, lifecycle.Running, lifecycle.Starting)
 			}
 			for _, vm := range vms {
-				if stateOf(m, vm).State == "stopped" {
+				if lifecycle.StateOf(m, vm).State == lifecycle.Stopped {
 					return fmt.Errorf("%s is not running; nothing to stop", vm.Name)
 				}
 			}
 			for _, vm := range vms {
-				if err := stopVMWithin(e, m, vm, timeout, force); err != nil {
+				if err := lifecycle.StopVMWithin(e.stdout, m, vm, timeout, force); err != nil {
 					return err
 				}
 			}

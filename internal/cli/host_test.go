@@ -81,7 +81,7 @@ func writeFile(t *testing.T, body string) string {
 	return f
 }
 
-// TestHostApply applies the seed's 4-VM network and proves every promise.
+// TestHostApply applies the design's 4-VM network and proves every promise.
 func TestHostApply(t *testing.T) {
 	sb, in := newSandbox(t, example)
 	// The VM users are machine-wide; make them exist so the plan is the

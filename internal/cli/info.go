@@ -11,8 +11,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func infoCmd() *command {
@@ -58,36 +59,36 @@ Examples:
 
 // infoDoc is info --json.
 type infoDoc struct {
-	Version       int           `json:"version" doc:"the version of this document's format"`
-	File          string        `json:"file" doc:"the infra.toml read"`
-	VM            vmModel       `json:"vm" doc:"the VM as the file derives it (as in validate --json)"`
-	State         string        `json:"state" doc:"running, starting or stopped"`
-	Manager       string        `json:"manager" doc:"systemd, or detached (a keeper process) where systemd is not PID 1"`
-	Unit          string        `json:"unit" doc:"its systemd unit"`
-	VMMPid        int           `json:"vmm_pid,omitempty" doc:"while running"`
-	SupervisorPid int           `json:"supervisor_pid,omitempty" doc:"microvm run NAME, while running"`
-	KeeperPid     int           `json:"keeper_pid,omitempty" doc:"without systemd, while kept running"`
-	Started       *time.Time    `json:"started,omitempty" doc:"when its VMM started (RFC 3339)"`
-	UptimeSeconds int64         `json:"uptime_seconds,omitempty"`
-	Changes       []string      `json:"changes" doc:"what differs between what it runs with and the file, e.g. \"memory 512 -> 640\""`
-	ConsoleLog    string        `json:"console_log"`
-	SupervisorLog string        `json:"supervisor_log" doc:"without systemd; with it, journalctl -u UNIT"`
-	DiskBytes     *int64        `json:"disk_bytes,omitempty" doc:"what its /etc and /var use; absent when it cannot be read"`
-	Snapshots     []snapshotDoc `json:"snapshots" doc:"with storage = \"zfs\", oldest first"`
-	Problems      []string      `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
+	Version       int             `json:"version" doc:"the version of this document's format"`
+	File          string          `json:"file" doc:"the infra.toml read"`
+	VM            vmModel         `json:"vm" doc:"the VM as the file derives it (as in validate --json)"`
+	State         lifecycle.State `json:"state" doc:"running, starting or stopped"`
+	Manager       supervise.Kind  `json:"manager" doc:"systemd, or detached (a keeper process) where systemd is not PID 1"`
+	Unit          string          `json:"unit" doc:"its systemd unit"`
+	VMMPid        int             `json:"vmm_pid,omitempty" doc:"while running"`
+	SupervisorPid int             `json:"supervisor_pid,omitempty" doc:"microvm run NAME, while running"`
+	KeeperPid     int             `json:"keeper_pid,omitempty" doc:"without systemd, while kept running"`
+	Started       *time.Time      `json:"started,omitempty" doc:"when its VMM started (RFC 3339)"`
+	UptimeSeconds int64           `json:"uptime_seconds,omitempty"`
+	Changes       []string        `json:"changes" doc:"what differs between what it runs with and the file, e.g. \"memory 512 -> 640\""`
+	ConsoleLog    string          `json:"console_log"`
+	SupervisorLog string          `json:"supervisor_log" doc:"without systemd; with it, journalctl -u UNIT"`
+	DiskBytes     *int64          `json:"disk_bytes,omitempty" doc:"what its /etc and /var use; absent when it cannot be read"`
+	Snapshots     []snapshotDoc   `json:"snapshots" doc:"with storage = \"zfs\", oldest first"`
+	Problems      []string        `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
 }
 
-func infoOf(in *config.Infra, m systemd.Manager, vm *config.VM) infoDoc {
-	s := stateOf(m, vm)
-	d := infoDoc{Version: jsonVersion, File: in.File, VM: modelOf(vm), State: s.State, Manager: m.Kind(), Unit: systemd.Unit(vm.Name),
+func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
+	s := lifecycle.StateOf(m, vm)
+	d := infoDoc{Version: jsonVersion, File: in.File, VM: modelOf(vm), State: s.State, Manager: m.Kind(), Unit: supervise.Unit(vm.Name),
 		ConsoleLog: vm.ConsoleLog(), SupervisorLog: vm.SupervisorLog(), Changes: []string{}, Snapshots: []snapshotDoc{}, Problems: []string{}}
-	if s.State == "running" {
+	if s.State == lifecycle.Running {
 		d.VMMPid, d.SupervisorPid = s.Started.VMMPid, s.Started.RunPid
 		t := s.Started.Time
 		d.Started, d.UptimeSeconds = &t, int64(s.Since.Seconds())
-		d.Changes = orEmpty(changes(in, vm, s.Started))
+		d.Changes = orEmpty(lifecycle.Changes(in, vm, s.Started))
 	}
-	if keeper, ok := systemd.KeeperPid(vm); ok {
+	if keeper, ok := supervise.KeeperPid(vm); ok {
 		d.KeeperPid = keeper.Pid
 	}
 	if os.Geteuid() != 0 {
@@ -115,7 +116,7 @@ func printInfo(e *env, d infoDoc) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	line := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
 	line("name", "%s (%s)", vm.Name, d.File)
-	state := d.State
+	state := string(d.State)
 	if d.Started != nil {
 		state += fmt.Sprintf(" since %s (%s)", d.Started.Local().Format("2006-01-02 15:04:05"), uptime(secs(d.UptimeSeconds)))
 	}
@@ -136,7 +137,7 @@ func printInfo(e *env, d infoDoc) {
 	line("resources", "%d vCPU, %d MiB, %s, image %s, dns %s", vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.Image, vm.DNS)
 	line("autostart", "%t", vm.Autostart)
 	switch {
-	case d.State != "running":
+	case d.State != lifecycle.Running:
 		line("changed", "- (not running)")
 	case len(d.Changes) == 0:
 		line("changed", "nothing since it started")

@@ -1,7 +1,8 @@
 package cli
 
 import (
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func keepCmd() *command {
@@ -27,11 +28,11 @@ Examples:
 			if err := needRoot(changesHost); err != nil {
 				return err
 			}
-			bin, file, err := self(e.file)
+			bin, file, err := lifecycle.Self(e.file)
 			if err != nil {
 				return err
 			}
-			return systemd.Keep(bin, file, vm, e.stderr)
+			return supervise.Keep(bin, file, vm, e.stderr)
 		},
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func logsCmd() *command {
@@ -48,8 +48,8 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if !console && systemd.Booted() {
-				jargs := []string{"-u", systemd.Unit(vm.Name), "--no-pager"}
+			if !console && supervise.Booted() {
+				jargs := []string{"-u", supervise.Unit(vm.Name), "--no-pager"}
 				if follow {
 					jargs = append(jargs, "-f")
 				}
@@ -69,9 +69,9 @@ Examples:
 // anything the VMM could have put in their place (package runner).
 func openLog(vm *config.VM, console bool) (*os.File, error) {
 	if console {
-		return systemd.OpenConsoleLog(vm)
+		return supervise.OpenConsoleLog(vm)
 	}
-	return systemd.OpenSupervisorLog(vm)
+	return supervise.OpenSupervisorLog(vm)
 }
 
 // showFile prints vm's console or supervisor log (its last lines if lines
@@ -94,7 +94,7 @@ func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, systemd.Tail(b, lines))
+		fmt.Fprintln(e.stdout, supervise.Tail(b, lines))
 	} else if _, err := io.Copy(e.stdout, f); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 )
 
@@ -100,7 +101,7 @@ func planFor(e *env, in *config.Infra, hostOnly bool) (*plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fullPlan(e, in, m)
+	return lifecycle.Plan(e.stdout, in, m)
 }
 
 // planDoc is plan --json.

@@ -3,6 +3,7 @@ package cli
 import (
 	"github.com/spf13/pflag"
 
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 )
 
@@ -38,12 +39,7 @@ Examples:
 				}
 			}
 			for _, vm := range vms {
-				if stateOf(m, vm).State != "stopped" {
-					if err := stopVM(e, m, vm); err != nil {
-						return err
-					}
-				}
-				if err := startVM(e, in, m, vm, startTimeout); err != nil {
+				if err := lifecycle.Restart(e.stdout, in, m, vm); err != nil {
 					return err
 				}
 			}

@@ -13,8 +13,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func snapshotCmd() *command {
@@ -285,20 +286,20 @@ func whileStopped(e *env, in *config.Infra, vm *config.VM, f func() error) error
 	if err != nil {
 		return err
 	}
-	lock, err := systemd.TakeLock(in.Host)
+	lock, err := supervise.TakeLock(in.Host)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	running := stateOf(m, vm).State != "stopped"
+	running := lifecycle.StateOf(m, vm).State != lifecycle.Stopped
 	if running {
-		if err := stopVM(e, m, vm); err != nil {
+		if err := lifecycle.StopVM(e.stdout, m, vm); err != nil {
 			return err
 		}
 	}
 	ferr := f()
 	if running {
-		if err := startVM(e, in, m, vm, startTimeout); err != nil {
+		if err := lifecycle.StartVM(e.stdout, in, m, vm, lifecycle.StartTimeout); err != nil {
 			return errors.Join(ferr, err)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/guest"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 )
 
 // exitStatus is a command's own exit status, passed on without a message
@@ -62,7 +63,7 @@ func inGuest(e *env, name, command string, wait time.Duration) error {
 	if err != nil {
 		return err
 	}
-	if m, err := e.manager(); err == nil && stateOf(m, vm).State == "stopped" {
+	if m, err := e.manager(); err == nil && lifecycle.StateOf(m, vm).State == lifecycle.Stopped {
 		return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)

@@ -11,26 +11,27 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostpart"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 )
 
 // statusRow is one VM in status --json.
 type statusRow struct {
-	Name          string  `json:"name"`
-	State         string  `json:"state" doc:"running, starting or stopped"`
-	Guest         string  `json:"guest,omitempty" doc:"booting or ready (its sshd answers), while running"`
-	Address       string  `json:"address" doc:"the guest's address, e.g. 10.1.0.2"`
-	Hypervisor    string  `json:"hypervisor" doc:"cloud-hypervisor or qemu"`
-	Image         string  `json:"image"`
-	VCPU          int     `json:"vcpu"`
-	MemoryMiB     int     `json:"memory_mib"`
-	Autostart     bool    `json:"autostart"`
-	UptimeSeconds int64   `json:"uptime_seconds,omitempty" doc:"while running"`
-	VMMPid        int     `json:"vmm_pid,omitempty" doc:"while running"`
-	DiskBytes     int64   `json:"disk_bytes" doc:"what its /etc and /var use (0 when it cannot be read: without root)"`
-	Changed       bool    `json:"changed_since_start,omitempty" doc:"running with settings, image or kernel that differ from the file's now"`
-	ReadyAfter    float64 `json:"ready_after_seconds,omitempty" doc:"from its VMM's start until its sshd answered, once ready"`
+	Name          string          `json:"name"`
+	State         lifecycle.State `json:"state" doc:"running, starting or stopped"`
+	Guest         string          `json:"guest,omitempty" doc:"booting or ready (its sshd answers), while running"`
+	Address       string          `json:"address" doc:"the guest's address, e.g. 10.1.0.2"`
+	Hypervisor    string          `json:"hypervisor" doc:"cloud-hypervisor or qemu"`
+	Image         string          `json:"image"`
+	VCPU          int             `json:"vcpu"`
+	MemoryMiB     int             `json:"memory_mib"`
+	Autostart     bool            `json:"autostart"`
+	UptimeSeconds int64           `json:"uptime_seconds,omitempty" doc:"while running"`
+	VMMPid        int             `json:"vmm_pid,omitempty" doc:"while running"`
+	DiskBytes     int64           `json:"disk_bytes" doc:"what its /etc and /var use (0 when it cannot be read: without root)"`
+	Changed       bool            `json:"changed_since_start,omitempty" doc:"running with settings, image or kernel that differ from the file's now"`
+	ReadyAfter    float64         `json:"ready_after_seconds,omitempty" doc:"from its VMM's start until its sshd answered, once ready"`
 }
 
 func statusCmd(name string) *command {
@@ -84,13 +85,13 @@ Examples:
 			usage, uerr := storage.For(in.Host).Usage(in)
 			var rows []statusRow
 			for _, vm := range vms {
-				s := stateOf(m, vm)
+				s := lifecycle.StateOf(m, vm)
 				r := statusRow{Name: vm.Name, State: s.State, Address: vm.Addr.String(), Hypervisor: string(vm.Hypervisor),
 					Image: vm.Image, VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB, Autostart: vm.Autostart}
-				if s.State == "running" {
+				if s.State == lifecycle.Running {
 					r.UptimeSeconds = int64(s.Since.Seconds())
 					r.VMMPid = s.Started.VMMPid
-					r.Changed = len(changes(in, vm, s.Started)) > 0
+					r.Changed = len(lifecycle.Changes(in, vm, s.Started)) > 0
 					r.Guest = s.Started.Guest()
 					if s.Started.Ready != nil {
 						r.ReadyAfter = s.Started.Ready.Sub(s.Started.Time).Round(100 * time.Millisecond).Seconds()
@@ -108,7 +109,7 @@ Examples:
 			fmt.Fprintln(tw, "NAME\tSTATE\tGUEST\tADDRESS\tHYPERVISOR\tIMAGE\tVCPU\tMEMORY\tUPTIME\tDISK")
 			for _, r := range rows {
 				up, disk, guest := "-", "?", "-"
-				if r.State == "running" {
+				if r.State == lifecycle.Running {
 					up = uptime(secs(r.UptimeSeconds))
 				}
 				if uerr == nil {
@@ -144,7 +145,7 @@ Examples:
 }
 
 // hostStatus prints the host's side of status --host: disk totals, read
-// off directly against the seed's "disk usage < 10GB total", and the
+// off directly against the design's "disk usage < 10GB total", and the
 // Tailscale routes.
 func hostStatus(e *env, in *config.Infra, u storage.Usage, uerr error) {
 	fmt.Fprintf(e.stdout, "\nhost: storage %s in %s\n", in.Host.Storage, in.Host.StateDir)

@@ -25,7 +25,7 @@ type hostDoc struct {
 	Tailscale tailscaleDoc `json:"tailscale"`
 }
 
-// diskDoc is disk use in bytes, against the seed's "under 10 GB".
+// diskDoc is disk use in bytes, against the design's "under 10 GB".
 type diskDoc struct {
 	ImagesBytes int64 `json:"images_bytes" doc:"every image"`
 	VMsBytes    int64 `json:"vms_bytes" doc:"every VM of the file: its /etc and /var (on ZFS with its snapshots)"`

@@ -14,9 +14,10 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func teardownCmd() *command {
@@ -102,37 +103,14 @@ Examples:
 // teardownPlan is what teardown does, in order: stop every VM that runs
 // (while its network is there for a clean shutdown), remove the units,
 // then the host part (plan.Teardown), then, with data, state_dir.
-func teardownPlan(e *env, in *config.Infra, m systemd.Manager, data bool) (*plan.Plan, error) {
-	p := &plan.Plan{}
-	gone, err := departed(in, m)
+func teardownPlan(e *env, in *config.Infra, m supervise.Manager, data bool) (*plan.Plan, error) {
+	stops, vms, err := lifecycle.Teardown(e.stdout, in, m)
 	if err != nil {
 		return nil, err
 	}
-	vms := gone
-	for i := range in.VMs {
-		vms = append(vms, &in.VMs[i])
-	}
-	for _, vm := range vms {
-		if m.Active(vm) || stateOf(m, vm).State != "stopped" {
-			p.Actions = append(p.Actions, vmAction{
-				text: "microvm down " + vm.Name,
-				do:   func() error { return stopVM(e, m, vm) },
-			})
-		}
-	}
-	// The keeper of the firewall goes before the table, which it would
-	// load again.
-	keeper := ""
-	if systemd.Booted() && systemd.Systemctl("is-active", "--quiet", systemd.HostUnit) == nil {
-		keeper = "systemctl stop " + systemd.HostUnit
-	} else if id, ok := systemd.HostKeeper(in.Host); ok {
-		keeper = fmt.Sprintf("kill %d   # microvm host --detached, which keeps the firewall", id.Pid)
-	}
-	if keeper != "" {
-		p.Actions = append(p.Actions, vmAction{text: keeper, do: func() error { return systemd.StopHost(in.Host) }})
-	}
+	p := &plan.Plan{Actions: stops}
 	if units := installedUnits(); len(units) > 0 {
-		p.Actions = append(p.Actions, &removeUnits{dir: systemd.UnitDir, files: units, reload: systemd.Booted()})
+		p.Actions = append(p.Actions, &removeUnits{dir: supervise.UnitDir, files: units, reload: supervise.Booted()})
 	}
 	host, err := plan.Teardown(in)
 	if err != nil {
@@ -151,11 +129,11 @@ func teardownPlan(e *env, in *config.Infra, m systemd.Manager, data bool) (*plan
 	return p, nil
 }
 
-// installedUnits lists the program's unit files in systemd.UnitDir and the
+// installedUnits lists the program's unit files in supervise.UnitDir and the
 // links that enable them, relative to it.
 func installedUnits() []string {
-	names := map[string]bool{systemd.Template: true, systemd.Target: true}
-	if u, err := systemd.Render("/microvm", "/infra.toml"); err == nil {
+	names := map[string]bool{supervise.Template: true, supervise.Target: true}
+	if u, err := supervise.Render("/microvm", "/infra.toml"); err == nil {
 		for n := range u {
 			names[n] = true
 		}
@@ -163,15 +141,15 @@ func installedUnits() []string {
 	ours := func(n string) bool { return names[n] || strings.HasPrefix(n, "microvm@") }
 	var out []string
 	for n := range names {
-		if _, err := os.Lstat(filepath.Join(systemd.UnitDir, n)); err == nil {
+		if _, err := os.Lstat(filepath.Join(supervise.UnitDir, n)); err == nil {
 			out = append(out, n)
 		}
 	}
 	// Glob fails only on a bad pattern, and this one is fixed.
-	wants, _ := filepath.Glob(filepath.Join(systemd.UnitDir, "*.wants", "*"))
+	wants, _ := filepath.Glob(filepath.Join(supervise.UnitDir, "*.wants", "*"))
 	for _, w := range wants {
 		if fi, err := os.Lstat(w); err == nil && fi.Mode()&os.ModeSymlink != 0 && ours(filepath.Base(w)) {
-			rel, _ := filepath.Rel(systemd.UnitDir, w) // w is under UnitDir: Glob made it
+			rel, _ := filepath.Rel(supervise.UnitDir, w) // w is under UnitDir: Glob made it
 			out = append(out, rel)
 		}
 	}
@@ -207,7 +185,7 @@ func (a *removeUnits) Apply() error {
 		}
 	}
 	if a.reload {
-		return systemd.Systemctl("daemon-reload")
+		return supervise.Systemctl("daemon-reload")
 	}
 	return nil
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -166,10 +166,10 @@ func TestTeardown(t *testing.T) {
 	// Units as apply installs them under systemd, their links, and
 	// someone else's unit, which must stay.
 	units := t.TempDir()
-	old := systemd.UnitDir
-	systemd.UnitDir = units
-	defer func() { systemd.UnitDir = old }()
-	u, err := systemd.Render("/usr/local/bin/microvm", file)
+	old := supervise.UnitDir
+	supervise.UnitDir = units
+	defer func() { supervise.UnitDir = old }()
+	u, err := supervise.Render("/usr/local/bin/microvm", file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,8 +177,8 @@ func TestTeardown(t *testing.T) {
 		t.Fatal(err)
 	}
 	for link, to := range map[string]string{
-		"microvms.target.wants/microvm@vm1.service": "../" + systemd.Template,
-		"multi-user.target.wants/microvms.target":   "../" + systemd.Target,
+		"microvms.target.wants/microvm@vm1.service": "../" + supervise.Template,
+		"multi-user.target.wants/microvms.target":   "../" + supervise.Target,
 		"multi-user.target.wants/ssh.service":       "/lib/systemd/system/ssh.service",
 	} {
 		os.MkdirAll(filepath.Join(units, filepath.Dir(link)), 0o755)

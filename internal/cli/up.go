@@ -6,12 +6,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/simple-microvm-infra/microvm/internal/config"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 )
-
-// startTimeout is how long up waits for a VM's VMM to be running.
-const startTimeout = 90 * time.Second
 
 func upCmd() *command {
 	var all, wait bool
@@ -57,16 +53,16 @@ Examples:
 			}
 			defer lock.Release()
 			if all {
-				vms = inState(m, vms, "stopped")
+				vms = lifecycle.InState(m, vms, lifecycle.Stopped)
 			}
 			for _, vm := range vms {
-				if s := stateOf(m, vm); s.State != "stopped" {
+				if s := lifecycle.StateOf(m, vm); s.State != lifecycle.Stopped {
 					return fmt.Errorf("%s is already %s; to start it again: microvm restart %s", vm.Name, s.State, vm.Name)
 				}
 			}
 			began := time.Now()
 			for _, vm := range vms {
-				if err := startVM(e, in, m, vm, startTimeout); err != nil {
+				if err := lifecycle.StartVM(e.stdout, in, m, vm, lifecycle.StartTimeout); err != nil {
 					return err
 				}
 			}
@@ -74,30 +70,11 @@ Examples:
 				return nil
 			}
 			for _, vm := range vms {
-				if err := waitReady(e, m, vm, began.Add(waitTimeout)); err != nil {
+				if err := lifecycle.WaitReady(e.stdout, m, vm, began.Add(waitTimeout)); err != nil {
 					return err
 				}
 			}
 			return nil
 		},
-	}
-}
-
-// waitReady waits until vm's guest is ready (its supervisor saw its sshd
-// answer) or deadline passes.
-func waitReady(e *env, m systemd.Manager, vm *config.VM, deadline time.Time) error {
-	for {
-		s := stateOf(m, vm)
-		switch {
-		case s.State == "running" && s.Started.Ready != nil:
-			fmt.Fprintf(e.stdout, "%s ready: sshd answers on %s, %s after its VMM started\n",
-				vm.Name, vm.Addr, s.Started.Ready.Sub(s.Started.Time).Round(100*time.Millisecond))
-			return nil
-		case s.State == "stopped":
-			return fmt.Errorf("%s stopped while booting; its log ends:\n%s", vm.Name, logTail(m, vm, 15))
-		case time.Now().After(deadline):
-			return fmt.Errorf("%s is not ready by --wait-timeout: it is %s and its sshd does not answer; watch it with: microvm logs --console %s", vm.Name, s.State, vm.Name)
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }

@@ -1,13 +1,9 @@
 package cli
 
 import (
-	"fmt"
-	"strings"
-
 	"github.com/spf13/pflag"
 
-	"github.com/simple-microvm-infra/microvm/internal/runner"
-	"github.com/simple-microvm-infra/microvm/internal/storage"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 )
 
 func updateCmd() *command {
@@ -47,29 +43,7 @@ Examples:
 			}
 			defer lock.Release()
 			for _, vm := range vms {
-				s := stateOf(m, vm)
-				if s.State != "running" {
-					fmt.Fprintf(e.stdout, "%s is %s; it starts with the file's settings next time (microvm up %s)\n", vm.Name, s.State, vm.Name)
-					continue
-				}
-				ch := changes(in, vm, s.Started)
-				if len(ch) == 0 {
-					fmt.Fprintf(e.stdout, "%s is up to date; not restarted\n", vm.Name)
-					continue
-				}
-				if err := runner.Preflight(in, vm); err != nil {
-					return err
-				}
-				fmt.Fprintf(e.stdout, "%s changed: %s; restarting\n", vm.Name, strings.Join(ch, ", "))
-				if err := stopVM(e, m, vm); err != nil {
-					return err
-				}
-				if snap, err := storage.SnapshotBeforeChange(in.Host, vm, "update"); err != nil {
-					return fmt.Errorf("%w\n%s is stopped; start it with: microvm up %s", err, vm.Name, vm.Name)
-				} else if snap != "" {
-					fmt.Fprintf(e.stdout, "%s: snapshot %s taken\n", vm.Name, snap)
-				}
-				if err := startVM(e, in, m, vm, startTimeout); err != nil {
+				if err := lifecycle.Update(e.stdout, in, m, vm); err != nil {
 					return err
 				}
 			}

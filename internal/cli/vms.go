@@ -1,57 +1,27 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
-	"github.com/simple-microvm-infra/microvm/internal/proc"
-	"github.com/simple-microvm-infra/microvm/internal/runner"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // What the lifecycle commands (up, down, restart, update, status, apply)
 // share: finding the named VMs, the manager that starts and stops their
-// supervisors (systemd, or detached keepers), and each VM's state.
-
-// vmState is a VM's state as status prints it.
-type vmState struct {
-	State   string // running, starting, stopped
-	Started runner.Started
-	Since   time.Duration // uptime, when running
-}
-
-// stateOf reads vm's state: running once its VMM is up (the supervisor
-// records it, with the start times of both processes, which must match),
-// starting while a supervisor runs without a VMM (booting, or restarting
-// after a failure), stopped otherwise.
-func stateOf(m systemd.Manager, vm *config.VM) vmState {
-	// A record that cannot be read says nothing runs: the supervisor's
-	// state decides between starting and stopped.
-	st, ok, _ := runner.ReadStarted(vm)
-	if ok && st.VMM().Alive() && st.Run().Alive() {
-		return vmState{State: "running", Started: st, Since: time.Since(st.Time)}
-	}
-	if m.Active(vm) {
-		return vmState{State: "starting"}
-	}
-	return vmState{State: "stopped"}
-}
+// supervisors (systemd, or detached keepers), and the lock. Package
+// lifecycle starts and stops them and reads their state.
 
 // manager returns how VMs are kept running on this host.
-func (e *env) manager() (systemd.Manager, error) {
+func (e *env) manager() (supervise.Manager, error) {
 	bin, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	return systemd.For(bin, e.file)
+	return supervise.For(bin, e.file)
 }
 
 // namedVMs returns the VMs called names, all of them if names is empty and
@@ -82,113 +52,9 @@ func namedVMs(in *config.Infra, names []string, all bool) ([]*config.VM, error) 
 	return out, nil
 }
 
-// startVM starts vm's supervisor and waits until its VMM is up (not until
-// the guest has booted), or the supervisor fails.
-func startVM(e *env, in *config.Infra, m systemd.Manager, vm *config.VM, timeout time.Duration) error {
-	if err := runner.Preflight(in, vm); err != nil {
-		return err
-	}
-	began := time.Now()
-	if err := m.Start(vm); err != nil {
-		return err
-	}
-	for time.Since(began) < timeout {
-		s := stateOf(m, vm)
-		if s.State == "running" {
-			fmt.Fprintf(e.stdout, "%s started: %s pid %d, %s; it boots in the background (microvm logs %s --console)\n",
-				vm.Name, vm.Hypervisor, s.Started.VMMPid, vm.Addr, vm.Name)
-			return nil
-		}
-		if s.State == "stopped" {
-			return fmt.Errorf("%s failed to start; its log ends:\n%s", vm.Name, logTail(m, vm, 15))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return fmt.Errorf("%s is still starting after %s; follow it with: microvm logs -f %s", vm.Name, timeout, vm.Name)
-}
-
-// stopVM stops vm's supervisor, which shuts the guest down cleanly.
-func stopVM(e *env, m systemd.Manager, vm *config.VM) error {
-	return stopVMWithin(e, m, vm, 0, false)
-}
-
-// stopVMWithin is stopVM with a limit: if the guest has not shut down
-// after timeout (0: no limit), or at once with force, its VMM is killed,
-// as a power cut would stop it. The supervisor, already told to stop, then
-// stops the virtiofs daemons and exits without a restart.
-func stopVMWithin(e *env, m systemd.Manager, vm *config.VM, timeout time.Duration, force bool) error {
-	began := time.Now()
-	// Without a record (or an unreadable one) there is no VMM to wait for.
-	st, _, _ := runner.ReadStarted(vm)
-	done := make(chan error, 1)
-	go func() { done <- stopSupervisor(m, vm, began) }()
-	var limit <-chan time.Time
-	switch {
-	case force:
-		// Time for the stop request to reach the supervisor first.
-		limit = time.After(200 * time.Millisecond)
-	case timeout > 0:
-		limit = time.After(timeout)
-	}
-	how := "stopped"
-	select {
-	case err := <-done:
-		if err != nil {
-			return err
-		}
-	case <-limit:
-		if vmm := st.VMM(); vmm.Alive() {
-			if err := vmm.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, proc.ErrGone) {
-				return fmt.Errorf("killing the VMM of %s (%s): %w", vm.Name, vmm, err)
-			}
-			how = "killed (its VMM, pid " + strconv.Itoa(st.VMMPid) + ")"
-			if !force {
-				how = fmt.Sprintf("not shut down in %s: killed (its VMM, pid %d)", timeout, st.VMMPid)
-			}
-		}
-		if err := <-done; err != nil {
-			return err
-		}
-	}
-	fmt.Fprintf(e.stdout, "%s %s in %s\n", vm.Name, how, time.Since(began).Round(100*time.Millisecond))
-	return nil
-}
-
-// stopSupervisor asks vm's supervisor to stop and waits until it has.
-func stopSupervisor(m systemd.Manager, vm *config.VM, began time.Time) error {
-	if m.Active(vm) {
-		return m.Stop(vm)
-	}
-	if s := stateOf(m, vm); s.State == "running" {
-		// A supervisor whose keeper is gone (killed): stop it directly.
-		run := s.Started.Run()
-		if err := run.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, proc.ErrGone) {
-			return fmt.Errorf("stopping %s (supervisor %s): %w", vm.Name, run, err)
-		}
-		if err := systemd.WaitGone(run, systemd.StopTimeout, fmt.Sprintf("%s did not stop in %s (supervisor %s)", vm.Name, systemd.StopTimeout, run)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// logTail is the end of vm's supervisor log.
-func logTail(m systemd.Manager, vm *config.VM, n int) string {
-	if m.Kind() == "systemd" {
-		return fmt.Sprintf("(see journalctl -u %s)", systemd.Unit(vm.Name))
-	}
-	f, err := openLog(vm, false)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
-	return systemd.Tail(b, n)
-}
-
 // lifecycle loads the file and takes the lock, for commands that start or
 // stop VMs. The caller releases the lock.
-func (e *env) lifecycle() (*config.Infra, systemd.Manager, *systemd.Lock, error) {
+func (e *env) lifecycle() (*config.Infra, supervise.Manager, *supervise.Lock, error) {
 	in, err := e.load()
 	if err != nil {
 		return nil, nil, nil, err
@@ -200,7 +66,7 @@ func (e *env) lifecycle() (*config.Infra, systemd.Manager, *systemd.Lock, error)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	l, err := systemd.TakeLock(in.Host)
+	l, err := supervise.TakeLock(in.Host)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -226,7 +92,7 @@ func (e *env) oneVM(args []string) (*config.Infra, *config.VM, error) {
 // lifecycleOf is lifecycle for the VMs named in args (one at least), or
 // with all for every VM of the file, for up, down, restart and update. The
 // caller releases the lock.
-func (e *env) lifecycleOf(args []string, all bool) (*config.Infra, systemd.Manager, []*config.VM, *systemd.Lock, error) {
+func (e *env) lifecycleOf(args []string, all bool) (*config.Infra, supervise.Manager, []*config.VM, *supervise.Lock, error) {
 	switch {
 	case all && len(args) > 0:
 		return nil, nil, nil, nil, fmt.Errorf("%w: name VMs or give --all, not both", errUsage)
@@ -259,24 +125,3 @@ func uptime(d time.Duration) string {
 }
 
 func secs(n int64) time.Duration { return time.Duration(n) * time.Second }
-
-// changes lists what differs between what vm was started with and what it
-// would start with now.
-func changes(in *config.Infra, vm *config.VM, st runner.Started) []string {
-	now := runner.Settings(in, vm)
-	if runner.Hash(now) == st.Hash {
-		return nil
-	}
-	return runner.Changed(st.Settings, now)
-}
-
-// inState keeps the VMs whose state is one of states.
-func inState(m systemd.Manager, vms []*config.VM, states ...string) []*config.VM {
-	var out []*config.VM
-	for _, vm := range vms {
-		if slices.Contains(states, stateOf(m, vm).State) {
-			out = append(out, vm)
-		}
-	}
-	return out
-}

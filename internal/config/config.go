@@ -33,9 +33,9 @@ const (
 	DefaultAccel      = KVM
 
 	// Storage: plain directories unless the file asks for ZFS, which
-	// needs a pool the user made (the seed's step 2).
+	// needs a pool the user made (the design's step 2).
 	DefaultStorage       = StorageDir
-	DefaultZFSDataset    = "rpool/microvms" // the seed's dataset for VM data
+	DefaultZFSDataset    = "rpool/microvms" // the design's dataset for VM data
 	DefaultKeepSnapshots = 5                // automatic snapshots kept per VM
 	MaxKeepSnapshots     = 1000
 

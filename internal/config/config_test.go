@@ -33,7 +33,7 @@ func TestBad(t *testing.T) {
 	}
 }
 
-// TestExample derives the model of the shipped example, the seed's setup.
+// TestExample derives the model of the shipped example, the design's setup.
 func TestExample(t *testing.T) {
 	in, err := Load("../../examples/infra.toml")
 	if err != nil {

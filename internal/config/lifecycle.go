@@ -10,7 +10,7 @@ import "path/filepath"
 // name.
 //
 //	RUN_DIR/microvm.lock        held by apply, up, down, restart, update, destroy
-//	RUN_DIR/NAME/keeper.pid     the detached supervisor's keeper (hosts without systemd): "PID START"
+//	RUN_DIR/NAME/keeper.pid     the keeper of the supervisor (hosts without systemd): "PID START"
 //	RUN_DIR/NAME/supervisor.log what `microvm run NAME` printed, when detached (root's only, 0600)
 //	RUN_DIR/NAME/started.json   what the running VM was started with (settings, hash, time, VMM and supervisor)
 

@@ -7,7 +7,7 @@ import (
 	"github.com/pelletier/go-toml/v2/unstable"
 )
 
-// [host.tailscale] says how the VM networks meet the tailnet, the seed's
+// [host.tailscale] says how the VM networks meet the tailnet, the design's
 // "Tailscale on Host (advertising 10.1.0.0/24 ...)":
 //
 //	[host.tailscale]

@@ -21,7 +21,7 @@
 // a VM is dropped first, so only the IPv4 range needs rules.
 //
 // Isolation uses sets, so the number of rules stays the same for 4 VMs or
-// 250, where the seed's iptables rules grow as N×(N−1).
+// 250, where the design's iptables rules grow as N×(N−1).
 package firewall
 
 import (

@@ -73,7 +73,7 @@ func TestNotInternet(t *testing.T) {
 }
 
 // TestConstantRules: isolation is expressed with sets, so the rule count
-// does not grow with the number of VMs (the seed's iptables need N×(N−1)).
+// does not grow with the number of VMs (the design's iptables need N×(N−1)).
 func TestConstantRules(t *testing.T) {
 	want := summarize(render(infra(t, 4))).Rules
 	blocked := summarize(render(infra(t, 4))).Elements - 6*4 // the not_internet set

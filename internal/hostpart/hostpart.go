@@ -30,7 +30,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // Options say how `microvm host` runs.
@@ -115,7 +115,7 @@ func Run(opts Options, stop <-chan struct{}, log io.Writer) error {
 // notify tells systemd (if it runs us) state; a failure is logged: the
 // firewall is kept whatever systemd knows of it.
 func notify(logf func(string, ...any), state string) {
-	if err := systemd.Notify(state); err != nil {
+	if err := supervise.Notify(state); err != nil {
 		logf("%v", err)
 	}
 }
@@ -175,7 +175,7 @@ func anyVM(h config.Host) bool {
 	entries, _ := os.ReadDir(h.RunDir)
 	for _, e := range entries {
 		if e.IsDir() {
-			if _, ok := systemd.KeeperPid(&config.VM{Name: e.Name(), RunDir: h.VMRunDir(e.Name())}); ok {
+			if _, ok := supervise.KeeperPid(&config.VM{Name: e.Name(), RunDir: h.VMRunDir(e.Name())}); ok {
 				return true
 			}
 		}

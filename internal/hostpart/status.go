@@ -8,7 +8,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // PrintStatus writes the host part's lines of `status --host`: whether it
@@ -26,13 +26,13 @@ func PrintStatus(w io.Writer, in *config.Infra) {
 	st, ok := ReadState(in.Host)
 	if !ok {
 		fix := "microvm apply starts one"
-		if systemd.Booted() {
-			fix = "systemctl start " + systemd.HostUnit
+		if supervise.Booted() {
+			fix = "systemctl start " + supervise.HostUnit
 		}
 		fmt.Fprintf(w, "  firewall: not kept: no microvm host runs, so a flushed or edited table stays so until the next apply; %s\n", fix)
 		return
 	}
-	who := systemd.HostUnit
+	who := supervise.HostUnit
 	if st.Detached {
 		who = "microvm host --detached (log in " + in.Host.HostLog() + ")"
 	}

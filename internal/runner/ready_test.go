@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/proc"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // serve answers each connection to a new loopback listener with greeting,
@@ -77,7 +77,7 @@ func TestProbeSSH(t *testing.T) {
 // it was seen for, and nowhere else.
 func TestMarkReady(t *testing.T) {
 	in, vm := load(t, "")
-	run, err := systemd.OpenRunDir(vm)
+	run, err := supervise.OpenRunDir(vm)
 	if err != nil {
 		t.Fatal(err)
 	}

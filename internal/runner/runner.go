@@ -34,7 +34,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
@@ -51,7 +51,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		logf("warning: %s", w)
 	}
 	spec := vmm.NewSpec(in.Host, vm)
-	run, err := systemd.OpenRunDir(vm)
+	run, err := supervise.OpenRunDir(vm)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +15,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // VM is a real microVM running in the sandbox: `microvm run NAME` started
@@ -124,13 +123,7 @@ func (s *Sandbox) Boot(bin, file, logDir string, timeout time.Duration, ready fu
 
 // Console returns the end of vm's console log, n lines, read as the
 // program reads it: without following anything its VMM could have put in
-// its place (systemd.OpenConsoleLog).
+// its place (supervise.OpenConsoleLog).
 func Console(vm *config.VM, n int) string {
-	f, err := systemd.OpenConsoleLog(vm)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
-	return systemd.Tail(b, n)
+	return supervise.TailOf(supervise.OpenConsoleLog, vm, n)
 }

@@ -4,7 +4,7 @@
 //
 //   - "dir" (the default): plain directories, made when a VM first starts.
 //     No snapshots.
-//   - "zfs": the seed's layout. A parent dataset mounted at state_dir, one
+//   - "zfs": the design's layout. A parent dataset mounted at state_dir, one
 //     child per VM holding its etc and var, made by the host part of apply
 //     before a VM first starts, and one per image, made by `microvm image`
 //     and read-only once the image is built. The zfs command is
@@ -12,7 +12,7 @@
 //     zfs get -Hp ...), so what `microvm plan` prints is what a person would
 //     type. A VM's snapshots are snapshots of its dataset.
 //
-// For the seed's setup:
+// For the design's setup:
 //
 //	rpool/microvms                /var/lib/microvms                compression=on; the admin key
 //	rpool/microvms/images         /var/lib/microvms/images

@@ -175,7 +175,7 @@ func TestDir(t *testing.T) {
 }
 
 // TestZFSWithoutTools: on a host without the zfs command, plan says what to
-// install and the seed's commands, pointing at the line of infra.toml.
+// install and the design's commands, pointing at the line of infra.toml.
 func TestZFSWithoutTools(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	in := model(t, t.TempDir(), "storage = \"zfs\"\nzfs_dataset = \"tank/microvms\"", "vm1")

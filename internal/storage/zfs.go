@@ -147,7 +147,7 @@ func (z *ZFS) datasets(in *config.Infra) (map[string]dataset, error) {
 }
 
 // setupError explains what a host needs for storage = "zfs", with the
-// commands of the seed's step 2: the tools if they are missing, and the
+// commands of the design's step 2: the tools if they are missing, and the
 // pool. It is the program's answer to a host without ZFS: it creates no
 // pool itself, as a pool takes a whole disk.
 func setupError(in *config.Infra, problem string, needTools bool) error {

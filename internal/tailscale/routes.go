@@ -1,5 +1,5 @@
 // Package tailscale keeps the routes tailscaled advertises in step with the
-// VM subnets of infra.toml, through tailscaled's local API: it is the seed's
+// VM subnets of infra.toml, through tailscaled's local API: it is the design's
 // step 4 ("tailscale up --advertise-routes=10.1.0.0/24,..."), redone by
 // every apply. It also reports whether the tailnet's control server has
 // approved each route, which no program on the host can do for the user.

@@ -24,7 +24,7 @@ type Report struct {
 	Control string // the control server's URL
 	Routes  []Route
 	Others  []netip.Prefix // routes advertised for other reasons, which apply keeps
-	step    string         // the seed's step 4 or the approval step, when one is needed
+	step    string         // the design's step 4 or the approval step, when one is needed
 }
 
 // Route is one VM subnet.

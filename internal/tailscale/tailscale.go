@@ -263,7 +263,7 @@ func goneSubnets(in *config.Infra) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// stepFour is the seed's step 4 for these routes: log in advertising them,
+// stepFour is the design's step 4 for these routes: log in advertising them,
 // then approve them. When tailscaled is logged out, routes are every route
 // it will advertise: `tailscale up` sets the whole list, so a route left out
 // would be withdrawn.

@@ -37,7 +37,7 @@ import (
 
 // Cmdline returns the kernel command line of vm's guest. It is the one
 // definition of what the guest's init (cmd/microvm-init) reads, and reads
-// like this for the seed's first VM:
+// like this for the design's first VM:
 //
 //	console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1
 //

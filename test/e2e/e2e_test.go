@@ -1,5 +1,5 @@
-// Package e2e boots the seed's 4 microVMs for real, under QEMU, in a sandbox
-// of network namespaces, and proves the seed's promises from inside the
+// Package e2e boots the design's 4 microVMs for real, under QEMU, in a sandbox
+// of network namespaces, and proves the design's promises from inside the
 // guests over SSH (tier 3 of DESIGN.md).
 package e2e
 
@@ -22,11 +22,11 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
-// setup writes the seed's infra.toml for this machine: QEMU under TCG,
+// setup writes the design's infra.toml for this machine: QEMU under TCG,
 // state in the test image's cache, run files in a short fresh directory.
 func setup(t *testing.T) (*config.Infra, string) {
 	t.Helper()
@@ -111,7 +111,7 @@ func TestMicroVMs(t *testing.T) {
 		t.Logf("vm1 stopped in %s", time.Since(stopped).Round(100*time.Millisecond))
 		console, _ := os.ReadFile(vm.ConsoleLog())
 		if !bytes.Contains(console, []byte("systemd-shutdown")) {
-			t.Errorf("no clean guest shutdown in the console:\n%s", systemd.Tail(console, 15))
+			t.Errorf("no clean guest shutdown in the console:\n%s", supervise.Tail(console, 15))
 		}
 		// The supervisor returns only after its daemons: none may be left.
 		if out, _ := exec.Command("pgrep", "-f", vm.RunDir+"/virtiofs-").Output(); len(out) > 0 {

@@ -23,7 +23,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -84,13 +84,13 @@ func TestLifecycle(t *testing.T) {
 	// Whatever happens, no keeper outlives the test.
 	defer func() {
 		for i := range in.VMs {
-			systemd.StopDetached(&in.VMs[i], 90*time.Second)
+			supervise.StopDetached(&in.VMs[i], 90*time.Second)
 		}
 		if t.Failed() {
 			for _, vm := range in.VMs {
 				sup, _ := os.ReadFile(vm.SupervisorLog())
 				con, _ := os.ReadFile(vm.ConsoleLog())
-				t.Logf("%s supervisor log:\n%s\n%s console (end):\n%s", vm.Name, systemd.Tail(sup, 30), vm.Name, systemd.Tail(con, 20))
+				t.Logf("%s supervisor log:\n%s\n%s console (end):\n%s", vm.Name, supervise.Tail(sup, 30), vm.Name, supervise.Tail(con, 20))
 			}
 		}
 	}()
@@ -122,7 +122,7 @@ func TestLifecycle(t *testing.T) {
 	if _, err := os.Stat(lc1.KeeperPidFile()); err == nil {
 		t.Error("a failed up left a keeper pid file")
 	}
-	lock, err := systemd.TakeLock(in.Host)
+	lock, err := supervise.TakeLock(in.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,10 +337,10 @@ func TestLifecycle(t *testing.T) {
 		}
 		console, _ := os.ReadFile(lc1.ConsoleLog())
 		if !strings.Contains(string(console), "systemd-shutdown") {
-			t.Errorf("no clean guest shutdown in lc1's console:\n%s", systemd.Tail(console, 15))
+			t.Errorf("no clean guest shutdown in lc1's console:\n%s", supervise.Tail(console, 15))
 		}
 		for _, vm := range in.VMs {
-			if _, ok := systemd.KeeperPid(&vm); ok {
+			if _, ok := supervise.KeeperPid(&vm); ok {
 				t.Errorf("%s: keeper still running", vm.Name)
 			}
 			if out, _ := exec.Command("pgrep", "-f", vm.RunDir+"/").Output(); len(out) > 0 {
@@ -354,7 +354,7 @@ func TestLifecycle(t *testing.T) {
 		checkVictim(t)
 		// The detached keeper of the firewall goes with the last VM.
 		for began := time.Now(); ; time.Sleep(500 * time.Millisecond) {
-			if _, ok := systemd.HostKeeper(in.Host); !ok {
+			if _, ok := supervise.HostKeeper(in.Host); !ok {
 				break
 			}
 			if time.Since(began) > 30*time.Second {
@@ -396,7 +396,7 @@ func TestLifecycle(t *testing.T) {
 		if r.code != 0 || !strings.HasPrefix(r.out, "microvm down lc1   # left") {
 			t.Fatalf("apply: exit %d", r.code)
 		}
-		if _, ok := systemd.KeeperPid(lc1); ok {
+		if _, ok := supervise.KeeperPid(lc1); ok {
 			t.Error("lc1 still running after it left the file")
 		}
 		if _, err := os.Stat(lc1.VarDir); err != nil {

@@ -18,7 +18,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -64,11 +64,11 @@ func TestRollbackZFS(t *testing.T) {
 		return string(out)
 	}
 	defer func() {
-		systemd.StopDetached(vm, 90*time.Second)
+		supervise.StopDetached(vm, 90*time.Second)
 		if t.Failed() {
 			sup, _ := os.ReadFile(vm.SupervisorLog())
 			con, _ := os.ReadFile(vm.ConsoleLog())
-			t.Logf("supervisor log:\n%s\nconsole (end):\n%s", systemd.Tail(sup, 30), systemd.Tail(con, 20))
+			t.Logf("supervisor log:\n%s\nconsole (end):\n%s", supervise.Tail(sup, 30), supervise.Tail(con, 20))
 		}
 	}()
 
@@ -127,7 +127,7 @@ func TestRollbackZFS(t *testing.T) {
 	if got := ssh("cat /var/marker"); got != "first" {
 		t.Errorf("after rollback the guest reads /var/marker = %q, want %q", got, "first")
 	}
-	if err := systemd.StopDetached(vm, 90*time.Second); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := supervise.StopDetached(vm, 90*time.Second); err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stopping zf1: %v", err)
 	}
 }

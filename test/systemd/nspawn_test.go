@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // A container is systemd as PID 1 in systemd-nspawn, booted from root, an
@@ -126,7 +126,7 @@ func boot(t *testing.T, root, netns, console string, binds ...string) *container
 		select {
 		case <-c.done:
 			b, _ := os.ReadFile(console)
-			t.Fatalf("systemd-nspawn exited (%d) before systemd ran:\n%s", c.code, systemd.Tail(b, 20))
+			t.Fatalf("systemd-nspawn exited (%d) before systemd ran:\n%s", c.code, supervise.Tail(b, 20))
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Since(began) > time.Minute {

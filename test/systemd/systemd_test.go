@@ -1,4 +1,4 @@
-// Package systemd runs the program under a real systemd, as on the seed's
+// Package systemd runs the program under a real systemd, as on the design's
 // hosts (tier 3 of DESIGN.md). This kind of machine has no systemd as PID 1,
 // so the test boots one with systemd-nspawn, on an overlay of the machine's
 // own root, in a sandbox network namespace (see container). Inside, with a
@@ -6,7 +6,7 @@
 // (the fake), and a namespace of the test's standing in for a second VM:
 //
 //   - microvm apply installs the units, and systemctl and journalctl show
-//     the VM as the seed says;
+//     the VM as the design says;
 //   - a reload of the distribution's firewall (which flushes the ruleset),
 //     nft flush ruleset and a hand edit are repaired within a second, and
 //     floods across them show that nothing got through once the watcher
@@ -37,7 +37,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale/tailscaletest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -233,7 +233,7 @@ func TestSystemd(t *testing.T) {
 		t.Logf("systemctl stop took %s", time.Since(stopped).Round(100*time.Millisecond))
 		cleanStop(t, c.must("journalctl", "-u", "microvm@vm1", "--no-pager", "-b", "0"))
 		if out := c.must("cat", vm1.ConsoleLog()); !strings.Contains(out, "systemd-shutdown[1]: All filesystems unmounted") || strings.Contains(out, "Input/output error") {
-			t.Errorf("no clean shutdown in the guest's console:\n%s", systemd.Tail([]byte(out), 20))
+			t.Errorf("no clean shutdown in the guest's console:\n%s", supervise.Tail([]byte(out), 20))
 		}
 		if out, _ := c.run("pgrep", "-f", "virtiofsd"); strings.TrimSpace(out) != "" {
 			t.Errorf("virtiofsd still runs after the stop: %s", out)
@@ -332,7 +332,7 @@ func cleanStop(t *testing.T, journal string) {
 	t.Helper()
 	order(t, journal, "vm1: shutting the guest down", "vm1: the guest shut down in ", "vm1: stopped")
 	if strings.Contains(journal, "SIGKILL") {
-		t.Errorf("the VMM was killed:\n%s", systemd.Tail([]byte(journal), 15))
+		t.Errorf("the VMM was killed:\n%s", supervise.Tail([]byte(journal), 15))
 	}
 }
 
@@ -378,7 +378,7 @@ func order(t *testing.T, text string, want ...string) {
 	for _, w := range want {
 		i := strings.Index(text[at:], w)
 		if i < 0 {
-			t.Errorf("%q is missing, or not after %q:\n%s", w, want[0], systemd.Tail([]byte(text), 20))
+			t.Errorf("%q is missing, or not after %q:\n%s", w, want[0], supervise.Tail([]byte(text), 20))
 			return
 		}
 		at += i + len(w)

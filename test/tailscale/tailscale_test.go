@@ -1,4 +1,4 @@
-// Package tailscale_test proves the seed's external access path with real
+// Package tailscale_test proves the design's external access path with real
 // tailscaled daemons and real microVMs, all inside sandbox namespaces:
 //
 //	laptop ns: tailscaled ─┐                  ┌─ control server, DERP, STUN (203.0.113.10)
@@ -56,7 +56,7 @@ var (
 // program must keep it.
 var userRoute = netip.MustParsePrefix("192.168.77.0/24")
 
-// infraFile writes an infra.toml for the seed's 4 VMs (3 when three is
+// infraFile writes an infra.toml for the design's 4 VMs (3 when three is
 // set), with their state in stateDir beside the test image, run files in
 // runDir, and tailscaled's socket at socket. The file goes in dir.
 func infraFile(t *testing.T, dir, stateDir, runDir, socket string, allowVMToTailnet, three bool) string {

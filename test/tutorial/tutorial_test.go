@@ -42,7 +42,7 @@ var notHere = map[string]string{
 	"microvm status --host":                  "in step 2, before the file exists (step 3); internal/cli's TestJSONHost runs it",
 	"microvm image build debian": "takes minutes and downloads about 100 MB: the test uses the image the image tests " +
 		"built (internal/image/imagetest), which this command would refuse to replace",
-	"systemctl status microvm@vm1":                     "systemd is not PID 1 here; the units are verified with systemd-analyze (internal/systemd)",
+	"systemctl status microvm@vm1":                     "systemd is not PID 1 here; the units are verified with systemd-analyze (internal/supervise)",
 	"journalctl -u microvm@vm1 -f":                     "as systemctl, above (and -f never ends)",
 	"curl -fsSL https://tailscale.com/install.sh | sh": "downloads from the internet, which tests never reach",
 	"tailscale up --advertise-routes=10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24": "needs a tailnet; test/tailscale " +

@@ -18,7 +18,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/check"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // SSHWait is how long a test waits for a guest's SSH: under TCG on a
@@ -68,7 +68,7 @@ func Login(t testing.TB, sb *sandbox.Sandbox, vm *config.VM) *ssh.Client {
 // Dump logs the end of vm's supervisor log (at log) and console.
 func Dump(t testing.TB, vm config.VM, log string) {
 	sup, _ := os.ReadFile(log)
-	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, systemd.Tail(sup, 20), vm.Name, sandbox.Console(&vm, 30))
+	t.Logf("%s supervisor:\n%s\n%s console (end):\n%s", vm.Name, supervise.Tail(sup, 20), vm.Name, sandbox.Console(&vm, 30))
 }
 
 // Promises measures the promise matrix of in with p (from inside the

@@ -1,7 +1,8 @@
-package systemd
+package supervise
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,6 +56,19 @@ func OpenConsoleLog(vm *config.VM) (*os.File, error) {
 		return nil, fmt.Errorf("%s is not the console log its VMM made: %w", vm.ConsoleLog(), err)
 	}
 	return f, nil
+}
+
+// TailOf is the last n lines of vm's log that open opens
+// (OpenSupervisorLog, OpenConsoleLog), or why it cannot be read: for a
+// message.
+func TailOf(open func(*config.VM) (*os.File, error), vm *config.VM, n int) string {
+	f, err := open(vm)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
+	return Tail(b, n)
 }
 
 // Tail returns the last n lines of a log (all of it if it has fewer),

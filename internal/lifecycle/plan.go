@@ -1,8 +1,9 @@
-package cli
+package lifecycle
 
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,7 +15,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
-	"github.com/simple-microvm-infra/microvm/internal/systemd"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 // vmAction is one change to a VM's running state, in a plan. Starting
@@ -31,17 +32,19 @@ func (a vmAction) Apply() error   { return a.do() }
 // Optional: when a VM's start or restart fails, the other VMs still start.
 func (a vmAction) Optional() bool { return a.vm != nil }
 
-// fullPlan is the host part with the VM part around it: VMs that left the
+// Plan is the host part with the VM part around it: VMs that left the
 // file are stopped first (while their network is still there for a clean
 // shutdown), then the host part, then VMs are started and restarted. What
 // the host lacks for any of it (the host checks, and runner.Checks for
-// each VM it starts) is in the plan's errors, all of them at once.
-func fullPlan(e *env, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
+// each VM it starts) is in the plan's errors, all of them at once. What
+// the VM actions report when applied (started, stopped, snapshot taken)
+// goes to w.
+func Plan(w io.Writer, in *config.Infra, m supervise.Manager) (*plan.Plan, error) {
 	host, err := plan.Host(in)
 	if err != nil {
 		host = &plan.Plan{Errors: []error{err}}
 	}
-	before, after, notes, err := planVMs(e, in, m)
+	before, after, notes, err := planVMs(w, in, m)
 	if err != nil {
 		return nil, err
 	}
@@ -61,17 +64,17 @@ func fullPlan(e *env, in *config.Infra, m systemd.Manager) (*plan.Plan, error) {
 // what changed), VMs no longer in the file are stopped and their run
 // directory removed, their data kept. Under systemd the units are installed
 // and autostart VMs enabled.
-func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []action.Action, notes []string, err error) {
-	bin, file, err := self(in.File)
+func planVMs(w io.Writer, in *config.Infra, m supervise.Manager) (before, after []action.Action, notes []string, err error) {
+	bin, file, err := Self(in.File)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if m.Kind() == "systemd" {
+	if m.Kind() == supervise.KindSystemd {
 		after = append(after, unitActions(in, bin, file)...)
 	} else if a := hostAction(in, m, bin, file); a != nil {
 		after = append(after, a)
 	}
-	gone, err := departed(in, m)
+	gone, err := Departed(in, m)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -93,10 +96,10 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 	}
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		s := stateOf(m, vm)
+		s := StateOf(m, vm)
 		switch {
-		case s.State == "running":
-			if ch := changes(in, vm, s.Started); len(ch) > 0 {
+		case s.State == Running:
+			if ch := Changes(in, vm, s.Started); len(ch) > 0 {
 				after = append(after, vmAction{
 					text: fmt.Sprintf("microvm restart %s   # %s", vm.Name, strings.Join(ch, ", ")),
 					vm:   vm,
@@ -104,34 +107,34 @@ func planVMs(e *env, in *config.Infra, m systemd.Manager) (before, after []actio
 						if err := runner.Preflight(in, vm); err != nil {
 							return err
 						}
-						if err := stopVM(e, m, vm); err != nil {
+						if err := StopVM(w, m, vm); err != nil {
 							return err
 						}
 						if snap, err := storage.SnapshotBeforeChange(in.Host, vm, "apply"); err != nil {
 							return err
 						} else if snap != "" {
-							fmt.Fprintf(e.stdout, "%s: snapshot %s taken\n", vm.Name, snap)
+							fmt.Fprintf(w, "%s: snapshot %s taken\n", vm.Name, snap)
 						}
-						return startVM(e, in, m, vm, startTimeout)
+						return StartVM(w, in, m, vm, StartTimeout)
 					},
 				})
 			}
-		case s.State == "starting":
+		case s.State == Starting:
 			notes = append(notes, vm.Name+" is starting (or restarting after a failure); apply leaves it to its supervisor")
 		case vm.Autostart:
 			after = append(after, vmAction{
 				text: "microvm up " + vm.Name,
 				vm:   vm,
-				do:   func() error { return startVM(e, in, m, vm, startTimeout) },
+				do:   func() error { return StartVM(w, in, m, vm, StartTimeout) },
 			})
 		}
 	}
 	return before, after, notes, nil
 }
 
-// departed are the VMs with a run directory and a running supervisor that
+// Departed are the VMs with a run directory and a running supervisor that
 // are no longer in the file.
-func departed(in *config.Infra, m systemd.Manager) ([]*config.VM, error) {
+func Departed(in *config.Infra, m supervise.Manager) ([]*config.VM, error) {
 	entries, err := os.ReadDir(in.Host.RunDir)
 	if os.IsNotExist(err) {
 		return nil, nil
@@ -174,9 +177,9 @@ func hasRecords(vm *config.VM) bool {
 	return false
 }
 
-// self returns this program and the absolute path of file, as a command
+// Self returns this program and the absolute path of file, as a command
 // that runs later (a unit, a keeper) names them.
-func self(file string) (bin, abs string, err error) {
+func Self(file string) (bin, abs string, err error) {
 	if bin, err = os.Executable(); err != nil {
 		return "", "", fmt.Errorf("finding this program: %w", err)
 	}
@@ -190,42 +193,42 @@ func self(file string) (bin, abs string, err error) {
 // enabled as its autostart says.
 func unitActions(in *config.Infra, bin, file string) []action.Action {
 	var out []action.Action
-	u, err := systemd.Render(bin, file)
+	u, err := supervise.Render(bin, file)
 	if err != nil {
 		return []action.Action{vmAction{text: "# cannot write systemd units: " + err.Error(), do: func() error { return err }}}
 	}
 	var names []string
 	for name, content := range u {
-		if old, err := os.ReadFile(filepath.Join(systemd.UnitDir, name)); err != nil || !bytes.Equal(old, content) {
+		if old, err := os.ReadFile(filepath.Join(supervise.UnitDir, name)); err != nil || !bytes.Equal(old, content) {
 			names = append(names, name)
 		}
 	}
 	if len(names) > 0 {
 		sort.Strings(names)
 		out = append(out, vmAction{
-			text: fmt.Sprintf("install %s in %s; systemctl daemon-reload; systemctl enable %s %s", strings.Join(names, ", "), systemd.UnitDir, systemd.Target, systemd.HostUnit),
+			text: fmt.Sprintf("install %s in %s; systemctl daemon-reload; systemctl enable %s %s", strings.Join(names, ", "), supervise.UnitDir, supervise.Target, supervise.HostUnit),
 			do: func() error {
-				if _, err := u.Install(systemd.UnitDir); err != nil {
+				if _, err := u.Install(supervise.UnitDir); err != nil {
 					return err
 				}
-				if err := systemd.Systemctl("daemon-reload"); err != nil {
+				if err := supervise.Systemctl("daemon-reload"); err != nil {
 					return err
 				}
-				return systemd.Systemctl("enable", systemd.Target, systemd.HostUnit)
+				return supervise.Systemctl("enable", supervise.Target, supervise.HostUnit)
 			},
 		})
 	}
 	// The host unit keeps the firewall from now on, and brings the host
 	// part back at boot.
-	if systemd.Systemctl("is-active", "--quiet", systemd.HostUnit) != nil {
+	if supervise.Systemctl("is-active", "--quiet", supervise.HostUnit) != nil {
 		out = append(out, vmAction{
-			text: "systemctl start " + systemd.HostUnit + "   # keeps the firewall; at boot, brings the host part back",
-			do:   func() error { return systemd.Systemctl("start", systemd.HostUnit) },
+			text: "systemctl start " + supervise.HostUnit + "   # keeps the firewall; at boot, brings the host part back",
+			do:   func() error { return supervise.Systemctl("start", supervise.HostUnit) },
 		})
 	}
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		enabled := systemd.Systemctl("is-enabled", "--quiet", systemd.Unit(vm.Name)) == nil
+		enabled := supervise.Systemctl("is-enabled", "--quiet", supervise.Unit(vm.Name)) == nil
 		if enabled == vm.Autostart {
 			continue
 		}
@@ -234,8 +237,8 @@ func unitActions(in *config.Infra, bin, file string) []action.Action {
 			verb = "disable"
 		}
 		out = append(out, vmAction{
-			text: fmt.Sprintf("systemctl %s %s", verb, systemd.Unit(vm.Name)),
-			do:   func() error { return systemd.Systemctl(verb, systemd.Unit(vm.Name)) },
+			text: fmt.Sprintf("systemctl %s %s", verb, supervise.Unit(vm.Name)),
+			do:   func() error { return supervise.Systemctl(verb, supervise.Unit(vm.Name)) },
 		})
 	}
 	return out
@@ -244,13 +247,13 @@ func unitActions(in *config.Infra, bin, file string) []action.Action {
 // hostAction starts the detached keeper of the firewall on a host without
 // systemd where VMs run without one (the VMs apply starts get it with their
 // start).
-func hostAction(in *config.Infra, m systemd.Manager, bin, file string) action.Action {
-	if _, ok := systemd.HostKeeper(in.Host); ok {
+func hostAction(in *config.Infra, m supervise.Manager, bin, file string) action.Action {
+	if _, ok := supervise.HostKeeper(in.Host); ok {
 		return nil
 	}
 	running := false
 	for i := range in.VMs {
-		if stateOf(m, &in.VMs[i]).State != "stopped" {
+		if StateOf(m, &in.VMs[i]).State != Stopped {
 			running = true
 		}
 	}
@@ -259,6 +262,40 @@ func hostAction(in *config.Infra, m systemd.Manager, bin, file string) action.Ac
 	}
 	return vmAction{
 		text: fmt.Sprintf("microvm host --detached -f %s &   # keeps the firewall while VMs run; log in %s", file, in.Host.HostLog()),
-		do:   func() error { return systemd.StartHost(bin, file, in.Host) },
+		do:   func() error { return supervise.StartHost(bin, file, in.Host) },
 	}
+}
+
+// Teardown is the VM part of teardown, in order: stop every VM that runs,
+// in the file or gone from it (while its network is there for a clean
+// shutdown), then the keeper of the firewall, before the table, which it
+// would load again. vms are the VMs it considered: the file's and those
+// gone from it.
+func Teardown(w io.Writer, in *config.Infra, m supervise.Manager) (out []action.Action, vms []*config.VM, err error) {
+	gone, err := Departed(in, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	vms = gone
+	for i := range in.VMs {
+		vms = append(vms, &in.VMs[i])
+	}
+	for _, vm := range vms {
+		if m.Active(vm) || StateOf(m, vm).State != Stopped {
+			out = append(out, vmAction{
+				text: "microvm down " + vm.Name,
+				do:   func() error { return StopVM(w, m, vm) },
+			})
+		}
+	}
+	keeper := ""
+	if supervise.Booted() && supervise.Systemctl("is-active", "--quiet", supervise.HostUnit) == nil {
+		keeper = "systemctl stop " + supervise.HostUnit
+	} else if id, ok := supervise.HostKeeper(in.Host); ok {
+		keeper = fmt.Sprintf("kill %d   # microvm host --detached, which keeps the firewall", id.Pid)
+	}
+	if keeper != "" {
+		out = append(out, vmAction{text: keeper, do: func() error { return supervise.StopHost(in.Host) }})
+	}
+	return out, vms, nil
 }

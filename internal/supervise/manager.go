@@ -1,4 +1,4 @@
-package systemd
+package supervise
 
 import (
 	"errors"
@@ -13,21 +13,31 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
-// Manager starts and stops VM supervisors: through systemd where it is PID
-// 1, or as detached keepers elsewhere.
+// Manager starts and stops VM supervisors: through their systemd units
+// where systemd is PID 1, or through detached keepers elsewhere.
 type Manager interface {
-	// Kind is "systemd" or "detached".
-	Kind() string
+	// Kind is how the manager keeps supervisors: KindSystemd or
+	// KindDetached.
+	Kind() Kind
 	// Start starts vm's supervisor; it returns once it is started, not
 	// once the guest has booted.
 	Start(vm *config.VM) error
 	// Stop stops vm's supervisor, which shuts the guest down cleanly.
 	Stop(vm *config.VM) error
-	// Active reports whether vm's supervisor is running (or restarting).
+	// Active reports whether vm's unit or keeper is running: its
+	// supervisor runs, or is being restarted.
 	Active(vm *config.VM) bool
 	// Enable makes vm start at boot, or not.
 	Enable(vm *config.VM, on bool) error
 }
+
+// Kind is how a Manager keeps supervisors running, as info prints it.
+type Kind string
+
+const (
+	KindSystemd  Kind = "systemd"  // a unit each, where systemd is PID 1
+	KindDetached Kind = "detached" // a detached keeper each, elsewhere
+)
 
 // For returns the manager for this host: systemd if it is PID 1. bin is the
 // microvm program and file the infra.toml, both made absolute.
@@ -45,7 +55,7 @@ func For(bin, file string) (Manager, error) {
 // Detached keeps VMs running without systemd.
 type Detached struct{ Bin, File string }
 
-func (d *Detached) Kind() string { return "detached" }
+func (d *Detached) Kind() Kind { return KindDetached }
 
 // Start starts vm's keeper, and first the keeper of the firewall if none
 // runs, as systemd starts microvm-host.service before a VM's unit.
@@ -69,7 +79,7 @@ func (d *Detached) Enable(vm *config.VM, on bool) error { return nil }
 
 type systemdManager struct{ bin, file string }
 
-func (s *systemdManager) Kind() string { return "systemd" }
+func (s *systemdManager) Kind() Kind { return KindSystemd }
 
 // install writes the units if they changed, and reloads systemd.
 func (s *systemdManager) install() error {

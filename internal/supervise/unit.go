@@ -1,12 +1,18 @@
-// Package systemd keeps VMs running: on a host whose PID 1 is systemd, with
+// Package supervise keeps VMs running: on a host whose PID 1 is systemd, with
 // a unit template microvm@.service (so `systemctl status microvm@vm1` and
-// `journalctl -u microvm@vm1 -f` work as the seed says), a microvms.target,
+// `journalctl -u microvm@vm1 -f` work as the design says), a microvms.target,
 // and microvm-host.service, which brings the host part back at boot and
 // keeps the firewall; elsewhere (containers, CI) with a detached keeper that
 // runs `microvm run NAME`, restarts it when it fails, and keeps a pid file
 // and a log file in the VM's run directory, and a detached `microvm host`
-// that keeps the firewall while VMs run.
-package systemd
+// that keeps the firewall while VMs run. It also holds the lock that
+// commands changing VMs take, and reads whether a recorded process lives.
+//
+// Words, as everywhere in the code: a VM's supervisor is the `microvm run
+// NAME` process (package runner), which runs its virtiofs daemons and VMM;
+// what keeps the supervisor running is its systemd unit or, without
+// systemd, its keeper; a Manager starts and stops either.
+package supervise
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package systemd
+package supervise
 
 import (
 	"os"
@@ -27,7 +27,7 @@ func TestSystemdManager(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Kind() != "systemd" {
+	if m.Kind() != KindSystemd {
 		t.Fatalf("kind %s, want systemd", m.Kind())
 	}
 	vm := &config.VM{Name: "vm1"}
