@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -215,7 +214,7 @@ func demoPrepare(w io.Writer, src *config.Infra) (*config.Infra, string, error) 
 	if err := os.MkdirAll(src.Host.RunDir, 0o755); err != nil {
 		return nil, "", err
 	}
-	file := filepath.Join(src.Host.RunDir, "infra.toml")
+	file := src.Host.DemoFile()
 	if err := os.WriteFile(file, []byte(demoFile(src, accel)), 0o644); err != nil {
 		return nil, "", err
 	}

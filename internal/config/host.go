@@ -28,3 +28,7 @@ func (h Host) FirewallLock() string { return filepath.Join(h.RunDir, "firewall.l
 func (h Host) FirewallRecord(netns string) string {
 	return filepath.Join(h.RunDir, "firewall-net-"+netns+".nft")
 }
+
+// DemoFile is where `microvm demo` writes the model its supervisors read:
+// the example, moved to the demo's directories, with what this machine runs.
+func (h Host) DemoFile() string { return filepath.Join(h.RunDir, "infra.toml") }

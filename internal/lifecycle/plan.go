@@ -288,14 +288,8 @@ func Teardown(w io.Writer, in *config.Infra, m supervise.Manager) (out []action.
 			})
 		}
 	}
-	keeper := ""
-	if supervise.Booted() && supervise.Systemctl("is-active", "--quiet", supervise.HostUnit) == nil {
-		keeper = "systemctl stop " + supervise.HostUnit
-	} else if id, ok := supervise.HostKeeper(in.Host); ok {
-		keeper = fmt.Sprintf("kill %d   # microvm host --detached, which keeps the firewall", id.Pid)
-	}
-	if keeper != "" {
-		out = append(out, vmAction{text: keeper, do: func() error { return supervise.StopHost(in.Host) }})
+	if a := supervise.StopHostAction(in.Host); a != nil {
+		out = append(out, a)
 	}
 	return out, vms, nil
 }

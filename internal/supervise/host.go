@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 )
@@ -72,21 +73,45 @@ func StartHost(bin, file string, h config.Host) error {
 	}
 }
 
-// StopHost stops the `microvm host` that keeps h's firewall, if one runs:
-// the unit under systemd, else the detached one (SIGTERM). Teardown stops
-// it before it deletes the table, which it would otherwise load again.
-func StopHost(h config.Host) error {
+// StopHost stops the `microvm host` that keeps a firewall: the unit under
+// systemd, else the detached one, by the pid and start time it recorded.
+// Teardown runs it before it deletes the table, which that host would
+// load again.
+type StopHost struct {
+	Unit bool    // systemctl stop microvm-host.service
+	ID   proc.ID // else this process
+	Log  string  // its log, for the error
+}
+
+// StopHostAction is the StopHost for what keeps h's firewall, or nil when
+// nothing does.
+func StopHostAction(h config.Host) action.Action {
 	if Booted() && Systemctl("is-active", "--quiet", HostUnit) == nil {
+		return &StopHost{Unit: true}
+	}
+	if id, ok := HostKeeper(h); ok {
+		return &StopHost{ID: id, Log: h.HostLog()}
+	}
+	return nil
+}
+
+func (a *StopHost) String() string {
+	if a.Unit {
+		return "systemctl stop " + HostUnit
+	}
+	return fmt.Sprintf("kill %d   # microvm host --detached, which keeps the firewall", a.ID.Pid)
+}
+
+func (a *StopHost) Apply() error {
+	if a.Unit {
 		return Systemctl("stop", HostUnit)
 	}
-	id, ok := HostKeeper(h)
-	if !ok {
+	if err := a.ID.Signal(syscall.SIGTERM); errors.Is(err, proc.ErrGone) {
 		return nil
+	} else if err != nil {
+		return fmt.Errorf("stopping microvm host (%s): %w", a.ID, err)
 	}
-	if err := id.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, proc.ErrGone) {
-		return fmt.Errorf("stopping microvm host (%s): %w", id, err)
-	}
-	return WaitGone(id, 30*time.Second, fmt.Sprintf("microvm host (%s) did not stop in 30 s; see %s", id, h.HostLog()))
+	return WaitGone(a.ID, 30*time.Second, fmt.Sprintf("microvm host (%s) did not stop in 30 s; see %s", a.ID, a.Log))
 }
 
 // Notify tells systemd about the service, as sd_notify(3) does: "READY=1"
