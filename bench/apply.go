@@ -231,12 +231,12 @@ func applyAt(n int, slow bool) (r applyResult, err error) {
 
 	// The program's table alone, in an empty namespace (the internet's).
 	err = sandbox.Do(sb.Internet, func() error {
-		acts, err := firewall.Diff(in)
+		d, err := firewall.Diff(in)
 		if err != nil {
 			return err
 		}
 		start := time.Now()
-		for _, a := range acts {
+		for _, a := range d.Setup {
 			if err := a.Apply(); err != nil {
 				return err
 			}

@@ -75,11 +75,11 @@ func TestSnapshotCommandsZFS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	acts, _, err := storage.For(in.Host).Diff(in)
+	d, err := storage.For(in.Host).Diff(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range acts {
+	for _, a := range d.Setup {
 		if err := a.Apply(); err != nil {
 			t.Fatal(err)
 		}

@@ -59,10 +59,11 @@ func TestDrift(t *testing.T) {
 				t.Errorf("%s: %v", tt.name, err)
 				continue
 			}
-			acts, err := Diff(in)
+			d, err := Diff(in)
 			if err != nil {
 				return err
 			}
+			acts := d.Setup
 			var got []string
 			if len(acts) > 0 {
 				r := acts[0].(*Replace)
@@ -80,8 +81,8 @@ func TestDrift(t *testing.T) {
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("%s:\ngot  %q\nwant %q", tt.name, got, tt.want)
 			}
-			if acts, err := Diff(in); err != nil || len(acts) > 0 {
-				t.Errorf("%s: after the repair, Diff gives %v, %v", tt.name, acts, err)
+			if d, err := Diff(in); err != nil || !d.Empty() {
+				t.Errorf("%s: after the repair, Diff gives %v, %v", tt.name, d.Setup, err)
 			}
 		}
 		return nil

@@ -277,31 +277,51 @@ func (Delete) Apply() error {
 	return nft(fmt.Sprintf("table %s %s {}\ndelete table %s %s\n", Family, Table, Family, Table), "-f", "-")
 }
 
+// observed is what Diff reads of the host: the loaded table (nil when
+// there is none), the wanted one as nft reads it back (only read when
+// there is a table to compare it with), and other firewalls that would
+// drop VM traffic.
+type observed struct {
+	loaded, wanted *State
+	conflicts      []string
+}
+
 // Diff returns the action that makes the loaded table match the model, or
-// nothing when it already does. It compares the two rule by rule (see
-// State), so any edit by hand shows, and says what changed.
-func Diff(in *config.Infra) ([]action.Action, error) {
-	want := Ruleset(in)
-	cur, err := Current()
-	if err != nil {
-		return nil, err
+// nothing when it already does, and warns of other firewalls in the way.
+// It compares the two tables rule by rule (see State), so any edit by hand
+// shows, and says what changed.
+func Diff(in *config.Infra) (action.Diff, error) {
+	ruleset := Ruleset(in)
+	o := observed{conflicts: Conflicts()}
+	var err error
+	if o.loaded, err = Current(); err != nil {
+		return action.Diff{}, err
 	}
-	if cur == nil {
-		return []action.Action{&Replace{Ruleset: want, Why: "create", Host: &in.Host}}, nil
+	if o.loaded != nil {
+		if o.wanted, err = wanted(ruleset); err != nil {
+			return action.Diff{}, err
+		}
 	}
-	ws, err := wanted(want)
-	if err != nil {
-		return nil, err
+	return diff(in, ruleset, o), nil
+}
+
+// diff compares ruleset, the table for in, with what was read of the host.
+func diff(in *config.Infra, ruleset string, o observed) action.Diff {
+	d := action.Diff{Warnings: o.conflicts}
+	if o.loaded == nil {
+		d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "create", Host: &in.Host}}
+		return d
 	}
-	changes := cur.Changes(ws)
+	changes := o.loaded.Changes(o.wanted)
 	if len(changes) == 0 {
-		return nil, nil
+		return d
 	}
 	why := "update"
-	if cur.Hash == summarize(want).Hash {
+	if o.loaded.Hash == summarize(ruleset).Hash {
 		why = "repair (edited by hand)"
 	}
-	return []action.Action{&Replace{Ruleset: want, Why: why, Changes: changes, Host: &in.Host}}, nil
+	d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: why, Changes: changes, Host: &in.Host}}
+	return d
 }
 
 // summary is what the rendered ruleset says of itself: the hash in its

@@ -130,10 +130,11 @@ func TestLoadAndDiff(t *testing.T) {
 					return err
 				}
 			}
-			acts, err := Diff(st.in)
+			d, err := Diff(st.in)
 			if err != nil {
 				return err
 			}
+			acts := d.Setup
 			got := ""
 			if len(acts) > 0 {
 				got = acts[0].(*Replace).Why

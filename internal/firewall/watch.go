@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // The watcher keeps the table as the program last loaded it. `nft flush
@@ -70,11 +71,10 @@ func writeRecord(h config.Host, ruleset string) error {
 	if err != nil {
 		return err
 	}
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, []byte(ruleset), 0o644); err != nil {
+	if err := safedir.WritePrivate(p, []byte(ruleset), 0o644); err != nil {
 		return fmt.Errorf("recording the loaded table: %w", err)
 	}
-	return os.Rename(tmp, p)
+	return nil
 }
 
 // readRecord returns the recorded ruleset, or "" when there is none.

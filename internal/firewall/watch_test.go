@@ -176,8 +176,8 @@ func TestWatch(t *testing.T) {
 				}
 			}
 			sandbox.Do(sb.Host, func() error {
-				if acts, err := firewall.Diff(in); err != nil || len(acts) > 0 {
-					t.Errorf("after the repair, plan: %v %v", acts, err)
+				if d, err := firewall.Diff(in); err != nil || !d.Empty() {
+					t.Errorf("after the repair, plan: %v %v", d.Setup, err)
 				}
 				return nil
 			})
@@ -205,8 +205,8 @@ func TestWatch(t *testing.T) {
 		case <-time.After(time.Second):
 		}
 		sandbox.Do(sb.Host, func() error {
-			if acts, err := firewall.Diff(only1); err != nil || len(acts) > 0 {
-				t.Errorf("after apply without vm2, plan: %v %v", acts, err)
+			if d, err := firewall.Diff(only1); err != nil || !d.Empty() {
+				t.Errorf("after apply without vm2, plan: %v %v", d.Setup, err)
 			}
 			return nil
 		})

@@ -71,10 +71,10 @@ func (a *AddTAP) flags() netlink.TuntapFlag {
 	return f
 }
 
-// matches reports whether an existing TAP was made as this action makes it.
-func (a *AddTAP) matches(t *netlink.Tuntap) bool {
-	id, err := LookupIDs(a.User)
-	if err != nil {
+// matches reports whether an existing TAP was made as this action makes it,
+// for a.User's ids id (nil when the user does not exist).
+func (a *AddTAP) matches(t *netlink.Tuntap, id *IDs) bool {
+	if id == nil {
 		return false
 	}
 	const mask = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_MULTI_QUEUE

@@ -3,7 +3,6 @@ package hostnet
 import (
 	"net"
 	"net/netip"
-	"os/user"
 	"slices"
 	"strconv"
 	"testing"
@@ -14,21 +13,20 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
-// testVM is vm1 of a small model, its VMM user the one running the test
-// (whose ids a TAP's owner is compared with), and vCPUs vcpu.
+// testVM is vm1 of a small model, with vCPUs vcpu; its VMM user is
+// microvm-vm1.
 func testVM(t *testing.T, vcpu int) *config.VM {
 	t.Helper()
-	in, err := config.Parse("infra.toml", []byte("[host]\nuplink = \"eth0\"\n\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\nvcpu = "+strconv.Itoa(vcpu)+"\n"))
+	return &model(t, "[vm.vm1]\nsubnet = \"10.1.0.0/24\"\nvcpu = "+strconv.Itoa(vcpu)+"\n").VMs[0]
+}
+
+func model(t *testing.T, vms string) *config.Infra {
+	t.Helper()
+	in, err := config.Parse("infra.toml", []byte("[host]\nuplink = \"eth0\"\n\n"+vms))
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	vm := &in.VMs[0]
-	vm.User = u.Username
-	return vm
+	return in
 }
 
 func texts(acts []action.Action) []string {
@@ -79,12 +77,8 @@ func TestBridgeDiff(t *testing.T) {
 // A TAP whose owner or queue mode differs is made again (both are fixed
 // when a TAP is made): a VM given a second vCPU gets a multi-queue TAP.
 func TestTAPDiff(t *testing.T) {
-	u, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
+	const uid, gid = 990, 990
+	owner := &IDs{UID: uid, GID: gid}
 	const bridgeIndex = 7
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-vm1", Index: bridgeIndex}}
 	tap := func(multi bool, owner int, master int, up bool) netlink.Link {
@@ -100,7 +94,7 @@ func TestTAPDiff(t *testing.T) {
 		return l
 	}
 	add := func(multi bool) string {
-		s := "ip tuntap add dev vm-vm1 mode tap user " + u.Username + " group " + u.Username + " vnet_hdr"
+		s := "ip tuntap add dev vm-vm1 mode tap user microvm-vm1 group microvm-vm1 vnet_hdr"
 		if multi {
 			s += " multi_queue"
 		}
@@ -108,25 +102,109 @@ func TestTAPDiff(t *testing.T) {
 	}
 	master, up, del := "ip link set vm-vm1 master br-vm1", "ip link set vm-vm1 up", "ip link del vm-vm1"
 	for _, tt := range []struct {
-		name string
-		vcpu int
-		link netlink.Link
-		want []string
+		name  string
+		vcpu  int
+		link  netlink.Link
+		owner *IDs
+		want  []string
 	}{
-		{"missing", 1, nil, []string{add(false), master, up}},
-		{"missing, 2 vCPUs", 2, nil, []string{add(true), master, up}},
-		{"as wanted", 1, tap(false, uid, bridgeIndex, true), []string{}},
-		{"as wanted, 2 vCPUs", 2, tap(true, uid, bridgeIndex, true), []string{}},
-		{"a vCPU added", 2, tap(false, uid, bridgeIndex, true), []string{del, add(true), master, up}},
-		{"back to one vCPU", 1, tap(true, uid, bridgeIndex, true), []string{del, add(false), master, up}},
-		{"another owner", 1, tap(false, uid+1, bridgeIndex, true), []string{del, add(false), master, up}},
-		{"off the bridge", 1, tap(false, uid, 0, true), []string{master}},
-		{"down", 1, tap(false, uid, bridgeIndex, false), []string{up}},
-		{"a bridge of the same name", 1, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "vm-vm1"}}, []string{del, add(false), master, up}},
+		{"missing", 1, nil, owner, []string{add(false), master, up}},
+		{"missing, 2 vCPUs", 2, nil, owner, []string{add(true), master, up}},
+		{"as wanted", 1, tap(false, uid, bridgeIndex, true), owner, []string{}},
+		{"as wanted, 2 vCPUs", 2, tap(true, uid, bridgeIndex, true), owner, []string{}},
+		{"a vCPU added", 2, tap(false, uid, bridgeIndex, true), owner, []string{del, add(true), master, up}},
+		{"back to one vCPU", 1, tap(true, uid, bridgeIndex, true), owner, []string{del, add(false), master, up}},
+		{"another owner", 1, tap(false, uid+1, bridgeIndex, true), owner, []string{del, add(false), master, up}},
+		{"off the bridge", 1, tap(false, uid, 0, true), owner, []string{master}},
+		{"down", 1, tap(false, uid, bridgeIndex, false), owner, []string{up}},
+		{"a bridge of the same name", 1, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "vm-vm1"}}, owner, []string{del, add(false), master, up}},
+		{"its user gone", 1, tap(false, uid, bridgeIndex, true), nil, []string{del, add(false), master, up}},
 	} {
 		vm := testVM(t, tt.vcpu)
-		if got := texts(tapDiff(vm, tt.link, br)); !slices.Equal(got, tt.want) {
+		if got := texts(tapDiff(vm, tt.link, br, tt.owner)); !slices.Equal(got, tt.want) {
 			t.Errorf("%s:\ngot  %q\nwant %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestDiff compares a whole model with a host read into a value: links of
+// VMs that left the file go (TAPs before bridges), users come before the
+// links made for them, and nothing is planned for a link the program did
+// not make.
+func TestDiff(t *testing.T) {
+	in := model(t, "[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n[vm.vm2]\nsubnet = \"10.2.0.0/24\"\n")
+	kvm := uint32(108)
+	up := net.FlagUp
+	br1 := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-vm1", Index: 11, Alias: "microvm:vm1", Flags: up}}
+	tap1 := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "vm-vm1", Alias: "microvm:vm1", MasterIndex: 11, Flags: up},
+		Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR, Owner: 990, Group: 990}
+	br2 := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-vm2", Index: 12, Alias: "microvm:vm2", Flags: up}}
+	tap2 := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "vm-vm2", Alias: "microvm:vm2", MasterIndex: 12, Flags: up},
+		Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR, Owner: 991, Group: 991}
+	oldBr := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-old", Alias: "microvm:old"}}
+	oldTap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "vm-old", Alias: "microvm:old"}}
+	foreign := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "docker0", Alias: "docker"}}
+	eth0 := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}
+	gw := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s)} }
+	applied := func() *observed {
+		return &observed{
+			links:   []netlink.Link{eth0, foreign, br1, tap1, br2, tap2},
+			addrs:   map[string][]netip.Prefix{"br-vm1": gw("10.1.0.1/24"), "br-vm2": gw("10.2.0.1/24")},
+			forward: "1",
+			users:   map[string]IDs{"microvm-vm1": {UID: 990, GID: 990, Groups: []uint32{kvm}}, "microvm-vm2": {UID: 991, GID: 991, Groups: []uint32{kvm}}},
+			kvm:     &kvm,
+		}
+	}
+	useradd := func(name, vm string, kvm bool) string {
+		a := &AddUser{Name: name, Comment: UserComment(vm)}
+		if kvm {
+			a.Groups = []string{KVMGroup}
+		}
+		return a.String()
+	}
+	vm2Links := []string{
+		"ip link add br-vm2 group 7173741 type bridge && ip link set br-vm2 alias microvm:vm2",
+		"ip addr add 10.2.0.1/24 dev br-vm2",
+		"ip link set br-vm2 up",
+		"ip tuntap add dev vm-vm2 mode tap user microvm-vm2 group microvm-vm2 vnet_hdr && ip link set vm-vm2 alias microvm:vm2",
+		"ip link set vm-vm2 master br-vm2",
+		"ip link set vm-vm2 up",
+	}
+	for _, tt := range []struct {
+		name           string
+		edit           func(o *observed)
+		cleanup, setup []string
+	}{
+		{"applied", func(o *observed) {}, []string{}, []string{}},
+		{"a VM left the file", func(o *observed) { o.links = append(o.links, oldBr, oldTap) },
+			[]string{"ip link del vm-old", "ip link del br-old"}, []string{}},
+		{"forwarding off", func(o *observed) { o.forward = "0" }, []string{}, []string{"sysctl -w net.ipv4.ip_forward=1"}},
+		{"a new VM", func(o *observed) {
+			o.links = o.links[:4]
+			delete(o.addrs, "br-vm2")
+			delete(o.users, "microvm-vm2")
+		}, []string{}, append([]string{useradd("microvm-vm2", "vm2", true)}, vm2Links...)},
+		{"a new VM on a host without kvm", func(o *observed) {
+			o.links = o.links[:4]
+			delete(o.users, "microvm-vm2")
+			o.kvm = nil
+		}, []string{}, append([]string{useradd("microvm-vm2", "vm2", false)}, vm2Links...)},
+		{"kvm made after the user", func(o *observed) { o.users["microvm-vm1"] = IDs{UID: 990, GID: 990} },
+			[]string{}, []string{"usermod --append --groups kvm microvm-vm1"}},
+		{"vm1's bridge lost its address", func(o *observed) { o.addrs["br-vm1"] = nil },
+			[]string{}, []string{"ip addr add 10.1.0.1/24 dev br-vm1"}},
+	} {
+		o := applied()
+		tt.edit(o)
+		d := diff(in, o)
+		if got := texts(d.Cleanup); !slices.Equal(got, tt.cleanup) {
+			t.Errorf("%s: cleanup:\ngot  %q\nwant %q", tt.name, got, tt.cleanup)
+		}
+		if got := texts(d.Setup); !slices.Equal(got, tt.setup) {
+			t.Errorf("%s: setup:\ngot  %q\nwant %q", tt.name, got, tt.setup)
+		}
+		if len(d.Warnings)+len(d.Notes) > 0 {
+			t.Errorf("%s: warnings %q, notes %q; want none", tt.name, d.Warnings, d.Notes)
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os/exec"
 	"os/user"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,8 +42,14 @@ type AddUser struct {
 
 // NewUser is the AddUser of vm's user.
 func NewUser(vm *config.VM) *AddUser {
+	_, err := user.LookupGroup(KVMGroup)
+	return newUser(vm, err == nil)
+}
+
+// newUser is the AddUser of vm's user, in the kvm group if the host has one.
+func newUser(vm *config.VM, kvm bool) *AddUser {
 	a := &AddUser{Name: vm.User, Comment: UserComment(vm.Name)}
-	if _, err := user.LookupGroup(KVMGroup); err == nil {
+	if kvm {
 		a.Groups = []string{KVMGroup}
 	}
 	return a
@@ -96,39 +101,6 @@ func (a *DelUser) Apply() error {
 		return fmt.Errorf("user %s was not made by microvm (comment %q); it is left alone", a.Name, u.Name)
 	}
 	return runLocked("userdel", a.Name)
-}
-
-// userDiff returns what makes the users of the model's VMs exist, in the
-// groups they need. A user of that name that is not the program's is an
-// error (Check).
-func userDiff(in *config.Infra) []*AddUser {
-	var out []*AddUser
-	for i := range in.VMs {
-		if _, err := user.Lookup(in.VMs[i].User); err != nil {
-			out = append(out, NewUser(&in.VMs[i]))
-		}
-	}
-	return out
-}
-
-// groupDiff returns what adds existing VM users to the kvm group, where
-// there is one.
-func groupDiff(in *config.Infra) []*AddToGroup {
-	kvm, err := user.LookupGroup(KVMGroup)
-	if err != nil {
-		return nil
-	}
-	var out []*AddToGroup
-	for _, vm := range in.VMs {
-		u, err := user.Lookup(vm.User)
-		if err != nil {
-			continue
-		}
-		if ids, err := u.GroupIds(); err == nil && !slices.Contains(ids, kvm.Gid) {
-			out = append(out, &AddToGroup{User: vm.User, Group: KVMGroup})
-		}
-	}
-	return out
 }
 
 // checkUsers refuses a VM whose user name belongs to someone else.

@@ -15,15 +15,20 @@ import (
 // what a VM needs of the host's links to start; the rest of Diff (other
 // VMs' links, forwarding) does not stop it.
 func DiffVM(in *config.Infra, vm *config.VM) ([]action.Action, error) {
-	bridge, err := linkOrNil(vm.Bridge)
-	if err != nil {
+	o := &observed{}
+	for _, name := range []string{vm.Bridge, vm.TAP} {
+		l, err := linkOrNil(name)
+		if err != nil {
+			return nil, err
+		}
+		if l != nil {
+			o.links = append(o.links, l)
+		}
+	}
+	if err := o.readVMs(*vm); err != nil {
 		return nil, err
 	}
-	tap, err := linkOrNil(vm.TAP)
-	if err != nil {
-		return nil, err
-	}
-	return vmDiff(vm, bridge, tap)
+	return vmDiff(vm, o), nil
 }
 
 // linkOrNil finds the link called name, or returns nil if there is none.

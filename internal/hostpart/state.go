@@ -8,6 +8,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // State is what `microvm host` says about itself in h.HostState(), for
@@ -57,9 +58,5 @@ func WriteState(h config.Host, st State) error {
 	if err != nil {
 		return err
 	}
-	tmp := h.HostState() + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, h.HostState())
+	return safedir.WritePrivate(h.HostState(), append(b, '\n'), 0o644)
 }

@@ -29,19 +29,14 @@ type Plan struct {
 	Errors   []error
 }
 
-// Host plans the host part: storage, links, sysctls and the firewall.
-// Storage comes first: a VM's datasets (storage = "zfs") exist before
-// anything could start it, and a host without ZFS is told so before its
-// network is touched. The firewall comes before forwarding and new links,
-// so no VM network is ever up without its rules. Tailscale routes of
-// removed VMs are withdrawn before anything else, while their bridges still
-// show they were the program's; new routes are advertised last, once there
-// is a network behind them.
+// Host plans the host part: storage, the firewall, links and users, and
+// Tailscale's routes. Each part is read from the host before anything is
+// decided, so a host without ZFS, say, is told so before anything changes.
 func Host(in *config.Infra) (*Plan, error) {
 	if err := hostnet.Check(in); err != nil {
 		return nil, err
 	}
-	store, storeWarnings, err := storage.For(in.Host).Diff(in)
+	store, err := storage.For(in.Host).Diff(in)
 	if err != nil {
 		return nil, err
 	}
@@ -49,23 +44,35 @@ func Host(in *config.Infra) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	cleanup, setup, err := hostnet.Diff(in)
+	links, err := hostnet.Diff(in)
 	if err != nil {
 		return nil, err
 	}
-	ts := tailscale.Diff(in)
-	p := &Plan{Warnings: append(append(firewall.Conflicts(), storeWarnings...), ts.Warnings...)}
-	if ts.Withdraw != nil {
-		p.Actions = append(p.Actions, ts.Withdraw)
+	return assemble(store, fw, links, tailscale.Diff(in)), nil
+}
+
+// assemble orders the parts' changes. Setup runs in the order of parts:
+// storage, so a VM's datasets exist before anything could start it; the
+// firewall before forwarding and new links, so no VM network is ever up
+// without its rules; links; and Tailscale's routes last, once there is a
+// network behind them. Cleanup runs before it, in the reverse order:
+// the routes of removed VMs are withdrawn while their bridges still show
+// they were the program's, then those links are deleted.
+func assemble(parts ...action.Diff) *Plan {
+	p := &Plan{}
+	for i := len(parts) - 1; i >= 0; i-- {
+		p.Actions = append(p.Actions, parts[i].Cleanup...)
 	}
-	p.Actions = append(append(append(append(p.Actions, store...), cleanup...), fw...), setup...)
-	if ts.Advertise != nil {
-		p.Actions = append(p.Actions, ts.Advertise)
+	var notes []string
+	for _, d := range parts {
+		p.Actions = append(p.Actions, d.Setup...)
+		p.Warnings = append(p.Warnings, d.Warnings...)
+		notes = append(notes, d.Notes...)
 	}
 	if len(p.Actions) > 0 {
-		p.Notes = ts.Notes
+		p.Notes = notes
 	}
-	return p, nil
+	return p
 }
 
 // Print writes the plan as a person would read it: one command per line.

@@ -27,19 +27,12 @@ import (
 func Teardown(in *config.Infra) (*Plan, error) {
 	empty := *in
 	empty.VMs = nil
-	p := &Plan{}
-	if ts := tailscale.Diff(&empty); ts.Withdraw != nil {
-		p.Actions = append(p.Actions, ts.Withdraw)
-	}
-	cleanup, _, err := hostnet.Diff(&empty)
+	links, err := hostnet.Diff(&empty)
 	if err != nil {
 		return nil, err
 	}
-	for _, a := range cleanup {
-		if _, ok := a.(*hostnet.DelLink); ok {
-			p.Actions = append(p.Actions, a)
-		}
-	}
+	// Only what goes: with no VMs, the routes and links of every VM.
+	p := &Plan{Actions: append(tailscale.Diff(&empty).Cleanup, links.Cleanup...)}
 	if cur, err := firewall.Current(); err != nil {
 		return nil, err
 	} else if cur != nil {

@@ -35,7 +35,7 @@ func checkHost(in *config.Infra, vm *config.VM) error {
 
 // hostNeeds is what the host part must still change before vm can start.
 func hostNeeds(in *config.Infra, vm *config.VM) ([]action.Action, error) {
-	store, _, err := storage.For(in.Host).Diff(in)
+	store, err := storage.For(in.Host).Diff(in)
 	if err != nil {
 		return nil, err
 	}
@@ -47,7 +47,7 @@ func hostNeeds(in *config.Infra, vm *config.VM) ([]action.Action, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(append(storage.Needs(in.Host, vm, store), fw...), links...), nil
+	return append(append(storage.Needs(in.Host, vm, store.Setup), fw.Setup...), links...), nil
 }
 
 // hostWarnings says what else the host part would change, and what plan

@@ -74,6 +74,18 @@ func OpenPrivate(path string) (*Dir, error) {
 	return d, nil
 }
 
+// WritePrivate replaces the file at path, in a directory of root's that
+// nobody else may write (OpenPrivate), as WriteFile does: readers see the
+// old file or the new one, never part of it.
+func WritePrivate(path string, data []byte, perm fs.FileMode) error {
+	d, err := OpenPrivate(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.WriteFile(filepath.Base(path), data, perm)
+}
+
 // MakePrivate makes the directory at path (and its missing parents, 0755)
 // if it is missing, gives it to root with mode perm, through its
 // descriptor, and opens it: a place where root keeps its own files. perm

@@ -174,6 +174,32 @@ func TestOpenPrivate(t *testing.T) {
 	}
 }
 
+// TestWritePrivate: a record is written only into a directory nobody but
+// root may write, and replaced whole, not through a symlink planted in its
+// place.
+func TestWritePrivate(t *testing.T) {
+	testenv.NeedRoot(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	victim := filepath.Join(t.TempDir(), "victim")
+	os.WriteFile(victim, []byte("keep"), 0o644)
+	record := filepath.Join(dir, "host.json")
+	os.Symlink(victim, record)
+	if err := WritePrivate(record, []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(victim); string(b) != "keep" {
+		t.Errorf("the symlink's target: %q, %v; want it unchanged", b, err)
+	}
+	if b, err := os.ReadFile(record); err != nil || string(b) != "new" {
+		t.Errorf("the record: %q, %v; want %q", b, err, "new")
+	}
+	os.Chmod(dir, 0o777)
+	if err := WritePrivate(record, []byte("newer"), 0o644); err == nil {
+		t.Error("WritePrivate wrote into a world-writable directory")
+	}
+}
+
 // TestPassThrough: another user reads a file it knows the name of in a
 // private directory of mode 0711, as `microvm status` reads a VM's
 // started.json without root, and cannot list the directory.

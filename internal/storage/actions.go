@@ -101,12 +101,24 @@ func visible(name string) error {
 }
 
 func visibleAt(name, dir string) error {
-	if !filepath.IsAbs(dir) {
-		return nil // legacy, none: not ZFS's to mount
-	}
-	ok, err := mountinfo.IsPoint(filepath.Clean(dir))
+	ok, err := seen(dir)
 	if err != nil || ok {
 		return err
 	}
+	return notSeen(name, dir)
+}
+
+// seen reports whether dir, a dataset's mount point, is a mount point in
+// this process's mount namespace.
+func seen(dir string) (bool, error) {
+	if !filepath.IsAbs(dir) {
+		return true, nil // legacy, none: not ZFS's to mount
+	}
+	return mountinfo.IsPoint(filepath.Clean(dir))
+}
+
+// notSeen explains a dataset ZFS mounted at dir that this process does not
+// see there.
+func notSeen(name, dir string) error {
 	return fmt.Errorf("ZFS mounted dataset %s at %s, but not in the mount namespace this command runs in, which does not receive ZFS's mounts (zfs-fuse mounts in its own; `ip netns exec` gives commands a private copy of the mounts, which receives nothing new where / is not a shared mount): run microvm in the host's mount namespace (nsenter --net=/run/netns/NAME instead of ip netns exec), or make / shared as systemd does at boot (mount --make-shared /)", name, dir)
 }

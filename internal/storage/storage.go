@@ -52,10 +52,10 @@ import (
 // Backend is one way of keeping VM data.
 type Backend interface {
 	// Diff returns the actions that make the storage of the model exist,
-	// in order, and warnings about data the model no longer names (which
-	// is kept). Nothing returned means the host has it all. An error
-	// explains what the host lacks and what to do.
-	Diff(in *config.Infra) ([]action.Action, []string, error)
+	// in order (Setup), and warnings about data the model no longer names
+	// (which is kept). Nothing returned means the host has it all. An
+	// error explains what the host lacks and what to do.
+	Diff(in *config.Infra) (action.Diff, error)
 	// Snapshot takes a snapshot of vm's data called name.
 	Snapshot(vm *config.VM, name string) error
 	// Snapshots lists vm's snapshots, oldest first.
@@ -278,7 +278,7 @@ type Dir struct{ Host config.Host }
 
 // Diff returns nothing: a VM's directories are made when it first starts
 // (package guest seeds them), and the images directory by the first image.
-func (d *Dir) Diff(in *config.Infra) ([]action.Action, []string, error) { return nil, nil, nil }
+func (d *Dir) Diff(in *config.Infra) (action.Diff, error) { return action.Diff{}, nil }
 
 func (d *Dir) Snapshot(vm *config.VM, name string) error        { return ErrNoSnapshots }
 func (d *Dir) Snapshots(vm *config.VM) ([]Snapshot, error)      { return nil, ErrNoSnapshots }

@@ -39,18 +39,11 @@ type place struct {
 	dir    string
 }
 
-// Diff plans the parent dataset (mounted at state_dir, compression on),
-// the images dataset and one dataset per VM, each created only if missing
-// and mounted if it is not, and mounts the images' own datasets. Children
+// places are where the model's datasets must be, parent first. Children
 // inherit the parent's mount point and compression, as they would if a
 // person made them with `zfs create`.
-func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
+func (z *ZFS) places(in *config.Infra) []place {
 	h := z.Host
-	have, err := z.datasets(in)
-	if err != nil {
-		return nil, nil, err
-	}
-	// Where each dataset must be, parent first.
 	places := []place{
 		{&CreateDataset{
 			Name:    h.ZFSDataset,
@@ -63,57 +56,94 @@ func (z *ZFS) Diff(in *config.Infra) ([]action.Action, []string, error) {
 		vm := &in.VMs[i]
 		places = append(places, place{&CreateDataset{Name: h.VMDataset(vm), Props: vmProps}, vm.StateDir})
 	}
+	return places
+}
 
-	var acts []action.Action
-	known := map[string]bool{}
-	for _, p := range places {
-		name := p.create.Name
-		known[name] = true
-		d, ok := have[name]
+// zfsHost is what Diff reads of the host: the datasets under the parent,
+// and of the directories where the model's datasets go, whether they are
+// empty (where one is to be made) or seen as mount points (where one is
+// mounted).
+type zfsHost struct {
+	datasets map[string]dataset
+	empty    map[string]bool
+	seen     map[string]bool
+}
+
+// Diff plans the parent dataset (mounted at state_dir, compression on),
+// the images dataset and one dataset per VM, each created only if missing
+// and mounted if it is not, and mounts the images' own datasets.
+func (z *ZFS) Diff(in *config.Infra) (action.Diff, error) {
+	have, err := z.datasets(in)
+	if err != nil {
+		return action.Diff{}, err
+	}
+	o := &zfsHost{datasets: have, empty: map[string]bool{}, seen: map[string]bool{}}
+	for _, p := range z.places(in) {
+		d, ok := have[p.create.Name]
 		switch {
 		case !ok:
-			if err := notInTheWay(p.dir, name); err != nil {
-				return nil, nil, err
+			if o.empty[p.dir], err = isEmptyDir(p.dir); err != nil {
+				return action.Diff{}, fmt.Errorf("checking %s before creating %s: %w", p.dir, p.create.Name, err)
 			}
-			acts = append(acts, p.create)
-		case filepath.Clean(d.mountpoint) != p.dir:
-			return nil, nil, mountedElsewhere(in, name, d.mountpoint, p.dir)
-		case !d.mounted:
-			acts = append(acts, &MountDataset{Name: name})
-		default:
-			if err := visibleAt(name, p.dir); err != nil {
-				return nil, nil, err
+		case d.mounted:
+			if o.seen[p.dir], err = seen(p.dir); err != nil {
+				return action.Diff{}, err
 			}
 		}
-		if ok && slices.Equal(p.create.Props, vmProps) && !d.inert {
+	}
+	return z.diff(in, o)
+}
+
+// diff compares the model's datasets with what was read of the host.
+func (z *ZFS) diff(in *config.Infra, o *zfsHost) (action.Diff, error) {
+	h := z.Host
+	var d action.Diff
+	known := map[string]bool{}
+	for _, p := range z.places(in) {
+		name := p.create.Name
+		known[name] = true
+		ds, ok := o.datasets[name]
+		switch {
+		case !ok:
+			if !o.empty[p.dir] {
+				return action.Diff{}, inTheWay(p.dir, name)
+			}
+			d.Setup = append(d.Setup, p.create)
+		case filepath.Clean(ds.mountpoint) != p.dir:
+			return action.Diff{}, mountedElsewhere(in, name, ds.mountpoint, p.dir)
+		case !ds.mounted:
+			d.Setup = append(d.Setup, &MountDataset{Name: name})
+		case !o.seen[p.dir]:
+			return action.Diff{}, notSeen(name, p.dir)
+		}
+		if ok && slices.Equal(p.create.Props, vmProps) && !ds.inert {
 			for _, prop := range vmProps {
-				acts = append(acts, &SetProp{Name: name, Prop: prop})
+				d.Setup = append(d.Setup, &SetProp{Name: name, Prop: prop})
 			}
 		}
 	}
 
 	// The images' datasets, made by `microvm image`, are mounted too.
 	var images []string
-	for name, d := range have {
-		if path.Dir(name) == h.ImagesDataset() && config.IsImageName(path.Base(name)) && !d.mounted {
+	for name, ds := range o.datasets {
+		if path.Dir(name) == h.ImagesDataset() && config.IsImageName(path.Base(name)) && !ds.mounted {
 			images = append(images, name)
 		}
 	}
 	sort.Strings(images)
 	for _, name := range images {
-		acts = append(acts, &MountDataset{Name: name})
+		d.Setup = append(d.Setup, &MountDataset{Name: name})
 	}
 
 	// Datasets of VMs that left the file keep their data, as the dir
 	// backend keeps their directories; say so at each plan.
-	var warnings []string
-	for name, d := range have {
+	for name, ds := range o.datasets {
 		if !known[name] && path.Dir(name) == h.ZFSDataset {
-			warnings = append(warnings, fmt.Sprintf("dataset %s (%s) is not a VM of %s; its data is kept (zfs destroy -r %s deletes it)", name, d.mountpoint, in.File, name))
+			d.Warnings = append(d.Warnings, fmt.Sprintf("dataset %s (%s) is not a VM of %s; its data is kept (zfs destroy -r %s deletes it)", name, ds.mountpoint, in.File, name))
 		}
 	}
-	sort.Strings(warnings)
-	return acts, warnings, nil
+	sort.Strings(d.Warnings)
+	return d, nil
 }
 
 // datasets lists the filesystems under the parent dataset, which may not
@@ -174,18 +204,11 @@ func setupError(in *config.Infra, problem string, needTools bool) error {
 	return errors.New(b.String())
 }
 
-// notInTheWay refuses to mount a dataset over files: ZFS either refuses
-// the mount (zfs-fuse, and OpenZFS with overlay=off) or hides the files
-// under it (OpenZFS 2's default), and a VM would then start with its data
-// out of sight. These files are most likely VM data of storage = "dir".
-func notInTheWay(dir, ds string) error {
-	empty, err := isEmptyDir(dir)
-	if err != nil {
-		return fmt.Errorf("checking %s before creating %s: %w", dir, ds, err)
-	}
-	if empty {
-		return nil
-	}
+// inTheWay refuses to mount a dataset over files: ZFS either refuses the
+// mount (zfs-fuse, and OpenZFS with overlay=off) or hides the files under
+// it (OpenZFS 2's default), and a VM would then start with its data out of
+// sight. These files are most likely VM data of storage = "dir".
+func inTheWay(dir, ds string) error {
 	return fmt.Errorf(`%s already holds files (VM data of storage = "dir"?), and dataset %s is to be mounted there. Move them into the dataset:
 
   mv %s %s.dir

@@ -47,7 +47,7 @@ func strs(acts []action.Action) []string {
 // apply plans in and applies the plan, and returns what it applied.
 func apply(t *testing.T, in *config.Infra) []string {
 	t.Helper()
-	acts, _, err := For(in.Host).Diff(in)
+	acts, _, err := setupOf(For(in.Host).Diff(in))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestZFSDatasets(t *testing.T) {
 	in := zfsModel(t, pool, "", "vm1", "vm2")
 	state, parent := in.Host.StateDir, pool.Name+"/microvms"
 
-	acts, _, err := For(in.Host).Diff(in)
+	acts, _, err := setupOf(For(in.Host).Diff(in))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestZFSDatasets(t *testing.T) {
 		t.Errorf("%s is not a mount point", vm1.StateDir)
 	}
 
-	again, warnings, err := For(in.Host).Diff(in)
+	again, warnings, err := setupOf(For(in.Host).Diff(in))
 	if err != nil || len(again) != 0 || len(warnings) != 0 {
 		t.Errorf("second plan: got %q, warnings %q, error %v; want no changes", strs(again), warnings, err)
 	}
@@ -127,7 +127,7 @@ func TestZFSDatasets(t *testing.T) {
 	if _, err := run("zfs", "set", "setuid=on", parent+"/vm2"); err != nil {
 		t.Fatal(err)
 	}
-	acts, _, err = For(in.Host).Diff(in)
+	acts, _, err = setupOf(For(in.Host).Diff(in))
 	if want := []string{"zfs set setuid=off " + parent + "/vm2", "zfs set devices=off " + parent + "/vm2"}; err != nil || !reflect.DeepEqual(strs(acts), want) {
 		t.Errorf("plan after setuid=on: got %q, %v; want %q", strs(acts), err, want)
 	}
@@ -138,7 +138,7 @@ func TestZFSDatasets(t *testing.T) {
 	}
 
 	less := zfsModel(t, pool, "", "vm2")
-	acts, warnings, err = For(less.Host).Diff(less)
+	acts, warnings, err = setupOf(For(less.Host).Diff(less))
 	wantWarn := []string{"dataset " + parent + "/vm1 (" + vm1.StateDir + ") is not a VM of infra.toml; its data is kept (zfs destroy -r " + parent + "/vm1 deletes it)"}
 	if err != nil || len(acts) != 0 || !reflect.DeepEqual(warnings, wantWarn) {
 		t.Errorf("vm1 removed: got %q, warnings %q, error %v; want no changes and %q", strs(acts), warnings, err, wantWarn)
@@ -234,7 +234,7 @@ func TestZFSRefuses(t *testing.T) {
 				tt.setup(in)
 			}
 			before := datasetNames(t, pool.Name)
-			acts, _, err := For(in.Host).Diff(in)
+			acts, _, err := setupOf(For(in.Host).Diff(in))
 			if err == nil {
 				t.Fatalf("got plan %q, want an error", strs(acts))
 			}

@@ -51,13 +51,11 @@ func Status(ctx context.Context, in *config.Infra) *Report {
 		return r
 	}
 	r.State, r.Control, r.Problem = d.state, d.control, d.loggedOut
-	if d.self != nil {
-		r.Host, r.Addrs = d.self.HostName, d.self.TailscaleIPs
-	}
+	r.Host, r.Addrs = d.name, d.addrs
 	var missing, waiting []netip.Prefix
 	for _, vm := range in.VMs {
 		rt := Route{VM: vm.Name, Subnet: vm.Subnet, Approved: d.approved(vm.Subnet)}
-		rt.Advertised = slices.ContainsFunc(d.prefs.AdvertiseRoutes, func(p netip.Prefix) bool { return p.Masked() == vm.Subnet })
+		rt.Advertised = slices.ContainsFunc(d.routes, func(p netip.Prefix) bool { return p.Masked() == vm.Subnet })
 		r.Routes = append(r.Routes, rt)
 		switch {
 		case !rt.Advertised:
@@ -66,14 +64,14 @@ func Status(ctx context.Context, in *config.Infra) *Report {
 			waiting = append(waiting, vm.Subnet)
 		}
 	}
-	for _, p := range d.prefs.AdvertiseRoutes {
+	for _, p := range d.routes {
 		if !slices.Contains(vms, p.Masked()) {
 			r.Others = append(r.Others, p)
 		}
 	}
 	switch {
 	case r.Problem != "":
-		r.step = stepFour(Merge(d.prefs.AdvertiseRoutes, vms, nil), d.control)
+		r.step = stepFour(Merge(d.routes, vms, nil), d.control)
 	case len(missing) > 0:
 		r.step = "  Run `microvm apply` to advertise " + join(missing) + "."
 	case len(waiting) > 0:

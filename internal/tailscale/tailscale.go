@@ -14,8 +14,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"tailscale.com/client/local"
 	"tailscale.com/ipn"
-	"tailscale.com/ipn/ipnstate"
 
+	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
@@ -25,10 +25,13 @@ var Timeout = 10 * time.Second
 
 // daemon is what the program learns from tailscaled.
 type daemon struct {
-	state   string // ipn backend state: "Running", "NeedsLogin", "Stopped", ...
-	prefs   *ipn.Prefs
-	self    *ipnstate.PeerStatus
-	control string // the control server tailscaled logs in to
+	state    string         // ipn backend state: "Running", "NeedsLogin", "Stopped", ...
+	routes   []netip.Prefix // the routes it advertises
+	allowed  []netip.Prefix // this host's AllowedIPs: its approved routes are among them
+	name     string         // this host's name in the tailnet; "" before it logs in
+	hostname string         // this host's name (os.Hostname), for when name is ""
+	addrs    []netip.Addr   // this host's tailnet addresses
+	control  string         // the control server tailscaled logs in to
 	// down says why tailscaled cannot take routes; "" when it can.
 	down string
 	// loggedOut says why routes set now do not reach the tailnet yet;
@@ -63,12 +66,20 @@ func connect(ctx context.Context, ts config.TailscaleSettings) *daemon {
 		d.down = fmt.Sprintf("tailscaled does not answer on %s (%s)", ts.Socket, short(err))
 		return d
 	}
-	d.prefs, err = lc.GetPrefs(ctx)
+	prefs, err := lc.GetPrefs(ctx)
 	if err != nil {
 		d.down = fmt.Sprintf("reading tailscaled's settings on %s: %s", ts.Socket, short(err))
 		return d
 	}
-	d.state, d.self, d.control = st.BackendState, st.Self, d.prefs.ControlURL
+	d.state, d.routes, d.control = st.BackendState, prefs.AdvertiseRoutes, prefs.ControlURL
+	if st.Self != nil {
+		d.name, d.addrs = st.Self.HostName, st.Self.TailscaleIPs
+		if st.Self.AllowedIPs != nil {
+			d.allowed = st.Self.AllowedIPs.AsSlice()
+		}
+	}
+	// Without a name there is none to show but this one.
+	d.hostname, _ = os.Hostname()
 	switch d.state {
 	case ipn.Running.String(), ipn.Starting.String():
 	case ipn.Stopped.String():
@@ -93,19 +104,16 @@ func short(err error) string {
 // approved reports whether the control server approved route p for this
 // host: approved routes are in the host's own AllowedIPs.
 func (d *daemon) approved(p netip.Prefix) bool {
-	if d.self == nil || d.self.AllowedIPs == nil {
-		return false
-	}
-	return slices.Contains(d.self.AllowedIPs.AsSlice(), p.Masked())
+	return slices.Contains(d.allowed, p.Masked())
 }
 
 // hostName is this host's name in the tailnet, for the approval step.
 func (d *daemon) hostName() string {
-	if d.self != nil && d.self.HostName != "" {
-		return d.self.HostName
-	}
-	if h, err := os.Hostname(); err == nil {
-		return h
+	switch {
+	case d.name != "":
+		return d.name
+	case d.hostname != "":
+		return d.hostname
 	}
 	return "this host"
 }
@@ -153,36 +161,44 @@ func (a *SetRoutes) Apply() error {
 	return nil
 }
 
-// Plan is the Tailscale part of a host plan.
-type Plan struct {
-	// Withdraw takes back the subnets of VMs that left infra.toml. It runs
-	// first, while their bridges still show they were VM subnets.
-	Withdraw *SetRoutes
-	// Advertise adds the missing VM subnets. It runs last, once the
-	// bridges and the firewall are in place.
-	Advertise *SetRoutes
-	// Warnings are said on every plan: tailscaled is logged out, or
-	// enabled = true and tailscaled cannot take the routes.
-	Warnings []string
-	// Notes are said only with a plan that changes something, so that an
-	// idle `microvm plan` stays "no changes": tailscaled is not running
-	// (enabled = "auto"), or routes wait for approval.
-	Notes []string
+// observed is what Diff reads of the host: what tailscaled says, and the
+// subnets of the bridges of VMs that left the file (or why they could not
+// be read).
+type observed struct {
+	daemon  *daemon
+	gone    []netip.Prefix
+	goneErr error
 }
 
-// Diff plans the advertised routes for the model. It reads links through
-// netlink, so it acts in the network namespace of the calling thread. It
-// never fails: when tailscaled cannot take the routes, the rest of the plan
-// goes on and Warnings or Notes say what the user has to do.
-func Diff(in *config.Infra) *Plan {
+// Diff plans the advertised routes for the model: Cleanup withdraws the
+// subnets of VMs that left infra.toml, while their bridges still show
+// they were VM subnets; Setup advertises the missing VM subnets, once the
+// bridges and the firewall are in place. Warnings are said on every plan
+// (tailscaled is logged out, or enabled = true and tailscaled cannot take
+// the routes); Notes only with a plan that changes something (tailscaled
+// is not running with enabled = "auto", or routes wait for approval).
+//
+// It reads links through netlink, so it acts in the network namespace of
+// the calling thread. It never fails: when tailscaled cannot take the
+// routes, the rest of the plan goes on and says what the user has to do.
+func Diff(in *config.Infra) action.Diff {
 	ts := in.Host.Tailscale
-	p := &Plan{}
 	if ts.Enabled == config.TailscaleOff {
-		return p
+		return action.Diff{}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
-	d := connect(ctx, ts)
+	o := observed{daemon: connect(ctx, ts)}
+	if o.daemon.down == "" {
+		o.gone, o.goneErr = goneSubnets(in)
+	}
+	return diff(in, o)
+}
+
+// diff compares the model's subnets with what was read of the host.
+func diff(in *config.Infra, o observed) action.Diff {
+	ts, d := in.Host.Tailscale, o.daemon
+	var p action.Diff
 	vms := subnets(in)
 	if d.down != "" {
 		msg := d.down + ", so the VMs cannot be reached from a tailnet yet.\n" + stepFour(vms, "")
@@ -193,22 +209,22 @@ func Diff(in *config.Infra) *Plan {
 		}
 		return p
 	}
-	gone, err := goneSubnets(in)
-	if err != nil {
-		p.Warnings = append(p.Warnings, fmt.Sprintf("cannot tell which advertised routes belonged to removed VMs (%v); none is withdrawn", err))
+	if o.goneErr != nil {
+		p.Warnings = append(p.Warnings, fmt.Sprintf("cannot tell which advertised routes belonged to removed VMs (%v); none is withdrawn", o.goneErr))
 	}
-	cur := d.prefs.AdvertiseRoutes
-	withdraw, add := Changes(cur, vms, gone)
+	cur := d.routes
+	withdraw, add := Changes(cur, vms, o.gone)
 	if len(withdraw) > 0 {
 		after := Merge(cur, nil, withdraw)
-		p.Withdraw = &SetRoutes{Socket: ts.Socket, Remove: withdraw, Result: after,
-			Why: "withdraw " + join(withdraw) + ": no VM has it any more"}
+		p.Cleanup = []action.Action{&SetRoutes{Socket: ts.Socket, Remove: withdraw, Result: after,
+			Why: "withdraw " + join(withdraw) + ": no VM has it any more"}}
 		cur = after
 	}
 	if len(add) > 0 {
-		p.Advertise = &SetRoutes{Socket: ts.Socket, Add: add, Result: Merge(cur, add, nil),
+		a := &SetRoutes{Socket: ts.Socket, Add: add, Result: Merge(cur, add, nil),
 			Why: "advertise the VM subnet" + plural(add) + " " + join(add)}
-		cur = p.Advertise.Result
+		p.Setup = []action.Action{a}
+		cur = a.Result
 	}
 	var waiting []netip.Prefix
 	for _, s := range vms {

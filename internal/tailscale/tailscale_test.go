@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale/tailscaletest"
@@ -112,20 +113,23 @@ func TestDiff(t *testing.T) {
 				enabled = config.TailscaleAuto
 			}
 			in := model(t, enabled, socket)
-			var p *Plan
+			var p action.Diff
 			sandbox.Do(ns, func() error { p = Diff(in); return nil })
+			if len(p.Cleanup) > 1 || len(p.Setup) > 1 {
+				t.Fatalf("got %v then %v, want at most one SetRoutes each", p.Cleanup, p.Setup)
+			}
 
 			sub := func(s string) string { return strings.ReplaceAll(s, "SOCK", socket) }
 			for _, c := range []struct {
 				what string
-				got  *SetRoutes
+				got  []action.Action
 				want string
-			}{{"withdraw", p.Withdraw, tt.withdraw}, {"advertise", p.Advertise, tt.advertise}} {
+			}{{"withdraw", p.Cleanup, tt.withdraw}, {"advertise", p.Setup, tt.advertise}} {
 				switch {
-				case c.got == nil && c.want != "":
+				case len(c.got) == 0 && c.want != "":
 					t.Errorf("%s: got none, want %q", c.what, sub(c.want))
-				case c.got != nil && !strings.HasPrefix(c.got.String(), sub(c.want)) || c.got != nil && c.want == "":
-					t.Errorf("%s:\ngot  %q\nwant %q", c.what, c.got.String(), sub(c.want))
+				case len(c.got) > 0 && (!strings.HasPrefix(c.got[0].String(), sub(c.want)) || c.want == ""):
+					t.Errorf("%s:\ngot  %q\nwant %q", c.what, c.got[0].String(), sub(c.want))
 				}
 			}
 			for _, c := range []struct {
@@ -141,11 +145,9 @@ func TestDiff(t *testing.T) {
 			if fake == nil {
 				return
 			}
-			for _, a := range []*SetRoutes{p.Withdraw, p.Advertise} {
-				if a != nil {
-					if err := a.Apply(); err != nil {
-						t.Fatal(err)
-					}
+			for _, a := range append(p.Cleanup, p.Setup...) {
+				if err := a.Apply(); err != nil {
+					t.Fatal(err)
 				}
 			}
 			if got, want := fake.Advertised(), tt.after; got != want {
@@ -156,10 +158,10 @@ func TestDiff(t *testing.T) {
 			}
 			// What was applied is in step: a second plan changes nothing.
 			if tt.calls {
-				var again *Plan
+				var again action.Diff
 				sandbox.Do(ns, func() error { again = Diff(in); return nil })
-				if again.Withdraw != nil || again.Advertise != nil {
-					t.Errorf("second plan: %v %v, want no changes", again.Withdraw, again.Advertise)
+				if !again.Empty() {
+					t.Errorf("second plan: %v %v, want no changes", again.Cleanup, again.Setup)
 				}
 			}
 		})

@@ -1,0 +1,101 @@
+package storage
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// TestZFSDiff compares the model's datasets with a host read into a value,
+// without root or ZFS: what is missing is made, parent first; what is not
+// mounted is mounted; a VM dataset that honours setuid bits is made inert;
+// a dataset of a VM that left the file is kept, with a warning; and files
+// where a dataset goes, a dataset mounted elsewhere or a mount this process
+// does not see stop the plan with what to do.
+func TestZFSDiff(t *testing.T) {
+	in := model(t, "/var/lib/microvms", "storage = \"zfs\"\nzfs_dataset = \"tank/microvms\"", "vm1", "vm2")
+	z := For(in.Host).(*ZFS)
+	dirs := []string{"/var/lib/microvms", "/var/lib/microvms/images", "/var/lib/microvms/vm1", "/var/lib/microvms/vm2"}
+	applied := func() *zfsHost {
+		o := &zfsHost{datasets: map[string]dataset{
+			"tank/microvms":               {mountpoint: dirs[0], mounted: true},
+			"tank/microvms/images":        {mountpoint: dirs[1], mounted: true},
+			"tank/microvms/vm1":           {mountpoint: dirs[2], mounted: true, inert: true},
+			"tank/microvms/vm2":           {mountpoint: dirs[3], mounted: true, inert: true},
+			"tank/microvms/images/debian": {mountpoint: dirs[1] + "/debian", mounted: true},
+		}, empty: map[string]bool{}, seen: map[string]bool{}}
+		for _, d := range dirs {
+			o.seen[d] = true
+		}
+		return o
+	}
+	fresh := func(o *zfsHost) {
+		o.datasets = map[string]dataset{}
+		o.seen = map[string]bool{}
+		for _, d := range dirs {
+			o.empty[d] = true
+		}
+	}
+	for _, tt := range []struct {
+		name     string
+		edit     func(o *zfsHost)
+		want     []string
+		warnings []string
+		err      string // what the error says; "" for none
+	}{
+		{"a fresh pool", fresh, []string{
+			"zfs create -o mountpoint=/var/lib/microvms -o compression=on tank/microvms",
+			"zfs create tank/microvms/images",
+			"zfs create -o setuid=off -o devices=off tank/microvms/vm1",
+			"zfs create -o setuid=off -o devices=off tank/microvms/vm2",
+		}, nil, ""},
+		{"applied", func(o *zfsHost) {}, []string{}, nil, ""},
+		{"a new VM", func(o *zfsHost) {
+			delete(o.datasets, "tank/microvms/vm2")
+			o.empty[dirs[3]] = true
+		}, []string{"zfs create -o setuid=off -o devices=off tank/microvms/vm2"}, nil, ""},
+		{"not mounted after a reboot", func(o *zfsHost) {
+			for _, name := range []string{"tank/microvms/vm2", "tank/microvms/images/debian"} {
+				ds := o.datasets[name]
+				ds.mounted = false
+				o.datasets[name] = ds
+			}
+		}, []string{"zfs mount tank/microvms/vm2", "zfs mount tank/microvms/images/debian"}, nil, ""},
+		{"vm1 honours setuid bits", func(o *zfsHost) { o.datasets["tank/microvms/vm1"] = dataset{mountpoint: dirs[2], mounted: true} },
+			[]string{"zfs set setuid=off tank/microvms/vm1", "zfs set devices=off tank/microvms/vm1"}, nil, ""},
+		{"a dataset that is no image is not mounted", func(o *zfsHost) {
+			o.datasets["tank/microvms/images/.new"] = dataset{mountpoint: dirs[1] + "/.new"}
+		}, []string{}, nil, ""},
+		{"vm3 left the file", func(o *zfsHost) {
+			o.datasets["tank/microvms/vm3"] = dataset{mountpoint: "/var/lib/microvms/vm3", mounted: true, inert: true}
+		}, []string{}, []string{"dataset tank/microvms/vm3 (/var/lib/microvms/vm3) is not a VM of infra.toml; its data is kept (zfs destroy -r tank/microvms/vm3 deletes it)"}, ""},
+		{"files where vm2's dataset goes", func(o *zfsHost) {
+			delete(o.datasets, "tank/microvms/vm2")
+			o.empty[dirs[3]] = false
+		}, nil, nil, "/var/lib/microvms/vm2 already holds files"},
+		{"the parent mounted elsewhere", func(o *zfsHost) { o.datasets["tank/microvms"] = dataset{mountpoint: "/srv", mounted: true} },
+			nil, nil, "infra.toml:3:1: dataset tank/microvms is mounted at /srv, not at /var/lib/microvms"},
+		{"mounted where this process does not see it", func(o *zfsHost) { o.seen[dirs[2]] = false },
+			nil, nil, "ZFS mounted dataset tank/microvms/vm1 at /var/lib/microvms/vm1, but not in the mount namespace"},
+	} {
+		o := applied()
+		tt.edit(o)
+		d, err := z.diff(in, o)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%s: got %q, error %v; want an error with %q", tt.name, strs(d.Setup), err, tt.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+			continue
+		}
+		if got := strs(d.Setup); !reflect.DeepEqual(got, tt.want) || !reflect.DeepEqual(d.Warnings, tt.warnings) {
+			t.Errorf("%s:\ngot  %q, warnings %q\nwant %q, warnings %q", tt.name, got, d.Warnings, tt.want, tt.warnings)
+		}
+		if len(d.Cleanup)+len(d.Notes) > 0 {
+			t.Errorf("%s: cleanup %v, notes %q; want none", tt.name, d.Cleanup, d.Notes)
+		}
+	}
+}
