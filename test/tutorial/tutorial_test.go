@@ -216,7 +216,7 @@ func TestTutorial(t *testing.T) {
 		"mount -t overlay overlay -o lowerdir=/run,upperdir=" + scratch + "/run,workdir=" + scratch + "/run.w /run",
 		"mkdir -p /var/lib/microvms /run/microvm",
 		"mount --bind " + state + " /var/lib/microvms",
-		"mount -t tmpfs tmpfs /run/microvm",
+		"mount -t tmpfs -o mode=0755 tmpfs /run/microvm", // as /run is: only root writes there
 		"mount -t tmpfs tmpfs /usr/local/bin",
 		"mkdir -p /etc/ssh/ssh_config.d",
 		"printf 'Host 10.*\\n  IdentityFile " + key + "\\n  UserKnownHostsFile " + home + "/known_hosts\\n  StrictHostKeyChecking accept-new\\n  BatchMode yes\\n' > /etc/ssh/ssh_config.d/tutorial.conf",
