@@ -2,11 +2,13 @@ package check
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -19,7 +21,7 @@ const localTimeout = 2 * time.Second
 func (LocalProber) TCP(from string, to netip.AddrPort) Result {
 	c, err := net.DialTimeout("tcp", to.String(), localTimeout)
 	if err != nil {
-		if strings.Contains(err.Error(), "connection refused") {
+		if errors.Is(err, syscall.ECONNREFUSED) {
 			return Result{Reached: true}
 		}
 		return Result{Err: err}
@@ -49,7 +51,7 @@ func (LocalProber) UDP(from string, to netip.AddrPort) Result {
 	buf := make([]byte, 256)
 	n, err := c.Read(buf)
 	if err != nil {
-		if strings.Contains(err.Error(), "connection refused") {
+		if errors.Is(err, syscall.ECONNREFUSED) {
 			return Result{Reached: true}
 		}
 		return Result{Err: err}

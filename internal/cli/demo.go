@@ -180,9 +180,7 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 		if standIns {
 			fmt.Fprintf(w, "  ip netns exec %s ping -c1 %s\n", sb.VMs[in.VMs[0].Name], sandbox.InternetAddr)
 		} else {
-			// A hint: without the key file the path printed is where it goes.
-			_, key, _ := guest.AdminKey(in.Host)
-			fmt.Fprintf(w, "  ip netns exec %s ssh -i %s root@%s\n", sb.Host, key, in.VMs[0].Addr)
+			fmt.Fprintf(w, "  ip netns exec %s ssh -i %s root@%s\n", sb.Host, in.Host.AdminKey(), in.VMs[0].Addr)
 		}
 		<-sigs
 	}

@@ -1,11 +1,9 @@
 package cli
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
@@ -68,11 +66,11 @@ Examples:
 				return fmt.Errorf("%s is still in %s; remove it from the file and run apply first", name, in.File)
 			}
 			vm := in.Host.Departed(name)
-			if m.Active(vm) || lifecycle.StateOf(m, vm).State != lifecycle.Stopped {
+			if lifecycle.StateOf(m, vm).State != lifecycle.Stopped {
 				return fmt.Errorf("%s is still running; run apply (it stops VMs that left the file) or microvm down first", name)
 			}
 			data := storage.For(in.Host)
-			isVM, err := guest.IsVMState(in.Host.StateDir, name)
+			isVM, err := guest.IsVMState(vm)
 			if err != nil {
 				return fmt.Errorf("checking %s: %w", vm.StateDir, err)
 			}
@@ -86,10 +84,11 @@ Examples:
 			}
 			what := data.Holds(vm)
 			if !yes {
-				fmt.Fprintf(e.stdout, "Delete %s's /etc and /var (%s)? This cannot be undone.\nType yes to delete: ", name, what)
-				line, _ := bufio.NewReader(e.stdin).ReadString('\n') // no answer (EOF) is no
-				if a := strings.ToLower(strings.TrimSpace(line)); a != "yes" && a != "y" {
-					fmt.Fprintln(e.stdout)
+				ok, err := confirm(e.stdin, e.stdout, fmt.Sprintf("Delete %s's /etc and /var (%s)? This cannot be undone.\nType yes to delete: ", name, what))
+				if err != nil {
+					return err
+				}
+				if !ok {
 					return fmt.Errorf("not confirmed; %s's data is unchanged", name)
 				}
 			}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/image"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 func imageCmd() *command {
@@ -116,20 +117,25 @@ func imageJob(e *env, name string, job func(context.Context, config.Host, io.Wri
 	if err := needRoot("making an image installs packages and keeps files' owners"); err != nil {
 		return err
 	}
-	if !config.IsImageName(name) {
-		return fmt.Errorf("%q is not an image name; use lowercase letters, digits and '-', e.g. \"debian\"", name)
+	if err := image.CheckName(name); err != nil {
+		return err
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	logPath := in.Host.ImageBuildLog(name)
-	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+	dir, err := safedir.OpenPrivateAll(filepath.Dir(logPath))
+	if err != nil {
 		return err
 	}
-	log, err := os.Create(logPath)
+	log, err := dir.OpenAppend(filepath.Base(logPath), 0o644)
+	dir.Close()
 	if err != nil {
 		return err
 	}
 	defer log.Close()
+	if err := log.Truncate(0); err != nil { // this build's log only
+		return err
+	}
 	fmt.Fprintf(e.stdout, "making image %s; the whole log is in %s\n", name, logPath)
 	p := newProgress(e.stdout, log)
 	err = job(ctx, in.Host, p)

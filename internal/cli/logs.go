@@ -90,11 +90,11 @@ func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error
 	}
 	defer func() { f.Close() }()
 	if lines > 0 {
-		b, err := io.ReadAll(f)
+		s, err := supervise.TailFile(f, lines)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, supervise.Tail(b, lines))
+		fmt.Fprintln(e.stdout, s)
 	} else if _, err := io.Copy(e.stdout, f); err != nil {
 		return err
 	}
@@ -102,11 +102,13 @@ func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error
 		if _, err := io.Copy(e.stdout, f); err != nil {
 			return err
 		}
-		// A console rewritten by a restart starts again from the top.
+		// A log made anew by a restart (each start makes a new VMM
+		// directory) or rewritten starts again from the top.
 		if again, err := openLog(vm, console); err == nil {
 			fi, serr := again.Stat()
+			cur, cerr := f.Stat()
 			// Seek(0, current) on a regular file cannot fail.
-			if pos, _ := f.Seek(0, io.SeekCurrent); serr == nil && fi.Size() < pos {
+			if pos, _ := f.Seek(0, io.SeekCurrent); serr == nil && (cerr == nil && !os.SameFile(fi, cur) || fi.Size() < pos) {
 				f.Close()
 				f = again
 			} else {

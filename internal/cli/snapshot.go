@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -314,17 +313,7 @@ func confirmRollback(stdin io.Reader, w io.Writer, vm *config.VM, to storage.Sna
 	if len(later) > 0 {
 		fmt.Fprintf(w, "These later snapshots are destroyed too: %s.\n", snapshotNames(later))
 	}
-	fmt.Fprint(w, "Type yes to roll back: ")
-	line, err := bufio.NewReader(stdin).ReadString('\n')
-	if err != nil && line == "" {
-		fmt.Fprintln(w)
-		if err == io.EOF {
-			return false, nil
-		}
-		return false, fmt.Errorf("reading the answer: %w", err)
-	}
-	answer := strings.ToLower(strings.TrimSpace(line))
-	return answer == "yes" || answer == "y", nil
+	return confirm(stdin, w, "Type yes to roll back: ")
 }
 
 func snapshotIndex(snaps []storage.Snapshot, name string) int {

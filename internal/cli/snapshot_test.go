@@ -205,7 +205,7 @@ func TestApplyZFS(t *testing.T) {
 	// destroy deletes the dataset of a VM that left the file, with its
 	// snapshots, after saying so.
 	ds := pool.Name + "/microvms/vm1"
-	if err := os.WriteFile(in.Host.VMMarker("vm1"), []byte("microvm VM vm1\n"), 0o644); err != nil {
+	if err := os.WriteFile(in.Host.Departed("vm1").Marker(), []byte("microvm VM vm1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := exec.Command("zfs", "snapshot", ds+"@x").Run(); err != nil {

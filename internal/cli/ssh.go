@@ -63,6 +63,8 @@ func inGuest(e *env, name, command string, wait time.Duration) error {
 	if err != nil {
 		return err
 	}
+	// Without a manager the dial below still says what is wrong, only
+	// after the wait.
 	if m, err := e.manager(); err == nil && lifecycle.StateOf(m, vm).State == lifecycle.Stopped {
 		return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
 	}

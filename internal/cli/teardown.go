@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/user"
@@ -80,10 +79,11 @@ Examples:
 			}
 			if data && !yes && len(p.Actions) > 0 {
 				what := storage.For(in.Host).Holds(nil)
-				fmt.Fprintf(e.stdout, "Tear down and delete %s: every VM's /etc and /var, their snapshots and the images? This cannot be undone.\nType yes to delete: ", what)
-				line, _ := bufio.NewReader(e.stdin).ReadString('\n') // no answer (EOF) is no
-				if a := strings.ToLower(strings.TrimSpace(line)); a != "yes" && a != "y" {
-					fmt.Fprintln(e.stdout)
+				ok, err := confirm(e.stdin, e.stdout, fmt.Sprintf("Tear down and delete %s: every VM's /etc and /var, their snapshots and the images? This cannot be undone.\nType yes to delete: ", what))
+				if err != nil {
+					return err
+				}
+				if !ok {
 					return fmt.Errorf("not confirmed; nothing was changed")
 				}
 			}

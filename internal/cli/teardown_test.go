@@ -12,7 +12,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
@@ -101,8 +100,7 @@ func TestPlanChecks(t *testing.T) {
 // TestDetailedExitcode: plan --detailed-exitcode says 2 while there is
 // something to apply and 0 after.
 func TestDetailedExitcode(t *testing.T) {
-	sb, in := newSandbox(t, example)
-	(&hostnet.AddUser{Name: in.Host.User}).Apply()
+	sb, _ := newSandbox(t, example)
 	if _, code := run(t, sb.Host, "plan", "--host-only", "--detailed-exitcode", "-f", example); code != 2 {
 		t.Errorf("plan before apply: exit %d, want 2", code)
 	}
@@ -157,8 +155,7 @@ func TestCheckStopped(t *testing.T) {
 // the host (links, the nftables table, units, run_dir with its mounts) and
 // keeps the data until --data.
 func TestTeardown(t *testing.T) {
-	sb, in := newSandbox(t, example)
-	(&hostnet.AddUser{Name: in.Host.User}).Apply()
+	sb, _ := newSandbox(t, example)
 	state, runDir := t.TempDir(), testenv.RunDir(t, "mvt")
 	file := privateExample(t, state, runDir)
 	mustRun(t, sb.Host, "apply", "--host-only", "-f", file)

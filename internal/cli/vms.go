@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -125,3 +127,19 @@ func uptime(d time.Duration) string {
 }
 
 func secs(n int64) time.Duration { return time.Duration(n) * time.Second }
+
+// confirm asks question, which ends "Type yes to ...: ", and reports
+// whether the answer read from stdin is yes. No answer (EOF) is no.
+func confirm(stdin io.Reader, w io.Writer, question string) (bool, error) {
+	fmt.Fprint(w, question)
+	line, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && line == "" {
+		fmt.Fprintln(w)
+		if err == io.EOF {
+			return false, nil
+		}
+		return false, fmt.Errorf("reading the answer: %w", err)
+	}
+	answer := strings.ToLower(strings.TrimSpace(line))
+	return answer == "yes" || answer == "y", nil
+}

@@ -274,7 +274,7 @@ func (p *parser) decode(entries []entry) {
 		p.in.keys[strings.Join(e.path, ".")] = e.key
 		top := e.path[0]
 		switch {
-		case !contains(topKeys, top):
+		case !slices.Contains(topKeys, top):
 			unknown(e, 1, fmt.Sprintf("unknown table or key %q; infra.toml has the tables [host], [defaults] and [vm.NAME]%s", top, suggest(top, topKeys)))
 		case len(e.path) == 1:
 			if !e.isTbl {
@@ -317,7 +317,7 @@ func (p *parser) decode(entries []entry) {
 func (p *parser) put(m map[string]*value, e entry, i int, table string, known []string, unknown func(entry, int, string)) {
 	k := e.path[i]
 	switch {
-	case !contains(known, k):
+	case !slices.Contains(known, k):
 		unknown(e, i+1, fmt.Sprintf("unknown key %q in %s; known keys are %s%s", k, table, strings.Join(known, ", "), suggest(k, known)))
 	case len(e.path) > i+1 || e.isTbl:
 		unknown(e, i+1, fmt.Sprintf("%s in %s must be a value, not a table", k, table))
@@ -781,15 +781,6 @@ func badRune(s, extra string) (rune, bool) {
 		}
 	}
 	return 0, false
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // suggest returns "; did you mean X?" for the closest known word, if any.

@@ -17,13 +17,10 @@ import "path/filepath"
 // var/home, var/srv), because /var is the VM's own and writable while the
 // image is shared and read-only.
 
-// VMMarker is the file that marks STATE_DIR/name as the state of a VM
-// called name: written when the VM is first prepared, and required by
-// destroy, so that no other directory of state_dir is ever deleted as a
-// VM's. Only root can write there.
-func (h Host) VMMarker(name string) string { return filepath.Join(h.StateDir, name, vmMarker) }
-
-// Marker is vm's VMMarker.
+// Marker is the file that marks vm.StateDir as the state of the VM:
+// written when the VM is first prepared, and required by destroy, so that
+// no other directory of state_dir is ever deleted as a VM's. Only root can
+// write there.
 func (vm *VM) Marker() string { return filepath.Join(vm.StateDir, vmMarker) }
 
 const vmMarker = ".microvm-vm"

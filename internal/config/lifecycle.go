@@ -13,6 +13,7 @@ import "path/filepath"
 //	RUN_DIR/NAME/keeper.pid     the keeper of the supervisor (hosts without systemd): "PID START"
 //	RUN_DIR/NAME/supervisor.log what `microvm run NAME` printed, when detached (root's only, 0600)
 //	RUN_DIR/NAME/started.json   what the running VM was started with (settings, hash, time, VMM and supervisor)
+//	RUN_DIR/NAME/run.lock       held by the `microvm run NAME` that supervises the VM
 
 // LockFile is the lock held while VMs are started, stopped or changed.
 func (h Host) LockFile() string { return filepath.Join(h.RunDir, "microvm.lock") }
@@ -25,12 +26,13 @@ func (vm *VM) KeeperPidFile() string { return filepath.Join(vm.RunDir, "keeper.p
 // systemd it goes to the journal).
 func (vm *VM) SupervisorLog() string { return filepath.Join(vm.RunDir, "supervisor.log") }
 
+// RunLock is held by `microvm run NAME` for as long as it supervises the
+// VM, so that a second one is refused before it touches the first's files.
+func (vm *VM) RunLock() string { return filepath.Join(vm.RunDir, "run.lock") }
+
 // StartedFile records what the running VM was started with, so apply
 // restarts exactly the VMs whose effective settings changed.
 func (vm *VM) StartedFile() string { return filepath.Join(vm.RunDir, "started.json") }
-
-// VMRunDir is RUN_DIR/NAME for any VM name, also one no longer in the file.
-func (h Host) VMRunDir(name string) string { return filepath.Join(h.RunDir, name) }
 
 // ConsoleSocket is the guest's serial console as a Unix socket, for
 // `microvm console` (QEMU; the same output also goes to ConsoleLog).

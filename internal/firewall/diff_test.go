@@ -55,6 +55,8 @@ func TestDiffDecides(t *testing.T) {
 			[]string{`chain forward: rule "isolation" changed (drop -> accept)`}},
 		{"a rule deleted", state(t, hash, bridges, chain), "repair (edited by hand)",
 			[]string{`chain forward: rule "isolation" is missing`}},
+		{"a table nft cannot list as JSON", &State{Hash: hash, unreadable: "reading nft -j output: unexpected end of JSON input"}, "repair (edited by hand)",
+			[]string{"table inet microvm cannot be read back: reading nft -j output: unexpected end of JSON input"}},
 		{"the table of a model with one VM", state(t, "sha256:0123456789abcdef", one, chain, drop), "update",
 			[]string{"set vm_bridges lacks br-vm2"}},
 	} {

@@ -30,6 +30,12 @@ type State struct {
 	Rules    int // how many rules
 	Elements int // how many set elements
 	objects  []object
+	// flags are the table's own flags as canonical JSON, "" for none:
+	// "dormant" turns every chain of the table off.
+	flags string
+	// unreadable says why nft's listing of the loaded table could not be
+	// read ("" when it could): such a table is replaced, never trusted.
+	unreadable string
 }
 
 // object is one chain, set or rule (or any other object) of the table.
@@ -58,6 +64,13 @@ func parseState(js []byte) (*State, error) {
 				continue
 			case "table":
 				s = &State{}
+				var t struct{ Flags any }
+				if err := json.Unmarshal(raw, &t); err != nil {
+					return nil, fmt.Errorf("reading nft -j output: %w", err)
+				}
+				if t.Flags != nil {
+					s.flags = canon(t.Flags)
+				}
 				continue
 			}
 			if s == nil {
@@ -108,7 +121,14 @@ func (s *State) Changes(want *State) []string {
 	if s == nil {
 		return []string{"table " + Family + " " + Table + " is missing"}
 	}
+	if s.unreadable != "" {
+		return []string{"table " + Family + " " + Table + " cannot be read back: " + s.unreadable}
+	}
 	var out []string
+	if s.flags != want.flags {
+		// Not their value: nft 1.0.6 writes a wrong one in its JSON.
+		out = append(out, fmt.Sprintf("table %s has other flags (dormant turns every chain off)", Table))
+	}
 	type key struct{ kind, name string }
 	index := func(st *State) (map[key]object, map[string][]object, []key) {
 		objs, rules := map[key]object{}, map[string][]object{}
@@ -333,7 +353,13 @@ func loaded() (*State, error) {
 		}
 		return nil, fmt.Errorf("reading nftables table %s %s: %w", Family, Table, cmdErr(err))
 	}
-	return parseState(js)
+	s, err := parseState(js)
+	if err != nil {
+		// A table whose listing nft cannot write as JSON is one to
+		// replace, never to trust.
+		return &State{unreadable: err.Error()}, nil
+	}
+	return s, nil
 }
 
 // wanted is the canonical form of ruleset: the ruleset loaded into a

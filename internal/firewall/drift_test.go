@@ -45,6 +45,8 @@ func TestDrift(t *testing.T) {
 		{"a chain's policy", func() string { return "chain inet microvm forward { policy drop; }" },
 			[]string{"chain forward is defined differently (policy accept -> drop)"}},
 		{"a chain added", func() string { return "add chain inet microvm mine" }, []string{"extra chain mine"}},
+		{"the table made dormant, which turns every chain off", func() string { return "add table inet microvm { flags dormant; }" },
+			[]string{"table microvm has other flags (dormant turns every chain off)"}},
 		{"another table", func() string { return "add table ip other" }, nil},
 		{"the same elements again, in another order", func() string {
 			return `flush set inet microvm vm_bridges; add element inet microvm vm_bridges { "br-vm4", "br-vm3", "br-vm2", "br-vm1" }`

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -46,22 +47,14 @@ func recordPath(h config.Host) (string, error) {
 
 // lockRecord takes h's firewall lock, waiting for it.
 func lockRecord(h config.Host) (unlock func(), err error) {
-	if err := os.MkdirAll(h.RunDir, 0o755); err != nil {
-		return nil, fmt.Errorf("making %s: %w", h.RunDir, err)
-	}
-	f, err := os.OpenFile(h.FirewallLock(), os.O_CREATE|os.O_RDWR, 0o600)
+	d, err := safedir.OpenPrivateAll(h.RunDir)
 	if err != nil {
 		return nil, err
 	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
+	defer d.Close()
+	f, err := d.Lock(filepath.Base(h.FirewallLock()), true)
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
+		return nil, err
 	}
 	return func() { f.Close() }, nil
 }
@@ -153,11 +146,11 @@ var Resync = 10 * time.Second
 //
 // What the kernel says about a change decides how fast the watcher acts.
 // A transaction that leaves the table deleted (nft flush ruleset, delete
-// table) or changes part of it (a rule, a set element) is no work of the
-// program, which only ever replaces the whole table: the ports go down at
-// once, before the comparison. A transaction that defines the table anew
-// (apply, or the watcher's own repair) is compared first, and left alone
-// when it is the recorded one.
+// table) or changes part of it (a rule, a set element, the table's flags)
+// is no work of the program, which only ever replaces the whole table: the
+// ports go down at once, before the comparison. A transaction that deletes
+// the table and defines it anew (apply, or the watcher's own repair) is
+// compared first, and left alone when it is the recorded one.
 func (w *Watcher) Run(stop <-chan struct{}) error {
 	fd, err := subscribe()
 	if err != nil {
@@ -223,6 +216,7 @@ func subscribe() (int, error) {
 // What the notifications read at once say about the program's table.
 type news int
 
+// They are ordered: the later one says more, and wins (see drain).
 const (
 	untouched news = iota // nothing about it
 	replaced              // defined anew as a whole, as the program does
@@ -238,6 +232,7 @@ const nfnlSubsysNftables = 10
 // NEWGEN message; every other message names its table in attribute 1.
 func drain(fd int, buf []byte) news {
 	result, batch := untouched, untouched
+	deleted := false // the batch so far deleted the table
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
 		if errors.Is(err, unix.ENOBUFS) {
@@ -248,7 +243,10 @@ func drain(fd int, buf []byte) news {
 			continue
 		}
 		if err != nil {
-			return result // EAGAIN: nothing more
+			// EAGAIN: nothing more for now. A transaction whose NEWGEN
+			// has not come yet counts too: what it did so far decides,
+			// so an edit is never dropped for arriving in two reads.
+			return max(result, batch)
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
@@ -263,18 +261,21 @@ func drain(fd int, buf []byte) news {
 				if batch != untouched {
 					result = batch
 				}
-				batch = untouched
+				batch, deleted = untouched, false
 				continue
 			}
 			if len(m.Data) < 4 || m.Data[0] != unix.NFPROTO_INET || tableOf(m.Data[4:]) != Table {
 				continue
 			}
 			switch {
-			case op == unix.NFT_MSG_NEWTABLE:
+			case op == unix.NFT_MSG_NEWTABLE && deleted:
+				// Deleted and made again, as load does.
 				batch = replaced
 			case op == unix.NFT_MSG_DELTABLE:
-				batch = edited
+				batch, deleted = edited, true
 			case batch == untouched:
+				// A part changed, or the table's own flags (dormant
+				// turns it off) with a NEWTABLE of its own.
 				batch = edited
 			}
 		}
@@ -298,6 +299,15 @@ func tableOf(attrs []byte) string {
 	return ""
 }
 
+// failClosed sets the VM ports down when the watcher keeps a table but
+// could not compare it: they come up at the first check that finds it as
+// recorded.
+func (w *Watcher) failClosed() {
+	if w.ruleset != "" {
+		w.closeNow()
+	}
+}
+
 // closeNow sets the VM ports down, unless they already are.
 func (w *Watcher) closeNow() {
 	if len(w.closed) > 0 {
@@ -312,11 +322,13 @@ func (w *Watcher) closeNow() {
 }
 
 // check compares the loaded table with the record and repairs it. heard is
-// when the change was heard of.
+// when the change was heard of. A table it cannot compare is not trusted:
+// the ports go down until a later check finds it as recorded.
 func (w *Watcher) check(heard time.Time) {
 	unlock, err := lockRecord(w.Host)
 	if err != nil {
 		w.Logf("firewall: %v", err)
+		w.failClosed()
 		return
 	}
 	defer unlock()
@@ -332,11 +344,13 @@ func (w *Watcher) check(heard time.Time) {
 	want, err := wanted(w.ruleset)
 	if err != nil {
 		w.Logf("firewall: %v", err)
+		w.failClosed()
 		return
 	}
 	cur, err := loaded()
 	if err != nil {
 		w.Logf("firewall: %v", err)
+		w.failClosed()
 		return
 	}
 	changes := cur.Changes(want)

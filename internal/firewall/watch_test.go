@@ -120,6 +120,7 @@ func TestWatch(t *testing.T) {
 		}, "changed (drop -> accept)"},
 		{"an element removed", func() string { return `delete element inet microvm vm_bridges { "br-vm2" }` }, "set vm_bridges lacks br-vm2"},
 		{"the table deleted", func() string { return "delete table inet microvm" }, "table inet microvm is missing"},
+		{"the table made dormant", func() string { return "add table inet microvm { flags dormant; }" }, "has other flags"},
 	}
 	for _, ev := range events {
 		t.Run(ev.name, func(t *testing.T) {
@@ -175,12 +176,14 @@ func TestWatch(t *testing.T) {
 					t.Logf("%s -> %s: %d datagrams sent in the %s between the edit and the ports going down got through", p.from, p.to, early, r.Closed.Sub(r.Heard))
 				}
 			}
-			sandbox.Do(sb.Host, func() error {
+			if err := sandbox.Do(sb.Host, func() error {
 				if d, err := firewall.Diff(in); err != nil || !d.Empty() {
 					t.Errorf("after the repair, plan: %v %v", d.Setup, err)
 				}
 				return nil
-			})
+			}); err != nil {
+				t.Fatal(err)
+			}
 			// Traffic flows again. A stand-in's veth lost its carrier with
 			// the port, and with it the gateway's ARP entry: its kernel asks
 			// again within a second.
@@ -204,12 +207,14 @@ func TestWatch(t *testing.T) {
 			t.Errorf("the watcher undid apply's change: %q", r.Changes)
 		case <-time.After(time.Second):
 		}
-		sandbox.Do(sb.Host, func() error {
+		if err := sandbox.Do(sb.Host, func() error {
 			if d, err := firewall.Diff(only1); err != nil || !d.Empty() {
 				t.Errorf("after apply without vm2, plan: %v %v", d.Setup, err)
 			}
 			return nil
-		})
+		}); err != nil {
+			t.Fatal(err)
+		}
 	})
 }
 

@@ -192,7 +192,7 @@ func TestSeed(t *testing.T) {
 			if got := strings.Join(names, " "); got != ".microvm-vm etc var" {
 				t.Errorf("state directory holds %q, want .microvm-vm etc var", got)
 			}
-			if ok, err := IsVMState(filepath.Dir(vm.StateDir), vm.Name); !ok || err != nil {
+			if ok, err := IsVMState(vm); !ok || err != nil {
 				t.Errorf("IsVMState = %v, %v", ok, err)
 			}
 		})
@@ -474,6 +474,7 @@ func TestWriteManagedErrors(t *testing.T) {
 }
 
 func TestAdminKey(t *testing.T) {
+	testenv.NeedRoot(t)
 	host := config.Host{StateDir: t.TempDir()}
 	pub, priv, err := AdminKey(host)
 	if err != nil {

@@ -39,7 +39,7 @@ var trees = []string{"etc", "var"}
 // OpenState makes vm's state directory (STATE_DIR/NAME) root's alone
 // (root:root, 0700: the guest sees only etc and var in it, through
 // virtiofsd, and no other user of the host sees anything), marks it as a
-// VM's (config.Host.VMMarker), and opens it. With storage = "zfs" the
+// VM's (config.VM.Marker), and opens it. With storage = "zfs" the
 // directory is the VM's dataset, mounted by apply.
 func OpenState(vm *config.VM) (*safedir.Dir, error) {
 	d, err := safedir.MakePrivate(vm.StateDir, config.StateDirMode)
@@ -56,11 +56,11 @@ func OpenState(vm *config.VM) (*safedir.Dir, error) {
 // marker is what the marker file of the VM name holds.
 func marker(name string) string { return "microvm VM " + name + "\n" }
 
-// IsVMState reports whether the directory stateDir/name is the state of a
-// VM called name: root's, and marked by OpenState. Nothing else in
-// state_dir may be deleted as a VM's.
-func IsVMState(stateDir, name string) (bool, error) {
-	d, err := safedir.OpenPrivate(filepath.Join(stateDir, name))
+// IsVMState reports whether vm.StateDir is the state of the VM: root's,
+// and marked by OpenState. Nothing else in state_dir may be deleted as a
+// VM's.
+func IsVMState(vm *config.VM) (bool, error) {
+	d, err := safedir.OpenPrivate(vm.StateDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -68,14 +68,14 @@ func IsVMState(stateDir, name string) (bool, error) {
 		return false, err
 	}
 	defer d.Close()
-	b, err := d.ReadFile(filepath.Base(config.Host{StateDir: stateDir}.VMMarker(name)))
+	b, err := d.ReadFile(filepath.Base(vm.Marker()))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	return string(b) == marker(name), nil
+	return string(b) == marker(vm.Name), nil
 }
 
 // Seed copies the image's /etc and /var (under rootfs, the image's root

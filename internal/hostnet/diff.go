@@ -91,6 +91,42 @@ func (o *observed) readVMs(vms ...config.VM) error {
 	return nil
 }
 
+// DepartedSubnets lists the subnets of the bridges the program made for
+// VMs that are no longer in the model (their gateway addresses, masked):
+// the routes package tailscale withdraws, read before the links go.
+func DepartedSubnets(in *config.Infra) ([]netip.Prefix, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	var out []netip.Prefix
+	for _, l := range links {
+		if !departed(in, l) {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("reading addresses of %s: %w", l.Attrs().Name, err)
+		}
+		for _, a := range addrs {
+			out = append(out, prefixOf(a.IPNet).Masked())
+		}
+	}
+	return out, nil
+}
+
+// departed reports whether l is a link the program made for a VM that is
+// no longer in the model, or not under that name.
+func departed(in *config.Infra, l netlink.Link) bool {
+	a := l.Attrs()
+	name, ok := strings.CutPrefix(a.Alias, config.AliasPrefix)
+	if !ok {
+		return false
+	}
+	vm, ok := in.VM(name)
+	return !ok || a.Name != vm.Bridge && a.Name != vm.TAP
+}
+
 // diff compares the model with what was read of the host.
 func diff(in *config.Infra, o *observed) action.Diff {
 	var d action.Diff
@@ -98,15 +134,10 @@ func diff(in *config.Infra, o *observed) action.Diff {
 	// before bridges, so a bridge is never deleted under a port.
 	var bridges []action.Action
 	for _, l := range o.links {
-		a := l.Attrs()
-		name, ok := strings.CutPrefix(a.Alias, config.AliasPrefix)
-		if !ok {
+		if !departed(in, l) {
 			continue
 		}
-		if vm, ok := in.VM(name); ok && (a.Name == vm.Bridge || a.Name == vm.TAP) {
-			continue
-		}
-		del := &DelLink{Name: a.Name}
+		del := &DelLink{Name: l.Attrs().Name}
 		if l.Type() == "tuntap" {
 			d.Cleanup = append(d.Cleanup, del)
 		} else {

@@ -174,8 +174,8 @@ func anyVM(h config.Host) bool {
 	// No run directory (or none readable) means no keeper runs from it.
 	entries, _ := os.ReadDir(h.RunDir)
 	for _, e := range entries {
-		if e.IsDir() {
-			if _, ok := supervise.KeeperPid(&config.VM{Name: e.Name(), RunDir: h.VMRunDir(e.Name())}); ok {
+		if e.IsDir() && config.IsVMName(e.Name()) {
+			if _, ok := supervise.KeeperPid(h.Departed(e.Name())); ok {
 				return true
 			}
 		}

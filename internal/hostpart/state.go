@@ -2,7 +2,6 @@ package hostpart
 
 import (
 	"encoding/json"
-	"os"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -45,7 +44,7 @@ func (st *State) Last() *firewall.Restore {
 // ReadState reads h's host state; ok is false when no `microvm host`
 // runs.
 func ReadState(h config.Host) (st State, ok bool) {
-	b, err := os.ReadFile(h.HostState())
+	b, err := safedir.ReadPrivate(h.HostState())
 	if err != nil || json.Unmarshal(b, &st) != nil {
 		return st, false
 	}

@@ -147,11 +147,19 @@ func Import(ctx context.Context, host config.Host, name, tarPath string, progres
 	})
 }
 
+// CheckName refuses what cannot name an image.
+func CheckName(name string) error {
+	if !config.IsImageName(name) {
+		return fmt.Errorf("%q is not an image name; use lowercase letters, digits and '-', e.g. \"debian\"", name)
+	}
+	return nil
+}
+
 // checkNew returns an error unless name is a valid image name that no image
 // has yet.
 func checkNew(host config.Host, name string) error {
-	if !config.IsImageName(name) {
-		return fmt.Errorf("%q is not an image name; use lowercase letters, digits and '-', e.g. \"debian\"", name)
+	if err := CheckName(name); err != nil {
+		return err
 	}
 	if _, err := os.Lstat(host.ImageDir(name)); err == nil {
 		return fmt.Errorf("image %s exists; remove it with `microvm image rm %s` first", name, name)

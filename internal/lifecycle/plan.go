@@ -1,7 +1,6 @@
 package lifecycle
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -70,7 +69,11 @@ func planVMs(w io.Writer, in *config.Infra, m supervise.Manager) (before, after 
 		return nil, nil, nil, err
 	}
 	if m.Kind() == supervise.KindSystemd {
-		after = append(after, unitActions(in, bin, file)...)
+		units, err := unitActions(in, bin, file)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		after = append(after, units...)
 	} else if a := hostAction(in, m, bin, file); a != nil {
 		after = append(after, a)
 	}
@@ -80,10 +83,11 @@ func planVMs(w io.Writer, in *config.Infra, m supervise.Manager) (before, after 
 	}
 	for _, vm := range gone {
 		before = append(before, vmAction{
-			text: fmt.Sprintf("microvm down %s   # left %s; its data stays in %s (microvm destroy %s --data deletes it)", vm.Name, in.File, filepath.Join(in.Host.StateDir, vm.Name), vm.Name),
+			text: fmt.Sprintf("microvm down %s   # left %s; its data stays in %s (microvm destroy %s --data deletes it)", vm.Name, in.File, vm.StateDir, vm.Name),
 			do: func() error {
-				if m.Active(vm) {
-					if err := m.Stop(vm); err != nil {
+				// Also a supervisor whose keeper was killed (StopVM).
+				if StateOf(m, vm).State != Stopped {
+					if err := StopVM(w, m, vm); err != nil {
 						return err
 					}
 				}
@@ -144,7 +148,7 @@ func Departed(in *config.Infra, m supervise.Manager) ([]*config.VM, error) {
 	}
 	var out []*config.VM
 	for _, e := range entries {
-		if !e.IsDir() || e.Name() == "images" || !config.IsImageName(e.Name()) {
+		if !e.IsDir() || !config.IsVMName(e.Name()) {
 			continue
 		}
 		if _, ok := in.VM(e.Name()); ok {
@@ -190,21 +194,19 @@ func Self(file string) (bin, abs string, err error) {
 }
 
 // unitActions installs the units if they differ and sets each VM's unit
-// enabled as its autostart says.
-func unitActions(in *config.Infra, bin, file string) []action.Action {
+// enabled as its autostart says. A unit file of the same name that the
+// program did not write is an error.
+func unitActions(in *config.Infra, bin, file string) ([]action.Action, error) {
 	var out []action.Action
 	u, err := supervise.Render(bin, file)
 	if err != nil {
-		return []action.Action{vmAction{text: "# cannot write systemd units: " + err.Error(), do: func() error { return err }}}
+		return []action.Action{vmAction{text: "# cannot write systemd units: " + err.Error(), do: func() error { return err }}}, nil
 	}
-	var names []string
-	for name, content := range u {
-		if old, err := os.ReadFile(filepath.Join(supervise.UnitDir, name)); err != nil || !bytes.Equal(old, content) {
-			names = append(names, name)
-		}
+	names, err := u.Changed(supervise.UnitDir)
+	if err != nil {
+		return nil, err
 	}
 	if len(names) > 0 {
-		sort.Strings(names)
 		out = append(out, vmAction{
 			text: fmt.Sprintf("install %s in %s; systemctl daemon-reload; systemctl enable %s %s", strings.Join(names, ", "), supervise.UnitDir, supervise.Target, supervise.HostUnit),
 			do: func() error {
@@ -241,7 +243,7 @@ func unitActions(in *config.Infra, bin, file string) []action.Action {
 			do:   func() error { return supervise.Systemctl(verb, supervise.Unit(vm.Name)) },
 		})
 	}
-	return out
+	return out, nil
 }
 
 // hostAction starts the detached keeper of the firewall on a host without
@@ -281,7 +283,7 @@ func Teardown(w io.Writer, in *config.Infra, m supervise.Manager) (out []action.
 		vms = append(vms, &in.VMs[i])
 	}
 	for _, vm := range vms {
-		if m.Active(vm) || StateOf(m, vm).State != Stopped {
+		if StateOf(m, vm).State != Stopped {
 			out = append(out, vmAction{
 				text: "microvm down " + vm.Name,
 				do:   func() error { return StopVM(w, m, vm) },

@@ -30,8 +30,9 @@ func protectState(vm *config.VM) (undo func(), err error) {
 	if err := unix.Mount(vm.StateDir, vm.StateDir, "", unix.MS_BIND, ""); err != nil {
 		return none, fmt.Errorf("bind-mounting %s nosuid,nodev: %w", vm.StateDir, err)
 	}
-	// Undoing on a failed start: the mount dies with the runner's mount
-	// namespace anyway.
+	// Undone when the VM stops or fails to start. A supervisor killed
+	// before it could undo leaves the mount on the host: the next start
+	// finds it in place (above), and destroy unmounts it first.
 	undo = func() { _ = unix.Unmount(vm.StateDir, unix.MNT_DETACH) }
 	// A bind mount takes its source's flags; new ones take a remount,
 	// which must repeat those to keep (read-only never applies here).

@@ -10,6 +10,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 // serve answers each connection to a new loopback listener with greeting,
@@ -76,6 +77,7 @@ func TestProbeSSH(t *testing.T) {
 // TestMarkReady proves readiness lands in the started record of the VMM
 // it was seen for, and nowhere else.
 func TestMarkReady(t *testing.T) {
+	testenv.NeedRoot(t)
 	in, vm := load(t, "")
 	run, err := supervise.OpenRunDir(vm)
 	if err != nil {

@@ -44,6 +44,16 @@ import (
 func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) error {
 	logf := func(format string, args ...any) { fmt.Fprintf(log, vm.Name+": "+format+"\n", args...) }
 
+	run, err := supervise.OpenRunDir(vm)
+	if err != nil {
+		return err
+	}
+	defer run.Close()
+	unlock, err := lockRun(run, vm)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if err := Preflight(in, vm); err != nil {
 		return err
 	}
@@ -51,11 +61,6 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		logf("warning: %s", w)
 	}
 	spec := vmm.NewSpec(in.Host, vm)
-	run, err := supervise.OpenRunDir(vm)
-	if err != nil {
-		return err
-	}
-	defer run.Close()
 	unmount, err := prepare(in, vm, run, spec, logf)
 	if err != nil {
 		return err
@@ -104,7 +109,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
-	cmd.Stdout, cmd.Stderr = log, log
+	// Through a pipe: given log itself (supervisor.log, root's), the VMM's
+	// user could truncate or rewrite it.
+	cmd.Stdout, cmd.Stderr = struct{ io.Writer }{log}, struct{ io.Writer }{log}
 	m, err := vmm.Start(backend, vm, cmd)
 	for _, f := range spec.TAP {
 		f.Close() // the VMM has its own copies now
@@ -233,6 +240,19 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 		logf("initramfs of image %s made with %s", vm.Image, init)
 	}
 	return nil
+}
+
+// lockRun takes vm's run lock, held until unlock: a second `microvm run
+// NAME` is refused before it remakes the first's VMM directory.
+func lockRun(run *safedir.Dir, vm *config.VM) (unlock func(), err error) {
+	f, err := run.Lock(filepath.Base(vm.RunLock()), false)
+	if errors.Is(err, safedir.ErrLocked) {
+		return nil, fmt.Errorf("%s is already running: another microvm run supervises it (microvm status %s)", vm.Name, vm.Name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 // runAs makes cmd run as user, with that user's groups: the VMM needs no

@@ -74,6 +74,49 @@ func OpenPrivate(path string) (*Dir, error) {
 	return d, nil
 }
 
+// ErrLocked is returned by Lock when another process holds the lock and
+// the caller would not wait.
+var ErrLocked = errors.New("held by another process")
+
+// Lock takes an exclusive flock(2) on the file name beneath d, made if
+// missing (mode 0600), waiting for it if wait is set. The lock holds until
+// the file is closed.
+func (d *Dir) Lock(name string, wait bool) (*os.File, error) {
+	f, err := d.openRegular(name, unix.O_RDWR|unix.O_CREAT, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	how := unix.LOCK_EX
+	if !wait {
+		how |= unix.LOCK_NB
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			err = ErrLocked
+		}
+		return nil, d.err("lock", name, err)
+	}
+	return f, nil
+}
+
+// ReadPrivate reads the regular file at path, in a directory of root's
+// that nobody else may write (OpenPrivate): a record root wrote there.
+func ReadPrivate(path string) ([]byte, error) {
+	d, err := OpenPrivate(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.ReadFile(filepath.Base(path))
+}
+
 // WritePrivate replaces the file at path, in a directory of root's that
 // nobody else may write (OpenPrivate), as WriteFile does: readers see the
 // old file or the new one, never part of it.
@@ -84,6 +127,16 @@ func WritePrivate(path string, data []byte, perm fs.FileMode) error {
 	}
 	defer d.Close()
 	return d.WriteFile(filepath.Base(path), data, perm)
+}
+
+// OpenPrivateAll makes the directory at path and its parents (0755) if
+// they are missing, as os.MkdirAll does, and opens it as OpenPrivate does:
+// a directory it finds is used only if root alone can write it.
+func OpenPrivateAll(path string) (*Dir, error) {
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		return nil, err
+	}
+	return OpenPrivate(path)
 }
 
 // MakePrivate makes the directory at path (and its missing parents, 0755)

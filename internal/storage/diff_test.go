@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/simple-microvm-infra/microvm/internal/action"
 )
 
 // TestZFSDiff compares the model's datasets with a host read into a value,
@@ -97,5 +99,24 @@ func TestZFSDiff(t *testing.T) {
 		if len(d.Cleanup)+len(d.Notes) > 0 {
 			t.Errorf("%s: cleanup %v, notes %q; want none", tt.name, d.Cleanup, d.Notes)
 		}
+	}
+}
+
+// TestNeeds keeps, of a plan's storage actions, only those a VM needs to
+// start: another VM's dataset, made, mounted or made inert, does not stop it.
+func TestNeeds(t *testing.T) {
+	in := model(t, "/var/lib/microvms", "storage = \"zfs\"\nzfs_dataset = \"tank/microvms\"", "vm1", "vm2")
+	acts := []action.Action{
+		&CreateDataset{Name: "tank/microvms"},
+		&CreateDataset{Name: "tank/microvms/vm2", Props: vmProps},
+		&SetProp{Name: "tank/microvms/vm2", Prop: "setuid=off"},
+		&MountDataset{Name: "tank/microvms/vm1"},
+		&SetProp{Name: "tank/microvms/vm1", Prop: "devices=off"},
+		&MountDataset{Name: "tank/microvms/images/debian"},
+		&MountDataset{Name: "tank/microvms/images/other"},
+	}
+	want := []string{"zfs create tank/microvms", "zfs mount tank/microvms/vm1", "zfs set devices=off tank/microvms/vm1", "zfs mount tank/microvms/images/debian"}
+	if got := strs(Needs(in.Host, &in.VMs[0], acts)); !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %q\nwant %q", got, want)
 	}
 }

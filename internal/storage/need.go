@@ -19,6 +19,8 @@ func Needs(h config.Host, vm *config.VM, acts []action.Action) []action.Action {
 			name = a.Name
 		case *MountDataset:
 			name = a.Name
+		case *SetProp:
+			name = a.Name
 		}
 		if name == "" || mine[name] {
 			out = append(out, a)

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +36,7 @@ var vmProps = []string{"setuid=off", "devices=off"}
 type place struct {
 	create *CreateDataset
 	dir    string
+	vm     bool // a VM's: setuid and devices off (vmProps)
 }
 
 // places are where the model's datasets must be, parent first. Children
@@ -49,12 +49,12 @@ func (z *ZFS) places(in *config.Infra) []place {
 			Name:    h.ZFSDataset,
 			Props:   []string{"mountpoint=" + h.StateDir, "compression=on"},
 			Parents: strings.Count(h.ZFSDataset, "/") > 1, // pool/a/b: make pool/a too
-		}, h.StateDir},
-		{&CreateDataset{Name: h.ImagesDataset()}, h.ImagesDir()},
+		}, h.StateDir, false},
+		{&CreateDataset{Name: h.ImagesDataset()}, h.ImagesDir(), false},
 	}
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		places = append(places, place{&CreateDataset{Name: h.VMDataset(vm), Props: vmProps}, vm.StateDir})
+		places = append(places, place{&CreateDataset{Name: h.VMDataset(vm), Props: vmProps}, vm.StateDir, true})
 	}
 	return places
 }
@@ -116,7 +116,7 @@ func (z *ZFS) diff(in *config.Infra, o *zfsHost) (action.Diff, error) {
 		case !o.seen[p.dir]:
 			return action.Diff{}, notSeen(name, p.dir)
 		}
-		if ok && slices.Equal(p.create.Props, vmProps) && !ds.inert {
+		if ok && p.vm && !ds.inert {
 			for _, prop := range vmProps {
 				d.Setup = append(d.Setup, &SetProp{Name: name, Prop: prop})
 			}

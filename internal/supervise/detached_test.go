@@ -19,6 +19,7 @@ import (
 // holds its pid file only while it runs. (test/lifecycle does the same with
 // real VMs and a killed VMM.)
 func TestKeep(t *testing.T) {
+	testenv.NeedRoot(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "microvm")
 	script := `#!/bin/sh
@@ -128,6 +129,7 @@ func TestKeeperPidChecked(t *testing.T) {
 }
 
 func TestLock(t *testing.T) {
+	testenv.NeedRoot(t) // the lock is kept in a directory of root's
 	h := config.Host{RunDir: t.TempDir()}
 	l, err := TakeLock(h)
 	if err != nil {

@@ -7,19 +7,22 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // HostKeeper is the `microvm host` that runs for h, as it recorded itself
 // in h.HostState() (package hostpart writes the rest of that file); ok is
-// false when none runs.
+// false when none runs. The record counts only from a run_dir that root
+// alone can write, as its pid is signalled.
 func HostKeeper(h config.Host) (id proc.ID, ok bool) {
-	b, err := os.ReadFile(h.HostState())
+	b, err := safedir.ReadPrivate(h.HostState())
 	if err != nil || json.Unmarshal(b, &id) != nil {
 		return id, false
 	}
@@ -34,10 +37,12 @@ func StartHost(bin, file string, h config.Host) error {
 	if _, ok := HostKeeper(h); ok {
 		return nil
 	}
-	if err := os.MkdirAll(h.RunDir, 0o755); err != nil {
+	run, err := safedir.OpenPrivateAll(h.RunDir)
+	if err != nil {
 		return err
 	}
-	log, err := os.OpenFile(h.HostLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	log, err := run.OpenAppend(filepath.Base(h.HostLog()), 0o640)
+	run.Close()
 	if err != nil {
 		return err
 	}

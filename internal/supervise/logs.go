@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -67,8 +68,36 @@ func TailOf(open func(*config.VM) (*os.File, error), vm *config.VM, n int) strin
 		return err.Error()
 	}
 	defer f.Close()
-	b, _ := io.ReadAll(f) // what was read before an error is still the end to show
-	return Tail(b, n)
+	s, err := TailFile(f, n)
+	if err != nil {
+		return err.Error()
+	}
+	return s
+}
+
+// maxTail bounds how far back TailFile reads: the guest writes the console
+// log, and could make it as large as its disk allows.
+const maxTail = 4 << 20
+
+// TailFile returns the last n lines of f, as Tail does, reading back from
+// its end only as far as they go (at most maxTail bytes). It leaves f at
+// its end, for a caller that follows it.
+func TailFile(f *os.File, n int) (string, error) {
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return "", err
+	}
+	for size := int64(64 << 10); ; size *= 2 {
+		size = min(size, end, maxTail)
+		b := make([]byte, size)
+		if _, err := f.ReadAt(b, end-size); err != nil && err != io.EOF {
+			return "", err
+		}
+		// More than n newlines: the last n lines are whole.
+		if size == end || size == maxTail || bytes.Count(b, []byte{'\n'}) > n {
+			return Tail(b, n), nil
+		}
+	}
 }
 
 // Tail returns the last n lines of a log (all of it if it has fewer),

@@ -1,8 +1,11 @@
 package supervise
 
 import (
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -66,5 +69,29 @@ func TestTail(t *testing.T) {
 		if got := Tail([]byte(tt.in), tt.n); got != tt.want {
 			t.Errorf("Tail(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
 		}
+	}
+}
+
+// TestTailFile reads only the end of a long log, and gives what Tail gives.
+func TestTailFile(t *testing.T) {
+	var b strings.Builder
+	for i := range 100000 {
+		fmt.Fprintf(&b, "line %d\n", i)
+	}
+	p := filepath.Join(t.TempDir(), "log")
+	os.WriteFile(p, []byte(b.String()), 0o644)
+	for _, n := range []int{0, 1, 5, 20000, 200000} {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := TailFile(f, n)
+		if want := Tail([]byte(b.String()), n); err != nil || got != want {
+			t.Errorf("TailFile(%d): %d bytes, %v; want %d bytes", n, len(got), err, len(want))
+		}
+		if pos, _ := f.Seek(0, io.SeekCurrent); pos != int64(b.Len()) {
+			t.Errorf("TailFile(%d) left the file at %d, want its end %d", n, pos, b.Len())
+		}
+		f.Close()
 	}
 }

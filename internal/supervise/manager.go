@@ -7,10 +7,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // Manager starts and stops VM supervisors: through their systemd units
@@ -126,23 +126,22 @@ type Lock struct{ f *os.File }
 
 // TakeLock takes h's lock, or says who holds it. It does not wait.
 func TakeLock(h config.Host) (*Lock, error) {
-	if err := os.MkdirAll(h.RunDir, 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(h.LockFile(), os.O_CREATE|os.O_RDWR, 0o644)
+	d, err := safedir.OpenPrivateAll(h.RunDir)
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(h.LockFile()) // who holds it, a hint only
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			who := strings.TrimSpace(string(b))
-			if who == "" {
-				who = "another microvm command"
-			}
-			return nil, fmt.Errorf("another microvm command is changing VMs (%s, lock %s); wait for it to finish", who, h.LockFile())
+	defer d.Close()
+	name := filepath.Base(h.LockFile())
+	f, err := d.Lock(name, false)
+	if errors.Is(err, safedir.ErrLocked) {
+		b, _ := d.ReadFile(name) // who holds it, a hint only
+		who := strings.TrimSpace(string(b))
+		if who == "" {
+			who = "another microvm command"
 		}
+		return nil, fmt.Errorf("another microvm command is changing VMs (%s, lock %s); wait for it to finish", who, h.LockFile())
+	}
+	if err != nil {
 		return nil, fmt.Errorf("locking %s: %w", h.LockFile(), err)
 	}
 	// Who holds the lock, for the message above; the lock holds without it.

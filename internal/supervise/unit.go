@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/template"
 	"time"
@@ -156,15 +157,38 @@ func Booted() bool {
 	return err == nil && fi.IsDir()
 }
 
-// Install writes the units into dir, and reports whether any changed (then
-// systemd must reload them).
-func (u Units) Install(dir string) (changed bool, err error) {
+// unitMark begins every unit the program writes: a file of the same name
+// without it is someone else's, and is never overwritten.
+const unitMark = "# Written by microvm apply;"
+
+// Changed lists, sorted, the units whose file in dir is missing or
+// differs. A file of that name the program did not write is an error.
+func (u Units) Changed(dir string) ([]string, error) {
+	var names []string
 	for name, content := range u {
 		p := filepath.Join(dir, name)
-		if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, content) {
+		old, err := os.ReadFile(p)
+		switch {
+		case err == nil && bytes.Equal(old, content):
 			continue
+		case err == nil && !bytes.HasPrefix(old, []byte(unitMark)):
+			return nil, fmt.Errorf("%s exists and was not written by microvm (it does not begin with %q); the program does not replace it: rename or remove it", p, unitMark)
 		}
-		if err := os.WriteFile(p, content, 0o644); err != nil {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// Install writes the units that changed into dir, and reports whether any
+// did (then systemd must reload them).
+func (u Units) Install(dir string) (changed bool, err error) {
+	names, err := u.Changed(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, name := range names {
+		if err := os.WriteFile(filepath.Join(dir, name), u[name], 0o644); err != nil {
 			return changed, fmt.Errorf("installing %s: %w", name, err)
 		}
 		changed = true

@@ -73,3 +73,27 @@ func TestVerify(t *testing.T) {
 		t.Errorf("installing the same units again: changed %v, %v", changed, err)
 	}
 }
+
+// TestInstallLeavesForeignUnits: a unit file of one of the program's names
+// that it did not write is an error, and stays as it was.
+func TestInstallLeavesForeignUnits(t *testing.T) {
+	dir := t.TempDir()
+	u, err := Render("/usr/local/bin/microvm", "/etc/microvm/infra.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := filepath.Join(dir, HostUnit)
+	os.WriteFile(mine, []byte("[Service]\nExecStart=/usr/bin/mine\n"), 0o644)
+	if _, err := u.Changed(dir); err == nil || !strings.Contains(err.Error(), "was not written by microvm") {
+		t.Errorf("Changed: %v; want an error naming %s", err, mine)
+	}
+	if changed, err := u.Install(dir); err == nil || changed {
+		t.Errorf("Install: changed %v, %v; want an error", changed, err)
+	}
+	if b, _ := os.ReadFile(mine); string(b) != "[Service]\nExecStart=/usr/bin/mine\n" {
+		t.Errorf("the foreign unit was changed: %q", b)
+	}
+	if names, _ := os.ReadDir(dir); len(names) != 1 {
+		t.Errorf("Install wrote %d files beside the foreign unit; want none", len(names)-1)
+	}
+}

@@ -11,12 +11,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"tailscale.com/client/local"
 	"tailscale.com/ipn"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 )
 
 // Timeout bounds each conversation with tailscaled, so a hung daemon
@@ -190,7 +190,7 @@ func Diff(in *config.Infra) action.Diff {
 	defer cancel()
 	o := observed{daemon: connect(ctx, ts)}
 	if o.daemon.down == "" {
-		o.gone, o.goneErr = goneSubnets(in)
+		o.gone, o.goneErr = hostnet.DepartedSubnets(in)
 	}
 	return diff(in, o)
 }
@@ -248,35 +248,6 @@ func subnets(in *config.Infra) []netip.Prefix {
 		out = append(out, vm.Subnet)
 	}
 	return out
-}
-
-// goneSubnets lists the subnets of links the program made for VMs that are
-// no longer in the model: the addresses of their bridges.
-func goneSubnets(in *config.Infra) ([]netip.Prefix, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("listing links: %w", err)
-	}
-	var out []netip.Prefix
-	for _, l := range links {
-		name, ok := strings.CutPrefix(l.Attrs().Alias, config.AliasPrefix)
-		if !ok {
-			continue
-		}
-		if _, ok := in.VM(name); ok {
-			continue
-		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-		if err != nil {
-			return nil, fmt.Errorf("reading addresses of %s: %w", l.Attrs().Name, err)
-		}
-		for _, a := range addrs {
-			ip, _ := netip.AddrFromSlice(a.IP.To4())
-			ones, _ := a.Mask.Size()
-			out = append(out, netip.PrefixFrom(ip, ones).Masked())
-		}
-	}
-	return out, nil
 }
 
 // stepFour is the design's step 4 for these routes: log in advertising them,

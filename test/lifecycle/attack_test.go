@@ -147,6 +147,9 @@ func vmmAttack(t *testing.T, vm *config.VM, uid, gid uint32, dir string) func(t 
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
 	out, err := cmd.CombinedOutput()
 	t.Logf("as the VMM's user (uid %d), in %s: %v\n%s", uid, vm.RunDir, err, out)
+	if err == nil {
+		t.Errorf("as the VMM's user, planting records in %s succeeded; it must be root's alone", vm.RunDir)
+	}
 	return func(t *testing.T) {
 		defer victim.Process.Kill()
 		select {

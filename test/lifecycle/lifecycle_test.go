@@ -143,6 +143,12 @@ func TestLifecycle(t *testing.T) {
 		}
 	}
 	wantErr("up on a running VM", "lc1 is already running", "up", "-f", file, "lc1")
+	// As root at a prompt: a second supervisor of a running VM is refused
+	// before it remakes the first's VMM directory (its sockets, its console).
+	wantErr("run on a running VM", "lc1 is already running: another microvm run supervises it", "run", "-f", file, "lc1")
+	if _, err := os.Stat(lc1.ControlSocket()); err != nil {
+		t.Errorf("a refused run took the running VMM's control socket: %v", err)
+	}
 	for _, vm := range in.VMs {
 		sandboxtest.Login(t, sb, &vm).Close()
 	}
