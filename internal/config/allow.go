@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -23,13 +24,22 @@ import (
 // (8000-8080) or a list of them separated by commas. Without a protocol
 // every protocol and port is allowed. Every VM may always reach its own
 // DNS server (dns) on port 53, wherever it is.
+//
+// Other VMs are out of reach, whatever the list says, but for an opening
+// on purpose: "vm:NAME" in a VM's list, with the same protocol and ports,
+// lets this VM open connections to the VM called NAME (replies pass), and
+// nothing else between the two:
+//
+//	[vm.web]
+//	allow = ["vm:db tcp 6379"]
 
 // Allow is one entry of an allow list.
 type Allow struct {
-	Net   netip.Prefix
-	Proto string      // "tcp", "udp", "icmp", or "" for every protocol
-	Ports []PortRange // with tcp or udp; none means every port
-	At    string      // file:line:col of the entry, for messages and the ruleset's comments
+	Net   netip.Prefix // for a vm: entry, that VM's address
+	VM    string       // the VM a vm:NAME entry opens, "" for an address
+	Proto string       // "tcp", "udp", "icmp", or "" for every protocol
+	Ports []PortRange  // with tcp or udp; none means every port
+	At    string       // file:line:col of the entry, for messages and the ruleset's comments
 }
 
 // PortRange is a port, or a range of ports (From < To).
@@ -42,9 +52,21 @@ func (r PortRange) String() string {
 	return fmt.Sprintf("%d-%d", r.From, r.To)
 }
 
+// Dest is the entry's destination as infra.toml writes it: vm:NAME, an
+// address, or a network.
+func (a Allow) Dest() string {
+	switch {
+	case a.VM != "":
+		return "vm:" + a.VM
+	case a.Net.IsSingleIP():
+		return a.Net.Addr().String()
+	}
+	return a.Net.String()
+}
+
 // String writes the entry as infra.toml does, normalized.
 func (a Allow) String() string {
-	s := a.Net.String()
+	s := a.Dest()
 	if a.Proto != "" {
 		s += " " + a.Proto
 	}
@@ -64,7 +86,7 @@ func (a Allow) PortList(sep string) string {
 }
 
 // allowExample ends every message about an allow entry.
-const allowExample = `e.g. "192.168.1.20", "192.168.1.0/24 tcp 445" or "10.0.0.5 udp 53,123"`
+const allowExample = `e.g. "192.168.1.20", "192.168.1.0/24 tcp 445", "10.0.0.5 udp 53,123" or "vm:db tcp 5432"`
 
 // allowList reads the allow list v (nil when not written) of the table
 // whose dotted key is key.
@@ -81,7 +103,7 @@ func (p *parser) allowList(v *value, key string) []Allow {
 		at := v.at[i]
 		a, msg := parseAllow(s)
 		if msg != "" {
-			p.errorf(at, "%s: %q %s; write ADDRESS[/BITS] [tcp|udp|icmp [PORTS]], %s", key, s, msg, allowExample)
+			p.errorf(at, "%s: %q %s; write ADDRESS[/BITS] or vm:NAME, then [tcp|udp|icmp [PORTS]], %s", key, s, msg, allowExample)
 			continue
 		}
 		a.At = fmt.Sprintf("%s:%d:%d", p.file, at.Line, at.Col)
@@ -97,21 +119,20 @@ func parseAllow(s string) (Allow, string) {
 	if len(f) == 0 || len(f) > 3 {
 		return a, "is not an allow entry"
 	}
-	if strings.Contains(f[0], "/") {
-		pfx, err := netip.ParsePrefix(f[0])
+	if name, ok := strings.CutPrefix(f[0], "vm:"); ok {
+		if !isName(name) {
+			return a, fmt.Sprintf("names VM %q, which is not a VM name", name)
+		}
+		a.VM = name // its address is filled in once every VM is read
+	} else {
+		pfx, msg := parseNet(f[0])
 		switch {
-		case err != nil || !pfx.Addr().Is4():
-			return a, "does not start with an IPv4 address or network"
-		case pfx.Masked() != pfx:
-			return a, fmt.Sprintf("has host bits set; the network is %s", pfx.Masked())
+		case strings.HasPrefix(msg, "has host bits"):
+			return a, msg
+		case msg != "":
+			return a, "does not start with an IPv4 address or network, or vm:NAME"
 		}
 		a.Net = pfx
-	} else {
-		addr, err := netip.ParseAddr(f[0])
-		if err != nil || !addr.Is4() {
-			return a, "does not start with an IPv4 address or network"
-		}
-		a.Net = netip.PrefixFrom(addr, 32)
 	}
 	if len(f) == 1 {
 		return a, ""
@@ -148,4 +169,68 @@ func parsePorts(s string) (PortRange, bool) {
 		return PortRange{}, false
 	}
 	return PortRange{uint16(from), uint16(to)}, true
+}
+
+// openings fills in the address of each vm:NAME entry, once every VM is
+// read, and rejects what cannot work: a vm: entry in [host] or naming an
+// unknown VM or the VM itself, and an address of a VM's subnet written as
+// an address (it would be judged on the uplink, where no VM is).
+func (p *parser) openings() {
+	subnetOf := func(a Allow) (string, bool) {
+		for _, vm := range p.in.VMs {
+			if vm.Subnet.Bits() <= a.Net.Bits() && vm.Subnet.Contains(a.Net.Addr()) {
+				return vm.Name, true
+			}
+		}
+		return "", false
+	}
+	rest := func(a Allow) string { // the entry after its destination
+		s := a.String()
+		_, after, _ := strings.Cut(s, " ")
+		if after != "" {
+			after = " " + after
+		}
+		return after
+	}
+	for _, a := range p.in.Host.Allow {
+		if a.VM != "" {
+			p.errorf(p.posOf(a.At), "host.allow: vm:%s opens a VM to every other; write it in the table of each VM that connects to %s, e.g. [vm.web] allow = [%q]", a.VM, a.VM, a.String())
+			continue
+		}
+		if name, ok := subnetOf(a); ok {
+			p.errorf(p.posOf(a.At), "host.allow: %s is in vm.%s's subnet; VMs reach each other only through an opening in the table of the VM that connects, e.g. allow = [\"vm:%s%s\"] in [vm.OTHER]", a.Dest(), name, name, rest(a))
+		}
+	}
+	for i := range p.in.VMs {
+		vm := &p.in.VMs[i]
+		key := "vm." + vm.Name + ".allow"
+		for j := range vm.Allow {
+			a := &vm.Allow[j]
+			if a.VM == "" {
+				if name, ok := subnetOf(*a); ok {
+					p.errorf(p.posOf(a.At), "%s: %s is in vm.%s's subnet, which no rule on the uplink reaches; write %q to open it", key, a.Dest(), name, "vm:"+name+rest(*a))
+				}
+				continue
+			}
+			target, ok := p.in.VM(a.VM)
+			switch {
+			case a.VM == vm.Name:
+				p.errorf(p.posOf(a.At), "%s: vm:%s is this VM itself; a VM always reaches itself", key, a.VM)
+			case !ok && slices.Contains(p.vmNames(), a.VM):
+				// declared, but invalid: its own errors say why
+			case !ok:
+				p.errorf(p.posOf(a.At), "%s: there is no vm.%s in this file%s", key, a.VM, suggest(a.VM, p.vmNames()))
+			default:
+				a.Net = netip.PrefixFrom(target.Addr, 32)
+			}
+		}
+	}
+}
+
+func (p *parser) vmNames() []string {
+	var out []string
+	for _, r := range p.vms {
+		out = append(out, r.name)
+	}
+	return out
 }

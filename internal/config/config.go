@@ -104,9 +104,10 @@ var TailscaleRange = netip.MustParsePrefix("100.64.0.0/10")
 
 // Infra is the validated model of one infra.toml.
 type Infra struct {
-	File string
-	Host Host
-	VMs  []VM // sorted by name
+	File   string
+	Host   Host
+	VMs    []VM    // sorted by name
+	Images []Image // the [image.NAME] tables, sorted by name
 
 	keys map[string]Pos // dotted key -> where it is written
 }
@@ -147,8 +148,16 @@ type VM struct {
 	DNS        string
 	SSHKeys    []string // authorized for root, beside the host's admin key
 	Autostart  bool     // started by apply (and at boot); default true
-	Allow      []Allow  // what this VM may reach beyond the internet, besides Host.Allow
+	Allow      []Allow  // what this VM may reach beyond the internet, besides Host.Allow; vm:NAME entries open other VMs
 	User       string   // the user its VMM runs as, with a group of the same name: USER-NAME
+
+	// What runs in it (services.go, files.go, publish.go, writable.go).
+	Services        []string  // units enabled in its /etc, with their suffix
+	DisableServices []string  // units disabled there
+	RunOnce         []string  // shell commands run once per version of the list
+	Files           []File    // written into its /etc and /var at every start
+	Publish         []Publish // ports of the host's uplink forwarded to it
+	ImageWritable   bool      // an overlay of its own over the image
 
 	StateDir string // STATE_DIR/NAME
 	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
@@ -229,9 +238,10 @@ func Parse(file string, src []byte) (*Infra, error) {
 
 // raw holds what the file says before defaults and derivation.
 type rawVM struct {
-	name string
-	at   Pos
-	vals map[string]*value
+	name  string
+	at    Pos
+	vals  map[string]*value
+	files *rawFiles // [vm.NAME.files]
 }
 
 type parser struct {
@@ -242,6 +252,7 @@ type parser struct {
 	ts       map[string]*value // [host.tailscale]
 	defaults map[string]*value
 	vms      []*rawVM
+	imgs     []*rawImage
 }
 
 func (p *parser) errorf(at Pos, format string, args ...any) {
@@ -251,8 +262,9 @@ func (p *parser) errorf(at Pos, format string, args ...any) {
 var (
 	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "tailscale"}
 	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
-	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow"}
-	topKeys      = []string{"host", "defaults", "vm"}
+	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
+		"services", "disable_services", "run_once", "files", "publish", "image_writable"}
+	topKeys = []string{"host", "defaults", "vm", "image"}
 )
 
 // decode sorts entries into host, defaults and VMs, rejecting unknown keys
@@ -262,6 +274,7 @@ func (p *parser) decode(entries []entry) {
 	p.ts = map[string]*value{}
 	p.defaults = map[string]*value{}
 	byName := map[string]*rawVM{}
+	imgByName := map[string]*rawImage{}
 	reported := map[string]bool{}
 	unknown := func(e entry, depth int, msg string) {
 		key := strings.Join(e.path[:depth], ".")
@@ -275,7 +288,7 @@ func (p *parser) decode(entries []entry) {
 		top := e.path[0]
 		switch {
 		case !slices.Contains(topKeys, top):
-			unknown(e, 1, fmt.Sprintf("unknown table or key %q; infra.toml has the tables [host], [defaults] and [vm.NAME]%s", top, suggest(top, topKeys)))
+			unknown(e, 1, fmt.Sprintf("unknown table or key %q; infra.toml has the tables [host], [defaults], [vm.NAME] and [image.NAME]%s", top, suggest(top, topKeys)))
 		case len(e.path) == 1:
 			if !e.isTbl {
 				unknown(e, 1, fmt.Sprintf("%s must be a table, e.g. [%s]", top, top))
@@ -293,6 +306,24 @@ func (p *parser) decode(entries []entry) {
 			p.put(p.host, e, 1, "[host]", hostKeys, unknown)
 		case top == "defaults":
 			p.put(p.defaults, e, 1, "[defaults]", defaultsKeys, unknown)
+		case top == "image":
+			name := e.path[1]
+			img := imgByName[name]
+			if img == nil {
+				img = &rawImage{name: name, at: e.key, vals: map[string]*value{}}
+				imgByName[name] = img
+				p.imgs = append(p.imgs, img)
+			}
+			switch {
+			case len(e.path) == 2:
+				if !e.isTbl {
+					unknown(e, 2, fmt.Sprintf("image.%s must be a table; write [image.%s] and its keys below it", name, name))
+				}
+			case e.path[2] == "files":
+				p.putFile(&img.files, e, 2, "[image."+name+"]", unknown)
+			default:
+				p.put(img.vals, e, 2, "[image."+name+"]", imageKeys, unknown)
+			}
 		default: // vm
 			name := e.path[1]
 			vm := byName[name]
@@ -301,13 +332,16 @@ func (p *parser) decode(entries []entry) {
 				byName[name] = vm
 				p.vms = append(p.vms, vm)
 			}
-			if len(e.path) == 2 {
+			switch {
+			case len(e.path) == 2:
 				if !e.isTbl {
 					unknown(e, 2, fmt.Sprintf("vm.%s must be a table; write [vm.%s] and its keys below it", name, name))
 				}
-				continue
+			case e.path[2] == "files":
+				p.putFile(&vm.files, e, 2, "[vm."+name+"]", unknown)
+			default:
+				p.put(vm.vals, e, 2, "[vm."+name+"]", vmKeys, unknown)
 			}
-			p.put(vm.vals, e, 2, "[vm."+name+"]", vmKeys, unknown)
 		}
 	}
 }
@@ -415,6 +449,10 @@ func (p *parser) derive() {
 		vm.MAC = macFor(r.name)
 		vm.User = h.VMUser(r.name)
 		vm.Allow = p.allowList(r.vals["allow"], key+".allow")
+		p.services(&vm, r.vals, key)
+		vm.Files = p.files(r.files, key+".files", vmFile)
+		vm.Publish = p.publishList(r.vals["publish"], key+".publish")
+		p.writable(&vm, r.vals, key)
 		if other, dup := macs[vm.MAC.String()]; dup {
 			p.errorf(r.at, "vm.%s and vm.%s derive the same MAC address %s; rename one of them", other, r.name, vm.MAC)
 		}
@@ -425,6 +463,9 @@ func (p *parser) derive() {
 	p.overlaps()
 	p.socketPaths()
 	sort.Slice(p.in.VMs, func(i, j int) bool { return p.in.VMs[i].Name < p.in.VMs[j].Name })
+	p.openings()
+	p.published()
+	p.images()
 }
 
 func (p *parser) hostString(k, def string, check func(string) string) string {

@@ -197,11 +197,11 @@ subnet = "10.2.0.0/24"
 		got = append(got, "vm1: "+a.String()+" @"+a.At)
 	}
 	want := []string{
-		"192.168.1.20/32 @a.toml:3:10",
+		"192.168.1.20 @a.toml:3:10",
 		"192.168.1.0/24 icmp @a.toml:3:26",
-		"10.0.0.5/32 udp 53,123 @a.toml:4:3",
+		"10.0.0.5 udp 53,123 @a.toml:4:3",
 		"10.9.0.0/16 tcp 22,8000-8080 @a.toml:4:26",
-		"vm1: 172.16.0.9/32 tcp 445 @a.toml:8:10",
+		"vm1: 172.16.0.9 tcp 445 @a.toml:8:10",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

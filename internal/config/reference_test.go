@@ -34,7 +34,7 @@ func TestReference(t *testing.T) {
 		got[strings.Trim(strings.TrimSpace(cells[1]), "`")] = strings.Trim(strings.TrimSpace(cells[2]), "`")
 	}
 
-	in, err := Parse("min.toml", []byte("[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n"))
+	in, err := Parse("min.toml", []byte("[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n[image.x]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +54,14 @@ func TestReference(t *testing.T) {
 		"[defaults] autostart": fmt.Sprint(vm.Autostart),
 		"[host] allow":         "[]",
 	}
-	// Keys of [vm.NAME] that add to [host]'s rather than override [defaults].
-	own := map[string]string{"allow": "[]"}
+	// Keys of [vm.NAME] with no [defaults]: the allow list adds to
+	// [host]'s, the others are the VM's own.
+	own := map[string]string{"allow": "[]",
+		"services": list(vm.Services), "disable_services": list(vm.DisableServices), "run_once": list(vm.RunOnce),
+		"files": table(len(vm.Files)), "publish": fmt.Sprint(len(vm.Publish)), "image_writable": fmt.Sprint(vm.ImageWritable)}
+	if len(vm.Publish) == 0 {
+		own["publish"] = "[]"
+	}
 	// Every key the parser knows, and no other.
 	want := map[string]bool{}
 	for _, k := range hostKeys {
@@ -68,6 +74,14 @@ func TestReference(t *testing.T) {
 	}
 	for _, k := range defaultsKeys {
 		want["[defaults] "+k] = true
+	}
+	img := in.Images[0]
+	defaults["[image.NAME] from"] = fmt.Sprintf("%q", img.From)
+	defaults["[image.NAME] packages"] = list(img.Packages)
+	defaults["[image.NAME] run"] = list(img.Run)
+	defaults["[image.NAME] files"] = table(len(img.Files))
+	for _, k := range imageKeys {
+		want["[image.NAME] "+k] = true
 	}
 	for _, k := range vmKeys {
 		want["[vm.NAME] "+k] = true
@@ -93,4 +107,19 @@ func TestReference(t *testing.T) {
 			t.Errorf("the README says %s defaults to %s; the code says %s", k, v, defaults[k])
 		}
 	}
+}
+
+// list and table write an empty list or table as the README does.
+func list(l []string) string {
+	if len(l) == 0 {
+		return "[]"
+	}
+	return fmt.Sprintf("%q", l)
+}
+
+func table(n int) string {
+	if n == 0 {
+		return "{}"
+	}
+	return fmt.Sprint(n)
 }

@@ -170,6 +170,9 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 	var allow []allowRule
 	add := func(bridge string, list []config.Allow) {
 		for _, a := range list {
+			if a.VM != "" {
+				continue // openings between VMs are not rules on the uplink
+			}
 			allow = append(allow, allowRule{bridge, a.Net, a.Proto, a.PortList(", "), a.String(), a.At})
 		}
 	}
