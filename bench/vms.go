@@ -459,7 +459,7 @@ func (w *vmWorld) bootQEMU(b *qemu.Backend) (map[string]*qemuVM, map[string]*ssh
 	qs := map[string]*qemuVM{}
 	for i := range w.in.VMs {
 		vm := &w.in.VMs[i]
-		spec := vmm.NewSpec(h, vm)
+		spec := vmm.NewSpec(h, vm, w.image)
 		if err := os.MkdirAll(vm.RunDir, 0o755); err != nil {
 			return qs, nil, err
 		}

@@ -363,7 +363,7 @@ func (e *bootEnv) boot(t *testing.T, edit func(args []string) []string) bootResu
 func (e *bootEnv) bootOnce(t *testing.T, edit func([]string) []string) bootResult {
 	t.Helper()
 	os.Remove(e.vm.ConsoleLog())
-	spec := vmm.NewSpec(e.host, e.vm)
+	spec := vmm.NewSpec(e.host, e.vm, e.vm.Image)
 
 	// The daemons exit by themselves when QEMU disconnects; Stop is for a
 	// boot that failed before.

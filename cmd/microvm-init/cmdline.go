@@ -23,12 +23,14 @@ const hostNameMax = 64
 //	microvm.gw=ADDR         the IPv4 default gateway, in eth0's subnet
 //	microvm.dns=ADDR        the IPv4 address of the DNS resolver
 //	microvm.init=PATH       optional: the program to hand over to (tests)
+//	microvm.image=rw        optional: the image share is the VM's own writable overlay (image_writable)
 type Config struct {
 	Name    string
 	Addr    netip.Prefix
 	Gateway netip.Addr
 	DNS     netip.Addr
 	Init    string
+	ImageRW bool
 }
 
 // required are the words every command line must have, each once.
@@ -44,7 +46,7 @@ func parseCmdline(line string) (Config, error) {
 	var errs []error
 	for _, word := range strings.Fields(line) {
 		key, value, _ := strings.Cut(word, "=")
-		if key != "microvm.init" && !slices.Contains(required, key) {
+		if key != "microvm.init" && key != "microvm.image" && !slices.Contains(required, key) {
 			continue
 		}
 		if _, dup := values[key]; dup {
@@ -102,6 +104,12 @@ func parseCmdline(line string) (Config, error) {
 			errs = append(errs, fmt.Errorf("microvm.init=%q is not an absolute path", v))
 		}
 		c.Init = v
+	}
+	if v, ok := values["microvm.image"]; ok {
+		if v != "rw" {
+			errs = append(errs, fmt.Errorf("microvm.image=%q is not rw, the one value it takes", v))
+		}
+		c.ImageRW = v == "rw"
 	}
 	if len(errs) > 0 {
 		return Config{}, joinErrors(errs)

@@ -26,6 +26,8 @@ func TestParseCmdline(t *testing.T) {
 	}
 	withInit := vm1
 	withInit.Init = "/bin/test-init"
+	writable := vm1
+	writable.ImageRW = true
 
 	// replace returns seed with the word of key replaced by word ("" drops it).
 	replace := func(key, word string) string {
@@ -50,6 +52,8 @@ func TestParseCmdline(t *testing.T) {
 		{name: "seed", line: seed, want: vm1},
 		{name: "words in any order", line: "microvm.dns=1.1.1.1 microvm.gw=10.1.0.1 microvm.ip=10.1.0.2/24 microvm.name=vm1", want: vm1},
 		{name: "init override", line: seed + " microvm.init=/bin/test-init", want: withInit},
+		{name: "writable image", line: seed + " microvm.image=rw", want: writable},
+		{name: "image mode", line: seed + " microvm.image=ro", wantErr: `microvm.image="ro" is not rw, the one value it takes`},
 		{name: "unknown words ignored", want: vm1,
 			line: "BOOT_IMAGE=/vmlinuz quiet ro root= microvm.unknown=1 microvm.unknown=2 microvm.ipx=x microvm " + seed},
 		{name: "tabs and newlines", line: strings.ReplaceAll(seed, " ", "\t\n "), want: vm1},

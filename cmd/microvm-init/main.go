@@ -84,7 +84,7 @@ func run() error {
 		return err
 	}
 	logf("modules loaded (%d)", n)
-	if err := mountShares(newRoot); err != nil {
+	if err := mountShares(newRoot, c.ImageRW); err != nil {
 		return err
 	}
 	logf("shares mounted")

@@ -38,11 +38,16 @@ const (
 )
 
 // shareMounts returns the mounts that make the new root at root, in the
-// order they must be made: the image first, read-only, then the VM's own
-// /etc and /var on top of it.
-func shareMounts(root string) []mount {
+// order they must be made: the image first, read-only (unless it is the
+// VM's own writable overlay: rw), then the VM's own /etc and /var on top
+// of it.
+func shareMounts(root string, rw bool) []mount {
+	var flags uintptr = unix.MS_RDONLY
+	if rw {
+		flags = 0
+	}
 	return []mount{
-		{tagImage, root, "virtiofs", unix.MS_RDONLY, ""},
+		{tagImage, root, "virtiofs", flags, ""},
 		{tagEtc, root + "/etc", "virtiofs", 0, ""},
 		{tagVar, root + "/var", "virtiofs", 0, ""},
 	}
@@ -70,9 +75,9 @@ const shareWait = 5 * time.Second
 // kernel says EINVAL, "virtio-fs: tag <image> not found"). Those errors
 // are retried for a few seconds; a share the VMM never gave stays
 // missing, and fails then.
-func mountShares(root string) error {
+func mountShares(root string, rw bool) error {
 	deadline := time.Now().Add(shareWait)
-	for _, m := range shareMounts(root) {
+	for _, m := range shareMounts(root, rw) {
 		// A missing mount point would look like the retried ENOENT.
 		if fi, err := os.Stat(m.target); err != nil || !fi.IsDir() {
 			return fmt.Errorf("mounting %s: no directory %s to mount on (every image has /etc and /var)", m, m.target)

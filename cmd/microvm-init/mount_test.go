@@ -16,7 +16,7 @@ func TestShareMounts(t *testing.T) {
 		{"etc", "/mnt/etc", "virtiofs", 0, ""},
 		{"var", "/mnt/var", "virtiofs", 0, ""},
 	}
-	if got := shareMounts("/mnt"); !reflect.DeepEqual(got, want) {
+	if got := shareMounts("/mnt", false); !reflect.DeepEqual(got, want) {
 		t.Errorf("shareMounts(/mnt) =\n%v\nwant\n%v", got, want)
 	}
 }

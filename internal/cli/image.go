@@ -6,7 +6,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -15,7 +16,8 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/image"
-	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
+	"github.com/simple-microvm-infra/microvm/internal/runner"
 )
 
 func imageCmd() *command {
@@ -32,12 +34,21 @@ and build it again. With storage = "zfs", each image is a dataset of its
 own, ZFS_DATASET/images/NAME, set readonly=on once built (run
 microvm apply --host-only first: it makes ZFS_DATASET/images).
 
+An image declared in infra.toml ([image.NAME]: from, packages, files,
+run) is made from another and shares it on disk (a ZFS clone, or an
+overlay layer with plain directories). apply builds it when it is missing
+or its definition changed, as a new version (STATE_DIR/images/NAME.VERSION)
+beside the old one, which a running VM keeps until it restarts; apply
+then removes the versions no VM boots (image prune does it by hand).
+
 Examples:
   sudo microvm image build debian
+  sudo microvm image build web          # an [image.web] of infra.toml
   sudo microvm image import alpine ./alpine-rootfs.tar.gz
   sudo microvm image list
-  sudo microvm image rm debian`,
-		sub: []*command{imageBuildCmd(), imageImportCmd(), imageListCmd(), imageRmCmd()},
+  sudo microvm image rm debian
+  sudo microvm image prune`,
+		sub: []*command{imageBuildCmd(), imageImportCmd(), imageListCmd(), imageRmCmd(), imagePruneCmd()},
 	}
 }
 
@@ -46,13 +57,20 @@ func imageBuildCmd() *command {
 	return &command{
 		name:  "build",
 		args:  "[-f FILE] [--mirror URL] NAME",
-		short: "build an image from its recipe (debian)",
+		short: "build an image from its recipe (debian) or its [image.NAME]",
 		long: `
-Builds the image NAME from its recipe. The one recipe is debian: Debian 12
-with systemd, OpenSSH and the cloud kernel, made with debootstrap (3 min
-29 s measured on a busy 2-core machine, nearly all of it debootstrap
-downloading and unpacking about 100 MB). Any other system comes in with
-image import.
+Builds the image NAME from its recipe, or from its [image.NAME] in
+infra.toml. The recipe debian is Debian 12 with systemd, OpenSSH and the
+cloud kernel, made with debootstrap (3 min 29 s measured on a busy 2-core
+machine, nearly all of it debootstrap downloading and unpacking about
+100 MB); debian-full is the same as Debian boots it by default. Any other
+system comes in with image import.
+
+A declared image is built on its base (built first if it is missing):
+its packages installed with apt-get in a chroot, from its base's mirror
+(downloads are kept in STATE_DIR/images/.cache/apt for the next build),
+then its files copied in, then its run commands. It is the current version
+of the image, so apply builds nothing more for it.
 
 It shows each phase with the time since the start; the whole output of
 debootstrap goes to a log file it names (RUN_DIR/images/NAME.build.log).
@@ -66,16 +84,34 @@ Examples:
 		flags: func(fs *pflag.FlagSet) {
 			fs.StringVar(&mirror, "mirror", image.DefaultMirror, "the Debian `URL` to install from")
 		},
-		complete: func(*env, []string) []string { return image.RecipeNames() },
+		complete: func(e *env, _ []string) []string {
+			names := image.RecipeNames()
+			if in, err := e.load(); err == nil {
+				for _, img := range in.Images {
+					names = append(names, img.Name)
+				}
+			}
+			return names
+		},
 		run: func(e *env, args []string) error {
 			if len(args) != 1 {
 				return fmt.Errorf("%w: name the image to build, e.g. microvm image build debian", errUsage)
 			}
-			if _, err := image.FindRecipe(args[0]); err != nil {
-				return err
+			declared := false
+			if in, err := e.load(); err == nil {
+				_, declared = in.Image(args[0])
 			}
-			return imageJob(e, args[0], func(ctx context.Context, h config.Host, w io.Writer) error {
-				return image.Build(ctx, h, args[0], w, image.Options{Mirror: mirror, Boot: image.BootFiles})
+			if !declared {
+				if _, err := image.FindRecipe(args[0]); err != nil {
+					return err
+				}
+			}
+			return imageJob(e, args[0], func(ctx context.Context, in *config.Infra, w io.Writer) error {
+				opt := image.Options{Mirror: mirror, Boot: image.BootFiles}
+				if declared {
+					return image.BuildDeclared(ctx, in, args[0], w, opt)
+				}
+				return image.Build(ctx, in.Host, args[0], w, opt)
 			})
 		},
 	}
@@ -99,8 +135,8 @@ Examples:
 			if len(args) != 2 {
 				return fmt.Errorf("%w: name the image and the tarball, e.g. microvm image import alpine ./rootfs.tar.gz", errUsage)
 			}
-			return imageJob(e, args[0], func(ctx context.Context, h config.Host, w io.Writer) error {
-				return image.Import(ctx, h, args[0], args[1], w, image.Options{Boot: image.BootFiles})
+			return imageJob(e, args[0], func(ctx context.Context, in *config.Infra, w io.Writer) error {
+				return image.Import(ctx, in.Host, args[0], args[1], w, image.Options{Boot: image.BootFiles})
 			})
 		},
 	}
@@ -109,7 +145,7 @@ Examples:
 // imageJob runs a build or an import of the image name, showing its
 // phases and logging all of it, until it ends or SIGINT or SIGTERM stops
 // it (package image then removes what it made).
-func imageJob(e *env, name string, job func(context.Context, config.Host, io.Writer) error) error {
+func imageJob(e *env, name string, job func(context.Context, *config.Infra, io.Writer) error) error {
 	in, err := e.load()
 	if err != nil {
 		return err
@@ -122,23 +158,15 @@ func imageJob(e *env, name string, job func(context.Context, config.Host, io.Wri
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	logPath := in.Host.ImageBuildLog(name)
-	dir, err := safedir.OpenPrivateAll(filepath.Dir(logPath))
-	if err != nil {
-		return err
-	}
-	log, err := dir.OpenAppend(filepath.Base(logPath), 0o644)
-	dir.Close()
+	log, err := image.OpenBuildLog(in.Host, name)
 	if err != nil {
 		return err
 	}
 	defer log.Close()
-	if err := log.Truncate(0); err != nil { // this build's log only
-		return err
-	}
+	logPath := log.Name()
 	fmt.Fprintf(e.stdout, "making image %s; the whole log is in %s\n", name, logPath)
 	p := newProgress(e.stdout, log)
-	err = job(ctx, in.Host, p)
+	err = job(ctx, in, p)
 	p.Close()
 	switch {
 	case ctx.Err() != nil:
@@ -159,8 +187,11 @@ func imageListCmd() *command {
 		args:  "[-f FILE] [--json]",
 		short: "list the images: size, kernel, when made, which VMs use them",
 		long: `
-Lists the images under STATE_DIR/images: their size on disk, their kernel,
-when they were made, and the VMs of infra.toml that boot them.
+Lists the images under STATE_DIR/images: what each is made from, its size
+on disk (for a version of a declared image, what it adds to its base),
+its kernel, when it was made, and the VMs that boot it: those of
+infra.toml that name it (or whose declared image it is the current version
+of), and running VMs that still boot an older version, marked "running".
 
 Examples:
   sudo microvm image list
@@ -180,17 +211,21 @@ Examples:
 			if err != nil {
 				return err
 			}
+			live, err := runner.ImageUsers(in.Host)
+			if err != nil {
+				return err
+			}
 			if asJSON {
 				d := imagesDoc{Version: jsonVersion, File: in.File, Images: []imageDoc{}}
 				for _, i := range infos {
-					d.Images = append(d.Images, imageDoc{Name: i.Name, SizeBytes: i.Size, Kernel: i.Kernel, Created: i.Created, UsedBy: orEmpty(users(in, i.Name))})
+					d.Images = append(d.Images, imageDoc{Name: i.Name, From: i.Meta.String(), SizeBytes: i.Size, Kernel: i.Kernel, Created: i.Created, UsedBy: orEmpty(users(in, i.Name, live))})
 				}
 				return printJSON(e.stdout, d)
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSIZE\tKERNEL\tCREATED\tUSED BY")
+			fmt.Fprintln(tw, "NAME\tMADE OF\tSIZE\tKERNEL\tCREATED\tUSED BY")
 			for _, i := range infos {
-				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%s\t%v\n", i.Name, i.Size>>20, i.Kernel, i.Created.Format("2006-01-02 15:04"), users(in, i.Name))
+				fmt.Fprintf(tw, "%s\t%s\t%d MiB\t%s\t%s\t%s\n", i.Name, i.Meta, i.Size>>20, i.Kernel, i.Created.Format("2006-01-02 15:04"), strings.Join(users(in, i.Name, live), ", "))
 			}
 			return tw.Flush()
 		},
@@ -206,11 +241,12 @@ type imagesDoc struct {
 
 // imageDoc is one image.
 type imageDoc struct {
-	Name      string    `json:"name"`
+	Name      string    `json:"name" doc:"its directory under STATE_DIR/images: NAME, or NAME.VERSION for a version of a declared image"`
+	From      string    `json:"made_of" doc:"its recipe and version, the tarball it was imported from, or what a declared image adds to its base"`
 	SizeBytes int64     `json:"size_bytes" doc:"on disk, each file once"`
 	Kernel    string    `json:"kernel" doc:"its kernel's version; empty if none is found"`
 	Created   time.Time `json:"created" doc:"when it was made (RFC 3339)"`
-	UsedBy    []string  `json:"used_by" doc:"the VMs of the file that boot it"`
+	UsedBy    []string  `json:"used_by" doc:"the VMs of the file that boot it, and running VMs that still boot it (\"NAME (running)\")"`
 }
 
 func imageRmCmd() *command {
@@ -220,10 +256,13 @@ func imageRmCmd() *command {
 		short: "remove an image no VM uses",
 		long: `
 Removes the image NAME, which no VM of infra.toml may name and no running
-VM may use.
+VM may boot, nor may another image be made from it. NAME may be one
+version of a declared image (NAME.VERSION, as image list shows it), or a
+declared image's name, which removes every version of it that no VM boots.
 
 Examples:
-  sudo microvm image rm debian`,
+  sudo microvm image rm debian
+  sudo microvm image rm web.3f2a9c1b4d5e6f70`,
 		run: func(e *env, args []string) error {
 			if len(args) != 1 {
 				return fmt.Errorf("%w: name one image", errUsage)
@@ -235,21 +274,81 @@ Examples:
 			if err := needRoot("images belong to root"); err != nil {
 				return err
 			}
-			if err := image.Remove(in.Host, args[0], users(in, args[0])); err != nil {
+			dirs := []string{args[0]}
+			if _, err := os.Stat(in.Host.ImageDir(args[0])); err != nil {
+				if dirs = versions(in.Host, args[0]); len(dirs) == 0 {
+					return fmt.Errorf("image %s does not exist (microvm image list shows the images)", args[0])
+				}
+			}
+			live, err := runner.ReleaseUnused(in.Host, dirs)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "image %s removed\n", args[0])
+			for _, d := range image.Prunable(in.Host, dirs, nil) { // the order: made from another first
+				if err := image.Remove(in.Host, d, users(in, d, live)); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "image %s removed\n", d)
+			}
 			return nil
 		},
 	}
 }
 
-// users lists the VMs of the file that boot image name.
-func users(in *config.Infra, name string) []string {
+func imagePruneCmd() *command {
+	return &command{
+		name:  "prune",
+		args:  "[-f FILE]",
+		short: "remove the old versions of declared images that no VM boots",
+		long: `
+Removes the versions of declared images ([image.NAME]) that are not
+current (their definition or base changed, or the file no longer declares
+them) and that no running VM boots. apply does it after every change;
+a VM that still boots an old version keeps it until it restarts.
+
+Examples:
+  sudo microvm image prune`,
+		run: func(e *env, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			in, err := e.load()
+			if err != nil {
+				return err
+			}
+			if err := needRoot("images belong to root"); err != nil {
+				return err
+			}
+			return lifecycle.PruneImages(e.stdout, in)
+		},
+	}
+}
+
+// versions lists the version directories of the declared image name.
+func versions(h config.Host, name string) []string {
+	entries, _ := os.ReadDir(h.ImagesDir())
+	var out []string
+	for _, e := range entries {
+		if n, v, ok := config.SplitImageDir(e.Name()); ok && n == name && v != "" {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// users lists the VMs that boot the image in dir: those of the file whose
+// image it is (its current version, for a declared image), and running
+// VMs that boot it (live, from runner.ImageUsers), marked so.
+func users(in *config.Infra, dir string, live map[string][]string) []string {
 	var out []string
 	for _, vm := range in.VMs {
-		if vm.Image == name {
+		if r, err := image.Resolve(in, vm.Image); err == nil && r.Dir == dir {
 			out = append(out, vm.Name)
+		}
+	}
+	for _, name := range live[dir] {
+		if !slices.Contains(out, name) {
+			out = append(out, name+" (running)")
 		}
 	}
 	return out

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostpart"
+	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
@@ -22,8 +25,8 @@ type statusRow struct {
 	State         lifecycle.State `json:"state" doc:"running, starting or stopped"`
 	Guest         string          `json:"guest,omitempty" doc:"booting or ready (its sshd answers), while running"`
 	Address       string          `json:"address" doc:"the guest's address, e.g. 10.1.0.2"`
-	Hypervisor    string          `json:"hypervisor" doc:"cloud-hypervisor or qemu"`
-	Image         string          `json:"image"`
+	Hypervisor    string          `json:"hypervisor" doc:"cloud-hypervisor or qemu; like image, vcpu and memory_mib, what a running VM runs with"`
+	Image         string          `json:"image" doc:"what it runs: the image's directory (NAME.VERSION for a declared image); while stopped, what it would boot"`
 	VCPU          int             `json:"vcpu"`
 	MemoryMiB     int             `json:"memory_mib"`
 	Autostart     bool            `json:"autostart"`
@@ -31,6 +34,7 @@ type statusRow struct {
 	VMMPid        int             `json:"vmm_pid,omitempty" doc:"while running"`
 	DiskBytes     int64           `json:"disk_bytes" doc:"what its /etc and /var use (0 when it cannot be read: without root)"`
 	Changed       bool            `json:"changed_since_start,omitempty" doc:"running with settings, image or kernel that differ from the file's now"`
+	Changes       []string        `json:"changes,omitempty" doc:"what differs, as update says it: \"memory 512 -> 1024\""`
 	ReadyAfter    float64         `json:"ready_after_seconds,omitempty" doc:"from its VMM's start until its sshd answered, once ready"`
 }
 
@@ -49,8 +53,10 @@ Prints one line per VM of infra.toml: its state (running once its VMM is
 up; starting while its supervisor boots or restarts it; stopped), its
 guest (booting until its sshd answers, then ready), address,
 hypervisor, image, vCPUs, memory, uptime and the disk its /etc and /var use.
-A running VM whose settings in the file changed since it started is marked
-with *: microvm update NAME (or apply) restarts it with them.
+A running VM shows what it runs with (the image version it booted, its
+vCPUs and memory); where the file says otherwise now it is marked with *,
+and a line below says what changed: microvm update NAME (or apply)
+restarts it with the file's.
 
 Under systemd, systemctl status microvm@NAME says the same about one VM.
 Reading the disk use of every VM needs root.
@@ -87,11 +93,13 @@ Examples:
 			for _, vm := range vms {
 				s := lifecycle.StateOf(m, vm)
 				r := statusRow{Name: vm.Name, State: s.State, Address: vm.Addr.String(), Hypervisor: string(vm.Hypervisor),
-					Image: vm.Image, VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB, Autostart: vm.Autostart}
+					Image: imageOf(in, vm), VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB, Autostart: vm.Autostart}
 				if s.State == lifecycle.Running {
 					r.UptimeSeconds = int64(s.Since.Seconds())
 					r.VMMPid = s.Started.VMMPid
-					r.Changed = len(lifecycle.Changes(in, vm, s.Started)) > 0
+					r.Changes = lifecycle.Changes(in, vm, s.Started)
+					r.Changed = len(r.Changes) > 0
+					running(&r, s.Started.Settings)
 					r.Guest = s.Started.Guest()
 					if s.Started.Ready != nil {
 						r.ReadyAfter = s.Started.Ready.Sub(s.Started.Time).Round(100 * time.Millisecond).Seconds()
@@ -127,8 +135,7 @@ Examples:
 			tw.Flush()
 			for _, r := range rows {
 				if r.Changed {
-					fmt.Fprintln(e.stdout, "* changed in the file since it started; microvm update NAME restarts it with the new settings")
-					break
+					fmt.Fprintf(e.stdout, "* %s runs with what the file has changed since: %s; microvm update %s restarts it with the file's\n", r.Name, strings.Join(r.Changes, ", "), r.Name)
 				}
 			}
 			if uerr != nil && os.Geteuid() != 0 {
@@ -159,4 +166,32 @@ func hostStatus(e *env, in *config.Infra, u storage.Usage, uerr error) {
 	}
 	hostpart.PrintStatus(e.stdout, in)
 	tailscale.Status(context.Background(), in).Print(e.stdout)
+}
+
+// imageOf is the image a stopped VM would boot: the current version of a
+// declared image, once built.
+func imageOf(in *config.Infra, vm *config.VM) string {
+	if r, err := image.Resolve(in, vm.Image); err == nil && r.Dir != "" {
+		return r.Dir
+	}
+	return vm.Image
+}
+
+// running fills in r what its VM runs with, from the settings it was
+// started with, where the file may since say otherwise.
+func running(r *statusRow, st map[string]string) {
+	if v := st["image_dir"]; v != "" {
+		r.Image = v
+	} else if v := st["image"]; v != "" {
+		r.Image = v
+	}
+	if v := st["hypervisor"]; v != "" {
+		r.Hypervisor = v
+	}
+	if n, err := strconv.Atoi(st["vcpu"]); err == nil {
+		r.VCPU = n
+	}
+	if n, err := strconv.Atoi(st["memory"]); err == nil {
+		r.MemoryMiB = n
+	}
 }

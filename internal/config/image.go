@@ -218,3 +218,36 @@ func (p *parser) stringList(v *value, key, example string, check func(string) st
 	}
 	return out
 }
+
+// VersionLen is the length of a declared image's version: hex digits of a
+// digest of its definition and its base (package image).
+const VersionLen = 16
+
+// VersionDir names the directory of one version of a declared image under
+// STATE_DIR/images: NAME.VERSION, which no image name can be (image names
+// have no dot), so versions and the images of recipes never collide.
+func VersionDir(name, version string) string { return name + "." + version }
+
+// SplitImageDir splits the name of an image's directory into the image's
+// name and its version ("" for the image of a recipe or an import); ok is
+// false for anything else (a staging directory, a cache).
+func SplitImageDir(dir string) (name, version string, ok bool) {
+	name, version, versioned := strings.Cut(dir, ".")
+	if !isName(name) {
+		return "", "", false
+	}
+	if !versioned {
+		return name, "", true
+	}
+	if len(version) != VersionLen || strings.Trim(version, "0123456789abcdef") != "" {
+		return "", "", false
+	}
+	return name, version, true
+}
+
+// IsImageDir reports whether dir names an image's directory: an image's
+// name, or a version of a declared image.
+func IsImageDir(dir string) bool {
+	_, _, ok := SplitImageDir(dir)
+	return ok
+}

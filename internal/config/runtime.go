@@ -25,6 +25,7 @@ import (
 //	RUN_DIR/NAME/vmm/console.sock       the guest's serial console, for `microvm console` (QEMU)
 //	RUN_DIR/NAME/vmm/console.log        the guest's serial console, rewritten at each start
 //	STATE_DIR/images/IMAGE/rootfs       the image's root filesystem, written only by the image builder
+//	STATE_DIR/images/IMAGE.V/layer      or, for version V of an [image.NAME] on plain directories, what it adds to its base
 //	STATE_DIR/images/IMAGE/vmlinuz      the image's kernel as its distribution ships it
 //	STATE_DIR/images/IMAGE/vmlinux      the same kernel uncompressed (PVH entry), what the VMMs boot
 //	STATE_DIR/images/IMAGE/image.json   what the image was made from (its recipe and version)
@@ -68,6 +69,17 @@ func (vm *VM) TAPQueues() int { return vm.VCPU }
 // ImageDir is where the image called name keeps its files.
 func (h Host) ImageDir(name string) string { return filepath.Join(h.StateDir, "images", name) }
 
+// ImageLayer is, for an image made from another one with storage =
+// "dir", what it adds to its base: an overlayfs upper layer, served
+// through an overlay mount whose lower layers are its base's.
+func (h Host) ImageLayer(name string) string { return filepath.Join(h.ImageDir(name), "layer") }
+
+// PackageCache holds the Debian packages and package lists downloaded for
+// images made from another ([image.NAME]), kept between builds so a package
+// is downloaded once: STATE_DIR/images/.cache/apt, with apt's archives and
+// lists directories.
+func (h Host) PackageCache() string { return filepath.Join(h.ImagesDir(), ".cache", "apt") }
+
 // ImageRootfs is the image's root filesystem, as the image builder writes it.
 func (h Host) ImageRootfs(name string) string { return filepath.Join(h.ImageDir(name), "rootfs") }
 
@@ -110,3 +122,11 @@ func (p *parser) socketPaths() {
 		}
 	}
 }
+
+// ImageRecord says which image directory vm's supervisor boots it from,
+// while it runs: the view of that image stays mounted until the last VM
+// that records it has stopped.
+func (vm *VM) ImageRecord() string { return filepath.Join(vm.RunDir, "image.json") }
+
+// ViewsLock is taken to mount, record and release the images' views.
+func (h Host) ViewsLock() string { return filepath.Join(h.RunDir, "images", "views.lock") }

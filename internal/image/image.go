@@ -158,8 +158,10 @@ func CheckName(name string) error {
 // checkNew returns an error unless name is a valid image name that no image
 // has yet.
 func checkNew(host config.Host, name string) error {
-	if err := CheckName(name); err != nil {
-		return err
+	if _, v, _ := config.SplitImageDir(name); v == "" {
+		if err := CheckName(name); err != nil {
+			return err
+		}
 	}
 	if _, err := os.Lstat(host.ImageDir(name)); err == nil {
 		return fmt.Errorf("image %s exists; remove it with `microvm image rm %s` first", name, name)

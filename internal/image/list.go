@@ -38,7 +38,7 @@ func List(host config.Host) ([]Info, error) {
 	for _, e := range entries {
 		var err error
 		name := e.Name()
-		if !e.IsDir() || !config.IsImageName(name) {
+		if !e.IsDir() || !config.IsImageDir(name) {
 			continue
 		}
 		info := Info{Name: name}
@@ -48,8 +48,16 @@ func List(host config.Host) ([]Info, error) {
 		if info.Meta, err = ReadMeta(host, name); err != nil {
 			return nil, fmt.Errorf("listing images: %w", err)
 		}
-		if k, err := kernel.Find(host.ImageRootfs(name)); err == nil {
-			info.Kernel = k.Version
+		if !info.Meta.Made.IsZero() {
+			info.Created = info.Meta.Made // a version's kernel may be its base's file
+		}
+		if lowers, err := Lowers(host, name); err == nil {
+			for _, l := range lowers {
+				if k, err := kernel.Find(l); err == nil {
+					info.Kernel = k.Version
+					break
+				}
+			}
 		}
 		if info.Size, err = storage.DiskUsage(host.ImageDir(name)); err != nil {
 			return nil, fmt.Errorf("listing image %s: %w", name, err)
@@ -63,7 +71,7 @@ func List(host config.Host) ([]Info, error) {
 // image it is: Remove refuses while there are any, and while the image is
 // mounted (a VM that is running but was taken out of the model).
 func Remove(host config.Host, name string, inUse []string) error {
-	if !config.IsImageName(name) {
+	if !config.IsImageDir(name) {
 		return fmt.Errorf("%q is not an image name", name)
 	}
 	dir := host.ImageDir(name)
@@ -78,6 +86,9 @@ func Remove(host config.Host, name string, inUse []string) error {
 		return fmt.Errorf("image %s is used by %s; change its image or remove it first", name, inUse[0])
 	default:
 		return fmt.Errorf("image %s is used by %s; change their image or remove them first", name, strings.Join(inUse, ", "))
+	}
+	if deps := Dependents(host, name); len(deps) > 0 {
+		return fmt.Errorf("image %s is the base of %s; remove %s first", name, strings.Join(deps, ", "), map[bool]string{true: "it", false: "them"}[len(deps) == 1])
 	}
 	// A mount at the image's directory itself is its ZFS dataset; one
 	// below it, or at its view, is a VM using it.

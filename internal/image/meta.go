@@ -18,12 +18,22 @@ type Meta struct {
 	Version int       `json:"version,omitempty"` // that recipe's Version
 	Source  string    `json:"source,omitempty"`  // the tarball Import unpacked
 	Made    time.Time `json:"made"`
+
+	// A version of a declared image ([image.NAME], BuildDeclared):
+	Image      string `json:"image,omitempty"`      // its name
+	From       string `json:"from,omitempty"`       // its base's directory under images
+	Layered    bool   `json:"layered,omitempty"`    // an overlay layer over From (storage = "dir"), not a whole tree
+	Summary    string `json:"summary,omitempty"`    // what it was made of, as config.Image.Summary says
+	Definition string `json:"definition,omitempty"` // as config.Image.Definition wrote it
 }
 
 // String says where the image comes from: "debian v2", "imported from
-// /srv/alpine.tar.gz", or "unknown" for an image without metadata.
+// /srv/alpine.tar.gz", "debian + nginx-light" for a declared image, or
+// "unknown" for an image without metadata.
 func (m Meta) String() string {
 	switch {
+	case m.Image != "":
+		return m.Summary
 	case m.Recipe != "":
 		return fmt.Sprintf("%s v%d", m.Recipe, m.Version)
 	case m.Source != "":

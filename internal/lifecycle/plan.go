@@ -33,7 +33,10 @@ func (a vmAction) Optional() bool { return a.vm != nil }
 
 // Plan is the host part with the VM part around it: VMs that left the
 // file are stopped first (while their network is still there for a clean
-// shutdown), then the host part, then VMs are started and restarted. What
+// shutdown), then the host part, then the declared images that are not
+// built as the file declares them are built, then VMs are started and
+// restarted, and last the versions of images no VM boots any more are
+// removed. What
 // the host lacks for any of it (the host checks, and runner.Checks for
 // each VM it starts) is in the plan's errors, all of them at once. What
 // the VM actions report when applied (started, stopped, snapshot taken)
@@ -47,8 +50,17 @@ func Plan(w io.Writer, in *config.Infra, m supervise.Manager) (*plan.Plan, error
 	if err != nil {
 		return nil, err
 	}
+	builds, err := imageBuilds(w, in)
+	if err != nil {
+		return nil, err
+	}
 	p := &plan.Plan{Warnings: host.Warnings, Notes: append(host.Notes, notes...), Errors: host.Errors}
-	p.Actions = append(append(append(p.Actions, before...), host.Actions...), after...)
+	p.Actions = append(append(append(append(p.Actions, before...), host.Actions...), builds...), after...)
+	if prune, err := imagePrune(w, in); err != nil {
+		return nil, err
+	} else if prune != nil {
+		p.Actions = append(p.Actions, prune)
+	}
 	for _, a := range after {
 		if va, ok := a.(vmAction); ok && va.vm != nil {
 			p.Errors = append(p.Errors, runner.Checks(in, va.vm)...)

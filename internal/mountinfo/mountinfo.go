@@ -83,3 +83,55 @@ func Unescape(s string) string {
 	}
 	return b.String()
 }
+
+// Mount is one line of mountinfo.
+type Mount struct {
+	Point   string
+	FSType  string
+	Source  string
+	Options string // the per-mount options: "ro,nosuid,nodev,relatime"
+	Super   string // the filesystem's own options: overlayfs' "lowerdir=..."
+}
+
+// Lookup returns the mount on path, the last one made if several are
+// stacked there; ok is false if none is.
+func Lookup(path string) (m Mount, ok bool, err error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return m, false, fmt.Errorf("reading mounts: %w", err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 64*1024), 1024*1024)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		sep := -1
+		for i, f := range fields {
+			if f == "-" && i > 5 {
+				sep = i
+				break
+			}
+		}
+		if sep < 0 || len(fields) < sep+4 || Unescape(fields[4]) != path {
+			continue
+		}
+		m = Mount{Point: path, Options: fields[5], FSType: fields[sep+1], Source: Unescape(fields[sep+2]), Super: Unescape(fields[sep+3])}
+		ok = true
+	}
+	if err := s.Err(); err != nil {
+		return Mount{}, false, fmt.Errorf("reading mounts: %w", err)
+	}
+	return m, ok, nil
+}
+
+// Option returns the value of the option key in a comma-separated list of
+// options such as Super: Option("lowerdir=/a:/b,upperdir=/c", "upperdir")
+// is "/c".
+func Option(options, key string) (string, bool) {
+	for _, o := range strings.Split(options, ",") {
+		if k, v, _ := strings.Cut(o, "="); k == key {
+			return v, true
+		}
+	}
+	return "", false
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 )
@@ -47,7 +48,11 @@ func hostNeeds(in *config.Infra, vm *config.VM) ([]action.Action, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(append(storage.Needs(in.Host, vm, store.Setup), fw.Setup...), links...), nil
+	dir := vm.Image
+	if r, err := image.Resolve(in, vm.Image); err == nil && r.Dir != "" {
+		dir = r.Dir
+	}
+	return append(append(storage.Needs(in.Host, vm, dir, store.Setup), fw.Setup...), links...), nil
 }
 
 // hostWarnings says what else the host part would change, and what plan

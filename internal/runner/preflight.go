@@ -7,10 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
@@ -66,11 +69,22 @@ func kvmPresent(in *config.Infra, vm *config.VM) error {
 	return nil
 }
 
+// imageBuilt checks that the VM's image is built, or, for a declared image,
+// that apply can build it: that what it is made from, down its chain, is
+// a recipe or an image on the host. (Preflight, for the commands that
+// build nothing, wants it built.)
 func imageBuilt(in *config.Infra, vm *config.VM) error {
-	for _, f := range []string{in.Host.ImageRootfs(vm.Image), in.Host.ImageVmlinux(vm.Image)} {
-		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("%s: image %s is not built (%s is missing); run: microvm image build %s", vm.Name, vm.Image, f, vm.Image)
-		}
+	chain := in.Chain(vm.Image)
+	if len(chain) == 0 {
+		_, err := bootImage(in, vm)
+		return err
+	}
+	base := chain[len(chain)-1].From
+	if slices.Contains(config.Recipes, base) {
+		return nil
+	}
+	if _, err := os.Stat(in.Host.ImageVmlinux(base)); err != nil {
+		return fmt.Errorf("%s: image %s is made from %s, which is not on this host and has no recipe; import it (microvm image import %s ROOTFS.tar) or make %s from a recipe (%s)", vm.Name, vm.Image, base, base, chain[len(chain)-1].Name, strings.Join(config.Recipes, ", "))
 	}
 	return nil
 }
@@ -89,7 +103,11 @@ func initFound(in *config.Infra, vm *config.VM) error {
 // directory is an error here instead of a VMM that fails at every restart.
 func vmmReaches(in *config.Infra, vm *config.VM) error {
 	u := lookupIDs(vm.User)
-	for _, p := range []string{in.Host.ImageVmlinux(vm.Image), in.Host.RunDir} {
+	kernel := in.Host.ImagesDir() // the kernel of an image apply has yet to build will be there
+	if r, err := image.Resolve(in, vm.Image); err == nil && r.Built(in.Host) {
+		kernel = in.Host.ImageVmlinux(r.Dir)
+	}
+	for _, p := range []string{kernel, in.Host.RunDir} {
 		if err := u.reaches(p); err != nil {
 			return fmt.Errorf("%s: the VMM runs as user %s, which cannot reach %s: %w; make it reachable (chmod o+x on the directory) or move state_dir or run_dir in %s", vm.Name, vm.User, p, err, in.File)
 		}

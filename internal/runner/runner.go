@@ -31,6 +31,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
+	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
@@ -60,12 +61,21 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	for _, w := range hostWarnings(in, vm) {
 		logf("warning: %s", w)
 	}
-	spec := vmm.NewSpec(in.Host, vm)
-	unmount, err := prepare(in, vm, run, spec, logf)
+	img, err := bootImage(in, vm)
+	if err != nil {
+		return err
+	}
+	spec := vmm.NewSpec(in.Host, vm, img.Dir)
+	unmount, err := prepare(in, vm, run, spec, img, logf)
 	if err != nil {
 		return err
 	}
 	defer unmount()
+	defer func() {
+		if err := releaseImage(in.Host, vm, run, img.Dir); err != nil {
+			logf("releasing image %s: %v", img.Dir, err)
+		}
+	}()
 
 	daemon, err := virtiofs.Find()
 	if err != nil {
@@ -179,7 +189,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 // prepare makes the files the VM boots from and writes its managed files.
 // What it returns undoes the mount of the VM's state (protectState), for
 // when the VM has stopped.
-func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, logf func(string, ...any)) (unmount func(), err error) {
+func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, img *image.Ref, logf func(string, ...any)) (unmount func(), err error) {
 	unmount = func() {}
 	state, err := guest.OpenState(vm)
 	if err != nil {
@@ -194,10 +204,10 @@ func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, l
 			unmount()
 		}
 	}()
-	return unmount, prepareFiles(in, vm, run, spec, logf)
+	return unmount, prepareFiles(in, vm, run, spec, img, logf)
 }
 
-func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, logf func(string, ...any)) error {
+func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, img *image.Ref, logf func(string, ...any)) error {
 	h := in.Host
 	id, err := ids(vm.User)
 	if err != nil {
@@ -216,11 +226,12 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 		return fmt.Errorf("making %s: %w", vm.VMMDir(), err)
 	}
 	d.Close()
-	view := &virtiofs.ReadOnlyView{Src: h.ImageRootfs(vm.Image), Dst: h.ImageView(vm.Image)}
-	if err := view.Apply(); err != nil {
+	// The image as the guests see it: its read-only view.
+	if err := useImage(h, vm, run, img.Dir); err != nil {
 		return err
 	}
-	if err := guest.Seed(vm, h.ImageRootfs(vm.Image)); err != nil {
+	root := h.ImageView(img.Dir)
+	if err := guest.Seed(vm, root); err != nil {
 		return err
 	}
 	pub, _, err := guest.AdminKey(h)
@@ -234,10 +245,10 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 	if err != nil {
 		return err
 	}
-	if wrote, err := kernel.UpdateInitramfs(h.ImageRootfs(vm.Image), init, spec.Initramfs); err != nil {
+	if wrote, err := kernel.UpdateInitramfs(root, init, spec.Initramfs); err != nil {
 		return err
 	} else if wrote {
-		logf("initramfs of image %s made with %s", vm.Image, init)
+		logf("initramfs of image %s made with %s", img.Dir, init)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
@@ -53,6 +55,17 @@ func (st Started) Run() proc.ID { return proc.ID{Pid: st.RunPid, Start: st.RunSt
 // model that reaches its VMM or its guest, and the identity of the image's
 // root filesystem and kernel (a rebuilt image is a new directory and file).
 func Settings(in *config.Infra, vm *config.VM) map[string]string {
+	// The image's directory: for a declared image, its current version
+	// (a new one when its definition or its base changed), which a
+	// running VM is restarted onto.
+	dir := vm.Image + " (not built yet)"
+	if r, err := image.Resolve(in, vm.Image); err == nil && r.Dir != "" {
+		dir = r.Dir
+	}
+	root := in.Host.ImageRootfs(dir)
+	if _, err := os.Stat(root); err != nil {
+		root = in.Host.ImageLayer(dir)
+	}
 	s := map[string]string{
 		"subnet":     vm.Subnet.String(),
 		"mac":        vm.MAC.String(),
@@ -64,8 +77,15 @@ func Settings(in *config.Infra, vm *config.VM) map[string]string {
 		"ssh_keys":   strings.Join(vm.SSHKeys, "\n"),
 		"accel":      string(in.Host.Accel),
 		"user":       vm.User,
-		"image_root": fileID(in.Host.ImageRootfs(vm.Image)),
-		"kernel":     fileID(in.Host.ImageVmlinux(vm.Image)),
+		"image_dir":  dir,
+		"image_root": fileID(root),
+		"kernel":     fileID(in.Host.ImageVmlinux(dir)),
+	}
+	if img, ok := in.Image(vm.Image); ok {
+		s["image_summary"] = img.Summary()
+	}
+	if vm.ImageWritable {
+		s["image_writable"] = "true"
 	}
 	return s
 }
@@ -101,6 +121,11 @@ func Hash(settings map[string]string) string {
 // Changed lists what differs between the settings a VM was started with
 // and the ones it would start with now, for a person: "memory 512 -> 1024".
 func Changed(was, now map[string]string) []string {
+	if _, ok := was["image_dir"]; !ok && was["image"] != "" {
+		// Recorded before images had versions: the directory was the name.
+		was = maps.Clone(was)
+		was["image_dir"] = was["image"]
+	}
 	keys := map[string]bool{}
 	for k := range was {
 		keys[k] = true
@@ -109,16 +134,31 @@ func Changed(was, now map[string]string) []string {
 		keys[k] = true
 	}
 	var out []string
+	newImage := was["image_dir"] != now["image_dir"]
 	for k := range keys {
 		a, b := was[k], now[k]
 		if a == b {
 			continue
 		}
 		switch k {
-		case "image_root":
-			out = append(out, "image rebuilt")
-		case "kernel":
-			out = append(out, "kernel changed")
+		case "image_dir":
+			switch sa, sb := was["image_summary"], now["image_summary"]; {
+			case sa != "" && sb != "" && sa != sb:
+				out = append(out, fmt.Sprintf("image %s: %s -> %s", now["image"], sa, sb))
+			case was["image"] == now["image"]:
+				out = append(out, fmt.Sprintf("image %s rebuilt (%s -> %s)", now["image"], orNone(a), b))
+			}
+		case "image_summary", "image_root", "kernel":
+			if newImage {
+				continue // said by image_dir
+			}
+			if k == "kernel" {
+				out = append(out, "kernel changed")
+			} else if k == "image_root" {
+				out = append(out, "image rebuilt")
+			}
+		case "image_writable":
+			out = append(out, fmt.Sprintf("image_writable %s -> %s", orFalse(a), orFalse(b)))
 		case "ssh_keys":
 			out = append(out, "ssh_keys changed")
 		default:
@@ -127,6 +167,13 @@ func Changed(was, now map[string]string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+func orFalse(s string) string {
+	if s == "" {
+		return "false"
+	}
+	return s
 }
 
 func orNone(s string) string {
@@ -185,6 +232,9 @@ func writeStartedFile(run *safedir.Dir, vm *config.VM, st Started) error {
 func Preflight(in *config.Infra, vm *config.VM) error {
 	if errs := Checks(in, vm); len(errs) > 0 {
 		return errs[0]
+	}
+	if _, err := bootImage(in, vm); err != nil {
+		return err
 	}
 	return checkHost(in, vm)
 }

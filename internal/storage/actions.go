@@ -83,6 +83,12 @@ func exists(name string) bool {
 	return err == nil
 }
 
+// snapExists reports whether the snapshot DATASET@NAME exists.
+func snapExists(name string) bool {
+	_, err := run("zfs", "list", "-H", "-o", "name", "-t", "snapshot", name)
+	return err == nil
+}
+
 // visible checks that dataset name, which ZFS says it mounted, is mounted
 // where this process looks. zfs-fuse mounts in its own daemon's mount
 // namespace: a process in another one that does not receive its mounts

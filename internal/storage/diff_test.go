@@ -116,7 +116,7 @@ func TestNeeds(t *testing.T) {
 		&MountDataset{Name: "tank/microvms/images/other"},
 	}
 	want := []string{"zfs create tank/microvms", "zfs mount tank/microvms/vm1", "zfs set devices=off tank/microvms/vm1", "zfs mount tank/microvms/images/debian"}
-	if got := strs(Needs(in.Host, &in.VMs[0], acts)); !reflect.DeepEqual(got, want) {
+	if got := strs(Needs(in.Host, &in.VMs[0], in.VMs[0].Image, acts)); !reflect.DeepEqual(got, want) {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
 }

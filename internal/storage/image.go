@@ -36,6 +36,10 @@ func (d *Dir) StageImage(name, dir string) error {
 	return nil
 }
 
+func (d *Dir) StageDerived(name, base, dir string) error { return d.StageImage(name, dir) }
+
+func (d *Dir) Layered() bool { return true }
+
 func (d *Dir) CommitImage(name, dir string) error {
 	if err := os.Rename(dir, d.Host.ImageDir(name)); err != nil {
 		return fmt.Errorf("moving image %s into place: %w", name, err)
@@ -83,6 +87,33 @@ func (z *ZFS) StageImage(name, dir string) error {
 	return visibleAt(ds, dir)
 }
 
+// BaseSnapshot is the snapshot of an image's dataset that the images made
+// from it are clones of. zfs destroy refuses to destroy it, or the image,
+// while they exist.
+const BaseSnapshot = "base"
+
+func (z *ZFS) StageDerived(name, base, dir string) error {
+	ds, from := z.Host.ImageStagingDataset(name), z.Host.ImageDataset(base)
+	if !exists(from) {
+		return fmt.Errorf("image %s has no dataset %s to make %s from; with storage = \"zfs\" an image is made from another only in its own dataset: remove %s and build it again", base, from, name, base)
+	}
+	if exists(ds) {
+		return fmt.Errorf("dataset %s exists: another build of image %s is running, or one was killed; if none is running, remove it with: zfs destroy -r %s", ds, name, ds)
+	}
+	snap := from + "@" + BaseSnapshot
+	if !snapExists(snap) {
+		if _, err := run("zfs", "snapshot", snap); err != nil {
+			return fmt.Errorf("snapshotting image %s to make %s from it: %w", base, name, hint(err))
+		}
+	}
+	if _, err := run("zfs", "clone", "-o", "mountpoint="+dir, "-o", "readonly=off", snap, ds); err != nil {
+		return fmt.Errorf("cloning %s for image %s: %w", snap, name, hint(err))
+	}
+	return visibleAt(ds, dir)
+}
+
+func (z *ZFS) Layered() bool { return false }
+
 func (z *ZFS) CommitImage(name, dir string) error {
 	staged, final := z.Host.ImageStagingDataset(name), z.Host.ImageDataset(name)
 	for _, args := range [][]string{
@@ -116,6 +147,13 @@ func (z *ZFS) RemoveImage(name string) error {
 	ds := z.Host.ImageDataset(name)
 	if !exists(ds) {
 		return (&Dir{Host: z.Host}).RemoveImage(name)
+	}
+	// Its base snapshot first, which the images made from it need: zfs
+	// refuses while they exist (package image removes them first).
+	if snap := ds + "@" + BaseSnapshot; snapExists(snap) {
+		if _, err := runUnbusy("zfs", "destroy", snap); err != nil {
+			return fmt.Errorf("removing image %s: %w", name, err)
+		}
 	}
 	if err := destroy(ds); err != nil {
 		return fmt.Errorf("removing image %s: %w", name, err)

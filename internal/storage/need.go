@@ -6,11 +6,12 @@ import (
 )
 
 // Needs keeps, of the storage actions acts (from Diff), those vm needs done
-// before it starts: with ZFS, the parent dataset, the images' dataset, its
-// image's and its own, so that its data lands in its dataset. Another VM's
-// dataset does not stop it.
-func Needs(h config.Host, vm *config.VM, acts []action.Action) []action.Action {
-	mine := map[string]bool{h.ZFSDataset: true, h.ImagesDataset(): true, h.ImageDataset(vm.Image): true, h.VMDataset(vm): true}
+// before it starts, booting the image in the directory imageDir: with ZFS,
+// the parent dataset, the images' dataset, its image's and its own, so
+// that its data lands in its dataset. Another VM's dataset does not stop
+// it.
+func Needs(h config.Host, vm *config.VM, imageDir string, acts []action.Action) []action.Action {
+	mine := map[string]bool{h.ZFSDataset: true, h.ImagesDataset(): true, h.ImageDataset(imageDir): true, h.VMDataset(vm): true}
 	var out []action.Action
 	for _, a := range acts {
 		var name string

@@ -78,6 +78,15 @@ type Backend interface {
 	// system, for the files of the new image name. On ZFS, it mounts a
 	// new dataset there.
 	StageImage(name, dir string) error
+	// StageDerived readies dir for the files of the image name, made
+	// from the image base (package image, BuildDeclared). With ZFS,
+	// it mounts there a clone of a snapshot of base's dataset: a whole
+	// tree, of which only what the build changes takes space. With
+	// plain directories, it makes dir for an overlay layer (Layered).
+	StageDerived(name, base, dir string) error
+	// Layered reports whether images made from another are overlay
+	// layers over it, rather than whole trees.
+	Layered() bool
 	// CommitImage moves the image staged in dir to Host.ImageDir(name).
 	// On ZFS, the image's dataset becomes read-only.
 	CommitImage(name, dir string) error

@@ -126,7 +126,7 @@ func (z *ZFS) diff(in *config.Infra, o *zfsHost) (action.Diff, error) {
 	// The images' datasets, made by `microvm image`, are mounted too.
 	var images []string
 	for name, ds := range o.datasets {
-		if path.Dir(name) == h.ImagesDataset() && config.IsImageName(path.Base(name)) && !ds.mounted {
+		if path.Dir(name) == h.ImagesDataset() && config.IsImageDir(path.Base(name)) && !ds.mounted {
 			images = append(images, name)
 		}
 	}

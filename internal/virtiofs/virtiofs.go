@@ -64,10 +64,16 @@ type Share struct {
 	ReadOnly bool   // the guest must not change anything in Dir
 }
 
-// Shares returns vm's three shares, in the order image, etc, var.
-func Shares(h config.Host, vm *config.VM) []Share {
+// Shares returns vm's three shares, in the order image, etc, var, for vm
+// booting the image in the directory imageDir. With image_writable, the
+// image share is the VM's own overlay over that image, read-write.
+func Shares(h config.Host, vm *config.VM, imageDir string) []Share {
+	img := Share{Tag: TagImage, Dir: h.ImageView(imageDir), Socket: vm.ShareSocket(TagImage), Group: vm.User, ReadOnly: true}
+	if vm.ImageWritable {
+		img.Dir, img.ReadOnly = vm.RootView(), false
+	}
 	return []Share{
-		{Tag: TagImage, Dir: h.ImageView(vm.Image), Socket: vm.ShareSocket(TagImage), Group: vm.User, ReadOnly: true},
+		img,
 		{Tag: TagEtc, Dir: vm.EtcDir, Socket: vm.ShareSocket(TagEtc), Group: vm.User},
 		{Tag: TagVar, Dir: vm.VarDir, Socket: vm.ShareSocket(TagVar), Group: vm.User},
 	}

@@ -38,7 +38,7 @@ func parse(t *testing.T, src string) *config.Infra {
 func TestShares(t *testing.T) {
 	in := parse(t, infra)
 	vm, _ := in.VM("vm1")
-	got := Shares(in.Host, vm)
+	got := Shares(in.Host, vm, vm.Image)
 	want := []Share{
 		{Tag: "image", Dir: "/run/microvm/images/debian", Socket: "/run/microvm/vm1/virtiofs-image.sock", Group: "microvm-vm1", ReadOnly: true},
 		{Tag: "etc", Dir: "/var/lib/microvms/vm1/etc", Socket: "/run/microvm/vm1/virtiofs-etc.sock", Group: "microvm-vm1"},

@@ -8,7 +8,7 @@
 //
 //	h, err := vmm.For(infra, vm) // the registry's entry for vm.Hypervisor
 //	b := h.New(accel)             // "kvm" on real hosts, "tcg" in tests
-//	spec := vmm.NewSpec(infra.Host, vm)
+//	spec := vmm.NewSpec(infra.Host, vm, vm.Image)
 //	cmd, err := b.Command(spec)
 //	// set cmd's user and output here
 //	m, err := vmm.Start(b, vm, cmd)
@@ -58,6 +58,11 @@ import (
 //	microvm.gw=ADDR         the IPv4 default gateway (the host's bridge)
 //	microvm.dns=ADDR        the IPv4 address of the DNS resolver
 //
+// And with image_writable, so that the init mounts the image share
+// read-write (the VM's own overlay over the image):
+//
+//	microvm.image=rw
+//
 // Then come the words extra that a backend needs for its machine (QEMU
 // under emulation adds tsc_early_khz=, tsc=reliable and mitigations=off), and QEMU may
 // append words of its own (virtio_mmio.device=, when ACPI is off).
@@ -77,6 +82,9 @@ func Cmdline(vm *config.VM, extra ...string) string {
 		fmt.Sprintf("microvm.ip=%s/%d", vm.Addr, vm.Subnet.Bits()),
 		"microvm.gw=" + vm.Gateway.String(),
 		"microvm.dns=" + vm.DNS,
+	}
+	if vm.ImageWritable {
+		words = append(words, "microvm.image=rw")
 	}
 	return strings.Join(append(words, extra...), " ")
 }
@@ -102,14 +110,15 @@ func (s Spec) TAPFds() []int {
 	return fds
 }
 
-// NewSpec returns the spec of vm: its image's kernel and initramfs, and its
-// shares.
-func NewSpec(h config.Host, vm *config.VM) Spec {
+// NewSpec returns the spec of vm booting the image in the directory
+// imageDir (its image, or a version of it; package image resolves it): its
+// kernel and initramfs, and the VM's shares.
+func NewSpec(h config.Host, vm *config.VM, imageDir string) Spec {
 	return Spec{
 		VM:        vm,
-		Kernel:    h.ImageVmlinux(vm.Image),
-		Initramfs: h.ImageInitramfs(vm.Image),
-		Shares:    virtiofs.Shares(h, vm),
+		Kernel:    h.ImageVmlinux(imageDir),
+		Initramfs: h.ImageInitramfs(imageDir),
+		Shares:    virtiofs.Shares(h, vm, imageDir),
 	}
 }
 

@@ -62,7 +62,7 @@ func TestCmdline(t *testing.T) {
 func TestNewSpec(t *testing.T) {
 	in := parse(t, infra)
 	vm, _ := in.VM("vm1")
-	s := NewSpec(in.Host, vm)
+	s := NewSpec(in.Host, vm, vm.Image)
 	if s.Kernel != "/var/lib/microvms/images/debian/vmlinux" || s.Initramfs != "/run/microvm/images/debian.initramfs" {
 		t.Errorf("NewSpec: kernel %s, initramfs %s", s.Kernel, s.Initramfs)
 	}
@@ -91,7 +91,7 @@ subnet = "10.1.0.0/24"
 	// whatever model it is given.
 	in.Relocate(in.Host.StateDir, "/run/micro,vm")
 	vm, _ := in.VM("vm1")
-	err := NewSpec(in.Host, vm).Check()
+	err := NewSpec(in.Host, vm, vm.Image).Check()
 	if err == nil || !strings.Contains(err.Error(), "comma") {
 		t.Errorf("Check: got %v, want an error about the comma", err)
 	}

@@ -50,7 +50,7 @@ func TestCommand(t *testing.T) {
 	for _, name := range []string{"vm1", "vm2"} {
 		t.Run(name, func(t *testing.T) {
 			vm, _ := in.VM(name)
-			cmd, err := New().Command(vmm.NewSpec(in.Host, vm))
+			cmd, err := New().Command(vmm.NewSpec(in.Host, vm, vm.Image))
 			if err != nil {
 				t.Fatal(err)
 			}

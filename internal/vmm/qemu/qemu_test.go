@@ -57,7 +57,7 @@ func TestCommand(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
 			vm, _ := in.VM(tt.vm)
-			cmd, err := tt.b.Command(vmm.NewSpec(in.Host, vm))
+			cmd, err := tt.b.Command(vmm.NewSpec(in.Host, vm, vm.Image))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -69,7 +69,7 @@ func TestCommand(t *testing.T) {
 func TestCommandErrors(t *testing.T) {
 	in := parse(t)
 	vm, _ := in.VM("vm1")
-	spec := vmm.NewSpec(in.Host, vm)
+	spec := vmm.NewSpec(in.Host, vm, vm.Image)
 	tests := []struct {
 		name string
 		b    *Backend
