@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -46,13 +47,57 @@ Examples:
 				return err
 			}
 			fmt.Fprintf(e.stdout, "%s: ok, %d VMs, uplink %s\n", in.File, len(in.VMs), in.Host.Uplink)
+			for _, img := range in.Images {
+				fmt.Fprintf(e.stdout, "  image %s: %s\n", img.Name, img.Summary())
+			}
 			for _, vm := range in.VMs {
 				fmt.Fprintf(e.stdout, "  %-8s %-15s gateway %-12s bridge %-10s tap %-10s mac %s  %d vCPU, %d MiB, %s, image %s\n",
 					vm.Name, vm.Subnet, vm.Gateway, vm.Bridge, vm.TAP, vm.MAC, vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.Image)
+				if w := workload(&vm); w != "" {
+					fmt.Fprintf(e.stdout, "  %-8s %s\n", "", w)
+				}
 			}
 			return nil
 		},
 	}
+}
+
+// workload says in one line what runs in vm beyond its image, and what it
+// may reach of other VMs; "" for a VM with none of it.
+func workload(vm *config.VM) string {
+	var parts []string
+	if len(vm.Services) > 0 {
+		parts = append(parts, "services "+strings.Join(vm.Services, " "))
+	}
+	if len(vm.DisableServices) > 0 {
+		parts = append(parts, "disabled "+strings.Join(vm.DisableServices, " "))
+	}
+	if n := len(vm.Files); n > 0 {
+		parts = append(parts, plural(n, "file"))
+	}
+	if n := len(vm.RunOnce); n > 0 {
+		parts = append(parts, "run_once "+plural(n, "command"))
+	}
+	for _, a := range vm.Allow {
+		if a.VM != "" {
+			parts = append(parts, "allow "+a.String())
+		}
+	}
+	for _, p := range vm.Publish {
+		parts = append(parts, "publish "+p.String())
+	}
+	if vm.ImageWritable {
+		parts = append(parts, "image writable")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// plural writes "1 file", "2 files".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // validateDoc is validate --json: the model, or what is wrong.
@@ -62,6 +107,7 @@ type validateDoc struct {
 	OK      bool          `json:"ok" doc:"the file is valid; validate exits 1 when it is not"`
 	Errors  []configError `json:"errors" doc:"every problem, in file order"`
 	Host    *hostModel    `json:"host,omitempty" doc:"when ok: [host] with defaults filled in"`
+	Images  []imageModel  `json:"images" doc:"when ok: the [image.NAME] tables, by name"`
 	VMs     []vmModel     `json:"vms" doc:"when ok: every VM with what it derives, by name"`
 }
 
@@ -90,6 +136,15 @@ type hostModel struct {
 	} `json:"tailscale"`
 }
 
+// imageModel is one [image.NAME].
+type imageModel struct {
+	Name     string   `json:"name"`
+	From     string   `json:"from" doc:"a recipe or another declared image"`
+	Packages []string `json:"packages"`
+	Files    []string `json:"files" doc:"the paths it gets"`
+	Run      []string `json:"run"`
+}
+
 // vmModel is one VM as infra.toml derives it.
 type vmModel struct {
 	Name       string   `json:"name"`
@@ -108,6 +163,14 @@ type vmModel struct {
 	Autostart  bool     `json:"autostart"`
 	StateDir   string   `json:"state_dir" doc:"its /etc and /var are here"`
 	RunDir     string   `json:"run_dir" doc:"its sockets, pid files and logs are here"`
+
+	Services        []string `json:"services" doc:"units enabled in its /etc, with their suffix"`
+	DisableServices []string `json:"disable_services"`
+	RunOnce         []string `json:"run_once"`
+	Files           []string `json:"files" doc:"the guest paths written at every start"`
+	Allow           []string `json:"allow" doc:"what it may reach beyond the internet, besides [host] allow; vm:NAME entries open another VM"`
+	Publish         []string `json:"publish" doc:"ports of the host's uplink forwarded to it"`
+	ImageWritable   bool     `json:"image_writable"`
 }
 
 func modelOf(vm *config.VM) vmModel {
@@ -115,14 +178,34 @@ func modelOf(vm *config.VM) vmModel {
 	if keys == nil {
 		keys = []string{}
 	}
-	return vmModel{Name: vm.Name, Subnet: vm.Subnet.String(), Gateway: vm.Gateway.String(), Address: vm.Addr.String(),
+	m := vmModel{Name: vm.Name, Subnet: vm.Subnet.String(), Gateway: vm.Gateway.String(), Address: vm.Addr.String(),
 		Bridge: vm.Bridge, TAP: vm.TAP, MAC: vm.MAC.String(), VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
 		Hypervisor: string(vm.Hypervisor), Image: vm.Image, DNS: vm.DNS, SSHKeys: keys, Autostart: vm.Autostart,
-		StateDir: vm.StateDir, RunDir: vm.RunDir}
+		StateDir: vm.StateDir, RunDir: vm.RunDir,
+		Services: orEmpty(vm.Services), DisableServices: orEmpty(vm.DisableServices), RunOnce: orEmpty(vm.RunOnce),
+		Files: []string{}, Allow: []string{}, Publish: []string{}, ImageWritable: vm.ImageWritable}
+	for _, f := range vm.Files {
+		m.Files = append(m.Files, f.Path)
+	}
+	for _, a := range vm.Allow {
+		m.Allow = append(m.Allow, a.String())
+	}
+	for _, p := range vm.Publish {
+		m.Publish = append(m.Publish, p.String())
+	}
+	return m
+}
+
+func imageModelOf(img *config.Image) imageModel {
+	m := imageModel{Name: img.Name, From: img.From, Packages: orEmpty(img.Packages), Files: []string{}, Run: orEmpty(img.Run)}
+	for _, f := range img.Files {
+		m.Files = append(m.Files, f.Path)
+	}
+	return m
 }
 
 func validateJSON(file string, in *config.Infra, err error) validateDoc {
-	d := validateDoc{Version: jsonVersion, File: file, OK: err == nil, Errors: []configError{}, VMs: []vmModel{}}
+	d := validateDoc{Version: jsonVersion, File: file, OK: err == nil, Errors: []configError{}, VMs: []vmModel{}, Images: []imageModel{}}
 	if err != nil {
 		var list config.ErrorList
 		if errors.As(err, &list) {
@@ -146,6 +229,9 @@ func validateJSON(file string, in *config.Infra, err error) validateDoc {
 	d.Host.Tailscale.AllowVMToTailnet = h.Tailscale.AllowVMToTailnet
 	for i := range in.VMs {
 		d.VMs = append(d.VMs, modelOf(&in.VMs[i]))
+	}
+	for i := range in.Images {
+		d.Images = append(d.Images, imageModelOf(&in.Images[i]))
 	}
 	return d
 }

@@ -56,7 +56,7 @@ func buildScript(img *config.Image, root, cache, files string) string {
 	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	line("set -eu")
 	line("root=%s", quote(root))
-	line(`mount --bind /dev "$root/dev"`)
+	line(`mount --rbind /dev "$root/dev"`)
 	line(`mount -t proc proc "$root/proc"`)
 	line(`inroot() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"; }`)
 	if len(img.Packages) > 0 {
@@ -68,7 +68,7 @@ func buildScript(img *config.Image, root, cache, files string) string {
 		line(`mount --bind %s "$root/var/lib/apt/lists"`, quote(cache+"/lists"))
 		line(`cp -L /etc/resolv.conf "$root/etc/resolv.conf"`)
 		line(`printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d" && chmod 755 "$root/usr/sbin/policy-rc.d"   # no service starts at build time`)
-		line("inroot apt-get -q update")
+		line("inroot apt-get -q -o Acquire::Languages=none update")
 		line("inroot apt-get -q -y --no-install-recommends -o Dpkg::Options::=--force-confold install %s", strings.Join(pkgs, " "))
 		line(`rm -f "$root/etc/resolv.conf" "$root/usr/sbin/policy-rc.d"`)
 	}

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
@@ -72,4 +73,38 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// ReadmeCommands returns the commands of the sh blocks of the README
+// section whose heading starts with heading ("## Tutorial"), without their
+// comments, in order: what a reader types.
+func ReadmeCommands(readme, heading string) []string {
+	start := strings.Index(readme, "\n"+heading)
+	if start < 0 {
+		return nil
+	}
+	end := strings.Index(readme[start+1:], "\n## ")
+	if end < 0 {
+		end = len(readme) - start - 1
+	}
+	var out []string
+	in := false
+	sc := bufio.NewScanner(strings.NewReader(readme[start : start+1+end]))
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "```sh":
+			in = true
+		case strings.HasPrefix(line, "```"):
+			in = false
+		case in:
+			if i := strings.Index(line, " #"); i >= 0 {
+				line = line[:i]
+			}
+			if line = strings.TrimSpace(line); line != "" {
+				out = append(out, line)
+			}
+		}
+	}
+	return out
 }

@@ -11,7 +11,6 @@
 package tutorial
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -63,35 +62,8 @@ func readersEdit(src, pubKey string) string {
 	return s
 }
 
-// commands returns the commands of the tutorial's sh blocks, without their
-// comments, in order.
-func commands(readme string) []string {
-	start := strings.Index(readme, "\n## Tutorial")
-	end := strings.Index(readme[start+1:], "\n## ")
-	if start < 0 || end < 0 {
-		return nil
-	}
-	var out []string
-	in := false
-	sc := bufio.NewScanner(strings.NewReader(readme[start : start+1+end]))
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case line == "```sh":
-			in = true
-		case strings.HasPrefix(line, "```"):
-			in = false
-		case in:
-			if i := strings.Index(line, " #"); i >= 0 {
-				line = line[:i]
-			}
-			if line = strings.TrimSpace(line); line != "" {
-				out = append(out, line)
-			}
-		}
-	}
-	return out
-}
+// commands returns the commands of the tutorial's sh blocks.
+func commands(readme string) []string { return testenv.ReadmeCommands(readme, "## Tutorial") }
 
 func TestCommandsFound(t *testing.T) {
 	b, err := os.ReadFile("../../README.md")

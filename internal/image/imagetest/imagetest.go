@@ -132,3 +132,44 @@ func (l *lineLogger) Write(p []byte) (int, error) {
 		l.buf = l.buf[i+1:]
 	}
 }
+
+// Declared builds the declared images of in ([image.NAME]) that are not
+// built as in declares them, in the cache (in's state_dir must be
+// StateDir()): each version is made once, and shared by every test and
+// package of a run that declares the same image, as the Debian image is.
+// Their packages come from the Debian mirror, with apt's downloads kept in
+// the cache too. Like Debian, it builds only with CI or
+// MICROVM_TEST_IMAGE_BUILD=1, and skips otherwise.
+func Declared(t *testing.T, in *config.Infra) {
+	t.Helper()
+	if in.Host.StateDir != StateDir() {
+		t.Fatalf("imagetest.Declared: the file's state_dir is %s, not the cache %s", in.Host.StateDir, StateDir())
+	}
+	todo, err := image.ToBuild(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(todo) == 0 {
+		return
+	}
+	if os.Getenv("MICROVM_TEST_IMAGE_BUILD") != "1" && !testenv.CI() {
+		t.Skipf("image %s is not built in %s: set MICROVM_TEST_IMAGE_BUILD=1 to build it (a minute, once)", todo[0].Name, in.Host.StateDir)
+	}
+	testenv.NeedRoot(t)
+	lock, err := os.OpenFile(filepath.Join(in.Host.StateDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range todo {
+		start := time.Now()
+		err := image.BuildDeclared(t.Context(), in, b.Name, &lineLogger{t: t}, image.Options{Mirror: os.Getenv("MICROVM_TEST_MIRROR"), Boot: image.BootFiles})
+		if err != nil {
+			t.Fatalf("building image %s: %v", b.Name, err)
+		}
+		t.Logf("built image %s (%s) in %s", b.Name, b.Why, time.Since(start).Round(time.Second))
+	}
+}

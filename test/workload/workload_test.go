@@ -1,0 +1,312 @@
+// Package workload proves the README's "Run your own services" with real
+// services in real guests: the two-tier example (examples/two-tier), its
+// images built from Debian's packages, booted under QEMU in a sandbox of
+// network namespaces. web serves a page through nginx that it fills from
+// db, a Redis server; the page answers from the host and, through the
+// published port, from the "internet"; web reaches db's port and nothing
+// else of db; no other VM reaches db; a changed file restarts exactly the
+// VM it belongs to; db's data survives its restart; a changed image
+// restarts exactly the VMs that boot it, and its old version goes once
+// none does.
+package workload
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/image"
+	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
+)
+
+// readmeSteps are the commands of the README's "Run your own services",
+// in order. The test runs each as printed (with /etc/microvm standing for
+// its own directory), and fails when the README changes without it.
+var readmeSteps = []string{
+	"cp -r examples/two-tier/files /etc/microvm/",
+	`sed -n '/^\[image.web\]/,$p' examples/two-tier/infra.toml >> /etc/microvm/infra.toml`,
+	"microvm validate",
+	"microvm plan",
+	"microvm apply",
+	"microvm status",
+	"curl http://10.5.0.2/",
+	"microvm ssh web -- redis-cli -h 10.6.0.2 get greeting",
+	"microvm ssh vm1 -- nc -zw3 10.6.0.2 6379 || echo blocked",
+	"sed -i 's/db says/db now says/' /etc/microvm/files/web/page.sh",
+	"microvm -u web db",
+}
+
+// theirFile is the tutorial's infra.toml as a reader has it after step 3,
+// for this machine: QEMU under TCG, state in the test image's cache (where
+// the images are built once), and of the design's VMs only vm1 starts.
+func theirFile(t *testing.T, dir string) string {
+	t.Helper()
+	host := imagetest.Debian(t)
+	src, err := os.ReadFile("../../examples/infra.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(src), "[host]\n", fmt.Sprintf("[host]\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\n", host.StateDir, testenv.RunDir(t, "mvw")), 1)
+	s = strings.Replace(s, `state_dir = "/var/lib/microvms"`, "", 1)
+	s = strings.Replace(s, `hypervisor = "cloud-hypervisor"`, `hypervisor = "qemu"`, 1)
+	s = strings.Replace(s, "vcpu = 2", "vcpu = 1", 1)
+	s = strings.Replace(s, "memory = 1024", "memory = 512", 1)
+	for _, vm := range []string{"vm2", "vm3", "vm4"} {
+		s = strings.Replace(s, "[vm."+vm+"]", "[vm."+vm+"]\nautostart = false", 1)
+	}
+	file := filepath.Join(dir, "infra.toml")
+	if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+func TestTwoTier(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64", "go", "curl", "sed", "cp")
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.ReadmeCommands(string(readme), "## Run your own services"); !slices.Equal(got, readmeSteps) {
+		t.Fatalf("the README's \"Run your own services\" has the commands\n%s\nthe test runs\n%s\nmake them agree", strings.Join(got, "\n"), strings.Join(readmeSteps, "\n"))
+	}
+	dir := t.TempDir()
+	file := theirFile(t, dir)
+	bin := testenv.Binaries(t)
+	repo, _ := filepath.Abs("../..")
+	var ns string // the sandbox's host, once there is one
+	// step runs the README's command i as a reader would, from the
+	// repository, in the sandbox's host once there is one.
+	step := func(t *testing.T, i int) string {
+		t.Helper()
+		line := strings.ReplaceAll(readmeSteps[i], "/etc/microvm", dir)
+		cmd := exec.Command("sh", "-c", line)
+		if ns != "" {
+			cmd = sandbox.Command(ns, "sh", "-c", line)
+		}
+		cmd.Dir = repo
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"), "MICROVM_CONFIG="+file)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr // curl's progress, say
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s%s", readmeSteps[i], err, out, stderr.String())
+		}
+		t.Logf("$ %s\n%s", readmeSteps[i], out)
+		return string(out)
+	}
+	for i := range 3 { // cp, sed, validate
+		step(t, i)
+	}
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vm := range in.VMs {
+		os.RemoveAll(vm.StateDir) // every run starts from fresh VMs; the images are shared
+	}
+	// apply builds the images, but in the sandbox it has no Debian mirror
+	// to reach: they are built here first, outside it, once per run (the
+	// build is the same code; internal/cli's tests watch apply build one).
+	imagetest.Declared(t, in)
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	ns = sb.Host
+	mvm := func(args ...string) string {
+		t.Helper()
+		out, err := sandbox.Command(sb.Host, bin, append(args, "-f", file)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("microvm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	defer func() {
+		for i := range in.VMs {
+			supervise.StopDetached(&in.VMs[i], 90*time.Second)
+		}
+		if t.Failed() {
+			for _, vm := range in.VMs {
+				sup, _ := os.ReadFile(vm.SupervisorLog())
+				t.Logf("%s supervisor log:\n%s\n%s console (end):\n%s", vm.Name, supervise.Tail(sup, 30), vm.Name, sandbox.Console(&vm, 20))
+			}
+		}
+	}()
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	web, _ := in.VM("web")
+	db, _ := in.VM("db")
+	vm1, _ := in.VM("vm1")
+	uplink := sandbox.UplinkAddr.Addr().String()
+
+	plan := step(t, 3)
+	for _, want := range []string{"microvm up web", "microvm up db", "microvm up vm1", "nft -f microvm.nft"} {
+		if !strings.Contains(plan, want) {
+			t.Errorf("plan lacks %q", want)
+		}
+	}
+	began := time.Now()
+	step(t, 4) // apply
+	for _, vm := range []*config.VM{web, db, vm1} {
+		sandboxtest.Login(t, sb, vm).Close()
+	}
+	t.Logf("web, db and vm1 answer SSH %s after apply", time.Since(began).Round(time.Second))
+	if out := step(t, 5); !strings.Contains(out, "web") || !strings.Contains(out, "running") {
+		t.Errorf("status:\n%s", out)
+	}
+
+	// ssh runs a command in a guest as root, with the host's admin key.
+	ssh := func(vm, cmd string) (string, error) {
+		out, err := sandbox.Command(sb.Host, bin, "ssh", "-f", file, vm, "--", cmd).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	// page fetches url from ns. sshd answers before the guest's boot has
+	// finished: nginx may take a while more under emulation.
+	page := func(t *testing.T, ns, url string) string {
+		t.Helper()
+		body, err := get(ns, url)
+		for deadline := time.Now().Add(2 * time.Minute); err != nil && time.Now().Before(deadline); {
+			time.Sleep(time.Second)
+			body, err = get(ns, url)
+		}
+		if err != nil {
+			out, _ := ssh("web", "systemctl --no-pager status nginx fcgiwrap.socket; journalctl --no-pager -n 20 -u nginx -u fcgiwrap")
+			t.Fatalf("GET %s from %s: %v\nweb's nginx:\n%s", url, ns, err, out)
+		}
+		return body
+	}
+
+	t.Run("the page carries db's data", func(t *testing.T) {
+		page(t, sb.Host, "http://"+web.Addr.String()+"/") // until nginx is up
+		if out := step(t, 6); !strings.Contains(out, "db says: hello from db") {
+			t.Errorf("from the host, the page is %q; want db's greeting", out)
+		}
+		if got := page(t, sb.Internet, "http://"+uplink+"/"); !strings.Contains(got, "db says: hello from db") {
+			t.Errorf("from the internet, through the published port, the page is %q; want db's greeting", got)
+		}
+		if out := step(t, 7); strings.TrimSpace(out) != "hello from db" {
+			t.Errorf("web's redis-cli get greeting = %q", out)
+		}
+		for vm, units := range map[string]string{"web": "nginx fcgiwrap.socket", "db": "redis-server"} {
+			if out, err := ssh(vm, "systemctl is-enabled "+units); err != nil {
+				t.Errorf("%s: systemctl is-enabled %s: %s", vm, units, out)
+			}
+		}
+	})
+
+	t.Run("only web reaches db, only on its port", func(t *testing.T) {
+		if out := step(t, 8); strings.TrimSpace(out) != "blocked" {
+			t.Errorf("vm1 to db's Redis: %q, want blocked", out)
+		}
+		for _, c := range []struct {
+			from, cmd string
+			reach     bool
+		}{
+			{"web", "redis-cli -h " + db.Addr.String() + " ping", true},
+			{"web", "nc -z -w 3 " + db.Addr.String() + " 22", false},
+			{"web", "ping -c 1 -W 2 " + db.Addr.String(), false},
+			{"vm1", "ping -c 1 -W 2 " + db.Addr.String(), false},
+			{"db", "nc -z -w 3 " + web.Addr.String() + " 80", false},
+			{"db", "nc -z -w 3 " + vm1.Addr.String() + " 22", false},
+		} {
+			out, err := ssh(c.from, c.cmd)
+			if reached := err == nil; reached != c.reach {
+				t.Errorf("from %s, %q: reached %v (%s), want %v", c.from, c.cmd, reached, out, c.reach)
+			}
+		}
+		if body, err := get(sb.Internet, "http://"+uplink+":8080/"); err == nil {
+			t.Errorf("an unpublished port of the host reached something from the internet: %q", body)
+		}
+	})
+
+	t.Run("a changed file restarts only its VM", func(t *testing.T) {
+		step(t, 9)
+		out := step(t, 10)
+		for _, want := range []string{"web changed: files changed: /var/www/cgi/page", "db is up to date; not restarted"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("microvm -u web db says\n%s\nwant %q", out, want)
+			}
+		}
+		sandboxtest.Login(t, sb, web).Close()
+		if got := page(t, sb.Host, "http://"+web.Addr.String()+"/"); !strings.Contains(got, "db now says: hello from db") {
+			t.Errorf("after the update the page is %q", got)
+		}
+	})
+
+	t.Run("db keeps its data across a restart", func(t *testing.T) {
+		if out, err := ssh("web", "redis-cli -h "+db.Addr.String()+" set visits 42"); err != nil || out != "OK" {
+			t.Fatalf("set: %s, %v", out, err)
+		}
+		t.Log(mvm("restart", "db"))
+		sandboxtest.Login(t, sb, db).Close()
+		var out string
+		for try := 0; try < 60; try++ { // redis-server may still be starting
+			if out, err = ssh("web", "redis-cli -h "+db.Addr.String()+" get visits"); err == nil && out == "42" {
+				break
+			}
+			time.Sleep(2 * time.Second)
+		}
+		if out != "42" {
+			t.Errorf("after db's restart, visits = %q, %v; want 42", out, err)
+		}
+	})
+
+	t.Run("a changed image restarts only the VMs that boot it", func(t *testing.T) {
+		old, err := image.Resolve(in, "db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, _ := os.ReadFile(file)
+		changed := strings.Replace(string(src), "[vm.db.files]", "[image.db.files]\n\"/etc/motd\" = { content = \"db image, second version\\n\" }\n\n[vm.db.files]", 1)
+		if err := os.WriteFile(file, []byte(changed), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		plan := mvm("plan")
+		for _, want := range []string{"microvm image build db", "files changed", "microvm restart db", "image db: debian + redis-server -> debian + redis-server, 1 file"} {
+			if !strings.Contains(plan, want) {
+				t.Errorf("plan says\n%s\nwant %q", plan, want)
+			}
+		}
+		if strings.Contains(plan, "restart web") || strings.Contains(plan, "restart vm1") {
+			t.Errorf("plan restarts a VM whose image did not change:\n%s", plan)
+		}
+		t.Log(mvm("apply"))
+		sandboxtest.Login(t, sb, db).Close()
+		if got, _ := ssh("db", "cat /etc/motd"); got != "db image, second version" {
+			t.Errorf("db's /etc/motd = %q after the new image", got)
+		}
+		if old.Built(in.Host) {
+			t.Errorf("the old version %s of db is still there after apply; nothing boots it", old.Dir)
+		}
+		if got := page(t, sb.Host, "http://"+web.Addr.String()+"/"); !strings.Contains(got, "hello from db") {
+			t.Errorf("after db's new image the page is %q", got)
+		}
+		if plan := mvm("plan"); !strings.Contains(plan, "no changes") {
+			t.Errorf("plan after apply:\n%s\nwant no changes", plan)
+		}
+	})
+}
+
+// get fetches url from the network namespace ns with curl, and fails on
+// anything but a 2xx answer.
+func get(ns, url string) (string, error) {
+	out, err := sandbox.Command(ns, "curl", "-fsS", "-m", "10", url).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%w: %s", err, out)
+	}
+	return string(out), nil
+}
