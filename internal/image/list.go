@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -59,7 +60,7 @@ func List(host config.Host) ([]Info, error) {
 				}
 			}
 		}
-		if info.Size, err = storage.DiskUsage(host.ImageDir(name)); err != nil {
+		if info.Size, err = ownSize(host, name, info.Meta); err != nil {
 			return nil, fmt.Errorf("listing image %s: %w", name, err)
 		}
 		infos = append(infos, info)
@@ -110,4 +111,24 @@ func Remove(host config.Host, name string, inUse []string) error {
 		return fmt.Errorf("removing image %s: %w", name, err)
 	}
 	return nil
+}
+
+// ownSize is what the image in dir alone takes on disk: with ZFS its
+// dataset's own blocks; with plain directories its files, but the kernel
+// files it shares with its base by hard link.
+func ownSize(h config.Host, dir string, m Meta) (int64, error) {
+	n, err := storage.For(h).ImageSize(dir)
+	if err != nil || !m.Layered {
+		return n, err
+	}
+	for _, f := range []func(string) string{h.ImageKernel, h.ImageVmlinux} {
+		a, err1 := os.Stat(f(dir))
+		b, err2 := os.Stat(f(m.From))
+		if err1 == nil && err2 == nil && os.SameFile(a, b) {
+			if st, ok := a.Sys().(*syscall.Stat_t); ok {
+				n -= st.Blocks * 512
+			}
+		}
+	}
+	return n, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -39,6 +40,8 @@ func (d *Dir) StageImage(name, dir string) error {
 func (d *Dir) StageDerived(name, base, dir string) error { return d.StageImage(name, dir) }
 
 func (d *Dir) Layered() bool { return true }
+
+func (d *Dir) ImageSize(name string) (int64, error) { return DiskUsage(d.Host.ImageDir(name)) }
 
 func (d *Dir) CommitImage(name, dir string) error {
 	if err := os.Rename(dir, d.Host.ImageDir(name)); err != nil {
@@ -113,6 +116,22 @@ func (z *ZFS) StageDerived(name, base, dir string) error {
 }
 
 func (z *ZFS) Layered() bool { return false }
+
+func (z *ZFS) ImageSize(name string) (int64, error) {
+	ds := z.Host.ImageDataset(name)
+	if !exists(ds) { // made before images had datasets
+		return DiskUsage(z.Host.ImageDir(name))
+	}
+	out, err := run("zfs", "get", "-Hp", "-o", "value", "used", ds)
+	if err != nil {
+		return 0, fmt.Errorf("reading disk use of %s: %w", ds, err)
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("reading disk use of %s: %q is not a number", ds, out)
+	}
+	return n, nil
+}
 
 func (z *ZFS) CommitImage(name, dir string) error {
 	staged, final := z.Host.ImageStagingDataset(name), z.Host.ImageDataset(name)

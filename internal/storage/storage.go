@@ -87,6 +87,9 @@ type Backend interface {
 	// Layered reports whether images made from another are overlay
 	// layers over it, rather than whole trees.
 	Layered() bool
+	// ImageSize is what the image name takes on disk, each file once;
+	// with ZFS, its dataset's used, so a clone counts only its own blocks.
+	ImageSize(name string) (int64, error)
 	// CommitImage moves the image staged in dir to Host.ImageDir(name).
 	// On ZFS, the image's dataset becomes read-only.
 	CommitImage(name, dir string) error
