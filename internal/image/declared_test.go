@@ -1,7 +1,6 @@
-package image
+package image_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"os"
 	"os/exec"
@@ -14,59 +13,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/image"
+	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 )
-
-// busyboxTarball is a root filesystem small enough to build on in a test:
-// busybox as every command, an /etc/passwd with www-data, a fake kernel
-// with its modules.dep. Images made from it can have files and commands,
-// not packages (it has no apt).
-func busyboxTarball(t *testing.T) []byte {
-	t.Helper()
-	testenv.NeedCommands(t, "busybox", "chroot")
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	w := tar.NewWriter(&buf)
-	add := func(h *tar.Header, body []byte) {
-		h.Size = int64(len(body))
-		if err := w.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		w.Write(body)
-	}
-	for _, d := range []string{"./", "bin/", "usr/", "usr/bin/", "usr/sbin/", "sbin/", "etc/", "etc/ssh/", "dev/", "proc/", "tmp/", "var/", "var/lib/", "boot/", "usr/lib/", "usr/lib/modules/", "usr/lib/modules/1.0-test/"} {
-		add(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}, nil)
-	}
-	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, bin)
-	for _, l := range []string{"bin/sh", "bin/echo", "bin/cat", "usr/bin/env", "bin/cp", "bin/rm", "bin/chown", "bin/chmod", "bin/mkdir"} {
-		add(&tar.Header{Name: l, Typeflag: tar.TypeSymlink, Linkname: "/bin/busybox"}, nil)
-	}
-	add(&tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n"))
-	add(&tar.Header{Name: "etc/group", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("root:x:0:\nwww-data:x:33:\n"))
-	add(&tar.Header{Name: "etc/base-only", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("base\n"))
-	add(&tar.Header{Name: "boot/vmlinuz-1.0-test", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("not a kernel"))
-	add(&tar.Header{Name: "usr/lib/modules/1.0-test/modules.dep", Typeflag: tar.TypeReg, Mode: 0o644}, nil)
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-// fakeVmlinux stands in for kernel.WriteVmlinux, whose input here is no
-// kernel.
-func fakeVmlinux(h config.Host, name string) error {
-	return os.WriteFile(h.ImageVmlinux(name), []byte("vmlinux"), 0o644)
-}
 
 // declare returns a model of host with the images of toml.
 func declare(t *testing.T, host config.Host, toml string) *config.Infra {
@@ -102,7 +55,8 @@ run = ["echo built > /var/lib/built", "mkdir -p /var/www && echo page > /var/www
 func TestDerive(t *testing.T) {
 	testenv.NeedRoot(t)
 	t.Run("dir", func(t *testing.T) {
-		testDerive(t, testHost(t))
+		dir := t.TempDir()
+		testDerive(t, config.Host{StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run")})
 	})
 	t.Run("zfs", func(t *testing.T) {
 		pool := zfstest.New(t)
@@ -120,15 +74,9 @@ func TestDerive(t *testing.T) {
 }
 
 func testDerive(t *testing.T, host config.Host) {
-	tarball := filepath.Join(t.TempDir(), "base.tar")
-	if err := os.WriteFile(tarball, busyboxTarball(t), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := Import(t.Context(), host, "base", tarball, nil, Options{Boot: fakeVmlinux}); err != nil {
-		t.Fatal(err)
-	}
+	imagetest.Busybox(t, host, "base")
 	in := declare(t, host, webV1)
-	todo, err := ToBuild(in)
+	todo, err := image.ToBuild(in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,24 +84,24 @@ func testDerive(t *testing.T, host config.Host) {
 		t.Fatalf("ToBuild = %+v, want web, new", todo)
 	}
 	var log bytes.Buffer
-	if err := BuildDeclared(t.Context(), in, "web", &log, Options{Boot: fakeVmlinux}); err != nil {
+	if err := image.BuildDeclared(t.Context(), in, "web", &log, image.Options{Boot: imagetest.FakeVmlinux}); err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	r, err := Resolve(in, "web")
+	r, err := image.Resolve(in, "web")
 	if err != nil || !r.Built(host) {
-		t.Fatalf("after the build, Resolve(web) = %+v, %v; want it built", r, err)
+		t.Fatalf("after the build, image.Resolve(web) = %+v, %v; want it built", r, err)
 	}
-	if todo, _ := ToBuild(in); len(todo) != 0 {
+	if todo, _ := image.ToBuild(in); len(todo) != 0 {
 		t.Errorf("after the build, ToBuild = %+v, want nothing", todo)
 	}
-	m, err := ReadMeta(host, r.Dir)
+	m, err := image.ReadMeta(host, r.Dir)
 	if err != nil || m.Image != "web" || m.From != "base" || m.Layered != (host.Storage != config.StorageZFS) {
 		t.Errorf("meta = %+v, %v; want image web from base, layered only on dir", m, err)
 	}
 
 	// The guests' view is the union of base and what web adds; the base
 	// itself is unchanged.
-	lowers, err := Lowers(host, r.Dir)
+	lowers, err := image.Lowers(host, r.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,39 +161,39 @@ func testDerive(t *testing.T, host config.Host) {
 	// A changed definition is another version; the old one stays until
 	// nothing needs it.
 	in2 := declare(t, host, webV1+"\"/etc/more\" = { content = \"more\\n\" }\n")
-	todo, _ = ToBuild(in2)
+	todo, _ = image.ToBuild(in2)
 	if len(todo) != 1 || todo[0].Why != "files changed" {
 		t.Errorf("after a new file, ToBuild = %+v, want web, files changed", todo)
 	}
-	if err := BuildDeclared(t.Context(), in2, "web", &log, Options{Boot: fakeVmlinux}); err != nil {
+	if err := image.BuildDeclared(t.Context(), in2, "web", &log, image.Options{Boot: imagetest.FakeVmlinux}); err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	r2, _ := Resolve(in2, "web")
+	r2, _ := image.Resolve(in2, "web")
 	if r2.Dir == r.Dir || !r.Built(host) || !r2.Built(host) {
 		t.Fatalf("the new version %s should sit beside the old %s", r2.Dir, r.Dir)
 	}
-	old, err := Old(in2)
+	old, err := image.Old(in2)
 	if err != nil || !slices.Equal(old, []string{r.Dir}) {
 		t.Errorf("Old = %q, %v; want %q", old, err, r.Dir)
 	}
-	if got := Prunable(host, old, map[string][]string{r.Dir: {"vm1"}}); len(got) != 0 {
+	if got := image.Prunable(host, old, map[string][]string{r.Dir: {"vm1"}}); len(got) != 0 {
 		t.Errorf("Prunable with the old version in use = %q, want nothing", got)
 	}
-	if err := Remove(host, "base", nil); err == nil || !strings.Contains(err.Error(), "is the base of") {
+	if err := image.Remove(host, "base", nil); err == nil || !strings.Contains(err.Error(), "is the base of") {
 		t.Errorf("removing the base of two versions: %v, want a refusal", err)
 	}
-	for _, d := range Prunable(host, old, nil) {
-		if err := Remove(host, d, nil); err != nil {
+	for _, d := range image.Prunable(host, old, nil) {
+		if err := image.Remove(host, d, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if r.Built(host) || !r2.Built(host) {
 		t.Errorf("after the prune: old built %v, new built %v; want false, true", r.Built(host), r2.Built(host))
 	}
-	if err := Remove(host, r2.Dir, nil); err != nil {
+	if err := image.Remove(host, r2.Dir, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := Remove(host, "base", nil); err != nil {
+	if err := image.Remove(host, "base", nil); err != nil {
 		t.Errorf("removing the base once nothing is made from it: %v", err)
 	}
 }

@@ -17,10 +17,12 @@
 package imagetest
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -172,4 +174,61 @@ func Declared(t *testing.T, in *config.Infra) {
 		}
 		t.Logf("built image %s (%s) in %s", b.Name, b.Why, time.Since(start).Round(time.Second))
 	}
+}
+
+// Busybox makes, in host's state directory, the image name of a root
+// filesystem small enough to build on in a test: busybox as every
+// command, an /etc/passwd with www-data, a fake kernel with its
+// modules.dep (FakeVmlinux stands in for its uncompressed form). Images
+// made from it can have files and commands, not packages (it has no apt),
+// and boot nothing.
+func Busybox(t *testing.T, host config.Host, name string) {
+	t.Helper()
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "busybox", "chroot", "tar")
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	w := tar.NewWriter(&buf)
+	add := func(h *tar.Header, body []byte) {
+		h.Size = int64(len(body))
+		if err := w.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		w.Write(body)
+	}
+	for _, d := range []string{"./", "bin/", "usr/", "usr/bin/", "usr/sbin/", "sbin/", "etc/", "etc/ssh/", "dev/", "proc/", "tmp/", "var/", "var/lib/", "boot/", "usr/lib/", "usr/lib/modules/", "usr/lib/modules/1.0-test/"} {
+		add(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}, nil)
+	}
+	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, bin)
+	for _, l := range []string{"bin/sh", "bin/echo", "bin/cat", "usr/bin/env", "bin/cp", "bin/rm", "bin/chown", "bin/chmod", "bin/mkdir"} {
+		add(&tar.Header{Name: l, Typeflag: tar.TypeSymlink, Linkname: "/bin/busybox"}, nil)
+	}
+	add(&tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n"))
+	add(&tar.Header{Name: "etc/group", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("root:x:0:\nwww-data:x:33:\n"))
+	add(&tar.Header{Name: "etc/base-only", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("base\n"))
+	add(&tar.Header{Name: "boot/vmlinuz-1.0-test", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("not a kernel"))
+	add(&tar.Header{Name: "usr/lib/modules/1.0-test/modules.dep", Typeflag: tar.TypeReg, Mode: 0o644}, nil)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tarball := filepath.Join(t.TempDir(), "busybox.tar")
+	if err := os.WriteFile(tarball, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := image.Import(t.Context(), host, name, tarball, nil, image.Options{Boot: FakeVmlinux}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FakeVmlinux stands in for kernel.WriteVmlinux where the image's kernel
+// is no kernel (Busybox).
+func FakeVmlinux(h config.Host, name string) error {
+	return os.WriteFile(h.ImageVmlinux(name), []byte("vmlinux"), 0o644)
 }
