@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,7 +11,9 @@ import (
 	"strings"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
+	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 )
 
 const seedDiskLimit = 10 << 30 // the design's "< 10 GB for 4 VMs" (taken as GiB, the stricter reading is 10^10 B)
@@ -31,10 +35,10 @@ func du(path string) int64 {
 
 // diskRun is what one backend measured.
 type diskRun struct {
-	backend           string
-	load              string
-	img, vms, tot     table
-	total, image, own int64 // bytes: all of state_dir, the image, the 4 VMs' etc + var
+	backend                string
+	load                   string
+	img, vms, tot, derived table
+	total, image, own      int64 // bytes: all of state_dir, the image, the 4 VMs' etc + var
 }
 
 // runDisk boots the design's 4 VMs with the dir backend, then with the zfs
@@ -65,10 +69,17 @@ blocks allocated, as storage.For(host).Usage(in) reports them: ` + "`du -B1`" + 
 as ` + "`microvm image import`" + ` makes it. ZFS here is zfs-fuse, the user-space ZFS of the Debian package, with a pool in a
 sparse file; kernel OpenZFS uses the same on-disk format and compression. The image is the Debian 12 test image
 (debootstrap minbase with systemd, OpenSSH and the cloud kernel), shared read-only by all 4 VMs over virtiofs.
+
+An image declared in infra.toml from that one ([image.NAME], from = "debian") shares it: with ` + "`dir`" + ` it is an
+overlay layer of what its packages add, with ` + "`zfs`" + ` a clone of the base's snapshot. Each table measures two such
+images, built by the program (apt-get in a chroot) before the VMs boot: one that adds Debian's small ` + "`hello`" + `
+package, and the two-tier example's web image (nginx-light, fcgiwrap, redis-tools). "Its own use" is what
+` + "`microvm image list`" + ` shows: the layer's blocks without the kernel it hard-links from its base, or the clone's
+` + "`used`" + `; "the packages" is what dpkg says they install (Installed-Size, including dependencies the base lacked).
 `)
 	for _, r := range runs {
 		fmt.Fprintf(&b, "\n### Storage %q (load average at its start %s)\n\n", r.backend, r.load)
-		b.WriteString(r.img.markdown() + "\n" + r.vms.markdown() + "\n" + r.tot.markdown())
+		b.WriteString(r.img.markdown() + "\n" + r.derived.markdown() + "\n" + r.vms.markdown() + "\n" + r.tot.markdown())
 	}
 	b.WriteString("\nSummary:\n\n")
 	for _, r := range runs {
@@ -99,6 +110,9 @@ func measureDisk(backend string) (diskRun, machine, error) {
 		r.img.add(part, mib(du(filepath.Join(img, part))))
 	}
 	r.img.add("**image total**", mib(du(img)))
+	if r.derived, err = measureDerived(w); err != nil {
+		return r, w.m, err
+	}
 
 	_, vms, clients, err := w.bootMicrovm("microvm")
 	if err != nil {
@@ -157,4 +171,96 @@ func measureDisk(backend string) (diskRun, machine, error) {
 		fmt.Println()
 	}
 	return r, w.m, nil
+}
+
+// measureDerived builds two images from the base on w's host, as
+// [image.NAME] tables make them, and measures what each takes beyond it.
+func measureDerived(w *vmWorld) (table, error) {
+	t := table{head: []string{"derived image", "its own use", "the packages (dpkg)", "a full copy of the base would be"}}
+	in := *w.in
+	in.Images = []config.Image{
+		{Name: "bench-hello", From: config.DefaultImage, Packages: []string{"hello"}},
+		{Name: "bench-web", From: config.DefaultImage, Packages: []string{"nginx-light", "fcgiwrap", "redis-tools"}},
+	}
+	base, err := storage.For(in.Host).ImageSize(config.DefaultImage)
+	if err != nil {
+		return t, err
+	}
+	for _, img := range in.Images {
+		if err := image.BuildDeclared(context.Background(), &in, img.Name, io.Discard, image.Options{Boot: image.BootFiles}); err != nil {
+			return t, fmt.Errorf("building %s: %w", img.Name, err)
+		}
+		r, err := image.Resolve(&in, img.Name)
+		if err != nil {
+			return t, err
+		}
+		infos, err := image.List(in.Host)
+		if err != nil {
+			return t, err
+		}
+		var own int64
+		for _, i := range infos {
+			if i.Name == r.Dir {
+				own = i.Size
+			}
+		}
+		pkgs, err := installedSize(&in, r.Dir)
+		if err != nil {
+			return t, err
+		}
+		t.add(img.Summary(), mib(own), mib(pkgs), mib(base))
+		if err := image.Remove(in.Host, r.Dir, nil); err != nil {
+			return t, err
+		}
+	}
+	return t, nil
+}
+
+// installedSize is what dpkg says the packages of the image in dir, and
+// those they pulled in, install: the sum of Installed-Size of every package
+// the image has and its base lacks.
+func installedSize(in *config.Infra, dir string) (int64, error) {
+	sizes := func(root string) (map[string]int64, error) {
+		out, err := exec.Command("dpkg-query", "--admindir="+filepath.Join(root, "var/lib/dpkg"), "-W", "-f", "${Package} ${Installed-Size}\n").Output()
+		if err != nil {
+			return nil, fmt.Errorf("dpkg-query in %s: %w", root, err)
+		}
+		m := map[string]int64{}
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 2 {
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				m[f[0]] = n * 1024
+			}
+		}
+		return m, nil
+	}
+	view := filepath.Join(in.Host.RunDir, "bench-view")
+	lowers, err := image.Lowers(in.Host, dir)
+	if err != nil {
+		return 0, err
+	}
+	var mount interface{ Apply() error } = &virtiofs.ReadOnlyView{Src: lowers[0], Dst: view}
+	if len(lowers) > 1 {
+		mount = &virtiofs.OverlayView{Lowers: lowers, Dst: view}
+	}
+	if err := mount.Apply(); err != nil {
+		return 0, err
+	}
+	defer exec.Command("umount", view).Run()
+	now, err := sizes(view)
+	if err != nil {
+		return 0, err
+	}
+	was, err := sizes(in.Host.ImageRootfs(config.DefaultImage))
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for p, n := range now {
+		if _, ok := was[p]; !ok {
+			total += n
+		}
+	}
+	return total, nil
 }
