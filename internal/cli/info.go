@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
@@ -25,8 +27,8 @@ func infoCmd() *command {
 		long: `
 Shows everything about one VM: its state, the processes that run it (the
 VMM, the supervisor and, without systemd, its keeper) and since when, its
-network (subnet, address, gateway, bridge, TAP, MAC), its resources and
-image, what changed in the file since it started (what update would
+network (subnet, address, gateway, bridge, TAP, MAC), its resources, the
+image it boots (with image_writable, what its own overlay holds), what changed in the file since it started (what update would
 restart it for), where its data and logs are, the disk its /etc and /var
 use and its snapshots (storage = "zfs"). Reading the disk use and the
 snapshots needs root; without it they are left out.
@@ -75,6 +77,9 @@ type infoDoc struct {
 	SupervisorLog string          `json:"supervisor_log" doc:"without systemd; with it, journalctl -u UNIT"`
 	DiskBytes     *int64          `json:"disk_bytes,omitempty" doc:"what its /etc and /var use; absent when it cannot be read"`
 	Snapshots     []snapshotDoc   `json:"snapshots" doc:"with storage = \"zfs\", oldest first"`
+	ImageDir      string          `json:"image_dir" doc:"the image it boots (running) or would boot: NAME, or NAME.VERSION for a declared image"`
+	ImageMadeOf   string          `json:"image_made_of,omitempty" doc:"what that image is made of, as image list says"`
+	WritableBytes *int64          `json:"writable_bytes,omitempty" doc:"with image_writable: what its own overlay over the image holds"`
 	Problems      []string        `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
 }
 
@@ -91,9 +96,23 @@ func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	if keeper, ok := supervise.KeeperPid(vm); ok {
 		d.KeeperPid = keeper.Pid
 	}
+	d.ImageDir = imageOf(in, vm)
+	if s.State == lifecycle.Running && s.Started.Settings["image_dir"] != "" {
+		d.ImageDir = s.Started.Settings["image_dir"]
+	}
+	if m, err := image.ReadMeta(in.Host, d.ImageDir); err == nil && !m.Made.IsZero() {
+		d.ImageMadeOf = m.String()
+	}
 	if os.Geteuid() != 0 {
 		d.Problems = append(d.Problems, "disk use and snapshots need root to read")
 		return d
+	}
+	if vm.ImageWritable {
+		if n, err := storage.DiskUsage(filepath.Dir(vm.ImageUpper())); err == nil {
+			d.WritableBytes = &n
+		} else {
+			d.Problems = append(d.Problems, "the writable image's use: "+err.Error())
+		}
 	}
 	data := storage.For(in.Host)
 	if u, err := data.Usage(in); err == nil {
@@ -134,7 +153,15 @@ func printInfo(e *env, d infoDoc) {
 	line("processes", "%s (%s, unit %s)", strings.Join(procs, ", "), d.Manager, d.Unit)
 	line("network", "%s: address %s, gateway %s", vm.Subnet, vm.Address, vm.Gateway)
 	line("links", "bridge %s, TAP %s, MAC %s", vm.Bridge, vm.TAP, vm.MAC)
-	line("resources", "%d vCPU, %d MiB, %s, image %s, dns %s", vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.Image, vm.DNS)
+	line("resources", "%d vCPU, %d MiB, %s, dns %s", vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.DNS)
+	img := d.ImageDir
+	if d.ImageMadeOf != "" {
+		img += " (" + d.ImageMadeOf + ")"
+	}
+	if d.WritableBytes != nil {
+		img += fmt.Sprintf("; writable: its own overlay holds %s", humanSize(*d.WritableBytes))
+	}
+	line("image", "%s", img)
 	line("autostart", "%t", vm.Autostart)
 	switch {
 	case d.State != lifecycle.Running:
