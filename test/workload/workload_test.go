@@ -64,6 +64,8 @@ func theirFile(t *testing.T, dir string) string {
 	for _, vm := range []string{"vm2", "vm3", "vm4"} {
 		s = strings.Replace(s, "[vm."+vm+"]", "[vm."+vm+"]\nautostart = false", 1)
 	}
+	// vm1 writes to its image: the test's own use of image_writable.
+	s = strings.Replace(s, "[vm.vm1]", "[vm.vm1]\nimage_writable = true", 1)
 	file := filepath.Join(dir, "infra.toml")
 	if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
@@ -262,6 +264,26 @@ func TestTwoTier(t *testing.T) {
 		}
 		if out != "42" {
 			t.Errorf("after db's restart, visits = %q, %v; want 42", out, err)
+		}
+	})
+
+	t.Run("vm1 writes to its own image, and only it", func(t *testing.T) {
+		if out, err := ssh("vm1", "echo mine > /usr/local/bin/mine && mount | grep ' / '"); err != nil {
+			t.Fatalf("writing to vm1's image: %s, %v", out, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(vm1.ImageUpper(), "usr/local/bin/mine")); err != nil || string(b) != "mine\n" {
+			t.Errorf("vm1's upper layer has usr/local/bin/mine = %q, %v", b, err)
+		}
+		if _, err := os.Stat(filepath.Join(in.Host.ImageRootfs("debian"), "usr/local/bin/mine")); err == nil {
+			t.Error("vm1's write reached the shared image")
+		}
+		if out, err := ssh("web", "cat /usr/local/bin/mine"); err == nil {
+			t.Errorf("web sees vm1's file: %q", out)
+		}
+		t.Log(mvm("restart", "vm1"))
+		sandboxtest.Login(t, sb, vm1).Close()
+		if out, err := ssh("vm1", "cat /usr/local/bin/mine"); err != nil || out != "mine" {
+			t.Errorf("after a restart vm1's file is %q, %v", out, err)
 		}
 	})
 
