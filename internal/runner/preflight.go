@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
@@ -32,7 +33,7 @@ func Checks(in *config.Infra, vm *config.VM) []error {
 			errs = append(errs, err)
 		}
 	}
-	return errs
+	return append(errs, unitsPresent(in, vm)...)
 }
 
 // KVMDevice is where KVM is; tests point it elsewhere.
@@ -185,4 +186,19 @@ func (id access) may(fi os.FileInfo, want os.FileMode) bool {
 		return perm>>3&want == want
 	}
 	return perm&want == want
+}
+
+// unitsPresent checks that the units of services and disable_services are
+// in the VM's image, once it is built (apply builds a declared one first,
+// and the start checks again).
+func unitsPresent(in *config.Infra, vm *config.VM) []error {
+	r, err := image.Resolve(in, vm.Image)
+	if err != nil || !r.Built(in.Host) {
+		return nil
+	}
+	layers, err := image.Lowers(in.Host, r.Dir)
+	if err != nil {
+		return []error{fmt.Errorf("%s: %w", vm.Name, err)}
+	}
+	return guest.UnitsMissing(vm, layers)
 }

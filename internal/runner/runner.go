@@ -24,6 +24,7 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -234,11 +235,25 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 	if err := guest.Seed(vm, root); err != nil {
 		return err
 	}
+	kept, err := guest.Merge(vm, root, img.Dir)
+	if err != nil {
+		return fmt.Errorf("merging image %s into %s's /etc and /var: %w", img.Dir, vm.Name, err)
+	}
+	if len(kept) > 0 {
+		more := ""
+		if len(kept) > 10 {
+			kept, more = kept[:10], fmt.Sprintf(" and %d more", len(kept)-10)
+		}
+		logf("image %s merged; kept the VM's own version of %s%s (microvm info %s lists what differs)", img.Dir, strings.Join(kept, ", "), more, vm.Name)
+	}
 	pub, _, err := guest.AdminKey(h)
 	if err != nil {
 		return err
 	}
 	if err := guest.WriteManaged(vm, guest.Keys{Admin: pub, Users: vm.SSHKeys}); err != nil {
+		return err
+	}
+	if err := guest.WriteDeclared(vm, root); err != nil {
 		return err
 	}
 	init, err := kernel.FindInit()

@@ -19,15 +19,10 @@ var noRestart = map[string]string{
 	"Autostart": "says whether the VM starts, not how it runs",
 	"Allow":     "in the firewall, which apply changes under a running VM",
 	"Publish":   "in the firewall, which apply changes under a running VM",
-	// Written into the VM's /etc and /var by package guest at each start.
-	"Services":        "package guest enables them at each start",
-	"DisableServices": "package guest disables them at each start",
-	"RunOnce":         "package guest writes them at each start",
-	"Files":           "package guest writes them at each start",
-	"StateDir":        "derived from Name and the host's state_dir",
-	"EtcDir":          "derived from StateDir",
-	"VarDir":          "derived from StateDir",
-	"RunDir":          "derived from Name and the host's run_dir",
+	"StateDir":  "derived from Name and the host's state_dir",
+	"EtcDir":    "derived from StateDir",
+	"VarDir":    "derived from StateDir",
+	"RunDir":    "derived from Name and the host's run_dir",
 }
 
 // Every field of config.VM either changes the settings a VM was started

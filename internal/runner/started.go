@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
@@ -87,6 +88,20 @@ func Settings(in *config.Infra, vm *config.VM) map[string]string {
 	if vm.ImageWritable {
 		s["image_writable"] = "true"
 	}
+	// What runs in it: each declared file by its content, mode and owner,
+	// the units, the run_once list.
+	for _, f := range vm.Files {
+		s["file "+f.Path] = fmt.Sprintf("%s %s %s:%s", f.Sum, f.Mode, f.Owner, f.Group)
+	}
+	if len(vm.Services) > 0 {
+		s["services"] = strings.Join(vm.Services, " ")
+	}
+	if len(vm.DisableServices) > 0 {
+		s["disable_services"] = strings.Join(vm.DisableServices, " ")
+	}
+	if len(vm.RunOnce) > 0 {
+		s["run_once"] = guest.RunOnceHash(vm.RunOnce)
+	}
 	return s
 }
 
@@ -133,11 +148,19 @@ func Changed(was, now map[string]string) []string {
 	for k := range now {
 		keys[k] = true
 	}
-	var out []string
+	var out, files []string
 	newImage := was["image_dir"] != now["image_dir"]
 	for k := range keys {
 		a, b := was[k], now[k]
 		if a == b {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(k, "file "):
+			files = append(files, strings.TrimPrefix(k, "file "))
+			continue
+		case k == "run_once":
+			out = append(out, "run_once changed")
 			continue
 		}
 		switch k {
@@ -164,6 +187,14 @@ func Changed(was, now map[string]string) []string {
 		default:
 			out = append(out, fmt.Sprintf("%s %s -> %s", k, orNone(a), orNone(b)))
 		}
+	}
+	if len(files) > 0 {
+		sort.Strings(files)
+		more := ""
+		if len(files) > 3 {
+			files, more = files[:3], fmt.Sprintf(" and %d more", len(files)-3)
+		}
+		out = append(out, "files changed: "+strings.Join(files, ", ")+more)
 	}
 	sort.Strings(out)
 	return out
