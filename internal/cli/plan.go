@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -71,6 +72,7 @@ Examples:
 				p.Print(e.stdout)
 				if verbose {
 					fmt.Fprintf(e.stdout, "\n# nftables table %s %s:\n%s", firewall.Family, firewall.Table, firewall.Ruleset(in))
+					printSources(e, in)
 				}
 			}
 			switch {
@@ -133,4 +135,25 @@ func planJSON(in *config.Infra, p *plan.Plan) planDoc {
 		d.Errors = append(d.Errors, err.Error())
 	}
 	return d
+}
+
+// printSources says where each allow, opening and publish entry of the
+// ruleset is written: the ruleset itself names none of it, so that a rule
+// stays the same rule when lines of the file move.
+func printSources(e *env, in *config.Infra) {
+	var lines []string
+	for _, a := range in.Host.Allow {
+		lines = append(lines, fmt.Sprintf("#   allow %s (every VM): %s", a, a.At))
+	}
+	for _, vm := range in.VMs {
+		for _, a := range vm.Allow {
+			lines = append(lines, fmt.Sprintf("#   allow %s (%s): %s", a, vm.Name, a.At))
+		}
+		for _, p := range vm.Publish {
+			lines = append(lines, fmt.Sprintf("#   publish %s (%s): %s", p, vm.Name, p.At))
+		}
+	}
+	if len(lines) > 0 {
+		fmt.Fprintf(e.stdout, "\n# where its allow and publish entries are written:\n%s\n", strings.Join(lines, "\n"))
+	}
 }
