@@ -22,7 +22,7 @@ func (LocalProber) TCP(from string, to netip.AddrPort) Result {
 	c, err := net.DialTimeout("tcp", to.String(), localTimeout)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return Result{Reached: true}
+			return Result{Reached: true, Refused: true}
 		}
 		return Result{Err: err}
 	}
@@ -52,7 +52,7 @@ func (LocalProber) UDP(from string, to netip.AddrPort) Result {
 	n, err := c.Read(buf)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return Result{Reached: true}
+			return Result{Reached: true, Refused: true}
 		}
 		return Result{Err: err}
 	}

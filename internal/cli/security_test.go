@@ -6,6 +6,7 @@ package cli
 // apply, and destroy deleting what is not a VM's.
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
@@ -366,5 +367,30 @@ subnet = "10.8.0.0/24"
 	// A published port keeps the client's address: the VM sees who calls.
 	if r := sandbox.TCP(sb.Internet, uplink(8080)); r.SeenAs != sandbox.ISPAddr.Addr().String() {
 		t.Errorf("web saw the internet's client as %q, want %s", r.SeenAs, sandbox.ISPAddr.Addr())
+	}
+
+	// check proves the same, in its matrix; and fails when an opening
+	// is taken away.
+	r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+	var b bytes.Buffer
+	r.Print(&b)
+	for _, c := range []struct{ row, col, want string }{
+		{"web", "db", fmt.Sprintf("tcp %d ok, rest blocked", p)},
+		{"cache", "db", "all ok"},
+		{"db", "web", "blocked"},
+		{check.Outside, "web", "tcp 8080 ok, tcp 8081 closed to it"},
+	} {
+		if got := r.Cells[c.row][c.col]; got.Text != c.want || !got.OK {
+			t.Errorf("check's %s to %s: %+v, want %q", c.row, c.col, got, c.want)
+		}
+	}
+	if !r.OK() {
+		t.Errorf("check fails:\n%s", b.String())
+	}
+	if out, err := sandbox.Command(sb.Host, "nft", "flush", "set", "inet", "microvm", "vm_openings").CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); r.OK() || r.Cells["web"]["db"].OK {
+		t.Errorf("check passes with web's opening gone: %+v", r.Cells["web"]["db"])
 	}
 }

@@ -29,8 +29,11 @@ var Timeout = 2 * time.Second
 type Prober struct{ S *Sandbox }
 
 func (p Prober) ns(from string) string {
-	if from == check.Host {
+	switch from {
+	case check.Host:
 		return p.S.Host
+	case check.Outside:
+		return p.S.Internet
 	}
 	return p.S.VMs[from]
 }
@@ -106,6 +109,7 @@ func TCPFrom(ns string, local netip.Addr, to netip.AddrPort) check.Result {
 		c, err := d.Dial("tcp4", to.String())
 		if err != nil {
 			r.Reached = refused(err)
+			r.Refused = r.Reached
 			r.Err = err
 			return nil
 		}
@@ -141,6 +145,7 @@ func UDP(ns string, to netip.AddrPort) check.Result {
 		n, err := c.Read(buf)
 		if err != nil {
 			r.Reached = refused(err)
+			r.Refused = r.Reached
 			r.Err = err
 			return nil
 		}

@@ -276,5 +276,7 @@ func (s *Sandbox) Target() check.Target {
 		Uplink:   UplinkAddr.Addr(),
 		HostSSH:  []netip.Addr{UplinkAddr.Addr()},
 		Private:  []netip.Addr{LANAddr.Addr(), ISPAddr.Addr(), MetadataAddr},
+		// The internet's probes to the host come from the router's address.
+		OutsideFrom: ISPAddr.Addr(),
 	}
 }
