@@ -420,7 +420,7 @@ func Diff(in *config.Infra) (action.Diff, error) {
 
 // diff compares ruleset, the table for in, with what was read of the host.
 func diff(in *config.Infra, ruleset string, o observed) action.Diff {
-	d := action.Diff{Warnings: append(o.conflicts, publishWarnings(in, o.listening)...)}
+	d := action.Diff{Warnings: append(o.conflicts, publishWarnings(in, o.listening)...), Notes: publishNotes(in)}
 	if o.loaded == nil {
 		d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "create", Host: &in.Host}}
 		return d

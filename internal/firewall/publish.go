@@ -56,3 +56,19 @@ func publishWarnings(in *config.Infra, listen map[string]bool) []string {
 	}
 	return out
 }
+
+// publishNotes says where each published port goes, for plan.
+func publishNotes(in *config.Infra) []string {
+	var out []string
+	for _, vm := range in.VMs {
+		for _, p := range vm.Publish {
+			from := ""
+			if len(p.From) > 0 {
+				_, from, _ = strings.Cut(p.String(), " from ")
+				from = ", from " + from
+			}
+			out = append(out, fmt.Sprintf("publish: the uplink's %s %d goes to %s %s:%d%s", p.Proto, p.HostPort, vm.Name, vm.Addr, p.VMPort, from))
+		}
+	}
+	return out
+}
