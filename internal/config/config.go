@@ -236,12 +236,13 @@ func Parse(file string, src []byte) (*Infra, error) {
 	return p.in, nil
 }
 
-// raw holds what the file says before defaults and derivation.
-type rawVM struct {
+// rawTable is a [vm.NAME] or [image.NAME] table as the file says it,
+// before defaults and derivation.
+type rawTable struct {
 	name  string
 	at    Pos
 	vals  map[string]*value
-	files *rawFiles // [vm.NAME.files]
+	files *rawFiles // [KIND.NAME.files]
 }
 
 type parser struct {
@@ -251,8 +252,8 @@ type parser struct {
 	host     map[string]*value
 	ts       map[string]*value // [host.tailscale]
 	defaults map[string]*value
-	vms      []*rawVM
-	imgs     []*rawImage
+	vms      []*rawTable
+	imgs     []*rawTable
 }
 
 func (p *parser) errorf(at Pos, format string, args ...any) {
@@ -273,8 +274,8 @@ func (p *parser) decode(entries []entry) {
 	p.host = map[string]*value{}
 	p.ts = map[string]*value{}
 	p.defaults = map[string]*value{}
-	byName := map[string]*rawVM{}
-	imgByName := map[string]*rawImage{}
+	byName := map[string]*rawTable{}
+	imgByName := map[string]*rawTable{}
 	reported := map[string]bool{}
 	unknown := func(e entry, depth int, msg string) {
 		key := strings.Join(e.path[:depth], ".")
@@ -307,42 +308,33 @@ func (p *parser) decode(entries []entry) {
 		case top == "defaults":
 			p.put(p.defaults, e, 1, "[defaults]", defaultsKeys, unknown)
 		case top == "image":
-			name := e.path[1]
-			img := imgByName[name]
-			if img == nil {
-				img = &rawImage{name: name, at: e.key, vals: map[string]*value{}}
-				imgByName[name] = img
-				p.imgs = append(p.imgs, img)
-			}
-			switch {
-			case len(e.path) == 2:
-				if !e.isTbl {
-					unknown(e, 2, fmt.Sprintf("image.%s must be a table; write [image.%s] and its keys below it", name, name))
-				}
-			case e.path[2] == "files":
-				p.putFile(&img.files, e, 2, "[image."+name+"]", unknown)
-			default:
-				p.put(img.vals, e, 2, "[image."+name+"]", imageKeys, unknown)
-			}
+			p.named(e, imgByName, &p.imgs, imageKeys, unknown)
 		default: // vm
-			name := e.path[1]
-			vm := byName[name]
-			if vm == nil {
-				vm = &rawVM{name: name, at: e.key, vals: map[string]*value{}}
-				byName[name] = vm
-				p.vms = append(p.vms, vm)
-			}
-			switch {
-			case len(e.path) == 2:
-				if !e.isTbl {
-					unknown(e, 2, fmt.Sprintf("vm.%s must be a table; write [vm.%s] and its keys below it", name, name))
-				}
-			case e.path[2] == "files":
-				p.putFile(&vm.files, e, 2, "[vm."+name+"]", unknown)
-			default:
-				p.put(vm.vals, e, 2, "[vm."+name+"]", vmKeys, unknown)
-			}
+			p.named(e, byName, &p.vms, vmKeys, unknown)
 		}
+	}
+}
+
+// named stores entry e of a table [KIND.NAME] (a VM or an image), its
+// files table included, making the table at its first entry.
+func (p *parser) named(e entry, byName map[string]*rawTable, list *[]*rawTable, keys []string, unknown func(entry, int, string)) {
+	kind, name := e.path[0], e.path[1]
+	t := byName[name]
+	if t == nil {
+		t = &rawTable{name: name, at: e.key, vals: map[string]*value{}}
+		byName[name] = t
+		*list = append(*list, t)
+	}
+	table := "[" + kind + "." + name + "]"
+	switch {
+	case len(e.path) == 2:
+		if !e.isTbl {
+			unknown(e, 2, fmt.Sprintf("%s.%s must be a table; write %s and its keys below it", kind, name, table))
+		}
+	case e.path[2] == "files":
+		p.putFile(&t.files, e, 2, table, unknown)
+	default:
+		p.put(t.vals, e, 2, table, keys, unknown)
 	}
 }
 
@@ -484,7 +476,7 @@ func (p *parser) hostString(k, def string, check func(string) string) string {
 	return s
 }
 
-func (p *parser) validName(r *rawVM) bool {
+func (p *parser) validName(r *rawTable) bool {
 	n := r.name
 	switch {
 	case n == "":
