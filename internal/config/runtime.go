@@ -24,6 +24,7 @@ import (
 //	RUN_DIR/NAME/vmm/qmp.sock           QEMU's QMP (hypervisor = "qemu")
 //	RUN_DIR/NAME/vmm/console.sock       the guest's serial console, for `microvm console` (QEMU)
 //	RUN_DIR/NAME/vmm/console.log        the guest's serial console, rewritten at each start
+//	RUN_DIR/NAME/jail/                  empty (root's 0700): the VMM's jail root is mounted on it in the jail's own mount namespace
 //	STATE_DIR/images/IMAGE/rootfs       the image's root filesystem, written only by the image builder
 //	STATE_DIR/images/IMAGE.V/layer      or, for version V of an [image.NAME] on plain directories, what it adds to its base
 //	STATE_DIR/images/IMAGE/vmlinuz      the image's kernel as its distribution ships it

@@ -37,6 +37,7 @@ func parse(args []string) (j Jail, argv []string, err error) {
 	uid := fs.Uint("uid", 0, "")
 	gid := fs.Uint("gid", 0, "")
 	groups := fs.String("groups", "", "")
+	caps := fs.String("caps", "", "")
 	fs.Func("ro", "", func(s string) error { j.ReadOnly = append(j.ReadOnly, s); return nil })
 	fs.Func("rw", "", func(s string) error { j.Writable = append(j.Writable, s); return nil })
 	fs.Func("dev", "", func(s string) error { j.Devices = append(j.Devices, s); return nil })
@@ -52,6 +53,9 @@ func parse(args []string) (j Jail, argv []string, err error) {
 			}
 			j.Groups = append(j.Groups, uint32(n))
 		}
+	}
+	if *caps != "" {
+		j.Caps = strings.Split(*caps, ",")
 	}
 	argv = fs.Args()
 	if len(argv) == 0 || !filepath.IsAbs(argv[0]) {
@@ -260,10 +264,19 @@ func mountProc(dir string) error {
 
 // drop becomes j's user for good, on this thread: no capability left to
 // regain (the bounding set emptied first, while root may), no new
-// privileges from any program it runs.
+// privileges from any program it runs. Root (a jail with Caps) keeps its
+// uid, and only Caps in its bounding set: the program starts with them
+// and can never have more, on any of its threads.
 func drop(j Jail) error {
-	for c := 0; ; c++ {
-		err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0)
+	keep := map[uintptr]bool{}
+	for _, c := range j.Caps {
+		keep[capabilities[c]] = true
+	}
+	for c := uintptr(0); ; c++ {
+		if keep[c] {
+			continue
+		}
+		err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0)
 		if errors.Is(err, unix.EINVAL) {
 			break // past the last capability
 		}
@@ -285,15 +298,17 @@ func drop(j Jail) error {
 	if err := syscall.Setresgid(int(j.GID), int(j.GID), int(j.GID)); err != nil {
 		return fmt.Errorf("setresgid: %w", err)
 	}
-	if err := syscall.Setresuid(int(j.UID), int(j.UID), int(j.UID)); err != nil {
-		return fmt.Errorf("setresuid: %w", err)
+	if j.UID != 0 {
+		if err := syscall.Setresuid(int(j.UID), int(j.UID), int(j.UID)); err != nil {
+			return fmt.Errorf("setresuid: %w", err)
+		}
 	}
 	// Per thread: this one, which executes the program.
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("setting no_new_privs: %w", err)
 	}
 	// Fail closed: root must be out of reach now.
-	if err := syscall.Setresuid(0, 0, 0); err == nil {
+	if err := syscall.Setresuid(0, 0, 0); j.UID != 0 && err == nil {
 		return errors.New("could become root again after dropping to the VM's user")
 	}
 	return nil

@@ -60,6 +60,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Arg0 is the name the program is re-executed under to build a jail.
@@ -73,6 +75,11 @@ type Jail struct {
 	// UID, GID and Groups are who the program runs as.
 	UID, GID uint32
 	Groups   []uint32
+	// Caps, for a program that must run as root (UID 0: virtiofsd, which
+	// serves files of every owner), are the only capabilities it may
+	// ever have (its bounding set), by name: "chown", "dac_override"...
+	// A program run as another user has none, and Caps must be empty.
+	Caps []string
 	// ReadOnly are files and directories bound read-only, at their own
 	// paths; Writable are bound read-write; Devices are device nodes.
 	ReadOnly, Writable, Devices []string
@@ -130,8 +137,18 @@ func (j Jail) Check() error {
 	if !clean(j.Root) || j.Root == "/" {
 		return fmt.Errorf("jail root %q: not a clean absolute path", j.Root)
 	}
-	if j.UID == 0 || j.GID == 0 || slices.Contains(j.Groups, 0) {
-		return errors.New("a jail does not run its program as root or with group root")
+	switch {
+	case j.UID == 0 && len(j.Caps) == 0:
+		return errors.New("a jail runs its program as root only with the capabilities it may have (Caps)")
+	case j.UID != 0 && (j.GID == 0 || slices.Contains(j.Groups, 0)):
+		return errors.New("a jail does not run its program as another user with group root")
+	case j.UID != 0 && len(j.Caps) > 0:
+		return errors.New("a jail gives capabilities only to a program run as root")
+	}
+	for _, c := range j.Caps {
+		if _, ok := capabilities[c]; !ok {
+			return fmt.Errorf("jail capability %q: unknown", c)
+		}
 	}
 	for _, p := range slices.Concat(j.ReadOnly, j.Writable, j.Devices) {
 		if !clean(p) || p == "/" {
@@ -159,6 +176,9 @@ func (j Jail) Args() []string {
 		}
 		args = append(args, "--groups", strings.Join(gs, ","))
 	}
+	if len(j.Caps) > 0 {
+		args = append(args, "--caps", strings.Join(j.Caps, ","))
+	}
 	for _, l := range []struct {
 		flag  string
 		paths []string
@@ -168,6 +188,22 @@ func (j Jail) Args() []string {
 		}
 	}
 	return args
+}
+
+// capabilities are the capabilities a jail can leave a program run as
+// root, by the names capabilities(7) and virtiofsd's --modcaps use.
+var capabilities = map[string]uintptr{
+	"chown":           unix.CAP_CHOWN,
+	"dac_override":    unix.CAP_DAC_OVERRIDE,
+	"dac_read_search": unix.CAP_DAC_READ_SEARCH,
+	"fowner":          unix.CAP_FOWNER,
+	"fsetid":          unix.CAP_FSETID,
+	"setgid":          unix.CAP_SETGID,
+	"setuid":          unix.CAP_SETUID,
+	"setpcap":         unix.CAP_SETPCAP,
+	"sys_chroot":      unix.CAP_SYS_CHROOT,
+	"mknod":           unix.CAP_MKNOD,
+	"setfcap":         unix.CAP_SETFCAP,
 }
 
 // Namespaces are the namespaces a jailed program gets of its own.

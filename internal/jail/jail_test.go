@@ -60,8 +60,10 @@ func TestWrapRefuses(t *testing.T) {
 		cmd  func() *exec.Cmd
 		want string
 	}{
-		{"root user", Jail{Root: "/run/j", UID: 0, GID: 990}, nil, "as root"},
-		{"root group", Jail{Root: "/run/j", UID: 990, GID: 990, Groups: []uint32{0}}, nil, "as root"},
+		{"root user", Jail{Root: "/run/j", UID: 0, GID: 990}, nil, "as root only with the capabilities"},
+		{"root group", Jail{Root: "/run/j", UID: 990, GID: 990, Groups: []uint32{0}}, nil, "group root"},
+		{"capabilities for a user", Jail{Root: "/run/j", UID: 990, GID: 990, Caps: []string{"chown"}}, nil, "only to a program run as root"},
+		{"unknown capability", Jail{Root: "/run/j", Caps: []string{"sys_admin"}}, nil, `"sys_admin": unknown`},
 		{"relative path", Jail{Root: "/run/j", UID: 990, GID: 990, ReadOnly: []string{"usr"}}, nil, "not a clean absolute path"},
 		{"unclean path", Jail{Root: "/run/j", UID: 990, GID: 990, Writable: []string{"/run/../etc"}}, nil, "not a clean absolute path"},
 		{"root as root", Jail{Root: "/", UID: 990, GID: 990}, nil, "not a clean absolute path"},
@@ -247,6 +249,63 @@ func TestJail(t *testing.T) {
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mounts), root) {
 		t.Errorf("the host's mounts show the jail's root %s", root)
+	}
+}
+
+// TestJailRoot: a program a jail runs as root has only the capabilities
+// it was given, on every thread, and with them none to undo the jail:
+// no mount, no device node, no way back to the host's root.
+func TestJailRoot(t *testing.T) {
+	testenv.NeedRoot(t)
+	base := t.TempDir()
+	share := filepath.Join(base, "share")
+	if err := os.Mkdir(share, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(share, "secret"), "guest's", 0o600)
+	if err := os.Chown(filepath.Join(share, "secret"), 1234, 1234); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(base, "jail")
+	if err := os.Mkdir(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j := Jail{Root: root, Caps: []string{"dac_override", "sys_chroot"},
+		ReadOnly: Program("/bin/sh"), Writable: []string{share}, Devices: BaseDevices}
+	tests := []struct {
+		name   string
+		script string
+		ok     bool
+		want   string
+	}{
+		// dac_override (bit 1) and sys_chroot (bit 18): 0x40002.
+		{"only its capabilities", "grep -E 'Cap(Prm|Eff|Bnd)' /proc/self/status", true,
+			"CapPrm:\t0000000000040002\nCapEff:\t0000000000040002\nCapBnd:\t0000000000040002\n"},
+		{"uses them: reads a file of another owner", "cat " + share + "/secret", true, "guest's"},
+		{"no new privileges", "grep NoNewPrivs /proc/self/status", true, "NoNewPrivs:\t1"},
+		{"cannot mount", "mount -t tmpfs none " + share, false, ""},
+		{"cannot make a device node", "mknod " + share + "/sda b 8 0", false, ""},
+		{"cannot change an owner", "chown 0 " + share + "/secret", false, ""},
+		{"sees nothing of the host", "ls /etc /home /root", false, "No such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command("/bin/sh", "-c", tt.script)
+			if err := j.Wrap(cmd); err != nil {
+				t.Fatal(err)
+			}
+			out, err := cmd.CombinedOutput()
+			t.Logf("%s: %v\n%s", tt.script, err, out)
+			if strings.Contains(string(out), Arg0+":") {
+				t.Fatalf("the jail was not built: %s", out)
+			}
+			if (err == nil) != tt.ok {
+				t.Errorf("%s: %v, want success = %v", tt.script, err, tt.ok)
+			}
+			if !strings.Contains(string(out), tt.want) {
+				t.Errorf("%s: output %q, want %q in it", tt.script, out, tt.want)
+			}
+		})
 	}
 }
 

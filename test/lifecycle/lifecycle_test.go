@@ -319,6 +319,7 @@ func TestLifecycle(t *testing.T) {
 		uid, gid := vmmUser(t, st.VMMPid)
 		lc2, _ := in.VM("lc2")
 		vmmReach(t, uid, gid, lc1, lc2)
+		vmmJail(t, in.Host, st.VMMPid, uid, gid, lc1, lc2)
 		checkVictim := vmmAttack(t, lc1, uid, gid, dir)
 		r := mvm("down", "-f", file, "--timeout", "2m", "lc1")
 		t.Logf("microvm down --timeout 2m lc1:\n%s", r.out)
