@@ -38,6 +38,8 @@ func parse(args []string) (j Jail, argv []string, err error) {
 	gid := fs.Uint("gid", 0, "")
 	groups := fs.String("groups", "", "")
 	caps := fs.String("caps", "", "")
+	fs.Uint64Var(&j.NoFile, "nofile", 0, "")
+	fs.BoolVar(&j.FullProc, "full-proc", false, "")
 	fs.Func("ro", "", func(s string) error { j.ReadOnly = append(j.ReadOnly, s); return nil })
 	fs.Func("rw", "", func(s string) error { j.Writable = append(j.Writable, s); return nil })
 	fs.Func("dev", "", func(s string) error { j.Devices = append(j.Devices, s); return nil })
@@ -87,6 +89,11 @@ func enter(args []string) error {
 	if err != nil {
 		return err
 	}
+	if j.NoFile > 0 {
+		if err := setNoFile(j.NoFile); err != nil {
+			return err
+		}
+	}
 	if err := build(j); err != nil {
 		return err
 	}
@@ -95,6 +102,24 @@ func enter(args []string) error {
 	}
 	// No environment: the supervisor's is not the VMM's business.
 	return fmt.Errorf("executing %s: %w", prog, unix.Exec(prog, argv, []string{}))
+}
+
+// setNoFile sets the limit of open files to n, or as near as this process
+// may: without CAP_SYS_RESOURCE (a container's root), up to its hard
+// limit.
+func setNoFile(n uint64) error {
+	err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n})
+	if errors.Is(err, unix.EPERM) {
+		var lim unix.Rlimit
+		if err = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil {
+			lim.Cur = min(n, lim.Max)
+			err = unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("setting the limit of open files to %d: %w", n, err)
+	}
+	return nil
 }
 
 // Flags of the jail's mounts, beyond the ones their sources already have.
@@ -142,7 +167,7 @@ func build(j Jail) error {
 	if err := os.Mkdir(proc, 0o555); err != nil {
 		return fmt.Errorf("making /proc: %w", err)
 	}
-	if err := mountProc(proc); err != nil {
+	if err := mountProc(proc, j.FullProc); err != nil {
 		return err
 	}
 	if err := unix.Mount("", root, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|rootFlags, ""); err != nil {
@@ -248,12 +273,16 @@ func kept(f int64) uintptr {
 }
 
 // mountProc mounts a proc of the jail's PID namespace at dir, read-only,
-// with only the processes' directories where the kernel can (5.8 and
-// newer: subset=pid; no /proc/sys, /proc/kcore and the like).
-func mountProc(dir string) error {
+// unless full with only the processes' directories where the kernel can
+// (5.8 and newer: subset=pid; no /proc/sys, /proc/kcore and the like).
+func mountProc(dir string, full bool) error {
 	flags := uintptr(unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
-	err := unix.Mount("proc", dir, "proc", flags, "subset=pid")
-	if errors.Is(err, unix.EINVAL) {
+	opts := "subset=pid"
+	if full {
+		opts = ""
+	}
+	err := unix.Mount("proc", dir, "proc", flags, opts)
+	if errors.Is(err, unix.EINVAL) && !full {
 		err = unix.Mount("proc", dir, "proc", flags, "")
 	}
 	if err != nil {

@@ -16,7 +16,8 @@
 //	                     /dev/null, /dev/zero, /dev/full, /dev/random,
 //	                     /dev/urandom, and /dev/kvm where the VMM uses KVM
 //	/proc                a proc of its own PID namespace, read-only, with
-//	                     only the process directories (subset=pid)
+//	                     only the process directories (subset=pid) unless
+//	                     FullProc
 //
 // Each path is bound at the path it has on the host, so the VMM's command
 // line, its sockets and its log are the same inside and out: the
@@ -80,6 +81,13 @@ type Jail struct {
 	// ever have (its bounding set), by name: "chown", "dac_override"...
 	// A program run as another user has none, and Caps must be empty.
 	Caps []string
+	// FullProc gives the program all of its /proc (still read-only, and
+	// of its own PID namespace), not only the processes' directories: for
+	// a program that reads /proc/sys (virtiofsd does).
+	FullProc bool
+	// NoFile, when not zero, is the program's limit of open files (soft
+	// and hard), set while the jail may still raise it.
+	NoFile uint64
 	// ReadOnly are files and directories bound read-only, at their own
 	// paths; Writable are bound read-write; Devices are device nodes.
 	ReadOnly, Writable, Devices []string
@@ -178,6 +186,12 @@ func (j Jail) Args() []string {
 	}
 	if len(j.Caps) > 0 {
 		args = append(args, "--caps", strings.Join(j.Caps, ","))
+	}
+	if j.NoFile > 0 {
+		args = append(args, "--nofile", strconv.FormatUint(j.NoFile, 10))
+	}
+	if j.FullProc {
+		args = append(args, "--full-proc")
 	}
 	for _, l := range []struct {
 		flag  string
