@@ -276,3 +276,19 @@ func vmmJail(t *testing.T, h config.Host, pid int, uid, gid uint32, own, other *
 		}
 	}
 }
+
+// guestDevices: the guest's root makes device nodes in its /etc and /var,
+// which live on the host: its virtiofsd, without CAP_MKNOD (package
+// virtiofs, Caps), refuses; a FIFO, which needs no privilege, works.
+func guestDevices(t *testing.T, ssh func(string) result, vm *config.VM) {
+	r := ssh("mknod /var/tmp/mvm-sda b 8 0 2>/dev/null && echo made sda; mknod /etc/mvm-zero c 1 5 2>/dev/null && echo made zero; " +
+		"mkfifo /var/tmp/mvm-fifo && echo fifo; rm -f /var/tmp/mvm-fifo")
+	if r.out != "fifo\n" {
+		t.Errorf("in the guest, making device nodes in /etc and /var: exit %d, %q; want only the FIFO made", r.code, r.out)
+	}
+	for _, p := range []string{filepath.Join(vm.VarDir, "tmp", "mvm-sda"), filepath.Join(vm.EtcDir, "mvm-zero")} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("the guest made %s on the host", p)
+		}
+	}
+}

@@ -245,6 +245,7 @@ func TestLifecycle(t *testing.T) {
 		// The guest plants symlinks to host paths in its /etc and /var;
 		// the restart below prepares its files again (attack_test.go).
 		checkHost := guestSymlinks(t, func(script string) result { return mvm("ssh", "-f", file, "lc1", "--", script) }, host.StateDir)
+		guestDevices(t, func(script string) result { return mvm("ssh", "-f", file, "lc1", "--", script) }, lc1)
 		st, ok, err := runner.ReadStarted(lc1)
 		if !ok || err != nil {
 			t.Fatalf("no started record: %v", err)
