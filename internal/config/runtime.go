@@ -12,7 +12,8 @@ import (
 // A VM's run directory has two parts. RUN_DIR/NAME is root's (root:root,
 // 0711: others may reach what is in it by name, but not list it or write
 // to it): the supervisor's records (lifecycle.go) and the virtiofs sockets,
-// which root's daemons create and only the VM's group may connect to.
+// which the supervisor makes for its daemons and only the VM's group may
+// connect to.
 // RUN_DIR/NAME/vmm is the VMM's (owned by the VM's user, 0700, made anew at
 // each start): what the VMM creates. Root never follows a name the VMM
 // could have replaced: it opens files there without following symlinks,
