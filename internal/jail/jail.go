@@ -1,7 +1,9 @@
 // Package jail confines a program, the VMM, as Firecracker's jailer
 // confines Firecracker: in a mount namespace of its own whose root holds
 // only what it needs, in PID, network and IPC namespaces of its own, as an
-// unprivileged user, with no capabilities and no_new_privs.
+// unprivileged user, with no capabilities and no_new_privs. A program that
+// must act as root (virtiofsd) stays root, but with only the capabilities
+// it is given (Caps) in its bounding set, on every one of its threads.
 //
 // What the jailed program sees (everything else of the host is not there):
 //
