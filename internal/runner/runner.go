@@ -6,8 +6,10 @@
 //     /etc and /var (seeded from the image on first start), the files the
 //     program manages in them, and the initramfs;
 //  3. start the three virtiofsd daemons and wait for their sockets;
-//  4. start the VMM as the VM's own unprivileged user (USER-NAME), with
-//     no_new_privs, given only its TAP's descriptors;
+//  4. start the VMM in its jail (package jail: a root of its own with only
+//     what it needs, its own PID and network namespaces) as the VM's own
+//     unprivileged user (USER-NAME), with no_new_privs, given only its
+//     TAP's descriptors;
 //  5. probe the guest's sshd while it boots, and record when it answers;
 //  6. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
 //     to exit, and only then stop the daemons (a daemon that went first
@@ -26,7 +28,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -116,7 +117,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
-	if err := runAs(cmd, vm.User); err != nil {
+	if err := confine(cmd, spec, in.Host.Accel, vm.User); err != nil {
 		stopDaemons()
 		return err
 	}
@@ -227,6 +228,11 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 		return fmt.Errorf("making %s: %w", vm.VMMDir(), err)
 	}
 	d.Close()
+	// The VMM's jail is built on this empty directory of root's.
+	if d, err = run.MakeDir(filepath.Base(vm.JailDir()), 0o700, 0, 0); err != nil {
+		return fmt.Errorf("making %s: %w", vm.JailDir(), err)
+	}
+	d.Close()
 	// The image as the guests see it: its read-only view.
 	if err := useImage(h, vm, run, img.Dir); err != nil {
 		return err
@@ -281,19 +287,21 @@ func lockRun(run *safedir.Dir, vm *config.VM) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// runAs makes cmd run as user, with that user's groups: the VMM needs no
+// confine makes cmd, the VMM's command, run in its jail (vmm.Spec.Jail,
+// package jail) as user, with that user's groups: the VMM needs no
 // privilege beyond its TAP (which the user owns, and whose descriptors it
 // is given), the daemons' sockets (which its group may use) and, with KVM,
 // /dev/kvm (group kvm).
-func runAs(c *exec.Cmd, name string) error {
-	id, err := ids(name)
+func confine(cmd *exec.Cmd, spec vmm.Spec, accel config.Accel, user string) error {
+	id, err := ids(user)
 	if err != nil {
 		return err
 	}
-	if c.SysProcAttr == nil {
-		c.SysProcAttr = &syscall.SysProcAttr{}
+	j := spec.Jail(cmd.Path, accel)
+	j.UID, j.GID, j.Groups = id.UID, id.GID, id.Groups
+	if err := j.Wrap(cmd); err != nil {
+		return fmt.Errorf("jailing the VMM of %s: %w", spec.VM.Name, err)
 	}
-	c.SysProcAttr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
 	return nil
 }
 
