@@ -14,8 +14,8 @@
 // rename replaces a symlink, it never writes through one); modes and
 // owners are changed through descriptors (fchmod, fchown), never by path.
 // Trees are walked and removed one directory at a time, holding a few
-// descriptors whatever their depth. So whatever the tree holds, the host reads and writes only inside
-// it, and only the files it names.
+// descriptors whatever their depth. So whatever the tree holds, the host
+// reads and writes only inside it, and only the files it names.
 //
 // The directory a Dir is opened on is trusted as a path: it is one root
 // made (STATE_DIR/NAME, RUN_DIR/NAME), and only its last component is
@@ -588,9 +588,9 @@ func (d *Dir) Walk(fn func(depth int, name string, st *unix.Stat_t) error) error
 // errSkip is what visit returns to tree for a directory not to enter.
 var errSkip = errors.New("skip this directory")
 
-// frame is a directory tree is in: the names it has still to visit, its
-// own name in its parent, and its identity, to know it again on the way
-// back up.
+// frame is a directory on tree's way down: the names in it still to
+// visit, its own name in its parent, and its identity, to know it again
+// on the way back up.
 type frame struct {
 	names    []string
 	name     string

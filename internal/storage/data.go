@@ -27,7 +27,7 @@ func (d *Dir) Mounts(vm *config.VM) int { return 0 }
 // VM's with vm nil), which stays when a VM stops (see Protect), so that
 // the files can be removed.
 func (d *Dir) Destroy(vm *config.VM) action.Action {
-	dirs := protectMounts(d.Host, 0)
+	dirs := protectMounts(d.Host)
 	if vm != nil {
 		dirs = slices.DeleteFunc(dirs, func(dir string) bool { return dir != vm.StateDir })
 	}

@@ -23,11 +23,11 @@ import (
 // ask it to open any file of the share). ZFS datasets made by apply have
 // setuid=off and devices=off, which gives this. Elsewhere (storage =
 // "dir", or a ZFS that ignores them) the directory is bind-mounted on
-// itself with the two flags: by the supervisor before the VM first starts,
-// and by apply (microvm-host.service at boot) for every VM's directory
-// that lacks it. With plain directories the mount stays when the VM
-// stops, so the guest's nodes are inert whether or not it runs; destroy
-// and teardown --data unmount it before they delete.
+// itself with the two flags by the supervisor before the VM starts. With
+// plain directories the mount stays when the VM stops, so the guest's
+// nodes are inert whether or not it runs, and microvm-host.service makes
+// it again at boot for every VM's directory (ProtectAll); destroy and
+// teardown --data unmount it before they delete.
 
 // Protected reports whether dir is on a mount with nosuid and nodev.
 func Protected(dir string) (bool, error) {
@@ -124,9 +124,17 @@ func vmStates(h config.Host) ([]*config.VM, error) {
 	return vms, nil
 }
 
-// protectAll returns the actions that protect every VM state directory of
-// h that is not.
-func protectAll(h config.Host) ([]action.Action, error) {
+// ProtectAll returns the actions that protect every VM state directory of
+// h that is not, with plain directories: what `microvm host` does at boot,
+// before any VM starts, so that the trees of VMs that do not start are
+// inert too. It is not a step of apply's plan: apply may run in a mount
+// namespace of its own (ip netns exec, as the tests and the demo run it),
+// where a mount it makes is gone when it exits, and its plan would never
+// be empty. With ZFS, the datasets' properties do it.
+func ProtectAll(h config.Host) ([]action.Action, error) {
+	if h.Storage == config.StorageZFS {
+		return nil, nil
+	}
 	vms, err := vmStates(h)
 	if err != nil {
 		return nil, fmt.Errorf("listing the VMs' data in %s: %w", h.StateDir, err)
@@ -144,10 +152,9 @@ func protectAll(h config.Host) ([]action.Action, error) {
 	return acts, nil
 }
 
-// protectMounts lists the VM state directories of h with a mount of
-// their own beyond the backend's (ours is a bind mount of the directory
-// on itself).
-func protectMounts(h config.Host, own int) []string {
+// protectMounts lists the VM state directories of h that are mount
+// points: with plain directories, Protect's bind mounts.
+func protectMounts(h config.Host) []string {
 	points, err := mountinfo.Points()
 	if err != nil {
 		return nil
@@ -155,13 +162,7 @@ func protectMounts(h config.Host, own int) []string {
 	vms, _ := vmStates(h)
 	var dirs []string
 	for _, vm := range vms {
-		n := 0
-		for _, p := range points {
-			if p == vm.StateDir {
-				n++
-			}
-		}
-		if n > own {
+		if slices.Contains(points, vm.StateDir) {
 			dirs = append(dirs, vm.StateDir)
 		}
 	}

@@ -290,14 +290,9 @@ func sortSnapshots(snaps []Snapshot) {
 // Dir is the backend of plain directories under Host.StateDir.
 type Dir struct{ Host config.Host }
 
-// Diff protects the VMs' directories that lack their nosuid,nodev mount
-// (see Protect): after a reboot, those of VMs not started yet. The
-// directories themselves are made when a VM first starts (package guest
-// seeds them), and the images directory by the first image.
-func (d *Dir) Diff(in *config.Infra) (action.Diff, error) {
-	acts, err := protectAll(d.Host)
-	return action.Diff{Setup: acts}, err
-}
+// Diff returns nothing: a VM's directories are made when it first starts
+// (package guest seeds them), and the images directory by the first image.
+func (d *Dir) Diff(in *config.Infra) (action.Diff, error) { return action.Diff{}, nil }
 
 func (d *Dir) Snapshot(vm *config.VM, name string) error        { return ErrNoSnapshots }
 func (d *Dir) Snapshots(vm *config.VM) ([]Snapshot, error)      { return nil, ErrNoSnapshots }
