@@ -189,8 +189,8 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 }
 
 // prepare makes the files the VM boots from and writes its managed files.
-// What it returns undoes the mount of the VM's state (protectState), for
-// when the VM has stopped.
+// What it returns undoes the mount of the VM's state where it does not
+// stay (protectState), for when the VM has stopped.
 func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, img *image.Ref, logf func(string, ...any)) (unmount func(), err error) {
 	unmount = func() {}
 	state, err := guest.OpenState(vm)
@@ -198,7 +198,7 @@ func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, i
 		return unmount, err
 	}
 	state.Close()
-	if unmount, err = protectState(vm); err != nil {
+	if unmount, err = protectState(in.Host, vm); err != nil {
 		return unmount, err
 	}
 	defer func() {

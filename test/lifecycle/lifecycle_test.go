@@ -23,6 +23,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -61,7 +62,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, vm := range in.VMs {
-		os.RemoveAll(vm.StateDir)
+		storage.RemoveState(vm.StateDir)
 	}
 	bin := testenv.Binaries(t)
 	sb, err := sandbox.New(in)

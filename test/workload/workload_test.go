@@ -25,6 +25,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -116,7 +117,7 @@ func TestTwoTier(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, vm := range in.VMs {
-		os.RemoveAll(vm.StateDir) // every run starts from fresh VMs; the images are shared
+		storage.RemoveState(vm.StateDir) // every run starts from fresh VMs; the images are shared
 	}
 	// apply builds the images, but in the sandbox it has no Debian mirror
 	// to reach: they are built here first, outside it, once per run (the
