@@ -158,6 +158,8 @@ type VM struct {
 	Files           []File    // written into its /etc and /var at every start
 	Publish         []Publish // ports of the host's uplink forwarded to it
 	ImageWritable   bool      // an overlay of its own over the image
+	Secrets         []Secret  // given to it in memory only (secrets.go)
+	Volumes         []Volume  // block devices of its own (volumes.go)
 
 	StateDir string // STATE_DIR/NAME
 	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
@@ -239,10 +241,10 @@ func Parse(file string, src []byte) (*Infra, error) {
 // rawTable is a [vm.NAME] or [image.NAME] table as the file says it,
 // before defaults and derivation.
 type rawTable struct {
-	name  string
-	at    Pos
-	vals  map[string]*value
-	files *rawFiles // [KIND.NAME.files]
+	name string
+	at   Pos
+	vals map[string]*value
+	subs map[string]*rawEntries // [KIND.NAME.files], .secrets, .volumes
 }
 
 type parser struct {
@@ -264,7 +266,7 @@ var (
 	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "tailscale"}
 	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
 	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
-		"services", "disable_services", "run_once", "files", "publish", "image_writable"}
+		"services", "disable_services", "run_once", "files", "publish", "image_writable", "secrets", "volumes"}
 	topKeys = []string{"host", "defaults", "vm", "image"}
 )
 
@@ -321,7 +323,7 @@ func (p *parser) named(e entry, byName map[string]*rawTable, list *[]*rawTable, 
 	kind, name := e.path[0], e.path[1]
 	t := byName[name]
 	if t == nil {
-		t = &rawTable{name: name, at: e.key, vals: map[string]*value{}}
+		t = &rawTable{name: name, at: e.key, vals: map[string]*value{}, subs: map[string]*rawEntries{}}
 		byName[name] = t
 		*list = append(*list, t)
 	}
@@ -331,8 +333,8 @@ func (p *parser) named(e entry, byName map[string]*rawTable, list *[]*rawTable, 
 		if !e.isTbl {
 			unknown(e, 2, fmt.Sprintf("%s.%s must be a table; write %s and its keys below it", kind, name, table))
 		}
-	case e.path[2] == "files":
-		p.putFile(&t.files, e, 2, table, unknown)
+	case e.path[2] == "files" || kind == "vm" && (e.path[2] == "secrets" || e.path[2] == "volumes"):
+		p.putEntry(t.subs, e, 2, table, unknown)
 	default:
 		p.put(t.vals, e, 2, table, keys, unknown)
 	}
@@ -442,7 +444,9 @@ func (p *parser) derive() {
 		vm.User = h.VMUser(r.name)
 		vm.Allow = p.allowList(r.vals["allow"], key+".allow")
 		p.services(&vm, r.vals, key)
-		vm.Files = p.files(r.files, key+".files", vmFile)
+		vm.Files = p.files(r.subs["files"], key+".files", vmFile)
+		vm.Secrets = p.secrets(r.subs["secrets"], key+".secrets")
+		vm.Volumes = p.volumes(r.subs["volumes"], key+".volumes")
 		vm.Publish = p.publishList(r.vals["publish"], key+".publish")
 		p.writable(&vm, r.vals, key)
 		if other, dup := macs[vm.MAC.String()]; dup {
