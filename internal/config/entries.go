@@ -24,7 +24,7 @@ var subTables = map[string]struct {
 }{
 	"files":   {fileKeys, `e.g. "/etc/motd" = { content = "hello\n" } or "/etc/app.conf" = { source = "files/app.conf", mode = "0640" }`, "a file"},
 	"secrets": {secretKeys, `e.g. password = { sops = "secrets/db.yaml", key = "password" } or token = { file = "/etc/microvm/secrets/token" }`, "a secret"},
-	"volumes": {volumeKeys, `e.g. data = { size = "4G", mount = "/var/lib/postgresql" }`, "a volume"},
+	"volumes": {volumeKeys, `e.g. data = { size = "4G", mount = "/var/lib/postgresql", owner = "postgres" }`, "a volume"},
 }
 
 // rawEntries is a sub-table as written: a name, then its keys.

@@ -115,7 +115,7 @@ const maxSocketPath = 107
 // socketPaths rejects a run_dir too long for the sockets in it.
 func (p *parser) socketPaths() {
 	for _, vm := range p.in.VMs {
-		for _, s := range []string{vm.ShareSocket("image"), vm.ControlSocket(), vm.ConsoleSocket()} {
+		for _, s := range []string{vm.ShareSocket("secrets"), vm.ControlSocket(), vm.ConsoleSocket()} {
 			if len(s) > maxSocketPath {
 				at := p.in.keys["host.run_dir"]
 				p.errorf(at, "run_dir %q is too long for the sockets of vm.%s (%s is %d bytes; a Unix socket path has at most %d); use a shorter run_dir, such as %q", p.in.Host.RunDir, vm.Name, s, len(s), maxSocketPath, DefaultRunDir)

@@ -11,7 +11,7 @@ import (
 // disk rather than a shared directory (a database's fsyncs):
 //
 //	[vm.db.volumes]
-//	data = { size = "4G", mount = "/var/lib/postgresql" }
+//	data = { size = "4G", mount = "/var/lib/postgresql", owner = "postgres" }
 //
 // Each is a file in the VM's state (STATE_DIR/NAME/volumes/NAME.img,
 // sparse, inside the VM's dataset with ZFS, so its snapshots and rollbacks
@@ -19,6 +19,8 @@ import (
 // attached as a virtio block device, and mounted by the guest's init at
 // mount before its services start. A larger size grows the file at the
 // next start, and the guest its filesystem; a smaller one is an error.
+// owner ("USER" or "USER:GROUP" of the guest, "root" by default) owns the
+// new filesystem's root directory, which the mount point becomes.
 
 // Volume is one entry of [vm.NAME.volumes].
 type Volume struct {
@@ -26,6 +28,8 @@ type Volume struct {
 	Size  int64  // bytes
 	Mount string // where the guest mounts it
 	FS    string // its filesystem: "ext4"
+	Owner string // of its root directory, as the guest names it
+	Group string
 	At    string // file:line:col of the entry
 }
 
@@ -34,7 +38,7 @@ func (vm *VM) VolumeFile(name string) string {
 	return filepath.Join(vm.StateDir, "volumes", name+".img")
 }
 
-var volumeKeys = []string{"size", "mount", "fs"}
+var volumeKeys = []string{"size", "mount", "fs", "owner"}
 
 // MinVolume and MaxVolume bound a volume's size.
 const (
@@ -56,7 +60,7 @@ func (p *parser) volumes(raw *rawEntries, key string) []Volume {
 			p.errorf(r.at, "%s: %q is not a volume's name; use lowercase letters, digits and '-' (at most 20), e.g. \"data\"", key, name)
 			continue
 		}
-		v := Volume{Name: name, FS: "ext4", At: at}
+		v := Volume{Name: name, FS: "ext4", Owner: "root", Group: "root", At: at}
 		size, ok := r.vals["size"]
 		if !ok {
 			p.errorf(r.at, "%s: %q has no size; add size = \"4G\"", key, name)
@@ -93,6 +97,21 @@ func (p *parser) volumes(raw *rawEntries, key string) []Volume {
 			if s, ok := p.str(f, fmt.Sprintf("%s: the fs of %q", key, name)); ok && s != "ext4" {
 				p.errorf(f.pos, "%s: the fs of %q is %q; volumes are \"ext4\" (the guest's kernel and tools have it)", key, name, s)
 				continue
+			}
+		}
+		if o, ok := r.vals["owner"]; ok {
+			s, ok := p.str(o, fmt.Sprintf("%s: the owner of %q", key, name))
+			if !ok {
+				continue
+			}
+			user, group, msg := parseOwner(s)
+			if msg != "" {
+				p.errorf(o.pos, "%s: the owner of %q, %q, %s", key, name, s, msg)
+				continue
+			}
+			v.Owner, v.Group = user, group
+			if group == "" {
+				v.Group = user
 			}
 		}
 		out = append(out, v)

@@ -190,6 +190,8 @@ func managedPaths() map[string]bool {
 		"etc/ssh/ssh_host_ed25519_key": true, "etc/ssh/ssh_host_ed25519_key.pub": true,
 		"var/root/.ssh/authorized_keys": true,
 		"etc/" + runOnceScript:          true, "etc/systemd/system/" + runOnceUnit: true, "etc/" + runOnceLink: true,
+		"etc/systemd/system/" + secretsUnit: true, "etc/" + secretsLink: true,
+		"etc/systemd/system/" + volumesUnit: true, "etc/" + volumesLink: true,
 	}
 }
 

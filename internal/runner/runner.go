@@ -37,9 +37,11 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/secret"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
+	"github.com/simple-microvm-infra/microvm/internal/volume"
 )
 
 // Run supervises vm until stop is closed (then it shuts the guest down) or
@@ -67,17 +69,33 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	if err != nil {
 		return err
 	}
-	spec := vmm.NewSpec(in.Host, vm, img.Dir)
-	unmount, err := prepare(in, vm, run, spec, img, logf)
+	// Every secret, or the VM does not start: never with half of them.
+	secrets, err := secret.All(vm)
 	if err != nil {
 		return err
 	}
-	defer unmount()
+	spec := vmm.NewSpec(in.Host, vm, img.Dir)
 	defer func() {
 		if err := releaseImage(in.Host, vm, run, img.Dir); err != nil {
 			logf("releasing image %s: %v", img.Dir, err)
 		}
 	}()
+	unmount, err := prepare(in, vm, run, spec, img, logf)
+	if err != nil {
+		return err
+	}
+	defer unmount()
+	if len(vm.Secrets) > 0 {
+		defer func() {
+			if err := secret.Remove(vm); err != nil {
+				logf("%v", err)
+			}
+		}()
+		if err := deliverSecrets(vm, secrets); err != nil {
+			return err
+		}
+		logf("%d secrets in %s (a tmpfs), served read-only", len(secrets), vm.SecretsDir())
+	}
 
 	daemon, err := virtiofs.Find()
 	if err != nil {
@@ -101,10 +119,17 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		}
 		daemons = append(daemons, p)
 	}
-	logf("%s serves image, etc and var", daemon)
+	logf("%s serves %s", daemon, shareTags(spec.Shares))
 
 	spec.TAP, err = vmm.OpenTAP(vm.TAP, vm.TAPQueues())
 	if err != nil {
+		stopDaemons()
+		return err
+	}
+	if spec.Volumes, err = openVolumes(vm, logf); err != nil {
+		for _, f := range spec.TAP {
+			f.Close()
+		}
 		stopDaemons()
 		return err
 	}
@@ -127,6 +152,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	m, err := vmm.Start(backend, vm, cmd)
 	for _, f := range spec.TAP {
 		f.Close() // the VMM has its own copies now
+	}
+	for _, v := range spec.Volumes {
+		v.File.Close()
 	}
 	if err != nil {
 		stopDaemons()
@@ -325,4 +353,46 @@ func anyDone(ps []*virtiofs.Process) <-chan struct{} {
 		}()
 	}
 	return ch
+}
+
+// deliverSecrets gives the secrets their owners in the guest (from its
+// own /etc/passwd and /etc/group) and writes them into their tmpfs.
+func deliverSecrets(vm *config.VM, values map[string][]byte) error {
+	owned := map[string]secret.Owned{}
+	for _, s := range vm.Secrets {
+		uid, gid, err := guest.Owner(vm, s.Owner, s.Group)
+		if err != nil {
+			return fmt.Errorf("%s: secret %s: %w", s.At, s.Name, err)
+		}
+		owned[s.Name] = secret.Owned{Value: values[s.Name], Mode: s.Mode, UID: uid, GID: gid}
+	}
+	return secret.Deliver(vm, owned)
+}
+
+// openVolumes makes, grows and opens vm's volumes for its VMM, owned by
+// the VM's user.
+func openVolumes(vm *config.VM, logf func(string, ...any)) ([]vmm.Volume, error) {
+	id, err := ids(vm.User)
+	if err != nil {
+		return nil, err
+	}
+	owner := func(user, group string) (int, int, error) { return guest.Owner(vm, user, group) }
+	open, err := volume.Prepare(vm, int(id.UID), int(id.GID), owner, logf)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]vmm.Volume, len(open))
+	for i, o := range open {
+		out[i] = vmm.Volume{Name: o.Name, File: o.File}
+	}
+	return out, nil
+}
+
+// shareTags lists the shares' tags for the log: "image, etc, var".
+func shareTags(shares []virtiofs.Share) string {
+	tags := make([]string, len(shares))
+	for i, sh := range shares {
+		tags[i] = sh.Tag
+	}
+	return strings.Join(tags, ", ")
 }

@@ -64,6 +64,9 @@ const (
 	TagImage = "image"
 	TagEtc   = "etc"
 	TagVar   = "var"
+	// TagSecrets is the fourth share of a VM with secrets: the guest
+	// mounts it at /run/credentials/microvm (package secret).
+	TagSecrets = "secrets"
 )
 
 // Share is one directory given to one guest.
@@ -78,7 +81,8 @@ type Share struct {
 	JailDir string
 }
 
-// Shares returns vm's three shares, in the order image, etc, var, for vm
+// Shares returns vm's shares, in the order image, etc, var (and secrets,
+// when it has any), for vm
 // booting the image in the directory imageDir. With image_writable, the
 // image share is the VM's own overlay over that image, read-write.
 func Shares(h config.Host, vm *config.VM, imageDir string) []Share {
@@ -86,11 +90,16 @@ func Shares(h config.Host, vm *config.VM, imageDir string) []Share {
 	if vm.ImageWritable {
 		img.Dir, img.ReadOnly = vm.RootView(), false
 	}
-	return []Share{
+	shares := []Share{
 		img,
 		{Tag: TagEtc, Dir: vm.EtcDir, Socket: vm.ShareSocket(TagEtc), Group: vm.User, JailDir: vm.JailDir()},
 		{Tag: TagVar, Dir: vm.VarDir, Socket: vm.ShareSocket(TagVar), Group: vm.User, JailDir: vm.JailDir()},
 	}
+	if len(vm.Secrets) > 0 {
+		// A tmpfs of the VM's own (package secret), read-only.
+		shares = append(shares, Share{Tag: TagSecrets, Dir: vm.SecretsDir(), Socket: vm.ShareSocket(TagSecrets), Group: vm.User, ReadOnly: true, JailDir: vm.JailDir()})
+	}
+	return shares
 }
 
 // Flavour is which implementation of virtiofsd a binary is.
