@@ -58,6 +58,9 @@ func Value(s config.Secret) ([]byte, error) {
 		return nil, err
 	}
 	format := config.SOPSFormat(s.SOPS)
+	if !IsEncrypted(data) {
+		return nil, fmt.Errorf("%s is not encrypted with sops; encrypt it: microvm secret encrypt %s", s.SOPS, s.SOPS)
+	}
 	plain, err := decrypt.DataWithFormat(data, formats.FormatFromString(format))
 	if err != nil {
 		return nil, fmt.Errorf("decrypting %s: %v (is its age key in %s, or $SOPS_AGE_KEY_FILE?)", s.SOPS, oneLine(err), keyFile())

@@ -1,7 +1,6 @@
 // Package secrettest makes real SOPS files for tests: an age key of the
-// test's own, and files encrypted with it by the sops library, as the sops
-// command encrypts them (a data key per file, each value AES-GCM encrypted,
-// the MAC over the tree, the data key encrypted for the age recipient).
+// test's own, and files encrypted with it by the sops library
+// (secret.Encrypt), as the sops command encrypts them.
 package secrettest
 
 import (
@@ -10,13 +9,8 @@ import (
 	"testing"
 
 	"filippo.io/age"
-	"github.com/getsops/sops/v3"
-	"github.com/getsops/sops/v3/aes"
-	sopsage "github.com/getsops/sops/v3/age"
-	"github.com/getsops/sops/v3/cmd/sops/common"
-	"github.com/getsops/sops/v3/cmd/sops/formats"
-	"github.com/getsops/sops/v3/config"
-	"github.com/getsops/sops/v3/keys"
+
+	"github.com/simple-microvm-infra/microvm/internal/secret"
 )
 
 // Key makes an age key in a file of the test's and returns its path and
@@ -39,29 +33,7 @@ func Key(t testing.TB) (path, recipient string) {
 // recipient.
 func Encrypt(t testing.TB, path, recipient string, plain []byte) {
 	t.Helper()
-	format := formats.FormatForPath(path)
-	store := common.StoreForFormat(format, config.NewStoresConfig())
-	branches, err := store.LoadPlainFile(plain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mks, err := sopsage.MasterKeysFromRecipients(recipient)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var group sops.KeyGroup
-	for _, k := range mks {
-		group = append(group, keys.MasterKey(k))
-	}
-	tree := sops.Tree{Branches: branches, Metadata: sops.Metadata{KeyGroups: []sops.KeyGroup{group}, Version: "3.13.3"}}
-	dataKey, errs := tree.GenerateDataKey()
-	if len(errs) > 0 {
-		t.Fatal(errs)
-	}
-	if err := common.EncryptTree(common.EncryptTreeOpts{Tree: &tree, Cipher: aes.NewCipher(), DataKey: dataKey}); err != nil {
-		t.Fatal(err)
-	}
-	out, err := store.EmitEncryptedFile(tree)
+	out, err := secret.Encrypt(path, plain, recipient)
 	if err != nil {
 		t.Fatal(err)
 	}
