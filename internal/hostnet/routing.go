@@ -44,7 +44,9 @@ import (
 // the host's own addresses (each VM's gateway is a local address, routed
 // by the local table before any rule of the program), the LAN or a
 // cloud's metadata server: there the firewall is alone, and the watcher
-// closes the VM ports when its table is gone.
+// closes the VM ports when its table is gone. IPv6 needs no rule: the
+// bridges have no IPv6 network, so the host has no route from one VM to
+// another (and the firewall drops every IPv6 packet a VM sends).
 //
 // The rules and routes carry the protocol config.RouteProto, and the
 // routes live in the program's own table: nothing else is touched. The
