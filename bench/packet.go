@@ -98,7 +98,7 @@ func packetSummary(rs []packetResult) string {
 			continue
 		}
 		if q := get(n, "microvm, no policy routing"); q != nil {
-			fmt.Fprintf(&b, "- N = %d: policy routing (%d ip rules) costs throughput %s against %s without it (%.2f×), ping avg %.3f ms against %.3f ms.\n",
+			fmt.Fprintf(&b, "- N = %d: with policy routing (%d ip rules) / without: throughput %s / %s (%.2f×), ping avg %.3f ms / %.3f ms.\n",
 				n, n, rate(p.gbps), rate(q.gbps), p.gbps/q.gbps, p.rttAvg, q.rttAvg)
 		}
 		fmt.Fprintf(&b, "- N = %d: throughput microvm / seed = %s / %s (%.2f×); ping avg %.3f ms / %.3f ms (%.1f×); TCP connect %s / %s.\n",
