@@ -46,6 +46,19 @@ const (
 	// the bridge, so a bridge whose alias could not be set yet (an apply
 	// interrupted in between) is still known as the program's.
 	LinkGroup = 0x6d766d // "mvm"
+	// RouteTable is the routing table the program owns (package hostnet's
+	// second layer of isolation): a blackhole route for every VM subnet.
+	RouteTable = 0x6d766d
+	// RouteProto marks the program's policy routing rules and routes
+	// (ip rule ... protocol, ip route ... proto): 109, "m", is assigned to
+	// no routing daemon in iproute2's rt_protos.
+	RouteProto = 0x6d
+	// RulePrefOpenings and RulePrefIsolation are the priorities of the
+	// program's ip rules: after the local table's (0), before tailscaled's
+	// (5210-5270), so that no subnet route a tailnet peer advertises
+	// (tailscaled's table 52) takes a VM subnet from them.
+	RulePrefOpenings  = 5100
+	RulePrefIsolation = 5101
 	// Tailscale is the interface tailscaled creates.
 	Tailscale = "tailscale0"
 	// MaxNameLen keeps "br-" + name within the kernel's 15-byte limit.

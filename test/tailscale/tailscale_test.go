@@ -338,6 +338,19 @@ func TestSubnetRoutes(t *testing.T) {
 		}
 	})
 
+	t.Run("the program's ip rules come before tailscaled's", func(t *testing.T) {
+		// A VM's packets meet the program's rules first (policy routing,
+		// the second layer between VMs); what its table does not hold,
+		// such as a reply to a tailnet client, falls through to
+		// tailscaled's table 52, as the subtests around this one use.
+		out, _ := sandbox.Command(sb.Host, "ip", "rule").Output()
+		rules := string(out)
+		ours, theirs := strings.Index(rules, fmt.Sprintf("lookup %d", config.RouteTable)), strings.Index(rules, "lookup 52")
+		if ours < 0 || theirs < 0 || ours > theirs {
+			t.Errorf("ip rule: want the program's rules (lookup %d), then tailscaled's (lookup 52):\n%s", config.RouteTable, rules)
+		}
+	})
+
 	t.Run("without tailscaled's SNAT, replies still pass", func(t *testing.T) {
 		// With --snat-subnet-routes=false the VM sees the laptop's tailnet
 		// address and answers through tailscale0: a reply, which the
