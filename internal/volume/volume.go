@@ -73,13 +73,20 @@ func Prepare(vm *config.VM, uid, gid int, owner func(user, group string) (int, i
 		}
 		switch {
 		case made:
+			// Formatted under a temporary name: a volume is at its
+			// name only once it has a filesystem, so a start cut short
+			// here leaves nothing a later one would take for a volume.
+			tmp := path + ".new"
 			ou, og, err := owner(v.Owner, v.Group)
-			if err != nil {
-				os.Remove(path)
-				return vols, fmt.Errorf("%s: volume %s: %w", v.At, v.Name, err)
+			if err == nil {
+				err = mkfs(tmp, v, ou, og)
 			}
-			if err := mkfs(path, v, ou, og); err != nil {
-				return vols, err
+			if err == nil {
+				err = os.Rename(tmp, path)
+			}
+			if err != nil {
+				os.Remove(tmp)
+				return vols, fmt.Errorf("%s: volume %s: %w", v.At, v.Name, err)
 			}
 			logf("volume %s made: %s, %s, formatted %s", v.Name, path, size(v.Size), v.FS)
 		case st.Size > v.Size:
@@ -94,13 +101,16 @@ func Prepare(vm *config.VM, uid, gid int, owner func(user, group string) (int, i
 	return vols, nil
 }
 
-// openOrMake opens the volume file at path for reading and writing,
-// making it (sparse, of size bytes, owned by uid:gid) if it is missing.
+// openOrMake opens the volume file at path for reading and writing, or,
+// if it is missing, makes one at path.new (sparse, of size bytes, owned by
+// uid:gid) for Prepare to format and move to path.
 // Nothing but a regular file of the VM's user is opened.
 func openOrMake(path string, size int64, uid, gid int) (f *os.File, made bool, err error) {
 	f, err = os.OpenFile(path, os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
-		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+		tmp := path + ".new"
+		os.Remove(tmp) // what a start cut short left
+		f, err = os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 		if err != nil {
 			return nil, false, err
 		}
@@ -109,7 +119,7 @@ func openOrMake(path string, size int64, uid, gid int) (f *os.File, made bool, e
 		}
 		if err != nil {
 			f.Close()
-			os.Remove(path)
+			os.Remove(tmp)
 			return nil, false, err
 		}
 		return f, true, nil
@@ -136,7 +146,6 @@ func mkfs(path string, v config.Volume, uid, gid int) error {
 	out, err := exec.Command("mkfs.ext4", "-F", "-q", "-L", v.Name,
 		"-E", fmt.Sprintf("lazy_itable_init=1,lazy_journal_init=1,root_owner=%d:%d", uid, gid), path).CombinedOutput()
 	if err != nil {
-		os.Remove(path) // made just now: nothing of the guest's is lost
 		if errors.Is(err, exec.ErrNotFound) {
 			return errors.New("formatting a volume needs mkfs.ext4: apt-get install e2fsprogs")
 		}
