@@ -38,6 +38,10 @@ func TestValue(t *testing.T) {
 	os.WriteFile(plain, []byte("plain-secret"), 0o600)
 	open := filepath.Join(dir, "open")
 	os.WriteFile(open, []byte("x"), 0o644)
+	link := filepath.Join(dir, "link")
+	os.Symlink(plain, link)
+	clear := filepath.Join(dir, "clear.yaml")
+	os.WriteFile(clear, []byte("password: in-clear\n"), 0o600)
 
 	for _, c := range []struct {
 		s       config.Secret
@@ -55,6 +59,8 @@ func TestValue(t *testing.T) {
 		{config.Secret{SOPS: filepath.Join(dir, "missing.yaml"), Key: "x"}, "", "no such file"},
 		{config.Secret{File: plain}, "plain-secret", ""},
 		{config.Secret{File: open}, "", "readable by root only"},
+		{config.Secret{File: link}, "", "too many levels of symbolic links"},
+		{config.Secret{SOPS: clear, Key: "password"}, "", "not encrypted with sops; encrypt it: microvm secret encrypt"},
 	} {
 		got, err := secret.Value(c.s)
 		switch {
