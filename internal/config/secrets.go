@@ -154,9 +154,14 @@ func SOPSFormat(path string) string {
 }
 
 // SecretsDir is the host's directory of vm's secrets while it runs: a
-// tmpfs of its own in its run directory, root's only, which the VM's
-// "secrets" share serves read-only.
+// tmpfs of its own in its run directory, root's only (0700), so that no
+// user of the host reaches a secret whatever its owner in the guest.
 func (vm *VM) SecretsDir() string { return filepath.Join(vm.RunDir, "secrets") }
+
+// SecretsShare is the directory in SecretsDir the VM's "secrets" share
+// serves read-only: open to the guest's users (0755), each secret then
+// readable by its owner there.
+func (vm *VM) SecretsShare() string { return filepath.Join(vm.SecretsDir(), "guest") }
 
 // DefaultAgeKey is where the host's age key for sops is, unless
 // $SOPS_AGE_KEY_FILE names another.

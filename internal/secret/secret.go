@@ -8,7 +8,7 @@
 // are read (one that cannot be read stops the start: never half of them),
 // and written into a tmpfs of their own at RUN_DIR/NAME/secrets, root's
 // only (0700), made read-only once written; the VM's fourth virtiofs
-// share, "secrets", serves that directory read-only, and the guest mounts it
+// share, "secrets", serves its directory guest/ (0755) read-only, and the guest mounts it
 // at /run/credentials/microvm (a mount unit package guest writes). When the
 // VM stops, the tmpfs is unmounted and the values are gone. They are never
 // in the VM's /etc or /var (so never in its snapshots), a log, a command
@@ -237,8 +237,9 @@ type Owned struct {
 }
 
 // Deliver mounts a tmpfs of vm's own at vm.SecretsDir() (root's, 0700)
-// and writes the secrets into it, then makes it read-only: what the VM's
-// "secrets" share serves. What a previous start left there goes first.
+// and writes the secrets into its directory vm.SecretsShare(), what the
+// VM's "secrets" share serves, then makes it read-only. What a previous
+// start left there goes first.
 func Deliver(vm *config.VM, secrets map[string]Owned) error {
 	dir := vm.SecretsDir()
 	if err := Remove(vm); err != nil {
@@ -258,8 +259,14 @@ func Deliver(vm *config.VM, secrets map[string]Owned) error {
 	if err := onTmpfs(dir); err != nil {
 		return err
 	}
+	// The guest's users must pass the share's root to reach their
+	// secrets; the host's stop at dir.
+	share := vm.SecretsShare()
+	if err := os.Mkdir(share, 0o755); err != nil {
+		return err
+	}
 	for name, s := range secrets {
-		f, err := os.OpenFile(dir+"/"+name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+		f, err := os.OpenFile(share+"/"+name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 		if err != nil {
 			return err
 		}

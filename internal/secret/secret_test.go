@@ -100,12 +100,15 @@ func TestDeliver(t *testing.T) {
 		t.Errorf("%s: type %#x flags %#x (%v); want a read-only tmpfs", vm.SecretsDir(), fs.Type, fs.Flags, err)
 	}
 	var st unix.Stat_t
-	p := filepath.Join(vm.SecretsDir(), "password")
+	p := filepath.Join(vm.SecretsShare(), "password")
 	if err := unix.Stat(p, &st); err != nil || st.Uid != 999 || st.Gid != 998 || st.Mode&0o777 != 0o440 {
 		t.Errorf("%s: %d:%d %o (%v); want 999:998 0440", p, st.Uid, st.Gid, st.Mode&0o777, err)
 	}
 	if err := unix.Stat(vm.SecretsDir(), &st); err != nil || st.Mode&0o777 != 0o700 || st.Uid != 0 {
 		t.Errorf("the secrets' directory: %d %o; want root's, 0700", st.Uid, st.Mode&0o777)
+	}
+	if err := unix.Stat(vm.SecretsShare(), &st); err != nil || st.Mode&0o777 != 0o755 || st.Uid != 0 {
+		t.Errorf("the shared directory: %d %o; want root's, 0755 (the guest's users pass it)", st.Uid, st.Mode&0o777)
 	}
 	if err := secret.Remove(vm); err != nil {
 		t.Fatal(err)

@@ -97,7 +97,7 @@ func Shares(h config.Host, vm *config.VM, imageDir string) []Share {
 	}
 	if len(vm.Secrets) > 0 {
 		// A tmpfs of the VM's own (package secret), read-only.
-		shares = append(shares, Share{Tag: TagSecrets, Dir: vm.SecretsDir(), Socket: vm.ShareSocket(TagSecrets), Group: vm.User, ReadOnly: true, JailDir: vm.JailDir()})
+		shares = append(shares, Share{Tag: TagSecrets, Dir: vm.SecretsShare(), Socket: vm.ShareSocket(TagSecrets), Group: vm.User, ReadOnly: true, JailDir: vm.JailDir()})
 	}
 	return shares
 }

@@ -340,16 +340,19 @@ func TestTwoTier(t *testing.T) {
 		if hit := inProcesses(password); hit != "" {
 			t.Errorf("the password is in %s", hit)
 		}
-		// Another VM's VMM user cannot read db's secrets on the host.
-		webUser, _ := user.Lookup(web.User)
-		uid, _ := strconv.Atoi(webUser.Uid)
-		gid, _ := strconv.Atoi(webUser.Gid)
-		err := testenv.AsUser(uint32(uid), uint32(gid), nil, func() error {
-			_, err := os.ReadFile(filepath.Join(db.SecretsDir(), "redis-password"))
-			return err
-		})
-		if !errors.Is(err, fs.ErrPermission) {
-			t.Errorf("web's VMM user reading db's secret: %v; want permission denied", err)
+		// No VMM user, db's own or another VM's, reads db's secrets on
+		// the host.
+		for _, vm := range []*config.VM{db, web} {
+			u, _ := user.Lookup(vm.User)
+			uid, _ := strconv.Atoi(u.Uid)
+			gid, _ := strconv.Atoi(u.Gid)
+			err := testenv.AsUser(uint32(uid), uint32(gid), nil, func() error {
+				_, err := os.ReadFile(filepath.Join(db.SecretsShare(), "redis-password"))
+				return err
+			})
+			if !errors.Is(err, fs.ErrPermission) {
+				t.Errorf("%s reading db's secret: %v; want permission denied", vm.User, err)
+			}
 		}
 	})
 
