@@ -1,12 +1,14 @@
 package metrics
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
@@ -23,26 +25,87 @@ type Traffic struct {
 	TxBytes, TxPackets, TxErrors, TxDrops uint64
 }
 
-// linkTraffic reads the counters of every link, by name.
-func linkTraffic() (map[string]Traffic, error) {
-	links, err := netlink.LinkList()
+// linkTraffic reads the counters of the links named in want: one dump of
+// every link, read into one buffer, of which only each link's name and
+// 64-bit counters are looked at.
+func linkTraffic(want map[string]bool) (map[string]Traffic, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}
-	out := make(map[string]Traffic, len(links))
-	for _, l := range links {
-		a := l.Attrs()
-		s := a.Statistics
-		if s == nil {
-			continue
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval((5 * time.Second).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	// struct nlmsghdr, then struct ifinfomsg (all zero: every family).
+	req := make([]byte, unix.NLMSG_HDRLEN+unix.SizeofIfInfomsg)
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], unix.RTM_GETLINK)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(req[8:], 1)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	out := make(map[string]Traffic, len(want))
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return nil, fmt.Errorf("listing links: %w", err)
 		}
-		// The TAP's transmit side is the guest's receive side.
-		out[a.Name] = Traffic{
-			RxBytes: s.TxBytes, RxPackets: s.TxPackets, RxErrors: s.TxErrors, RxDrops: s.TxDropped,
-			TxBytes: s.RxBytes, TxPackets: s.RxPackets, TxErrors: s.RxErrors, TxDrops: s.RxDropped,
+		for b := buf[:n]; len(b) >= unix.NLMSG_HDRLEN; {
+			size := int(binary.NativeEndian.Uint32(b))
+			typ := binary.NativeEndian.Uint16(b[4:])
+			if size < unix.NLMSG_HDRLEN || size > len(b) {
+				return nil, errors.New("listing links: a truncated netlink message")
+			}
+			switch typ {
+			case unix.NLMSG_DONE:
+				return out, nil
+			case unix.NLMSG_ERROR:
+				if size >= unix.NLMSG_HDRLEN+4 {
+					if e := int32(binary.NativeEndian.Uint32(b[unix.NLMSG_HDRLEN:])); e != 0 {
+						return nil, fmt.Errorf("listing links: %w", unix.Errno(-e))
+					}
+				}
+			case unix.RTM_NEWLINK:
+				if name, st, ok := linkAttrs(b[unix.NLMSG_HDRLEN+unix.SizeofIfInfomsg : size]); ok && want[string(name)] {
+					c := func(i int) uint64 { return binary.NativeEndian.Uint64(st[8*i:]) }
+					// struct rtnl_link_stats64: rx_packets, tx_packets,
+					// rx_bytes, tx_bytes, rx_errors, tx_errors, rx_dropped,
+					// tx_dropped, ... The TAP's transmit side is the
+					// guest's receive side.
+					out[string(name)] = Traffic{
+						RxPackets: c(1), RxBytes: c(3), RxErrors: c(5), RxDrops: c(7),
+						TxPackets: c(0), TxBytes: c(2), TxErrors: c(4), TxDrops: c(6),
+					}
+				}
+			}
+			b = b[min(len(b), (size+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
 		}
 	}
-	return out, nil
+}
+
+// linkAttrs finds a link's name (IFLA_IFNAME) and its counters
+// (IFLA_STATS64) among its attributes.
+func linkAttrs(b []byte) (name, stats []byte, ok bool) {
+	for len(b) >= unix.SizeofRtAttr {
+		size := int(binary.NativeEndian.Uint16(b))
+		typ := binary.NativeEndian.Uint16(b[2:])
+		if size < unix.SizeofRtAttr || size > len(b) {
+			break
+		}
+		v := b[unix.SizeofRtAttr:size]
+		switch typ {
+		case unix.IFLA_IFNAME:
+			name = bytes.TrimRight(v, "\x00")
+		case unix.IFLA_STATS64:
+			stats = v
+		}
+		b = b[min(len(b), (size+unix.RTA_ALIGNTO-1)&^(unix.RTA_ALIGNTO-1)):]
+	}
+	return name, stats, len(name) > 0 && len(stats) >= 64
 }
 
 // Count is packets and bytes.

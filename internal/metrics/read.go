@@ -136,7 +136,11 @@ func (r *Reader) Read() Sample {
 	if proc == "" {
 		proc = "/proc"
 	}
-	links, err := linkTraffic()
+	taps := make(map[string]bool, len(in.VMs))
+	for i := range in.VMs {
+		taps[in.VMs[i].TAP] = true
+	}
+	links, err := linkTraffic(taps)
 	if err != nil {
 		s.Errors["links"] = err
 	}

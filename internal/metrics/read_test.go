@@ -97,7 +97,16 @@ func TestRead(t *testing.T) {
 	defer lock.Close()
 
 	ns := testenv.NetNS(t)
-	time.Sleep(300 * time.Millisecond) // some CPU time for the busy child
+	// Some CPU time for the busy child (on a busy machine, longer).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		pt, _ := readProcs("/proc")
+		if pt.cpu(pt.tree(run.Pid, run.Start)) >= 100*time.Millisecond {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the busy child took less than 100 ms of CPU in 30 s")
+		}
+	}
 	var s Sample
 	err = sandbox.Do(ns, func() error {
 		if out, err := exec.Command("ip", "tuntap", "add", "dev", vm1.TAP, "mode", "tap").CombinedOutput(); err != nil {
@@ -212,3 +221,50 @@ func TestHeldLocks(t *testing.T) {
 type fakeGroup struct{}
 
 func (fakeGroup) Usage() (time.Duration, int64, error) { return 7 * time.Second, 123 << 20, nil }
+
+// TestLinkTraffic: the counters read from the netlink dump are the
+// kernel's, as /sys shows them, seen from the other end: what a TAP sends
+// is what its guest receives.
+func TestLinkTraffic(t *testing.T) {
+	testenv.NeedCommands(t, "ip", "ping")
+	a, b := testenv.NetNS(t), testenv.NetNS(t)
+	for _, ns := range []string{a, b} { // no IPv6 chatter between the two readings
+		sandbox.Command(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1").Run()
+	}
+	for _, args := range [][]string{
+		{"-n", a, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", b},
+		{"-n", a, "addr", "add", "10.99.0.1/24", "dev", "v0"}, {"-n", a, "link", "set", "v0", "up"},
+		{"-n", b, "addr", "add", "10.99.0.2/24", "dev", "v1"}, {"-n", b, "link", "set", "v1", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %s %v", args, out, err)
+		}
+	}
+	if out, err := sandbox.Command(a, "ping", "-c", "5", "-i", "0.2", "-s", "1000", "10.99.0.2").CombinedOutput(); err != nil {
+		t.Fatalf("ping: %s %v", out, err)
+	}
+	var got map[string]Traffic
+	if err := sandbox.Do(a, func() error {
+		var err error
+		got, err = linkTraffic(map[string]bool{"v0": true, "lo": false})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sys := func(name string) uint64 {
+		out, err := sandbox.Command(a, "cat", "/sys/class/net/v0/statistics/"+name).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v uint64
+		fmt.Sscan(string(out), &v)
+		return v
+	}
+	v0, ok := got["v0"]
+	if !ok || len(got) != 1 {
+		t.Fatalf("got %v; want v0 only", got)
+	}
+	if v0.RxBytes != sys("tx_bytes") || v0.TxBytes != sys("rx_bytes") || v0.RxPackets != sys("tx_packets") || v0.TxPackets != sys("rx_packets") || v0.RxBytes < 5*1000 {
+		t.Errorf("v0: %+v; /sys: tx %d bytes %d packets, rx %d bytes %d packets", v0, sys("tx_bytes"), sys("tx_packets"), sys("rx_bytes"), sys("rx_packets"))
+	}
+}
