@@ -67,7 +67,7 @@ func commands() []*command {
 	return []*command{validateCmd(), planCmd(), applyCmd(), teardownCmd(),
 		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), infoCmd(), topCmd(),
 		logsCmd(), consoleCmd(), sshCmd(), execCmd(), checkCmd(),
-		runCmd(), keepCmd(), hostCmd(), imageCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
+		runCmd(), keepCmd(), hostCmd(), imageCmd(), secretCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
 }
 
 // errUsage marks a mistake on the command line (exit status 2).
@@ -82,7 +82,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 	root := tree(stdin, stdout, stderr)
-	if len(args) > 1 && args[0] == cobra.ShellCompRequestCmd {
+	if len(args) > 1 && (args[0] == cobra.ShellCompRequestCmd || args[0] == cobra.ShellCompNoDescRequestCmd) {
 		// Completion: the last word is the one being typed.
 		last := len(args) - 1
 		args = append(append([]string{args[0]}, commandFirst(root, args[1:last])...), args[last])
@@ -186,6 +186,9 @@ func tree(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		root.AddCommand(c.cobra(stdin, stdout, stderr))
 	}
 	root.SetHelpCommand(helpCmd(root))
+	// Added now rather than when it runs, so that commandFirst finds it:
+	// microvm --json help status is help's unknown flag.
+	root.InitDefaultHelpCmd()
 	// -h/--help on every command now, so that `help CMD` lists it too.
 	var helpFlags func(*cobra.Command)
 	helpFlags = func(c *cobra.Command) {
@@ -266,11 +269,11 @@ func (c *command) cobra(stdin io.Reader, stdout, stderr io.Writer) *cobra.Comman
 // for one with a value, so -f FILE status worked and --json status took
 // "status" for the value of --json. Here each name in args is tried as the
 // command: it is the one if what comes before it are its flags and their
-// values (see onlyFlags). There are no persistent flags: each command
-// declares all of its own.
+// values (see onlyFlags); after --, names are arguments. There are no
+// persistent flags: each command declares all of its own.
 func commandFirst(cmd *cobra.Command, args []string) []string {
 	p := 0 // where the next command's name or its flags start
-	for p < len(args) && cmd.HasSubCommands() {
+	for p < len(args) && cmd.HasSubCommands() && args[p] != "--" {
 		if !strings.HasPrefix(args[p], "-") || args[p] == "-" {
 			// A name first: cobra finds it (or says it is unknown).
 			sub := subcommand(cmd, args[p])
@@ -353,13 +356,13 @@ func flagError(cmd *cobra.Command, err error) error {
 		}
 	}
 	if name, ok := strings.CutPrefix(msg, "unknown flag: --"); ok {
+		// --n is -n; any other one letter is near every short flag, so
+		// only the long names are suggested.
+		if len(name) == 1 && cmd.Flags().ShorthandLookup(name) != nil {
+			return fmt.Errorf("%w: %s (did you mean %q?)", errUsage, msg, "-"+name)
+		}
 		var known []string
-		cmd.Flags().VisitAll(func(f *pflag.Flag) {
-			known = append(known, "--"+f.Name)
-			if f.Shorthand != "" {
-				known = append(known, "-"+f.Shorthand)
-			}
-		})
+		cmd.Flags().VisitAll(func(f *pflag.Flag) { known = append(known, "--"+f.Name) })
 		msg += config.Suggest("--"+name, known)
 	}
 	return fmt.Errorf("%w: %s", errUsage, msg)

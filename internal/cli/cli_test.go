@@ -47,6 +47,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"validate", "--jsno"}, 2, "", `microvm validate: unknown flag: --jsno (did you mean "--json"?)`},
 		{[]string{"status", "--jsn"}, 2, "", `microvm status: unknown flag: --jsn (did you mean "--json"?)`},
 		{[]string{"logs", "--n", "5", "vm1"}, 2, "", `microvm logs: unknown flag: --n (did you mean "-n"?)`},
+		{[]string{"logs", "--q", "vm1"}, 2, "", "microvm logs: unknown flag: --q\n"}, // not "-f"
 		{[]string{"image", "list", "--flie", "x"}, 2, "", `microvm image list: unknown flag: --flie (did you mean "--file"?)`},
 		{[]string{"validate", "-x"}, 2, "", "unknown shorthand flag: 'x' in -x\nRun 'microvm validate --help' for usage.\n"},
 		{[]string{"apply", "-f", example, "extra"}, 2, "", `unexpected argument "extra"`},
@@ -71,6 +72,9 @@ func TestCommands(t *testing.T) {
 		{[]string{"__complete", "up", "-f", example, ""}, 0, "vm1\nvm2\nvm3\nvm4\n", ""},
 		{[]string{"__complete", "image", "build", ""}, 0, "debian\n", ""},
 		{[]string{"__complete", "--wait", "-f", example, "up", ""}, 0, "vm1\nvm2\nvm3\nvm4\n", ""},
+		{[]string{"__completeNoDesc", "--wait", "-f", example, "up", ""}, 0, "vm1\nvm2\nvm3\nvm4\n", ""},
+		// After --, a command's name is an argument, even the first.
+		{[]string{"--", "version"}, 2, "", `microvm: unknown command "version"`},
 		{[]string{"version"}, 0, "microvm ", ""},
 	}
 	for _, tt := range tests {
@@ -133,6 +137,7 @@ func TestFlagsBeforeCommand(t *testing.T) {
 		{[]string{"--jsn", "image", "list"}, []string{"image", "list", "--jsn"}, 2, `microvm image list: unknown flag: --jsn (did you mean "--json"?)`},
 		{[]string{"image", "--jsn", "list"}, []string{"image", "list", "--jsn"}, 2, `microvm image list: unknown flag: --jsn (did you mean "--json"?)`},
 		{[]string{"-h", "image", "list"}, []string{"image", "list", "-h"}, 0, "Usage: microvm image list"},
+		{[]string{"--json", "help", "status"}, []string{"help", "--json", "status"}, 2, "microvm help: unknown flag: --json"},
 		// No command after the flags: the root's error, as before.
 		{[]string{"--json"}, []string{"--json"}, 2, "microvm: unknown flag: --json"},
 		{[]string{"--json", "nosuch"}, []string{"--json", "nosuch"}, 2, "microvm: unknown flag: --json"},

@@ -16,8 +16,14 @@ import (
 // WriteFileOwned is WriteFile with the file owned by uid:gid. A file that
 // already holds data, with mode perm and that owner, is left alone.
 func (d *Dir) WriteFileOwned(name string, data []byte, perm fs.FileMode, uid, gid int) error {
-	if st, err := d.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG &&
-		st.Mode&0o7777 == unixMode(perm) && int(st.Uid) == uid && int(st.Gid) == gid {
+	return d.write(name, data, perm, uid, gid)
+}
+
+// write replaces name with data, mode perm and, unless uid is -1, owner
+// uid:gid, set on the temporary file before the rename.
+func (d *Dir) write(name string, data []byte, perm fs.FileMode, uid, gid int) error {
+	if st, err := d.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o7777 == unixMode(perm) &&
+		(uid < 0 || int(st.Uid) == uid && int(st.Gid) == gid) {
 		if old, err := d.ReadFile(name); err == nil && string(old) == string(data) {
 			return nil
 		}
@@ -31,10 +37,12 @@ func (d *Dir) WriteFileOwned(name string, data []byte, perm fs.FileMode, uid, gi
 	if err != nil {
 		return err
 	}
-	// chown clears the setuid and setgid bits: the mode goes again after.
-	err = unix.Fchownat(parent.fd, tmp, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
-	if err == nil {
-		err = parent.chmodTemp(tmp, perm)
+	if uid >= 0 {
+		// chown clears the setuid and setgid bits: the mode goes again after.
+		err = unix.Fchownat(parent.fd, tmp, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+		if err == nil {
+			err = parent.chmodTemp(tmp, perm)
+		}
 	}
 	if err == nil {
 		err = unix.Renameat(parent.fd, tmp, parent.fd, base)
