@@ -14,6 +14,7 @@ import "path/filepath"
 //	RUN_DIR/NAME/supervisor.log what `microvm run NAME` printed, when detached (root's only, 0600)
 //	RUN_DIR/NAME/started.json   what the running VM was started with (settings, hash, time, VMM and supervisor)
 //	RUN_DIR/NAME/run.lock       held by the `microvm run NAME` that supervises the VM
+//	RUN_DIR/NAME/boots.json     its starts, restarts and last time to ready, for the metrics (BootsFile)
 
 // LockFile is the lock held while VMs are started, stopped or changed.
 func (h Host) LockFile() string { return filepath.Join(h.RunDir, "microvm.lock") }
