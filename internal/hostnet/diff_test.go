@@ -41,7 +41,8 @@ func texts(acts []action.Action) []string {
 // read of the host: no root, no netlink.
 func TestBridgeDiff(t *testing.T) {
 	vm := testVM(t, 1)
-	gw := netip.MustParsePrefix("10.1.0.1/24")
+	gw, gw6 := netip.MustParsePrefix("10.1.0.1/24"), netip.MustParsePrefix("fddc:b7cf:609b:100::1/64")
+	addGW6 := "ip addr add fddc:b7cf:609b:100::1/64 dev br-vm1 nodad"
 	bridge := func(alias string, up bool) netlink.Link {
 		b := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: vm.Bridge, Alias: alias}}
 		if up {
@@ -56,17 +57,20 @@ func TestBridgeDiff(t *testing.T) {
 		addrs []netip.Prefix
 		want  []string
 	}{
-		{"missing", nil, nil, []string{add, "ip addr add 10.1.0.1/24 dev br-vm1", "ip link set br-vm1 up"}},
-		{"as wanted", bridge(vm.Alias(), true), []netip.Prefix{gw}, []string{}},
-		{"no address", bridge(vm.Alias(), true), nil, []string{"ip addr add 10.1.0.1/24 dev br-vm1"}},
-		{"another address", bridge(vm.Alias(), true), []netip.Prefix{netip.MustParsePrefix("10.1.0.9/24")},
+		{"missing", nil, nil, []string{add, "ip addr add 10.1.0.1/24 dev br-vm1", addGW6, "ip link set br-vm1 up"}},
+		{"as wanted", bridge(vm.Alias(), true), []netip.Prefix{gw, gw6}, []string{}},
+		{"no address", bridge(vm.Alias(), true), nil, []string{"ip addr add 10.1.0.1/24 dev br-vm1", addGW6}},
+		{"no IPv6 address", bridge(vm.Alias(), true), []netip.Prefix{gw}, []string{addGW6}},
+		{"another address", bridge(vm.Alias(), true), []netip.Prefix{netip.MustParsePrefix("10.1.0.9/24"), gw6},
 			[]string{"ip addr del 10.1.0.9/24 dev br-vm1", "ip addr add 10.1.0.1/24 dev br-vm1"}},
-		{"the gateway with another prefix length", bridge(vm.Alias(), true), []netip.Prefix{netip.MustParsePrefix("10.1.0.1/16")},
+		{"another IPv6 address", bridge(vm.Alias(), true), []netip.Prefix{gw, netip.MustParsePrefix("fd00:9::1/64")},
+			[]string{"ip addr del fd00:9::1/64 dev br-vm1", addGW6}},
+		{"the gateway with another prefix length", bridge(vm.Alias(), true), []netip.Prefix{netip.MustParsePrefix("10.1.0.1/16"), gw6},
 			[]string{"ip addr del 10.1.0.1/16 dev br-vm1", "ip addr add 10.1.0.1/24 dev br-vm1"}},
-		{"an extra address", bridge(vm.Alias(), true), []netip.Prefix{gw, netip.MustParsePrefix("192.168.9.1/24")},
+		{"an extra address", bridge(vm.Alias(), true), []netip.Prefix{gw, gw6, netip.MustParsePrefix("192.168.9.1/24")},
 			[]string{"ip addr del 192.168.9.1/24 dev br-vm1"}},
-		{"down", bridge(vm.Alias(), false), []netip.Prefix{gw}, []string{"ip link set br-vm1 up"}},
-		{"made by an interrupted apply, without its alias", bridge("", true), []netip.Prefix{gw}, []string{add}},
+		{"down", bridge(vm.Alias(), false), []netip.Prefix{gw, gw6}, []string{"ip link set br-vm1 up"}},
+		{"made by an interrupted apply, without its alias", bridge("", true), []netip.Prefix{gw, gw6}, []string{add}},
 	} {
 		if got := texts(bridgeDiff(vm, tt.link, tt.addrs)); !slices.Equal(got, tt.want) {
 			t.Errorf("%s:\ngot  %q\nwant %q", tt.name, got, tt.want)
@@ -145,12 +149,20 @@ func TestDiff(t *testing.T) {
 	oldTap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "vm-old", Alias: "microvm:old"}}
 	foreign := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "docker0", Alias: "docker"}}
 	eth0 := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}
-	gw := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s)} }
+	gw := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, a := range s {
+			out = append(out, netip.MustParsePrefix(a))
+		}
+		return out
+	}
 	applied := func() *observed {
 		return &observed{
-			links:   []netlink.Link{eth0, foreign, br1, tap1, br2, tap2},
-			addrs:   map[string][]netip.Prefix{"br-vm1": gw("10.1.0.1/24"), "br-vm2": gw("10.2.0.1/24")},
-			forward: "1",
+			links:    []netlink.Link{eth0, foreign, br1, tap1, br2, tap2},
+			addrs:    map[string][]netip.Prefix{"br-vm1": gw("10.1.0.1/24", "fddc:b7cf:609b:100::1/64"), "br-vm2": gw("10.2.0.1/24", "fddc:b7cf:609b:200::1/64")},
+			forward:  "1",
+			forward6: "1",
+			acceptRA: "1",
 			users:   map[string]IDs{"microvm-vm1": {UID: 990, GID: 990, Groups: []uint32{kvm}}, "microvm-vm2": {UID: 991, GID: 991, Groups: []uint32{kvm}}},
 			kvm:     &kvm,
 		}
@@ -165,6 +177,7 @@ func TestDiff(t *testing.T) {
 	vm2Links := []string{
 		"ip link add br-vm2 group 7173741 type bridge && ip link set br-vm2 alias microvm:vm2",
 		"ip addr add 10.2.0.1/24 dev br-vm2",
+		"ip addr add fddc:b7cf:609b:200::1/64 dev br-vm2 nodad",
 		"ip link set br-vm2 up",
 		"ip tuntap add dev vm-vm2 mode tap user microvm-vm2 group microvm-vm2 vnet_hdr && ip link set vm-vm2 alias microvm:vm2",
 		"ip link set vm-vm2 master br-vm2",
@@ -179,6 +192,10 @@ func TestDiff(t *testing.T) {
 		{"a VM left the file", func(o *observed) { o.links = append(o.links, oldBr, oldTap) },
 			[]string{"ip link del vm-old", "ip link del br-old"}, []string{}},
 		{"forwarding off", func(o *observed) { o.forward = "0" }, []string{}, []string{"sysctl -w net.ipv4.ip_forward=1"}},
+		{"IPv6 forwarding off", func(o *observed) { o.forward6, o.acceptRA = "0", "0" }, []string{}, []string{"sysctl -w net.ipv6.conf.all.forwarding=1"}},
+		{"IPv6 forwarding off, the uplink taking router advertisements", func(o *observed) { o.forward6 = "0" }, []string{}, []string{
+			"sysctl -w net.ipv6.conf.eth0.accept_ra=2  # keep taking router advertisements on the uplink once IPv6 forwarding is on",
+			"sysctl -w net.ipv6.conf.all.forwarding=1"}},
 		{"a new VM", func(o *observed) {
 			o.links = o.links[:4]
 			delete(o.addrs, "br-vm2")
@@ -191,7 +208,7 @@ func TestDiff(t *testing.T) {
 		}, []string{}, append([]string{useradd("microvm-vm2", "vm2", false)}, vm2Links...)},
 		{"kvm made after the user", func(o *observed) { o.users["microvm-vm1"] = IDs{UID: 990, GID: 990} },
 			[]string{}, []string{"usermod --append --groups kvm microvm-vm1"}},
-		{"vm1's bridge lost its address", func(o *observed) { o.addrs["br-vm1"] = nil },
+		{"vm1's bridge lost its address", func(o *observed) { o.addrs["br-vm1"] = o.addrs["br-vm1"][1:] },
 			[]string{}, []string{"ip addr add 10.1.0.1/24 dev br-vm1"}},
 	} {
 		o := applied()
