@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -267,6 +268,9 @@ func drain(fd int, buf []byte) news {
 			if len(m.Data) < 4 || m.Data[0] != unix.NFPROTO_INET || tableOf(m.Data[4:]) != Table {
 				continue
 			}
+			if (op == unix.NFT_MSG_NEWSETELEM || op == unix.NFT_MSG_DELSETELEM) && slices.Contains(dynamicSets, setOf(m.Data[4:])) {
+				continue // the egress resolver's, or their timeouts
+			}
 			switch {
 			case op == unix.NFT_MSG_NEWTABLE && deleted:
 				// Deleted and made again, as load does.
@@ -292,6 +296,23 @@ func tableOf(attrs []byte) string {
 			return ""
 		}
 		if typ == unix.NFTA_TABLE_NAME {
+			return strings.TrimRight(string(attrs[4:l]), "\x00")
+		}
+		attrs = attrs[(l+3)&^3:]
+	}
+	return ""
+}
+
+// setOf reads attribute 2 of a set element message
+// (NFTA_SET_ELEM_LIST_SET), the set's name.
+func setOf(attrs []byte) string {
+	for len(attrs) >= 4 {
+		l := int(attrs[0]) | int(attrs[1])<<8
+		typ := (int(attrs[2]) | int(attrs[3])<<8) & 0x3fff
+		if l < 4 || l > len(attrs) {
+			return ""
+		}
+		if typ == unix.NFTA_SET_ELEM_LIST_SET {
 			return strings.TrimRight(string(attrs[4:l]), "\x00")
 		}
 		attrs = attrs[(l+3)&^3:]
