@@ -163,8 +163,8 @@ func TestDiff(t *testing.T) {
 			forward:  "1",
 			forward6: "1",
 			acceptRA: "1",
-			users:   map[string]IDs{"microvm-vm1": {UID: 990, GID: 990, Groups: []uint32{kvm}}, "microvm-vm2": {UID: 991, GID: 991, Groups: []uint32{kvm}}},
-			kvm:     &kvm,
+			users:    map[string]IDs{"microvm-vm1": {UID: 990, GID: 990, Groups: []uint32{kvm}}, "microvm-vm2": {UID: 991, GID: 991, Groups: []uint32{kvm}}},
+			kvm:      &kvm,
 		}
 	}
 	useradd := func(name, vm string, kvm bool) string {
