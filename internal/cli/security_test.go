@@ -29,21 +29,27 @@ import (
 // TestInternetOnly: VMs reach the internet, and not the LAN (the router,
 // another host on the uplink's network) or the cloud metadata server; a
 // VM's own DNS server stays reachable on port 53 wherever it is; an allow
-// list opens exactly what it names, for one VM or for all.
+// list opens exactly what it names, for one VM or for all. Each over IPv4
+// and IPv6.
 func TestInternetOnly(t *testing.T) {
 	lan, meta := sandbox.LANAddr.Addr(), sandbox.MetadataAddr
+	lan6, meta6 := sandbox.LANAddr6.Addr(), sandbox.MetadataAddr6
 	file := writeFile(t, fmt.Sprintf(`[host]
 uplink = "eth0"
-allow = ["%s/32 udp %d"]
+allow = ["%s/32 udp %d", "%s udp %d"]
 
 [vm.vm1]
 subnet = "10.1.0.0/24"
-allow = ["%s tcp %d"]
+allow = ["%s tcp %d", "%s tcp %d"]
 
 [vm.vm2]
 subnet = "10.2.0.0/24"
 dns = "%s"
-`, meta, sandbox.Port, lan, sandbox.Port, lan))
+
+[vm.vm3]
+subnet = "10.3.0.0/24"
+dns = "%s"
+`, meta, sandbox.Port, meta6, sandbox.Port, lan, sandbox.Port, lan6, sandbox.Port, lan, lan6))
 	sb, in := newSandbox(t, file)
 	addUsers(t, in)
 	mustRun(t, sb.Host, "apply", "--host-only", "-f", file)
@@ -76,6 +82,21 @@ dns = "%s"
 		{"vm1", "cloud metadata over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(meta, sandbox.Port)) }, false},
 		{"vm2", "cloud metadata over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(meta, sandbox.Port)) }, false},
 		{"vm2", "cloud metadata over UDP, allowed", func(ns string) check.Result { return sandbox.UDP(ns, port(meta, sandbox.Port)) }, true},
+
+		// The same over IPv6.
+		{"vm1", "the internet, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, port(sandbox.InternetAddr6, sandbox.Port)) }, true},
+		{"vm1", "the LAN host's IPv6, allowed port", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, sandbox.Port)) }, true},
+		{"vm1", "the LAN host's IPv6 over UDP", func(ns string) check.Result { return sandbox.UDP(ns, port(lan6, sandbox.Port)) }, false},
+		{"vm1", "the LAN host's IPv6, other port", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, 53)) }, false},
+		{"vm1", "the LAN host's IPv6 by ping", func(ns string) check.Result { return sandbox.Ping(ns, lan6) }, false},
+		{"vm2", "the LAN host's IPv6", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, sandbox.Port)) }, false},
+		{"vm3", "its IPv6 DNS server over UDP", func(ns string) check.Result { return sandbox.UDP(ns, port(lan6, 53)) }, true},
+		{"vm3", "its IPv6 DNS server over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, 53)) }, true},
+		{"vm2", "vm3's IPv6 DNS server", func(ns string) check.Result { return sandbox.UDP(ns, port(lan6, 53)) }, false},
+		{"vm3", "the LAN host's IPv6 other port", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, sandbox.Port)) }, false},
+		{"vm1", "the router's IPv6", func(ns string) check.Result { return sandbox.TCP(ns, port(sandbox.ISPAddr6.Addr(), sandbox.Port)) }, false},
+		{"vm1", "cloud metadata's IPv6 over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(meta6, sandbox.Port)) }, false},
+		{"vm2", "cloud metadata's IPv6 over UDP, allowed", func(ns string) check.Result { return sandbox.UDP(ns, port(meta6, sandbox.Port)) }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.vm+" to "+tt.what, func(t *testing.T) {
@@ -90,7 +111,7 @@ dns = "%s"
 			if r.Reached != tt.reached {
 				t.Errorf("reached = %v (%v), want %v", r.Reached, r.Err, tt.reached)
 			}
-			if r.Reached && r.SeenAs != sandbox.UplinkAddr.Addr().String() {
+			if r.Reached && r.SeenAs != sandbox.UplinkAddr.Addr().String() && r.SeenAs != sandbox.UplinkAddr6.Addr().String() {
 				t.Errorf("seen as %q: not NATed to the uplink's address", r.SeenAs)
 			}
 		})
@@ -100,8 +121,10 @@ dns = "%s"
 	for _, want := range []string{
 		fmt.Sprintf(`iifname "br-vm1" oifname "eth0" ip daddr %s/32 meta l4proto tcp th dport { %d } accept comment "allow %s tcp %d (vm1)"`, lan, sandbox.Port, lan, sandbox.Port),
 		fmt.Sprintf(`ip daddr %s/32 meta l4proto udp th dport { %d } accept comment "allow %s udp %d (every VM)"`, meta, sandbox.Port, meta, sandbox.Port),
+		fmt.Sprintf(`iifname "br-vm1" oifname "eth0" ip6 daddr %s/128 meta l4proto tcp th dport { %d } accept comment "allow %s tcp %d (vm1)"`, lan6, sandbox.Port, lan6, sandbox.Port),
 		fmt.Sprintf("#   allow %s tcp %d (vm1): %s:7:10", lan, sandbox.Port, file),
-		"192.0.2.0/24", // the uplink's network, in the blocked set
+		"192.0.2.0/24",    // the uplink's network, in the blocked set
+		"2001:db8:2::/64", // and its IPv6 network
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan -v lacks %q:\n%s", want, out)
@@ -281,7 +304,7 @@ func TestDestroyRefuses(t *testing.T) {
 // nothing else crosses between them, in any protocol or direction; a
 // published port reaches its VM from the internet, with the client's own
 // address, from the sources its from names only; nothing else of a VM is
-// reached from outside.
+// reached from outside. Each over IPv4 and IPv6.
 func TestOpenings(t *testing.T) {
 	p := sandbox.Port
 	file := writeFile(t, fmt.Sprintf(`[host]
@@ -290,7 +313,7 @@ uplink = "eth0"
 [vm.web]
 subnet = "10.5.0.0/24"
 allow = ["vm:db tcp %d"]
-publish = ["tcp 8080:%d", "tcp 8081:%d from 198.51.100.0/24"]
+publish = ["tcp 8080:%d", "tcp 8081:%d from 198.51.100.0/24,2001:db8:5::/48"]
 
 [vm.db]
 subnet = "10.6.0.0/24"
@@ -312,13 +335,18 @@ subnet = "10.8.0.0/24"
 		t.Fatal(err)
 	}
 	// A client of the internet in the published port's from list.
-	allowed := netip.MustParseAddr("198.51.100.5")
-	if out, err := exec.Command("ip", "-n", sb.Internet, "addr", "add", allowed.String()+"/32", "dev", "lo").CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v", out, err)
+	allowed, allowed6 := netip.MustParseAddr("198.51.100.5"), netip.MustParseAddr("2001:db8:5::5")
+	for _, a := range []string{allowed.String() + "/32", allowed6.String() + "/128"} {
+		if out, err := exec.Command("ip", "-n", sb.Internet, "addr", "add", a, "dev", "lo", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v", out, err)
+		}
 	}
 	addr := func(vm string) netip.Addr { v, _ := in.VM(vm); return v.Addr }
 	at := func(vm string, port int) netip.AddrPort { return netip.AddrPortFrom(addr(vm), uint16(port)) }
 	uplink := func(port int) netip.AddrPort { return netip.AddrPortFrom(sandbox.UplinkAddr.Addr(), uint16(port)) }
+	addr6 := func(vm string) netip.Addr { v, _ := in.VM(vm); return v.Addr6 }
+	at6 := func(vm string, port int) netip.AddrPort { return netip.AddrPortFrom(addr6(vm), uint16(port)) }
+	uplink6 := func(port int) netip.AddrPort { return netip.AddrPortFrom(sandbox.UplinkAddr6.Addr(), uint16(port)) }
 	tests := []struct {
 		from, what string
 		probe      func(ns string) check.Result
@@ -340,6 +368,24 @@ subnet = "10.8.0.0/24"
 		{"internet", "web's unpublished port", func(ns string) check.Result { return sandbox.TCP(ns, uplink(p)) }, false},
 		{"internet", "web itself", func(ns string) check.Result { return sandbox.TCP(ns, at("web", p)) }, false},
 		{"internet from 198.51.100.5", "web's port published to it", func(ns string) check.Result { return sandbox.TCPFrom(ns, allowed, uplink(8081)) }, true},
+
+		// The same over IPv6: an opening opens both families.
+		{"web", "db's opened port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("db", p)) }, true},
+		{"web", "db's opened port over UDP, IPv6", func(ns string) check.Result { return sandbox.UDP(ns, at6("db", p)) }, false},
+		{"web", "db's SSH port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("db", 22)) }, false},
+		{"web", "db by ping, IPv6", func(ns string) check.Result { return sandbox.Ping(ns, addr6("db")) }, false},
+		{"db", "web, the other way, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("web", p)) }, false},
+		{"db", "web by ping, IPv6", func(ns string) check.Result { return sandbox.Ping(ns, addr6("web")) }, false},
+		{"other", "db's opened port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("db", p)) }, false},
+		{"cache", "db, every protocol: TCP, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("db", p)) }, true},
+		{"cache", "db, every protocol: UDP, IPv6", func(ns string) check.Result { return sandbox.UDP(ns, at6("db", p)) }, true},
+		{"cache", "db, every protocol: ping, IPv6", func(ns string) check.Result { return sandbox.Ping(ns, addr6("db")) }, true},
+		{"cache", "web, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("web", p)) }, false},
+		{"internet", "web's published port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, uplink6(8080)) }, true},
+		{"internet", "web's port published to others, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, uplink6(8081)) }, false},
+		{"internet", "web's unpublished port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, uplink6(p)) }, false},
+		{"internet", "web itself, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("web", p)) }, false},
+		{"internet from 2001:db8:5::5", "web's port published to it, IPv6", func(ns string) check.Result { return sandbox.TCPFrom(ns, allowed6, uplink6(8081)) }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.from+" to "+tt.what, func(t *testing.T) {
@@ -368,6 +414,9 @@ subnet = "10.8.0.0/24"
 	if r := sandbox.TCP(sb.Internet, uplink(8080)); r.SeenAs != sandbox.ISPAddr.Addr().String() {
 		t.Errorf("web saw the internet's client as %q, want %s", r.SeenAs, sandbox.ISPAddr.Addr())
 	}
+	if r := sandbox.TCP(sb.Internet, uplink6(8080)); r.SeenAs != sandbox.ISPAddr6.Addr().String() {
+		t.Errorf("web saw the internet's IPv6 client as %q, want %s", r.SeenAs, sandbox.ISPAddr6.Addr())
+	}
 
 	// check proves the same, in its matrix; and fails when an opening
 	// is taken away.
@@ -379,6 +428,10 @@ subnet = "10.8.0.0/24"
 		{"cache", "db", "all ok"},
 		{"db", "web", "blocked"},
 		{check.Outside, "web", "tcp 8080 ok, tcp 8081 closed to it"},
+		{"web" + check.Suffix6, "db", fmt.Sprintf("tcp %d ok, rest blocked", p)},
+		{"cache" + check.Suffix6, "db", "all ok"},
+		{"db" + check.Suffix6, "web", "blocked"},
+		{check.Outside + check.Suffix6, "web", "tcp 8080 ok, tcp 8081 closed to it"},
 	} {
 		if got := r.Cells[c.row][c.col]; got.Text != c.want || !got.OK {
 			t.Errorf("check's %s to %s: %+v, want %q", c.row, c.col, got, c.want)
@@ -386,6 +439,12 @@ subnet = "10.8.0.0/24"
 	}
 	if !r.OK() {
 		t.Errorf("check fails:\n%s", b.String())
+	}
+	if out, err := sandbox.Command(sb.Host, "nft", "flush", "set", "inet", "microvm", "vm_openings6").CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); r.OK() || r.Cells["web"+check.Suffix6]["db"].OK || !r.Cells["web"]["db"].OK {
+		t.Errorf("with web's IPv6 opening gone: IPv6 %+v, IPv4 %+v; want only IPv6's to fail", r.Cells["web"+check.Suffix6]["db"], r.Cells["web"]["db"])
 	}
 	if out, err := sandbox.Command(sb.Host, "nft", "flush", "set", "inet", "microvm", "vm_openings").CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v", out, err)
