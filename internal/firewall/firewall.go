@@ -585,6 +585,7 @@ type Replace struct {
 	Why     string   // "create", "update", "repair (edited by hand)"
 	Changes []string // what differs, as State.Changes says
 	Host    *config.Host
+	Egress  []EgressVM // what the resolver serves for this ruleset, recorded with it
 }
 
 func (r *Replace) String() string {
@@ -609,6 +610,9 @@ func (r *Replace) Apply() error {
 	}
 	defer unlock()
 	if err := load(r.Ruleset); err != nil {
+		return err
+	}
+	if err := writeEgressRecord(*r.Host, r.Egress); err != nil {
 		return err
 	}
 	return writeRecord(*r.Host, r.Ruleset)
@@ -661,7 +665,7 @@ func Diff(in *config.Infra) (action.Diff, error) {
 func diff(in *config.Infra, ruleset string, o observed) action.Diff {
 	d := action.Diff{Warnings: append(o.conflicts, publishWarnings(in, o.listening)...), Notes: publishNotes(in)}
 	if o.loaded == nil {
-		d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "create", Host: &in.Host}}
+		d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "create", Host: &in.Host, Egress: EgressOf(in)}}
 		return d
 	}
 	changes := o.loaded.Changes(o.wanted)
@@ -672,7 +676,7 @@ func diff(in *config.Infra, ruleset string, o observed) action.Diff {
 	if o.loaded.Hash == summarize(ruleset).Hash {
 		why = "repair (edited by hand)"
 	}
-	d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: why, Changes: changes, Host: &in.Host}}
+	d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: why, Changes: changes, Host: &in.Host, Egress: EgressOf(in)}}
 	return d
 }
 
