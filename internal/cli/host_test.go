@@ -291,7 +291,11 @@ func TestDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
 	}
-	for _, want := range []string{"vm1        ok, seen as 192.0.2.2  -        blocked  blocked  blocked", "All promises hold", "Removing the sandbox."} {
+	for _, want := range []string{
+		"vm1        ok, seen as 192.0.2.2      -        blocked  blocked  blocked",
+		"vm1 ipv6   ok, seen as 2001:db8:2::2  -        blocked  blocked  blocked",
+		"All promises hold", "Removing the sandbox.",
+	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

@@ -29,12 +29,13 @@ func infoCmd() *command {
 Shows everything about one VM: its state, the processes that run it (the
 VMM, the supervisor and, without systemd, its keeper) and since when, its
 network (subnets, addresses and gateways of IPv4 and IPv6, bridge, TAP,
-MAC; with an egress list, its names and the addresses it may reach now), its resources, the
-image it boots (with image_writable, what its own overlay holds), which
-files of its /etc differ from its image's, what changed in the file since it started (what update would
-restart it for), where its data and logs are, the disk its /etc and /var
-use and its snapshots (storage = "zfs"). Reading the disk use and the
-snapshots needs root; without it they are left out.
+MAC; with an egress list, its names and the addresses it may reach now),
+its resources, the image it boots (with image_writable, what its own
+overlay holds), which files of its /etc differ from its image's, what
+changed in the file since it started (what update would restart it for),
+where its data and logs are, the disk its /etc and /var use and its
+snapshots (storage = "zfs"). Reading the disk use, the snapshots and the
+addresses needs root; without it they are left out.
 
 Examples:
   microvm info vm1
