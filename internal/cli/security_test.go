@@ -453,3 +453,56 @@ subnet = "10.8.0.0/24"
 		t.Errorf("check passes with web's opening gone: %+v", r.Cells["web"]["db"])
 	}
 }
+
+// TestRoutedIPv6: with a global ipv6_prefix the VMs' IPv6 is routed, not
+// NATed: the internet sees each VM's own address, and can route to it,
+// but still opens no connection into a VM; every other promise holds as
+// with the default ULA.
+func TestRoutedIPv6(t *testing.T) {
+	file := writeFile(t, `[host]
+uplink = "eth0"
+ipv6_prefix = "2001:db8:7::/48"
+
+[vm.vm1]
+subnet = "10.1.0.0/24"
+
+[vm.vm2]
+subnet = "10.2.0.0/24"
+`)
+	sb, in := newSandbox(t, file)
+	addUsers(t, in)
+	mustRun(t, sb.Host, "apply", "--host-only", "-f", file)
+	if err := sb.AddStandIns(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	vm1, _ := in.VM("vm1")
+	r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+	var b bytes.Buffer
+	r.Print(&b)
+	if !r.OK() {
+		t.Errorf("a promise does not hold:\n%s", b.String())
+	}
+	if got, want := r.Cells["vm1"+check.Suffix6]["internet"].Text, "ok, seen as "+vm1.Addr6.String(); got != want {
+		t.Errorf("vm1's IPv6 internet: %q, want %q (routed, no NAT66)\n%s", got, want, b.String())
+	}
+	if out := mustRun(t, sb.Host, "plan", "-v", "--host-only", "-f", file); strings.Contains(out, "NAT66") {
+		t.Errorf("a routed prefix is NATed:\n%s", out)
+	}
+	// The internet routes the prefix to the host, and reaches no VM: the
+	// probe must see a path, so the host's own gateway answers first.
+	if res := sandbox.Ping(sb.Internet, vm1.Gateway6); !res.Reached {
+		t.Fatalf("the internet does not reach the host's %s: the probes below would prove nothing", vm1.Gateway6)
+	}
+	for what, res := range map[string]check.Result{
+		"TCP":  sandbox.TCP(sb.Internet, netip.AddrPortFrom(vm1.Addr6, sandbox.Port)),
+		"UDP":  sandbox.UDP(sb.Internet, netip.AddrPortFrom(vm1.Addr6, sandbox.Port)),
+		"ICMP": sandbox.Ping(sb.Internet, vm1.Addr6),
+	} {
+		if res.Reached {
+			t.Errorf("the internet opened a connection into vm1 over %s at %s", what, vm1.Addr6)
+		}
+	}
+}
