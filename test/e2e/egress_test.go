@@ -89,7 +89,8 @@ egress = ["%s"]
 	// The host's answers may take a moment after boot: the resolver
 	// starts with microvm host, which the guest does not wait for.
 	for began := time.Now(); ; time.Sleep(time.Second) {
-		if _, code, _ := guest.Run(c, "getent ahostsv4 "+sandbox.ListedName); code == 0 {
+		if out, code, _ := guest.Run(c, "getent ahostsv4 "+sandbox.ListedName); code == 0 {
+			t.Logf("the guest resolved %s %s after boot: %s", sandbox.ListedName, time.Since(began).Round(time.Second), strings.Fields(out)[0])
 			break
 		}
 		if time.Since(began) > time.Minute {
@@ -107,5 +108,9 @@ egress = ["%s"]
 		if got := r.Cells[row]["internet"].Text; !strings.HasPrefix(got, "names only: "+sandbox.ListedName+" ok, seen as ") {
 			t.Errorf("%s to the internet: %q, want names only", row, got)
 		}
+	}
+	if t.Failed() {
+		out, _ := sandbox.Command(sb.Host, "nft", "list", "table", "inet", "microvm").CombinedOutput()
+		t.Logf("the table:\n%s", out)
 	}
 }
