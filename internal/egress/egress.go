@@ -337,15 +337,32 @@ func (r *Resolver) allow(bridge, name string, addrs []netip.Addr, ttl time.Durat
 	for _, a := range addrs {
 		lines = append(lines, addElement(entry{bridge, a}, name, ttl)...)
 	}
-	if err := r.nft(strings.Join(lines, "\n") + "\n"); err != nil {
-		return err
-	}
+	// Kept before they are added: a load of the table between the two
+	// (apply's) is followed by a Refill that puts them back.
 	until := time.Now().Add(ttl)
 	r.mu.Lock()
+	old := map[entry]liveName{}
 	for _, a := range addrs {
-		r.live[entry{bridge, a}] = liveName{name, until}
+		e := entry{bridge, a}
+		if n, ok := r.live[e]; ok {
+			old[e] = n
+		}
+		r.live[e] = liveName{name, until}
 	}
 	r.mu.Unlock()
+	if err := r.nft(strings.Join(lines, "\n") + "\n"); err != nil {
+		r.mu.Lock()
+		for _, a := range addrs {
+			e := entry{bridge, a}
+			if n, ok := old[e]; ok {
+				r.live[e] = n
+			} else {
+				delete(r.live, e)
+			}
+		}
+		r.mu.Unlock()
+		return err
+	}
 	return nil
 }
 
