@@ -26,6 +26,7 @@ const hostNameMax = 64
 //	microvm.gw6=ADDR        optional, with microvm.ip6: the IPv6 default gateway, in eth0's /64
 //	microvm.init=PATH       optional: the program to hand over to (tests)
 //	microvm.image=rw        optional: the image share is the VM's own writable overlay (image_writable)
+//	microvm.volume=NAME:DIR optional, once per volume: mount the block device whose serial is NAME (ext4) at DIR
 type Config struct {
 	Name     string
 	Addr     netip.Prefix
@@ -35,7 +36,11 @@ type Config struct {
 	Gateway6 netip.Addr
 	Init     string
 	ImageRW  bool
+	Volumes  []volume
 }
+
+// volume is a block device to mount.
+type volume struct{ name, dir string }
 
 // optional are the words a command line may have, each once.
 var optional = []string{"microvm.ip6", "microvm.gw6", "microvm.init", "microvm.image"}
@@ -51,8 +56,18 @@ var required = []string{"microvm.name", "microvm.ip", "microvm.gw", "microvm.dns
 func parseCmdline(line string) (Config, error) {
 	values := map[string]string{}
 	var errs []error
+	var volumes []volume
 	for _, word := range strings.Fields(line) {
 		key, value, _ := strings.Cut(word, "=")
+		if key == "microvm.volume" {
+			name, dir, ok := strings.Cut(value, ":")
+			if !ok || name == "" || !strings.HasPrefix(dir, "/") || strings.Contains(dir, "..") {
+				errs = append(errs, fmt.Errorf("microvm.volume=%q is not NAME:/DIR", value))
+				continue
+			}
+			volumes = append(volumes, volume{name, dir})
+			continue
+		}
 		if !slices.Contains(optional, key) && !slices.Contains(required, key) {
 			continue
 		}
@@ -119,6 +134,7 @@ func parseCmdline(line string) (Config, error) {
 		}
 		c.ImageRW = v == "rw"
 	}
+	c.Volumes = volumes
 	if len(errs) > 0 {
 		return Config{}, joinErrors(errs)
 	}

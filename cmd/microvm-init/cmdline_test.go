@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -33,6 +34,8 @@ func TestParseCmdline(t *testing.T) {
 	dual := vm1
 	dual.Addr6 = netip.MustParsePrefix("fd00:1:2:100::2/64")
 	dual.Gateway6 = netip.MustParseAddr("fd00:1:2:100::1")
+	withVolumes := vm1
+	withVolumes.Volumes = []volume{{"data", "/var/lib/redis"}, {"logs", "/srv/logs"}}
 
 	// replace returns seed with the word of key replaced by word ("" drops it).
 	replace := func(key, word string) string {
@@ -58,6 +61,8 @@ func TestParseCmdline(t *testing.T) {
 		{name: "words in any order", line: "microvm.dns=1.1.1.1 microvm.gw=10.1.0.1 microvm.ip=10.1.0.2/24 microvm.name=vm1", want: vm1},
 		{name: "init override", line: seed + " microvm.init=/bin/test-init", want: withInit},
 		{name: "writable image", line: seed + " microvm.image=rw", want: writable},
+		{name: "volumes", line: seed + " microvm.volume=data:/var/lib/redis microvm.volume=logs:/srv/logs", want: withVolumes},
+		{name: "volume without a directory", line: seed + " microvm.volume=data", wantErr: `microvm.volume="data" is not NAME:/DIR`},
 		{name: "image mode", line: seed + " microvm.image=ro", wantErr: `microvm.image="ro" is not rw, the one value it takes`},
 		{name: "unknown words ignored", want: vm1,
 			line: "BOOT_IMAGE=/vmlinuz quiet ro root= microvm.unknown=1 microvm.unknown=2 microvm.ipx=x microvm " + seed},
@@ -111,7 +116,7 @@ func TestParseCmdline(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got != tc.want {
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("parseCmdline(%q) = %+v, %v; want %+v", tc.line, got, err, tc.want)
 			}
 		})
@@ -138,7 +143,7 @@ func TestParseCmdlineOfModel(t *testing.T) {
 		if !c.Addr6.IsValid() {
 			t.Errorf("%s: no IPv6 on the command line %q", vm.Name, line)
 		}
-		if c != want {
+		if !reflect.DeepEqual(c, want) {
 			t.Errorf("%s: parseCmdline(%q) = %+v, want %+v", vm.Name, line, c, want)
 		}
 	}

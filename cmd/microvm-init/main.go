@@ -90,6 +90,13 @@ func run() error {
 		return err
 	}
 	logf("shares mounted")
+	for _, v := range c.Volumes {
+		dev, err := mountVolume(newRoot, v)
+		if err != nil {
+			return err
+		}
+		logf("volume %s (%s) mounted at %s", v.name, dev, v.dir)
+	}
 	link, err := configureNetwork(c)
 	if err != nil {
 		return err

@@ -46,6 +46,19 @@ const (
 	// the bridge, so a bridge whose alias could not be set yet (an apply
 	// interrupted in between) is still known as the program's.
 	LinkGroup = 0x6d766d // "mvm"
+	// RouteTable is the routing table the program owns (package hostnet's
+	// second layer of isolation): a blackhole route for every VM subnet.
+	RouteTable = 0x6d766d
+	// RouteProto marks the program's policy routing rules and routes
+	// (ip rule ... protocol, ip route ... proto): 109, "m", is assigned to
+	// no routing daemon in iproute2's rt_protos.
+	RouteProto = 0x6d
+	// RulePrefOpenings and RulePrefIsolation are the priorities of the
+	// program's ip rules: after the local table's (0), before tailscaled's
+	// (5210-5270), so that no subnet route a tailnet peer advertises
+	// (tailscaled's table 52) takes a VM subnet from them.
+	RulePrefOpenings  = 5100
+	RulePrefIsolation = 5101
 	// Tailscale is the interface tailscaled creates.
 	Tailscale = "tailscale0"
 	// MaxNameLen keeps "br-" + name within the kernel's 15-byte limit.
@@ -180,6 +193,8 @@ type VM struct {
 	Files           []File    // written into its /etc and /var at every start
 	Publish         []Publish // ports of the host's uplink forwarded to it
 	ImageWritable   bool      // an overlay of its own over the image
+	Secrets         []Secret  // given to it in memory only (secrets.go)
+	Volumes         []Volume  // block devices of its own (volumes.go)
 
 	StateDir string // STATE_DIR/NAME
 	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
@@ -261,10 +276,10 @@ func Parse(file string, src []byte) (*Infra, error) {
 // rawTable is a [vm.NAME] or [image.NAME] table as the file says it,
 // before defaults and derivation.
 type rawTable struct {
-	name  string
-	at    Pos
-	vals  map[string]*value
-	files *rawFiles // [KIND.NAME.files]
+	name string
+	at   Pos
+	vals map[string]*value
+	subs map[string]*rawEntries // [KIND.NAME.files], .secrets, .volumes
 }
 
 type parser struct {
@@ -286,7 +301,7 @@ var (
 	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "ipv6", "ipv6_prefix", "egress", "tailscale"}
 	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
 	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
-		"services", "disable_services", "run_once", "files", "publish", "image_writable", "egress"}
+		"services", "disable_services", "run_once", "files", "publish", "image_writable", "egress", "secrets", "volumes"}
 	topKeys = []string{"host", "defaults", "vm", "image"}
 )
 
@@ -343,7 +358,7 @@ func (p *parser) named(e entry, byName map[string]*rawTable, list *[]*rawTable, 
 	kind, name := e.path[0], e.path[1]
 	t := byName[name]
 	if t == nil {
-		t = &rawTable{name: name, at: e.key, vals: map[string]*value{}}
+		t = &rawTable{name: name, at: e.key, vals: map[string]*value{}, subs: map[string]*rawEntries{}}
 		byName[name] = t
 		*list = append(*list, t)
 	}
@@ -353,8 +368,8 @@ func (p *parser) named(e entry, byName map[string]*rawTable, list *[]*rawTable, 
 		if !e.isTbl {
 			unknown(e, 2, fmt.Sprintf("%s.%s must be a table; write %s and its keys below it", kind, name, table))
 		}
-	case e.path[2] == "files":
-		p.putFile(&t.files, e, 2, table, unknown)
+	case e.path[2] == "files" || kind == "vm" && (e.path[2] == "secrets" || e.path[2] == "volumes"):
+		p.putEntry(t.subs, e, 2, table, unknown)
 	default:
 		p.put(t.vals, e, 2, table, keys, unknown)
 	}
@@ -470,7 +485,9 @@ func (p *parser) derive() {
 		h.deriveIPv6(&vm)
 		vm.Egress = append(slices.Clone(h.Egress), p.egressList(r.vals["egress"], key+".egress")...)
 		p.services(&vm, r.vals, key)
-		vm.Files = p.files(r.files, key+".files", vmFile)
+		vm.Files = p.files(r.subs["files"], key+".files", vmFile)
+		vm.Secrets = p.secrets(r.subs["secrets"], key+".secrets")
+		vm.Volumes = p.volumes(r.subs["volumes"], key+".volumes")
 		vm.Publish = p.publishList(r.vals["publish"], key+".publish")
 		p.writable(&vm, r.vals, key)
 		if other, dup := macs[vm.MAC.String()]; dup {

@@ -158,7 +158,7 @@ func (p *parser) images() {
 			}
 			return ""
 		})
-		img.Files = p.files(r.files, key+".files", imageFile)
+		img.Files = p.files(r.subs["files"], key+".files", imageFile)
 		p.in.Images = append(p.in.Images, img)
 	}
 	p.imageCycles(declared)

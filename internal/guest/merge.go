@@ -190,6 +190,8 @@ func managedPaths() map[string]bool {
 		"etc/ssh/ssh_host_ed25519_key": true, "etc/ssh/ssh_host_ed25519_key.pub": true,
 		"var/root/.ssh/authorized_keys": true,
 		"etc/" + runOnceScript:          true, "etc/systemd/system/" + runOnceUnit: true, "etc/" + runOnceLink: true,
+		"etc/systemd/system/" + secretsUnit: true, "etc/" + secretsLink: true,
+		"etc/systemd/system/" + volumesUnit: true, "etc/" + volumesLink: true,
 	}
 }
 
@@ -343,6 +345,9 @@ func (c EtcChanges) Len() int { return len(c.Changed) + len(c.Added) + len(c.Rem
 // can fill.
 const maxEtcWalk = 20000
 
+// maxEtcDepth is as deep as EtcDiff looks into /etc.
+const maxEtcDepth = 32
+
 // EtcDiff compares the VM's /etc with its image's, as recorded at its last
 // merge. ok is false when there is no record (the VM never started with
 // this version of the program).
@@ -372,10 +377,16 @@ func EtcDiff(vm *config.VM) (c EtcChanges, ok bool, err error) {
 	m := &merger{etc: etc, vars: vars}
 	seen := map[string]bool{}
 	n := 0
-	err = etc.Walk(func(name string, _ *unix.Stat_t) error {
+	var stack []string // the path down to the entry, a name a level
+	err = etc.Walk(func(depth int, entryName string, st *unix.Stat_t) error {
 		if n++; n > maxEtcWalk {
 			return fmt.Errorf("more than %d entries in /etc", maxEtcWalk)
 		}
+		if depth > maxEtcDepth {
+			return fs.SkipDir // no image goes this deep: the VM's own
+		}
+		stack = append(stack[:depth-1], entryName)
+		name := strings.Join(stack, "/")
 		p := "etc/" + name
 		seen[p] = true
 		want, inImage := base.Paths[p]

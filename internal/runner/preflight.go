@@ -16,6 +16,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
+	"github.com/simple-microvm-infra/microvm/internal/secret"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
@@ -33,7 +34,8 @@ func Checks(in *config.Infra, vm *config.VM) []error {
 			errs = append(errs, err)
 		}
 	}
-	return append(errs, unitsPresent(in, vm)...)
+	errs = append(errs, unitsPresent(in, vm)...)
+	return append(errs, secret.Check(vm)...)
 }
 
 // KVMDevice is where KVM is; tests point it elsewhere.

@@ -12,13 +12,15 @@
 //	lan ns:  eth0 192.0.2.50 ──veth── lan1 ┘  203.0.113.10 (the "internet" server)
 //	         (a LAN host)                     169.254.169.254 (a cloud's metadata server)
 //	                                          203.0.113.53 (a DNS server, with names at .20 and .30)
+//	                                          168.63.129.16 (Azure's WireServer)
+//	tailnet client ns: eth0 100.64.1.2 ──veth── tailscale0 100.64.1.1 in the host ns (AddTailnetClient)
 //
-// Each has IPv6 beside IPv4: the uplink 2001:db8:2::2/64 on the router's
-// 2001:db8:2::1, the LAN host 2001:db8:2::50, the internet server
-// 2001:db8:113::10, the DNS server 2001:db8:113::53 and a metadata server
-// at fd00:ec2::254, as AWS has it. Every address used is from the
-// documentation ranges or the model, and every packet stays inside these
-// namespaces.
+// Each but the tailnet has IPv6 beside IPv4: the uplink 2001:db8:2::2/64
+// on the router's 2001:db8:2::1, the LAN host 2001:db8:2::50, the internet
+// server 2001:db8:113::10, the DNS server 2001:db8:113::53 and a metadata
+// server at fd00:ec2::254, as AWS has it. Every address used is from the
+// documentation ranges, the model, or a cloud's own (answered inside the
+// internet namespace), and every packet stays inside these namespaces.
 package sandbox
 
 import (
@@ -45,12 +47,19 @@ var (
 	InternetAddr = netip.MustParseAddr("203.0.113.10")    // a server "on the internet"
 	LANAddr      = netip.MustParsePrefix("192.0.2.50/24") // another host on the uplink's network
 	MetadataAddr = netip.MustParseAddr("169.254.169.254") // a cloud's instance metadata server, behind the router
+	WireServer   = netip.MustParseAddr("168.63.129.16")   // Azure's WireServer, behind the router too
 
 	UplinkAddr6   = netip.MustParsePrefix("2001:db8:2::2/64")
 	ISPAddr6      = netip.MustParsePrefix("2001:db8:2::1/64")
 	InternetAddr6 = netip.MustParseAddr("2001:db8:113::10")
 	LANAddr6      = netip.MustParsePrefix("2001:db8:2::50/64")
 	MetadataAddr6 = netip.MustParseAddr("fd00:ec2::254")
+
+	TailnetHostAddr   = netip.MustParsePrefix("100.64.1.1/24") // the host's tailscale0
+	TailnetClientAddr = netip.MustParsePrefix("100.64.1.2/24") // a tailnet client that uses its subnet routes
+
+	TailnetHostAddr6   = netip.MustParsePrefix("fd7a:115c:a1e0::1/64") // the same in the tailnet's IPv6 range
+	TailnetClientAddr6 = netip.MustParsePrefix("fd7a:115c:a1e0::2/64")
 )
 
 // Sandbox is a set of namespaces; Close removes them all.
@@ -102,6 +111,7 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 		{"-n", s.Internet, "link", "set", "lan0", "up"},
 		{"-n", s.Internet, "addr", "add", InternetAddr.String() + "/32", "dev", "lo"},
 		{"-n", s.Internet, "addr", "add", MetadataAddr.String() + "/32", "dev", "lo"},
+		{"-n", s.Internet, "addr", "add", WireServer.String() + "/32", "dev", "lo"},
 		{"-n", s.LAN, "link", "add", "eth0", "type", "veth", "peer", "name", "lan1", "netns", s.Internet},
 		{"-n", s.LAN, "addr", "add", LANAddr.String(), "dev", "eth0"},
 		{"-n", s.LAN, "link", "set", "eth0", "up"},
@@ -191,6 +201,38 @@ func (s *Sandbox) AddStandIns() error {
 		}
 	}
 	return nil
+}
+
+// AddTailnetClient gives the host a tailscale0 (a veth where tailscaled
+// makes a TUN) with a namespace behind it standing in for a tailnet client
+// that uses the host's subnet routes: every VM subnet goes through the
+// host. It returns the client's namespace.
+func (s *Sandbox) AddTailnetClient() (string, error) {
+	ns := s.prefix + "-tnet"
+	if err := s.addNS(ns); err != nil {
+		return "", err
+	}
+	steps := [][]string{
+		{"-n", s.Host, "link", "add", config.Tailscale, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", s.Host, "addr", "add", TailnetHostAddr.String(), "dev", config.Tailscale},
+		{"-n", s.Host, "link", "set", config.Tailscale, "up"},
+		{"-n", ns, "addr", "add", TailnetClientAddr.String(), "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+		{"-6", "-n", s.Host, "addr", "add", TailnetHostAddr6.String(), "dev", config.Tailscale, "nodad"},
+		{"-6", "-n", ns, "addr", "add", TailnetClientAddr6.String(), "dev", "eth0", "nodad"},
+	}
+	for _, vm := range s.in.VMs {
+		steps = append(steps, []string{"-n", ns, "route", "add", vm.Subnet.String(), "via", TailnetHostAddr.Addr().String()})
+		if vm.HasIPv6() {
+			steps = append(steps, []string{"-6", "-n", ns, "route", "add", vm.Subnet6.String(), "via", TailnetHostAddr6.Addr().String()})
+		}
+	}
+	for _, st := range steps {
+		if err := ip(st...); err != nil {
+			return "", err
+		}
+	}
+	return ns, nil
 }
 
 // Close deletes every namespace of the sandbox, and with them every link,
@@ -304,11 +346,11 @@ func ip(args ...string) error {
 }
 
 // Serve starts the test servers, on IPv4 and IPv6: the internet server
-// (which also answers on the router's, the metadata server's and the
-// named servers' addresses), the internet's DNS server (ServeDNS), the LAN
-// host's (on Port, and on 53 as a DNS server would), a server in every
-// stand-in there is, and a listener on the host's port 22 standing in for
-// sshd (which no VM may reach).
+// (which also answers on the router's, the metadata server's, the
+// WireServer's and the named servers' addresses), the internet's DNS
+// server (ServeDNS), the LAN host's (on Port, and on 53 as a DNS server
+// would), a server in every stand-in there is, and a listener on the
+// host's port 22 standing in for sshd (which no VM may reach).
 func (s *Sandbox) Serve() error {
 	for _, sv := range []struct {
 		ns   string
