@@ -361,6 +361,13 @@ func TestSubnetRoutes(t *testing.T) {
 		if ours < 0 || theirs < 0 || ours > theirs {
 			t.Errorf("ip rule: want the program's rules (lookup %d), then tailscaled's (lookup 52):\n%s", config.RouteTable, rules)
 		}
+		// The same for IPv6, where tailscaled has rules of its own.
+		out, _ = sandbox.Command(sb.Host, "ip", "-6", "rule").Output()
+		rules = string(out)
+		ours, theirs = strings.Index(rules, fmt.Sprintf("lookup %d", config.RouteTable)), strings.Index(rules, "lookup 52")
+		if ours < 0 || theirs >= 0 && ours > theirs {
+			t.Errorf("ip -6 rule: want the program's rules (lookup %d), before any of tailscaled's (lookup 52):\n%s", config.RouteTable, rules)
+		}
 	})
 
 	t.Run("without tailscaled's SNAT, replies still pass", func(t *testing.T) {
