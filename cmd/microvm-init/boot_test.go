@@ -62,6 +62,7 @@ func TestBoot(t *testing.T) {
 			fmt.Sprintf("modules loaded (%d)", len(e.modules)),
 			"shares mounted",
 			"eth0 10.1.0.2/24 via 10.1.0.1",
+			fmt.Sprintf("eth0 %s/64 via %s", e.vm.Addr6, e.vm.Gateway6),
 			"hostname vm1",
 			"wrote /etc/resolv.conf (nameserver 1.1.1.1)",
 			"switching root to /sbin/init",
@@ -83,6 +84,12 @@ func TestBoot(t *testing.T) {
 			{"hostname", "vm1"},
 			{"eth0", "10.1.0.2/24 up"},
 			{"default-route", "via 10.1.0.1 dev eth0"},
+			// The link-local address from its MAC, which the firewall
+			// knows, and no other address of its own making.
+			{"eth0-ipv6", fmt.Sprintf("%s/64,%s/64", e.vm.Addr6, e.vm.LinkLocal6)},
+			{"default-route-ipv6", fmt.Sprintf("via %s dev eth0", e.vm.Gateway6)},
+			{"ipv6-accept_ra", "0"},
+			{"ipv6-autoconf", "0"},
 			{"mount:/", "virtiofs image ro"},
 			{"mount:/etc", "virtiofs etc rw"},
 			{"mount:/var", "virtiofs var rw"},

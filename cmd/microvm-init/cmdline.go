@@ -21,22 +21,29 @@ const hostNameMax = 64
 //	microvm.name=NAME       the hostname
 //	microvm.ip=ADDR/BITS    eth0's IPv4 address and prefix length
 //	microvm.gw=ADDR         the IPv4 default gateway, in eth0's subnet
-//	microvm.dns=ADDR        the IPv4 address of the DNS resolver
+//	microvm.dns=ADDR        the address of the DNS resolver, IPv4 or IPv6
+//	microvm.ip6=ADDR/BITS   optional, with microvm.gw6: eth0's IPv6 address and prefix length
+//	microvm.gw6=ADDR        optional, with microvm.ip6: the IPv6 default gateway, in eth0's /64
 //	microvm.init=PATH       optional: the program to hand over to (tests)
 //	microvm.image=rw        optional: the image share is the VM's own writable overlay (image_writable)
 //	microvm.volume=NAME:DIR optional, once per volume: mount the block device whose serial is NAME (ext4) at DIR
 type Config struct {
-	Name    string
-	Addr    netip.Prefix
-	Gateway netip.Addr
-	DNS     netip.Addr
-	Init    string
-	ImageRW bool
-	Volumes []volume
+	Name     string
+	Addr     netip.Prefix
+	Gateway  netip.Addr
+	DNS      netip.Addr
+	Addr6    netip.Prefix // invalid without IPv6
+	Gateway6 netip.Addr
+	Init     string
+	ImageRW  bool
+	Volumes  []volume
 }
 
 // volume is a block device to mount.
 type volume struct{ name, dir string }
+
+// optional are the words a command line may have, each once.
+var optional = []string{"microvm.ip6", "microvm.gw6", "microvm.init", "microvm.image"}
 
 // required are the words every command line must have, each once.
 var required = []string{"microvm.name", "microvm.ip", "microvm.gw", "microvm.dns"}
@@ -61,7 +68,7 @@ func parseCmdline(line string) (Config, error) {
 			volumes = append(volumes, volume{name, dir})
 			continue
 		}
-		if key != "microvm.init" && key != "microvm.image" && !slices.Contains(required, key) {
+		if !slices.Contains(optional, key) && !slices.Contains(required, key) {
 			continue
 		}
 		if _, dup := values[key]; dup {
@@ -109,11 +116,12 @@ func parseCmdline(line string) (Config, error) {
 	}
 	if v, ok := values["microvm.dns"]; ok {
 		a, err := netip.ParseAddr(v)
-		if err != nil || !a.Is4() {
-			errs = append(errs, fmt.Errorf("microvm.dns=%q is not an IPv4 address", v))
+		if err != nil || a.Zone() != "" || a.Is4In6() {
+			errs = append(errs, fmt.Errorf("microvm.dns=%q is not an IP address", v))
 		}
 		c.DNS = a
 	}
+	errs = append(errs, c.parseIPv6(values)...)
 	if v, ok := values["microvm.init"]; ok {
 		if !strings.HasPrefix(v, "/") {
 			errs = append(errs, fmt.Errorf("microvm.init=%q is not an absolute path", v))
@@ -140,4 +148,41 @@ func joinErrors(errs []error) error {
 		msgs[i] = e.Error()
 	}
 	return errors.New(strings.Join(msgs, "; "))
+}
+
+// parseIPv6 reads microvm.ip6 and microvm.gw6, which come together or not
+// at all.
+func (c *Config) parseIPv6(values map[string]string) []error {
+	ip, hasIP := values["microvm.ip6"]
+	gw, hasGW := values["microvm.gw6"]
+	switch {
+	case !hasIP && !hasGW:
+		return nil
+	case !hasIP:
+		return []error{fmt.Errorf("microvm.gw6 is given without microvm.ip6")}
+	case !hasGW:
+		return []error{fmt.Errorf("microvm.ip6 is given without microvm.gw6")}
+	}
+	var errs []error
+	p, err := netip.ParsePrefix(ip)
+	if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Addr().Zone() != "" || p.Bits() < 1 || p.Bits() > 127 {
+		errs = append(errs, fmt.Errorf("microvm.ip6=%q is not an IPv6 address with a prefix length of 1 to 127 (fd00:1::2/64)", ip))
+	} else {
+		c.Addr6 = p
+	}
+	a, err := netip.ParseAddr(gw)
+	switch {
+	case err != nil || !a.Is6() || a.Is4In6() || a.Zone() != "":
+		errs = append(errs, fmt.Errorf("microvm.gw6=%q is not an IPv6 address", gw))
+	case c.Addr6.IsValid() && !c.Addr6.Masked().Contains(a):
+		errs = append(errs, fmt.Errorf("microvm.gw6=%s is not in the subnet of microvm.ip6=%s", a, c.Addr6))
+	case a == c.Addr6.Addr():
+		errs = append(errs, fmt.Errorf("microvm.gw6=%s is the VM's own address", a))
+	default:
+		c.Gateway6 = a
+	}
+	if len(errs) > 0 {
+		c.Addr6, c.Gateway6 = netip.Prefix{}, netip.Addr{}
+	}
+	return errs
 }

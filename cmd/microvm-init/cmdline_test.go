@@ -29,6 +29,11 @@ func TestParseCmdline(t *testing.T) {
 	withInit.Init = "/bin/test-init"
 	writable := vm1
 	writable.ImageRW = true
+	v6dns := vm1
+	v6dns.DNS = netip.MustParseAddr("2606:4700::1111")
+	dual := vm1
+	dual.Addr6 = netip.MustParsePrefix("fd00:1:2:100::2/64")
+	dual.Gateway6 = netip.MustParseAddr("fd00:1:2:100::1")
 	withVolumes := vm1
 	withVolumes.Volumes = []volume{{"data", "/var/lib/redis"}, {"logs", "/srv/logs"}}
 
@@ -84,13 +89,21 @@ func TestParseCmdline(t *testing.T) {
 		{name: "bad gateway", line: replace("microvm.gw", "microvm.gw=gateway"), wantErr: `microvm.gw="gateway" is not an IPv4 address`},
 		{name: "gateway outside subnet", line: replace("microvm.gw", "microvm.gw=10.2.0.1"), wantErr: "microvm.gw=10.2.0.1 is not in the subnet of microvm.ip=10.1.0.2/24"},
 		{name: "gateway is own address", line: replace("microvm.gw", "microvm.gw=10.1.0.2"), wantErr: "microvm.gw=10.1.0.2 is the VM's own address"},
-		{name: "bad dns", line: replace("microvm.dns", "microvm.dns=one.one"), wantErr: `microvm.dns="one.one" is not an IPv4 address`},
-		{name: "IPv6 dns", line: replace("microvm.dns", "microvm.dns=2606:4700::1111"), wantErr: `microvm.dns="2606:4700::1111" is not an IPv4 address`},
+		{name: "bad dns", line: replace("microvm.dns", "microvm.dns=one.one"), wantErr: `microvm.dns="one.one" is not an IP address`},
+		{name: "IPv6 dns", line: replace("microvm.dns", "microvm.dns=2606:4700::1111"), want: v6dns},
+		{name: "dual stack", line: seed + " microvm.ip6=fd00:1:2:100::2/64 microvm.gw6=fd00:1:2:100::1", want: dual},
+		{name: "ip6 without gw6", line: seed + " microvm.ip6=fd00:1:2:100::2/64", wantErr: "microvm.ip6 is given without microvm.gw6"},
+		{name: "gw6 without ip6", line: seed + " microvm.gw6=fd00:1:2:100::1", wantErr: "microvm.gw6 is given without microvm.ip6"},
+		{name: "ip6 is IPv4", line: seed + " microvm.ip6=10.1.0.2/24 microvm.gw6=fd00::1", wantErr: `microvm.ip6="10.1.0.2/24" is not an IPv6 address`},
+		{name: "ip6 without length", line: seed + " microvm.ip6=fd00::2 microvm.gw6=fd00::1", wantErr: `microvm.ip6="fd00::2" is not an IPv6 address`},
+		{name: "gw6 outside", line: seed + " microvm.ip6=fd00:1:2:100::2/64 microvm.gw6=fd00:1:2:200::1", wantErr: "microvm.gw6=fd00:1:2:200::1 is not in the subnet of microvm.ip6=fd00:1:2:100::2/64"},
+		{name: "gw6 is own address", line: seed + " microvm.ip6=fd00:1:2:100::2/64 microvm.gw6=fd00:1:2:100::2", wantErr: "microvm.gw6=fd00:1:2:100::2 is the VM's own address"},
+		{name: "duplicate ip6", line: seed + " microvm.ip6=fd00::2/64 microvm.gw6=fd00::1 microvm.ip6=fd00::3/64", wantErr: "microvm.ip6 is given twice"},
 		{name: "empty name", line: replace("microvm.name", "microvm.name="), wantErr: `microvm.name="" is not a hostname`},
 		{name: "name too long", line: replace("microvm.name", "microvm.name="+strings.Repeat("a", 65)), wantErr: "is not a hostname (1 to 64 characters)"},
 		{name: "relative init", line: seed + " microvm.init=sbin/init", wantErr: `microvm.init="sbin/init" is not an absolute path`},
 		{name: "every problem at once", line: "microvm.name=vm1 microvm.name=vm2 microvm.ip=10.1.0.2 microvm.dns=x",
-			wantErr: `microvm.name is given twice; missing microvm.gw; microvm.ip="10.1.0.2" is not an IPv4 address with a prefix length of 1 to 31 (10.1.0.2/24); microvm.dns="x" is not an IPv4 address`},
+			wantErr: `microvm.name is given twice; missing microvm.gw; microvm.ip="10.1.0.2" is not an IPv4 address with a prefix length of 1 to 31 (10.1.0.2/24); microvm.dns="x" is not an IP address`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseCmdline(tc.line)
@@ -126,7 +139,10 @@ func TestParseCmdlineOfModel(t *testing.T) {
 			continue
 		}
 		want := Config{Name: vm.Name, Addr: netip.PrefixFrom(vm.Addr, vm.Subnet.Bits()), Gateway: vm.Gateway,
-			DNS: netip.MustParseAddr(vm.DNS), Init: defaultInit}
+			DNS: netip.MustParseAddr(vm.DNS), Addr6: netip.PrefixFrom(vm.Addr6, 64), Gateway6: vm.Gateway6, Init: defaultInit}
+		if !c.Addr6.IsValid() {
+			t.Errorf("%s: no IPv6 on the command line %q", vm.Name, line)
+		}
 		if !reflect.DeepEqual(c, want) {
 			t.Errorf("%s: parseCmdline(%q) = %+v, want %+v", vm.Name, line, c, want)
 		}

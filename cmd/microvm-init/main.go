@@ -18,7 +18,9 @@
 //     the host.
 //  5. Configure the network with netlink: lo up; the first ethernet link
 //     (eth0) gets the VM's address and comes up; the default route goes via
-//     the gateway. Set the hostname. The image runs no DHCP client: this
+//     the gateway; with IPv6, the same for its IPv6 address and gateway,
+//     with router advertisements and autoconfiguration off. Set the
+//     hostname. The image runs no DHCP client: this
 //     configuration is the guest's for good. If the VM's /etc has no
 //     resolv.conf (the host normally writes it), write one naming the
 //     resolver.
@@ -95,11 +97,14 @@ func run() error {
 		}
 		logf("volume %s (%s) mounted at %s", v.name, dev, v.dir)
 	}
-	link, err := configureNetwork(c.Addr, c.Gateway)
+	link, err := configureNetwork(c)
 	if err != nil {
 		return err
 	}
 	logf("%s %s via %s", link, c.Addr, c.Gateway)
+	if c.Addr6.IsValid() {
+		logf("%s %s via %s", link, c.Addr6, c.Gateway6)
+	}
 	if err := unix.Sethostname([]byte(c.Name)); err != nil {
 		return fmt.Errorf("setting hostname %s: %w", c.Name, err)
 	}

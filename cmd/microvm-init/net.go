@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // linkWait is how long the network interface may take to appear after
@@ -18,9 +19,10 @@ import (
 const linkWait = 5 * time.Second
 
 // configureNetwork brings lo up, gives the first ethernet link addr and
-// brings it up, and adds the default route via gw. It returns the link's
-// name (eth0).
-func configureNetwork(addr netip.Prefix, gw netip.Addr) (string, error) {
+// brings it up, and adds the default route via gw; with c.Addr6, the same
+// for IPv6 (see configureIPv6). It returns the link's name (eth0).
+func configureNetwork(c Config) (string, error) {
+	addr, gw := c.Addr, c.Gateway
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return "", fmt.Errorf("finding lo: %w", err)
@@ -33,6 +35,12 @@ func configureNetwork(addr netip.Prefix, gw netip.Addr) (string, error) {
 		return "", err
 	}
 	name := link.Attrs().Name
+	if c.Addr6.IsValid() {
+		// Before the link comes up: it would start autoconfiguring.
+		if err := ipv6Settings(name); err != nil {
+			return "", err
+		}
+	}
 	ipnet := &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}
 	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: ipnet}); err != nil {
 		return "", fmt.Errorf("adding address %s to %s: %w", addr, name, err)
@@ -45,7 +53,47 @@ func configureNetwork(addr netip.Prefix, gw netip.Addr) (string, error) {
 	if err := netlink.RouteReplace(route); err != nil {
 		return "", fmt.Errorf("adding default route via %s dev %s: %w", gw, name, err)
 	}
+	if c.Addr6.IsValid() {
+		if err := configureIPv6(link, c.Addr6, c.Gateway6); err != nil {
+			return "", err
+		}
+	}
 	return name, nil
+}
+
+// ipv6Settings makes the link's IPv6 the host's to say, as IPv4 is: no
+// router advertisements taken (a VM's, or anyone's on its bridge, would
+// give it routes), no address of its own making but the link-local one
+// from its MAC (EUI-64, which the host's firewall lets it send from), and
+// no duplicate address detection (its addresses are its own by design,
+// and the test would hold them back for a second).
+func ipv6Settings(link string) error {
+	for _, s := range []struct{ key, value string }{
+		{"accept_ra", "0"}, {"autoconf", "0"}, {"accept_dad", "0"}, {"addr_gen_mode", "0"},
+	} {
+		path := "/proc/sys/net/ipv6/conf/" + link + "/" + s.key
+		if err := os.WriteFile(path, []byte(s.value), 0o644); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("configuring IPv6 on %s: the kernel has no IPv6 (%s is missing); turn it on, or set ipv6 = false in the host's [host]", link, path)
+			}
+			return fmt.Errorf("configuring IPv6 on %s: setting %s: %w", link, s.key, err)
+		}
+	}
+	return nil
+}
+
+// configureIPv6 gives link addr and the default route via gw.
+func configureIPv6(link netlink.Link, addr netip.Prefix, gw netip.Addr) error {
+	name := link.Attrs().Name
+	ipnet := &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 128)}
+	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: ipnet, Flags: unix.IFA_F_NODAD}); err != nil {
+		return fmt.Errorf("adding address %s to %s: %w", addr, name, err)
+	}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("adding default route via %s dev %s: %w", gw, name, err)
+	}
+	return nil
 }
 
 // waitEthernet returns the ethernet link with the lowest index, waiting

@@ -1,7 +1,8 @@
 // Package check proves the design's network promises on a running setup by
-// sending real packets: every VM reaches the internet through NAT, no VM
-// reaches another VM or another VM's gateway by TCP, UDP or ICMP, no VM
-// reaches the host's SSH port, and the host reaches every VM.
+// sending real packets, over IPv4 and IPv6: every VM reaches the internet
+// through NAT, no VM reaches another VM or another VM's gateway by TCP, UDP
+// or ICMP, no VM reaches the host's SSH port, and the host reaches every
+// VM; a VM with an egress list reaches its names and nothing else.
 //
 // How a packet is sent "from a VM" is the Prober's business: from a
 // stand-in's namespace in the sandbox, or from inside a real guest.
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -34,6 +36,9 @@ type Prober interface {
 	TCP(from string, to netip.AddrPort) Result
 	UDP(from string, to netip.AddrPort) Result
 	Ping(from string, to netip.Addr) Result
+	// Resolve asks the resolver of VM from for the addresses of name,
+	// IPv6 (AAAA) or IPv4 (A) ones; none is an error.
+	Resolve(from, name string, ipv6 bool) ([]netip.Addr, error)
 }
 
 // Host is the "from" of probes sent by the host itself.
@@ -62,6 +67,62 @@ type Target struct {
 	// row "internet"), each must answer unless its from list leaves that
 	// address out.
 	OutsideFrom netip.Addr
+	// IPv6, when set and the VMs have IPv6, gives every row its IPv6
+	// twin, "NAME ipv6", with the same promises over IPv6.
+	IPv6 *Target6
+	// Unlisted is a name that resolves on the internet: a VM with an
+	// egress list (which must not list it) must not resolve it.
+	Unlisted string
+}
+
+// Target6 is a Target's IPv6 half: the same servers, on IPv6.
+type Target6 struct {
+	Internet    netip.Addr
+	Uplink      netip.Addr // the address the internet must see, with NAT66
+	HostSSH     []netip.Addr
+	Private     []netip.Addr
+	OutsideFrom netip.Addr
+}
+
+// Suffix6 ends the names of the IPv6 rows: "vm1 ipv6".
+const Suffix6 = " ipv6"
+
+// family is the half of a Target one block of rows is probed with.
+type family struct {
+	ipv6        bool
+	suffix      string
+	internet    netip.Addr
+	uplink      netip.Addr
+	hostSSH     []netip.Addr
+	private     []netip.Addr
+	outsideFrom netip.Addr
+	nat         bool // the internet sees uplink, not the VM's own address
+}
+
+func (f family) addr(vm *config.VM) netip.Addr {
+	if f.ipv6 {
+		return vm.Addr6
+	}
+	return vm.Addr
+}
+
+func (f family) gateway(vm *config.VM) netip.Addr {
+	if f.ipv6 {
+		return vm.Gateway6
+	}
+	return vm.Gateway
+}
+
+// families are the blocks of rows of in: IPv4, and IPv6 when the target
+// has it and the VMs do.
+func families(in *config.Infra, t Target) []family {
+	out := []family{{internet: t.Internet, uplink: t.Uplink, hostSSH: t.HostSSH, private: t.Private, outsideFrom: t.OutsideFrom, nat: true}}
+	if t.IPv6 != nil && in.Host.IPv6 {
+		t6 := t.IPv6
+		out = append(out, family{ipv6: true, suffix: Suffix6, internet: t6.Internet, uplink: t6.Uplink, hostSSH: t6.HostSSH,
+			private: t6.Private, outsideFrom: t6.OutsideFrom, nat: in.Host.NAT66})
+	}
+	return out
 }
 
 // Cell is one verdict of the matrix.
@@ -90,7 +151,8 @@ func (r *Report) OK() bool {
 }
 
 // Run probes every promise, in parallel (a blocked probe waits for its
-// timeout, so one at a time would be slow).
+// timeout, so one at a time would be slow): a row per VM, its IPv6 twin,
+// the internet's row when VMs publish ports, and the host's.
 func Run(in *config.Infra, p Prober, t Target) *Report {
 	r := &Report{Cells: map[string]map[string]Cell{}}
 	r.Columns = append(r.Columns, "internet")
@@ -117,53 +179,60 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 		go func() { defer wg.Done(); set(row, col, f()) }()
 	}
 
-	for _, vm := range in.VMs {
-		from := vm.Name
-		r.Rows = append(r.Rows, from)
-		do(from, "internet", func() Cell {
-			res := retry(func() Result { return p.TCP(from, netip.AddrPortFrom(t.Internet, t.Port)) })
-			switch {
-			case !res.Reached:
-				return Cell{"NO INTERNET: " + errText(res.Err), false}
-			case res.SeenAs == "":
-				// An ordinary server (1.1.1.1:443) does not say whom it
-				// saw; a test server does, and proves the NAT.
-				return Cell{"ok", true}
-			case res.SeenAs != t.Uplink.String():
-				return Cell{"NOT NATED: seen as " + res.SeenAs, false}
-			}
-			return Cell{"ok, seen as " + res.SeenAs, true}
-		})
-		for _, other := range in.VMs {
-			if other.Name == vm.Name {
-				set(from, other.Name, Cell{"-", true})
-				continue
-			}
-			do(from, other.Name, func() Cell { return pair(p, &vm, &other, t.Port) })
-		}
-		do(from, "own gateway", func() Cell {
-			if res := retry(func() Result { return p.Ping(from, vm.Gateway) }); !res.Reached {
-				return Cell{"NO PING: " + errText(res.Err), false}
-			}
-			return Cell{"ping ok", true}
-		})
-		do(from, "other gateways", func() Cell {
-			probes := map[string]func() bool{}
-			for _, other := range in.VMs {
-				if other.Name != vm.Name {
-					probes[other.Gateway.String()] = func() bool { return !blocked(p, from, other.Gateway, t.Port).OK }
+	fams := families(in, t)
+	for _, f := range fams {
+		for _, vm := range in.VMs {
+			from, row := vm.Name, vm.Name+f.suffix
+			r.Rows = append(r.Rows, row)
+			do(row, "internet", func() Cell {
+				if vm.HasEgress() {
+					return egress(p, &vm, f, t)
 				}
+				res := retry(func() Result { return p.TCP(from, netip.AddrPortFrom(f.internet, t.Port)) })
+				return internet(res, f.seenAs(&vm))
+			})
+			for _, other := range in.VMs {
+				if other.Name == vm.Name {
+					set(row, other.Name, Cell{"-", true})
+					continue
+				}
+				do(row, other.Name, func() Cell { return pair(p, &vm, &other, f, t.Port) })
 			}
-			if got := anyReached(probes); len(got) > 0 {
-				return Cell{"REACHED " + strings.Join(got, ","), false}
-			}
-			return Cell{"blocked", true}
-		})
-		if len(t.Private) > 0 {
-			do(from, PrivateColumn, func() Cell {
+			do(row, "own gateway", func() Cell {
+				if res := retry(func() Result { return p.Ping(from, f.gateway(&vm)) }); !res.Reached {
+					return Cell{"NO PING: " + errText(res.Err), false}
+				}
+				return Cell{"ping ok", true}
+			})
+			do(row, "other gateways", func() Cell {
 				probes := map[string]func() bool{}
-				for _, a := range t.Private {
-					probes[a.String()] = func() bool { return !blocked(p, from, a, t.Port).OK }
+				for _, other := range in.VMs {
+					if other.Name != vm.Name {
+						gw := f.gateway(&other)
+						probes[gw.String()] = func() bool { return !blocked(p, from, gw, t.Port).OK }
+					}
+				}
+				if got := anyReached(probes); len(got) > 0 {
+					return Cell{"REACHED " + strings.Join(got, ","), false}
+				}
+				return Cell{"blocked", true}
+			})
+			if len(t.Private) > 0 {
+				do(row, PrivateColumn, func() Cell {
+					probes := map[string]func() bool{}
+					for _, a := range f.private {
+						probes[a.String()] = func() bool { return !blocked(p, from, a, t.Port).OK }
+					}
+					if got := anyReached(probes); len(got) > 0 {
+						return Cell{"REACHED " + strings.Join(got, ","), false}
+					}
+					return Cell{"blocked", true}
+				})
+			}
+			do(row, "host ssh", func() Cell {
+				probes := map[string]func() bool{}
+				for _, a := range append([]netip.Addr{f.gateway(&vm)}, f.hostSSH...) {
+					probes[netip.AddrPortFrom(a, 22).String()] = func() bool { return p.TCP(from, netip.AddrPortFrom(a, 22)).Reached }
 				}
 				if got := anyReached(probes); len(got) > 0 {
 					return Cell{"REACHED " + strings.Join(got, ","), false}
@@ -171,55 +240,150 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 				return Cell{"blocked", true}
 			})
 		}
-		do(from, "host ssh", func() Cell {
-			probes := map[string]func() bool{}
-			for _, a := range append([]netip.Addr{vm.Gateway}, t.HostSSH...) {
-				probes[a.String()+":22"] = func() bool { return p.TCP(from, netip.AddrPortFrom(a, 22)).Reached }
-			}
-			if got := anyReached(probes); len(got) > 0 {
-				return Cell{"REACHED " + strings.Join(got, ","), false}
-			}
-			return Cell{"blocked", true}
-		})
 	}
 
-	if t.OutsideFrom.IsValid() && anyPublished(in) {
-		r.Rows = append(r.Rows, Outside)
+	for _, f := range fams {
+		if !f.outsideFrom.IsValid() || !anyPublished(in) {
+			continue
+		}
+		row := Outside + f.suffix
+		r.Rows = append(r.Rows, row)
 		for _, col := range r.Columns {
-			set(Outside, col, Cell{"-", true})
+			set(row, col, Cell{"-", true})
 		}
 		for _, vm := range in.VMs {
 			if len(vm.Publish) > 0 {
-				do(Outside, vm.Name, func() Cell { return published(p, &vm, t) })
+				do(row, vm.Name, func() Cell { return published(p, &vm, f, t.Port) })
 			}
 		}
 	}
 
-	r.Rows = append(r.Rows, Host)
-	for _, vm := range in.VMs {
-		do(Host, vm.Name, func() Cell {
-			tcp := retry(func() Result { return p.TCP(Host, netip.AddrPortFrom(vm.Addr, t.Port)) })
-			ping := retry(func() Result { return p.Ping(Host, vm.Addr) })
-			switch {
-			case !tcp.Reached:
-				return Cell{"NO TCP: " + errText(tcp.Err), false}
-			case !ping.Reached:
-				return Cell{"NO PING: " + errText(ping.Err), false}
-			}
-			return Cell{"ok", true}
-		})
-	}
-	for _, col := range []string{"internet", "own gateway", "other gateways", "host ssh", PrivateColumn} {
-		set(Host, col, Cell{"-", true})
+	for _, f := range fams {
+		row := Host + f.suffix
+		r.Rows = append(r.Rows, row)
+		for _, vm := range in.VMs {
+			do(row, vm.Name, func() Cell {
+				tcp := retry(func() Result { return p.TCP(Host, netip.AddrPortFrom(f.addr(&vm), t.Port)) })
+				ping := retry(func() Result { return p.Ping(Host, f.addr(&vm)) })
+				switch {
+				case !tcp.Reached:
+					return Cell{"NO TCP: " + errText(tcp.Err), false}
+				case !ping.Reached:
+					return Cell{"NO PING: " + errText(ping.Err), false}
+				}
+				return Cell{"ok", true}
+			})
+		}
+		for _, col := range []string{"internet", "own gateway", "other gateways", "host ssh", PrivateColumn} {
+			set(row, col, Cell{"-", true})
+		}
 	}
 	wg.Wait()
 	return r
 }
 
-// pair is the cell of from to other: blocked in every protocol, but for
-// the openings from's allow list makes to other, which must answer while
-// the rest stays blocked.
-func pair(p Prober, from, other *config.VM, port uint16) Cell {
+// seenAs is the address a server on the internet must see vm's
+// connections come from: the uplink's with NAT, else the VM's own.
+func (f family) seenAs(vm *config.VM) string {
+	if f.nat {
+		return f.uplink.String()
+	}
+	return f.addr(vm).String()
+}
+
+// internet is the cell of a connection to a server on the internet that
+// must get through, seen as seen.
+func internet(res Result, seen string) Cell {
+	switch {
+	case !res.Reached:
+		return Cell{"NO INTERNET: " + errText(res.Err), false}
+	case res.SeenAs == "":
+		// An ordinary server (1.1.1.1:443) does not say whom it
+		// saw; a test server does, and proves the NAT.
+		return Cell{"ok", true}
+	case res.SeenAs != seen:
+		return Cell{"NOT NATED: seen as " + res.SeenAs, false}
+	}
+	return Cell{"ok, seen as " + res.SeenAs, true}
+}
+
+// egress is the internet cell of a VM with an egress list, in family f: a
+// name of its list resolves (through its gateway) and answers there; the
+// target's unlisted name does not resolve; and neither the internet
+// server's address, which no listed name has, nor the VM's own DNS server
+// (the gateway's upstream) is reached.
+func egress(p Prober, vm *config.VM, f family, t Target) Cell {
+	name := listedName(vm.Egress)
+	addrs, err := resolve(p, vm.Name, name, f.ipv6)
+	if err != nil {
+		return Cell{fmt.Sprintf("%s DOES NOT RESOLVE: %s", name, errText(err)), false}
+	}
+	to := netip.AddrPortFrom(addrs[0], t.Port)
+	c := internet(retry(func() Result { return p.TCP(vm.Name, to) }), f.seenAs(vm))
+	if !c.OK {
+		return Cell{fmt.Sprintf("%s (%s): %s", name, addrs[0], c.Text), false}
+	}
+	good := []string{name + " " + c.Text}
+	var bad, closed []string
+	if t.Unlisted != "" {
+		if got, err := p.Resolve(vm.Name, t.Unlisted, f.ipv6); err == nil {
+			bad = append(bad, fmt.Sprintf("%s RESOLVED (%s)", t.Unlisted, got[0]))
+		} else {
+			closed = append(closed, t.Unlisted)
+		}
+	}
+	probes := map[string]func() bool{}
+	if !slices.Contains(addrs, f.internet) {
+		probes[f.internet.String()] = func() bool { return !blocked(p, vm.Name, f.internet, t.Port).OK }
+	}
+	if dns, err := netip.ParseAddr(vm.DNS); err == nil && dns.Is6() == f.ipv6 && !slices.Contains(addrs, dns) {
+		probes["dns "+dns.String()] = func() bool { return p.TCP(vm.Name, netip.AddrPortFrom(dns, 53)).Reached }
+	}
+	for what := range probes {
+		closed = append(closed, what)
+	}
+	for _, what := range anyReached(probes) {
+		bad = append(bad, "REACHED "+what)
+		closed = slices.DeleteFunc(closed, func(s string) bool { return s == what })
+	}
+	sort.Strings(closed)
+	if len(closed) > 0 {
+		good = append(good, strings.Join(closed, ", ")+" blocked")
+	}
+	if len(bad) > 0 {
+		return Cell{strings.Join(append(bad, good...), "; "), false}
+	}
+	return Cell{"names only: " + strings.Join(good, "; "), true}
+}
+
+// listedName is a name to probe of an egress list: its first exact name,
+// or "www" under its first wildcard.
+func listedName(list []config.Egress) string {
+	for _, e := range list {
+		if !strings.HasPrefix(e.Name, "*.") {
+			return e.Name
+		}
+	}
+	return "www" + strings.TrimPrefix(list[0].Name, "*")
+}
+
+// resolve is Resolve with the retries of a probe that should get through.
+func resolve(p Prober, from, name string, ipv6 bool) ([]netip.Addr, error) {
+	var addrs []netip.Addr
+	var err error
+	for range 3 {
+		if addrs, err = p.Resolve(from, name, ipv6); err == nil {
+			break
+		}
+	}
+	return addrs, err
+}
+
+// pair is the cell of from to other, in family f: blocked in every
+// protocol, but for the openings from's allow list makes to other (of
+// both families), which must answer while the rest stays blocked.
+func pair(p Prober, from, other *config.VM, f family, port uint16) Cell {
+	to := f.addr(other)
 	var opens []config.Allow
 	for _, a := range from.Allow {
 		if a.VM == other.Name {
@@ -227,7 +391,7 @@ func pair(p Prober, from, other *config.VM, port uint16) Cell {
 		}
 	}
 	if len(opens) == 0 {
-		return blocked(p, from.Name, other.Addr, port)
+		return blocked(p, from.Name, to, port)
 	}
 	covers := func(proto string, port uint16) bool {
 		for _, a := range opens {
@@ -244,12 +408,12 @@ func pair(p Prober, from, other *config.VM, port uint16) Cell {
 	}
 	var bad, good []string
 	for _, a := range opens {
-		probe, what := func() Result { return p.TCP(from.Name, netip.AddrPortFrom(other.Addr, port)) }, "all"
+		probe, what := func() Result { return p.TCP(from.Name, netip.AddrPortFrom(to, port)) }, "all"
 		switch {
 		case a.Proto == "icmp":
-			probe, what = func() Result { return p.Ping(from.Name, other.Addr) }, "icmp"
+			probe, what = func() Result { return p.Ping(from.Name, to) }, "icmp"
 		case a.Proto != "" && len(a.Ports) > 0:
-			to := netip.AddrPortFrom(other.Addr, a.Ports[0].From)
+			to := netip.AddrPortFrom(to, a.Ports[0].From)
 			what = fmt.Sprintf("%s %d", a.Proto, a.Ports[0].From)
 			if a.Proto == "udp" {
 				probe = func() Result { return p.UDP(from.Name, to) }
@@ -257,7 +421,7 @@ func pair(p Prober, from, other *config.VM, port uint16) Cell {
 				probe = func() Result { return p.TCP(from.Name, to) }
 			}
 		case a.Proto == "udp":
-			probe, what = func() Result { return p.UDP(from.Name, netip.AddrPortFrom(other.Addr, port)) }, "udp"
+			probe, what = func() Result { return p.UDP(from.Name, netip.AddrPortFrom(to, port)) }, "udp"
 		case a.Proto == "tcp":
 			what = "tcp"
 		}
@@ -269,13 +433,13 @@ func pair(p Prober, from, other *config.VM, port uint16) Cell {
 	}
 	rest := map[string]func() bool{}
 	if !covers("tcp", port) {
-		rest["tcp"] = func() bool { return p.TCP(from.Name, netip.AddrPortFrom(other.Addr, port)).Reached }
+		rest["tcp"] = func() bool { return p.TCP(from.Name, netip.AddrPortFrom(to, port)).Reached }
 	}
 	if !covers("udp", port) {
-		rest["udp"] = func() bool { return p.UDP(from.Name, netip.AddrPortFrom(other.Addr, port)).Reached }
+		rest["udp"] = func() bool { return p.UDP(from.Name, netip.AddrPortFrom(to, port)).Reached }
 	}
 	if !covers("icmp", 0) {
-		rest["icmp"] = func() bool { return p.Ping(from.Name, other.Addr).Reached }
+		rest["icmp"] = func() bool { return p.Ping(from.Name, to).Reached }
 	}
 	if got := anyReached(rest); len(got) > 0 {
 		bad = append(bad, "REACHED ("+strings.Join(got, ",")+")")
@@ -300,22 +464,22 @@ func anyPublished(in *config.Infra) bool {
 	return false
 }
 
-// published is the cell of the outside to vm: each TCP port it publishes
-// answers on the host's uplink address, unless its from list leaves the
-// outside's address out (then the host's own answer, a refusal, is all
-// there is: no connection). UDP is not probed: a silent service cannot be
-// told from a blocked one.
-func published(p Prober, vm *config.VM, t Target) Cell {
+// published is the cell of the outside to vm, in family f: each TCP port
+// it publishes answers on the host's uplink address, unless its from list
+// leaves the outside's address out (then the host's own answer, a
+// refusal, is all there is: no connection). UDP is not probed: a silent
+// service cannot be told from a blocked one.
+func published(p Prober, vm *config.VM, f family, port uint16) Cell {
 	var bad, good []string
 	for _, pub := range vm.Publish {
 		if pub.Proto != "tcp" {
 			continue
 		}
 		open := len(pub.From) == 0
-		for _, f := range pub.From {
-			open = open || f.Contains(t.OutsideFrom)
+		for _, from := range pub.From {
+			open = open || from.Contains(f.outsideFrom)
 		}
-		to := netip.AddrPortFrom(t.Uplink, pub.HostPort)
+		to := netip.AddrPortFrom(f.uplink, pub.HostPort)
 		what := fmt.Sprintf("tcp %d", pub.HostPort)
 		if open {
 			if res := retry(func() Result { return p.TCP(Outside, to) }); res.Reached {

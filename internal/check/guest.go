@@ -3,6 +3,7 @@ package check
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -74,6 +75,48 @@ func (p *GuestProber) Ping(from string, to netip.Addr) Result {
 		return Result{Err: fmt.Errorf("ping: %s", lastLine(out))}
 	}
 	return Result{Reached: true}
+}
+
+// Resolve asks the guest's own resolver (its /etc/resolv.conf), with
+// getent. An answer of the other family (a mapped IPv4 address for
+// IPv6) does not count.
+func (p *GuestProber) Resolve(from, name string, ipv6 bool) ([]netip.Addr, error) {
+	if _, guest := p.ssh[from]; !guest {
+		return p.host.Resolve(from, name, ipv6)
+	}
+	db := "ahostsv4"
+	if ipv6 {
+		db = "ahostsv6"
+	}
+	out, code, err := p.exec(from, fmt.Sprintf("timeout %d getent %s '%s'", probeTimeout, db, name))
+	if err != nil {
+		return nil, err
+	}
+	if code != 0 {
+		return nil, fmt.Errorf("getent %s %s: not found (exit %d)", db, name, code)
+	}
+	return addrsOf(out, ipv6, name)
+}
+
+// addrsOf reads the addresses of getent's lines ("ADDR STREAM NAME"),
+// those of the family asked for, once each.
+func addrsOf(out string, ipv6 bool, name string) ([]netip.Addr, error) {
+	var addrs []netip.Addr
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		a, err := netip.ParseAddr(f[0])
+		if err != nil || a.Is4In6() || a.Is6() != ipv6 || slices.Contains(addrs, a) {
+			continue
+		}
+		addrs = append(addrs, a)
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("%s has no address of that family", name)
+	}
+	return addrs, nil
 }
 
 // stream runs script under a timeout in bash and reads its outcome: a line

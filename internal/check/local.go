@@ -2,6 +2,7 @@ package check
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -70,4 +71,20 @@ func (LocalProber) Ping(from string, to netip.Addr) Result {
 		return Result{Err: fmt.Errorf("ping: %s", strings.TrimSpace(string(out)))}
 	}
 	return Result{Reached: true}
+}
+
+// Resolve asks this host's resolver: the host has no egress list, so
+// this only answers a prober that asks it.
+func (LocalProber) Resolve(from, name string, ipv6 bool) ([]netip.Addr, error) {
+	network := "ip4"
+	if ipv6 {
+		network = "ip6"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), localTimeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, network, name)
+	if err == nil && len(addrs) == 0 {
+		err = fmt.Errorf("%s has no address of that family", name)
+	}
+	return addrs, err
 }

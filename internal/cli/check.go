@@ -19,11 +19,11 @@ import (
 )
 
 func checkCmd() *command {
-	var target, seenAs string
+	var target, seenAs, target6, seenAs6, unlisted string
 	var wait time.Duration
 	return &command{
 		name:  "check",
-		args:  "[-f FILE] --target ADDR:PORT [--seen-as ADDR] [--wait DURATION]",
+		args:  "[-f FILE] --target ADDR:PORT [--seen-as ADDR] [--target6 [ADDR]:PORT [--seen-as6 ADDR]] [--unlisted NAME] [--wait DURATION]",
 		short: "prove the seed's promises from inside the running VMs",
 		long: `
 Logs in to every VM of infra.toml (as microvm ssh does) and sends real
@@ -35,15 +35,28 @@ VM. Prints the matrix and exits 1 if any promise is broken.
 The target is a server on the internet that answers each TCP connection
 with a line "seen ADDR", the address it saw the client come from, so NAT is
 proven too (microvm demo runs one); --seen-as is the address it must see,
-by default the uplink's first IPv4 address. Every VM must be running.
-Needs root (the admin key, and ICMP from the host).
+by default the uplink's first IPv4 address. With --target6, an IPv6
+server, every VM gets a second row with the same promises over IPv6
+(--seen-as6: the uplink's first global IPv6 address with NAT66; a VM's
+own address with a routed ipv6_prefix).
+
+A VM with an egress list must resolve the first of its names through its
+gateway and reach its first address on the target's port, must not
+resolve --unlisted (by default example.com, which no list should name), and
+must not reach the target's address (which none of its names should have)
+nor its own DNS server. Every VM must be running. Needs root (the admin
+key, and ICMP from the host).
 
 Examples:
   sudo microvm check --target 203.0.113.10:8000
-  sudo microvm check --target 203.0.113.10:8000 --seen-as 198.51.100.7`,
+  sudo microvm check --target 203.0.113.10:8000 --seen-as 198.51.100.7
+  sudo microvm check --target 203.0.113.10:8000 --target6 [2001:db8:113::10]:8000`,
 		flags: func(fs *pflag.FlagSet) {
 			fs.StringVar(&target, "target", "", "the internet server ADDR:PORT that answers \"seen ADDR\"")
 			fs.StringVar(&seenAs, "seen-as", "", "the address the target must see the VMs as (default: the uplink's address)")
+			fs.StringVar(&target6, "target6", "", "the same server's IPv6 [ADDR]:PORT, for the IPv6 rows")
+			fs.StringVar(&seenAs6, "seen-as6", "", "the address the IPv6 target must see the VMs as, with NAT66 (default: the uplink's global IPv6 address)")
+			fs.StringVar(&unlisted, "unlisted", "example.com", "a name that resolves and no egress list names")
 			fs.DurationVar(&wait, "wait", 10*time.Second, "how long to keep trying to log in to each VM")
 		},
 		run: func(e *env, args []string) error {
@@ -81,7 +94,11 @@ Examples:
 				return err
 			}
 			p := check.NewGuestProber(clients, check.LocalProber{}, guest.Run)
-			r := check.Run(in, p, check.Target{Internet: tgt.Addr(), Port: tgt.Port(), Uplink: uplink, HostSSH: []netip.Addr{uplink}})
+			t := check.Target{Internet: tgt.Addr(), Port: tgt.Port(), Uplink: uplink, HostSSH: []netip.Addr{uplink}, Unlisted: unlisted}
+			if t.IPv6, err = target6Of(in, target6, seenAs6, tgt.Port()); err != nil {
+				return err
+			}
+			r := check.Run(in, p, t)
 			r.Print(e.stdout)
 			if !r.OK() {
 				return fmt.Errorf("a promise does not hold (see the matrix)")
@@ -112,6 +129,51 @@ func allRunning(e *env, in *config.Infra) error {
 		return fmt.Errorf("%s is stopped; check needs every VM running (microvm up %s)", stopped[0], stopped[0])
 	}
 	return fmt.Errorf("%s are stopped; check needs every VM running (microvm up --all)", strings.Join(stopped, ", "))
+}
+
+// target6Of is the IPv6 half of check's target: nil without --target6.
+// The port is the IPv4 target's when --target6 gives none ("[ADDR]" or
+// "ADDR").
+func target6Of(in *config.Infra, flagValue, seenAs string, port uint16) (*check.Target6, error) {
+	if flagValue == "" {
+		return nil, nil
+	}
+	if !in.Host.IPv6 {
+		return nil, fmt.Errorf("%w: --target6: this host's VMs have no IPv6 (ipv6 = false)", errUsage)
+	}
+	to, err := netip.ParseAddrPort(flagValue)
+	if err != nil {
+		a, err := netip.ParseAddr(strings.Trim(flagValue, "[]"))
+		if err != nil || !a.Is6() {
+			return nil, fmt.Errorf("%w: --target6 %q is not [ADDR]:PORT, e.g. [2001:db8:113::10]:8000", errUsage, flagValue)
+		}
+		to = netip.AddrPortFrom(a, port)
+	}
+	t := &check.Target6{Internet: to.Addr()}
+	if seenAs != "" {
+		if t.Uplink, err = netip.ParseAddr(seenAs); err != nil || !t.Uplink.Is6() {
+			return nil, fmt.Errorf("%w: --seen-as6 %q is not an IPv6 address", errUsage, seenAs)
+		}
+	} else if in.Host.NAT66 {
+		ifc, err := net.InterfaceByName(in.Host.Uplink)
+		if err != nil {
+			return nil, fmt.Errorf("uplink %s: %w; name the NAT66 address with --seen-as6", in.Host.Uplink, err)
+		}
+		addrs, _ := ifc.Addrs() // none read is as none found: the error below says what to do
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is6() && p.Addr().IsGlobalUnicast() && !config.ULARange.Contains(p.Addr()) {
+				t.Uplink = p.Addr()
+				break
+			}
+		}
+		if !t.Uplink.IsValid() {
+			return nil, fmt.Errorf("uplink %s has no global IPv6 address; name the NAT66 address with --seen-as6", in.Host.Uplink)
+		}
+	}
+	if to.Port() != port {
+		return nil, fmt.Errorf("%w: --target6 must use the port of --target (%d): one server, two families", errUsage, port)
+	}
+	return t, nil
 }
 
 // uplinkAddr is the address the internet sees the VMs as.

@@ -17,6 +17,8 @@ import (
 	"github.com/simple-microvm-infra/microvm/examples"
 	"github.com/simple-microvm-infra/microvm/internal/check"
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/egress"
+	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
@@ -39,13 +41,14 @@ func demoCmd() *command {
 		short: "run the 4-VM setup in a throwaway sandbox and prove it works",
 		long: `
 Runs the seed's setup for real, in a sandbox of network namespaces: a host,
-and an "internet" with a server on 203.0.113.10. It applies the host part of
-infra.toml inside it exactly as "apply --host-only" does on a real host,
-boots the 4 microVMs (building the Debian image first if needed, a few
-minutes the first time), and proves the seed's promises from inside the
-guests over SSH, with real TCP, UDP and ICMP packets: each VM reaches the
-internet through NAT, no VM reaches another VM, another VM's gateway or the
-host's SSH port, and the host reaches every VM. Then it shuts the VMs down.
+and an "internet" with a server on 203.0.113.10 and 2001:db8:113::10. It
+applies the host part of infra.toml inside it exactly as "apply
+--host-only" does on a real host, boots the 4 microVMs (building the Debian
+image first if needed, a few minutes the first time), and proves the seed's
+promises from inside the guests over SSH, with real TCP, UDP and ICMP
+packets, over IPv4 and IPv6: each VM reaches the internet through NAT, no
+VM reaches another VM, another VM's gateway or the host's SSH port, and the
+host reaches every VM. Then it shuts the VMs down.
 
 Nothing outside the sandbox is touched: not this machine's interfaces,
 routes or firewall. The image and the VMs' disks live in ` + demoState + `,
@@ -136,6 +139,25 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 	if err := sb.Serve(); err != nil {
 		return err
 	}
+	// The resolver of the VMs with an egress list, as microvm host runs it
+	// beside the firewall.
+	var resolver *egress.Resolver
+	err = sandbox.Do(sb.Host, func() error {
+		vms, err := firewall.ReadEgress(in.Host)
+		if err != nil || len(vms) == 0 {
+			return err
+		}
+		if resolver, err = egress.New(func(format string, args ...any) { fmt.Fprintf(w, "  "+format+"\n", args...) }); err != nil {
+			return err
+		}
+		return resolver.Set(vms)
+	})
+	if resolver != nil {
+		defer resolver.Close()
+	}
+	if err != nil {
+		return err
+	}
 
 	var prober check.Prober = sandbox.Prober{S: sb}
 	if standIns {
@@ -172,7 +194,7 @@ func demo(e *env, in *config.Infra, standIns, keep bool) error {
 	r.Print(w)
 	ok := r.OK()
 	if ok {
-		fmt.Fprintln(w, "\nAll promises hold: every VM reaches the internet through NAT, no VM reaches another VM,\nanother VM's gateway or the host's SSH, and the host reaches every VM.")
+		fmt.Fprintln(w, "\nAll promises hold, over IPv4 and IPv6: every VM reaches the internet through NAT, no VM reaches\nanother VM, another VM's gateway or the host's SSH, and the host reaches every VM.")
 	}
 	if keep {
 		fmt.Fprintf(w, "\nThe sandbox stays until Ctrl-C. Look around, e.g.:\n  ip netns exec %s nft list table inet microvm\n  ip netns exec %s ip -br addr\n",
@@ -251,6 +273,13 @@ func demoFile(in *config.Infra, accel config.Accel) string {
 	h := in.Host
 	fmt.Fprintf(&b, "# Written by microvm demo from %s.\n[host]\nuplink = %q\nstate_dir = %q\nrun_dir = %q\nuser = %q\naccel = %q\n",
 		in.File, h.Uplink, h.StateDir, h.RunDir, h.User, accel)
+	if h.IPv6 {
+		// The prefix the file has or derives (from its own state_dir): the
+		// VMs keep their IPv6 addresses in the demo's directories.
+		fmt.Fprintf(&b, "ipv6_prefix = %q\n", h.IPv6Prefix)
+	} else {
+		b.WriteString("ipv6 = false\n")
+	}
 	for _, vm := range in.VMs {
 		hv, vcpu, mem := vm.Hypervisor, vm.VCPU, vm.MemoryMiB
 		if v, _ := vmm.Lookup(hv); !installed(v) || v.NeedsKVM && accel == config.TCG {
@@ -261,8 +290,20 @@ func demoFile(in *config.Infra, accel config.Accel) string {
 		}
 		fmt.Fprintf(&b, "\n[vm.%s]\nsubnet = %q\nvcpu = %d\nmemory = %d\nhypervisor = %q\nimage = %q\ndns = %q\n",
 			vm.Name, vm.Subnet, vcpu, mem, hv, vm.Image, vm.DNS)
+		if vm.HasEgress() {
+			fmt.Fprintf(&b, "egress = [%s]\n", quotedList(config.EgressNames(vm.Egress)))
+		}
 	}
 	return b.String()
+}
+
+// quotedList writes names as a TOML list's elements: "a", "b".
+func quotedList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = fmt.Sprintf("%q", n)
+	}
+	return strings.Join(q, ", ")
 }
 
 // firstLine is the first line of err, for a one-line note.

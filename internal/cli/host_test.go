@@ -139,20 +139,27 @@ func TestHostApply(t *testing.T) {
 		r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
 		var b bytes.Buffer
 		r.Print(&b)
+		t.Logf("measured with stand-ins:\n%s", b.String())
 		if !r.OK() {
 			t.Errorf("promises broken:\n%s", b.String())
 		}
-		// The matrix covers all 12 ordered pairs, each over TCP, UDP and ICMP.
+		// The matrix covers all 12 ordered pairs, each over TCP, UDP and
+		// ICMP, over IPv4 and IPv6; each VM has an IPv6 row.
 		pairs := 0
-		for _, from := range in.VMs {
-			for _, to := range in.VMs {
-				if from.Name != to.Name && r.Cells[from.Name][to.Name].Text == "blocked" {
-					pairs++
+		for _, suffix := range []string{"", check.Suffix6} {
+			for _, from := range in.VMs {
+				for _, to := range in.VMs {
+					if from.Name != to.Name && r.Cells[from.Name+suffix][to.Name].Text == "blocked" {
+						pairs++
+					}
 				}
 			}
 		}
-		if pairs != 12 {
-			t.Errorf("got %d blocked ordered pairs, want 12:\n%s", pairs, b.String())
+		if pairs != 24 {
+			t.Errorf("got %d blocked ordered pairs, want 12 for each of IPv4 and IPv6:\n%s", pairs, b.String())
+		}
+		if got, want := r.Cells["vm1"+check.Suffix6]["internet"].Text, "ok, seen as "+sandbox.UplinkAddr6.Addr().String(); got != want {
+			t.Errorf("vm1's IPv6 internet: %q, want %q (NAT66)", got, want)
 		}
 	})
 	t.Run("anti-spoofing", func(t *testing.T) { antiSpoofing(t, sb, in) })
@@ -168,22 +175,28 @@ func TestHostApply(t *testing.T) {
 		r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
 		var b bytes.Buffer
 		r.Print(&b)
-		if r.OK() || r.Cells["vm1"]["internet"].OK || r.Cells["vm1"]["host ssh"].OK {
+		if r.OK() || r.Cells["vm1"]["internet"].OK || r.Cells["vm1"]["host ssh"].OK || r.Cells["vm1"+check.Suffix6]["internet"].OK {
 			t.Errorf("with the firewall gone, check still passes:\n%s", b.String())
 		}
-		if !r.Cells["vm1"]["vm2"].OK {
-			t.Errorf("with the firewall gone, VMs reach each other: policy routing does not hold:\n%s", b.String())
+		for _, from := range []string{"vm1", "vm1" + check.Suffix6} {
+			if !r.Cells[from]["vm2"].OK {
+				t.Errorf("with the firewall gone, %s reaches vm2: policy routing does not hold:\n%s", from, b.String())
+			}
 		}
 		for _, vm := range in.VMs {
-			if out, err := sandbox.Command(sb.Host, "ip", "rule", "del", "priority", fmt.Sprint(config.RulePrefIsolation), "iif", vm.Bridge).CombinedOutput(); err != nil {
-				t.Fatalf("%s %v", out, err)
+			for _, family := range []string{"-4", "-6"} {
+				if out, err := sandbox.Command(sb.Host, "ip", family, "rule", "del", "priority", fmt.Sprint(config.RulePrefIsolation), "iif", vm.Bridge).CombinedOutput(); err != nil {
+					t.Fatalf("%s %v", out, err)
+				}
 			}
 		}
 		r = check.Run(in, sandbox.Prober{S: sb}, sb.Target())
-		if r.Cells["vm1"]["vm2"].Text != "REACHED (icmp,tcp,udp)" {
-			b.Reset()
-			r.Print(&b)
-			t.Errorf("with the firewall and the policy routing gone, vm1 -> vm2 is %q, want REACHED (icmp,tcp,udp):\n%s", r.Cells["vm1"]["vm2"].Text, b.String())
+		for _, from := range []string{"vm1", "vm1" + check.Suffix6} {
+			if r.Cells[from]["vm2"].Text != "REACHED (icmp,tcp,udp)" {
+				b.Reset()
+				r.Print(&b)
+				t.Errorf("with the firewall and the policy routing gone, %s -> vm2 is %q, want REACHED (icmp,tcp,udp):\n%s", from, r.Cells[from]["vm2"].Text, b.String())
+			}
 		}
 		mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
 		if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); !r.OK() {
@@ -194,17 +207,20 @@ func TestHostApply(t *testing.T) {
 }
 
 // antiSpoofing sends from vm1's stand-in with addresses and a MAC that are
-// not vm1's: the internet server must see none of it.
+// not vm1's, over IPv4 and IPv6: the internet server must see none of it,
+// and the gateway answers no ping from a link-local address not vm1's.
 func antiSpoofing(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) {
 	vm1, _ := in.VM("vm1")
+	vm2, _ := in.VM("vm2")
 	ns := sb.VMs["vm1"]
-	internet := sb.Target().Internet
+	internet, internet6 := sb.Target().Internet, sb.Target().IPv6.Internet
 	ipn := func(args ...string) {
 		t.Helper()
 		if out, err := sandbox.Command(ns, "ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %s %v", strings.Join(args, " "), out, err)
 		}
 	}
+	other6 := netip.PrefixFrom(vm1.Subnet6.Addr().Next().Next().Next(), 64) // ::3, in vm1's own /64
 	tests := []struct {
 		name  string
 		setup []string // ip command run in vm1's namespace
@@ -214,6 +230,9 @@ func antiSpoofing(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) {
 		{"other address in own subnet", []string{"addr", "add", "10.1.0.99/24", "dev", "eth0"}, []string{"addr", "del", "10.1.0.99/24", "dev", "eth0"}, "10.1.0.99"},
 		{"vm2's address", []string{"addr", "add", "10.2.0.2/32", "dev", "eth0"}, []string{"addr", "del", "10.2.0.2/32", "dev", "eth0"}, "10.2.0.2"},
 		{"foreign MAC", []string{"link", "set", "eth0", "address", "02:00:00:00:00:99"}, []string{"link", "set", "eth0", "address", vm1.MAC.String()}, vm1.Addr.String()},
+		{"other IPv6 address in own /64", []string{"addr", "add", other6.String(), "dev", "eth0", "nodad"}, []string{"addr", "del", other6.String(), "dev", "eth0"}, other6.Addr().String()},
+		{"vm2's IPv6 address", []string{"addr", "add", vm2.Addr6.String() + "/128", "dev", "eth0", "nodad"}, []string{"addr", "del", vm2.Addr6.String() + "/128", "dev", "eth0"}, vm2.Addr6.String()},
+		{"foreign MAC, IPv6", []string{"link", "set", "eth0", "address", "02:00:00:00:00:99"}, []string{"link", "set", "eth0", "address", vm1.MAC.String()}, vm1.Addr6.String()},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -221,15 +240,38 @@ func antiSpoofing(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) {
 			defer ipn(tt.undo...)
 			// Neighbours cache the old MAC; flush so the new one is used.
 			sandbox.Command(sb.Host, "ip", "neigh", "flush", "dev", vm1.Bridge).Run()
-			if r := sandbox.TCPFrom(ns, netip.MustParseAddr(tt.from), netip.AddrPortFrom(internet, sandbox.Port)); r.Reached {
+			from := netip.MustParseAddr(tt.from)
+			to := netip.AddrPortFrom(internet, sandbox.Port)
+			if from.Is6() {
+				to = netip.AddrPortFrom(internet6, sandbox.Port)
+			}
+			if r := sandbox.TCPFrom(ns, from, to); r.Reached {
 				t.Errorf("spoofed packet from %s reached the internet (seen as %s)", tt.from, r.SeenAs)
 			}
 		})
 	}
-	// And the real address still works, so the probes above can succeed.
+	// A link-local address is vm1's only if the kernel made it of vm1's
+	// MAC: from another, the gateway answers no ping.
+	ping := func(from string) bool {
+		return sandbox.Command(ns, "ping", "-6", "-c1", "-W2", "-I", from+"%eth0", vm1.Gateway6.String()).Run() == nil
+	}
+	t.Run("other link-local address", func(t *testing.T) {
+		ipn("addr", "add", "fe80::99/64", "dev", "eth0", "nodad")
+		defer ipn("addr", "del", "fe80::99/64", "dev", "eth0")
+		if ping("fe80::99") {
+			t.Error("the gateway answered a ping from fe80::99, not vm1's link-local address")
+		}
+	})
+	// And the real addresses still work, so the probes above can succeed.
 	sandbox.Command(sb.Host, "ip", "neigh", "flush", "dev", vm1.Bridge).Run()
 	if r := sandbox.TCPFrom(ns, vm1.Addr, netip.AddrPortFrom(internet, sandbox.Port)); !r.Reached {
 		t.Errorf("vm1's own address no longer reaches the internet: %v", r.Err)
+	}
+	if r := sandbox.TCPFrom(ns, vm1.Addr6, netip.AddrPortFrom(internet6, sandbox.Port)); !r.Reached {
+		t.Errorf("vm1's own IPv6 address no longer reaches the internet: %v", r.Err)
+	}
+	if !ping(vm1.LinkLocal6.String()) {
+		t.Errorf("the gateway answers no ping from vm1's own link-local address %s", vm1.LinkLocal6)
 	}
 }
 
@@ -269,7 +311,11 @@ func TestDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
 	}
-	for _, want := range []string{"vm1        ok, seen as 192.0.2.2  -        blocked  blocked  blocked", "All promises hold", "Removing the sandbox."} {
+	for _, want := range []string{
+		"vm1        ok, seen as 192.0.2.2      -        blocked  blocked  blocked",
+		"vm1 ipv6   ok, seen as 2001:db8:2::2  -        blocked  blocked  blocked",
+		"All promises hold", "Removing the sandbox.",
+	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

@@ -28,12 +28,14 @@ func infoCmd() *command {
 		long: `
 Shows everything about one VM: its state, the processes that run it (the
 VMM, the supervisor and, without systemd, its keeper) and since when, its
-network (subnet, address, gateway, bridge, TAP, MAC), its resources, the
-image it boots (with image_writable, what its own overlay holds), which
-files of its /etc differ from its image's, what changed in the file since it started (what update would
-restart it for), where its data and logs are, the disk its /etc and /var
-use and its snapshots (storage = "zfs"). Reading the disk use and the
-snapshots needs root; without it they are left out.
+network (subnets, addresses and gateways of IPv4 and IPv6, bridge, TAP,
+MAC; with an egress list, its names and the addresses it may reach now),
+its resources, the image it boots (with image_writable, what its own
+overlay holds), which files of its /etc differ from its image's, what
+changed in the file since it started (what update would restart it for),
+where its data and logs are, the disk its /etc and /var use and its
+snapshots (storage = "zfs"). Reading the disk use, the snapshots and the
+addresses needs root; without it they are left out.
 
 Examples:
   microvm info vm1
@@ -83,6 +85,7 @@ type infoDoc struct {
 	ImageMadeOf   string          `json:"image_made_of,omitempty" doc:"what that image is made of, as image list says"`
 	WritableBytes *int64          `json:"writable_bytes,omitempty" doc:"with image_writable: what its own overlay over the image holds"`
 	Etc           *etcDoc         `json:"etc,omitempty" doc:"how its /etc differs from its image's, as last merged; absent before its first start"`
+	EgressNow     []egressDoc     `json:"egress_now" doc:"with an egress list: the addresses it may reach now, for which name, and for how long (needs root)"`
 	Problems      []string        `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
 }
 
@@ -100,7 +103,8 @@ const etcShown = 20
 func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	s := lifecycle.StateOf(m, vm)
 	d := infoDoc{Version: jsonVersion, File: in.File, VM: modelOf(vm), State: s.State, Manager: m.Kind(), Unit: supervise.Unit(vm.Name),
-		ConsoleLog: vm.ConsoleLog(), SupervisorLog: vm.SupervisorLog(), Changes: []string{}, Snapshots: []snapshotDoc{}, Problems: []string{}}
+		ConsoleLog: vm.ConsoleLog(), SupervisorLog: vm.SupervisorLog(), Changes: []string{}, Snapshots: []snapshotDoc{}, Problems: []string{},
+		EgressNow: []egressDoc{}}
 	if s.State == lifecycle.Running {
 		d.VMMPid, d.SupervisorPid = s.Started.VMMPid, s.Started.RunPid
 		t := s.Started.Time
@@ -120,6 +124,13 @@ func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	if os.Geteuid() != 0 {
 		d.Problems = append(d.Problems, "disk use and snapshots need root to read")
 		return d
+	}
+	if vm.HasEgress() {
+		if now, err := egressNow(); err != nil {
+			d.Problems = append(d.Problems, "the addresses it may reach: "+err.Error())
+		} else {
+			d.EgressNow = now[vm.Name]
+		}
 	}
 	if c, ok, err := guest.EtcDiff(vm); err != nil {
 		d.Problems = append(d.Problems, "/etc against the image: "+err.Error())
@@ -172,6 +183,17 @@ func printInfo(e *env, d infoDoc) {
 	}
 	line("processes", "%s (%s, unit %s)", strings.Join(procs, ", "), d.Manager, d.Unit)
 	line("network", "%s: address %s, gateway %s", vm.Subnet, vm.Address, vm.Gateway)
+	if vm.Subnet6 != "" {
+		line("", "%s: address %s, gateway %s", vm.Subnet6, vm.Address6, vm.Gateway6)
+	}
+	if len(vm.Egress) > 0 {
+		line("egress", "only %s on the internet (its gateway answers, and asks %s)", strings.Join(vm.Egress, ", "), vm.DNS)
+		now := "none"
+		if len(d.EgressNow) > 0 {
+			now = egressText(d.EgressNow)
+		}
+		line("", "reachable now: %s", now)
+	}
 	line("links", "bridge %s, TAP %s, MAC %s", vm.Bridge, vm.TAP, vm.MAC)
 	line("resources", "%d vCPU, %d MiB, %s, dns %s", vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.DNS)
 	img := d.ImageDir

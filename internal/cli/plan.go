@@ -139,13 +139,17 @@ func planJSON(in *config.Infra, p *plan.Plan) planDoc {
 	return d
 }
 
-// printSources says where each allow, opening and publish entry of the
-// ruleset is written: the ruleset itself names none of it, so that a rule
-// stays the same rule when lines of the file move.
+// printSources says where each allow, opening, publish and egress entry
+// of the ruleset is written: the ruleset itself names none of it, so that a
+// rule stays the same rule when lines of the file move. The egress lists
+// are not in the ruleset at all: the resolver of microvm host serves them.
 func printSources(e *env, in *config.Infra) {
 	var lines []string
 	for _, a := range in.Host.Allow {
 		lines = append(lines, fmt.Sprintf("#   allow %s (every VM): %s", a, a.At))
+	}
+	for _, n := range in.Host.Egress {
+		lines = append(lines, fmt.Sprintf("#   egress %s (every VM): %s", n.Name, n.At))
 	}
 	for _, vm := range in.VMs {
 		for _, a := range vm.Allow {
@@ -154,8 +158,20 @@ func printSources(e *env, in *config.Infra) {
 		for _, p := range vm.Publish {
 			lines = append(lines, fmt.Sprintf("#   publish %s (%s): %s", p, vm.Name, p.At))
 		}
+		for _, n := range vm.Egress[len(in.Host.Egress):] {
+			lines = append(lines, fmt.Sprintf("#   egress %s (%s): %s", n.Name, vm.Name, n.At))
+		}
 	}
 	if len(lines) > 0 {
-		fmt.Fprintf(e.stdout, "\n# where its allow and publish entries are written:\n%s\n", strings.Join(lines, "\n"))
+		fmt.Fprintf(e.stdout, "\n# where its allow, publish and egress entries are written:\n%s\n", strings.Join(lines, "\n"))
+	}
+	var egress []string
+	for _, vm := range in.VMs {
+		if vm.HasEgress() {
+			egress = append(egress, fmt.Sprintf("#   %s: %s (asks its gateway %s, which asks %s)", vm.Name, strings.Join(config.EgressNames(vm.Egress), ", "), vm.Gateway, vm.DNS))
+		}
+	}
+	if len(egress) > 0 {
+		fmt.Fprintf(e.stdout, "\n# the names each VM with an egress list reaches, and nothing else on the internet:\n%s\n", strings.Join(egress, "\n"))
 	}
 }

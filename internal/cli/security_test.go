@@ -30,21 +30,27 @@ import (
 // another host on the uplink's network), the cloud metadata server or
 // Azure's WireServer; a
 // VM's own DNS server stays reachable on port 53 wherever it is; an allow
-// list opens exactly what it names, for one VM or for all.
+// list opens exactly what it names, for one VM or for all. Each over IPv4
+// and IPv6.
 func TestInternetOnly(t *testing.T) {
 	lan, meta := sandbox.LANAddr.Addr(), sandbox.MetadataAddr
+	lan6, meta6 := sandbox.LANAddr6.Addr(), sandbox.MetadataAddr6
 	file := writeFile(t, fmt.Sprintf(`[host]
 uplink = "eth0"
-allow = ["%s/32 udp %d"]
+allow = ["%s/32 udp %d", "%s udp %d"]
 
 [vm.vm1]
 subnet = "10.1.0.0/24"
-allow = ["%s tcp %d"]
+allow = ["%s tcp %d", "%s tcp %d"]
 
 [vm.vm2]
 subnet = "10.2.0.0/24"
 dns = "%s"
-`, meta, sandbox.Port, lan, sandbox.Port, lan))
+
+[vm.vm3]
+subnet = "10.3.0.0/24"
+dns = "%s"
+`, meta, sandbox.Port, meta6, sandbox.Port, lan, sandbox.Port, lan6, sandbox.Port, lan, lan6))
 	sb, in := newSandbox(t, file)
 	addUsers(t, in)
 	mustRun(t, sb.Host, "apply", "--host-only", "-f", file)
@@ -82,6 +88,21 @@ dns = "%s"
 		{"vm1", "Azure's WireServer over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(sandbox.WireServer, sandbox.Port)) }, false},
 		{"vm2", "Azure's WireServer over UDP", func(ns string) check.Result { return sandbox.UDP(ns, port(sandbox.WireServer, sandbox.Port)) }, false},
 		{"vm1", "Azure's WireServer by ping", func(ns string) check.Result { return sandbox.Ping(ns, sandbox.WireServer) }, false},
+
+		// The same over IPv6.
+		{"vm1", "the internet, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, port(sandbox.InternetAddr6, sandbox.Port)) }, true},
+		{"vm1", "the LAN host's IPv6, allowed port", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, sandbox.Port)) }, true},
+		{"vm1", "the LAN host's IPv6 over UDP", func(ns string) check.Result { return sandbox.UDP(ns, port(lan6, sandbox.Port)) }, false},
+		{"vm1", "the LAN host's IPv6, other port", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, 53)) }, false},
+		{"vm1", "the LAN host's IPv6 by ping", func(ns string) check.Result { return sandbox.Ping(ns, lan6) }, false},
+		{"vm2", "the LAN host's IPv6", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, sandbox.Port)) }, false},
+		{"vm3", "its IPv6 DNS server over UDP", func(ns string) check.Result { return sandbox.UDP(ns, port(lan6, 53)) }, true},
+		{"vm3", "its IPv6 DNS server over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, 53)) }, true},
+		{"vm2", "vm3's IPv6 DNS server", func(ns string) check.Result { return sandbox.UDP(ns, port(lan6, 53)) }, false},
+		{"vm3", "the LAN host's IPv6 other port", func(ns string) check.Result { return sandbox.TCP(ns, port(lan6, sandbox.Port)) }, false},
+		{"vm1", "the router's IPv6", func(ns string) check.Result { return sandbox.TCP(ns, port(sandbox.ISPAddr6.Addr(), sandbox.Port)) }, false},
+		{"vm1", "cloud metadata's IPv6 over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(meta6, sandbox.Port)) }, false},
+		{"vm2", "cloud metadata's IPv6 over UDP, allowed", func(ns string) check.Result { return sandbox.UDP(ns, port(meta6, sandbox.Port)) }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.vm+" to "+tt.what, func(t *testing.T) {
@@ -96,7 +117,7 @@ dns = "%s"
 			if r.Reached != tt.reached {
 				t.Errorf("reached = %v (%v), want %v", r.Reached, r.Err, tt.reached)
 			}
-			if r.Reached && r.SeenAs != sandbox.UplinkAddr.Addr().String() {
+			if r.Reached && r.SeenAs != sandbox.UplinkAddr.Addr().String() && r.SeenAs != sandbox.UplinkAddr6.Addr().String() {
 				t.Errorf("seen as %q: not NATed to the uplink's address", r.SeenAs)
 			}
 		})
@@ -106,8 +127,10 @@ dns = "%s"
 	for _, want := range []string{
 		fmt.Sprintf(`iifname "br-vm1" oifname "eth0" ip daddr %s/32 meta l4proto tcp th dport { %d } accept comment "allow %s tcp %d (vm1)"`, lan, sandbox.Port, lan, sandbox.Port),
 		fmt.Sprintf(`ip daddr %s/32 meta l4proto udp th dport { %d } accept comment "allow %s udp %d (every VM)"`, meta, sandbox.Port, meta, sandbox.Port),
+		fmt.Sprintf(`iifname "br-vm1" oifname "eth0" ip6 daddr %s/128 meta l4proto tcp th dport { %d } accept comment "allow %s tcp %d (vm1)"`, lan6, sandbox.Port, lan6, sandbox.Port),
 		fmt.Sprintf("#   allow %s tcp %d (vm1): %s:7:10", lan, sandbox.Port, file),
-		"192.0.2.0/24", // the uplink's network, in the blocked set
+		"192.0.2.0/24",    // the uplink's network, in the blocked set
+		"2001:db8:2::/64", // and its IPv6 network
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan -v lacks %q:\n%s", want, out)
@@ -119,8 +142,8 @@ dns = "%s"
 // reaches the VMs, and not the host at its gateway addresses, which lie
 // inside those routes (a tailnet ACL that opens the VM subnets would open
 // the hypervisor too): not its sshd (a listener on port 22), not by ping,
-// not another VM's gateway. The host's own tailnet address is left as it
-// is: the operator's business.
+// not another VM's gateway; over IPv4 and IPv6. The host's own tailnet
+// address is left as it is: the operator's business.
 func TestTailnetNotHost(t *testing.T) {
 	sb, in := newSandbox(t, example)
 	addUsers(t, in)
@@ -157,6 +180,14 @@ func TestTailnetNotHost(t *testing.T) {
 		{"the host at its tailnet address over UDP", func() check.Result {
 			return sandbox.UDP(client, netip.AddrPortFrom(sandbox.TailnetHostAddr.Addr(), sandbox.Port))
 		}, true},
+
+		// The same over IPv6.
+		{"vm1 over TCP, IPv6", func() check.Result { return sandbox.TCP(client, netip.AddrPortFrom(vm1.Addr6, sandbox.Port)) }, true},
+		{"vm1 by ping, IPv6", func() check.Result { return sandbox.Ping(client, vm1.Addr6) }, true},
+		{"the host's sshd at vm1's IPv6 gateway", func() check.Result { return sandbox.TCP(client, ssh(vm1.Gateway6)) }, false},
+		{"the host at vm1's IPv6 gateway by ping", func() check.Result { return sandbox.Ping(client, vm1.Gateway6) }, false},
+		{"the host at vm2's IPv6 gateway over UDP", func() check.Result { return sandbox.UDP(client, netip.AddrPortFrom(vm2.Gateway6, sandbox.Port)) }, false},
+		{"the host's sshd at its tailnet IPv6 address", func() check.Result { return sandbox.TCP(client, ssh(sandbox.TailnetHostAddr6.Addr())) }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.what, func(t *testing.T) {
@@ -346,7 +377,7 @@ func TestDestroyRefuses(t *testing.T) {
 // nothing else crosses between them, in any protocol or direction; a
 // published port reaches its VM from the internet, with the client's own
 // address, from the sources its from names only; nothing else of a VM is
-// reached from outside.
+// reached from outside. Each over IPv4 and IPv6.
 func TestOpenings(t *testing.T) {
 	p := sandbox.Port
 	file := writeFile(t, fmt.Sprintf(`[host]
@@ -355,7 +386,7 @@ uplink = "eth0"
 [vm.web]
 subnet = "10.5.0.0/24"
 allow = ["vm:db tcp %d"]
-publish = ["tcp 8080:%d", "tcp 8081:%d from 198.51.100.0/24"]
+publish = ["tcp 8080:%d", "tcp 8081:%d from 198.51.100.0/24,2001:db8:5::/48"]
 
 [vm.db]
 subnet = "10.6.0.0/24"
@@ -377,13 +408,18 @@ subnet = "10.8.0.0/24"
 		t.Fatal(err)
 	}
 	// A client of the internet in the published port's from list.
-	allowed := netip.MustParseAddr("198.51.100.5")
-	if out, err := exec.Command("ip", "-n", sb.Internet, "addr", "add", allowed.String()+"/32", "dev", "lo").CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v", out, err)
+	allowed, allowed6 := netip.MustParseAddr("198.51.100.5"), netip.MustParseAddr("2001:db8:5::5")
+	for _, a := range []string{allowed.String() + "/32", allowed6.String() + "/128"} {
+		if out, err := exec.Command("ip", "-n", sb.Internet, "addr", "add", a, "dev", "lo", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v", out, err)
+		}
 	}
 	addr := func(vm string) netip.Addr { v, _ := in.VM(vm); return v.Addr }
 	at := func(vm string, port int) netip.AddrPort { return netip.AddrPortFrom(addr(vm), uint16(port)) }
 	uplink := func(port int) netip.AddrPort { return netip.AddrPortFrom(sandbox.UplinkAddr.Addr(), uint16(port)) }
+	addr6 := func(vm string) netip.Addr { v, _ := in.VM(vm); return v.Addr6 }
+	at6 := func(vm string, port int) netip.AddrPort { return netip.AddrPortFrom(addr6(vm), uint16(port)) }
+	uplink6 := func(port int) netip.AddrPort { return netip.AddrPortFrom(sandbox.UplinkAddr6.Addr(), uint16(port)) }
 	tests := []struct {
 		from, what string
 		probe      func(ns string) check.Result
@@ -405,6 +441,24 @@ subnet = "10.8.0.0/24"
 		{"internet", "web's unpublished port", func(ns string) check.Result { return sandbox.TCP(ns, uplink(p)) }, false},
 		{"internet", "web itself", func(ns string) check.Result { return sandbox.TCP(ns, at("web", p)) }, false},
 		{"internet from 198.51.100.5", "web's port published to it", func(ns string) check.Result { return sandbox.TCPFrom(ns, allowed, uplink(8081)) }, true},
+
+		// The same over IPv6: an opening opens both families.
+		{"web", "db's opened port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("db", p)) }, true},
+		{"web", "db's opened port over UDP, IPv6", func(ns string) check.Result { return sandbox.UDP(ns, at6("db", p)) }, false},
+		{"web", "db's SSH port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("db", 22)) }, false},
+		{"web", "db by ping, IPv6", func(ns string) check.Result { return sandbox.Ping(ns, addr6("db")) }, false},
+		{"db", "web, the other way, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("web", p)) }, false},
+		{"db", "web by ping, IPv6", func(ns string) check.Result { return sandbox.Ping(ns, addr6("web")) }, false},
+		{"other", "db's opened port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("db", p)) }, false},
+		{"cache", "db, every protocol: TCP, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("db", p)) }, true},
+		{"cache", "db, every protocol: UDP, IPv6", func(ns string) check.Result { return sandbox.UDP(ns, at6("db", p)) }, true},
+		{"cache", "db, every protocol: ping, IPv6", func(ns string) check.Result { return sandbox.Ping(ns, addr6("db")) }, true},
+		{"cache", "web, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("web", p)) }, false},
+		{"internet", "web's published port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, uplink6(8080)) }, true},
+		{"internet", "web's port published to others, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, uplink6(8081)) }, false},
+		{"internet", "web's unpublished port, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, uplink6(p)) }, false},
+		{"internet", "web itself, IPv6", func(ns string) check.Result { return sandbox.TCP(ns, at6("web", p)) }, false},
+		{"internet from 2001:db8:5::5", "web's port published to it, IPv6", func(ns string) check.Result { return sandbox.TCPFrom(ns, allowed6, uplink6(8081)) }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.from+" to "+tt.what, func(t *testing.T) {
@@ -433,6 +487,9 @@ subnet = "10.8.0.0/24"
 	if r := sandbox.TCP(sb.Internet, uplink(8080)); r.SeenAs != sandbox.ISPAddr.Addr().String() {
 		t.Errorf("web saw the internet's client as %q, want %s", r.SeenAs, sandbox.ISPAddr.Addr())
 	}
+	if r := sandbox.TCP(sb.Internet, uplink6(8080)); r.SeenAs != sandbox.ISPAddr6.Addr().String() {
+		t.Errorf("web saw the internet's IPv6 client as %q, want %s", r.SeenAs, sandbox.ISPAddr6.Addr())
+	}
 
 	// check proves the same, in its matrix; and fails when an opening
 	// is taken away.
@@ -444,6 +501,10 @@ subnet = "10.8.0.0/24"
 		{"cache", "db", "all ok"},
 		{"db", "web", "blocked"},
 		{check.Outside, "web", "tcp 8080 ok, tcp 8081 closed to it"},
+		{"web" + check.Suffix6, "db", fmt.Sprintf("tcp %d ok, rest blocked", p)},
+		{"cache" + check.Suffix6, "db", "all ok"},
+		{"db" + check.Suffix6, "web", "blocked"},
+		{check.Outside + check.Suffix6, "web", "tcp 8080 ok, tcp 8081 closed to it"},
 	} {
 		if got := r.Cells[c.row][c.col]; got.Text != c.want || !got.OK {
 			t.Errorf("check's %s to %s: %+v, want %q", c.row, c.col, got, c.want)
@@ -452,10 +513,69 @@ subnet = "10.8.0.0/24"
 	if !r.OK() {
 		t.Errorf("check fails:\n%s", b.String())
 	}
+	if out, err := sandbox.Command(sb.Host, "nft", "flush", "set", "inet", "microvm", "vm_openings6").CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); r.OK() || r.Cells["web"+check.Suffix6]["db"].OK || !r.Cells["web"]["db"].OK {
+		t.Errorf("with web's IPv6 opening gone: IPv6 %+v, IPv4 %+v; want only IPv6's to fail", r.Cells["web"+check.Suffix6]["db"], r.Cells["web"]["db"])
+	}
 	if out, err := sandbox.Command(sb.Host, "nft", "flush", "set", "inet", "microvm", "vm_openings").CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v", out, err)
 	}
 	if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); r.OK() || r.Cells["web"]["db"].OK {
 		t.Errorf("check passes with web's opening gone: %+v", r.Cells["web"]["db"])
+	}
+}
+
+// TestRoutedIPv6: with a global ipv6_prefix the VMs' IPv6 is routed, not
+// NATed: the internet sees each VM's own address, and can route to it,
+// but still opens no connection into a VM; every other promise holds as
+// with the default ULA.
+func TestRoutedIPv6(t *testing.T) {
+	file := writeFile(t, `[host]
+uplink = "eth0"
+ipv6_prefix = "2001:db8:7::/48"
+
+[vm.vm1]
+subnet = "10.1.0.0/24"
+
+[vm.vm2]
+subnet = "10.2.0.0/24"
+`)
+	sb, in := newSandbox(t, file)
+	addUsers(t, in)
+	mustRun(t, sb.Host, "apply", "--host-only", "-f", file)
+	if err := sb.AddStandIns(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	vm1, _ := in.VM("vm1")
+	r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+	var b bytes.Buffer
+	r.Print(&b)
+	if !r.OK() {
+		t.Errorf("a promise does not hold:\n%s", b.String())
+	}
+	if got, want := r.Cells["vm1"+check.Suffix6]["internet"].Text, "ok, seen as "+vm1.Addr6.String(); got != want {
+		t.Errorf("vm1's IPv6 internet: %q, want %q (routed, no NAT66)\n%s", got, want, b.String())
+	}
+	if out := mustRun(t, sb.Host, "plan", "-v", "--host-only", "-f", file); strings.Contains(out, "NAT66") {
+		t.Errorf("a routed prefix is NATed:\n%s", out)
+	}
+	// The internet routes the prefix to the host, and reaches no VM: the
+	// probe must see a path, so the host's own gateway answers first.
+	if res := sandbox.Ping(sb.Internet, vm1.Gateway6); !res.Reached {
+		t.Fatalf("the internet does not reach the host's %s: the probes below would prove nothing", vm1.Gateway6)
+	}
+	for what, res := range map[string]check.Result{
+		"TCP":  sandbox.TCP(sb.Internet, netip.AddrPortFrom(vm1.Addr6, sandbox.Port)),
+		"UDP":  sandbox.UDP(sb.Internet, netip.AddrPortFrom(vm1.Addr6, sandbox.Port)),
+		"ICMP": sandbox.Ping(sb.Internet, vm1.Addr6),
+	} {
+		if res.Reached {
+			t.Errorf("the internet opened a connection into vm1 over %s at %s", what, vm1.Addr6)
+		}
 	}
 }

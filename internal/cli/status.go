@@ -65,8 +65,10 @@ guest makes it cost); with ZFS it is the datasets' used.
 
 --host adds the host's side: the disk used by the images, the VMs and in
 all (the seed promises under 10 GB for its 4 VMs), whether the host part is
-applied, who keeps the firewall and its last repair, and whether each VM's
-subnet is advertised to the tailnet and approved there.
+applied, who keeps the firewall and its last repair, for each VM with an
+egress list the addresses it may reach now (and for which name), and
+whether each VM's subnets (IPv4 and IPv6) are advertised to the tailnet
+and approved there.
 
 Examples:
   microvm status
@@ -167,7 +169,27 @@ func hostStatus(e *env, in *config.Infra, u storage.Usage, uerr error) {
 			humanSize(u.Images), humanSize(vms), humanSize(u.Total))
 	}
 	hostpart.PrintStatus(e.stdout, in)
+	printEgress(e, in)
 	tailscale.Status(context.Background(), in).Print(e.stdout)
+}
+
+// printEgress says, for each VM with an egress list, what it may reach
+// now.
+func printEgress(e *env, in *config.Infra) {
+	now, err := egressNow()
+	for _, vm := range in.VMs {
+		if !vm.HasEgress() {
+			continue
+		}
+		text := "none"
+		switch {
+		case err != nil:
+			text = "cannot be read: " + err.Error()
+		case len(now[vm.Name]) > 0:
+			text = egressText(now[vm.Name])
+		}
+		fmt.Fprintf(e.stdout, "egress %s: only %s; reachable now: %s\n", vm.Name, strings.Join(config.EgressNames(vm.Egress), ", "), text)
+	}
 }
 
 // imageOf is the image a stopped VM would boot: the current version of a

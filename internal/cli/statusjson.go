@@ -2,8 +2,12 @@ package cli
 
 import (
 	"context"
+	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 )
@@ -23,6 +27,21 @@ type hostDoc struct {
 	Disk      *diskDoc     `json:"disk,omitempty" doc:"absent when disk use cannot be read; disk_error says why"`
 	DiskError string       `json:"disk_error,omitempty"`
 	Tailscale tailscaleDoc `json:"tailscale"`
+	Egress    []vmEgress   `json:"egress" doc:"each VM with an egress list: its names, and the addresses it may reach now (needs root)"`
+}
+
+// vmEgress is one VM with an egress list.
+type vmEgress struct {
+	VM    string      `json:"vm"`
+	Names []string    `json:"names"`
+	Now   []egressDoc `json:"now" doc:"the addresses the resolver let it reach, for which name, and for how long"`
+}
+
+// egressDoc is an address a VM may reach now.
+type egressDoc struct {
+	Addr           string `json:"addr"`
+	Name           string `json:"name" doc:"the name whose answer it was"`
+	ExpiresSeconds int64  `json:"expires_seconds" doc:"how long it stays reachable, unless the VM asks again"`
 }
 
 // diskDoc is disk use in bytes, against the design's "under 10 GB".
@@ -86,6 +105,61 @@ func statusJSON(in *config.Infra, rows []statusRow, host bool, u storage.Usage, 
 	for _, p := range r.Others {
 		h.Tailscale.OtherRoutes = append(h.Tailscale.OtherRoutes, p.String())
 	}
+	h.Egress = []vmEgress{}
+	now, _ := egressNow() // none when the table cannot be read: status says what the firewall lets through
+	for _, vm := range in.VMs {
+		if vm.HasEgress() {
+			h.Egress = append(h.Egress, vmEgress{VM: vm.Name, Names: config.EgressNames(vm.Egress), Now: orEmptyEgress(now[vm.Name])})
+		}
+	}
 	d.Host = h
 	return d
+}
+
+// egressNow reads the addresses each VM may reach now, by VM name, from
+// the firewall's sets.
+func egressNow() (map[string][]egressDoc, error) {
+	sets, err := firewall.EgressAddrs()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]egressDoc{}
+	for bridge, list := range sets {
+		name := strings.TrimPrefix(bridge, "br-") // the bridge of VM NAME is br-NAME
+		for _, a := range list {
+			out[name] = append(out[name], egressDoc{Addr: a.Addr.String(), Name: a.Name, ExpiresSeconds: int64(a.Expires.Seconds())})
+		}
+	}
+	for _, list := range out {
+		sort.Slice(list, func(i, j int) bool {
+			if list[i].Name != list[j].Name {
+				return list[i].Name < list[j].Name
+			}
+			return list[i].Addr < list[j].Addr
+		})
+	}
+	return out, nil
+}
+
+func orEmptyEgress(l []egressDoc) []egressDoc {
+	if l == nil {
+		return []egressDoc{}
+	}
+	return l
+}
+
+// egressText writes the addresses a VM may reach: "www.example.com
+// 203.0.113.20 (55s), 2001:db8::20 (55s)".
+func egressText(list []egressDoc) string {
+	var parts []string
+	last := ""
+	for _, a := range list {
+		s := fmt.Sprintf("%s (%ds)", a.Addr, a.ExpiresSeconds)
+		if a.Name != last {
+			s = a.Name + " " + s
+			last = a.Name
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, ", ")
 }

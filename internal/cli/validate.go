@@ -53,6 +53,9 @@ Examples:
 			for _, vm := range in.VMs {
 				fmt.Fprintf(e.stdout, "  %-8s %-15s gateway %-12s bridge %-10s tap %-10s mac %s  %d vCPU, %d MiB, %s, image %s\n",
 					vm.Name, vm.Subnet, vm.Gateway, vm.Bridge, vm.TAP, vm.MAC, vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.Image)
+				if vm.HasIPv6() {
+					fmt.Fprintf(e.stdout, "  %-8s %s gateway %s\n", "", vm.Subnet6, vm.Gateway6)
+				}
 				if w := workload(&vm); w != "" {
 					fmt.Fprintf(e.stdout, "  %-8s %s\n", "", w)
 				}
@@ -62,8 +65,9 @@ Examples:
 	}
 }
 
-// workload says in one line what runs in vm beyond its image, and what it
-// may reach of other VMs; "" for a VM with none of it.
+// workload says in one line what runs in vm beyond its image, what it may
+// reach of other VMs, and the names it only reaches; "" for a VM with none
+// of it.
 func workload(vm *config.VM) string {
 	var parts []string
 	if len(vm.Services) > 0 {
@@ -88,6 +92,9 @@ func workload(vm *config.VM) string {
 	}
 	if vm.ImageWritable {
 		parts = append(parts, "image writable")
+	}
+	if vm.HasEgress() {
+		parts = append(parts, "egress "+strings.Join(config.EgressNames(vm.Egress), " "))
 	}
 	for _, sec := range vm.Secrets {
 		parts = append(parts, "secret "+sec.Name)
@@ -135,6 +142,9 @@ type hostModel struct {
 	Storage       string `json:"storage"`
 	ZFSDataset    string `json:"zfs_dataset,omitempty" doc:"with storage = \"zfs\""`
 	KeepSnapshots int    `json:"keep_snapshots"`
+	IPv6          bool   `json:"ipv6" doc:"the VMs have IPv6"`
+	IPv6Prefix    string `json:"ipv6_prefix,omitempty" doc:"where their /64s come from, given or derived"`
+	NAT66         bool   `json:"nat66" doc:"the prefix is a unique local one, NATed on the uplink"`
 	Tailscale     struct {
 		Enabled          string `json:"enabled"`
 		Socket           string `json:"socket"`
@@ -157,6 +167,9 @@ type vmModel struct {
 	Subnet     string   `json:"subnet"`
 	Gateway    string   `json:"gateway" doc:"the host's address on the VM's bridge (.1)"`
 	Address    string   `json:"address" doc:"the guest's address (.2)"`
+	Subnet6    string   `json:"subnet6,omitempty" doc:"its IPv6 /64; absent with ipv6 = false"`
+	Gateway6   string   `json:"gateway6,omitempty" doc:"the host's IPv6 address on the VM's bridge (::1)"`
+	Address6   string   `json:"address6,omitempty" doc:"the guest's IPv6 address (::2)"`
 	Bridge     string   `json:"bridge"`
 	TAP        string   `json:"tap"`
 	MAC        string   `json:"mac"`
@@ -176,6 +189,7 @@ type vmModel struct {
 	Files           []string      `json:"files" doc:"the guest paths written at every start"`
 	Allow           []string      `json:"allow" doc:"what it may reach beyond the internet, besides [host] allow; vm:NAME entries open another VM"`
 	Publish         []string      `json:"publish" doc:"ports of the host's uplink forwarded to it"`
+	Egress          []string      `json:"egress" doc:"the only names it reaches on the internet, [host]'s and its own; empty: the whole internet"`
 	ImageWritable   bool          `json:"image_writable"`
 	Secrets         []string      `json:"secrets" doc:"the names of its secrets, as the guest finds them in /run/credentials/microvm"`
 	Volumes         []volumeModel `json:"volumes"`
@@ -198,7 +212,10 @@ func modelOf(vm *config.VM) vmModel {
 		Hypervisor: string(vm.Hypervisor), Image: vm.Image, DNS: vm.DNS, SSHKeys: keys, Autostart: vm.Autostart,
 		StateDir: vm.StateDir, RunDir: vm.RunDir,
 		Services: orEmpty(vm.Services), DisableServices: orEmpty(vm.DisableServices), RunOnce: orEmpty(vm.RunOnce),
-		Files: []string{}, Allow: []string{}, Publish: []string{}, ImageWritable: vm.ImageWritable}
+		Files: []string{}, Allow: []string{}, Publish: []string{}, ImageWritable: vm.ImageWritable, Egress: orEmpty(config.EgressNames(vm.Egress))}
+	if vm.HasIPv6() {
+		m.Subnet6, m.Gateway6, m.Address6 = vm.Subnet6.String(), vm.Gateway6.String(), vm.Addr6.String()
+	}
 	for _, f := range vm.Files {
 		m.Files = append(m.Files, f.Path)
 	}
@@ -245,6 +262,10 @@ func validateJSON(file string, in *config.Infra, err error) validateDoc {
 		Storage: string(h.Storage), KeepSnapshots: h.KeepSnapshots}
 	if h.Storage == config.StorageZFS {
 		d.Host.ZFSDataset = h.ZFSDataset
+	}
+	d.Host.IPv6, d.Host.NAT66 = h.IPv6, h.NAT66
+	if h.IPv6 {
+		d.Host.IPv6Prefix = h.IPv6Prefix.String()
 	}
 	d.Host.Tailscale.Enabled = string(h.Tailscale.Enabled)
 	d.Host.Tailscale.Socket = h.Tailscale.Socket

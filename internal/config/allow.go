@@ -19,16 +19,17 @@ import (
 //
 //	allow = ["192.168.1.20 tcp 445", "192.168.1.0/24 icmp", "10.0.0.5 udp 53,123", "192.168.1.30"]
 //
-// Each entry is an IPv4 address or network, then optionally a protocol
-// (tcp, udp or icmp), then optionally ports for tcp and udp: one, a range
-// (8000-8080) or a list of them separated by commas. Without a protocol
-// every protocol and port is allowed. Every VM may always reach its own
-// DNS server (dns) on port 53, wherever it is.
+// Each entry is an IPv4 or IPv6 address or network, then optionally a
+// protocol (tcp, udp or icmp: ICMPv6 for an IPv6 entry), then optionally
+// ports for tcp and udp: one, a range (8000-8080) or a list of them
+// separated by commas. Without a protocol every protocol and port is
+// allowed. Every VM may always reach its own DNS server (dns) on port 53,
+// wherever it is.
 //
 // Other VMs are out of reach, whatever the list says, but for an opening
 // on purpose: "vm:NAME" in a VM's list, with the same protocol and ports,
-// lets this VM open connections to the VM called NAME (replies pass), and
-// nothing else between the two:
+// lets this VM open connections to the VM called NAME, over IPv4 and IPv6
+// (replies pass), and nothing else between the two:
 //
 //	[vm.web]
 //	allow = ["vm:db tcp 6379"]
@@ -44,8 +45,9 @@ import (
 
 // Allow is one entry of an allow list.
 type Allow struct {
-	Net netip.Prefix // for a vm: entry, that VM's address
-	VM  string       // the VM a vm:NAME entry opens, "" for an address
+	Net  netip.Prefix // for a vm: entry, that VM's address
+	Net6 netip.Prefix // for a vm: entry, that VM's IPv6 address, if it has one
+	VM   string       // the VM a vm:NAME entry opens, "" for an address
 	// Gateway: the entry names its VM's own gateway, ports of the host
 	// (in [vm.NAME] allow only, with tcp or udp and ports).
 	Gateway bool
@@ -142,7 +144,7 @@ func parseAllow(s string) (Allow, string) {
 		case strings.HasPrefix(msg, "has host bits"):
 			return a, msg
 		case msg != "":
-			return a, "does not start with an IPv4 address or network, or vm:NAME"
+			return a, "does not start with an IP address or network, or vm:NAME"
 		}
 		a.Net = pfx
 	}
@@ -190,8 +192,10 @@ func parsePorts(s string) (PortRange, bool) {
 func (p *parser) openings() {
 	subnetOf := func(a Allow) (string, bool) {
 		for _, vm := range p.in.VMs {
-			if vm.Subnet.Bits() <= a.Net.Bits() && vm.Subnet.Contains(a.Net.Addr()) {
-				return vm.Name, true
+			for _, s := range vm.Subnets() {
+				if s.Bits() <= a.Net.Bits() && s.Contains(a.Net.Addr()) {
+					return vm.Name, true
+				}
 			}
 		}
 		return "", false
@@ -245,6 +249,9 @@ func (p *parser) openings() {
 				p.errorf(p.posOf(a.At), "%s: there is no vm.%s in this file%s", key, a.VM, suggest(a.VM, p.vmNames()))
 			default:
 				a.Net = netip.PrefixFrom(target.Addr, 32)
+				if target.HasIPv6() {
+					a.Net6 = netip.PrefixFrom(target.Addr6, 128)
+				}
 			}
 		}
 	}

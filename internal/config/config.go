@@ -144,6 +144,18 @@ type Host struct {
 	// internet (by default not the LAN, private ranges, CGNAT, link-local
 	// or cloud metadata); VM.Allow adds to it per VM.
 	Allow []Allow
+
+	// IPv6 (ipv6.go): every VM has a /64 of IPv6Prefix beside its IPv4
+	// subnet, unless IPv6 is false. NAT66 is true when the prefix is a
+	// ULA (the default, derived from the uplink and state_dir): VMs then
+	// reach the internet through NAT66, as through NAT for IPv4.
+	IPv6       bool
+	IPv6Prefix netip.Prefix
+	NAT66      bool
+
+	// Egress lists the only names every VM reaches on the internet
+	// (egress.go); VM.Egress adds to it per VM. Empty: the whole internet.
+	Egress []Egress
 }
 
 // VM is one [vm.NAME] table with every derived value.
@@ -164,6 +176,16 @@ type VM struct {
 	Autostart  bool     // started by apply (and at boot); default true
 	Allow      []Allow  // what this VM may reach beyond the internet, besides Host.Allow; vm:NAME entries open other VMs
 	User       string   // the user its VMM runs as, with a group of the same name: USER-NAME
+
+	// IPv6 (ipv6.go), all invalid when the host has ipv6 = false.
+	Subnet6    netip.Prefix // a /64 of Host.IPv6Prefix
+	Gateway6   netip.Addr   // ::1, on the host's bridge
+	Addr6      netip.Addr   // ::2, the guest's eth0
+	LinkLocal6 netip.Addr   // fe80:: from its MAC (EUI-64), which the guest's kernel gives eth0
+
+	// Egress is Host.Egress and the VM's own egress list: when not empty,
+	// the only names it reaches on the internet (egress.go).
+	Egress []Egress
 
 	// What runs in it (services.go, files.go, publish.go, writable.go).
 	Services        []string  // units enabled in its /etc, with their suffix
@@ -278,10 +300,10 @@ func (p *parser) errorf(at Pos, format string, args ...any) {
 }
 
 var (
-	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "tailscale", "metrics"}
+	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "ipv6", "ipv6_prefix", "egress", "tailscale", "metrics"}
 	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
 	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
-		"services", "disable_services", "run_once", "files", "publish", "image_writable", "secrets", "volumes"}
+		"services", "disable_services", "run_once", "files", "publish", "image_writable", "egress", "secrets", "volumes"}
 	topKeys = []string{"host", "defaults", "vm", "image"}
 )
 
@@ -424,9 +446,12 @@ func (p *parser) derive() {
 	p.tailscale(h)
 	p.metrics(h)
 	h.Allow = p.allowList(p.host["allow"], "host.allow")
+	p.hostIPv6(h)
+	h.Egress = p.egressList(p.host["egress"], "host.egress")
 
 	def := VM{VCPU: DefaultVCPU, MemoryMiB: DefaultMemoryMiB, Hypervisor: DefaultHypervisor, Image: DefaultImage, DNS: DefaultDNS, Autostart: true}
 	p.resources(&def, p.defaults, "defaults")
+	p.dnsFamily(&def, p.defaults, "defaults")
 
 	if len(p.vms) == 0 {
 		p.errorf(Pos{1, 1}, "no VMs are declared; add one, e.g. [vm.vm1] with subnet = \"10.1.0.0/24\" (to remove the VMs and what apply made instead, run microvm teardown)")
@@ -448,6 +473,7 @@ func (p *parser) derive() {
 			continue
 		}
 		p.resources(&vm, r.vals, key)
+		p.dnsFamily(&vm, r.vals, key)
 		s, ok := r.vals["subnet"]
 		if !ok {
 			p.errorf(r.at, "[vm.%s] has no subnet; add subnet = %q", r.name, nextFree(used))
@@ -465,6 +491,8 @@ func (p *parser) derive() {
 		vm.MAC = macFor(r.name)
 		vm.User = h.VMUser(r.name)
 		vm.Allow = p.allowList(r.vals["allow"], key+".allow")
+		h.deriveIPv6(&vm)
+		vm.Egress = append(slices.Clone(h.Egress), p.egressList(r.vals["egress"], key+".egress")...)
 		p.services(&vm, r.vals, key)
 		vm.Files = p.files(r.subs["files"], key+".files", vmFile)
 		vm.Secrets = p.secrets(r.subs["secrets"], key+".secrets")
@@ -479,6 +507,8 @@ func (p *parser) derive() {
 		p.in.VMs = append(p.in.VMs, vm)
 	}
 	p.overlaps()
+	p.ipv6Subnets()
+	p.ipv6Entries()
 	p.socketPaths()
 	sort.Slice(p.in.VMs, func(i, j int) bool { return p.in.VMs[i].Name < p.in.VMs[j].Name })
 	p.openings()
@@ -638,10 +668,11 @@ func (p *parser) resources(vm *VM, vals map[string]*value, table string) {
 	}
 	if v, ok := vals["dns"]; ok {
 		if s, ok := p.str(v, table+".dns"); ok {
-			if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
-				p.errorf(v.pos, "%s.dns = %q is not an IPv4 address; e.g. dns = \"1.1.1.1\"", table, s)
+			if a, err := netip.ParseAddr(s); err != nil || a.Zone() != "" || a.Is4In6() {
+				p.errorf(v.pos, "%s.dns = %q is not an IP address; e.g. dns = \"1.1.1.1\" or \"2606:4700:4700::1111\"", table, s)
+			} else {
+				vm.DNS = a.String()
 			}
-			vm.DNS = s
 		}
 	}
 }
@@ -679,7 +710,7 @@ func (p *parser) subnet(v *value, key string) (netip.Prefix, bool) {
 	}
 	switch {
 	case !pfx.Addr().Is4():
-		p.errorf(v.pos, "%s = %q is not IPv4; VM networks are IPv4 only, e.g. \"10.1.0.0/24\"", key, s)
+		p.errorf(v.pos, "%s = %q is not IPv4; subnet is the VM's IPv4 network, e.g. \"10.1.0.0/24\", and its IPv6 /64 is derived from it (ipv6 and ipv6_prefix in [host])", key, s)
 	case pfx.Bits() < 16 || pfx.Bits() > 29:
 		p.errorf(v.pos, "%s = %q: prefix /%d is out of range; use /16 to /29 (the seed uses /24)", key, s, pfx.Bits())
 	case pfx.Masked() != pfx:

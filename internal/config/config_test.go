@@ -67,9 +67,9 @@ func describe(in *Infra) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "host: %+v\n", in.Host)
 	for _, vm := range in.VMs {
-		fmt.Fprintf(&b, "%s: subnet=%s gateway=%s addr=%s bridge=%s tap=%s mac=%s vcpu=%d memory=%d hypervisor=%s image=%s dns=%s user=%s allow=%v state=%s etc=%s var=%s run=%s vmm=%s\n",
-			vm.Name, vm.Subnet, vm.Gateway, vm.Addr, vm.Bridge, vm.TAP, vm.MAC, vm.VCPU, vm.MemoryMiB,
-			vm.Hypervisor, vm.Image, vm.DNS, vm.User, vm.Allow, vm.StateDir, vm.EtcDir, vm.VarDir, vm.RunDir, vm.VMMDir())
+		fmt.Fprintf(&b, "%s: subnet=%s gateway=%s addr=%s subnet6=%s gateway6=%s addr6=%s linklocal6=%s bridge=%s tap=%s mac=%s vcpu=%d memory=%d hypervisor=%s image=%s dns=%s user=%s allow=%v egress=%v state=%s etc=%s var=%s run=%s vmm=%s\n",
+			vm.Name, vm.Subnet, vm.Gateway, vm.Addr, vm.Subnet6, vm.Gateway6, vm.Addr6, vm.LinkLocal6, vm.Bridge, vm.TAP, vm.MAC, vm.VCPU, vm.MemoryMiB,
+			vm.Hypervisor, vm.Image, vm.DNS, vm.User, vm.Allow, EgressNames(vm.Egress), vm.StateDir, vm.EtcDir, vm.VarDir, vm.RunDir, vm.VMMDir())
 	}
 	return b.String()
 }
@@ -159,6 +159,9 @@ func FuzzParse(f *testing.F) {
 			}
 			if !a.Subnet.Contains(a.Gateway) || !a.Subnet.Contains(a.Addr) {
 				t.Fatalf("%s: addresses outside subnet", a.Name)
+			}
+			if a.HasIPv6() && (!a.Subnet6.Contains(a.Gateway6) || !a.Subnet6.Contains(a.Addr6) || !in.Host.IPv6Prefix.Contains(a.Addr6)) {
+				t.Fatalf("%s: IPv6 addresses outside its subnet %s or the prefix %s", a.Name, a.Subnet6, in.Host.IPv6Prefix)
 			}
 			for _, b := range in.VMs[:i] {
 				if a.Subnet.Overlaps(b.Subnet) {

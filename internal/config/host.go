@@ -9,6 +9,7 @@ import "path/filepath"
 //	RUN_DIR/host.json               its state for `status --host`: its pid, since when, its last repair
 //	RUN_DIR/firewall.lock           held while the table is loaded or compared
 //	RUN_DIR/firewall-net-INODE.nft  the ruleset last loaded in network namespace INODE
+//	RUN_DIR/egress-net-INODE.json   the VMs with an egress list that ruleset serves, for the resolver
 //
 // They are files, so no VM name can collide with them.
 
@@ -27,6 +28,13 @@ func (h Host) FirewallLock() string { return filepath.Join(h.RunDir, "firewall.l
 // namespace netns (its inode number): the table the watcher keeps.
 func (h Host) FirewallRecord(netns string) string {
 	return filepath.Join(h.RunDir, "firewall-net-"+netns+".nft")
+}
+
+// EgressRecord holds the VMs with an egress list that the ruleset last
+// loaded in the network namespace netns serves: what the resolver of
+// `microvm host` answers for.
+func (h Host) EgressRecord(netns string) string {
+	return filepath.Join(h.RunDir, "egress-net-"+netns+".json")
 }
 
 // DemoFile is where `microvm demo` writes the model its supervisors read:

@@ -18,7 +18,11 @@ import (
 // Each entry is a protocol (tcp or udp), the host's port, optionally ":" and
 // the VM's port (the same by default), and optionally "from" and the
 // addresses or networks allowed to connect (everyone by default). Replies
-// go back the same way. No two VMs may publish the same host port.
+// go back the same way. No two VMs may publish the same host port. With
+// IPv6, the port is published on the uplink's IPv6 addresses too, to the
+// VM's IPv6 address; a from list names the sources of both families (one
+// of IPv4 networks only closes the port to IPv6, and the other way
+// round).
 
 // Publish is one entry of a VM's publish list.
 type Publish struct {
@@ -108,23 +112,23 @@ func parsePublish(s string) (Publish, string) {
 	return pub, ""
 }
 
-// parseNet reads an IPv4 address or network.
+// parseNet reads an IPv4 or IPv6 address or network.
 func parseNet(s string) (netip.Prefix, string) {
 	if strings.Contains(s, "/") {
 		pfx, err := netip.ParsePrefix(s)
 		switch {
-		case err != nil || !pfx.Addr().Is4():
-			return pfx, "is not an IPv4 address or network"
+		case err != nil || pfx.Addr().Is4In6():
+			return pfx, "is not an IP address or network"
 		case pfx.Masked() != pfx:
 			return pfx, fmt.Sprintf("has host bits set; the network is %s", pfx.Masked())
 		}
 		return pfx, ""
 	}
 	addr, err := netip.ParseAddr(s)
-	if err != nil || !addr.Is4() {
-		return netip.Prefix{}, "is not an IPv4 address or network"
+	if err != nil || addr.Zone() != "" || addr.Is4In6() {
+		return netip.Prefix{}, "is not an IP address or network"
 	}
-	return netip.PrefixFrom(addr, 32), ""
+	return netip.PrefixFrom(addr, addr.BitLen()), ""
 }
 
 // published rejects a host port that two entries publish, across VMs.

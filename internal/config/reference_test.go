@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -54,10 +55,16 @@ func TestReference(t *testing.T) {
 		"[defaults] dns": fmt.Sprintf("%q", vm.DNS), "[defaults] ssh_keys": "[]",
 		"[defaults] autostart": fmt.Sprint(vm.Autostart),
 		"[host] allow":         "[]",
+		"[host] ipv6":          fmt.Sprint(h.IPv6),
+		"[host] egress":        list(EgressNames(h.Egress)),
+	}
+	// The prefix is derived from the file (a ULA, with NAT66): "derived".
+	if h.NAT66 && netip.MustParsePrefix("fd00::/8").Contains(h.IPv6Prefix.Addr()) && h.IPv6Prefix.Bits() == 48 {
+		defaults["[host] ipv6_prefix"] = "derived"
 	}
 	// Keys of [vm.NAME] with no [defaults]: the allow list adds to
 	// [host]'s, the others are the VM's own.
-	own := map[string]string{"allow": "[]",
+	own := map[string]string{"allow": "[]", "egress": "[]",
 		"services": list(vm.Services), "disable_services": list(vm.DisableServices), "run_once": list(vm.RunOnce),
 		"files": table(len(vm.Files)), "publish": fmt.Sprint(len(vm.Publish)), "image_writable": fmt.Sprint(vm.ImageWritable),
 		"secrets": table(len(vm.Secrets)), "volumes": table(len(vm.Volumes))}

@@ -46,9 +46,9 @@ const (
 // DefaultTailscaleSocket is where tailscaled listens on Linux.
 const DefaultTailscaleSocket = "/var/run/tailscale/tailscaled.sock"
 
-// TailscaleRange6 is the IPv6 range tailnet addresses come from. VM
-// networks are IPv4 only and the firewall drops every IPv6 packet a VM
-// sends, so no VM reaches it, whatever allow_vm_to_tailnet says.
+// TailscaleRange6 is the IPv6 range tailnet addresses come from: VMs
+// reach it, as the IPv4 range, only with allow_vm_to_tailnet. No
+// ipv6_prefix may overlap it.
 var TailscaleRange6 = netip.MustParsePrefix("fd7a:115c:a1e0::/48")
 
 var tailscaleKeys = []string{"enabled", "socket", "allow_vm_to_tailnet"}

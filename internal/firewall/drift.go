@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -98,6 +99,11 @@ func parseState(js []byte) (*State, error) {
 			if kind == "rule" {
 				obj.name, _ = body["chain"].(string)
 				s.Rules++
+			}
+			if kind == "set" && slices.Contains(dynamicSets, obj.name) {
+				// Filled by the egress resolver between loads: what they
+				// hold is no drift, and a load empties them.
+				delete(body, "elem")
 			}
 			if elems, ok := body["elem"].([]any); ok {
 				for _, e := range elems {

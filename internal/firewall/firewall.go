@@ -1,7 +1,13 @@
 // Package firewall renders the one nftables table the program owns and
 // replaces it atomically. The table gives VMs NAT to the internet, isolates
 // every VM from every other, stops spoofed packets, and lets a VM reach the
-// host only for replies and a ping to its own gateway.
+// host only for replies, a ping to its own gateway, IPv6's neighbour
+// discovery, and (with an egress list) the resolver on its own gateway.
+//
+// IPv4 and IPv6 are one inet table: every set and rule of IPv4 has its
+// IPv6 twin beside it (named ...6), with the same promise. A host with
+// ipv6 = false has the twins empty: a VM then sends no IPv6 packet at all,
+// as none comes from an address of its own.
 //
 // "Internet only": through the uplink a VM reaches the internet and by
 // default nothing else: not the uplink's own networks (the LAN, its router
@@ -21,8 +27,13 @@
 // the tailnet unless [host.tailscale] allow_vm_to_tailnet is set, so a
 // compromised VM cannot reach the operator's machines; replies to tailnet
 // clients always pass. Tailnet addresses are 100.64.0.0/10 and
-// fd7a:115c:a1e0::/48; VM networks are IPv4 only and every IPv6 packet from
-// a VM is dropped first, so only the IPv4 range needs rules.
+// fd7a:115c:a1e0::/48.
+//
+// A VM with an egress list (config.Egress) reaches, on the internet, only
+// the addresses its gateway's resolver (package egress) put in the sets
+// egress_addrs and egress_addrs6 for it, each for the TTL of its answer:
+// those two sets are the only ones the program changes between loads, and
+// the watcher leaves their elements alone.
 //
 // Isolation uses sets, so the number of rules stays the same for 4 VMs or
 // 250, where the design's iptables rules grow as N×(N−1).
@@ -65,9 +76,23 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Addr}} . {{$v.MAC}}{{end}} }
 	}
 
+	set vm_sources6 {
+		type ifname . ipv6_addr . ether_addr
+{{- if .IPv6}}
+		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Addr6}} . {{$v.MAC}}, "{{$v.Bridge}}" . {{$v.LinkLocal6}} . {{$v.MAC}}{{end}} }
+{{- end}}
+	}
+
 	set vm_gateways {
 		type ifname . ipv4_addr
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Gateway}}{{end}} }
+	}
+
+	set vm_gateways6 {
+		type ifname . ipv6_addr
+{{- if .IPv6}}
+		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Gateway6}}{{end}} }
+{{- end}}
 	}
 
 	set vm_subnets {
@@ -76,15 +101,38 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}{{$v.Subnet}}{{end}} }
 	}
 
+	set vm_subnets6 {
+		type ipv6_addr
+		flags interval
+{{- if .IPv6}}
+		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}{{$v.Subnet6}}{{end}} }
+{{- end}}
+	}
+
 	set vm_dns {
 		type ifname . ipv4_addr . inet_proto . inet_service
-		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.DNS}} . udp . 53, "{{$v.Bridge}}" . {{$v.DNS}} . tcp . 53{{end}} }
+{{- if .DNS}}
+		elements = { {{range $i, $d := .DNS}}{{if $i}}, {{end}}"{{$d.Bridge}}" . {{$d.Addr}} . udp . 53, "{{$d.Bridge}}" . {{$d.Addr}} . tcp . 53{{end}} }
+{{- end}}
+	}
+
+	set vm_dns6 {
+		type ifname . ipv6_addr . inet_proto . inet_service
+{{- if .DNS6}}
+		elements = { {{range $i, $d := .DNS6}}{{if $i}}, {{end}}"{{$d.Bridge}}" . {{$d.Addr}} . udp . 53, "{{$d.Bridge}}" . {{$d.Addr}} . tcp . 53{{end}} }
+{{- end}}
 	}
 
 	set not_internet {
 		type ipv4_addr
 		flags interval
 		elements = { {{range $i, $p := .Blocked}}{{if $i}}, {{end}}{{$p}}{{end}} }
+	}
+
+	set not_internet6 {
+		type ipv6_addr
+		flags interval
+		elements = { {{range $i, $p := .Blocked6}}{{if $i}}, {{end}}{{$p}}{{end}} }
 	}
 
 	set vm_openings {
@@ -95,6 +143,14 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 {{- end}}
 	}
 
+	set vm_openings6 {
+		type ifname . ipv6_addr . inet_proto . inet_service
+		flags interval
+{{- if .Openings6.Ports}}
+		elements = { {{range $i, $o := .Openings6.Ports}}{{if $i}}, {{end}}{{$o}}{{end}} }
+{{- end}}
+	}
+
 	set vm_openings_proto {
 		type ifname . ipv4_addr . inet_proto
 {{- if .Openings.Protos}}
@@ -102,10 +158,24 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 {{- end}}
 	}
 
+	set vm_openings_proto6 {
+		type ifname . ipv6_addr . inet_proto
+{{- if .Openings6.Protos}}
+		elements = { {{range $i, $o := .Openings6.Protos}}{{if $i}}, {{end}}{{$o}}{{end}} }
+{{- end}}
+	}
+
 	set vm_openings_all {
 		type ifname . ipv4_addr
 {{- if .Openings.All}}
 		elements = { {{range $i, $o := .Openings.All}}{{if $i}}, {{end}}{{$o}}{{end}} }
+{{- end}}
+	}
+
+	set vm_openings_all6 {
+		type ifname . ipv6_addr
+{{- if .Openings6.All}}
+		elements = { {{range $i, $o := .Openings6.All}}{{if $i}}, {{end}}{{$o}}{{end}} }
 {{- end}}
 	}
 
@@ -142,28 +212,79 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 {{- end}}
 	}
 
+	map published6 {
+		type inet_proto . inet_service : ipv6_addr . inet_service
+{{- if .Published6}}
+		elements = { {{range $i, $p := .Published6}}{{if $i}}, {{end}}{{$p.Key}} : {{$p.To}}{{end}} }
+{{- end}}
+	}
+
 	set published_from {
 		type inet_proto . inet_service . ipv4_addr
 		flags interval
-{{- if .Published}}
+{{- if .PublishedFrom}}
 		elements = { {{range $i, $p := .PublishedFrom}}{{if $i}}, {{end}}{{$p}}{{end}} }
 {{- end}}
 	}
 
+	set published_from6 {
+		type inet_proto . inet_service . ipv6_addr
+		flags interval
+{{- if .PublishedFrom6}}
+		elements = { {{range $i, $p := .PublishedFrom6}}{{if $i}}, {{end}}{{$p}}{{end}} }
+{{- end}}
+	}
+
+	set egress_vms {
+		type ifname
+{{- if .Egress}}
+		elements = { {{range $i, $v := .Egress}}{{if $i}}, {{end}}"{{$v.Bridge}}"{{end}} }
+{{- end}}
+	}
+
+	set egress_resolvers {
+		type ifname . ipv4_addr . inet_proto . inet_service
+{{- if .Egress}}
+		elements = { {{range $i, $v := .Egress}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Gateway}} . udp . 53, "{{$v.Bridge}}" . {{$v.Gateway}} . tcp . 53{{end}} }
+{{- end}}
+	}
+
+	set egress_resolvers6 {
+		type ifname . ipv6_addr . inet_proto . inet_service
+{{- if and .IPv6 .Egress}}
+		elements = { {{range $i, $v := .Egress}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Gateway6}} . udp . 53, "{{$v.Bridge}}" . {{$v.Gateway6}} . tcp . 53{{end}} }
+{{- end}}
+	}
+
+	set egress_addrs {
+		type ifname . ipv4_addr
+		flags timeout
+	}
+
+	set egress_addrs6 {
+		type ifname . ipv6_addr
+		flags timeout
+	}
+
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
-		iifname @vm_bridges meta nfproto ipv6 {{.CountFrom}}
-		iifname @vm_bridges meta nfproto ipv6 drop comment "VM networks are IPv4 only (so no VM reaches the tailnet's {{.TailscaleRange6}})"
 		iifname @vm_bridges iifname . ip saddr . ether saddr != @vm_sources {{.CountFrom}}
 		iifname @vm_bridges iifname . ip saddr . ether saddr != @vm_sources drop comment "anti-spoofing: a VM sends only from its own address and MAC"
+		iifname @vm_bridges iifname . ip6 saddr . ether saddr != @vm_sources6 {{.CountFrom}}
+		iifname @vm_bridges iifname . ip6 saddr . ether saddr != @vm_sources6 drop comment "anti-spoofing: a VM sends only from its own IPv6 address and link-local address, and MAC{{if not .IPv6}} (IPv6 is off: none){{end}}"
 	}
 
 	chain input {
 		type filter hook input priority filter; policy accept;
 		iifname "{{.Tailscale}}" ip daddr @vm_subnets drop comment "tailnet clients reach the VMs, not the host at its addresses in their subnets (the gateways)"
+		iifname "{{.Tailscale}}" ip6 daddr @vm_subnets6 drop comment "the same for IPv6"
 		iifname != @vm_bridges accept comment "else this table judges only what VMs send to the host"
 		ct state established,related accept comment "replies to the host's own connections"
 		iifname . ip daddr @vm_gateways icmp type echo-request accept comment "a VM may ping its own gateway"
+		iifname . ip6 daddr @vm_gateways6 icmpv6 type echo-request accept comment "a VM may ping its own gateway (IPv6)"
+		iifname @vm_bridges ip6 hoplimit 255 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment "neighbour discovery: a VM and its gateway find each other's MAC (on the link only)"
+		iifname . ip daddr . meta l4proto . th dport @egress_resolvers accept comment "egress: a VM asks the resolver on its own gateway"
+		iifname . ip6 daddr . meta l4proto . th dport @egress_resolvers6 accept comment "egress: a VM asks the resolver on its own gateway (IPv6)"
 		iifname . ip daddr . meta l4proto . th dport @vm_host_openings accept comment "a VM reaches the ports of the host its allow list opens at its own gateway"
 		{{.CountFrom}}
 		drop comment "nothing else from a VM reaches the host (no SSH, no other gateways)"
@@ -173,8 +294,11 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		type filter hook forward priority filter; policy accept;
 		iifname @vm_bridges oifname @vm_bridges ct state established,related accept comment "replies within an opening between two VMs"
 		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr . meta l4proto . th dport @vm_openings accept comment "openings: vm:NAME PROTO PORTS in the allow list of the VM that connects"
+		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip6 daddr . meta l4proto . th dport @vm_openings6 accept comment "openings: vm:NAME PROTO PORTS in the allow list of the VM that connects (IPv6)"
 		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr . meta l4proto @vm_openings_proto accept comment "openings of a protocol, every port (vm:NAME icmp, vm:NAME tcp)"
+		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip6 daddr . meta l4proto @vm_openings_proto6 accept comment "openings of a protocol, every port (IPv6)"
 		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr @vm_openings_all accept comment "openings of every protocol (vm:NAME)"
+		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip6 daddr @vm_openings_all6 accept comment "openings of every protocol (IPv6)"
 		iifname @vm_bridges oifname @vm_bridges counter name iifname map @vm_drops_from counter name oifname map @vm_drops_to comment "{{.Counted}}"
 		iifname @vm_bridges oifname @vm_bridges drop comment "isolation: no VM reaches another, but through an opening"
 		ct state established,related accept comment "replies"
@@ -182,13 +306,21 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		iifname "{{.Tailscale}}" oifname @vm_bridges accept comment "tailnet clients reach every VM"
 {{- if .AllowVMToTailnet}}
 		iifname @vm_bridges oifname "{{.Tailscale}}" ip daddr {{.TailscaleRange}} accept comment "VMs may open connections into the tailnet (allow_vm_to_tailnet)"
+		iifname @vm_bridges oifname "{{.Tailscale}}" ip6 daddr {{.TailscaleRange6}} accept comment "VMs may open connections into the tailnet (allow_vm_to_tailnet, IPv6)"
 {{- end}}
 		iifname @vm_bridges oifname "{{.Uplink}}" iifname . ip daddr . meta l4proto . th dport @vm_dns accept comment "each VM reaches its own DNS server (dns), wherever it is"
+		iifname @vm_bridges oifname "{{.Uplink}}" iifname . ip6 daddr . meta l4proto . th dport @vm_dns6 accept comment "each VM reaches its own DNS server (dns), wherever it is (IPv6)"
 {{- range .Allow}}
-		iifname {{.Bridge}} oifname "{{$.Uplink}}" ip daddr {{.Net}}{{if .Proto}} meta l4proto {{.Proto}}{{end}}{{if .Ports}} th dport { {{.Ports}} }{{end}} accept comment "allow {{.Text}} ({{.Who}})"
+		iifname {{.Bridge}} oifname "{{$.Uplink}}" {{.Family}} daddr {{.Net}}{{if .Proto}} meta l4proto {{.Proto}}{{end}}{{if .Ports}} th dport { {{.Ports}} }{{end}} accept comment "allow {{.Text}} ({{.Who}})"
 {{- end}}
 		iifname @vm_bridges oifname "{{.Uplink}}" ip daddr @not_internet {{.CountFrom}}
 		iifname @vm_bridges oifname "{{.Uplink}}" ip daddr @not_internet drop comment "internet only: not the uplink's networks, private, CGNAT, link-local (cloud metadata) or special ranges"
+		iifname @vm_bridges oifname "{{.Uplink}}" ip6 daddr @not_internet6 {{.CountFrom}}
+		iifname @vm_bridges oifname "{{.Uplink}}" ip6 daddr @not_internet6 drop comment "internet only: not the uplink's IPv6 networks, unique local (other hosts' VMs), link-local, multicast or special ranges"
+		iifname @egress_vms oifname "{{.Uplink}}" iifname . ip daddr @egress_addrs accept comment "egress: a VM with an egress list reaches the addresses of its names, while their TTL lasts"
+		iifname @egress_vms oifname "{{.Uplink}}" iifname . ip6 daddr @egress_addrs6 accept comment "egress: the same for IPv6"
+		iifname @egress_vms oifname "{{.Uplink}}" {{.CountFrom}}
+		iifname @egress_vms oifname "{{.Uplink}}" drop comment "egress: and nothing else on the internet, no other DNS server"
 		iifname @vm_bridges oifname "{{.Uplink}}" accept comment "VMs reach the internet"
 		iifname @vm_bridges {{.CountFrom}}
 		iifname @vm_bridges drop comment "VMs reach nothing else: {{if not .AllowVMToTailnet}}not the tailnet, {{end}}not other host networks"
@@ -199,17 +331,32 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 	chain publish {
 		type nat hook prerouting priority dstnat; policy accept;
 		iifname "{{.Uplink}}" fib daddr type local meta l4proto . th dport . ip saddr @published_from dnat ip to meta l4proto . th dport map @published comment "publish: the host's ports a VM publishes go to the VM"
+		iifname "{{.Uplink}}" fib daddr type local meta l4proto . th dport . ip6 saddr @published_from6 dnat ip6 to meta l4proto . th dport map @published6 comment "publish: the same on the host's IPv6 addresses"
 	}
 
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "{{.Uplink}}" ip saddr @vm_subnets masquerade comment "NAT: VMs share the uplink's address"
+{{- if .NAT66}}
+		oifname "{{.Uplink}}" ip6 saddr @vm_subnets6 masquerade comment "NAT66: VMs share the uplink's IPv6 address (their prefix is a unique local one)"
+{{- end}}
 {{- if .AllowVMToTailnet}}
 		oifname "{{.Tailscale}}" ip saddr @vm_subnets masquerade comment "VMs reach the tailnet as the host, whose tailnet address peers know"
+		oifname "{{.Tailscale}}" ip6 saddr @vm_subnets6 masquerade comment "the same for IPv6"
 {{- end}}
 	}
 }
 `))
+
+// The sets the egress resolver fills, each element a VM's bridge and an
+// address of one of its names, with the answer's TTL as its timeout.
+const (
+	EgressSet  = "egress_addrs"
+	EgressSet6 = "egress_addrs6"
+)
+
+// dynamicSets are the sets whose elements change between loads.
+var dynamicSets = []string{EgressSet, EgressSet6}
 
 // Blocked are the destinations beyond the internet: what no VM reaches
 // through the uplink unless an allow list says so, besides the uplink's own
@@ -244,13 +391,31 @@ var Blocked = []netip.Prefix{
 	netip.MustParsePrefix("224.0.0.0/3"),    // multicast, reserved, broadcast
 }
 
+// Blocked6 are IPv6's: the special ranges of IANA's registry that are not
+// the internet. The documentation ranges (2001:db8::/32, 3fff::/20) are
+// left out, as IPv4's are: the sandbox's "internet" uses them.
+var Blocked6 = []netip.Prefix{
+	netip.MustParsePrefix("::/96"),          // unspecified, loopback, IPv4-compatible
+	netip.MustParsePrefix("::ffff:0:0/96"),  // IPv4-mapped: IPv4's blocked ranges in disguise
+	netip.MustParsePrefix("64:ff9b::/96"),   // NAT64: IPv4, the private ranges among it, through a translator
+	netip.MustParsePrefix("64:ff9b:1::/48"), // NAT64 for local use
+	netip.MustParsePrefix("100::/64"),       // discard
+	netip.MustParsePrefix("2001::/23"),      // IETF protocol assignments (Teredo among them)
+	netip.MustParsePrefix("2002::/16"),      // 6to4: IPv4 again
+	netip.MustParsePrefix("5f00::/16"),      // segment routing identifiers
+	netip.MustParsePrefix("fc00::/7"),       // unique local: other hosts' VMs, cloud metadata (fd00:ec2::254), LANs
+	netip.MustParsePrefix("fe80::/10"),      // link-local
+	netip.MustParsePrefix("fec0::/10"),      // site-local (deprecated)
+	netip.MustParsePrefix("ff00::/8"),       // multicast
+}
+
 // Ruleset is the table for the model and this host's uplink, as nft text.
 // The uplink's networks are read from the host; if they cannot be, the
 // table fails closed: VMs reach nothing through the uplink.
 func Ruleset(in *config.Infra) string {
 	nets, err := hostnet.UplinkNetworks(in.Host.Uplink)
 	if err != nil {
-		nets = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+		nets = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
 	}
 	return Render(in, nets)
 }
@@ -261,8 +426,9 @@ func Ruleset(in *config.Infra) string {
 // goes into the ruleset.
 type allowRule struct {
 	Bridge string // "@vm_bridges" for every VM, or one VM's bridge in quotes
+	Family string // "ip" or "ip6"
 	Net    netip.Prefix
-	Proto  string
+	Proto  string // "tcp", "udp", "icmp" or "ipv6-icmp"
 	Ports  string // "22, 8000-8080"
 	Text   string // the entry as infra.toml writes it, normalized
 	Who    string // "every VM" or the VM's name
@@ -277,19 +443,25 @@ type openings struct {
 	All    []string // "br-web" . 10.6.0.2
 }
 
-func openingsOf(vms []config.VM) openings {
+// openingsOf writes the openings of vms for IPv4, or for IPv6 (to the
+// other VM's IPv6 address, icmp meaning ICMPv6).
+func openingsOf(vms []config.VM, ipv6 bool) openings {
 	var o openings
 	for _, vm := range vms {
 		for _, a := range vm.Allow {
-			if a.VM == "" {
+			to := a.Net
+			if ipv6 {
+				to = a.Net6
+			}
+			if a.VM == "" || !to.IsValid() {
 				continue
 			}
-			head := fmt.Sprintf("%q . %s", vm.Bridge, a.Net.Addr())
+			head := fmt.Sprintf("%q . %s", vm.Bridge, to.Addr())
 			switch {
 			case a.Proto == "":
 				o.All = append(o.All, head)
 			case len(a.Ports) == 0:
-				o.Protos = append(o.Protos, head+" . "+a.Proto)
+				o.Protos = append(o.Protos, head+" . "+l4proto(a.Proto, ipv6))
 			default:
 				for _, r := range a.Ports {
 					o.Ports = append(o.Ports, fmt.Sprintf("%s . %s . %s", head, a.Proto, r))
@@ -319,6 +491,46 @@ func hostOpeningsOf(vms []config.VM) []string {
 	return out
 }
 
+// l4proto is the protocol of an allow entry as nft names it: icmp is
+// ICMPv6 for IPv6.
+func l4proto(proto string, ipv6 bool) string {
+	if proto == "icmp" && ipv6 {
+		return "ipv6-icmp"
+	}
+	return proto
+}
+
+// dnsServer is a VM's own DNS server, which it reaches on port 53.
+type dnsServer struct {
+	Bridge string
+	Addr   netip.Addr
+}
+
+// dnsOf lists the DNS servers of the VMs without an egress list (those ask
+// their gateway, and reach no other), of IPv4 or IPv6.
+func dnsOf(vms []config.VM, ipv6 bool) []dnsServer {
+	var out []dnsServer
+	for _, vm := range vms {
+		a, err := netip.ParseAddr(vm.DNS)
+		if err != nil || vm.HasEgress() || a.Is6() != ipv6 {
+			continue
+		}
+		out = append(out, dnsServer{vm.Bridge, a})
+	}
+	return out
+}
+
+// egressOf lists the VMs with an egress list.
+func egressOf(vms []config.VM) []config.VM {
+	var out []config.VM
+	for _, vm := range vms {
+		if vm.HasEgress() {
+			out = append(out, vm)
+		}
+	}
+	return out
+}
+
 // Drops are counted per VM, for its metrics (package metrics): two named
 // counters each, drop_from_NAME (what it sent) and drop_to_NAME (what was
 // sent to it), reached through two maps keyed by its bridge, so the rules
@@ -339,17 +551,32 @@ type published struct {
 	Key, To string // "tcp . 80" : "10.5.0.2 . 80"
 }
 
-func publishedOf(vms []config.VM) (pubs []published, from []string) {
+// publishedOf writes the published ports of vms for IPv4, or for IPv6 (to
+// the VMs' IPv6 addresses, from the IPv6 sources of each from list).
+func publishedOf(vms []config.VM, ipv6 bool) (pubs []published, from []string) {
+	all := netip.MustParsePrefix("0.0.0.0/0")
+	if ipv6 {
+		all = netip.MustParsePrefix("::/0")
+	}
 	for _, vm := range vms {
+		to := vm.Addr
+		if ipv6 {
+			to = vm.Addr6
+		}
+		if !to.IsValid() {
+			continue
+		}
 		for _, p := range vm.Publish {
 			key := fmt.Sprintf("%s . %d", p.Proto, p.HostPort)
-			pubs = append(pubs, published{key, fmt.Sprintf("%s . %d", vm.Addr, p.VMPort)})
+			pubs = append(pubs, published{key, fmt.Sprintf("%s . %d", to, p.VMPort)})
 			srcs := p.From
 			if len(srcs) == 0 {
-				srcs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+				srcs = []netip.Prefix{all}
 			}
 			for _, s := range srcs {
-				from = append(from, key+" . "+s.String())
+				if s.Addr().Is6() == ipv6 {
+					from = append(from, key+" . "+s.String())
+				}
 			}
 		}
 	}
@@ -365,29 +592,44 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 			if a.VM != "" || a.Gateway {
 				continue // openings to VMs and to the host are sets, not rules on the uplink
 			}
-			allow = append(allow, allowRule{bridge, a.Net, a.Proto, a.PortList(", "), a.String(), who})
+			family := "ip"
+			if a.Net.Addr().Is6() {
+				family = "ip6"
+			}
+			allow = append(allow, allowRule{bridge, family, a.Net, l4proto(a.Proto, family == "ip6"), a.PortList(", "), a.String(), who})
 		}
 	}
 	add("@vm_bridges", "every VM", in.Host.Allow)
 	for _, vm := range in.VMs {
 		add(`"`+vm.Bridge+`"`, vm.Name, vm.Allow)
 	}
-	pubs, from := publishedOf(in.VMs)
+	blocked, blocked6 := slices.Clone(Blocked), slices.Clone(Blocked6)
+	for _, n := range uplinkNets {
+		if n.Addr().Is6() {
+			blocked6 = append(blocked6, n)
+		} else {
+			blocked = append(blocked, n)
+		}
+	}
+	pubs, from := publishedOf(in.VMs, false)
+	pubs6, from6 := publishedOf(in.VMs, true)
 	data := struct {
 		Table, Uplink, Tailscale, Hash  string
 		TailscaleRange, TailscaleRange6 string
-		AllowVMToTailnet                bool
-		VMs                             []config.VM
-		Blocked                         []netip.Prefix
+		AllowVMToTailnet, IPv6, NAT66   bool
+		VMs, Egress                     []config.VM
+		DNS, DNS6                       []dnsServer
+		Blocked, Blocked6               []netip.Prefix
 		Allow                           []allowRule
-		Openings                        openings
-		Published                       []published
-		PublishedFrom                   []string
+		Openings, Openings6             openings
+		Published, Published6           []published
+		PublishedFrom, PublishedFrom6   []string
 		HostOpenings                    []string
 		CountFrom, Counted              string
 	}{Table, in.Host.Uplink, config.Tailscale, "", config.TailscaleRange.String(), config.TailscaleRange6.String(),
-		in.Host.Tailscale.AllowVMToTailnet, in.VMs, merge(append(slices.Clone(Blocked), uplinkNets...)), allow,
-		openingsOf(in.VMs), pubs, from, hostOpeningsOf(in.VMs),
+		in.Host.Tailscale.AllowVMToTailnet, in.Host.IPv6, in.Host.NAT66, in.VMs, egressOf(in.VMs),
+		dnsOf(in.VMs, false), dnsOf(in.VMs, true), merge(blocked), merge(blocked6), allow,
+		openingsOf(in.VMs, false), openingsOf(in.VMs, true), pubs, pubs6, from, from6, hostOpeningsOf(in.VMs),
 		`counter name iifname map @vm_drops_from comment "` + counted + `"`, counted}
 	// Render once without the hash, hash that, and render again with it: the
 	// hash in the comment lets plan see whether the loaded table is current.
@@ -437,6 +679,7 @@ type Replace struct {
 	Why     string   // "create", "update", "repair (edited by hand)"
 	Changes []string // what differs, as State.Changes says
 	Host    *config.Host
+	Egress  []EgressVM // what the resolver serves for this ruleset, recorded with it
 }
 
 func (r *Replace) String() string {
@@ -461,6 +704,9 @@ func (r *Replace) Apply() error {
 	}
 	defer unlock()
 	if err := load(r.Ruleset); err != nil {
+		return err
+	}
+	if err := writeEgressRecord(*r.Host, r.Egress); err != nil {
 		return err
 	}
 	return writeRecord(*r.Host, r.Ruleset)
@@ -513,7 +759,7 @@ func Diff(in *config.Infra) (action.Diff, error) {
 func diff(in *config.Infra, ruleset string, o observed) action.Diff {
 	d := action.Diff{Warnings: append(o.conflicts, publishWarnings(in, o.listening)...), Notes: publishNotes(in)}
 	if o.loaded == nil {
-		d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "create", Host: &in.Host}}
+		d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "create", Host: &in.Host, Egress: EgressOf(in)}}
 		return d
 	}
 	changes := o.loaded.Changes(o.wanted)
@@ -524,7 +770,7 @@ func diff(in *config.Infra, ruleset string, o observed) action.Diff {
 	if o.loaded.Hash == summarize(ruleset).Hash {
 		why = "repair (edited by hand)"
 	}
-	d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: why, Changes: changes, Host: &in.Host}}
+	d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: why, Changes: changes, Host: &in.Host, Egress: EgressOf(in)}}
 	return d
 }
 

@@ -40,6 +40,8 @@ func TestRulesetGolden(t *testing.T) {
 		{"../../examples/infra.toml", "example.nft"},
 		{"testdata/allow.toml", "allow.nft"},
 		{"testdata/openings.toml", "openings.nft"},
+		{"testdata/dualstack.toml", "dualstack.nft"},
+		{"testdata/ipv4only.toml", "ipv4only.nft"},
 	} {
 		in, err := config.Load(tt.file)
 		if err != nil {
@@ -67,25 +69,34 @@ func TestNotInternet(t *testing.T) {
 	if !strings.Contains(rs, want) {
 		t.Errorf("not_internet: want %s in\n%s", want, rs)
 	}
-	closed := Render(in, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")})
-	if !strings.Contains(closed, "elements = { 0.0.0.0/0 }") {
+	closed := Render(in, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")})
+	if !strings.Contains(closed, "elements = { 0.0.0.0/0 }") || !strings.Contains(closed, "elements = { ::/0 }") {
 		t.Errorf("fail-closed table:\n%s", closed)
+	}
+	// The uplink's IPv6 networks join IPv6's blocked ranges, and only
+	// those: 2001:db8::/32 is the sandbox's internet.
+	rs6 := Render(in, []netip.Prefix{netip.MustParsePrefix("2001:db8:2::/64"), netip.MustParsePrefix("192.0.2.0/24")})
+	want6 := "elements = { ::/96, ::ffff:0.0.0.0/96, 64:ff9b::/96, 64:ff9b:1::/48, 100::/64, 2001::/23, 2001:db8:2::/64, 2002::/16, 5f00::/16, fc00::/7, fe80::/10, fec0::/10, ff00::/8 }"
+	if !strings.Contains(rs6, want6) {
+		t.Errorf("not_internet6: want %s in\n%s", want6, rs6)
 	}
 }
 
 // TestConstantRules: isolation is expressed with sets, so the rule count
 // does not grow with the number of VMs (the design's iptables need N×(N−1)).
 func TestConstantRules(t *testing.T) {
+	// Per VM: bridge, source, gateway, subnet, and DNS over UDP and TCP;
+	// the IPv6 twins of source (and the link-local one), gateway and
+	// subnet; its two drop counters.
+	const perVM = 6 + 4 + 2
 	want := summarize(render(infra(t, 4))).Rules
-	blocked := summarize(render(infra(t, 4))).Elements - 8*4 // the not_internet set
+	blocked := summarize(render(infra(t, 4))).Elements - perVM*4 // the not_internet sets
 	for _, n := range []int{1, 16, 64, 250} {
 		s := summarize(render(infra(t, n)))
 		if s.Rules != want {
 			t.Errorf("N=%d: got %d rules, want %d", n, s.Rules, want)
 		}
-		// Per VM: bridge, source, gateway, subnet, DNS over UDP and TCP,
-		// and its two drop counters.
-		if got, want := s.Elements, 8*n+blocked; got != want {
+		if got, want := s.Elements, perVM*n+blocked; got != want {
 			t.Errorf("N=%d: got %d set elements, want %d", n, got, want)
 		}
 	}
@@ -204,7 +215,9 @@ func TestAllowVMToTailnet(t *testing.T) {
 	open.Host.Tailscale.AllowVMToTailnet = true
 	rules := []string{
 		`iifname @vm_bridges oifname "tailscale0" ip daddr 100.64.0.0/10 accept`,
+		`iifname @vm_bridges oifname "tailscale0" ip6 daddr fd7a:115c:a1e0::/48 accept`,
 		`oifname "tailscale0" ip saddr @vm_subnets masquerade`,
+		`oifname "tailscale0" ip6 saddr @vm_subnets6 masquerade`,
 	}
 	tests := []struct {
 		name string
@@ -213,7 +226,7 @@ func TestAllowVMToTailnet(t *testing.T) {
 		more int  // rules beyond the closed table's
 	}{
 		{"closed (default)", closed, false, 0},
-		{"allow_vm_to_tailnet", open, true, 2},
+		{"allow_vm_to_tailnet", open, true, 4},
 	}
 	base := summarize(render(closed)).Rules
 	for _, tt := range tests {
@@ -253,7 +266,7 @@ func TestAllowVMToTailnet(t *testing.T) {
 func TestRulesetLoads(t *testing.T) {
 	testenv.NeedCommands(t, "nft")
 	ns := testenv.NetNS(t)
-	for _, file := range []string{"../../examples/infra.toml", "testdata/allow.toml", "testdata/openings.toml"} {
+	for _, file := range []string{"../../examples/infra.toml", "testdata/allow.toml", "testdata/openings.toml", "testdata/dualstack.toml", "testdata/ipv4only.toml"} {
 		in, err := config.Load(file)
 		if err != nil {
 			t.Fatal(err)
@@ -297,5 +310,33 @@ func TestRuleIdentity(t *testing.T) {
 	ns := testenv.NetNS(t)
 	if err := sandbox.Do(ns, func() error { return (&Replace{Ruleset: render(b), Why: "create"}).Apply() }); err != nil {
 		t.Errorf("the table of %s does not load: %v", file, err)
+	}
+}
+
+// TestIPv6Off: with ipv6 = false the IPv6 sets are empty, so the
+// anti-spoofing rule drops every IPv6 packet a VM sends, and nothing is
+// NATed; the rules are the same ones (O(1) either way).
+func TestIPv6Off(t *testing.T) {
+	on := render(infra(t, 2))
+	in, err := config.Parse("off.toml", []byte("[host]\nuplink = \"eth0\"\nipv6 = false\n[vm.vm1]\nsubnet = \"10.0.1.0/24\"\n[vm.vm2]\nsubnet = \"10.0.2.0/24\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := render(in)
+	for _, set := range []string{"vm_sources6", "vm_gateways6", "vm_subnets6"} {
+		body := off[strings.Index(off, "set "+set+" {"):]
+		body = body[:strings.Index(body, "}")]
+		if strings.Contains(body, "elements") {
+			t.Errorf("with ipv6 = false, %s has elements:\n%s", set, body)
+		}
+	}
+	if strings.Contains(off, "NAT66") || !strings.Contains(on, "NAT66") {
+		t.Error("NAT66 is not what the setting says")
+	}
+	if !strings.Contains(off, "(IPv6 is off: none)") {
+		t.Error("the anti-spoofing rule does not say IPv6 is off")
+	}
+	if a, b := summarize(on).Rules, summarize(off).Rules; a != b+1 { // the masquerade
+		t.Errorf("%d rules with IPv6, %d without; want one more (NAT66)", a, b)
 	}
 }

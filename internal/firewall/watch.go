@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -38,11 +39,20 @@ import (
 // recordPath is the file holding the ruleset last loaded in the network
 // namespace of the calling thread.
 func recordPath(h config.Host) (string, error) {
+	ns, err := netnsID()
+	if err != nil {
+		return "", err
+	}
+	return h.FirewallRecord(ns), nil
+}
+
+// netnsID is the inode number of the calling thread's network namespace.
+func netnsID() (string, error) {
 	link, err := os.Readlink(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 	if err != nil {
 		return "", fmt.Errorf("reading the network namespace: %w", err)
 	}
-	return h.FirewallRecord(strings.TrimSuffix(strings.TrimPrefix(link, "net:["), "]")), nil
+	return strings.TrimSuffix(strings.TrimPrefix(link, "net:["), "]"), nil
 }
 
 // lockRecord takes h's firewall lock, waiting for it.
@@ -104,6 +114,9 @@ func Adopt(in *config.Infra) error {
 	if ch := cur.Changes(ws); len(ch) > 0 {
 		return fmt.Errorf("the loaded table is not the one %s wants (%s); run microvm apply", in.File, strings.Join(ch, "; "))
 	}
+	if err := writeEgressRecord(in.Host, EgressOf(in)); err != nil {
+		return err
+	}
 	return writeRecord(in.Host, want)
 }
 
@@ -128,6 +141,10 @@ type Watcher struct {
 	Ready func()
 	// Restored, if set, is told of each repair.
 	Restored func(Restore)
+	// Loaded, if set, is called once the table is as recorded after it
+	// was loaded anew (by apply or a repair) or first found so: the egress
+	// sets are empty then, and the record may serve other VMs.
+	Loaded func()
 
 	ruleset string    // the last recorded ruleset, kept if the record goes
 	closed  []string  // ports held down until the table is back
@@ -157,7 +174,7 @@ func (w *Watcher) Run(stop <-chan struct{}) error {
 		return err
 	}
 	defer unix.Close(fd)
-	w.check(time.Now())
+	w.check(time.Now(), true)
 	if w.Ready != nil {
 		w.Ready()
 	}
@@ -179,8 +196,9 @@ func (w *Watcher) Run(stop <-chan struct{}) error {
 		if len(w.closed) > 0 {
 			every = time.Second
 		}
+		news := untouched
 		if n > 0 {
-			switch drain(fd, buf) {
+			switch news = drain(fd, buf); news {
 			case untouched:
 				if time.Since(last) < every {
 					continue
@@ -191,7 +209,7 @@ func (w *Watcher) Run(stop <-chan struct{}) error {
 		} else if time.Since(last) < every {
 			continue
 		}
-		w.check(heard)
+		w.check(heard, news != untouched)
 		last = time.Now()
 	}
 }
@@ -267,6 +285,9 @@ func drain(fd int, buf []byte) news {
 			if len(m.Data) < 4 || m.Data[0] != unix.NFPROTO_INET || tableOf(m.Data[4:]) != Table {
 				continue
 			}
+			if (op == unix.NFT_MSG_NEWSETELEM || op == unix.NFT_MSG_DELSETELEM) && slices.Contains(dynamicSets, setOf(m.Data[4:])) {
+				continue // the egress resolver's, or their timeouts
+			}
 			switch {
 			case op == unix.NFT_MSG_NEWTABLE && deleted:
 				// Deleted and made again, as load does.
@@ -299,6 +320,23 @@ func tableOf(attrs []byte) string {
 	return ""
 }
 
+// setOf reads attribute 2 of a set element message
+// (NFTA_SET_ELEM_LIST_SET), the set's name.
+func setOf(attrs []byte) string {
+	for len(attrs) >= 4 {
+		l := int(attrs[0]) | int(attrs[1])<<8
+		typ := (int(attrs[2]) | int(attrs[3])<<8) & 0x3fff
+		if l < 4 || l > len(attrs) {
+			return ""
+		}
+		if typ == unix.NFTA_SET_ELEM_LIST_SET {
+			return strings.TrimRight(string(attrs[4:l]), "\x00")
+		}
+		attrs = attrs[(l+3)&^3:]
+	}
+	return ""
+}
+
 // failClosed sets the VM ports down when the watcher keeps a table but
 // could not compare it: they come up at the first check that finds it as
 // recorded.
@@ -322,9 +360,10 @@ func (w *Watcher) closeNow() {
 }
 
 // check compares the loaded table with the record and repairs it. heard is
-// when the change was heard of. A table it cannot compare is not trusted:
-// the ports go down until a later check finds it as recorded.
-func (w *Watcher) check(heard time.Time) {
+// when the change was heard of, and changed whether the table changed
+// since the last check. A table it cannot compare is not trusted: the
+// ports go down until a later check finds it as recorded.
+func (w *Watcher) check(heard time.Time, changed bool) {
 	unlock, err := lockRecord(w.Host)
 	if err != nil {
 		w.Logf("firewall: %v", err)
@@ -356,6 +395,9 @@ func (w *Watcher) check(heard time.Time) {
 	changes := cur.Changes(want)
 	if len(changes) == 0 {
 		w.open() // if the ports went down for a change someone undid
+		if changed {
+			w.loaded()
+		}
 		return
 	}
 	w.closeNow()
@@ -369,12 +411,19 @@ func (w *Watcher) check(heard time.Time) {
 	}
 	w.open()
 	r.Millis = time.Since(heard).Milliseconds()
+	w.loaded()
 	msg := fmt.Sprintf("firewall: %s; restored table %s %s in %d ms", strings.Join(changes, "; "), Family, Table, r.Millis)
 	if len(r.Ports) > 0 {
 		msg += fmt.Sprintf("; VM ports %s were down from %.1f ms after the change until then", strings.Join(r.Ports, " "), float64(r.Closed.Sub(heard).Microseconds())/1000)
 	}
 	w.Logf("%s", msg)
 	w.report(r)
+}
+
+func (w *Watcher) loaded() {
+	if w.Loaded != nil {
+		w.Loaded()
+	}
 }
 
 func (w *Watcher) report(r Restore) {

@@ -209,6 +209,35 @@ func TestWatch(t *testing.T) {
 		})
 	}
 
+	// The egress resolver adds the addresses of a VM's names between
+	// loads, and they expire: neither is an edit, nor drift.
+	t.Run("an egress address stays", func(t *testing.T) {
+		script := fmt.Sprintf("add element inet microvm %s { \"br-vm1\" . %s timeout 60s comment \"www.example.com\" }\n"+
+			"add element inet microvm %s { \"br-vm1\" . 2001:db8:113::20 timeout 1s }\n", firewall.EgressSet, sandbox.InternetAddr, firewall.EgressSet6)
+		cmd := sandbox.Command(sb.Host, "nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %s %v", script, out, err)
+		}
+		select {
+		case r := <-restored:
+			t.Errorf("the watcher took an egress address for an edit: %q", r.Changes)
+		case <-time.After(2 * time.Second): // the second one expires meanwhile
+		}
+		if err := sandbox.Do(sb.Host, func() error {
+			if d, err := firewall.Diff(in); err != nil || !d.Empty() {
+				t.Errorf("with an egress address, plan: %v %v", d.Setup, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := sandbox.Command(sb.Host, "nft", "list", "set", "inet", "microvm", firewall.EgressSet).Output()
+		if !strings.Contains(string(out), sandbox.InternetAddr.String()) {
+			t.Errorf("the egress address is gone:\n%s", out)
+		}
+	})
+
 	t.Run("apply's own change stays", func(t *testing.T) {
 		applyHost(t, sb, only1)
 		select {

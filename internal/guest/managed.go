@@ -31,7 +31,7 @@ const header = "# Managed by microvm: rewritten at every start of the VM; change
 //
 //	/etc/hostname                  the VM's name
 //	/etc/hosts                     localhost, and the VM's name at its address
-//	/etc/resolv.conf               the VM's DNS server
+//	/etc/resolv.conf               the VM's DNS server (its gateway with an egress list)
 //	/root/.ssh/authorized_keys     keys (in vm.VarDir, as /root is /var/root)
 //	/etc/ssh/ssh_host_ed25519_key  the VM's SSH host key, made once and kept
 //	/etc/machine-id                made once, when it is empty (or not an ID)
@@ -55,7 +55,7 @@ func WriteManaged(vm *config.VM, keys Keys) error {
 	for _, f := range []struct{ name, text string }{
 		{"hostname", vm.Name + "\n"},
 		{"hosts", hosts(vm)},
-		{"resolv.conf", header + "nameserver " + vm.DNS + "\n"},
+		{"resolv.conf", header + "nameserver " + vm.Nameserver() + "\n"},
 	} {
 		if err := etc.WriteFile(f.name, []byte(f.text), 0o644); err != nil {
 			return fmt.Errorf("writing /etc/%s: %w", f.name, err)

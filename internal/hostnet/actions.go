@@ -17,10 +17,17 @@ import (
 // the same change through netlink. Apply succeeds when the change is already
 // in place.
 
-// Sysctl sets one kernel parameter.
-type Sysctl struct{ Key, Value string }
+// Sysctl sets one kernel parameter, for a reason that goes without
+// saying unless Why says it.
+type Sysctl struct{ Key, Value, Why string }
 
-func (a *Sysctl) String() string { return fmt.Sprintf("sysctl -w %s=%s", a.Key, a.Value) }
+func (a *Sysctl) String() string {
+	s := fmt.Sprintf("sysctl -w %s=%s", a.Key, a.Value)
+	if a.Why != "" {
+		s += "  # " + a.Why
+	}
+	return s
+}
 func (a *Sysctl) Apply() error {
 	path := "/proc/sys/" + strings.ReplaceAll(a.Key, ".", "/")
 	if err := os.WriteFile(path, []byte(a.Value), 0o644); err != nil {
@@ -131,13 +138,23 @@ func claim(name, alias string, unmarked func(netlink.Link) bool) error {
 	return nil
 }
 
-// AddAddr assigns an address to a link.
+// AddAddr assigns an address to a link. An IPv6 address skips duplicate
+// address detection (nodad): the gateway's address is the host's by
+// design, and detection would hold it back for a second or two, when the
+// VM and the resolver of its egress need it.
 type AddAddr struct {
 	Link   string
 	Prefix netip.Prefix
 }
 
-func (a *AddAddr) String() string { return fmt.Sprintf("ip addr add %s dev %s", a.Prefix, a.Link) }
+func (a *AddAddr) String() string {
+	s := fmt.Sprintf("ip addr add %s dev %s", a.Prefix, a.Link)
+	if a.Prefix.Addr().Is6() {
+		s += " nodad"
+	}
+	return s
+}
+
 func (a *AddAddr) Apply() error {
 	l, err := netlink.LinkByName(a.Link)
 	if err != nil {
@@ -145,6 +162,9 @@ func (a *AddAddr) Apply() error {
 	}
 	// A netip.Prefix always prints as ParseAddr reads it.
 	addr, _ := netlink.ParseAddr(a.Prefix.String())
+	if a.Prefix.Addr().Is6() {
+		addr.Flags = unix.IFA_F_NODAD
+	}
 	if err := ignoreExist(netlink.AddrAdd(l, addr)); err != nil {
 		return fmt.Errorf("adding %s to %s: %w", a.Prefix, a.Link, err)
 	}
@@ -163,7 +183,7 @@ func (a *DelAddr) Apply() error {
 	if err != nil {
 		return fmt.Errorf("finding %s: %w", a.Link, err)
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("reading addresses of %s: %w", a.Link, err)
 	}

@@ -17,12 +17,14 @@ import (
 
 // observed is what Diff reads of the host before it decides anything.
 type observed struct {
-	links   []netlink.Link
-	addrs   map[string][]netip.Prefix // the IPv4 addresses of each VM bridge there is
-	forward string                    // the value of ForwardSysctl
-	users   map[string]IDs            // the VMs' users that exist
-	kvm     *uint32                   // the kvm group's id; nil when the host has none
-	routing routing                   // the program's ip rules and blackhole routes
+	links    []netlink.Link
+	addrs    map[string][]netip.Prefix // the addresses of each VM bridge there is, but IPv6 link-local ones
+	forward  string                    // the value of ForwardSysctl
+	forward6 string                    // of Forward6Sysctl, with IPv6
+	acceptRA string                    // of the uplink's accept_ra, with IPv6
+	users    map[string]IDs            // the VMs' users that exist
+	kvm      *uint32                   // the kvm group's id; nil when the host has none
+	routing  routing                   // the program's ip rules and blackhole routes
 }
 
 func (o *observed) link(name string) netlink.Link {
@@ -57,6 +59,13 @@ func Diff(in *config.Infra) (action.Diff, error) {
 	if o.forward, err = readSysctl(ForwardSysctl); err != nil {
 		return action.Diff{}, err
 	}
+	if in.Host.IPv6 {
+		if o.forward6, err = readSysctl(Forward6Sysctl); err != nil {
+			return action.Diff{}, err
+		}
+		// An uplink without IPv6 settings (no such link yet) takes none.
+		o.acceptRA, _ = readSysctl(acceptRASysctl(in.Host.Uplink))
+	}
 	if err := o.readVMs(in.VMs...); err != nil {
 		return action.Diff{}, err
 	}
@@ -87,12 +96,15 @@ func (o *observed) readVMs(vms ...config.VM) error {
 		if bridge == nil {
 			continue
 		}
-		list, err := netlink.AddrList(bridge, netlink.FAMILY_V4)
+		list, err := netlink.AddrList(bridge, netlink.FAMILY_ALL)
 		if err != nil {
 			return fmt.Errorf("listing the addresses of %s: %w", vm.Bridge, err)
 		}
 		for _, a := range list {
-			o.addrs[vm.Bridge] = append(o.addrs[vm.Bridge], prefixOf(a.IPNet))
+			// The kernel gives the bridge its link-local address.
+			if p := prefixOf(a.IPNet); !p.Addr().IsLinkLocalUnicast() {
+				o.addrs[vm.Bridge] = append(o.addrs[vm.Bridge], p)
+			}
 		}
 	}
 	return nil
@@ -111,12 +123,14 @@ func DepartedSubnets(in *config.Infra) ([]netip.Prefix, error) {
 		if !departed(in, l) {
 			continue
 		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
 			return nil, fmt.Errorf("reading addresses of %s: %w", l.Attrs().Name, err)
 		}
 		for _, a := range addrs {
-			out = append(out, prefixOf(a.IPNet).Masked())
+			if p := prefixOf(a.IPNet); !p.Addr().IsLinkLocalUnicast() {
+				out = append(out, p.Masked())
+			}
 		}
 	}
 	return out, nil
@@ -169,6 +183,15 @@ func diff(in *config.Infra, o *observed) action.Diff {
 	if o.forward != "1" {
 		d.Setup = append(d.Setup, &Sysctl{Key: ForwardSysctl, Value: "1"})
 	}
+	if in.Host.IPv6 && o.forward6 != "1" {
+		if o.acceptRA == "1" {
+			// The uplink takes its IPv6 route from router advertisements,
+			// which Linux stops taking once it forwards: 2 keeps them.
+			d.Setup = append(d.Setup, &Sysctl{Key: acceptRASysctl(in.Host.Uplink), Value: "2",
+				Why: "keep taking router advertisements on the uplink once IPv6 forwarding is on"})
+		}
+		d.Setup = append(d.Setup, &Sysctl{Key: Forward6Sysctl, Value: "1"})
+	}
 	for i := range in.VMs {
 		d.Setup = append(d.Setup, vmDiff(&in.VMs[i], o)...)
 	}
@@ -181,33 +204,36 @@ func vmDiff(vm *config.VM, o *observed) []action.Action {
 	return append(bridgeDiff(vm, bridge, o.addrs[vm.Bridge]), tapDiff(vm, o.link(vm.TAP), bridge, o.user(vm.User))...)
 }
 
-// bridgeDiff returns what vm's bridge l (nil if missing), holding the IPv4
-// addresses addrs, lacks.
+// bridgeDiff returns what vm's bridge l (nil if missing), holding the
+// addresses addrs (but IPv6 link-local ones), lacks: the gateway's IPv4
+// address, and its IPv6 one if the VM has IPv6.
 func bridgeDiff(vm *config.VM, l netlink.Link, addrs []netip.Prefix) []action.Action {
 	var acts []action.Action
-	gw := netip.PrefixFrom(vm.Gateway, vm.Subnet.Bits())
+	gws := []netip.Prefix{netip.PrefixFrom(vm.Gateway, vm.Subnet.Bits())}
+	if vm.HasIPv6() {
+		gws = append(gws, netip.PrefixFrom(vm.Gateway6, vm.Subnet6.Bits()))
+	}
 	if l == nil {
-		return []action.Action{
-			&AddBridge{Name: vm.Bridge, Alias: vm.Alias()},
-			&AddAddr{Link: vm.Bridge, Prefix: gw},
-			&LinkUp{Name: vm.Bridge},
+		acts = append(acts, &AddBridge{Name: vm.Bridge, Alias: vm.Alias()})
+		for _, gw := range gws {
+			acts = append(acts, &AddAddr{Link: vm.Bridge, Prefix: gw})
 		}
+		return append(acts, &LinkUp{Name: vm.Bridge})
 	}
 	if l.Attrs().Alias != vm.Alias() {
 		// Made by an apply interrupted before the alias (Check proved
 		// it is the program's): AddBridge finishes it.
 		acts = append(acts, &AddBridge{Name: vm.Bridge, Alias: vm.Alias()})
 	}
-	have := false
 	for _, p := range addrs {
-		if p == gw {
-			have = true
-			continue
+		if !slices.Contains(gws, p) {
+			acts = append(acts, &DelAddr{Link: vm.Bridge, Prefix: p})
 		}
-		acts = append(acts, &DelAddr{Link: vm.Bridge, Prefix: p})
 	}
-	if !have {
-		acts = append(acts, &AddAddr{Link: vm.Bridge, Prefix: gw})
+	for _, gw := range gws {
+		if !slices.Contains(addrs, gw) {
+			acts = append(acts, &AddAddr{Link: vm.Bridge, Prefix: gw})
+		}
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
 		acts = append(acts, &LinkUp{Name: vm.Bridge})

@@ -23,8 +23,16 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
-// ForwardSysctl is the switch that lets the host route VM traffic.
-const ForwardSysctl = "net.ipv4.ip_forward"
+// ForwardSysctl is the switch that lets the host route VM traffic;
+// Forward6Sysctl is IPv6's.
+const (
+	ForwardSysctl  = "net.ipv4.ip_forward"
+	Forward6Sysctl = "net.ipv6.conf.all.forwarding"
+)
+
+// acceptRASysctl is the uplink's switch for router advertisements: Linux
+// ignores them once IPv6 forwarding is on, unless it is 2.
+func acceptRASysctl(uplink string) string { return "net.ipv6.conf." + uplink + ".accept_ra" }
 
 // Check validates the model against this host before anything is planned:
 // the uplink exists; no VM subnet overlaps a network the host already has
@@ -35,7 +43,12 @@ func Check(in *config.Infra) error {
 	if _, err := netlink.LinkByName(in.Host.Uplink); err != nil {
 		return fmt.Errorf("%s: uplink %q does not exist on this host; set [host] uplink to the interface of your default route (%s)", in.Pos("host.uplink"), in.Host.Uplink, defaultRouteLinks())
 	}
-	nets, err := hostNetworks()
+	if in.Host.IPv6 {
+		if err := checkIPv6(in); err != nil {
+			return err
+		}
+	}
+	nets, err := hostNetworks(in.Host.IPv6)
 	if err != nil {
 		return err
 	}
@@ -43,6 +56,13 @@ func Check(in *config.Infra) error {
 		for _, n := range nets {
 			if n.prefix.Overlaps(vm.Subnet) {
 				return fmt.Errorf("%s: vm.%s.subnet %s overlaps %s, a network this host already has (%s); choose another range", in.Pos("vm."+vm.Name+".subnet"), vm.Name, vm.Subnet, n.prefix, n.what)
+			}
+			if vm.HasIPv6() && n.prefix.Overlaps(vm.Subnet6) {
+				key := "host.ipv6_prefix"
+				if in.Pos(key) == in.File { // derived: the subnet decides
+					key = "vm." + vm.Name + ".subnet"
+				}
+				return fmt.Errorf("%s: vm.%s's IPv6 subnet %s overlaps %s, a network this host already has (%s); set another ipv6_prefix in [host], or ipv6 = false", in.Pos(key), vm.Name, vm.Subnet6, n.prefix, n.what)
 			}
 		}
 		for _, want := range []struct{ name, kind string }{{vm.Bridge, "bridge"}, {vm.TAP, "tuntap"}} {
@@ -94,11 +114,26 @@ type network struct {
 	what   string // "address 10.2.0.5/16 on eth0", "route 172.17.0.0/16 via docker0"
 }
 
+// checkIPv6 makes sure the host can give the VMs IPv6.
+func checkIPv6(in *config.Infra) error {
+	v, err := readSysctl("net.ipv6.conf.all.disable_ipv6")
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%s: this host's kernel has no IPv6 (/proc/sys/net/ipv6 is missing); set ipv6 = false in [host]", in.Pos("host.ipv6"))
+	case err != nil:
+		return err
+	case v == "1":
+		return fmt.Errorf("%s: IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6 = 1); turn it on, or set ipv6 = false in [host]", in.Pos("host.ipv6"))
+	}
+	return nil
+}
+
 // hostNetworks lists the IPv4 networks of this host's addresses and routes
-// (every table, so policy routing and tailscaled's table count too),
-// except those of the program's own links and table, which it manages,
-// and default routes, which overlap everything.
-func hostNetworks() ([]network, error) {
+// (every table, so policy routing and tailscaled's table count too), and
+// with ipv6 the IPv6 ones (but link-local and multicast), except those of
+// the program's own links and table, which it manages, and default routes,
+// which overlap everything.
+func hostNetworks(ipv6 bool) ([]network, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
@@ -110,18 +145,21 @@ func hostNetworks() ([]network, error) {
 		names[a.Index] = a.Name
 		ours[a.Index] = strings.HasPrefix(a.Alias, config.AliasPrefix)
 	}
+	family := netlink.FAMILY_V4
+	if ipv6 {
+		family = netlink.FAMILY_ALL
+	}
 	var out []network
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(nil, family)
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses: %w", err)
 	}
 	for _, a := range addrs {
-		if !ours[a.LinkIndex] {
-			p := prefixOf(a.IPNet)
+		if p := prefixOf(a.IPNet); !ours[a.LinkIndex] && !special6(p) {
 			out = append(out, network{p.Masked(), fmt.Sprintf("address %s on %s", p, names[a.LinkIndex])})
 		}
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
@@ -130,7 +168,9 @@ func hostNetworks() ([]network, error) {
 			continue
 		}
 		p := prefixOf(r.Dst).Masked()
-		if p.Bits() == 0 {
+		if p.Bits() == 0 || special6(p) || p.Addr().Is6() && r.Type != unix.RTN_UNICAST {
+			// IPv6's local table has a route for each address (its
+			// own, above) and for multicast, on every link.
 			continue
 		}
 		where := "a route"
@@ -145,30 +185,32 @@ func hostNetworks() ([]network, error) {
 	return out, nil
 }
 
-// UplinkNetworks are the IPv4 networks reached directly through the
-// uplink: those of its addresses and of the routes out of it (but the
-// default route), in the main table. VMs reach none of them unless an
-// allow list says so (package firewall).
+// UplinkNetworks are the IPv4 and IPv6 networks reached directly through
+// the uplink: those of its addresses and of the routes out of it (but the
+// default route, link-local and multicast), in the main table. VMs reach
+// none of them unless an allow list says so (package firewall).
 func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
 	l, err := netlink.LinkByName(uplink)
 	if err != nil {
 		return nil, fmt.Errorf("finding uplink %s: %w", uplink, err)
 	}
 	var out []netip.Prefix
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("reading addresses of %s: %w", uplink, err)
 	}
 	for _, a := range addrs {
-		out = append(out, prefixOf(a.IPNet).Masked())
+		if p := prefixOf(a.IPNet).Masked(); !special6(p) {
+			out = append(out, p)
+		}
 	}
-	routes, err := netlink.RouteList(l, netlink.FAMILY_V4)
+	routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("reading routes of %s: %w", uplink, err)
 	}
 	for _, r := range routes {
 		if r.Dst != nil {
-			if p := prefixOf(r.Dst).Masked(); p.Bits() > 0 {
+			if p := prefixOf(r.Dst).Masked(); p.Bits() > 0 && !special6(p) {
 				out = append(out, p)
 			}
 		}
@@ -176,13 +218,20 @@ func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// prefixOf converts an interface address such as 10.1.0.1/24, keeping the
-// host part.
+// special6 reports IPv6 link-local and multicast networks, which every
+// link has and no VM reaches anyway (the firewall blocks them as
+// special).
+func special6(p netip.Prefix) bool {
+	return p.Addr().Is6() && (p.Addr().IsLinkLocalUnicast() || p.Addr().IsMulticast())
+}
+
+// prefixOf converts an interface address such as 10.1.0.1/24 or
+// fd00::1/64, keeping the host part.
 func prefixOf(n *net.IPNet) netip.Prefix {
-	// Only for FAMILY_V4 addresses, whose IP is 4 bytes: ok is always true.
-	a, _ := netip.AddrFromSlice(n.IP.To4())
+	// netlink gives 4 or 16 bytes: ok is always true.
+	a, _ := netip.AddrFromSlice(n.IP)
 	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a, ones)
+	return netip.PrefixFrom(a.Unmap(), ones)
 }
 
 // defaultRouteLinks names the links that carry a default route, as a hint.

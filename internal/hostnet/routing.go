@@ -33,7 +33,9 @@ import (
 // What the table does not hold (the internet, the tailnet, the LAN) falls
 // through to the host's own rules and tables: the main table's default
 // route, tailscaled's table 52 for replies to tailnet clients. The table
-// holds no default route of its own to keep up with the uplink's.
+// holds no default route of its own to keep up with the uplink's. IPv6
+// has the same, as twins: a rule per VM (ip -6 rule), a blackhole for
+// every VM's /64, rules for each opening's pair to their IPv6 addresses.
 //
 // What it guarantees: two VMs without an opening between them, in either
 // direction, exchange no packet at all, whatever state the firewall is in.
@@ -44,9 +46,7 @@ import (
 // the host's own addresses (each VM's gateway is a local address, routed
 // by the local table before any rule of the program), the LAN or a
 // cloud's metadata server: there the firewall is alone, and the watcher
-// closes the VM ports when its table is gone. IPv6 needs no rule: the
-// bridges have no IPv6 network, so the host has no route from one VM to
-// another (and the firewall drops every IPv6 packet a VM sends).
+// closes the VM ports when its table is gone.
 //
 // The rules and routes carry the protocol config.RouteProto, and the
 // routes live in the program's own table: nothing else is touched. The
@@ -56,12 +56,22 @@ import (
 // pair with an opening (bench packet measures what that costs at 250 VMs).
 
 // Rule is one of the program's ip rules: packets that come in through IIF,
-// bound for To when it is set, are looked up in Table.
+// bound for To when it is set, are looked up in Table. IPv6 rules are
+// apart from IPv4's (ip -6 rule).
 type Rule struct {
 	Pref  int
 	IIF   string
 	To    netip.Prefix // the zero Prefix for every destination
 	Table int
+	IPv6  bool
+}
+
+// ip is the command that lists the rule's family: "ip" or "ip -6".
+func (r Rule) ip() string {
+	if r.IPv6 {
+		return "ip -6"
+	}
+	return "ip"
 }
 
 func (r Rule) args() string {
@@ -79,6 +89,9 @@ func (r Rule) args() string {
 func (r Rule) netlink() *netlink.Rule {
 	nr := netlink.NewRule()
 	nr.Family = netlink.FAMILY_V4
+	if r.IPv6 {
+		nr.Family = netlink.FAMILY_V6
+	}
 	nr.Priority = r.Pref
 	nr.IifName = r.IIF
 	nr.Table = r.Table
@@ -92,10 +105,10 @@ func (r Rule) netlink() *netlink.Rule {
 // AddRule adds one of the program's ip rules.
 type AddRule struct{ Rule Rule }
 
-func (a *AddRule) String() string { return "ip rule add " + a.Rule.args() }
+func (a *AddRule) String() string { return a.Rule.ip() + " rule add " + a.Rule.args() }
 func (a *AddRule) Apply() error {
 	if err := ignoreExist(netlink.RuleAdd(a.Rule.netlink())); err != nil {
-		return fmt.Errorf("adding ip rule %s: %w", a.Rule.args(), err)
+		return fmt.Errorf("adding %s rule %s: %w", a.Rule.ip(), a.Rule.args(), err)
 	}
 	return nil
 }
@@ -103,10 +116,10 @@ func (a *AddRule) Apply() error {
 // DelRule deletes one of the program's ip rules.
 type DelRule struct{ Rule Rule }
 
-func (a *DelRule) String() string { return "ip rule del " + a.Rule.args() }
+func (a *DelRule) String() string { return a.Rule.ip() + " rule del " + a.Rule.args() }
 func (a *DelRule) Apply() error {
 	if err := netlink.RuleDel(a.Rule.netlink()); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("deleting ip rule %s: %w", a.Rule.args(), err)
+		return fmt.Errorf("deleting %s rule %s: %w", a.Rule.ip(), a.Rule.args(), err)
 	}
 	return nil
 }
@@ -142,7 +155,11 @@ func (a *DelBlackhole) Apply() error {
 }
 
 func blackhole(dst netip.Prefix) *netlink.Route {
-	return &netlink.Route{Family: netlink.FAMILY_V4, Dst: ipNet(dst), Table: config.RouteTable, Type: unix.RTN_BLACKHOLE, Protocol: config.RouteProto}
+	family := netlink.FAMILY_V4
+	if dst.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	return &netlink.Route{Family: family, Dst: ipNet(dst), Table: config.RouteTable, Type: unix.RTN_BLACKHOLE, Protocol: config.RouteProto}
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {
@@ -156,7 +173,8 @@ type routing struct {
 }
 
 // wantRouting is the routing the model wants: the openings' rules (both
-// ways), a rule for every VM, and a blackhole for every VM subnet.
+// ways), a rule for every VM, and a blackhole for every VM subnet; each
+// for IPv6 too where the VMs have it.
 func wantRouting(in *config.Infra) routing {
 	var w routing
 	seen := map[Rule]bool{}
@@ -166,10 +184,16 @@ func wantRouting(in *config.Infra) routing {
 			if a.VM == "" || !ok {
 				continue
 			}
-			for _, r := range []Rule{
-				{config.RulePrefOpenings, vm.Bridge, netip.PrefixFrom(peer.Addr, 32), unix.RT_TABLE_MAIN},
-				{config.RulePrefOpenings, peer.Bridge, netip.PrefixFrom(vm.Addr, 32), unix.RT_TABLE_MAIN},
-			} {
+			rules := []Rule{
+				{config.RulePrefOpenings, vm.Bridge, netip.PrefixFrom(peer.Addr, 32), unix.RT_TABLE_MAIN, false},
+				{config.RulePrefOpenings, peer.Bridge, netip.PrefixFrom(vm.Addr, 32), unix.RT_TABLE_MAIN, false},
+			}
+			if vm.HasIPv6() && peer.HasIPv6() {
+				rules = append(rules,
+					Rule{config.RulePrefOpenings, vm.Bridge, netip.PrefixFrom(peer.Addr6, 128), unix.RT_TABLE_MAIN, true},
+					Rule{config.RulePrefOpenings, peer.Bridge, netip.PrefixFrom(vm.Addr6, 128), unix.RT_TABLE_MAIN, true})
+			}
+			for _, r := range rules {
 				if !seen[r] {
 					seen[r] = true
 					w.rules = append(w.rules, r)
@@ -178,8 +202,12 @@ func wantRouting(in *config.Infra) routing {
 		}
 	}
 	for _, vm := range in.VMs {
-		w.rules = append(w.rules, Rule{config.RulePrefIsolation, vm.Bridge, netip.Prefix{}, config.RouteTable})
+		w.rules = append(w.rules, Rule{config.RulePrefIsolation, vm.Bridge, netip.Prefix{}, config.RouteTable, false})
 		w.blackholes = append(w.blackholes, vm.Subnet)
+		if vm.HasIPv6() {
+			w.rules = append(w.rules, Rule{config.RulePrefIsolation, vm.Bridge, netip.Prefix{}, config.RouteTable, true})
+			w.blackholes = append(w.blackholes, vm.Subnet6)
+		}
 	}
 	return w
 }
@@ -188,7 +216,7 @@ func wantRouting(in *config.Infra) routing {
 // route in its table that is not its own.
 func readRouting() (routing, []string, error) {
 	var have routing
-	rules, err := netlink.RuleList(netlink.FAMILY_V4)
+	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
 	if err != nil {
 		return have, nil, fmt.Errorf("listing ip rules: %w", err)
 	}
@@ -196,13 +224,13 @@ func readRouting() (routing, []string, error) {
 		if r.Protocol != config.RouteProto {
 			continue
 		}
-		rule := Rule{Pref: r.Priority, IIF: r.IifName, Table: r.Table}
+		rule := Rule{Pref: r.Priority, IIF: r.IifName, Table: r.Table, IPv6: r.Family == netlink.FAMILY_V6}
 		if r.Dst != nil {
 			rule.To = prefixOf(r.Dst)
 		}
 		have.rules = append(have.rules, rule)
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: config.RouteTable}, netlink.RT_FILTER_TABLE)
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: config.RouteTable}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return have, nil, fmt.Errorf("listing the routes of table %d: %w", config.RouteTable, err)
 	}

@@ -19,7 +19,7 @@ import (
 // TestRoutingWithoutFirewall: with the host part applied in a sandbox and
 // namespaces standing in for four VMs, `nft flush ruleset` leaves the
 // policy routing: no VM reaches a VM it has no opening with, by TCP, UDP
-// or ICMP, either way; the opening still answers, and the internet is
+// or ICMP, either way, over IPv4 or IPv6; the opening still answers, and the internet is
 // still routed (the "internet" routes the VM subnets back, as NAT went
 // with the table). The probes are shown to see a breach: without the
 // program's ip rules, vm1 reaches vm2. Then apply makes it all again, and
@@ -81,21 +81,28 @@ subnet = "10.6.0.0/24"
 	}
 	show := func() string {
 		rules, _ := sandbox.Command(sb.Host, "ip", "rule").Output()
+		rules6, _ := sandbox.Command(sb.Host, "ip", "-6", "rule").Output()
 		routes, _ := sandbox.Command(sb.Host, "ip", "route", "show", "table", "all").Output()
-		return fmt.Sprintf("ip rule:\n%s\nip route show table all:\n%s", rules, routes)
+		routes6, _ := sandbox.Command(sb.Host, "ip", "-6", "route", "show", "table", fmt.Sprint(config.RouteTable)).Output()
+		return fmt.Sprintf("ip rule:\n%s\nip -6 rule:\n%s\nip route show table all:\n%s\nip -6 route show table %d:\n%s", rules, rules6, routes, config.RouteTable, routes6)
 	}
 	db, _ := in.VM("db")
 	web, _ := in.VM("web")
 	toDB := netip.AddrPortFrom(db.Addr, sandbox.Port)
+	toDB6 := netip.AddrPortFrom(db.Addr6, sandbox.Port)
 
 	run(sb.Host, "nft", "flush", "ruleset")
 	// Without the table there is no NAT: the internet routes the VM
 	// subnets to the host's uplink, as an ISP routing them would.
 	run(sb.Internet, "ip", "route", "add", "10.0.0.0/8", "via", sandbox.UplinkAddr.Addr().String())
+	run(sb.Internet, "ip", "-6", "route", "add", "fd00::/8", "via", sandbox.UplinkAddr6.Addr().String())
 
 	// Every ordered pair but the opening's, by every protocol, at once:
 	// a blocked probe waits for its timeout.
-	type probe struct{ from, to, proto string }
+	type probe struct {
+		from, to, proto string
+		ipv6            bool
+	}
 	var probes []probe
 	for _, a := range in.VMs {
 		for _, b := range in.VMs {
@@ -103,20 +110,23 @@ subnet = "10.6.0.0/24"
 				continue
 			}
 			for _, proto := range []string{"tcp", "udp", "icmp"} {
-				probes = append(probes, probe{a.Name, b.Name, proto})
+				probes = append(probes, probe{a.Name, b.Name, proto, false}, probe{a.Name, b.Name, proto, true})
 			}
 		}
 	}
 	send := func(p probe) check.Result {
 		to, _ := in.VM(p.to)
-		ns := sb.VMs[p.from]
+		ns, addr := sb.VMs[p.from], to.Addr
+		if p.ipv6 {
+			addr = to.Addr6
+		}
 		switch p.proto {
 		case "tcp":
-			return sandbox.TCP(ns, netip.AddrPortFrom(to.Addr, sandbox.Port))
+			return sandbox.TCP(ns, netip.AddrPortFrom(addr, sandbox.Port))
 		case "udp":
-			return sandbox.UDP(ns, netip.AddrPortFrom(to.Addr, sandbox.Port))
+			return sandbox.UDP(ns, netip.AddrPortFrom(addr, sandbox.Port))
 		}
-		return sandbox.Ping(ns, to.Addr)
+		return sandbox.Ping(ns, addr)
 	}
 	reached := func() []string {
 		var mu sync.Mutex
@@ -128,7 +138,7 @@ subnet = "10.6.0.0/24"
 				defer wg.Done()
 				if send(p).Reached {
 					mu.Lock()
-					out = append(out, fmt.Sprintf("%s -> %s (%s)", p.from, p.to, p.proto))
+					out = append(out, fmt.Sprintf("%s -> %s (%s, IPv6 %v)", p.from, p.to, p.proto, p.ipv6))
 					mu.Unlock()
 				}
 			}()
@@ -146,6 +156,9 @@ subnet = "10.6.0.0/24"
 		if r := sandbox.TCP(sb.VMs["web"], toDB); !r.Reached || r.SeenAs != web.Addr.String() {
 			t.Errorf("web -> db tcp %d: reached %v, seen as %q (%v); want reached, seen as %s", sandbox.Port, r.Reached, r.SeenAs, r.Err, web.Addr)
 		}
+		if r := sandbox.TCP(sb.VMs["web"], toDB6); !r.Reached || r.SeenAs != web.Addr6.String() {
+			t.Errorf("web -> db tcp %d over IPv6: reached %v, seen as %q (%v); want reached, seen as %s", sandbox.Port, r.Reached, r.SeenAs, r.Err, web.Addr6)
+		}
 		// Routing cannot tell who opened: the pair's packets pass both
 		// ways, and only the firewall judges direction, protocol and port.
 		r := sandbox.TCP(sb.VMs["db"], netip.AddrPortFrom(web.Addr, sandbox.Port))
@@ -157,18 +170,27 @@ subnet = "10.6.0.0/24"
 			if !r.Reached || r.SeenAs != vm.Addr.String() {
 				t.Errorf("%s -> the internet: reached %v, seen as %q (%v); want reached, seen as %s (no NAT without the table)", vm.Name, r.Reached, r.SeenAs, r.Err, vm.Addr)
 			}
+			r = sandbox.TCP(sb.VMs[vm.Name], netip.AddrPortFrom(sandbox.InternetAddr6, sandbox.Port))
+			if !r.Reached || r.SeenAs != vm.Addr6.String() {
+				t.Errorf("%s -> the internet over IPv6: reached %v, seen as %q (%v); want reached, seen as %s (no NAT66 without the table)", vm.Name, r.Reached, r.SeenAs, r.Err, vm.Addr6)
+			}
 		}
 	})
 	t.Run("the probes see a breach", func(t *testing.T) {
 		for _, vm := range []string{"br-vm1", "br-vm2"} {
 			run(sb.Host, "ip", "rule", "del", "priority", fmt.Sprint(config.RulePrefIsolation), "iif", vm)
+			run(sb.Host, "ip", "-6", "rule", "del", "priority", fmt.Sprint(config.RulePrefIsolation), "iif", vm)
 		}
-		if r := sandbox.UDP(sb.VMs["vm1"], netip.AddrPortFrom(netip.MustParseAddr("10.2.0.2"), sandbox.Port)); !r.Reached {
-			t.Errorf("without the program's ip rules and the firewall, vm1 does not reach vm2 (%v): the probes above prove nothing\n%s", r.Err, show())
+		vm2, _ := in.VM("vm2")
+		for _, to := range []netip.Addr{vm2.Addr, vm2.Addr6} {
+			if r := sandbox.UDP(sb.VMs["vm1"], netip.AddrPortFrom(to, sandbox.Port)); !r.Reached {
+				t.Errorf("without the program's ip rules and the firewall, vm1 does not reach vm2 at %s (%v): the probes above prove nothing\n%s", to, r.Err, show())
+			}
 		}
 	})
 	t.Run("apply makes it all again", func(t *testing.T) {
 		run(sb.Internet, "ip", "route", "del", "10.0.0.0/8")
+		run(sb.Internet, "ip", "-6", "route", "del", "fd00::/8")
 		if p := apply(); len(p.Actions) == 0 {
 			t.Error("apply found nothing to do")
 		}

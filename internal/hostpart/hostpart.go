@@ -17,6 +17,12 @@
 // there is no boot to come back from, and up or apply have just checked the
 // host part, so it only keeps the firewall, and exits once no VM has run
 // for a while.
+//
+// Either way it also runs the resolver of the VMs with an egress list
+// (package egress), on their gateways: the table it keeps lets those VMs
+// reach only the addresses the resolver answers them. Each time the table
+// is loaded anew (by apply, or a repair) it serves the VMs the new table
+// serves, and puts back the addresses the load emptied.
 package hostpart
 
 import (
@@ -28,6 +34,7 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/egress"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
@@ -78,6 +85,11 @@ func Run(opts Options, stop <-chan struct{}, log io.Writer) error {
 	}
 
 	h := in.Host
+	resolver, err := egress.New(logf)
+	if err != nil {
+		return err
+	}
+	defer resolver.Close()
 	st := State{ID: proc.Self(), Since: time.Now().UTC(), File: opts.File, Detached: opts.Detached}
 	status := func() string {
 		s := fmt.Sprintf("STATUS=keeping table %s %s", firewall.Family, firewall.Table)
@@ -106,12 +118,29 @@ func Run(opts Options, stop <-chan struct{}, log io.Writer) error {
 			save()
 			notify(logf, status())
 		},
+		Loaded: func() { serveEgress(h, resolver, logf) },
 	}
 	defer os.Remove(h.HostState()) // gone with us; if it stays, its pid says it is stale
 	if opts.Detached {
 		stop = untilIdle(h, stop, logf)
 	}
 	return w.Run(stop)
+}
+
+// serveEgress makes the resolver serve the VMs with an egress list of the
+// table just loaded, and put back the addresses the load emptied. A
+// failure is logged: the VMs it concerns reach nothing by name meanwhile.
+func serveEgress(h config.Host, r *egress.Resolver, logf func(string, ...any)) {
+	vms, err := firewall.ReadEgress(h)
+	if err != nil {
+		logf("egress: %v; no VM is served", err)
+	}
+	if err := r.Set(vms); err != nil {
+		logf("%v", err)
+	}
+	if err := r.Refill(); err != nil {
+		logf("egress: putting back the addresses of names: %v", err)
+	}
 }
 
 // notify tells systemd (if it runs us) state; a failure is logged: the

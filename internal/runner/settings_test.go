@@ -11,18 +11,21 @@ import (
 // why a change to them needs no restart. A field that is on neither side
 // fails TestSettingsCoverVM, so a new one is a decision, never forgotten.
 var noRestart = map[string]string{
-	"Name":      "a new name is another VM",
-	"Gateway":   "derived from Subnet, which is in Settings",
-	"Addr":      "derived from Subnet, which is in Settings",
-	"Bridge":    "derived from Name",
-	"TAP":       "derived from Name",
-	"Autostart": "says whether the VM starts, not how it runs",
-	"Allow":     "in the firewall, which apply changes under a running VM",
-	"Publish":   "in the firewall, which apply changes under a running VM",
-	"StateDir":  "derived from Name and the host's state_dir",
-	"EtcDir":    "derived from StateDir",
-	"VarDir":    "derived from StateDir",
-	"RunDir":    "derived from Name and the host's run_dir",
+	"Name":       "a new name is another VM",
+	"Gateway":    "derived from Subnet, which is in Settings",
+	"Addr":       "derived from Subnet, which is in Settings",
+	"Gateway6":   "derived from Subnet6, which is in Settings",
+	"Addr6":      "derived from Subnet6, which is in Settings",
+	"LinkLocal6": "derived from MAC, which is in Settings",
+	"Bridge":     "derived from Name",
+	"TAP":        "derived from Name",
+	"Autostart":  "says whether the VM starts, not how it runs",
+	"Allow":      "in the firewall, which apply changes under a running VM",
+	"Publish":    "in the firewall, which apply changes under a running VM",
+	"StateDir":   "derived from Name and the host's state_dir",
+	"EtcDir":     "derived from StateDir",
+	"VarDir":     "derived from StateDir",
+	"RunDir":     "derived from Name and the host's run_dir",
 }
 
 // Every field of config.VM either changes the settings a VM was started

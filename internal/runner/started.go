@@ -89,6 +89,15 @@ func Settings(in *config.Infra, vm *config.VM) map[string]string {
 	if vm.ImageWritable {
 		s["image_writable"] = "true"
 	}
+	// The guest's init sets its IPv6 address, and asks its gateway for
+	// names when it has an egress list (whose names the host's resolver
+	// serves: they change under a running VM).
+	if vm.HasIPv6() {
+		s["subnet6"] = vm.Subnet6.String()
+	}
+	if vm.HasEgress() {
+		s["nameserver"] = vm.Nameserver() + " (egress)"
+	}
 	// What runs in it: each declared file by its content, mode and owner,
 	// the units, the run_once list.
 	for _, f := range vm.Files {

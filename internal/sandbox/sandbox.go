@@ -11,12 +11,16 @@
 //	                                      lan0 192.0.2.1 : internet ns (the host's router)
 //	lan ns:  eth0 192.0.2.50 ──veth── lan1 ┘  203.0.113.10 (the "internet" server)
 //	         (a LAN host)                     169.254.169.254 (a cloud's metadata server)
+//	                                          203.0.113.53 (a DNS server, with names at .20 and .30)
 //	                                          168.63.129.16 (Azure's WireServer)
 //	tailnet client ns: eth0 100.64.1.2 ──veth── tailscale0 100.64.1.1 in the host ns (AddTailnetClient)
 //
-// Every address used is from the documentation ranges, the model, or a
-// cloud's own (answered inside the internet namespace), and every packet
-// stays inside these namespaces.
+// Each but the tailnet has IPv6 beside IPv4: the uplink 2001:db8:2::2/64
+// on the router's 2001:db8:2::1, the LAN host 2001:db8:2::50, the internet
+// server 2001:db8:113::10, the DNS server 2001:db8:113::53 and a metadata
+// server at fd00:ec2::254, as AWS has it. Every address used is from the
+// documentation ranges, the model, or a cloud's own (answered inside the
+// internet namespace), and every packet stays inside these namespaces.
 package sandbox
 
 import (
@@ -45,8 +49,17 @@ var (
 	MetadataAddr = netip.MustParseAddr("169.254.169.254") // a cloud's instance metadata server, behind the router
 	WireServer   = netip.MustParseAddr("168.63.129.16")   // Azure's WireServer, behind the router too
 
+	UplinkAddr6   = netip.MustParsePrefix("2001:db8:2::2/64")
+	ISPAddr6      = netip.MustParsePrefix("2001:db8:2::1/64")
+	InternetAddr6 = netip.MustParseAddr("2001:db8:113::10")
+	LANAddr6      = netip.MustParsePrefix("2001:db8:2::50/64")
+	MetadataAddr6 = netip.MustParseAddr("fd00:ec2::254")
+
 	TailnetHostAddr   = netip.MustParsePrefix("100.64.1.1/24") // the host's tailscale0
 	TailnetClientAddr = netip.MustParsePrefix("100.64.1.2/24") // a tailnet client that uses its subnet routes
+
+	TailnetHostAddr6   = netip.MustParsePrefix("fd7a:115c:a1e0::1/64") // the same in the tailnet's IPv6 range
+	TailnetClientAddr6 = netip.MustParsePrefix("fd7a:115c:a1e0::2/64")
 )
 
 // Sandbox is a set of namespaces; Close removes them all.
@@ -84,6 +97,7 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 		}
 	}
 	up := in.Host.Uplink
+	v6 := func(args ...string) []string { return append([]string{"-6"}, append(args, "nodad")...) }
 	steps := [][]string{
 		{"-n", s.Host, "link", "add", up, "type", "veth", "peer", "name", "isp0", "netns", s.Internet},
 		{"-n", s.Host, "addr", "add", UplinkAddr.String(), "dev", up},
@@ -103,6 +117,25 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 		{"-n", s.LAN, "link", "set", "eth0", "up"},
 		{"-n", s.LAN, "route", "add", "default", "via", ISPAddr.Addr().String()},
 		{"-n", s.Internet, "link", "set", "lan1", "master", "lan0", "up"},
+		v6("-n", s.Host, "addr", "add", UplinkAddr6.String(), "dev", up),
+		{"-6", "-n", s.Host, "route", "add", "default", "via", ISPAddr6.Addr().String()},
+		v6("-n", s.Internet, "addr", "add", ISPAddr6.String(), "dev", "lan0"),
+		v6("-n", s.Internet, "addr", "add", InternetAddr6.String()+"/128", "dev", "lo"),
+		v6("-n", s.Internet, "addr", "add", MetadataAddr6.String()+"/128", "dev", "lo"),
+		v6("-n", s.LAN, "addr", "add", LANAddr6.String(), "dev", "eth0"),
+		{"-6", "-n", s.LAN, "route", "add", "default", "via", ISPAddr6.Addr().String()},
+	}
+	for _, a := range append(append([]netip.Addr{}, NameAddrs...), DNSAddr, DNSAddr6) {
+		if a.Is4() {
+			steps = append(steps, []string{"-n", s.Internet, "addr", "add", a.String() + "/32", "dev", "lo"})
+		} else {
+			steps = append(steps, v6("-n", s.Internet, "addr", "add", a.String()+"/128", "dev", "lo"))
+		}
+	}
+	if in.Host.IPv6 && !in.Host.NAT66 {
+		// A routed prefix: the router sends it to the host, as an ISP
+		// that delegated it would.
+		steps = append(steps, []string{"-6", "-n", s.Internet, "route", "add", in.Host.IPv6Prefix.String(), "via", UplinkAddr6.Addr().String()})
 	}
 	for _, st := range steps {
 		if err := ip(st...); err != nil {
@@ -111,14 +144,17 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 	}
 	// The host learns the router's MAC now: a first ARP request lost on
 	// the fresh bridge is retried only a second later, and a test's first
-	// short flood through the uplink would see nothing come back.
-	for try := 0; ; try++ {
-		out, err := Command(s.Host, "ping", "-c", "1", "-W", "1", ISPAddr.Addr().String()).CombinedOutput()
-		if err == nil {
-			break
-		}
-		if try == 9 {
-			return s, fmt.Errorf("the sandbox's host does not reach its router %s: %s: %w", ISPAddr.Addr(), strings.TrimSpace(string(out)), err)
+	// short flood through the uplink would see nothing come back. The
+	// same for IPv6's neighbour discovery.
+	for _, router := range []netip.Addr{ISPAddr.Addr(), ISPAddr6.Addr()} {
+		for try := 0; ; try++ {
+			out, err := Command(s.Host, "ping", "-c", "1", "-W", "1", router.String()).CombinedOutput()
+			if err == nil {
+				break
+			}
+			if try == 9 {
+				return s, fmt.Errorf("the sandbox's host does not reach its router %s: %s: %w", router, strings.TrimSpace(string(out)), err)
+			}
 		}
 	}
 	return s, nil
@@ -128,9 +164,11 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 func standIn(vm string) string { return "sb-" + vm }
 
 // AddStandIns gives every VM a namespace standing in for its guest: eth0
-// with the VM's address and MAC and a default route via its gateway, on a
-// veth whose host end is a port of the VM's bridge, as the VMM's TAP would
-// be. The bridges must exist: call it after applying the host part.
+// with the VM's address and MAC and a default route via its gateway (and
+// the same for IPv6, with the link-local address the kernel derives from
+// the MAC, as in a guest), on a veth whose host end is a port of the VM's
+// bridge, as the VMM's TAP would be. The bridges must exist: call it after
+// applying the host part.
 func (s *Sandbox) AddStandIns() error {
 	for _, vm := range s.in.VMs {
 		ns := s.prefix + "-" + vm.Name
@@ -145,6 +183,17 @@ func (s *Sandbox) AddStandIns() error {
 			{"-n", ns, "link", "set", "eth0", "up"},
 			{"-n", ns, "route", "add", "default", "via", vm.Gateway.String()},
 			{"-n", s.Host, "link", "set", standIn(vm.Name), "master", vm.Bridge, "up"},
+		} {
+			if err := ip(st...); err != nil {
+				return err
+			}
+		}
+		if !vm.HasIPv6() {
+			continue
+		}
+		for _, st := range [][]string{
+			{"-6", "-n", ns, "addr", "add", netip.PrefixFrom(vm.Addr6, vm.Subnet6.Bits()).String(), "dev", "eth0", "nodad"},
+			{"-6", "-n", ns, "route", "add", "default", "via", vm.Gateway6.String()},
 		} {
 			if err := ip(st...); err != nil {
 				return err
@@ -169,9 +218,14 @@ func (s *Sandbox) AddTailnetClient() (string, error) {
 		{"-n", s.Host, "link", "set", config.Tailscale, "up"},
 		{"-n", ns, "addr", "add", TailnetClientAddr.String(), "dev", "eth0"},
 		{"-n", ns, "link", "set", "eth0", "up"},
+		{"-6", "-n", s.Host, "addr", "add", TailnetHostAddr6.String(), "dev", config.Tailscale, "nodad"},
+		{"-6", "-n", ns, "addr", "add", TailnetClientAddr6.String(), "dev", "eth0", "nodad"},
 	}
 	for _, vm := range s.in.VMs {
 		steps = append(steps, []string{"-n", ns, "route", "add", vm.Subnet.String(), "via", TailnetHostAddr.Addr().String()})
+		if vm.HasIPv6() {
+			steps = append(steps, []string{"-6", "-n", ns, "route", "add", vm.Subnet6.String(), "via", TailnetHostAddr6.Addr().String()})
+		}
 	}
 	for _, st := range steps {
 		if err := ip(st...); err != nil {
@@ -202,7 +256,17 @@ func (s *Sandbox) addNS(name string) error {
 		return err
 	}
 	s.all = append(s.all, name)
-	return ip("-n", name, "link", "set", "lo", "up")
+	// Links made here skip duplicate address detection, which would hold
+	// their IPv6 addresses (a stand-in's link-local one too) back for a
+	// second or two: every address in the sandbox is unique by design.
+	return Do(name, func() error {
+		for _, key := range []string{"all", "default"} {
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+key+"/accept_dad", []byte("0"), 0o644); err != nil {
+				return fmt.Errorf("turning off duplicate address detection in %s: %w", name, err)
+			}
+		}
+		return ip("-n", name, "link", "set", "lo", "up")
+	})
 }
 
 // Do runs f with the calling goroutine's thread inside namespace ns, so
@@ -281,11 +345,12 @@ func ip(args ...string) error {
 	return nil
 }
 
-// Serve starts the test servers: the internet server (which also answers
-// on the router's, the metadata server's and the WireServer's addresses), the LAN host's (on
-// Port, and on 53 as a DNS server would), a server in every stand-in there
-// is, and a listener on the host's port 22 standing in for sshd (which no
-// VM may reach).
+// Serve starts the test servers, on IPv4 and IPv6: the internet server
+// (which also answers on the router's, the metadata server's, the
+// WireServer's and the named servers' addresses), the internet's DNS
+// server (ServeDNS), the LAN host's (on Port, and on 53 as a DNS server
+// would), a server in every stand-in there is, and a listener on the
+// host's port 22 standing in for sshd (which no VM may reach).
 func (s *Sandbox) Serve() error {
 	for _, sv := range []struct {
 		ns   string
@@ -294,6 +359,9 @@ func (s *Sandbox) Serve() error {
 		if err := Serve(sv.ns, sv.port); err != nil {
 			return err
 		}
+	}
+	if err := ServeDNS(s.Internet); err != nil {
+		return err
 	}
 	for _, ns := range s.VMs {
 		if err := Serve(ns, Port); err != nil {
@@ -313,5 +381,13 @@ func (s *Sandbox) Target() check.Target {
 		Private:  []netip.Addr{LANAddr.Addr(), ISPAddr.Addr(), MetadataAddr},
 		// The internet's probes to the host come from the router's address.
 		OutsideFrom: ISPAddr.Addr(),
+		IPv6: &check.Target6{
+			Internet:    InternetAddr6,
+			Uplink:      UplinkAddr6.Addr(),
+			HostSSH:     []netip.Addr{UplinkAddr6.Addr()},
+			Private:     []netip.Addr{LANAddr6.Addr(), ISPAddr6.Addr(), MetadataAddr6},
+			OutsideFrom: ISPAddr6.Addr(),
+		},
+		Unlisted: UnlistedName,
 	}
 }

@@ -71,7 +71,7 @@ func TestDiffDecides(t *testing.T) {
 		if enabled == "" {
 			enabled = config.TailscaleAuto
 		}
-		in := model(t, enabled, config.DefaultTailscaleSocket)
+		in := model(t, enabled, config.DefaultTailscaleSocket, false)
 		d := diff(in, tt.o)
 		for _, c := range []struct {
 			what      string

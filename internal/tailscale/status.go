@@ -27,7 +27,7 @@ type Report struct {
 	step    string         // the design's step 4 or the approval step, when one is needed
 }
 
-// Route is one VM subnet.
+// Route is one VM subnet, IPv4 or IPv6.
 type Route struct {
 	VM         string
 	Subnet     netip.Prefix
@@ -53,15 +53,15 @@ func Status(ctx context.Context, in *config.Infra) *Report {
 	r.State, r.Control, r.Problem = d.state, d.control, d.loggedOut
 	r.Host, r.Addrs = d.name, d.addrs
 	var missing, waiting []netip.Prefix
-	for _, vm := range in.VMs {
-		rt := Route{VM: vm.Name, Subnet: vm.Subnet, Approved: d.approved(vm.Subnet)}
-		rt.Advertised = slices.ContainsFunc(d.routes, func(p netip.Prefix) bool { return p.Masked() == vm.Subnet })
+	for _, s := range vms {
+		rt := Route{VM: vmOf(in, s), Subnet: s, Approved: d.approved(s)}
+		rt.Advertised = slices.ContainsFunc(d.routes, func(p netip.Prefix) bool { return p.Masked() == s })
 		r.Routes = append(r.Routes, rt)
 		switch {
 		case !rt.Advertised:
-			missing = append(missing, vm.Subnet)
+			missing = append(missing, s)
 		case !rt.Approved:
-			waiting = append(waiting, vm.Subnet)
+			waiting = append(waiting, s)
 		}
 	}
 	for _, p := range d.routes {
@@ -78,6 +78,16 @@ func Status(ctx context.Context, in *config.Infra) *Report {
 		r.step = "  To approve " + join(waiting) + ": " + approveStep(d.hostName(), waiting)
 	}
 	return r
+}
+
+// vmOf names the VM whose subnet (IPv4 or IPv6) s is.
+func vmOf(in *config.Infra, s netip.Prefix) string {
+	for _, vm := range in.VMs {
+		if slices.Contains(vm.Subnets(), s) {
+			return vm.Name
+		}
+	}
+	return ""
 }
 
 // OK reports whether every VM subnet is advertised and approved.

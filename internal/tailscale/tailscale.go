@@ -241,13 +241,17 @@ func diff(in *config.Infra, o observed) action.Diff {
 	return p
 }
 
-// subnets lists the VM subnets in the model's order.
+// subnets lists the VM subnets in the model's order, IPv4 ones first and
+// then their IPv6 twins.
 func subnets(in *config.Infra) []netip.Prefix {
-	var out []netip.Prefix
+	var out, v6 []netip.Prefix
 	for _, vm := range in.VMs {
 		out = append(out, vm.Subnet)
+		if vm.HasIPv6() {
+			v6 = append(v6, vm.Subnet6)
+		}
 	}
-	return out
+	return append(out, v6...)
 }
 
 // stepFour is the design's step 4 for these routes: log in advertising them,

@@ -14,10 +14,15 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
-// model is vm1 and vm2 with [host.tailscale] as given.
-func model(t *testing.T, enabled config.TailscaleMode, socket string) *config.Infra {
+// model is vm1 and vm2 with [host.tailscale] as given, IPv4 only, or with
+// IPv6 from 2001:db8:7::/48 (their /64s are 2001:db8:7:100:: and :200::).
+func model(t *testing.T, enabled config.TailscaleMode, socket string, ipv6 bool) *config.Infra {
 	t.Helper()
-	src := "[host]\nuplink = \"eth0\"\n[host.tailscale]\nsocket = \"" + socket + "\"\n"
+	src := "[host]\nuplink = \"eth0\"\nipv6 = false\n"
+	if ipv6 {
+		src = "[host]\nuplink = \"eth0\"\nipv6_prefix = \"2001:db8:7::/48\"\n"
+	}
+	src += "[host.tailscale]\nsocket = \"" + socket + "\"\n"
 	if enabled != config.TailscaleAuto {
 		src += "enabled = " + string(enabled) + "\n"
 	}
@@ -59,7 +64,12 @@ func TestDiff(t *testing.T) {
 		warning, note       string // what they contain, "" for none
 		after               string // advertised after apply
 		calls               bool   // tailscaled is asked anything
+		ipv6                bool   // the VMs have IPv6
 	}{
+		{name: "IPv6 subnets with the IPv4 ones", tailscale: true, state: "Running", routes: "192.168.1.0/24", ipv6: true, calls: true,
+			advertise: "tailscale --socket=SOCK set --advertise-routes=192.168.1.0/24,10.1.0.0/24,10.2.0.0/24,2001:db8:7:100::/64,2001:db8:7:200::/64  # advertise the VM subnets 10.1.0.0/24,10.2.0.0/24,2001:db8:7:100::/64,2001:db8:7:200::/64",
+			note:      "the control server has not approved 10.1.0.0/24,10.2.0.0/24,2001:db8:7:100::/64,2001:db8:7:200::/64 yet",
+			after:     "192.168.1.0/24 10.1.0.0/24 10.2.0.0/24 2001:db8:7:100::/64 2001:db8:7:200::/64"},
 		{name: "disabled", enabled: config.TailscaleOff, tailscale: true, state: "Running", routes: "192.168.1.0/24",
 			after: "192.168.1.0/24"},
 		{name: "auto, no tailscaled",
@@ -112,7 +122,7 @@ func TestDiff(t *testing.T) {
 			if enabled == "" {
 				enabled = config.TailscaleAuto
 			}
-			in := model(t, enabled, socket)
+			in := model(t, enabled, socket, tt.ipv6)
 			var p action.Diff
 			sandbox.Do(ns, func() error { p = Diff(in); return nil })
 			if len(p.Cleanup) > 1 || len(p.Setup) > 1 {
@@ -177,7 +187,13 @@ func TestStatusReport(t *testing.T) {
 		state, routes, approved string
 		want                    []string
 		ok                      bool
+		ipv6                    bool
 	}{
+		{name: "IPv6 subnets with the IPv4 ones", state: "Running", ipv6: true,
+			routes: "10.1.0.0/24 10.2.0.0/24 2001:db8:7:100::/64 2001:db8:7:200::/64", approved: "10.1.0.0/24 10.2.0.0/24 2001:db8:7:100::/64", want: []string{
+				"  ROUTE                VM   ADVERTISED  APPROVED\n  10.1.0.0/24          vm1  yes         yes\n  10.2.0.0/24          vm2  yes         yes\n" +
+					"  2001:db8:7:100::/64  vm1  yes         yes\n  2001:db8:7:200::/64  vm2  yes         no\n",
+				"  To approve 2001:db8:7:200::/64: approve the route"}},
 		{name: "off", enabled: config.TailscaleOff, want: []string{"tailscale: disabled in infra.toml ([host.tailscale] enabled = false)"}},
 		{name: "absent", enabled: config.TailscaleOn, want: []string{"tailscale: tailscaled does not answer on", "Seed step 4, on this host: tailscale up --advertise-routes=10.1.0.0/24,10.2.0.0/24"}},
 		{name: "not applied yet", state: "Running", routes: "192.168.1.0/24", want: []string{
@@ -204,7 +220,7 @@ func TestStatusReport(t *testing.T) {
 				enabled = config.TailscaleOn
 			}
 			var r *Report
-			sandbox.Do(ns, func() error { r = Status(t.Context(), model(t, enabled, socket)); return nil })
+			sandbox.Do(ns, func() error { r = Status(t.Context(), model(t, enabled, socket, tt.ipv6)); return nil })
 			var b strings.Builder
 			r.Print(&b)
 			for _, want := range tt.want {

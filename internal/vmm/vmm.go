@@ -56,7 +56,12 @@ import (
 //	microvm.name=NAME       the VM's name, its hostname
 //	microvm.ip=ADDR/BITS    eth0's IPv4 address and prefix length
 //	microvm.gw=ADDR         the IPv4 default gateway (the host's bridge)
-//	microvm.dns=ADDR        the IPv4 address of the DNS resolver
+//	microvm.dns=ADDR        the address of the DNS resolver, IPv4 or IPv6 (the gateway with an egress list)
+//
+// With IPv6 (the host's default), both of:
+//
+//	microvm.ip6=ADDR/64     eth0's IPv6 address and prefix length
+//	microvm.gw6=ADDR        the IPv6 default gateway (the host's bridge)
 //
 // And with image_writable, so that the init mounts the image share
 // read-write (the VM's own overlay over the image), and one a volume, for
@@ -83,7 +88,10 @@ func Cmdline(vm *config.VM, extra ...string) string {
 		"microvm.name=" + vm.Name,
 		fmt.Sprintf("microvm.ip=%s/%d", vm.Addr, vm.Subnet.Bits()),
 		"microvm.gw=" + vm.Gateway.String(),
-		"microvm.dns=" + vm.DNS,
+		"microvm.dns=" + vm.Nameserver(),
+	}
+	if vm.HasIPv6() {
+		words = append(words, fmt.Sprintf("microvm.ip6=%s/%d", vm.Addr6, vm.Subnet6.Bits()), "microvm.gw6="+vm.Gateway6.String())
 	}
 	if vm.ImageWritable {
 		words = append(words, "microvm.image=rw")

@@ -47,15 +47,22 @@ func TestCmdline(t *testing.T) {
 		extra []string
 		want  string
 	}{
-		{"vm1", nil, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1"},
-		{"db", nil, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=db microvm.ip=172.20.0.2/16 microvm.gw=172.20.0.1 microvm.dns=9.9.9.9"},
-		{"vm1", []string{"tsc_early_khz=2600000"}, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1 tsc_early_khz=2600000"},
+		{"vm1", nil, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1 microvm.ip6=fddc:b7cf:609b:100::2/64 microvm.gw6=fddc:b7cf:609b:100::1"},
+		{"db", nil, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=db microvm.ip=172.20.0.2/16 microvm.gw=172.20.0.1 microvm.dns=9.9.9.9 microvm.ip6=fddc:b7cf:609b:1400::2/64 microvm.gw6=fddc:b7cf:609b:1400::1"},
+		{"vm1", []string{"tsc_early_khz=2600000"}, "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=vm1 microvm.ip=10.1.0.2/24 microvm.gw=10.1.0.1 microvm.dns=1.1.1.1 microvm.ip6=fddc:b7cf:609b:100::2/64 microvm.gw6=fddc:b7cf:609b:100::1 tsc_early_khz=2600000"},
 	}
 	for _, tt := range tests {
 		vm, _ := in.VM(tt.vm)
 		if got := Cmdline(vm, tt.extra...); got != tt.want {
 			t.Errorf("Cmdline(%s, %q):\ngot  %s\nwant %s", tt.vm, tt.extra, got, tt.want)
 		}
+	}
+	// Without IPv6 the line has no IPv6 words; with an egress list the
+	// guest's resolver is its gateway, where the host answers.
+	v4 := parse(t, "[host]\nuplink = \"eth0\"\nipv6 = false\n[vm.web]\nsubnet = \"10.5.0.0/24\"\negress = [\"deb.debian.org\"]\n")
+	web, _ := v4.VM("web")
+	if got, want := Cmdline(web), "console=ttyS0 quiet i8042.noaux reboot=t panic=-1 microvm.name=web microvm.ip=10.5.0.2/24 microvm.gw=10.5.0.1 microvm.dns=10.5.0.1"; got != want {
+		t.Errorf("Cmdline(web):\ngot  %s\nwant %s", got, want)
 	}
 }
 

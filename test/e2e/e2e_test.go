@@ -1,6 +1,7 @@
 // Package e2e boots the design's 4 microVMs for real, under QEMU, in a sandbox
 // of network namespaces, and proves the design's promises from inside the
-// guests over SSH (tier 3 of DESIGN.md).
+// guests over SSH, over IPv4 and IPv6 (tier 3 of DESIGN.md); and a VM with
+// an egress list, which reaches its names and nothing else.
 package e2e
 
 import (
@@ -77,9 +78,11 @@ func TestMicroVMs(t *testing.T) {
 
 	t.Run("identity", func(t *testing.T) {
 		for _, vm := range in.VMs {
-			out := mustRun(t, clients[vm.Name], "hostname; ip -4 -br addr show eth0")
-			if !strings.HasPrefix(out, vm.Name+"\n") || !strings.Contains(out, vm.Addr.String()+"/24") {
-				t.Errorf("%s: got %q, want its own name and %s", vm.Name, out, vm.Addr)
+			out := mustRun(t, clients[vm.Name], "hostname; ip -4 -br addr show eth0; ip -6 -br addr show eth0; ip -6 route show default")
+			for _, want := range []string{vm.Name + "\n", vm.Addr.String() + "/24", vm.Addr6.String() + "/64", vm.LinkLocal6.String() + "/64", "default via " + vm.Gateway6.String()} {
+				if !strings.Contains(out, want) {
+					t.Errorf("%s: got %q, want %q in it", vm.Name, out, want)
+				}
 			}
 		}
 	})

@@ -63,7 +63,7 @@ var userRoute = netip.MustParsePrefix("192.168.77.0/24")
 func infraFile(t *testing.T, dir, stateDir, runDir, socket string, allowVMToTailnet, three bool) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\n\n", stateDir, runDir)
+	fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\nipv6_prefix = %q\n\n", stateDir, runDir, ipv6Prefix)
 	fmt.Fprintf(&b, "[host.tailscale]\nsocket = %q\nallow_vm_to_tailnet = %v\n\n", socket, allowVMToTailnet)
 	b.WriteString("[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n")
 	n := 4
@@ -80,6 +80,10 @@ func infraFile(t *testing.T, dir, stateDir, runDir, socket string, allowVMToTail
 	}
 	return f
 }
+
+// ipv6Prefix is where the VMs' IPv6 subnets come from: tsN's is
+// fd00:7:0:N00::/64, advertised with its IPv4 subnet.
+const ipv6Prefix = "fd00:7::/48"
 
 // microvm runs the CLI in-process in the sandbox's host namespace.
 func microvm(t *testing.T, ns string, args ...string) string {
@@ -208,7 +212,8 @@ func TestSubnetRoutes(t *testing.T) {
 	}
 	t.Logf("tailscaled running in both namespaces after %s", time.Since(start).Round(time.Millisecond))
 
-	vmRoutes := "10.1.0.0/24 10.2.0.0/24 10.3.0.0/24 10.4.0.0/24"
+	v4, v6 := "10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24", "fd00:7:0:100::/64,fd00:7:0:200::/64,fd00:7:0:300::/64,fd00:7:0:400::/64"
+	vmRoutes := strings.ReplaceAll(v4+","+v6, ",", " ")
 	must := func(ok bool) {
 		if !ok {
 			t.FailNow()
@@ -220,10 +225,10 @@ func TestSubnetRoutes(t *testing.T) {
 		t.Logf("microvm apply, tailscaled logged out:\n%s", out)
 		for _, want := range []string{
 			"warning: tailscaled is logged out (state NeedsLogin): tailscaled keeps the routes",
-			"tailscale up --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24",
+			"tailscale up --advertise-routes=192.168.77.0/24," + v4 + "," + v6,
 			"Edit route settings",
 			"ip link add br-ts4 group 7173741 type bridge", // the rest of the work is done
-			"tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24  # advertise the VM subnets",
+			"tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24," + v4 + "," + v6 + "  # advertise the VM subnets",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("apply output lacks %q:\n%s", want, out)
@@ -267,7 +272,7 @@ func TestSubnetRoutes(t *testing.T) {
 		if !slices.Equal(r.Others, []netip.Prefix{userRoute}) {
 			t.Errorf("other routes: got %v, want %v", r.Others, userRoute)
 		}
-		if !strings.Contains(b.String(), "To approve 10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,10.4.0.0/24: approve the routes in the Tailscale admin console (Machines → hypervisor → Edit route settings)") {
+		if !strings.Contains(b.String(), "To approve "+v4+","+v6+": approve the routes in the Tailscale admin console (Machines → hypervisor → Edit route settings)") {
 			t.Errorf("status does not say how to approve:\n%s", b.String())
 		}
 		// Unapproved routes carry nothing: the laptop has no way to the
@@ -296,9 +301,16 @@ func TestSubnetRoutes(t *testing.T) {
 	// The command itself prints the same report under the VM table.
 	out := microvm(t, sb.Host, "status", "--host", "-f", file)
 	t.Logf("microvm status --host after approval:\n%s", out)
-	for _, want := range []string{"disk: images", "10.1.0.0/24  ts1  yes         yes", "10.4.0.0/24  ts4  yes         yes"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("status --host lacks %q", want)
+	if !strings.Contains(out, "disk: images") {
+		t.Error("status --host lacks the disk totals")
+	}
+	for _, want := range []string{"10.1.0.0/24 ts1 yes yes", "10.4.0.0/24 ts4 yes yes", "fd00:7:0:100::/64 ts1 yes yes", "fd00:7:0:400::/64 ts4 yes yes"} {
+		found := false
+		for _, line := range strings.Split(out, "\n") {
+			found = found || strings.Join(strings.Fields(line), " ") == want
+		}
+		if !found {
+			t.Errorf("status --host lacks the route %q", want)
 		}
 	}
 	waitFor(t, 30*time.Second, "the laptop to learn the routes", func() error {
@@ -307,11 +319,11 @@ func TestSubnetRoutes(t *testing.T) {
 			return err
 		}
 		for _, p := range st.Peer {
-			if p.HostName == "hypervisor" && p.PrimaryRoutes != nil && p.PrimaryRoutes.Len() == 4 {
+			if p.HostName == "hypervisor" && p.PrimaryRoutes != nil && p.PrimaryRoutes.Len() == 8 {
 				return nil
 			}
 		}
-		return fmt.Errorf("no peer hypervisor with 4 primary routes")
+		return fmt.Errorf("no peer hypervisor with 8 primary routes (each VM's IPv4 and IPv6)")
 	})
 
 	laptopIP := laptop.addr(t)
@@ -349,6 +361,13 @@ func TestSubnetRoutes(t *testing.T) {
 		if ours < 0 || theirs < 0 || ours > theirs {
 			t.Errorf("ip rule: want the program's rules (lookup %d), then tailscaled's (lookup 52):\n%s", config.RouteTable, rules)
 		}
+		// The same for IPv6, where tailscaled has rules of its own.
+		out, _ = sandbox.Command(sb.Host, "ip", "-6", "rule").Output()
+		rules = string(out)
+		ours, theirs = strings.Index(rules, fmt.Sprintf("lookup %d", config.RouteTable)), strings.Index(rules, "lookup 52")
+		if ours < 0 || theirs >= 0 && ours > theirs {
+			t.Errorf("ip -6 rule: want the program's rules (lookup %d), before any of tailscaled's (lookup 52):\n%s", config.RouteTable, rules)
+		}
 	})
 
 	t.Run("without tailscaled's SNAT, replies still pass", func(t *testing.T) {
@@ -372,25 +391,27 @@ func TestSubnetRoutes(t *testing.T) {
 	})
 
 	t.Run("no VM reaches the laptop", func(t *testing.T) {
-		to := netip.AddrPortFrom(laptopIP, sandbox.Port)
-		// The host itself reaches the laptop's server: only the firewall
-		// stands between a VM and it.
-		if r := sandbox.TCP(sb.Host, to); !r.Reached {
-			t.Fatalf("the host cannot reach the laptop's tailnet address %s: %v", to, r.Err)
-		}
-		results := probeAll(in, func(vm config.VM) []string {
-			var open []string
-			if r := guests.TCP(vm.Name, to); r.Reached {
-				open = append(open, "tcp")
+		for _, ip := range []netip.Addr{laptopIP, laptop.addr6(t)} {
+			to := netip.AddrPortFrom(ip, sandbox.Port)
+			// The host itself reaches the laptop's server: only the
+			// firewall stands between a VM and it.
+			if r := sandbox.TCP(sb.Host, to); !r.Reached {
+				t.Fatalf("the host cannot reach the laptop's tailnet address %s: %v", to, r.Err)
 			}
-			if r := guests.Ping(vm.Name, laptopIP); r.Reached {
-				open = append(open, "icmp")
-			}
-			return open
-		})
-		for name, open := range results {
-			if len(open) > 0 {
-				t.Errorf("%s reached the laptop's tailnet address %s by %s", name, laptopIP, strings.Join(open, ","))
+			results := probeAll(in, func(vm config.VM) []string {
+				var open []string
+				if r := guests.TCP(vm.Name, to); r.Reached {
+					open = append(open, "tcp")
+				}
+				if r := guests.Ping(vm.Name, ip); r.Reached {
+					open = append(open, "icmp")
+				}
+				return open
+			})
+			for name, open := range results {
+				if len(open) > 0 {
+					t.Errorf("%s reached the laptop's tailnet address %s by %s", name, ip, strings.Join(open, ","))
+				}
 			}
 		}
 	})
@@ -433,17 +454,18 @@ func TestSubnetRoutes(t *testing.T) {
 		three := infra(false, true)
 		out := microvm(t, sb.Host, "apply", "--host-only", "-f", three)
 		lines := strings.Split(out, "\n")
-		if want := "tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24  # withdraw 10.4.0.0/24"; !strings.HasPrefix(lines[0], want) {
+		if want := "tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,fd00:7:0:100::/64,fd00:7:0:200::/64,fd00:7:0:300::/64  # withdraw 10.4.0.0/24,fd00:7:0:400::/64"; !strings.HasPrefix(lines[0], want) {
 			t.Errorf("apply without ts4: first line %q, want it to start with %q\n%s", lines[0], want, out)
 		}
-		if got, want := host.routes(t), "192.168.77.0/24 10.1.0.0/24 10.2.0.0/24 10.3.0.0/24"; got != want {
+		if got, want := host.routes(t), "192.168.77.0/24 10.1.0.0/24 10.2.0.0/24 10.3.0.0/24 fd00:7:0:100::/64 fd00:7:0:200::/64 fd00:7:0:300::/64"; got != want {
 			t.Errorf("advertised after removing ts4: got %q, want %q", got, want)
 		}
 		if got := microvm(t, sb.Host, "plan", "--host-only", "-f", three); got != "no changes\n" {
 			t.Errorf("plan after removal: got %q", got)
 		}
 		microvm(t, sb.Host, "apply", "--host-only", "-f", file)
-		if got, want := host.routes(t), userRoute.String()+" "+vmRoutes; got != want {
+		// ts4's subnets come back last, as added routes do.
+		if got, want := host.routes(t), "192.168.77.0/24 10.1.0.0/24 10.2.0.0/24 10.3.0.0/24 fd00:7:0:100::/64 fd00:7:0:200::/64 fd00:7:0:300::/64 10.4.0.0/24 fd00:7:0:400::/64"; got != want {
 			t.Errorf("advertised after adding ts4 back: got %q, want %q", got, want)
 		}
 	})
@@ -453,7 +475,7 @@ func TestSubnetRoutes(t *testing.T) {
 func subnetsOf(in *config.Infra) []netip.Prefix {
 	var out []netip.Prefix
 	for _, vm := range in.VMs {
-		out = append(out, vm.Subnet)
+		out = append(out, vm.Subnets()...)
 	}
 	return out
 }

@@ -299,6 +299,22 @@ func (n *node) addr(t *testing.T) netip.Addr {
 	return netip.Addr{}
 }
 
+// addr6 is the node's tailnet IPv6 address.
+func (n *node) addr6(t *testing.T) netip.Addr {
+	t.Helper()
+	st, err := n.lc.StatusWithoutPeers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range st.TailscaleIPs {
+		if a.Is6() {
+			return a
+		}
+	}
+	t.Fatalf("%s has no tailnet IPv6 address", n.name)
+	return netip.Addr{}
+}
+
 // waitFor polls f until it succeeds or the time is up.
 func waitFor(t *testing.T, limit time.Duration, what string, f func() error) {
 	t.Helper()

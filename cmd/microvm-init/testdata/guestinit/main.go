@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -22,6 +24,12 @@ func main() {
 	report("hostname", orErr(host, err))
 	report("eth0", eth0Addrs())
 	report("default-route", defaultRoute())
+	report("eth0-ipv6", eth0Addrs6())
+	report("default-route-ipv6", defaultRoute6())
+	for _, key := range []string{"accept_ra", "autoconf"} {
+		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/eth0/" + key)
+		report("ipv6-"+key, orErr(strings.TrimSpace(string(b)), err))
+	}
 	for _, dir := range []string{"/", "/etc", "/var", "/dev", "/proc", "/sys"} {
 		report("mount:"+dir, mountOf(dir))
 	}
@@ -145,4 +153,57 @@ func nonComments(s string) []string {
 		}
 	}
 	return out
+}
+
+// eth0Addrs6 lists eth0's IPv6 addresses, sorted, each "tentative" while
+// duplicate address detection holds it back. The kernel makes the
+// link-local one once it sees the link operational, which it says up to
+// a second after the carrier (linkwatch): wait for it a while.
+func eth0Addrs6() string {
+	link, err := netlink.LinkByName("eth0")
+	if err != nil {
+		return "error:" + err.Error()
+	}
+	var s []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			return "error:" + err.Error()
+		}
+		s = nil
+		linkLocal := false
+		for _, a := range addrs {
+			w := a.IPNet.String()
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				w += " tentative"
+			}
+			s = append(s, w)
+			linkLocal = linkLocal || a.IP.IsLinkLocalUnicast()
+		}
+		if linkLocal || time.Now().After(deadline) {
+			break
+		}
+	}
+	slices.Sort(s)
+	return strings.Join(s, ",")
+}
+
+func defaultRoute6() string {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V6)
+	if err != nil {
+		return "error:" + err.Error()
+	}
+	for _, r := range routes {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		name := "?"
+		if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+			name = l.Attrs().Name
+		}
+		return fmt.Sprintf("via %s dev %s", r.Gw, name)
+	}
+	return "none"
 }
