@@ -23,19 +23,33 @@ import (
 // setuid, setgid and sticky bits kept. A file that already holds data,
 // with mode perm and that owner, is left alone.
 func (d *Dir) WriteFileOwned(name string, data []byte, perm fs.FileMode, uid, gid int) error {
-	if st, err := d.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG &&
-		st.Mode&0o7777 == unixMode(perm) && int(st.Uid) == uid && int(st.Gid) == gid && st.Size == int64(len(data)) {
+	return d.write(name, data, perm, uid, gid)
+}
+
+// write replaces name with data, mode perm and, unless uid is -1, owner
+// uid:gid, both set through the temporary file's descriptor before the
+// rename. A file that already is all that is left alone.
+func (d *Dir) write(name string, data []byte, perm fs.FileMode, uid, gid int) error {
+	if st, err := d.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o7777 == unixMode(perm) &&
+		(uid < 0 || int(st.Uid) == uid && int(st.Gid) == gid) && st.Size == int64(len(data)) {
 		if old, err := d.ReadFile(name); err == nil && bytes.Equal(old, data) {
 			return nil
 		}
 	}
-	return d.CopyOwned(name, bytes.NewReader(data), perm, uid, gid)
+	return d.copy(name, bytes.NewReader(data), perm, uid, gid)
 }
 
 // CopyOwned replaces name beneath d with a regular file holding what r
 // gives, owned by uid:gid with mode perm: a file of any size, copied
 // rather than held in memory.
 func (d *Dir) CopyOwned(name string, r io.Reader, perm fs.FileMode, uid, gid int) error {
+	return d.copy(name, r, perm, uid, gid)
+}
+
+// copy writes what r gives to a new file beside name, gives it mode perm
+// and (unless uid is -1) owner uid:gid through its descriptor, syncs it,
+// and renames it over name.
+func (d *Dir) copy(name string, r io.Reader, perm fs.FileMode, uid, gid int) error {
 	parent, base, err := d.parent(name)
 	if err != nil {
 		return err
@@ -53,11 +67,11 @@ func (d *Dir) CopyOwned(name string, r io.Reader, perm fs.FileMode, uid, gid int
 		f := os.NewFile(uintptr(fd), parent.join(tmp))
 		_, err = io.Copy(f, r)
 		// chown clears the setuid and setgid bits: the mode comes after.
-		if err == nil {
+		if err == nil && uid >= 0 {
 			err = unix.Fchown(fd, uid, gid)
 		}
 		if err == nil {
-			err = unix.Fchmod(fd, unixMode(perm))
+			err = unix.Fchmod(fd, unixMode(perm)) // whatever the umask
 		}
 		if err == nil {
 			err = f.Sync()

@@ -341,25 +341,7 @@ func (d *Dir) ReadFile(name string) ([]byte, error) {
 // directory, syncs it, and renames it over name. A file that already holds
 // data with mode perm is left alone.
 func (d *Dir) WriteFile(name string, data []byte, perm fs.FileMode) error {
-	if st, err := d.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && fs.FileMode(st.Mode&0o7777) == perm {
-		if old, err := d.ReadFile(name); err == nil && string(old) == string(data) {
-			return nil
-		}
-	}
-	parent, base, err := d.parent(name)
-	if err != nil {
-		return err
-	}
-	defer closeIfNot(parent, d)
-	tmp, err := parent.writeTemp(base, data, perm)
-	if err != nil {
-		return err
-	}
-	if err := unix.Renameat(parent.fd, tmp, parent.fd, base); err != nil {
-		_ = unix.Unlinkat(parent.fd, tmp, 0) // our temporary; the rename's error is the one to report
-		return d.err("rename", name, err)
-	}
-	return nil
+	return d.write(name, data, perm, -1, -1)
 }
 
 // WriteNew writes data to name beneath d only if name does not exist yet,
