@@ -9,6 +9,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 )
@@ -40,11 +41,11 @@ would change something, and 1 on an error, as terraform plan does.
 
 Examples:
   sudo microvm plan
-  sudo microvm plan -f infra.toml -v     also print the nftables ruleset
+  sudo microvm plan -f infra.toml -v     also print the nftables ruleset and the policy routing
   sudo microvm plan --host-only          only what apply --host-only would do
   sudo microvm plan --json               for scripts (docs/cli.md)`,
 		flags: func(fs *pflag.FlagSet) {
-			fs.BoolVarP(&verbose, "verbose", "v", false, "also print the nftables ruleset the program loads")
+			fs.BoolVarP(&verbose, "verbose", "v", false, "also print the nftables ruleset and the policy routing")
 			fs.BoolVar(&hostOnly, "host-only", false, "plan only the host part (networks and firewall), as apply --host-only")
 			fs.BoolVar(&asJSON, "json", false, "print the plan as JSON")
 			fs.BoolVar(&detailed, "detailed-exitcode", false, "exit 2 when there are changes, 0 when there are none")
@@ -72,6 +73,7 @@ Examples:
 				p.Print(e.stdout)
 				if verbose {
 					fmt.Fprintf(e.stdout, "\n# nftables table %s %s:\n%s", firewall.Family, firewall.Table, firewall.Ruleset(in))
+					fmt.Fprintf(e.stdout, "\n# policy routing, the second layer between VMs (ip rule; ip route show table %d):\n%s", config.RouteTable, hostnet.Routing(in))
 					printSources(e, in)
 				}
 			}

@@ -27,7 +27,8 @@ import (
 )
 
 // TestInternetOnly: VMs reach the internet, and not the LAN (the router,
-// another host on the uplink's network) or the cloud metadata server; a
+// another host on the uplink's network), the cloud metadata server or
+// Azure's WireServer; a
 // VM's own DNS server stays reachable on port 53 wherever it is; an allow
 // list opens exactly what it names, for one VM or for all.
 func TestInternetOnly(t *testing.T) {
@@ -76,6 +77,11 @@ dns = "%s"
 		{"vm1", "cloud metadata over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(meta, sandbox.Port)) }, false},
 		{"vm2", "cloud metadata over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(meta, sandbox.Port)) }, false},
 		{"vm2", "cloud metadata over UDP, allowed", func(ns string) check.Result { return sandbox.UDP(ns, port(meta, sandbox.Port)) }, true},
+		// Azure's WireServer hands out certificates and settings to the
+		// host's agent: no VM reaches it.
+		{"vm1", "Azure's WireServer over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(sandbox.WireServer, sandbox.Port)) }, false},
+		{"vm2", "Azure's WireServer over UDP", func(ns string) check.Result { return sandbox.UDP(ns, port(sandbox.WireServer, sandbox.Port)) }, false},
+		{"vm1", "Azure's WireServer by ping", func(ns string) check.Result { return sandbox.Ping(ns, sandbox.WireServer) }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.vm+" to "+tt.what, func(t *testing.T) {
@@ -106,6 +112,65 @@ dns = "%s"
 		if !strings.Contains(out, want) {
 			t.Errorf("plan -v lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestTailnetNotHost: a tailnet client that uses the host's subnet routes
+// reaches the VMs, and not the host at its gateway addresses, which lie
+// inside those routes (a tailnet ACL that opens the VM subnets would open
+// the hypervisor too): not its sshd (a listener on port 22), not by ping,
+// not another VM's gateway. The host's own tailnet address is left as it
+// is: the operator's business.
+func TestTailnetNotHost(t *testing.T) {
+	sb, in := newSandbox(t, example)
+	addUsers(t, in)
+	mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
+	if err := sb.AddStandIns(); err != nil {
+		t.Fatal(err)
+	}
+	client, err := sb.AddTailnetClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	// A service of the host's on every address, TCP and UDP, besides sshd.
+	if err := sandbox.Serve(sb.Host, sandbox.Port); err != nil {
+		t.Fatal(err)
+	}
+	vm1, vm2 := in.VMs[0], in.VMs[1]
+	ssh := func(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, 22) }
+	tests := []struct {
+		what    string
+		probe   func() check.Result
+		reached bool
+	}{
+		{"vm1 over TCP", func() check.Result { return sandbox.TCP(client, netip.AddrPortFrom(vm1.Addr, sandbox.Port)) }, true},
+		{"vm1 by ping", func() check.Result { return sandbox.Ping(client, vm1.Addr) }, true},
+		{"vm2 over TCP", func() check.Result { return sandbox.TCP(client, netip.AddrPortFrom(vm2.Addr, sandbox.Port)) }, true},
+		{"the host's sshd at vm1's gateway", func() check.Result { return sandbox.TCP(client, ssh(vm1.Gateway)) }, false},
+		{"the host at vm1's gateway by ping", func() check.Result { return sandbox.Ping(client, vm1.Gateway) }, false},
+		{"the host's sshd at vm2's gateway", func() check.Result { return sandbox.TCP(client, ssh(vm2.Gateway)) }, false},
+		{"the host at vm2's gateway over UDP", func() check.Result { return sandbox.UDP(client, netip.AddrPortFrom(vm2.Gateway, sandbox.Port)) }, false},
+		{"the host's sshd at its tailnet address", func() check.Result { return sandbox.TCP(client, ssh(sandbox.TailnetHostAddr.Addr())) }, true},
+		{"the host at its tailnet address over UDP", func() check.Result {
+			return sandbox.UDP(client, netip.AddrPortFrom(sandbox.TailnetHostAddr.Addr(), sandbox.Port))
+		}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.what, func(t *testing.T) {
+			var r check.Result
+			// As in TestInternetOnly: a leak is never retried away.
+			for range 3 {
+				if r = tt.probe(); r.Reached || !tt.reached {
+					break
+				}
+			}
+			if r.Reached != tt.reached {
+				t.Errorf("reached = %v (%v), want %v", r.Reached, r.Err, tt.reached)
+			}
+		})
 	}
 }
 

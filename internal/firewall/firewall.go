@@ -7,13 +7,17 @@
 // default nothing else: not the uplink's own networks (the LAN, its router
 // and other hosts), not private (RFC 1918), CGNAT or link-local addresses
 // (cloud metadata services at 169.254.169.254 hand out credentials), nor
-// other special ranges (Blocked). Its own DNS server (dns) stays reachable
-// on port 53 wherever it is, and the allow lists of infra.toml ([host] and
-// [vm.NAME] allow) open more, each rule commented with the line it comes
-// from.
+// Azure's WireServer or other special ranges (Blocked). Its own DNS
+// server (dns) stays reachable on port 53 wherever it is, and the allow
+// lists of infra.toml ([host] and [vm.NAME] allow) open more, each rule
+// commented with the line it comes from.
 //
 // Tailnet clients (through tailscale0) reach every VM: that is how the
-// seed's Tailscale subnet routes arrive. VMs cannot open connections into
+// seed's Tailscale subnet routes arrive. They do not reach the host at its
+// addresses in the VM subnets (each 10.N.0.1 gateway lies inside the
+// routes it advertises, so a tailnet ACL that opens the VM subnets would
+// open the hypervisor too); the host's own tailnet address is the
+// operator's business, not this table's. VMs cannot open connections into
 // the tailnet unless [host.tailscale] allow_vm_to_tailnet is set, so a
 // compromised VM cannot reach the operator's machines; replies to tailnet
 // clients always pass. Tailnet addresses are 100.64.0.0/10 and
@@ -128,7 +132,8 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 
 	chain input {
 		type filter hook input priority filter; policy accept;
-		iifname != @vm_bridges accept comment "this table judges only what VMs send to the host"
+		iifname "{{.Tailscale}}" ip daddr @vm_subnets drop comment "tailnet clients reach the VMs, not the host at its addresses in their subnets (the gateways)"
+		iifname != @vm_bridges accept comment "else this table judges only what VMs send to the host"
 		ct state established,related accept comment "replies to the host's own connections"
 		iifname . ip daddr @vm_gateways icmp type echo-request accept comment "a VM may ping its own gateway"
 		drop comment "nothing else from a VM reaches the host (no SSH, no other gateways)"
@@ -178,13 +183,28 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 // 203.0.113.0/24) are left out: nothing real is there, and the sandbox's
 // "internet" uses them.
 var Blocked = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),      // "this network"
-	netip.MustParsePrefix("10.0.0.0/8"),     // private (RFC 1918)
-	netip.MustParsePrefix("100.64.0.0/10"),  // CGNAT (RFC 6598), and the tailnet's addresses
-	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
-	netip.MustParsePrefix("169.254.0.0/16"), // link-local: cloud metadata (169.254.169.254)
-	netip.MustParsePrefix("172.16.0.0/12"),  // private (RFC 1918)
-	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments
+	netip.MustParsePrefix("0.0.0.0/8"),  // "this network"
+	netip.MustParsePrefix("10.0.0.0/8"), // private (RFC 1918)
+	// CGNAT (RFC 6598) and the tailnet's addresses; Alibaba Cloud's
+	// metadata service is at 100.100.100.200.
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("127.0.0.0/8"), // loopback
+	// Azure's WireServer (the VM agent's and extensions' endpoint, which
+	// hands out certificates and settings, and Azure's DNS): a public
+	// address that answers only inside Azure.
+	netip.MustParsePrefix("168.63.129.16/32"),
+	// Link-local: the instance metadata services of AWS, GCP
+	// (metadata.google.internal), Azure, Oracle, DigitalOcean, OpenStack
+	// and Hetzner at 169.254.169.254, which hand out credentials; AWS's
+	// time and DNS (169.254.169.123, .253) and ECS credentials
+	// (169.254.170.2), Tencent's metadata (169.254.0.23), Scaleway's
+	// (169.254.42.42). AWS's IPv6 metadata (fd00:ec2::254) is not in this
+	// list: every IPv6 packet from a VM is dropped.
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("172.16.0.0/12"), // private (RFC 1918)
+	// IETF protocol assignments; Oracle Cloud's metadata is also at
+	// 192.0.0.192.
+	netip.MustParsePrefix("192.0.0.0/24"),
 	netip.MustParsePrefix("192.168.0.0/16"), // private (RFC 1918)
 	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking, often used inside networks
 	netip.MustParsePrefix("224.0.0.0/3"),    // multicast, reserved, broadcast

@@ -15,12 +15,13 @@ import (
 // from the uplink side, and the host no longer answers there. plan warns.
 
 // listening reads the ports this network namespace listens on (TCP) or is
-// bound to (UDP), as "tcp 22", from /proc/net.
+// bound to (UDP), as "tcp 22", from /proc/thread-self/net: the calling
+// thread's namespace (/proc/net is the process's first thread's).
 func listening() map[string]bool {
 	out := map[string]bool{}
 	for _, f := range []struct{ file, proto, state string }{
-		{"/proc/net/tcp", "tcp", "0A"}, {"/proc/net/tcp6", "tcp", "0A"},
-		{"/proc/net/udp", "udp", "07"}, {"/proc/net/udp6", "udp", "07"},
+		{"/proc/thread-self/net/tcp", "tcp", "0A"}, {"/proc/thread-self/net/tcp6", "tcp", "0A"},
+		{"/proc/thread-self/net/udp", "udp", "07"}, {"/proc/thread-self/net/udp6", "udp", "07"},
 	} {
 		fh, err := os.Open(f.file)
 		if err != nil {

@@ -54,7 +54,73 @@ func WriteDeclared(vm *config.VM, imageRoot string) error {
 	if err := enableUnits(etc, imageRoot, vm.Services, vm.DisableServices); err != nil {
 		return err
 	}
+	if err := writeSecretsMount(etc, len(vm.Secrets) > 0); err != nil {
+		return err
+	}
+	if err := writeVolumesUnit(etc, vm.Volumes); err != nil {
+		return err
+	}
 	return writeRunOnce(etc, vm)
+}
+
+// Owner resolves a file's owner and group as vm's guest names them, from
+// its own /etc/passwd and /etc/group (numbers as they are).
+func Owner(vm *config.VM, owner, group string) (uid, gid int, err error) {
+	etc, vars, err := openTrees(vm)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer etc.Close()
+	defer vars.Close()
+	acc, err := readAccounts(etc)
+	if err != nil {
+		return 0, 0, err
+	}
+	return acc.ids(owner, group)
+}
+
+// The guest mounts its secrets' share (package secret) with a mount unit:
+// early, before any service, at /run/credentials/microvm, which the init
+// cannot do itself (systemd mounts /run over it).
+const (
+	secretsUnit = "run-credentials-microvm.mount"
+	secretsLink = "systemd/system/local-fs.target.wants/" + secretsUnit
+)
+
+func writeSecretsMount(etc *safedir.Dir, has bool) error {
+	unit := "systemd/system/" + secretsUnit
+	if !has {
+		for _, f := range []string{secretsLink, unit} {
+			if err := etc.Remove(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	text := `# Written by microvm: the VM's secrets, from the host's memory (never from a disk).
+[Unit]
+Description=secrets of infra.toml
+DefaultDependencies=no
+Before=local-fs.target
+
+[Mount]
+What=secrets
+Where=` + config.SecretsDir + `
+Type=virtiofs
+Options=ro,nosuid,nodev,noexec
+
+[Install]
+WantedBy=local-fs.target
+`
+	dir, err := etc.MkdirAll("systemd/system", 0o755)
+	if err != nil {
+		return err
+	}
+	dir.Close()
+	if err := etc.WriteFileOwned(unit, []byte(text), 0o644, 0, 0); err != nil {
+		return err
+	}
+	return symlink(etc, secretsLink, "/etc/"+unit)
 }
 
 // writeFile writes one declared file, making its directories (root's,
@@ -514,4 +580,50 @@ WantedBy=multi-user.target
 		return err
 	}
 	return symlink(etc, runOnceLink, "/etc/"+unit)
+}
+
+// A VM's volumes are mounted by its init; a unit grows each one's
+// filesystem to its device at every boot (resize2fs, online; nothing to
+// do when it has not grown): the host grows the file, never the
+// filesystem, which the guest wrote.
+const (
+	volumesUnit = "microvm-volumes.service"
+	volumesLink = "systemd/system/local-fs.target.wants/" + volumesUnit
+)
+
+func writeVolumesUnit(etc *safedir.Dir, vols []config.Volume) error {
+	unit := "systemd/system/" + volumesUnit
+	if len(vols) == 0 {
+		for _, f := range []string{volumesLink, unit} {
+			if err := etc.Remove(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString(`# Written by microvm: each volume's filesystem fills its device, which grows with its size in infra.toml.
+[Unit]
+Description=grow the filesystems of the VM's volumes
+DefaultDependencies=no
+After=local-fs-pre.target
+Before=local-fs.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+`)
+	for _, v := range vols {
+		fmt.Fprintf(&b, "ExecStart=/bin/sh -c 'resize2fs \"$(findmnt -no SOURCE %s)\"'\n", v.Mount)
+	}
+	b.WriteString("\n[Install]\nWantedBy=local-fs.target\n")
+	dir, err := etc.MkdirAll("systemd/system", 0o755)
+	if err != nil {
+		return err
+	}
+	dir.Close()
+	if err := etc.WriteFileOwned(unit, []byte(b.String()), 0o644, 0, 0); err != nil {
+		return err
+	}
+	return symlink(etc, volumesLink, "/etc/"+unit)
 }

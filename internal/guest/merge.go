@@ -213,6 +213,8 @@ func managedPaths() map[string]bool {
 		"etc/ssh/ssh_host_ed25519_key": true, "etc/ssh/ssh_host_ed25519_key.pub": true,
 		"var/root/.ssh/authorized_keys": true,
 		"etc/" + runOnceScript:          true, "etc/systemd/system/" + runOnceUnit: true, "etc/" + runOnceLink: true,
+		"etc/systemd/system/" + secretsUnit: true, "etc/" + secretsLink: true,
+		"etc/systemd/system/" + volumesUnit: true, "etc/" + volumesLink: true,
 	}
 }
 
@@ -483,8 +485,9 @@ func EtcDiff(vm *config.VM) (c EtcChanges, ok bool, err error) {
 
 // walkBounded calls fn with each entry beneath d (its directory, its name
 // there, and its path under the walk's top), parents first, descending
-// only into real directories, depth levels at most and budget entries in
-// all: past either it fails, as the guest made its tree too large to read.
+// only into real directories and at most maxEtcDepth levels (no image goes
+// deeper: what is below is the VM's own), budget entries in all: past that
+// it fails, as the guest made its tree too large to read.
 func walkBounded(d *safedir.Dir, prefix string, depth int, budget *int, fn func(d *safedir.Dir, name, rel string) error) error {
 	names, err := d.NamesUpTo(*budget)
 	if err != nil {
@@ -509,7 +512,7 @@ func walkBounded(d *safedir.Dir, prefix string, depth int, budget *int, fn func(
 			continue
 		}
 		if depth >= maxEtcDepth {
-			return fmt.Errorf("/etc/%s: more than %d levels deep", prefix+n, maxEtcDepth)
+			continue
 		}
 		sub, err := d.OpenDir(n)
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, safedir.ErrSymlink) {

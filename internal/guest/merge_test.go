@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -383,13 +384,35 @@ func TestEtcDiff(t *testing.T) {
 	if err != nil || !slices.Equal(c.Changed, want.Changed) || !slices.Equal(c.Added, want.Added) || !slices.Equal(c.Removed, want.Removed) {
 		t.Errorf("EtcDiff = %+v, %v; want %+v", c, err, want)
 	}
-	// A guest that fills /etc: an error, not a walk without end.
-	deep := vm.EtcDir
-	for range maxEtcDepth + 1 {
-		deep = filepath.Join(deep, "d")
+	// A guest that deepens /etc: what is below maxEtcDepth is not looked
+	// at, not a walk without end.
+	deep, rel := vm.EtcDir, "/etc"
+	for range maxEtcDepth + 5 {
+		deep, rel = filepath.Join(deep, "d"), rel+"/d"
 	}
-	os.MkdirAll(deep, 0o755)
-	if _, _, err := EtcDiff(vm); err == nil || !strings.Contains(err.Error(), "levels deep") {
-		t.Errorf("EtcDiff of a deep /etc: %v", err)
+	if err := os.MkdirAll(deep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, _, err = EtcDiff(vm)
+	if err != nil {
+		t.Fatalf("EtcDiff of a deep /etc: %v", err)
+	}
+	if got, want := len(c.Added), 2+maxEtcDepth; got != want {
+		t.Errorf("EtcDiff of a deep /etc: %d added, want %d (the two before and %d levels)", got, want, maxEtcDepth)
+	}
+	// A guest that fills /etc: an error, not a walk without end.
+	for i := range maxEtcWalk {
+		if i%1000 == 0 {
+			deep = filepath.Join(vm.EtcDir, "wide", strconv.Itoa(i))
+			if err := os.MkdirAll(deep, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(deep, strconv.Itoa(i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := EtcDiff(vm); err == nil || !strings.Contains(err.Error(), "entries in /etc") {
+		t.Errorf("EtcDiff of a full /etc: %v, want too many entries", err)
 	}
 }

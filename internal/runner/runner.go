@@ -6,8 +6,10 @@
 //     /etc and /var (seeded from the image on first start), the files the
 //     program manages in them, and the initramfs;
 //  3. start the three virtiofsd daemons and wait for their sockets;
-//  4. start the VMM as the VM's own unprivileged user (USER-NAME), with
-//     no_new_privs, given only its TAP's descriptors;
+//  4. start the VMM in its jail (package jail: a root of its own with only
+//     what it needs, its own PID and network namespaces) as the VM's own
+//     unprivileged user (USER-NAME), with no_new_privs, given only its
+//     TAP's descriptors;
 //  5. probe the guest's sshd while it boots, and record when it answers;
 //  6. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
 //     to exit, and only then stop the daemons (a daemon that went first
@@ -26,7 +28,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -36,9 +37,11 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/secret"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
+	"github.com/simple-microvm-infra/microvm/internal/volume"
 )
 
 // Run supervises vm until stop is closed (then it shuts the guest down) or
@@ -66,17 +69,33 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	if err != nil {
 		return err
 	}
-	spec := vmm.NewSpec(in.Host, vm, img.Dir)
-	unmount, err := prepare(in, vm, run, spec, img, logf)
+	// Every secret, or the VM does not start: never with half of them.
+	secrets, err := secret.All(vm)
 	if err != nil {
 		return err
 	}
-	defer unmount()
+	spec := vmm.NewSpec(in.Host, vm, img.Dir)
 	defer func() {
 		if err := releaseImage(in.Host, vm, run, img.Dir); err != nil {
 			logf("releasing image %s: %v", img.Dir, err)
 		}
 	}()
+	unmount, err := prepare(in, vm, run, spec, img, logf)
+	if err != nil {
+		return err
+	}
+	defer unmount()
+	if len(vm.Secrets) > 0 {
+		defer func() {
+			if err := secret.Remove(vm); err != nil {
+				logf("%v", err)
+			}
+		}()
+		if err := deliverSecrets(vm, secrets); err != nil {
+			return err
+		}
+		logf("%d secrets in %s (a tmpfs), served read-only", len(secrets), vm.SecretsDir())
+	}
 
 	daemon, err := virtiofs.Find()
 	if err != nil {
@@ -100,10 +119,17 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		}
 		daemons = append(daemons, p)
 	}
-	logf("%s serves image, etc and var", daemon)
+	logf("%s serves %s", daemon, shareTags(spec.Shares))
 
 	spec.TAP, err = vmm.OpenTAP(vm.TAP, vm.TAPQueues())
 	if err != nil {
+		stopDaemons()
+		return err
+	}
+	if spec.Volumes, err = openVolumes(vm, logf); err != nil {
+		for _, f := range spec.TAP {
+			f.Close()
+		}
 		stopDaemons()
 		return err
 	}
@@ -116,7 +142,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
-	if err := runAs(cmd, vm.User); err != nil {
+	if err := confine(cmd, spec, in.Host.Accel, vm.User); err != nil {
 		stopDaemons()
 		return err
 	}
@@ -126,6 +152,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	m, err := vmm.Start(backend, vm, cmd)
 	for _, f := range spec.TAP {
 		f.Close() // the VMM has its own copies now
+	}
+	for _, v := range spec.Volumes {
+		v.File.Close()
 	}
 	if err != nil {
 		stopDaemons()
@@ -188,8 +217,8 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 }
 
 // prepare makes the files the VM boots from and writes its managed files.
-// What it returns undoes the mount of the VM's state (protectState), for
-// when the VM has stopped.
+// What it returns undoes the mount of the VM's state where it does not
+// stay (protectState), for when the VM has stopped.
 func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, img *image.Ref, logf func(string, ...any)) (unmount func(), err error) {
 	unmount = func() {}
 	state, err := guest.OpenState(vm)
@@ -197,7 +226,7 @@ func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, i
 		return unmount, err
 	}
 	state.Close()
-	if unmount, err = protectState(vm); err != nil {
+	if unmount, err = protectState(in.Host, vm); err != nil {
 		return unmount, err
 	}
 	defer func() {
@@ -225,6 +254,11 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 	d, err := run.MakeDir(vmmDir, config.VMMDirMode, uid, gid)
 	if err != nil {
 		return fmt.Errorf("making %s: %w", vm.VMMDir(), err)
+	}
+	d.Close()
+	// The VMM's jail is built on this empty directory of root's.
+	if d, err = run.MakeDir(filepath.Base(vm.JailDir()), 0o700, 0, 0); err != nil {
+		return fmt.Errorf("making %s: %w", vm.JailDir(), err)
 	}
 	d.Close()
 	// The image as the guests see it: its read-only view.
@@ -281,19 +315,21 @@ func lockRun(run *safedir.Dir, vm *config.VM) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// runAs makes cmd run as user, with that user's groups: the VMM needs no
+// confine makes cmd, the VMM's command, run in its jail (vmm.Spec.Jail,
+// package jail) as user, with that user's groups: the VMM needs no
 // privilege beyond its TAP (which the user owns, and whose descriptors it
 // is given), the daemons' sockets (which its group may use) and, with KVM,
 // /dev/kvm (group kvm).
-func runAs(c *exec.Cmd, name string) error {
-	id, err := ids(name)
+func confine(cmd *exec.Cmd, spec vmm.Spec, accel config.Accel, user string) error {
+	id, err := ids(user)
 	if err != nil {
 		return err
 	}
-	if c.SysProcAttr == nil {
-		c.SysProcAttr = &syscall.SysProcAttr{}
+	j := spec.Jail(cmd.Path, accel)
+	j.UID, j.GID, j.Groups = id.UID, id.GID, id.Groups
+	if err := j.Wrap(cmd); err != nil {
+		return fmt.Errorf("jailing the VMM of %s: %w", spec.VM.Name, err)
 	}
-	c.SysProcAttr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
 	return nil
 }
 
@@ -317,4 +353,46 @@ func anyDone(ps []*virtiofs.Process) <-chan struct{} {
 		}()
 	}
 	return ch
+}
+
+// deliverSecrets gives the secrets their owners in the guest (from its
+// own /etc/passwd and /etc/group) and writes them into their tmpfs.
+func deliverSecrets(vm *config.VM, values map[string][]byte) error {
+	owned := map[string]secret.Owned{}
+	for _, s := range vm.Secrets {
+		uid, gid, err := guest.Owner(vm, s.Owner, s.Group)
+		if err != nil {
+			return fmt.Errorf("%s: secret %s: %w", s.At, s.Name, err)
+		}
+		owned[s.Name] = secret.Owned{Value: values[s.Name], Mode: s.Mode, UID: uid, GID: gid}
+	}
+	return secret.Deliver(vm, owned)
+}
+
+// openVolumes makes, grows and opens vm's volumes for its VMM, owned by
+// the VM's user.
+func openVolumes(vm *config.VM, logf func(string, ...any)) ([]vmm.Volume, error) {
+	id, err := ids(vm.User)
+	if err != nil {
+		return nil, err
+	}
+	owner := func(user, group string) (int, int, error) { return guest.Owner(vm, user, group) }
+	open, err := volume.Prepare(vm, int(id.UID), int(id.GID), owner, logf)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]vmm.Volume, len(open))
+	for i, o := range open {
+		out[i] = vmm.Volume{Name: o.Name, File: o.File}
+	}
+	return out, nil
+}
+
+// shareTags lists the shares' tags for the log: "image, etc, var".
+func shareTags(shares []virtiofs.Share) string {
+	tags := make([]string, len(shares))
+	for i, sh := range shares {
+		tags[i] = sh.Tag
+	}
+	return strings.Join(tags, ", ")
 }

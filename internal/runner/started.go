@@ -19,6 +19,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/secret"
 )
 
 // Started is what a running VM was started with, kept in vm.StartedFile()
@@ -102,6 +103,13 @@ func Settings(in *config.Infra, vm *config.VM) map[string]string {
 	if len(vm.RunOnce) > 0 {
 		s["run_once"] = guest.RunOnceHash(vm.RunOnce)
 	}
+	for _, v := range vm.Volumes {
+		s["volume "+v.Name] = fmt.Sprintf("%d bytes at %s, %s", v.Size, v.Mount, v.FS)
+	}
+	// A secret by its source, never its value.
+	for name, d := range secret.Digest(vm) {
+		s["secret "+name] = d
+	}
 	return s
 }
 
@@ -148,7 +156,7 @@ func Changed(was, now map[string]string) []string {
 	for k := range now {
 		keys[k] = true
 	}
-	var out, files []string
+	var out, files, secrets []string
 	newImage := was["image_dir"] != now["image_dir"]
 	for k := range keys {
 		a, b := was[k], now[k]
@@ -158,6 +166,9 @@ func Changed(was, now map[string]string) []string {
 		switch {
 		case strings.HasPrefix(k, "file "):
 			files = append(files, strings.TrimPrefix(k, "file "))
+			continue
+		case strings.HasPrefix(k, "secret "):
+			secrets = append(secrets, strings.TrimPrefix(k, "secret "))
 			continue
 		case k == "run_once":
 			out = append(out, "run_once changed")
@@ -195,6 +206,10 @@ func Changed(was, now map[string]string) []string {
 			files, more = files[:3], fmt.Sprintf(" and %d more", len(files)-3)
 		}
 		out = append(out, "files changed: "+strings.Join(files, ", ")+more)
+	}
+	if len(secrets) > 0 {
+		sort.Strings(secrets)
+		out = append(out, "secrets changed: "+strings.Join(secrets, ", "))
 	}
 	sort.Strings(out)
 	return out

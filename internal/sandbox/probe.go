@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -117,7 +118,7 @@ func TCPFrom(ns string, local netip.Addr, to netip.AddrPort) check.Result {
 		// Reached is the result; who the listener saw is a detail, missing
 		// when the deadline cut it short.
 		_ = c.SetDeadline(time.Now().Add(Timeout))
-		line, _ := bufio.NewReader(c).ReadString('\n')
+		line, _ := bufio.NewReader(io.LimitReader(c, check.MaxSeen)).ReadString('\n')
 		r.SeenAs = strings.TrimSpace(strings.TrimPrefix(line, "seen "))
 		return c.Close()
 	})

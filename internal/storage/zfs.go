@@ -27,8 +27,8 @@ type dataset struct {
 }
 
 // vmProps make a VM's dataset ignore setuid bits and device nodes: its
-// guest writes them, as root, through virtiofsd (see runner's
-// protectState, which checks the mount has them).
+// guest writes them, as root, through virtiofsd (see Protect, which
+// checks the mount has them).
 var vmProps = []string{"setuid=off", "devices=off"}
 
 // place is a dataset the model needs, made by create, and the directory

@@ -59,9 +59,11 @@ import (
 //	microvm.dns=ADDR        the IPv4 address of the DNS resolver
 //
 // And with image_writable, so that the init mounts the image share
-// read-write (the VM's own overlay over the image):
+// read-write (the VM's own overlay over the image), and one a volume, for
+// the init to mount it (the block device whose serial is NAME, ext4):
 //
 //	microvm.image=rw
+//	microvm.volume=NAME:MOUNT
 //
 // Then come the words extra that a backend needs for its machine (QEMU
 // under emulation adds tsc_early_khz=, tsc=reliable and mitigations=off), and QEMU may
@@ -86,6 +88,9 @@ func Cmdline(vm *config.VM, extra ...string) string {
 	if vm.ImageWritable {
 		words = append(words, "microvm.image=rw")
 	}
+	for _, v := range vm.Volumes {
+		words = append(words, "microvm.volume="+v.Name+":"+v.Mount)
+	}
 	return strings.Join(append(words, extra...), " ")
 }
 
@@ -99,6 +104,25 @@ type Spec struct {
 	// VMM as descriptors 3, 4, ...; when empty, the VMM opens the TAP by
 	// name itself, which needs access to /dev/net/tun.
 	TAP []*os.File
+	// Volumes are the VM's volumes, open (package volume), given to the
+	// VMM after the TAP's descriptors; it opens each as
+	// /proc/self/fd/N, a virtio block device whose serial is its name.
+	Volumes []Volume
+}
+
+// Volume is one open volume.
+type Volume struct {
+	Name string
+	File *os.File
+}
+
+// VolumePaths returns the paths the VMM opens s.Volumes by.
+func (s Spec) VolumePaths() []string {
+	out := make([]string, len(s.Volumes))
+	for i := range s.Volumes {
+		out[i] = fmt.Sprintf("/proc/self/fd/%d", 3+len(s.TAP)+i)
+	}
+	return out
 }
 
 // TAPFds returns the descriptor numbers the VMM sees s.TAP as.
@@ -153,7 +177,10 @@ func NewCmd(bin, def string, s Spec, args []string) *exec.Cmd {
 		bin = def
 	}
 	cmd := exec.Command(bin, args...)
-	cmd.ExtraFiles = s.TAP
+	cmd.ExtraFiles = append([]*os.File(nil), s.TAP...)
+	for _, v := range s.Volumes {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, v.File)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	return cmd
 }

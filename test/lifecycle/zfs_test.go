@@ -22,10 +22,10 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
-// TestRollbackZFS: a VM whose state is a ZFS dataset writes a file in /var;
-// after a snapshot it changes the file; rollback (which stops the VM, rolls
-// its dataset back and starts it again) brings the first version back, as
-// the guest itself reads it.
+// TestRollbackZFS: a VM whose state is a ZFS dataset writes a file in /var
+// and one on its volume; after a snapshot it changes both; rollback (which
+// stops the VM, rolls its dataset back and starts it again) brings the
+// first versions back, the volume's too, as the guest itself reads them.
 func TestRollbackZFS(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64")
@@ -40,7 +40,8 @@ func TestRollbackZFS(t *testing.T) {
 	}
 	file := filepath.Join(t.TempDir(), "infra.toml")
 	body := fmt.Sprintf("[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\nstorage = \"zfs\"\nzfs_dataset = %q\n"+
-		"[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.zf1]\nsubnet = \"10.7.0.0/24\"\n", state, run, pool.Name+"/microvms")
+		"[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.zf1]\nsubnet = \"10.7.0.0/24\"\n"+
+		"[vm.zf1.volumes]\ndata = { size = \"64M\", mount = \"/var/lib/data\" }\n", state, run, pool.Name+"/microvms")
 	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -113,9 +114,12 @@ func TestRollbackZFS(t *testing.T) {
 
 	mvm("up", "-f", file, "zf1")
 	login()
-	ssh("echo first > /var/marker && sync")
+	if got := ssh("findmnt -no FSTYPE /var/lib/data"); got != "ext4" {
+		t.Errorf("zf1's volume at /var/lib/data: %q, want ext4", got)
+	}
+	ssh("echo first > /var/marker && echo first > /var/lib/data/marker && sync")
 	t.Log(mvm("snapshot", "-f", file, "zf1", "before"))
-	ssh("echo second > /var/marker && sync")
+	ssh("echo second > /var/marker && echo second > /var/lib/data/marker && sync")
 	out := mvm("rollback", "-f", file, "--yes", "zf1", "before")
 	t.Logf("rollback:\n%s", out)
 	for _, want := range []string{"zf1 stopped", "zf1 rolled back to", "zf1 started"} {
@@ -124,8 +128,8 @@ func TestRollbackZFS(t *testing.T) {
 		}
 	}
 	login()
-	if got := ssh("cat /var/marker"); got != "first" {
-		t.Errorf("after rollback the guest reads /var/marker = %q, want %q", got, "first")
+	if got := ssh("cat /var/marker /var/lib/data/marker"); got != "first\nfirst" {
+		t.Errorf("after rollback the guest reads /var/marker and its volume's marker = %q, want first and first", got)
 	}
 	if err := supervise.StopDetached(vm, 90*time.Second); err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stopping zf1: %v", err)
