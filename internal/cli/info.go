@@ -91,14 +91,15 @@ type infoDoc struct {
 
 // etcDoc is how a VM's /etc differs from its image's.
 type etcDoc struct {
-	Changed []string `json:"changed" doc:"files the VM (or the program: its managed and declared files) changed; the first 20"`
-	Added   []string `json:"added" doc:"files the image does not have; the first 20"`
-	Removed []string `json:"removed" doc:"files of the image the VM does not have; the first 20"`
-	Total   int      `json:"total" doc:"how many paths differ in all"`
+	Changed []string `json:"changed" doc:"paths of the image the VM changed (content, mode, owner, link target); the first 20"`
+	Added   []string `json:"added" doc:"paths the image does not have (services' symlinks among them); the first 20"`
+	Removed []string `json:"removed" doc:"paths of the image the VM does not have; the first 20"`
+	Total   int      `json:"total" doc:"how many paths differ in all; the files the program writes (managed, declared, run_once's) are left out"`
 }
 
-// etcShown is how many paths of each kind info lists.
-const etcShown = 20
+// etcShown is how many paths of each kind info --json lists, etcLine
+// how many its text does.
+const etcShown, etcLine = 20, 5
 
 func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	s := lifecycle.StateOf(m, vm)
@@ -219,6 +220,9 @@ func printInfo(e *env, d infoDoc) {
 			what  string
 			paths []string
 		}{{"changed", e.Changed}, {"added", e.Added}, {"removed", e.Removed}} {
+			if len(k.paths) > etcLine {
+				k.paths = append(k.paths[:etcLine:etcLine], "...")
+			}
 			if len(k.paths) > 0 {
 				parts = append(parts, k.what+" "+strings.Join(k.paths, " "))
 			}

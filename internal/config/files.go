@@ -205,14 +205,16 @@ func (p *parser) files(raw *rawEntries, key string, kind fileKind) []File {
 // managedPaths are the guest files the program writes itself, with the key
 // that sets what they hold.
 var managedPaths = map[string]string{
-	"/etc/hostname":                     "the VM's name",
-	"/etc/hosts":                        "the VM's name and address",
-	"/etc/resolv.conf":                  "the dns key",
-	"/etc/machine-id":                   "a machine ID made once per VM",
-	"/etc/ssh/ssh_host_ed25519_key":     "the VM's SSH host key, made once",
-	"/etc/ssh/ssh_host_ed25519_key.pub": "the VM's SSH host key, made once",
-	"/root/.ssh/authorized_keys":        "the ssh_keys key and the host's admin key",
-	"/var/root/.ssh/authorized_keys":    "the ssh_keys key and the host's admin key",
+	"/etc/hostname":                                "the VM's name",
+	"/etc/hosts":                                   "the VM's name and address",
+	"/etc/resolv.conf":                             "the dns key",
+	"/etc/machine-id":                              "a machine ID made once per VM",
+	"/etc/ssh/ssh_host_ed25519_key":                "the VM's SSH host key, made once",
+	"/etc/ssh/ssh_host_ed25519_key.pub":            "the VM's SSH host key, made once",
+	"/root/.ssh/authorized_keys":                   "the ssh_keys key and the host's admin key",
+	"/var/root/.ssh/authorized_keys":               "the ssh_keys key and the host's admin key",
+	"/etc/systemd/system/microvm-run-once.service": "run_once (its unit)",
+	"/etc/systemd/system/multi-user.target.wants/microvm-run-once.service": "run_once (its unit)",
 }
 
 // ManagedDir is the directory of the guest's /etc the program keeps for

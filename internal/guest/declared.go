@@ -10,8 +10,11 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
@@ -205,24 +208,87 @@ type install struct {
 	wantedBy, requiredBy, also, alias []string
 }
 
-// findUnit returns where the image has the unit name, as the guest sees
-// it (/lib/systemd/system/nginx.service), and its [Install] section. The
-// image is its root, or its layers, uppermost first (image.Lowers).
-func findUnit(roots []string, name string) (string, install, error) {
-	for _, r := range roots {
-		root, err := os.OpenRoot(r)
-		if err != nil {
-			return "", install{}, err
+func (in install) empty() bool {
+	return len(in.wantedBy)+len(in.requiredBy)+len(in.also)+len(in.alias) == 0
+}
+
+// unit is a unit as the image has it.
+type unit struct {
+	name string // as enabled: nginx.service, getty@tty2.service
+	path string // its file as the guest sees it (a template's, for an instance): /lib/systemd/system/getty@.service
+	install
+}
+
+// findUnit finds the unit name in the image, whose root is roots[0] or,
+// for a layered image not mounted yet, its layers uppermost first
+// (image.Lowers). An instance (getty@tty2.service) without a file of its
+// own is its template's (getty@.service), as systemd has it.
+func findUnit(roots []string, name string) (unit, error) {
+	files := []string{name}
+	if prefix, inst, ok := strings.Cut(name, "@"); ok {
+		if i := strings.LastIndexByte(inst, '.'); i > 0 {
+			files = append(files, prefix+"@"+inst[i:])
 		}
+	}
+	for _, file := range files {
 		for _, dir := range unitDirs {
-			if b, err := root.ReadFile(dir + "/" + name); err == nil {
-				root.Close()
-				return "/" + dir + "/" + name, parseInstall(b), nil
+			if b, ok := readLayered(roots, dir+"/"+file); ok {
+				return unit{name: name, path: "/" + dir + "/" + file, install: parseInstall(b)}, nil
 			}
 		}
-		root.Close()
 	}
-	return "", install{}, fmt.Errorf("unit %s is not in the VM's image (%s); install its package in the image ([image.NAME] packages), or fix the name", name, strings.Join(unitDirs, ", "))
+	return unit{}, fmt.Errorf("unit %s is not in the VM's image (%s); install its package in the image ([image.NAME] packages), or fix the name", name, strings.Join(unitDirs, ", "))
+}
+
+// readLayered reads the file at name in the union of roots, uppermost
+// first, as overlayfs shows it: each component is looked up in the first
+// layer that has it, a whiteout (a character device 0/0, overlayfs's mark
+// of what a layer removed) hides it in those below, and symlinks are
+// followed in the union (lib -> usr/lib in one layer, the unit in
+// another). The image is the host's: trusted, and read here only for unit
+// files.
+func readLayered(roots []string, name string) ([]byte, bool) {
+	parts := strings.Split(name, "/")
+	cur, layer := "", ""
+	for i, hops := 0, 0; i < len(parts); i++ {
+		next := path.Join(cur, parts[i])
+		var fi fs.FileInfo
+		for _, r := range roots {
+			var err error
+			if fi, err = os.Lstat(filepath.Join(r, next)); err == nil {
+				layer = r
+				break
+			}
+		}
+		if fi == nil {
+			return nil, false
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && fi.Mode()&fs.ModeCharDevice != 0 && st.Rdev == 0 {
+			return nil, false // a whiteout
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			cur = next
+			continue
+		}
+		if hops++; hops > 40 {
+			return nil, false
+		}
+		target, err := os.Readlink(filepath.Join(layer, next))
+		if err != nil {
+			return nil, false
+		}
+		if !path.IsAbs(target) {
+			target = path.Join(cur, target)
+		}
+		// Resolve again from the top; ".." stops at the root, as in the guest.
+		rest := strings.Split(strings.TrimPrefix(path.Join("/", target), "/"), "/")
+		parts, cur, i = append(rest, parts[i+1:]...), "", -1
+	}
+	if cur == "" {
+		return nil, false
+	}
+	b, err := os.ReadFile(filepath.Join(layer, cur))
+	return b, err == nil
 }
 
 // parseInstall reads the [Install] section of a unit file.
@@ -238,7 +304,10 @@ func parseInstall(b []byte) install {
 			section = line
 		case section == "[Install]":
 			k, v, _ := strings.Cut(line, "=")
-			words := strings.Fields(v)
+			words := slices.DeleteFunc(strings.Fields(v), func(w string) bool {
+				// Names only: they become names in /etc/systemd/system.
+				return strings.Contains(w, "/") || strings.HasPrefix(w, ".")
+			})
 			switch strings.TrimSpace(k) {
 			case "WantedBy":
 				in.wantedBy = append(in.wantedBy, words...)
@@ -255,63 +324,122 @@ func parseInstall(b []byte) install {
 }
 
 // UnitsMissing returns an error for each unit of services and
-// disable_services that the image lacks; layers are its root, or its
-// layers uppermost first (image.Lowers).
+// disable_services that the image lacks, and each of services that has
+// nothing to enable (no [Install] section: another unit starts it); layers
+// are the image's root, or its layers uppermost first (image.Lowers).
 func UnitsMissing(vm *config.VM, layers []string) []error {
 	var errs []error
-	for _, u := range append(append([]string{}, vm.Services...), vm.DisableServices...) {
-		if _, _, err := findUnit(layers, u); err != nil {
+	for i, name := range append(append([]string{}, vm.Services...), vm.DisableServices...) {
+		u, err := findUnit(layers, name)
+		if err == nil && i < len(vm.Services) && u.empty() {
+			err = noInstall(name)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
 		}
 	}
 	return errs
 }
 
+func noInstall(name string) error {
+	return fmt.Errorf("unit %s has no [Install] section, so it cannot be enabled (another unit or socket starts it); take it out of services, or name the unit that starts it", name)
+}
+
+// links are the symlinks systemctl enable makes for u in
+// /etc/systemd/system, with the target each points to.
+func (u unit) links() map[string]string {
+	links := map[string]string{}
+	for _, t := range u.wantedBy {
+		links["systemd/system/"+t+".wants/"+u.name] = u.path
+	}
+	for _, t := range u.requiredBy {
+		links["systemd/system/"+t+".requires/"+u.name] = u.path
+	}
+	for _, a := range u.aliases() {
+		links["systemd/system/"+a] = u.path
+	}
+	return links
+}
+
+// aliases are u's Alias= names; a template's (foo@.service) take the
+// instance's name, as systemd gives them.
+func (u unit) aliases() []string {
+	var out []string
+	_, inst, isInstance := strings.Cut(u.name, "@")
+	for _, a := range u.alias {
+		if isInstance && strings.Contains(a, "@.") {
+			if i := strings.LastIndexByte(inst, '.'); i > 0 {
+				a = strings.Replace(a, "@.", "@"+inst[:i]+".", 1)
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
 // enableUnits makes the symlinks systemctl enable makes for each unit of
-// enable (and the units their Also= names), and removes those of disable,
-// in the VM's /etc/systemd/system.
+// enable (and the units their Also= names), and removes those of disable
+// (and of their Also= units), in the VM's /etc/systemd/system. A unit of
+// enable that the VM's /etc masks is unmasked: infra.toml says it runs.
 func enableUnits(etc *safedir.Dir, imageRoot string, enable, disable []string) error {
 	done := map[string]bool{}
-	var on func(name string) error
-	on = func(name string) error {
+	var on func(name string, declared bool) error
+	on = func(name string, declared bool) error {
 		if done[name] {
 			return nil
 		}
 		done[name] = true
-		where, in, err := findUnit([]string{imageRoot}, name)
+		u, err := findUnit([]string{imageRoot}, name)
 		if err != nil {
 			return err
 		}
-		links := map[string]string{}
-		for _, t := range in.wantedBy {
-			links["systemd/system/"+t+".wants/"+name] = where
+		if declared && u.empty() {
+			return noInstall(name)
 		}
-		for _, t := range in.requiredBy {
-			links["systemd/system/"+t+".requires/"+name] = where
+		if err := unmask(etc, u); err != nil {
+			return fmt.Errorf("enabling %s: %w", name, err)
 		}
-		for _, a := range in.alias {
-			links["systemd/system/"+a] = where
-		}
-		for link, target := range links {
+		for link, target := range u.links() {
 			if err := symlink(etc, link, target); err != nil {
 				return fmt.Errorf("enabling %s: %w", name, err)
 			}
 		}
-		for _, a := range in.also {
-			if err := on(a); err != nil {
+		for _, a := range u.also {
+			if err := on(a, false); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	for _, u := range enable {
-		if err := on(u); err != nil {
+	for _, name := range enable {
+		if err := on(name, true); err != nil {
 			return err
 		}
 	}
-	for _, u := range disable {
+	clear(done)
+	var off func(name string) error
+	off = func(name string) error {
+		if done[name] {
+			return nil
+		}
+		done[name] = true
+		u, err := findUnit([]string{imageRoot}, name)
+		if err != nil {
+			return err
+		}
 		if err := disableUnit(etc, u); err != nil {
-			return fmt.Errorf("disabling %s: %w", u, err)
+			return fmt.Errorf("disabling %s: %w", name, err)
+		}
+		for _, a := range u.also {
+			if err := off(a); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, name := range disable {
+		if err := off(name); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -328,10 +456,29 @@ func symlink(etc *safedir.Dir, link, target string) error {
 	return etc.Symlink(target, link, 0, 0)
 }
 
-// disableUnit removes every symlink called name in the .wants and
-// .requires directories of the VM's /etc/systemd/system, as systemctl
-// disable does.
-func disableUnit(etc *safedir.Dir, name string) error {
+// unmask removes a mask of u (a symlink to /dev/null in
+// /etc/systemd/system, by its name or its template's).
+func unmask(etc *safedir.Dir, u unit) error {
+	names := []string{u.name}
+	if prefix, inst, ok := strings.Cut(u.name, "@"); ok {
+		if i := strings.LastIndexByte(inst, '.'); i > 0 {
+			names = append(names, prefix+"@"+inst[i:])
+		}
+	}
+	for _, n := range names {
+		if t, err := etc.Readlink("systemd/system/" + n); err == nil && t == "/dev/null" {
+			if err := etc.Remove("systemd/system/" + n); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// disableUnit removes what systemctl disable removes in the VM's
+// /etc/systemd/system: every symlink called u's name in a .wants,
+// .requires or .upholds directory, and u's aliases (if they are symlinks).
+func disableUnit(etc *safedir.Dir, u unit) error {
 	sys, err := etc.OpenDir("systemd/system")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -340,15 +487,20 @@ func disableUnit(etc *safedir.Dir, name string) error {
 		return err
 	}
 	defer sys.Close()
-	dirs, err := sys.Names()
+	dirs, err := sys.NamesUpTo(maxEtcWalk)
 	if err != nil {
 		return err
 	}
+	var links []string
 	for _, d := range dirs {
-		if !strings.HasSuffix(d, ".wants") && !strings.HasSuffix(d, ".requires") {
-			continue
+		for _, suffix := range []string{".wants", ".requires", ".upholds"} {
+			if strings.HasSuffix(d, suffix) {
+				links = append(links, d+"/"+u.name)
+			}
 		}
-		link := d + "/" + name
+	}
+	links = append(links, u.aliases()...)
+	for _, link := range links {
 		if _, err := sys.Readlink(link); err == nil {
 			if err := sys.Remove(link); err != nil {
 				return err

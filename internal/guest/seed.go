@@ -5,9 +5,12 @@
 //
 // A VM's /etc and /var are seeded from its image once, at the first start
 // (Seed), and are the VM's from then on: a user's changes survive restarts
-// and image changes. At every start the program rewrites only the few files
-// it manages (WriteManaged): the hostname, /etc/hosts, resolv.conf, root's
-// authorized_keys, and, when missing, the SSH host key and machine ID.
+// and image changes. At every start the program merges in what its image
+// changed since the last start (Merge, keeping what the VM changed
+// itself), rewrites the few files it manages (WriteManaged): the hostname,
+// /etc/hosts, resolv.conf, root's authorized_keys, and, when missing, the
+// SSH host key and machine ID; then what infra.toml declares for the VM
+// (WriteDeclared): its files, services and run_once.
 //
 // The guest is root in its own /etc and /var and can put anything there:
 // symlinks to any host path, hard links, FIFOs, device nodes. So the host

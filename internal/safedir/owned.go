@@ -1,69 +1,93 @@
 package safedir
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
+	"io"
 	"io/fs"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
 
 // What the host writes into a guest's trees on its behalf (package guest:
 // the files infra.toml declares, the units it enables, what an image adds
-// to /etc and /var) belongs to the guest's users, with the modes it says:
-// the owner is set on the temporary file, before it takes the name.
+// to /etc and /var) belongs to the guest's users, with the modes it says.
+// Each is made aside under a new name, given its owner and mode through
+// its own descriptor, and only then renamed into place: the guest never
+// sees it with another owner or mode, and nothing is changed by a name it
+// could have swapped meanwhile.
 
-// WriteFileOwned is WriteFile with the file owned by uid:gid. A file that
-// already holds data, with mode perm and that owner, is left alone.
+// WriteFileOwned is WriteFile with the file owned by uid:gid, and perm's
+// setuid, setgid and sticky bits kept. A file that already holds data,
+// with mode perm and that owner, is left alone.
 func (d *Dir) WriteFileOwned(name string, data []byte, perm fs.FileMode, uid, gid int) error {
 	return d.write(name, data, perm, uid, gid)
 }
 
 // write replaces name with data, mode perm and, unless uid is -1, owner
-// uid:gid, set on the temporary file before the rename.
+// uid:gid, both set through the temporary file's descriptor before the
+// rename. A file that already is all that is left alone.
 func (d *Dir) write(name string, data []byte, perm fs.FileMode, uid, gid int) error {
 	if st, err := d.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o7777 == unixMode(perm) &&
-		(uid < 0 || int(st.Uid) == uid && int(st.Gid) == gid) {
-		if old, err := d.ReadFile(name); err == nil && string(old) == string(data) {
+		(uid < 0 || int(st.Uid) == uid && int(st.Gid) == gid) && st.Size == int64(len(data)) {
+		if old, err := d.ReadFile(name); err == nil && bytes.Equal(old, data) {
 			return nil
 		}
 	}
+	return d.copy(name, bytes.NewReader(data), perm, uid, gid)
+}
+
+// CopyOwned replaces name beneath d with a regular file holding what r
+// gives, owned by uid:gid with mode perm: a file of any size, copied
+// rather than held in memory.
+func (d *Dir) CopyOwned(name string, r io.Reader, perm fs.FileMode, uid, gid int) error {
+	return d.copy(name, r, perm, uid, gid)
+}
+
+// copy writes what r gives to a new file beside name, gives it mode perm
+// and (unless uid is -1) owner uid:gid through its descriptor, syncs it,
+// and renames it over name.
+func (d *Dir) copy(name string, r io.Reader, perm fs.FileMode, uid, gid int) error {
 	parent, base, err := d.parent(name)
 	if err != nil {
 		return err
 	}
 	defer closeIfNot(parent, d)
-	tmp, err := parent.writeTemp(base, data, perm)
-	if err != nil {
-		return err
-	}
-	if uid >= 0 {
-		// chown clears the setuid and setgid bits: the mode goes again after.
-		err = unix.Fchownat(parent.fd, tmp, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
-		if err == nil {
-			err = parent.chmodTemp(tmp, perm)
+	for {
+		tmp := "." + base + ".tmp-" + rand.Text()[:8]
+		fd, err := unix.Openat(parent.fd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, unix.EEXIST) {
+			continue
 		}
+		if err != nil {
+			return d.err("create", name, err)
+		}
+		f := os.NewFile(uintptr(fd), parent.join(tmp))
+		_, err = io.Copy(f, r)
+		// chown clears the setuid and setgid bits: the mode comes after.
+		if err == nil && uid >= 0 {
+			err = unix.Fchown(fd, uid, gid)
+		}
+		if err == nil {
+			err = unix.Fchmod(fd, unixMode(perm)) // whatever the umask
+		}
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = unix.Renameat(parent.fd, tmp, parent.fd, base)
+		}
+		if err != nil {
+			_ = unix.Unlinkat(parent.fd, tmp, 0) // our temporary; err is the one to report
+			return d.err("write", name, err)
+		}
+		return nil
 	}
-	if err == nil {
-		err = unix.Renameat(parent.fd, tmp, parent.fd, base)
-	}
-	if err != nil {
-		_ = unix.Unlinkat(parent.fd, tmp, 0) // our temporary; err is the one to report
-		return d.err("write", name, err)
-	}
-	return nil
-}
-
-// chmodTemp sets the mode of tmp, a file writeTemp made in d, through a
-// descriptor.
-func (d *Dir) chmodTemp(tmp string, perm fs.FileMode) error {
-	fd, err := unix.Openat(d.fd, tmp, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	// fchmod refuses an O_PATH descriptor; its /proc link is the same file.
-	return unix.Fchmodat(unix.AT_FDCWD, "/proc/self/fd/"+itoa(fd), unixMode(perm), 0)
 }
 
 // unixMode is perm as chmod(2) takes it, with the setuid, setgid and
@@ -84,7 +108,8 @@ func unixMode(perm fs.FileMode) uint32 {
 
 // Symlink makes name beneath d a symlink to target owned by uid:gid,
 // replacing what is there unless it is a directory; the same symlink is
-// left alone. The link is made aside and renamed into place.
+// left alone. The link is made aside, given its owner through an O_PATH
+// descriptor of it, and renamed into place.
 func (d *Dir) Symlink(target, name string, uid, gid int) error {
 	if got, err := d.Readlink(name); err == nil && got == target {
 		if st, err := d.Lstat(name); err == nil && int(st.Uid) == uid && int(st.Gid) == gid {
@@ -103,7 +128,7 @@ func (d *Dir) Symlink(target, name string, uid, gid int) error {
 			continue
 		}
 		if err == nil {
-			err = unix.Fchownat(parent.fd, tmp, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+			err = chownLink(parent.fd, tmp, uid, gid)
 		}
 		if err == nil {
 			err = unix.Renameat(parent.fd, tmp, parent.fd, base)
@@ -114,6 +139,24 @@ func (d *Dir) Symlink(target, name string, uid, gid int) error {
 		}
 		return nil
 	}
+}
+
+// chownLink gives the symlink name in dir owner uid:gid, through an O_PATH
+// descriptor of it: if the name is no longer a symlink, nothing changes.
+func chownLink(dir int, name string, uid, gid int) error {
+	fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		return errors.New("replaced while it was made")
+	}
+	return unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // Readlink returns the target of the symlink name beneath d.
@@ -133,7 +176,8 @@ func (d *Dir) Readlink(name string) (string, error) {
 
 // MkdirOwned makes the directory name beneath d (its parent must exist)
 // with mode perm, owned by uid:gid, or gives an existing one that mode and
-// owner, through its descriptor.
+// owner, through its descriptor. Anything else at name (a symlink, a FIFO)
+// is an error, and is not opened.
 func (d *Dir) MkdirOwned(name string, perm fs.FileMode, uid, gid int) error {
 	parent, base, err := d.parent(name)
 	if err != nil {
@@ -148,26 +192,40 @@ func (d *Dir) MkdirOwned(name string, perm fs.FileMode, uid, gid int) error {
 		return err
 	}
 	defer sub.Close()
-	if err := sub.Chown(uid, gid); err != nil {
-		return err
-	}
 	fd, err := sub.reopen()
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	return sub.err("chmod", "", unix.Fchmod(fd, unixMode(perm)))
+	if err := unix.Fchown(fd, uid, gid); err != nil {
+		return d.err("chown", name, err)
+	}
+	return d.err("chmod", name, unix.Fchmod(fd, unixMode(perm)))
 }
 
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
+// NamesUpTo returns the names in d, unsorted, or an error if it has more
+// than max: a guest's directory can hold millions.
+func (d *Dir) NamesUpTo(max int) ([]string, error) {
+	fd, err := d.reopen()
+	if err != nil {
+		return nil, err
 	}
-	var b [20]byte
-	i := len(b)
-	for ; n > 0; n /= 10 {
-		i--
-		b[i] = byte('0' + n%10)
+	f := os.NewFile(uintptr(fd), d.path)
+	defer f.Close()
+	var names []string
+	for {
+		batch, err := f.Readdirnames(256)
+		names = append(names, batch...)
+		if len(names) > max {
+			return nil, d.err("readdir", "", errTooMany)
+		}
+		if err == io.EOF {
+			return names, nil
+		}
+		if err != nil {
+			return nil, d.err("readdir", "", err)
+		}
 	}
-	return string(b[i:])
 }
+
+var errTooMany = errors.New("too many entries")
