@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -451,6 +452,14 @@ func EtcDiff(vm *config.VM) (c EtcChanges, ok bool, err error) {
 	defer etc.Close()
 	defer vars.Close()
 	skip := untouchable(vm)
+	// The directories the program makes on the way to its own files (the
+	// journal's drop-in in /etc/systemd/journald.conf.d) are its own too.
+	made := map[string]bool{}
+	for p := range skip {
+		for d := path.Dir(p); d != "." && d != "etc"; d = path.Dir(d) {
+			made[d] = true
+		}
+	}
 	seen := map[string]bool{}
 	budget := maxEtcWalk
 	err = walkBounded(etc, "", 1, &budget, func(d *safedir.Dir, name, rel string) error {
@@ -463,6 +472,7 @@ func EtcDiff(vm *config.VM) (c EtcChanges, ok bool, err error) {
 		got, has, err := vmEntry(d, name, want)
 		switch {
 		case err != nil || !has: // gone meanwhile, or refused: it is walked as it is
+		case !inImage && made[p]:
 		case !inImage:
 			c.Added = append(c.Added, "/"+p)
 		case got != want:
