@@ -158,6 +158,7 @@ type VM struct {
 	Files           []File    // written into its /etc and /var at every start
 	Publish         []Publish // ports of the host's uplink forwarded to it
 	ImageWritable   bool      // an overlay of its own over the image
+	Limits          Limits    // what it may take: memory, processes, CPU, I/O, disk (limits.go)
 
 	StateDir string // STATE_DIR/NAME
 	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
@@ -261,9 +262,9 @@ func (p *parser) errorf(at Pos, format string, args ...any) {
 
 var (
 	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "tailscale"}
-	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
+	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "disk", "cpu_max", "io_weight"}
 	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
-		"services", "disable_services", "run_once", "files", "publish", "image_writable"}
+		"services", "disable_services", "run_once", "files", "publish", "image_writable", "disk", "cpu_max", "io_weight"}
 	topKeys = []string{"host", "defaults", "vm", "image"}
 )
 
@@ -411,6 +412,7 @@ func (p *parser) derive() {
 
 	def := VM{VCPU: DefaultVCPU, MemoryMiB: DefaultMemoryMiB, Hypervisor: DefaultHypervisor, Image: DefaultImage, DNS: DefaultDNS, Autostart: true}
 	p.resources(&def, p.defaults, "defaults")
+	p.limits(&def, p.defaults, "defaults", h.Accel)
 
 	if len(p.vms) == 0 {
 		p.errorf(Pos{1, 1}, "no VMs are declared; add one, e.g. [vm.vm1] with subnet = \"10.1.0.0/24\" (to remove the VMs and what apply made instead, run microvm teardown)")
@@ -432,6 +434,7 @@ func (p *parser) derive() {
 			continue
 		}
 		p.resources(&vm, r.vals, key)
+		p.limits(&vm, r.vals, key, h.Accel)
 		s, ok := r.vals["subnet"]
 		if !ok {
 			p.errorf(r.at, "[vm.%s] has no subnet; add subnet = %q", r.name, nextFree(used))

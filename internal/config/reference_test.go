@@ -52,6 +52,8 @@ func TestReference(t *testing.T) {
 		"[defaults] hypervisor": fmt.Sprintf("%q", vm.Hypervisor), "[defaults] image": fmt.Sprintf("%q", vm.Image),
 		"[defaults] dns": fmt.Sprintf("%q", vm.DNS), "[defaults] ssh_keys": "[]",
 		"[defaults] autostart": fmt.Sprint(vm.Autostart),
+		"[defaults] disk":      fmt.Sprintf("%q", FormatSize(vm.Limits.DiskBytes)),
+		"[defaults] cpu_max":   "none", "[defaults] io_weight": fmt.Sprint(vm.Limits.IOWeight),
 		"[host] allow":         "[]",
 	}
 	// Keys of [vm.NAME] with no [defaults]: the allow list adds to
@@ -61,6 +63,9 @@ func TestReference(t *testing.T) {
 		"files": table(len(vm.Files)), "publish": fmt.Sprint(len(vm.Publish)), "image_writable": fmt.Sprint(vm.ImageWritable)}
 	if len(vm.Publish) == 0 {
 		own["publish"] = "[]"
+	}
+	if vm.Limits.CPUMax != 0 {
+		defaults["[defaults] cpu_max"] = fmt.Sprintf("\"%d%%\"", vm.Limits.CPUMax)
 	}
 	// Every key the parser knows, and no other.
 	want := map[string]bool{}
