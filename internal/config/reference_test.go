@@ -54,7 +54,7 @@ func TestReference(t *testing.T) {
 		"[defaults] autostart": fmt.Sprint(vm.Autostart),
 		"[defaults] disk":      fmt.Sprintf("%q", FormatSize(vm.Limits.DiskBytes)),
 		"[defaults] cpu_max":   "none", "[defaults] io_weight": fmt.Sprint(vm.Limits.IOWeight),
-		"[host] allow":         "[]",
+		"[host] allow": "[]",
 	}
 	// Keys of [vm.NAME] with no [defaults]: the allow list adds to
 	// [host]'s, the others are the VM's own.
