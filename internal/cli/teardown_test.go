@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/runner"
+	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
@@ -166,7 +167,11 @@ func TestTeardown(t *testing.T) {
 	old := supervise.UnitDir
 	supervise.UnitDir = units
 	defer func() { supervise.UnitDir = old }()
-	u, err := supervise.Render("/usr/local/bin/microvm", file)
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := supervise.Render("/usr/local/bin/microvm", file, in.VMs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,6 +189,8 @@ func TestTeardown(t *testing.T) {
 		}
 	}
 	os.WriteFile(filepath.Join(units, "other.service"), []byte("[Unit]\n"), 0o644)
+	// A person's own drop-in beside the program's limits.
+	os.WriteFile(filepath.Join(units, "microvm@vm1.service.d", "local.conf"), []byte("[Service]\nNice=5\n"), 0o644)
 
 	// A VM's run directory and an image view mounted in run_dir, as a
 	// supervisor leaves them; and data in state_dir.
@@ -198,7 +205,7 @@ func TestTeardown(t *testing.T) {
 	os.MkdirAll(filepath.Join(state, "vm1", "var"), 0o755)
 
 	dry := mustRun(t, sb.Host, "teardown", "--dry-run", "-f", file)
-	for _, want := range []string{"rm microvm-host.service microvm@.service microvms.target", "ip link del vm-vm1", "ip link del br-vm4", "nft delete table inet microvm", "umount -R " + runDir} {
+	for _, want := range []string{"rm microvm-host.service microvm@.service microvm@vm1.service.d/limits.conf microvm@vm2.service.d/limits.conf", "ip link del vm-vm1", "ip link del br-vm4", "nft delete table inet microvm", "umount -R " + runDir} {
 		if !strings.Contains(dry, want) {
 			t.Errorf("teardown --dry-run lacks %q:\n%s", want, dry)
 		}
@@ -223,7 +230,7 @@ func TestTeardown(t *testing.T) {
 		}
 		return nil
 	})
-	if got, want := strings.Join(left, " "), "multi-user.target.wants multi-user.target.wants/ssh.service other.service"; got != want {
+	if got, want := strings.Join(left, " "), "microvm@vm1.service.d microvm@vm1.service.d/local.conf multi-user.target.wants multi-user.target.wants/ssh.service other.service"; got != want {
 		t.Errorf("unit directory after teardown: %s, want %s", got, want)
 	}
 	if _, err := os.Stat(runDir); !os.IsNotExist(err) {

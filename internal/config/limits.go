@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -77,13 +78,22 @@ func MemoryOverheadMiB(h Hypervisor, accel Accel, memoryMiB int) int {
 func PidsMax(vcpu int) int { return 512 + 16*vcpu }
 
 // CgroupName is the name of vm's cgroup when the detached keeper makes it
-// (under systemd the cgroup is the unit's, microvm@NAME.service).
-func (vm *VM) CgroupName() string { return "microvm-" + vm.Name }
+// (under systemd the cgroup is the unit's, microvm@NAME.service):
+// microvm-NAME, and with a run_dir other than the default a digest of it
+// too, as two files with their own run_dir (tests, a demo) may each have
+// a VM of the same name on one host.
+func (vm *VM) CgroupName() string {
+	if filepath.Dir(vm.RunDir) == DefaultRunDir {
+		return "microvm-" + vm.Name
+	}
+	sum := sha256.Sum256([]byte(filepath.Dir(vm.RunDir)))
+	return fmt.Sprintf("microvm-%s-%x", vm.Name, sum[:4])
+}
 
 // CgroupRecord records where the keeper made vm's cgroup, for the commands
 // that look at it from another cgroup (status, down, destroy): in the
 // root-only part of the run directory.
-func (vm *VM) CgroupRecord() string { return vm.RunDir + "/cgroup.json" }
+func (vm *VM) CgroupRecord() string { return filepath.Join(vm.RunDir, "cgroup.json") }
 
 // ProjectID is the project quota ID of vm's state directory with storage =
 // "dir" (ext4 and XFS project quotas): derived from its name, as its MAC

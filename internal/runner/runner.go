@@ -77,6 +77,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		}
 	}()
 
+	oom := watchOOM(vm, logf)
 	daemon, err := virtiofs.Find()
 	if err != nil {
 		return err
@@ -106,6 +107,13 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
+	console, consoleDone, err := openConsole(run, vm)
+	if err != nil {
+		stopDaemons()
+		return err
+	}
+	spec.Console = console
+	defer func() { console.Close(); <-consoleDone }() // the VMM has gone: all it wrote is in the log
 	backend, err := backendFor(in, vm)
 	var cmd *exec.Cmd
 	if err == nil {
@@ -126,6 +134,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	for _, f := range spec.TAP {
 		f.Close() // the VMM has its own copies now
 	}
+	console.Close() // the VMM's is the console's one writer now
 	if err != nil {
 		stopDaemons()
 		return err
@@ -173,6 +182,8 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		vmmErr = m.Wait()
 		if vmmErr == nil {
 			logf("the guest powered off")
+		} else if why, ok := oom.killed(); ok {
+			vmmErr = fmt.Errorf("the VMM was %s (its exit: %w)", why, vmmErr)
 		} else {
 			vmmErr = fmt.Errorf("the VMM exited: %w", vmmErr)
 		}
@@ -180,6 +191,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		logf("a virtiofs daemon exited; stopping the VMM")
 		_ = m.Stop(context.Background()) // the daemon's exit is the error to report
 		vmmErr = errors.New("a virtiofs daemon exited under a running guest")
+		if why, ok := oom.killed(); ok {
+			vmmErr = fmt.Errorf("a virtiofs daemon was %s", why)
+		}
 	}
 	stopDaemons()
 	logf("stopped")
