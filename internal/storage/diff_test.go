@@ -22,8 +22,8 @@ func TestZFSDiff(t *testing.T) {
 		o := &zfsHost{datasets: map[string]dataset{
 			"tank/microvms":               {mountpoint: dirs[0], mounted: true},
 			"tank/microvms/images":        {mountpoint: dirs[1], mounted: true},
-			"tank/microvms/vm1":           {mountpoint: dirs[2], mounted: true, inert: true},
-			"tank/microvms/vm2":           {mountpoint: dirs[3], mounted: true, inert: true},
+			"tank/microvms/vm1":           {mountpoint: dirs[2], mounted: true, inert: true, refquota: 20 << 30},
+			"tank/microvms/vm2":           {mountpoint: dirs[3], mounted: true, inert: true, refquota: 20 << 30},
 			"tank/microvms/images/debian": {mountpoint: dirs[1] + "/debian", mounted: true},
 		}, empty: map[string]bool{}, seen: map[string]bool{}}
 		for _, d := range dirs {
@@ -48,14 +48,14 @@ func TestZFSDiff(t *testing.T) {
 		{"a fresh pool", fresh, []string{
 			"zfs create -o mountpoint=/var/lib/microvms -o compression=on tank/microvms",
 			"zfs create tank/microvms/images",
-			"zfs create -o setuid=off -o devices=off tank/microvms/vm1",
-			"zfs create -o setuid=off -o devices=off tank/microvms/vm2",
+			"zfs create -o setuid=off -o devices=off -o refquota=20G tank/microvms/vm1",
+			"zfs create -o setuid=off -o devices=off -o refquota=20G tank/microvms/vm2",
 		}, nil, ""},
 		{"applied", func(o *zfsHost) {}, []string{}, nil, ""},
 		{"a new VM", func(o *zfsHost) {
 			delete(o.datasets, "tank/microvms/vm2")
 			o.empty[dirs[3]] = true
-		}, []string{"zfs create -o setuid=off -o devices=off tank/microvms/vm2"}, nil, ""},
+		}, []string{"zfs create -o setuid=off -o devices=off -o refquota=20G tank/microvms/vm2"}, nil, ""},
 		{"not mounted after a reboot", func(o *zfsHost) {
 			for _, name := range []string{"tank/microvms/vm2", "tank/microvms/images/debian"} {
 				ds := o.datasets[name]
@@ -63,8 +63,19 @@ func TestZFSDiff(t *testing.T) {
 				o.datasets[name] = ds
 			}
 		}, []string{"zfs mount tank/microvms/vm2", "zfs mount tank/microvms/images/debian"}, nil, ""},
-		{"vm1 honours setuid bits", func(o *zfsHost) { o.datasets["tank/microvms/vm1"] = dataset{mountpoint: dirs[2], mounted: true} },
-			[]string{"zfs set setuid=off tank/microvms/vm1", "zfs set devices=off tank/microvms/vm1"}, nil, ""},
+		{"vm1 honours setuid bits", func(o *zfsHost) {
+			o.datasets["tank/microvms/vm1"] = dataset{mountpoint: dirs[2], mounted: true, refquota: 20 << 30}
+		}, []string{"zfs set setuid=off tank/microvms/vm1", "zfs set devices=off tank/microvms/vm1"}, nil, ""},
+		{"vm2 has no disk limit yet", func(o *zfsHost) {
+			ds := o.datasets["tank/microvms/vm2"]
+			ds.refquota, ds.referenced = 0, 3<<30
+			o.datasets["tank/microvms/vm2"] = ds
+		}, []string{"zfs set refquota=20G tank/microvms/vm2"}, nil, ""},
+		{"vm2 holds more than its disk", func(o *zfsHost) {
+			ds := o.datasets["tank/microvms/vm2"]
+			ds.refquota, ds.referenced = 0, 25<<30
+			o.datasets["tank/microvms/vm2"] = ds
+		}, []string{}, []string{`vm2 holds 25.0G, more than its disk = "20G": its limit stays none until it holds less, or disk is raised`}, ""},
 		{"a dataset that is no image is not mounted", func(o *zfsHost) {
 			o.datasets["tank/microvms/images/.new"] = dataset{mountpoint: dirs[1] + "/.new"}
 		}, []string{}, nil, ""},
