@@ -35,6 +35,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
@@ -210,6 +211,13 @@ func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, i
 		return unmount, err
 	}
 	state.Close()
+	// Before anything is written in it: with plain directories, the
+	// project quota that bounds what the VM keeps.
+	if msg, err := storage.BoundDisk(in.Host, vm); err != nil {
+		return unmount, err
+	} else if msg != "" {
+		logf("%s", msg)
+	}
 	if unmount, err = protectState(vm); err != nil {
 		return unmount, err
 	}
