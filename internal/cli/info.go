@@ -27,7 +27,8 @@ func infoCmd() *command {
 		long: `
 Shows everything about one VM: its state, the processes that run it (the
 VMM, the supervisor and, without systemd, its keeper) and since when, its
-network (subnet, address, gateway, bridge, TAP, MAC), its resources, the
+network (subnet, address, gateway, bridge, TAP, MAC), its resources, its
+limits and what it takes of them (memory, processes, CPU, disk), the
 image it boots (with image_writable, what its own overlay holds), what changed in the file since it started (what update would
 restart it for), where its data and logs are, the disk its /etc and /var
 use and its snapshots (storage = "zfs"). Reading the disk use and the
@@ -64,7 +65,7 @@ type infoDoc struct {
 	Version       int             `json:"version" doc:"the version of this document's format"`
 	File          string          `json:"file" doc:"the infra.toml read"`
 	VM            vmModel         `json:"vm" doc:"the VM as the file derives it (as in validate --json)"`
-	State         lifecycle.State `json:"state" doc:"running, starting or stopped"`
+	State         lifecycle.State `json:"state" doc:"running, starting, orphaned or stopped"`
 	Manager       supervise.Kind  `json:"manager" doc:"systemd, or detached (a keeper process) where systemd is not PID 1"`
 	Unit          string          `json:"unit" doc:"its systemd unit"`
 	VMMPid        int             `json:"vmm_pid,omitempty" doc:"while running"`
@@ -80,6 +81,7 @@ type infoDoc struct {
 	ImageDir      string          `json:"image_dir" doc:"the image it boots (running) or would boot: NAME, or NAME.VERSION for a declared image"`
 	ImageMadeOf   string          `json:"image_made_of,omitempty" doc:"what that image is made of, as image list says"`
 	WritableBytes *int64          `json:"writable_bytes,omitempty" doc:"with image_writable: what its own overlay over the image holds"`
+	Limits        limitsDoc       `json:"limits" doc:"what it may take and, while it runs, what it takes"`
 	Problems      []string        `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
 }
 
@@ -103,6 +105,9 @@ func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	if m, err := image.ReadMeta(in.Host, d.ImageDir); err == nil && !m.Made.IsZero() {
 		d.ImageMadeOf = m.String()
 	}
+	var problems []string
+	d.Limits, problems = limitsOf(in, vm, s)
+	d.Problems = append(d.Problems, problems...)
 	if os.Geteuid() != 0 {
 		d.Problems = append(d.Problems, "disk use and snapshots need root to read")
 		return d
@@ -154,6 +159,11 @@ func printInfo(e *env, d infoDoc) {
 	line("network", "%s: address %s, gateway %s", vm.Subnet, vm.Address, vm.Gateway)
 	line("links", "bridge %s, TAP %s, MAC %s", vm.Bridge, vm.TAP, vm.MAC)
 	line("resources", "%d vCPU, %d MiB, %s, dns %s", vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.DNS)
+	mem, pids, cpu, disk := d.Limits.text()
+	line("limits", "memory %s, processes %s, cpu %s, disk %s", mem, pids, cpu, disk)
+	if d.Limits.Cgroup != "" {
+		line("cgroup", "%s", d.Limits.Cgroup)
+	}
 	img := d.ImageDir
 	if d.ImageMadeOf != "" {
 		img += " (" + d.ImageMadeOf + ")"

@@ -23,6 +23,7 @@ type hostDoc struct {
 	Disk      *diskDoc     `json:"disk,omitempty" doc:"absent when disk use cannot be read; disk_error says why"`
 	DiskError string       `json:"disk_error,omitempty"`
 	Tailscale tailscaleDoc `json:"tailscale"`
+	Limits    []limitsDoc  `json:"limits" doc:"each VM's limits, and what it takes of them while it runs"`
 }
 
 // diskDoc is disk use in bytes, against the design's "under 10 GB".
@@ -55,7 +56,7 @@ type routeDoc struct {
 	Approved   bool   `json:"approved" doc:"approved by the control server"`
 }
 
-func statusJSON(in *config.Infra, rows []statusRow, host bool, u storage.Usage, uerr error) statusDoc {
+func statusJSON(in *config.Infra, rows []statusRow, host bool, u storage.Usage, uerr error, limits []limitsDoc) statusDoc {
 	d := statusDoc{Version: jsonVersion, File: in.File, VMs: rows}
 	if d.VMs == nil {
 		d.VMs = []statusRow{}
@@ -63,7 +64,10 @@ func statusJSON(in *config.Infra, rows []statusRow, host bool, u storage.Usage, 
 	if !host {
 		return d
 	}
-	h := &hostDoc{Storage: string(in.Host.Storage), StateDir: in.Host.StateDir}
+	h := &hostDoc{Storage: string(in.Host.Storage), StateDir: in.Host.StateDir, Limits: limits}
+	if h.Limits == nil {
+		h.Limits = []limitsDoc{}
+	}
 	if uerr == nil {
 		disk := &diskDoc{ImagesBytes: u.Images, TotalBytes: u.Total}
 		for _, b := range u.VMs {
