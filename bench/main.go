@@ -9,6 +9,7 @@
 //	go run ./bench boot      # the stock and the lean image: 4 real microVMs started together, and one alone, phase by phase
 //	go run ./bench disk      # image size, each VM's own use after boot, total vs the design's < 10 GB
 //	go run ./bench memory    # QEMU's memory per VM before and after (image, code cache), every process of a VM, the guest's own use
+//	go run ./bench limits    # what a VM's processes take beside its guest's memory, in their cgroup (the memory limit's overhead)
 //
 // Run it as root from the repository's root (it writes docs/ there).
 package main
@@ -30,6 +31,7 @@ var benchmarks = map[string]benchmark{
 	"boot":   {"the stock and the lean image, 4 real microVMs together and one alone: boot phases, CPU time, systemd-analyze", runBoot},
 	"disk":   {"image size, each VM's own disk use after boot, total for the 4-VM setup", runDisk},
 	"memory": {"QEMU's memory per VM before and after the lean image and its code cache size; every process of a VM; the guest's own use", runMemory},
+	"limits": {"what a VM's processes take beside its guest's memory, in their cgroup: the memory limit's overhead", runLimits},
 }
 
 func main() {

@@ -472,6 +472,7 @@ func (g *Group) End() error {
 // Use is what a group's processes take, and its limits.
 type Use struct {
 	MemoryBytes, MemoryMax int64 // MemoryMax 0: none
+	MemoryPeak             int64 // the most it took since it was made; 0 where the kernel does not say (v2 before 5.19)
 	Pids, PidsMax          int   // PidsMax 0: none
 	OOMKills               int   // processes the kernel killed for the group's memory limit (since the group was made)
 }
@@ -492,6 +493,9 @@ func (g *Group) Use() (Use, error) {
 	u.MemoryBytes = number(read("memory", f.memory))
 	u.MemoryMax = limit(read("memory", f.memoryMax))
 	u.OOMKills = int(field(read("memory", f.oom), "oom_kill"))
+	if b, err := os.ReadFile(filepath.Join(g.dirs["memory"], f.memoryPeak)); err == nil {
+		u.MemoryPeak = number(strings.TrimSpace(string(b)))
+	}
 	u.Pids = int(number(read("pids", "pids.current")))
 	u.PidsMax = int(limit(read("pids", "pids.max")))
 	if err != nil {

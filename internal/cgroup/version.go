@@ -13,8 +13,9 @@ import (
 type version interface {
 	// settings are the files to write for l, in order.
 	settings(l config.Limits) []setting
-	// files names the files that hold the memory use, its limit, and the
-	// count of OOM kills (a flat-keyed file with "oom_kill N").
+	// files names the files that hold the memory use, its limit, its
+	// peak, and the count of OOM kills (a flat-keyed file with
+	// "oom_kill N").
 	files() useFiles
 }
 
@@ -23,7 +24,7 @@ type setting struct {
 	optional         bool // a file the kernel may not have (swap accounting, I/O weights): skipped then
 }
 
-type useFiles struct{ memory, memoryMax, oom string }
+type useFiles struct{ memory, memoryMax, memoryPeak, oom string }
 
 // cpuPeriod is the CFS period cpu_max is a share of: 100 ms, systemd's.
 const cpuPeriod = 100000
@@ -50,7 +51,9 @@ func (v2) settings(l config.Limits) []setting {
 	}
 }
 
-func (v2) files() useFiles { return useFiles{"memory.current", "memory.max", "memory.events"} }
+func (v2) files() useFiles {
+	return useFiles{"memory.current", "memory.max", "memory.peak", "memory.events"}
+}
 
 // v1 is one hierarchy per controller.
 type v1 struct{}
@@ -78,7 +81,7 @@ func (v1) settings(l config.Limits) []setting {
 }
 
 func (v1) files() useFiles {
-	return useFiles{"memory.usage_in_bytes", "memory.limit_in_bytes", "memory.oom_control"}
+	return useFiles{"memory.usage_in_bytes", "memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.oom_control"}
 }
 
 // bfqWeight is BFQ's 1 to 1000 for an io.weight of 1 to 10000, 100 the

@@ -43,7 +43,7 @@ type Limits struct {
 const (
 	DefaultDisk     = "20G"
 	DefaultIOWeight = 100
-	MinDiskBytes    = 256 << 20 // a Debian guest's /etc and /var take about 30 MiB when seeded
+	MinDiskBytes    = 64 << 20 // a Debian guest's /etc and /var take about 30 MiB when seeded
 	MaxDiskBytes    = 1 << 50   // 1P
 	MaxCPUMax       = 64 * 100  // as many CPUs as a VM may have
 )
@@ -127,7 +127,7 @@ func (p *parser) limits(vm *VM, vals map[string]*value, table string, accel Acce
 			case err != nil:
 				p.errorf(v.pos, "%s.disk = %q %v, e.g. disk = \"20G\"", table, s, err)
 			case n < MinDiskBytes || n > MaxDiskBytes:
-				p.errorf(v.pos, "%s.disk = %q is out of range; use 256M to 1024T", table, s)
+				p.errorf(v.pos, "%s.disk = %q is out of range; use 64M to 1024T", table, s)
 			default:
 				l.DiskBytes = n
 			}
