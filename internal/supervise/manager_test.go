@@ -56,7 +56,7 @@ func TestSystemdManager(t *testing.T) {
 	}
 	// The VM's limits, in a drop-in of its unit, installed with it.
 	limits, err := os.ReadFile(filepath.Join(UnitDir, "microvm@vm1.service.d", "limits.conf"))
-	if err != nil || !strings.Contains(string(limits), "\nMemoryMax=1140M\n") {
+	if err != nil || !strings.Contains(string(limits), "\nMemoryMax=1172M\n") {
 		t.Errorf("installed limits: %v\n%s", err, limits)
 	}
 }
