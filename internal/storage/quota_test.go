@@ -62,6 +62,9 @@ func TestProjectQuotaReal(t *testing.T) {
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Truncate(img, 128<<20); err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,8 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
-// LogMax is the size a VM's console log and supervisor log never reach:
-// when the next write would take one past it, the file is renamed NAME.1
+// LogMax is the size a VM's console log and supervisor log never grow
+// past: when the next write would take one past it, the file is renamed NAME.1
 // (replacing the one before) and a new one begun. A guest that prints
 // forever, or a VMM that logs in a loop, takes at most twice this of
 // RUN_DIR, which is a tmpfs on most hosts: memory.
