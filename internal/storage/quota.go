@@ -350,8 +350,10 @@ func mountOf(dir string) (string, error) {
 
 // BoundDisk gives vm's data its disk limit before it starts, where the
 // storage does so per start (storage = "dir": its project quota); with
-// ZFS the host part has set the dataset's refquota. It returns what a
-// person should know: the limit set, or why it cannot be enforced.
+// ZFS the host part has set the dataset's refquota. It returns what the
+// supervisor logs: the limit set. Where it cannot be enforced it sets
+// nothing and says nothing: the host part's warning (plan, and the
+// supervisor's log) says why.
 func BoundDisk(h config.Host, vm *config.VM) (string, error) {
 	if h.Storage != config.StorageDir {
 		return "", nil
@@ -361,8 +363,8 @@ func BoundDisk(h config.Host, vm *config.VM) (string, error) {
 		return "", err
 	}
 	defer unix.Close(fd)
-	if ok, why := projectQuotas(fd); !ok {
-		return fmt.Sprintf("warning: disk = %q cannot be enforced: %s is on %s", config.FormatSize(vm.Limits.DiskBytes), vm.StateDir, why), nil
+	if ok, _ := projectQuotas(fd); !ok {
+		return "", nil
 	}
 	a := &ProjectQuota{VM: vm}
 	if ok, err := a.inPlace(fd); err == nil && ok {
