@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"unsafe"
 
@@ -55,7 +54,7 @@ func TestProjectQuotaReal(t *testing.T) {
 		t.Skipf("set %s=1 where ext4 has project quotas; test/lifecycle runs it inside a guest", QuotaTestEnv)
 	}
 	testenv.NeedRoot(t)
-	testenv.NeedCommands(t, "mkfs.ext4", "mount", "umount", "dd")
+	testenv.NeedCommands(t, "mkfs.ext4", "mount", "umount", "dd", "setpriv")
 	for _, m := range []string{"loop", "quota_v2"} {
 		exec.Command("modprobe", m).Run() // built in, or loaded: mount says if not
 	}
@@ -89,9 +88,8 @@ func TestProjectQuotaReal(t *testing.T) {
 	qa, qb := &in.VMs[0], &in.VMs[1]
 	// qa held 4 MiB before it had a quota, as a VM from before does.
 	for _, vm := range in.VMs {
-		os.MkdirAll(vm.VarDir, 0o777)
+		os.MkdirAll(vm.VarDir, 0o755)
 		os.Chmod(vm.StateDir, 0o700)
-		os.Chmod(vm.VarDir, 0o777) // for the writer, who is not root
 	}
 	if err := os.WriteFile(filepath.Join(qa.VarDir, "before"), make([]byte, 4<<20), 0o644); err != nil {
 		t.Fatal(err)
@@ -110,10 +108,10 @@ func TestProjectQuotaReal(t *testing.T) {
 		t.Errorf("qa's use: %d of %d, %v; want its 4 MiB from before counted, of 16 MiB", used, limit, err)
 	}
 
-	// A writer without CAP_SYS_RESOURCE, as virtiofsd is: EDQUOT.
+	// A writer as virtiofsd is: root, without CAP_SYS_RESOURCE (which
+	// alone lets a process past a quota): EDQUOT.
 	write := func(vm *config.VM, name string, mib int) (string, error) {
-		cmd := exec.Command("dd", "if=/dev/zero", "of="+filepath.Join(vm.VarDir, name), "bs=1M", "count="+strconv.Itoa(mib), "conv=fsync")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		cmd := exec.Command("setpriv", "--bounding-set=-sys_resource", "dd", "if=/dev/zero", "of="+filepath.Join(vm.VarDir, name), "bs=1M", "count="+strconv.Itoa(mib), "conv=fsync")
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -122,8 +120,10 @@ func TestProjectQuotaReal(t *testing.T) {
 	if err == nil || !strings.Contains(out, "Disk quota exceeded") {
 		t.Errorf("qa wrote past its disk: %v\n%s", err, out)
 	}
-	if fi, err := os.Stat(filepath.Join(qa.VarDir, "fill")); err != nil || fi.Size() > 12<<20 {
-		t.Errorf("qa's fill: %v, %v; want at most 12 MiB (16 MiB less the 4 it held)", fi.Size(), err)
+	if fi, err := os.Stat(filepath.Join(qa.VarDir, "fill")); err != nil {
+		t.Error(err)
+	} else if fi.Size() > 12<<20 {
+		t.Errorf("qa's fill is %d bytes; want at most 12 MiB (16 MiB less the 4 it held)", fi.Size())
 	}
 	// The host and another VM write on.
 	if out, err := write(qb, "data", 8); err != nil {

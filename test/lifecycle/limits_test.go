@@ -232,8 +232,9 @@ func gone(t *testing.T, vm *config.VM, g *cgroup.Group, procs []int) {
 func floodConsole(t *testing.T, vm *config.VM, ssh func(string) result) {
 	const mib = supervise.LogMax>>20 + 4
 	began := time.Now()
-	// base64 lines of 76 characters, then a line the test looks for.
-	r := ssh(fmt.Sprintf("head -c %d /dev/urandom | base64 > /dev/ttyS0 && echo console-flood-done > /dev/ttyS0", mib*3/4<<20))
+	// mib MiB of base64 (lines of 76 characters), then a line the test
+	// looks for.
+	r := ssh(fmt.Sprintf("head -c %d /dev/urandom | base64 > /dev/ttyS0 && echo console-flood-done > /dev/ttyS0", (mib<<20)*3/4))
 	if r.code != 0 {
 		t.Fatalf("printing to the console: exit %d: %s", r.code, r.out)
 	}
