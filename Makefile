@@ -31,6 +31,7 @@ test-deps: deps
 bench:
 	go run ./bench apply
 	go run ./bench packet
+	go run ./bench flush
 	go run ./bench boot
 	test/zfs-fuse.sh start
 	go run ./bench disk

@@ -10,6 +10,7 @@
 //	go run ./bench disk      # image size, each VM's own use after boot, total vs the design's < 10 GB
 //	go run ./bench memory    # QEMU's memory per VM before and after (image, code cache), every process of a VM, the guest's own use
 //	go run ./bench limits    # what a VM's processes take beside its guest's memory, in their cgroup (the memory limit's overhead)
+//	go run ./bench flush     # what nft flush ruleset lets through between VMs and to the host, with and without policy routing
 //
 // Run it as root from the repository's root (it writes docs/ there).
 package main
@@ -32,6 +33,7 @@ var benchmarks = map[string]benchmark{
 	"disk":   {"image size, each VM's own disk use after boot, total for the 4-VM setup", runDisk},
 	"memory": {"QEMU's memory per VM before and after the lean image and its code cache size; every process of a VM; the guest's own use", runMemory},
 	"limits": {"what a VM's processes take beside its guest's memory, in their cgroup: the memory limit's overhead", runLimits},
+	"flush":  {"what nft flush ruleset lets through between VMs and to the host before the watcher closes the ports, with and without policy routing", runFlush},
 }
 
 func main() {

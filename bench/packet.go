@@ -59,13 +59,15 @@ func runPacket(args []string) error {
 
 	var b strings.Builder
 	b.WriteString("## Packet path\n\n")
-	b.WriteString("Command: `go run ./bench packet` (as root, from the repository's root; `make bench` runs all five).\n\n")
+	b.WriteString("Command: `go run ./bench packet` (as root, from the repository's root; `make bench` runs all six).\n\n")
 	b.WriteString(m.markdown())
 	b.WriteString(`
 From vm1's stand-in (a namespace on a veth in br-vm1, where the VM's TAP would be) to the internet server
 (203.0.113.10, in its own namespace behind the host's uplink): bridge, routing, the firewall's forward chain and NAT, as a
-VM's packets take them. The same sandbox is measured three ways, one after the other:
-"microvm" is the program's nftables table as apply loads it (isolation by sets); "seed" replaces it with the seed's
+VM's packets take them. The same sandbox is measured four ways, one after the other:
+"microvm" is the host part as apply makes it: the program's nftables table (isolation by sets) and its policy routing
+(one ip rule per VM, which the kernel walks in order for every packet it routes, before the main table); "microvm, no
+policy routing" is the same with the program's ip rules deleted; "seed" replaces the table with the seed's
 firewall: iptables FORWARD DROP rules for every ordered pair of bridges (N×(N−1)) and a MASQUERADE rule, with
 iptables 1.8.9 (nf_tables backend), whose rules a packet walks one by one; "NAT only" has the MASQUERADE rule and
 nothing else, the floor. Throughput is one iperf3 TCP stream for 5 s (stand-in → internet, ` + "`iperf3 -c -t 5 -J`" + `);
@@ -94,6 +96,10 @@ func packetSummary(rs []packetResult) string {
 		p, s := get(n, "microvm"), get(n, "seed")
 		if p == nil || s == nil {
 			continue
+		}
+		if q := get(n, "microvm, no policy routing"); q != nil {
+			fmt.Fprintf(&b, "- N = %d: with policy routing (%d ip rules) / without: throughput %s / %s (%.2f×), ping avg %.3f ms / %.3f ms.\n",
+				n, n, rate(p.gbps), rate(q.gbps), p.gbps/q.gbps, p.rttAvg, q.rttAvg)
 		}
 		fmt.Fprintf(&b, "- N = %d: throughput microvm / seed = %s / %s (%.2f×); ping avg %.3f ms / %.3f ms (%.1f×); TCP connect %s / %s.\n",
 			n, rate(p.gbps), rate(s.gbps), p.gbps/s.gbps, p.rttAvg, s.rttAvg, s.rttAvg/p.rttAvg, ms3(p.tcpConnect), ms3(s.tcpConnect))
@@ -157,6 +163,13 @@ func packetAt(n int) ([]packetResult, error) {
 		out = append(out, r)
 	}
 	measure("microvm", rules)
+
+	// The same table without the second layer, policy routing: what the
+	// kernel's walk through one ip rule per VM costs.
+	if err := deleteRules(sb.Host); err != nil {
+		return out, err
+	}
+	measure("microvm, no policy routing", rules)
 
 	// The design's firewall instead of the program's table.
 	seed := strings.Replace(seedRules(in.VMs), "COMMIT\n", "COMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.0.0.0/8 -o "+in.Host.Uplink+" -j MASQUERADE\nCOMMIT\n", 1)

@@ -24,6 +24,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
@@ -153,7 +154,7 @@ func setupVMs(backend string, n int, img string) (w *vmWorld, err error) {
 		return w, err
 	}
 	for _, vm := range w.in.VMs {
-		if err := os.RemoveAll(vm.StateDir); err != nil {
+		if err := storage.RemoveState(vm.StateDir); err != nil {
 			return w, err
 		}
 	}

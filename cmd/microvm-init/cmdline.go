@@ -24,6 +24,7 @@ const hostNameMax = 64
 //	microvm.dns=ADDR        the IPv4 address of the DNS resolver
 //	microvm.init=PATH       optional: the program to hand over to (tests)
 //	microvm.image=rw        optional: the image share is the VM's own writable overlay (image_writable)
+//	microvm.volume=NAME:DIR optional, once per volume: mount the block device whose serial is NAME (ext4) at DIR
 type Config struct {
 	Name    string
 	Addr    netip.Prefix
@@ -31,7 +32,11 @@ type Config struct {
 	DNS     netip.Addr
 	Init    string
 	ImageRW bool
+	Volumes []volume
 }
+
+// volume is a block device to mount.
+type volume struct{ name, dir string }
 
 // required are the words every command line must have, each once.
 var required = []string{"microvm.name", "microvm.ip", "microvm.gw", "microvm.dns"}
@@ -44,8 +49,18 @@ var required = []string{"microvm.name", "microvm.ip", "microvm.gw", "microvm.dns
 func parseCmdline(line string) (Config, error) {
 	values := map[string]string{}
 	var errs []error
+	var volumes []volume
 	for _, word := range strings.Fields(line) {
 		key, value, _ := strings.Cut(word, "=")
+		if key == "microvm.volume" {
+			name, dir, ok := strings.Cut(value, ":")
+			if !ok || name == "" || !strings.HasPrefix(dir, "/") || strings.Contains(dir, "..") {
+				errs = append(errs, fmt.Errorf("microvm.volume=%q is not NAME:/DIR", value))
+				continue
+			}
+			volumes = append(volumes, volume{name, dir})
+			continue
+		}
 		if key != "microvm.init" && key != "microvm.image" && !slices.Contains(required, key) {
 			continue
 		}
@@ -111,6 +126,7 @@ func parseCmdline(line string) (Config, error) {
 		}
 		c.ImageRW = v == "rw"
 	}
+	c.Volumes = volumes
 	if len(errs) > 0 {
 		return Config{}, joinErrors(errs)
 	}

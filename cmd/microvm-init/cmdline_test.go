@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -28,6 +29,8 @@ func TestParseCmdline(t *testing.T) {
 	withInit.Init = "/bin/test-init"
 	writable := vm1
 	writable.ImageRW = true
+	withVolumes := vm1
+	withVolumes.Volumes = []volume{{"data", "/var/lib/redis"}, {"logs", "/srv/logs"}}
 
 	// replace returns seed with the word of key replaced by word ("" drops it).
 	replace := func(key, word string) string {
@@ -53,6 +56,8 @@ func TestParseCmdline(t *testing.T) {
 		{name: "words in any order", line: "microvm.dns=1.1.1.1 microvm.gw=10.1.0.1 microvm.ip=10.1.0.2/24 microvm.name=vm1", want: vm1},
 		{name: "init override", line: seed + " microvm.init=/bin/test-init", want: withInit},
 		{name: "writable image", line: seed + " microvm.image=rw", want: writable},
+		{name: "volumes", line: seed + " microvm.volume=data:/var/lib/redis microvm.volume=logs:/srv/logs", want: withVolumes},
+		{name: "volume without a directory", line: seed + " microvm.volume=data", wantErr: `microvm.volume="data" is not NAME:/DIR`},
 		{name: "image mode", line: seed + " microvm.image=ro", wantErr: `microvm.image="ro" is not rw, the one value it takes`},
 		{name: "unknown words ignored", want: vm1,
 			line: "BOOT_IMAGE=/vmlinuz quiet ro root= microvm.unknown=1 microvm.unknown=2 microvm.ipx=x microvm " + seed},
@@ -98,7 +103,7 @@ func TestParseCmdline(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got != tc.want {
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("parseCmdline(%q) = %+v, %v; want %+v", tc.line, got, err, tc.want)
 			}
 		})
@@ -122,7 +127,7 @@ func TestParseCmdlineOfModel(t *testing.T) {
 		}
 		want := Config{Name: vm.Name, Addr: netip.PrefixFrom(vm.Addr, vm.Subnet.Bits()), Gateway: vm.Gateway,
 			DNS: netip.MustParseAddr(vm.DNS), Init: defaultInit}
-		if c != want {
+		if !reflect.DeepEqual(c, want) {
 			t.Errorf("%s: parseCmdline(%q) = %+v, want %+v", vm.Name, line, c, want)
 		}
 	}

@@ -88,6 +88,13 @@ func run() error {
 		return err
 	}
 	logf("shares mounted")
+	for _, v := range c.Volumes {
+		dev, err := mountVolume(newRoot, v)
+		if err != nil {
+			return err
+		}
+		logf("volume %s (%s) mounted at %s", v.name, dev, v.dir)
+	}
 	link, err := configureNetwork(c.Addr, c.Gateway)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -197,4 +198,37 @@ func removeContents(dir string, dev uint64, keep string) (int64, error) {
 		return freed, joinErrors(errs) // on one line: it goes to the console
 	}
 	return freed, nil
+}
+
+// volumeWait is how long a volume's block device may take to appear.
+const volumeWait = 5 * time.Second
+
+// mountVolume mounts the virtio block device whose serial is v.name
+// (/sys/block/vdX/serial; devtmpfs makes /dev/vdX) at v.dir in the new
+// root, making the directory, which is in the VM's own /var (the image is
+// read-only).
+func mountVolume(root string, v volume) (string, error) {
+	deadline := time.Now().Add(volumeWait)
+	for {
+		blocks, _ := filepath.Glob("/sys/block/vd*")
+		for _, b := range blocks {
+			serial, err := os.ReadFile(b + "/serial")
+			if err != nil || strings.TrimSpace(string(serial)) != v.name {
+				continue
+			}
+			dev := "/dev/" + filepath.Base(b)
+			target := root + v.dir
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				return "", fmt.Errorf("making the mount point of volume %s: %w", v.name, err)
+			}
+			if err := unix.Mount(dev, target, "ext4", unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+				return "", fmt.Errorf("mounting volume %s (%s) at %s: %w", v.name, dev, v.dir, err)
+			}
+			return dev, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("volume %s: no block device with that serial (is virtio_blk loaded?)", v.name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

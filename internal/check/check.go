@@ -24,6 +24,7 @@ import (
 // SeenAs is the source address a server reported seeing.
 type Result struct {
 	Reached bool
+	Refused bool // reached, and refused: a reset or a port-unreachable, no server
 	SeenAs  string
 	Err     error
 }
@@ -37,6 +38,10 @@ type Prober interface {
 
 // Host is the "from" of probes sent by the host itself.
 const Host = "host"
+
+// Outside is the "from" of probes sent from beyond the host's uplink (the
+// sandbox's internet), to the ports the VMs publish there.
+const Outside = "internet"
 
 // PrivateColumn is the column of Target.Private: "internet only".
 const PrivateColumn = "lan, metadata"
@@ -52,6 +57,11 @@ type Target struct {
 	// on the uplink's network, a cloud's metadata server. Probed on Port
 	// when given; the column is left out otherwise.
 	Private []netip.Addr
+	// OutsideFrom, when valid, is the address probes from Outside come
+	// from: the ports the VMs publish on Uplink are probed from there (a
+	// row "internet"), each must answer unless its from list leaves that
+	// address out.
+	OutsideFrom netip.Addr
 }
 
 // Cell is one verdict of the matrix.
@@ -129,7 +139,7 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 				set(from, other.Name, Cell{"-", true})
 				continue
 			}
-			do(from, other.Name, func() Cell { return blocked(p, from, other.Addr, t.Port) })
+			do(from, other.Name, func() Cell { return pair(p, &vm, &other, t.Port) })
 		}
 		do(from, "own gateway", func() Cell {
 			if res := retry(func() Result { return p.Ping(from, vm.Gateway) }); !res.Reached {
@@ -173,6 +183,18 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 		})
 	}
 
+	if t.OutsideFrom.IsValid() && anyPublished(in) {
+		r.Rows = append(r.Rows, Outside)
+		for _, col := range r.Columns {
+			set(Outside, col, Cell{"-", true})
+		}
+		for _, vm := range in.VMs {
+			if len(vm.Publish) > 0 {
+				do(Outside, vm.Name, func() Cell { return published(p, &vm, t) })
+			}
+		}
+	}
+
 	r.Rows = append(r.Rows, Host)
 	for _, vm := range in.VMs {
 		do(Host, vm.Name, func() Cell {
@@ -192,6 +214,130 @@ func Run(in *config.Infra, p Prober, t Target) *Report {
 	}
 	wg.Wait()
 	return r
+}
+
+// pair is the cell of from to other: blocked in every protocol, but for
+// the openings from's allow list makes to other, which must answer while
+// the rest stays blocked.
+func pair(p Prober, from, other *config.VM, port uint16) Cell {
+	var opens []config.Allow
+	for _, a := range from.Allow {
+		if a.VM == other.Name {
+			opens = append(opens, a)
+		}
+	}
+	if len(opens) == 0 {
+		return blocked(p, from.Name, other.Addr, port)
+	}
+	covers := func(proto string, port uint16) bool {
+		for _, a := range opens {
+			if a.Proto == "" || a.Proto == proto && len(a.Ports) == 0 {
+				return true
+			}
+			for _, r := range a.Ports {
+				if a.Proto == proto && r.From <= port && port <= r.To {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	var bad, good []string
+	for _, a := range opens {
+		probe, what := func() Result { return p.TCP(from.Name, netip.AddrPortFrom(other.Addr, port)) }, "all"
+		switch {
+		case a.Proto == "icmp":
+			probe, what = func() Result { return p.Ping(from.Name, other.Addr) }, "icmp"
+		case a.Proto != "" && len(a.Ports) > 0:
+			to := netip.AddrPortFrom(other.Addr, a.Ports[0].From)
+			what = fmt.Sprintf("%s %d", a.Proto, a.Ports[0].From)
+			if a.Proto == "udp" {
+				probe = func() Result { return p.UDP(from.Name, to) }
+			} else {
+				probe = func() Result { return p.TCP(from.Name, to) }
+			}
+		case a.Proto == "udp":
+			probe, what = func() Result { return p.UDP(from.Name, netip.AddrPortFrom(other.Addr, port)) }, "udp"
+		case a.Proto == "tcp":
+			what = "tcp"
+		}
+		if res := retry(probe); res.Reached {
+			good = append(good, what+" ok")
+		} else {
+			bad = append(bad, "NO "+what)
+		}
+	}
+	rest := map[string]func() bool{}
+	if !covers("tcp", port) {
+		rest["tcp"] = func() bool { return p.TCP(from.Name, netip.AddrPortFrom(other.Addr, port)).Reached }
+	}
+	if !covers("udp", port) {
+		rest["udp"] = func() bool { return p.UDP(from.Name, netip.AddrPortFrom(other.Addr, port)).Reached }
+	}
+	if !covers("icmp", 0) {
+		rest["icmp"] = func() bool { return p.Ping(from.Name, other.Addr).Reached }
+	}
+	if got := anyReached(rest); len(got) > 0 {
+		bad = append(bad, "REACHED ("+strings.Join(got, ",")+")")
+	}
+	if len(bad) > 0 {
+		return Cell{strings.Join(append(bad, good...), ", "), false}
+	}
+	text := strings.Join(good, ", ")
+	if len(rest) > 0 {
+		text += ", rest blocked"
+	}
+	return Cell{text, true}
+}
+
+// anyPublished reports whether a VM of in publishes a port.
+func anyPublished(in *config.Infra) bool {
+	for _, vm := range in.VMs {
+		if len(vm.Publish) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// published is the cell of the outside to vm: each TCP port it publishes
+// answers on the host's uplink address, unless its from list leaves the
+// outside's address out (then the host's own answer, a refusal, is all
+// there is: no connection). UDP is not probed: a silent service cannot be
+// told from a blocked one.
+func published(p Prober, vm *config.VM, t Target) Cell {
+	var bad, good []string
+	for _, pub := range vm.Publish {
+		if pub.Proto != "tcp" {
+			continue
+		}
+		open := len(pub.From) == 0
+		for _, f := range pub.From {
+			open = open || f.Contains(t.OutsideFrom)
+		}
+		to := netip.AddrPortFrom(t.Uplink, pub.HostPort)
+		what := fmt.Sprintf("tcp %d", pub.HostPort)
+		if open {
+			if res := retry(func() Result { return p.TCP(Outside, to) }); res.Reached {
+				good = append(good, what+" ok")
+			} else {
+				bad = append(bad, "NO "+what)
+			}
+			continue
+		}
+		if res := p.TCP(Outside, to); res.Reached && !res.Refused {
+			bad = append(bad, "REACHED "+what+" (not in its from)")
+		} else {
+			good = append(good, what+" closed to it")
+		}
+	}
+	if len(bad) > 0 {
+		return Cell{strings.Join(append(bad, good...), ", "), false}
+	}
+	if len(good) == 0 {
+		return Cell{"-", true}
+	}
+	return Cell{strings.Join(good, ", "), true}
 }
 
 // retry gives a probe that should get through two more chances: a guest

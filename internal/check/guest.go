@@ -46,7 +46,7 @@ func (p *GuestProber) exec(from, cmd string) (string, int, error) {
 }
 
 func (p *GuestProber) TCP(from string, to netip.AddrPort) Result {
-	if from == Host {
+	if _, guest := p.ssh[from]; !guest {
 		return p.host.TCP(from, to)
 	}
 	// Connect, then print the first line the server sends, if any.
@@ -54,7 +54,7 @@ func (p *GuestProber) TCP(from string, to netip.AddrPort) Result {
 }
 
 func (p *GuestProber) UDP(from string, to netip.AddrPort) Result {
-	if from == Host {
+	if _, guest := p.ssh[from]; !guest {
 		return p.host.UDP(from, to)
 	}
 	// Send a datagram and wait for the answer; a port-unreachable error
@@ -63,7 +63,7 @@ func (p *GuestProber) UDP(from string, to netip.AddrPort) Result {
 }
 
 func (p *GuestProber) Ping(from string, to netip.Addr) Result {
-	if from == Host {
+	if _, guest := p.ssh[from]; !guest {
 		return p.host.Ping(from, to)
 	}
 	out, code, err := p.exec(from, fmt.Sprintf("ping -n -c1 -W%d %s", probeTimeout, to))
@@ -86,7 +86,7 @@ func (p *GuestProber) stream(from, proto string, to netip.AddrPort, script strin
 	}
 	switch {
 	case strings.Contains(out, "Connection refused"):
-		return Result{Reached: true}
+		return Result{Reached: true, Refused: true}
 	case strings.HasPrefix(out, "seen "):
 		return Result{Reached: true, SeenAs: strings.TrimSpace(strings.TrimPrefix(lastLine(out), "seen "))}
 	case code == 0 && proto == "tcp":

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -18,11 +19,15 @@ type LocalProber struct{}
 
 const localTimeout = 2 * time.Second
 
+// MaxSeen bounds what a probe reads of a TCP listener's answer ("seen
+// ADDR\n", as UDP's 256-byte datagram): the listener may be a VM's.
+const MaxSeen = 256
+
 func (LocalProber) TCP(from string, to netip.AddrPort) Result {
 	c, err := net.DialTimeout("tcp", to.String(), localTimeout)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return Result{Reached: true}
+			return Result{Reached: true, Refused: true}
 		}
 		return Result{Err: err}
 	}
@@ -30,7 +35,7 @@ func (LocalProber) TCP(from string, to netip.AddrPort) Result {
 	// The connection is the result; what the listener says (who it saw)
 	// is a detail, missing when the deadline or the peer cut it short.
 	_ = c.SetReadDeadline(time.Now().Add(time.Second))
-	line, _ := bufio.NewReader(c).ReadString('\n')
+	line, _ := bufio.NewReader(io.LimitReader(c, MaxSeen)).ReadString('\n')
 	r := Result{Reached: true}
 	if strings.HasPrefix(line, "seen ") {
 		r.SeenAs = strings.TrimSpace(strings.TrimPrefix(line, "seen "))
@@ -52,7 +57,7 @@ func (LocalProber) UDP(from string, to netip.AddrPort) Result {
 	n, err := c.Read(buf)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return Result{Reached: true}
+			return Result{Reached: true, Refused: true}
 		}
 		return Result{Err: err}
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -66,7 +67,7 @@ func commands() []*command {
 	return []*command{validateCmd(), planCmd(), applyCmd(), teardownCmd(),
 		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), infoCmd(),
 		logsCmd(), consoleCmd(), sshCmd(), execCmd(), checkCmd(),
-		runCmd(), keepCmd(), hostCmd(), imageCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
+		runCmd(), keepCmd(), hostCmd(), imageCmd(), secretCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
 }
 
 // errUsage marks a mistake on the command line (exit status 2).
@@ -81,6 +82,13 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 	root := tree(stdin, stdout, stderr)
+	if len(args) > 1 && (args[0] == cobra.ShellCompRequestCmd || args[0] == cobra.ShellCompNoDescRequestCmd) {
+		// Completion: the last word is the one being typed.
+		last := len(args) - 1
+		args = append(append([]string{args[0]}, commandFirst(root, args[1:last])...), args[last])
+	} else {
+		args = commandFirst(root, args)
+	}
 	root.SetArgs(args)
 	cmd, err := root.ExecuteC()
 	if err == nil {
@@ -178,6 +186,9 @@ func tree(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		root.AddCommand(c.cobra(stdin, stdout, stderr))
 	}
 	root.SetHelpCommand(helpCmd(root))
+	// Added now rather than when it runs, so that commandFirst finds it:
+	// microvm --json help status is help's unknown flag.
+	root.InitDefaultHelpCmd()
 	// -h/--help on every command now, so that `help CMD` lists it too.
 	var helpFlags func(*cobra.Command)
 	helpFlags = func(c *cobra.Command) {
@@ -201,7 +212,12 @@ func (c *command) cobra(stdin io.Reader, stdout, stderr io.Writer) *cobra.Comman
 		Args:    cobra.ArbitraryArgs,
 	}
 	if c.run != nil {
-		cc.RunE = func(_ *cobra.Command, args []string) error { return c.run(e, args) }
+		cc.RunE = func(cmd *cobra.Command, args []string) error {
+			if err := notNegative(cmd.Flags()); err != nil {
+				return err
+			}
+			return c.run(e, args)
+		}
 	} else {
 		// A command that only groups others (image): an unknown
 		// subcommand is a usage error, none is the help.
@@ -245,18 +261,149 @@ func (c *command) cobra(stdin io.Reader, stdout, stderr io.Writer) *cobra.Comman
 	return cc
 }
 
-// flagError makes pflag's errors usage errors, with a suggestion for a
-// misspelt flag.
-func flagError(cmd *cobra.Command, err error) error {
-	msg := err.Error()
-	if name, ok := strings.CutPrefix(msg, "unknown flag: --"); ok {
-		var known []string
-		cmd.Flags().VisitAll(func(f *pflag.Flag) { known = append(known, f.Name) })
-		if s := config.Suggest(name, known); s != "" {
-			msg += s
+// commandFirst moves the flags given before a command's name to after it,
+// at each level of the tree: microvm --json status is microvm status
+// --json, and microvm --jsn status is status's unknown flag. Cobra finds
+// the command by skipping what looks like flags, with the flags of the
+// command it is in, the root, which has none of them: it takes any flag
+// for one with a value, so -f FILE status worked and --json status took
+// "status" for the value of --json. Here each name in args is tried as the
+// command: it is the one if what comes before it are its flags and their
+// values (see onlyFlags); after --, names are arguments. There are no
+// persistent flags: each command declares all of its own.
+func commandFirst(cmd *cobra.Command, args []string) []string {
+	p := 0 // where the next command's name or its flags start
+	for p < len(args) && cmd.HasSubCommands() && args[p] != "--" {
+		if !strings.HasPrefix(args[p], "-") || args[p] == "-" {
+			// A name first: cobra finds it (or says it is unknown).
+			sub := subcommand(cmd, args[p])
+			if sub == nil {
+				return args
+			}
+			cmd, p = sub, p+1
+			continue
+		}
+		var sub *cobra.Command
+		i := p + 1
+		for ; i < len(args) && args[i] != "--" && sub == nil; i++ {
+			if s := subcommand(cmd, args[i]); s != nil && onlyFlags(s.Flags(), args[p:i]) {
+				sub = s
+			}
+		}
+		if sub == nil {
+			return args
+		}
+		i-- // the name's index
+		moved := append([]string{}, args[:p]...)
+		moved = append(moved, args[i])
+		moved = append(moved, args[p:i]...)
+		args = append(moved, args[i+1:]...)
+		cmd, p = sub, p+1
+	}
+	return args
+}
+
+// subcommand is cmd's subcommand called name (or one of its aliases), or nil.
+func subcommand(cmd *cobra.Command, name string) *cobra.Command {
+	for _, s := range cmd.Commands() {
+		if s.Name() == name || s.HasAlias(name) {
+			return s
 		}
 	}
+	return nil
+}
+
+// onlyFlags reports whether args are only flags of fs and their values, as
+// pflag reads them. A flag fs does not have counts as one without a value,
+// so that the command says it does not take it.
+func onlyFlags(fs *pflag.FlagSet, args []string) bool {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		takesNext := false
+		switch {
+		case a == "-" || !strings.HasPrefix(a, "-"):
+			return false // an argument
+		case strings.HasPrefix(a, "--"):
+			f := fs.Lookup(a[2:])
+			takesNext = f != nil && f.NoOptDefVal == ""
+		default:
+			// -abc are shorthands; the first that takes a value takes
+			// the rest of the word, or the next one.
+			for j := 1; j < len(a) && a[j] != '='; j++ {
+				if f := fs.ShorthandLookup(a[j : j+1]); f != nil && f.NoOptDefVal == "" {
+					takesNext = j == len(a)-1
+					break
+				}
+			}
+		}
+		if takesNext {
+			if i++; i == len(args) {
+				return false // its value would be the command's name
+			}
+		}
+	}
+	return true
+}
+
+// flagError makes pflag's errors usage errors: a bad value says what the
+// flag takes, a misspelt flag gets a suggestion written as a flag.
+func flagError(cmd *cobra.Command, err error) error {
+	msg := err.Error()
+	var bad *pflag.InvalidValueError
+	if errors.As(err, &bad) {
+		if err := badValue(bad.GetFlag(), bad.GetValue()); err != nil {
+			return err
+		}
+	}
+	if name, ok := strings.CutPrefix(msg, "unknown flag: --"); ok {
+		// --n is -n; any other one letter is near every short flag, so
+		// only the long names are suggested.
+		if len(name) == 1 && cmd.Flags().ShorthandLookup(name) != nil {
+			return fmt.Errorf("%w: %s (did you mean %q?)", errUsage, msg, "-"+name)
+		}
+		var known []string
+		cmd.Flags().VisitAll(func(f *pflag.Flag) { known = append(known, "--"+f.Name) })
+		msg += config.Suggest("--"+name, known)
+	}
 	return fmt.Errorf("%w: %s", errUsage, msg)
+}
+
+// badValue is the usage error for a value flag f does not take: which flag,
+// what was given and what it wants, e.g. -n/--lines "abc": want a whole
+// number (0 or more), e.g. -n 50. It is nil for a flag of a type it does
+// not know (TestFlagValues checks there is none).
+func badValue(f *pflag.Flag, value string) error {
+	name, use := "--"+f.Name, "--"+f.Name
+	if f.Shorthand != "" {
+		name, use = "-"+f.Shorthand+"/"+name, "-"+f.Shorthand
+	}
+	var want string
+	switch f.Value.Type() {
+	case "int":
+		want = "a whole number (0 or more), e.g. " + use + " 50"
+	case "duration":
+		want = "a duration (0 or more) with its unit, e.g. " + use + " 30s, 2m or 1h30m"
+		if n, err := strconv.ParseFloat(value, 64); err == nil && n > 0 {
+			want = "a duration with its unit, e.g. " + use + " " + value + "s"
+		}
+	case "bool":
+		want = "true or false, e.g. --" + f.Name + "=false"
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %s %q: want %s", errUsage, name, value, want)
+}
+
+// notNegative rejects a negative number or duration given to a flag: none
+// has a use for one (a negative --wait would give up at once).
+func notNegative(fs *pflag.FlagSet) error {
+	var err error
+	fs.Visit(func(f *pflag.Flag) {
+		if t := f.Value.Type(); err == nil && (t == "int" || t == "duration") && strings.HasPrefix(f.Value.String(), "-") {
+			err = badValue(f, f.Value.String())
+		}
+	})
+	return err
 }
 
 // unknownCommand is the error for a command that does not exist, with the
@@ -327,7 +474,7 @@ Start here:
 Every command but demo reads infra.toml: the file -f/--file names, else
 $%s, else ./infra.toml if there is one, else %s.
 microvm.nix's -u NAME (update), -r NAME (run) and -l (list) work too.
-Flags go anywhere after the command. Run "microvm help COMMAND" or
+Flags go anywhere, before or after the command. Run "microvm help COMMAND" or
 "microvm COMMAND --help" for details.
 `, config.EnvFile, config.SystemFile)
 }

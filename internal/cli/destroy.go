@@ -92,10 +92,15 @@ Examples:
 					return fmt.Errorf("not confirmed; %s's data is unchanged", name)
 				}
 			}
-			// The nosuid,nodev mount that a supervisor killed before it
-			// could clean up left (runner's protectState) goes first; with
-			// ZFS it is on top of the dataset's own mount.
-			if points, err := mountinfo.Points(); err == nil && count(points, vm.StateDir) > data.Mounts(vm) {
+			// The nosuid,nodev mount of the VM's directory goes first
+			// (storage.Protect: it stays when the VM stops with plain
+			// directories; with ZFS a supervisor killed before it could
+			// clean up leaves it, on top of the dataset's own mount).
+			for {
+				points, err := mountinfo.Points()
+				if err != nil || count(points, vm.StateDir) <= data.Mounts(vm) {
+					break
+				}
 				if err := unix.Unmount(vm.StateDir, unix.MNT_DETACH); err != nil {
 					return fmt.Errorf("unmounting %s: %w", vm.StateDir, err)
 				}

@@ -36,7 +36,7 @@ Generated from the command tree by ` + "`go test ./internal/cli -run TestDoc -up
 and checked against it by the same test: this is exactly what
 ` + "`microvm help COMMAND`" + ` prints.
 
-- **Flags** go anywhere after the command, in GNU form (` + "`--json`, `-f FILE`, `--file=FILE`" + `);
+- **Flags** go anywhere, before or after the command, in GNU form (` + "`--json`, `-f FILE`, `--file=FILE`" + `);
   ` + "`--`" + ` ends them (` + "`microvm exec vm1 -- ls -la`" + `).
 - **The file**: every command but ` + "`demo`" + ` reads infra.toml: the one ` + "`-f/--file`" + ` names,
   else ` + "`$MICROVM_CONFIG`" + `, else ` + "`./infra.toml`" + ` if there is one, else

@@ -17,8 +17,10 @@ func hostCmd() *command {
 		short: "bring the host part back and keep the firewall (what microvm-host.service runs)",
 		long: `
 Applies the host part of infra.toml, as apply --host-only does (storage,
-bridges, TAPs, forwarding, the nftables table, Tailscale's routes), then keeps
-the firewall until it is stopped: when the table is flushed (nft flush
+bridges, TAPs, forwarding, the nftables table, Tailscale's routes), mounts
+every VM's directory nosuid,nodev again (with storage = "dir": a guest's
+device nodes stay inert while its VM is stopped), then keeps the firewall
+until it is stopped: when the table is flushed (nft flush
 ruleset, a reload of nftables.service) or edited by hand, it sets every VM
 port down at once, so that no VM reaches another, the host or the LAN, loads
 the table again and sets the ports up, within a second. Each repair is one

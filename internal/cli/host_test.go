@@ -158,21 +158,36 @@ func TestHostApply(t *testing.T) {
 	t.Run("anti-spoofing", func(t *testing.T) { antiSpoofing(t, sb, in) })
 	t.Run("check can fail", func(t *testing.T) {
 		// Without the program's table the same probes must see the breach;
-		// apply then repairs it.
+		// apply then repairs it. VMs stay apart without the table (policy
+		// routing, the second layer); without both layers, every probe
+		// kind must see the open path between two VMs, or "blocked" above
+		// would prove nothing.
 		if out, err := sandbox.Command(sb.Host, "nft", "delete", "table", "inet", "microvm").CombinedOutput(); err != nil {
 			t.Fatalf("%s %v", out, err)
 		}
 		r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
-		// Every probe kind must see the open path, or "blocked" above
-		// would prove nothing.
-		if r.OK() || r.Cells["vm1"]["vm2"].Text != "REACHED (icmp,tcp,udp)" || r.Cells["vm1"]["internet"].OK {
-			var b bytes.Buffer
-			r.Print(&b)
+		var b bytes.Buffer
+		r.Print(&b)
+		if r.OK() || r.Cells["vm1"]["internet"].OK || r.Cells["vm1"]["host ssh"].OK {
 			t.Errorf("with the firewall gone, check still passes:\n%s", b.String())
+		}
+		if !r.Cells["vm1"]["vm2"].OK {
+			t.Errorf("with the firewall gone, VMs reach each other: policy routing does not hold:\n%s", b.String())
+		}
+		for _, vm := range in.VMs {
+			if out, err := sandbox.Command(sb.Host, "ip", "rule", "del", "priority", fmt.Sprint(config.RulePrefIsolation), "iif", vm.Bridge).CombinedOutput(); err != nil {
+				t.Fatalf("%s %v", out, err)
+			}
+		}
+		r = check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+		if r.Cells["vm1"]["vm2"].Text != "REACHED (icmp,tcp,udp)" {
+			b.Reset()
+			r.Print(&b)
+			t.Errorf("with the firewall and the policy routing gone, vm1 -> vm2 is %q, want REACHED (icmp,tcp,udp):\n%s", r.Cells["vm1"]["vm2"].Text, b.String())
 		}
 		mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
 		if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); !r.OK() {
-			t.Error("apply did not repair the firewall")
+			t.Error("apply did not repair the firewall and the routing")
 		}
 	})
 	t.Run("removal", func(t *testing.T) { removal(t, sb) })

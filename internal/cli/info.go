@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
@@ -29,7 +30,8 @@ Shows everything about one VM: its state, the processes that run it (the
 VMM, the supervisor and, without systemd, its keeper) and since when, its
 network (subnet, address, gateway, bridge, TAP, MAC), its resources, its
 limits and what it takes of them (memory, processes, CPU, disk), the
-image it boots (with image_writable, what its own overlay holds), what changed in the file since it started (what update would
+image it boots (with image_writable, what its own overlay holds), which
+files of its /etc differ from its image's, what changed in the file since it started (what update would
 restart it for), where its data and logs are, the disk its /etc and /var
 use and its snapshots (storage = "zfs"). Reading the disk use and the
 snapshots needs root; without it they are left out.
@@ -82,8 +84,20 @@ type infoDoc struct {
 	ImageMadeOf   string          `json:"image_made_of,omitempty" doc:"what that image is made of, as image list says"`
 	WritableBytes *int64          `json:"writable_bytes,omitempty" doc:"with image_writable: what its own overlay over the image holds"`
 	Limits        limitsDoc       `json:"limits" doc:"what it may take and, while it runs, what it takes"`
+	Etc           *etcDoc         `json:"etc,omitempty" doc:"how its /etc differs from its image's, as last merged; absent before its first start"`
 	Problems      []string        `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
 }
+
+// etcDoc is how a VM's /etc differs from its image's.
+type etcDoc struct {
+	Changed []string `json:"changed" doc:"files the VM (or the program: its managed and declared files) changed; the first 20"`
+	Added   []string `json:"added" doc:"files the image does not have; the first 20"`
+	Removed []string `json:"removed" doc:"files of the image the VM does not have; the first 20"`
+	Total   int      `json:"total" doc:"how many paths differ in all"`
+}
+
+// etcShown is how many paths of each kind info lists.
+const etcShown = 20
 
 func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	s := lifecycle.StateOf(m, vm)
@@ -111,6 +125,12 @@ func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	if os.Geteuid() != 0 {
 		d.Problems = append(d.Problems, "disk use and snapshots need root to read")
 		return d
+	}
+	if c, ok, err := guest.EtcDiff(vm); err != nil {
+		d.Problems = append(d.Problems, "/etc against the image: "+err.Error())
+	} else if ok {
+		first := func(l []string) []string { return orEmpty(l[:min(len(l), etcShown)]) }
+		d.Etc = &etcDoc{Changed: first(c.Changed), Added: first(c.Added), Removed: first(c.Removed), Total: c.Len()}
 	}
 	if vm.ImageWritable {
 		if n, err := storage.DiskUsage(filepath.Dir(vm.ImageUpper())); err == nil {
@@ -180,6 +200,22 @@ func printInfo(e *env, d infoDoc) {
 		line("changed", "nothing since it started")
 	default:
 		line("changed", "%s (microvm update %s restarts it with them)", strings.Join(d.Changes, ", "), vm.Name)
+	}
+	if e := d.Etc; e != nil {
+		var parts []string
+		for _, k := range []struct {
+			what  string
+			paths []string
+		}{{"changed", e.Changed}, {"added", e.Added}, {"removed", e.Removed}} {
+			if len(k.paths) > 0 {
+				parts = append(parts, k.what+" "+strings.Join(k.paths, " "))
+			}
+		}
+		text := "as its image's"
+		if e.Total > 0 {
+			text = fmt.Sprintf("%d paths differ from its image's: %s", e.Total, strings.Join(parts, "; "))
+		}
+		line("/etc", "%s", text)
 	}
 	data := vm.StateDir
 	if d.DiskBytes != nil {

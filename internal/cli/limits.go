@@ -24,7 +24,7 @@ type limitsDoc struct {
 	CPUWeight    int    `json:"cpu_weight" doc:"its share of CPU time against others: 100 per vCPU"`
 	CPUMax       string `json:"cpu_max" doc:"at most this much CPU time, e.g. \"150%\"; empty for none"`
 	IOWeight     int    `json:"io_weight"`
-	DiskMaxBytes int64  `json:"disk_max_bytes" doc:"disk, as the file says"`
+	DiskMaxBytes int64  `json:"disk_max_bytes" doc:"disk, as the file says, and its volumes' sizes"`
 	DiskBytes    *int64 `json:"disk_bytes,omitempty" doc:"what its data holds against it (ZFS referenced, or its project's use); absent when it cannot be read"`
 	DiskEnforced bool   `json:"disk_enforced" doc:"the limit is in force: a ZFS refquota, or a project quota"`
 	Cgroup       string `json:"cgroup,omitempty" doc:"its cgroup while it runs (on cgroup v1, its memory controller's directory)"`
@@ -34,7 +34,7 @@ type limitsDoc struct {
 // problems says what could not be read.
 func limitsOf(in *config.Infra, vm *config.VM, s lifecycle.VMState) (d limitsDoc, problems []string) {
 	l := vm.Limits
-	d = limitsDoc{VM: vm.Name, MemoryMaxMiB: l.MemoryMiB, PidsMax: l.Pids, CPUWeight: l.CPUWeight, IOWeight: l.IOWeight, DiskMaxBytes: l.DiskBytes}
+	d = limitsDoc{VM: vm.Name, MemoryMaxMiB: l.MemoryMiB, PidsMax: l.Pids, CPUWeight: l.CPUWeight, IOWeight: l.IOWeight, DiskMaxBytes: vm.DiskQuota()}
 	if l.CPUMax > 0 {
 		d.CPUMax = fmt.Sprintf("%d%%", l.CPUMax)
 	}

@@ -3,11 +3,13 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/pflag"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 )
@@ -39,11 +41,11 @@ would change something, and 1 on an error, as terraform plan does.
 
 Examples:
   sudo microvm plan
-  sudo microvm plan -f infra.toml -v     also print the nftables ruleset
+  sudo microvm plan -f infra.toml -v     also print the nftables ruleset and the policy routing
   sudo microvm plan --host-only          only what apply --host-only would do
   sudo microvm plan --json               for scripts (docs/cli.md)`,
 		flags: func(fs *pflag.FlagSet) {
-			fs.BoolVarP(&verbose, "verbose", "v", false, "also print the nftables ruleset the program loads")
+			fs.BoolVarP(&verbose, "verbose", "v", false, "also print the nftables ruleset and the policy routing")
 			fs.BoolVar(&hostOnly, "host-only", false, "plan only the host part (networks and firewall), as apply --host-only")
 			fs.BoolVar(&asJSON, "json", false, "print the plan as JSON")
 			fs.BoolVar(&detailed, "detailed-exitcode", false, "exit 2 when there are changes, 0 when there are none")
@@ -71,6 +73,8 @@ Examples:
 				p.Print(e.stdout)
 				if verbose {
 					fmt.Fprintf(e.stdout, "\n# nftables table %s %s:\n%s", firewall.Family, firewall.Table, firewall.Ruleset(in))
+					fmt.Fprintf(e.stdout, "\n# policy routing, the second layer between VMs (ip rule; ip route show table %d):\n%s", config.RouteTable, hostnet.Routing(in))
+					printSources(e, in)
 				}
 			}
 			switch {
@@ -133,4 +137,25 @@ func planJSON(in *config.Infra, p *plan.Plan) planDoc {
 		d.Errors = append(d.Errors, err.Error())
 	}
 	return d
+}
+
+// printSources says where each allow, opening and publish entry of the
+// ruleset is written: the ruleset itself names none of it, so that a rule
+// stays the same rule when lines of the file move.
+func printSources(e *env, in *config.Infra) {
+	var lines []string
+	for _, a := range in.Host.Allow {
+		lines = append(lines, fmt.Sprintf("#   allow %s (every VM): %s", a, a.At))
+	}
+	for _, vm := range in.VMs {
+		for _, a := range vm.Allow {
+			lines = append(lines, fmt.Sprintf("#   allow %s (%s): %s", a, vm.Name, a.At))
+		}
+		for _, p := range vm.Publish {
+			lines = append(lines, fmt.Sprintf("#   publish %s (%s): %s", p, vm.Name, p.At))
+		}
+	}
+	if len(lines) > 0 {
+		fmt.Fprintf(e.stdout, "\n# where its allow and publish entries are written:\n%s\n", strings.Join(lines, "\n"))
+	}
 }

@@ -6,9 +6,11 @@ package cli
 // apply, and destroy deleting what is not a VM's.
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,7 +27,8 @@ import (
 )
 
 // TestInternetOnly: VMs reach the internet, and not the LAN (the router,
-// another host on the uplink's network) or the cloud metadata server; a
+// another host on the uplink's network), the cloud metadata server or
+// Azure's WireServer; a
 // VM's own DNS server stays reachable on port 53 wherever it is; an allow
 // list opens exactly what it names, for one VM or for all.
 func TestInternetOnly(t *testing.T) {
@@ -74,6 +77,11 @@ dns = "%s"
 		{"vm1", "cloud metadata over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(meta, sandbox.Port)) }, false},
 		{"vm2", "cloud metadata over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(meta, sandbox.Port)) }, false},
 		{"vm2", "cloud metadata over UDP, allowed", func(ns string) check.Result { return sandbox.UDP(ns, port(meta, sandbox.Port)) }, true},
+		// Azure's WireServer hands out certificates and settings to the
+		// host's agent: no VM reaches it.
+		{"vm1", "Azure's WireServer over TCP", func(ns string) check.Result { return sandbox.TCP(ns, port(sandbox.WireServer, sandbox.Port)) }, false},
+		{"vm2", "Azure's WireServer over UDP", func(ns string) check.Result { return sandbox.UDP(ns, port(sandbox.WireServer, sandbox.Port)) }, false},
+		{"vm1", "Azure's WireServer by ping", func(ns string) check.Result { return sandbox.Ping(ns, sandbox.WireServer) }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.vm+" to "+tt.what, func(t *testing.T) {
@@ -93,16 +101,76 @@ dns = "%s"
 			}
 		})
 	}
-	// plan -v shows the allow lists in the ruleset, with where they are written.
+	// plan -v shows the allow lists in the ruleset, and where they are written.
 	out := mustRun(t, sb.Host, "plan", "-v", "--host-only", "-f", file)
 	for _, want := range []string{
-		fmt.Sprintf(`iifname "br-vm1" oifname "eth0" ip daddr %s/32 meta l4proto tcp th dport { %d } accept comment "allow %s/32 tcp %d (%s:7:10)"`, lan, sandbox.Port, lan, sandbox.Port, file),
-		fmt.Sprintf(`ip daddr %s/32 meta l4proto udp th dport { %d } accept comment "allow %s/32 udp %d (%s:3:10)"`, meta, sandbox.Port, meta, sandbox.Port, file),
+		fmt.Sprintf(`iifname "br-vm1" oifname "eth0" ip daddr %s/32 meta l4proto tcp th dport { %d } accept comment "allow %s tcp %d (vm1)"`, lan, sandbox.Port, lan, sandbox.Port),
+		fmt.Sprintf(`ip daddr %s/32 meta l4proto udp th dport { %d } accept comment "allow %s udp %d (every VM)"`, meta, sandbox.Port, meta, sandbox.Port),
+		fmt.Sprintf("#   allow %s tcp %d (vm1): %s:7:10", lan, sandbox.Port, file),
 		"192.0.2.0/24", // the uplink's network, in the blocked set
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan -v lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestTailnetNotHost: a tailnet client that uses the host's subnet routes
+// reaches the VMs, and not the host at its gateway addresses, which lie
+// inside those routes (a tailnet ACL that opens the VM subnets would open
+// the hypervisor too): not its sshd (a listener on port 22), not by ping,
+// not another VM's gateway. The host's own tailnet address is left as it
+// is: the operator's business.
+func TestTailnetNotHost(t *testing.T) {
+	sb, in := newSandbox(t, example)
+	addUsers(t, in)
+	mustRun(t, sb.Host, "apply", "--host-only", "-f", example)
+	if err := sb.AddStandIns(); err != nil {
+		t.Fatal(err)
+	}
+	client, err := sb.AddTailnetClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	// A service of the host's on every address, TCP and UDP, besides sshd.
+	if err := sandbox.Serve(sb.Host, sandbox.Port); err != nil {
+		t.Fatal(err)
+	}
+	vm1, vm2 := in.VMs[0], in.VMs[1]
+	ssh := func(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, 22) }
+	tests := []struct {
+		what    string
+		probe   func() check.Result
+		reached bool
+	}{
+		{"vm1 over TCP", func() check.Result { return sandbox.TCP(client, netip.AddrPortFrom(vm1.Addr, sandbox.Port)) }, true},
+		{"vm1 by ping", func() check.Result { return sandbox.Ping(client, vm1.Addr) }, true},
+		{"vm2 over TCP", func() check.Result { return sandbox.TCP(client, netip.AddrPortFrom(vm2.Addr, sandbox.Port)) }, true},
+		{"the host's sshd at vm1's gateway", func() check.Result { return sandbox.TCP(client, ssh(vm1.Gateway)) }, false},
+		{"the host at vm1's gateway by ping", func() check.Result { return sandbox.Ping(client, vm1.Gateway) }, false},
+		{"the host's sshd at vm2's gateway", func() check.Result { return sandbox.TCP(client, ssh(vm2.Gateway)) }, false},
+		{"the host at vm2's gateway over UDP", func() check.Result { return sandbox.UDP(client, netip.AddrPortFrom(vm2.Gateway, sandbox.Port)) }, false},
+		{"the host's sshd at its tailnet address", func() check.Result { return sandbox.TCP(client, ssh(sandbox.TailnetHostAddr.Addr())) }, true},
+		{"the host at its tailnet address over UDP", func() check.Result {
+			return sandbox.UDP(client, netip.AddrPortFrom(sandbox.TailnetHostAddr.Addr(), sandbox.Port))
+		}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.what, func(t *testing.T) {
+			var r check.Result
+			// As in TestInternetOnly: a leak is never retried away.
+			for range 3 {
+				if r = tt.probe(); r.Reached || !tt.reached {
+					break
+				}
+			}
+			if r.Reached != tt.reached {
+				t.Errorf("reached = %v (%v), want %v", r.Reached, r.Err, tt.reached)
+			}
+		})
 	}
 }
 
@@ -271,5 +339,123 @@ func TestDestroyRefuses(t *testing.T) {
 		if b, err := os.ReadFile(filepath.Join(state, f)); err != nil || string(b) != "keep me\n" {
 			t.Errorf("%s: %q, %v; want it kept", f, b, err)
 		}
+	}
+}
+
+// TestOpenings: an opening lets one VM connect to one port of another, and
+// nothing else crosses between them, in any protocol or direction; a
+// published port reaches its VM from the internet, with the client's own
+// address, from the sources its from names only; nothing else of a VM is
+// reached from outside.
+func TestOpenings(t *testing.T) {
+	p := sandbox.Port
+	file := writeFile(t, fmt.Sprintf(`[host]
+uplink = "eth0"
+
+[vm.web]
+subnet = "10.5.0.0/24"
+allow = ["vm:db tcp %d"]
+publish = ["tcp 8080:%d", "tcp 8081:%d from 198.51.100.0/24"]
+
+[vm.db]
+subnet = "10.6.0.0/24"
+
+[vm.cache]
+subnet = "10.7.0.0/24"
+allow = ["vm:db"]
+
+[vm.other]
+subnet = "10.8.0.0/24"
+`, p, p, p))
+	sb, in := newSandbox(t, file)
+	addUsers(t, in)
+	mustRun(t, sb.Host, "apply", "--host-only", "-f", file)
+	if err := sb.AddStandIns(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	// A client of the internet in the published port's from list.
+	allowed := netip.MustParseAddr("198.51.100.5")
+	if out, err := exec.Command("ip", "-n", sb.Internet, "addr", "add", allowed.String()+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	addr := func(vm string) netip.Addr { v, _ := in.VM(vm); return v.Addr }
+	at := func(vm string, port int) netip.AddrPort { return netip.AddrPortFrom(addr(vm), uint16(port)) }
+	uplink := func(port int) netip.AddrPort { return netip.AddrPortFrom(sandbox.UplinkAddr.Addr(), uint16(port)) }
+	tests := []struct {
+		from, what string
+		probe      func(ns string) check.Result
+		reached    bool
+	}{
+		{"web", "db's opened port", func(ns string) check.Result { return sandbox.TCP(ns, at("db", p)) }, true},
+		{"web", "db's opened port over UDP", func(ns string) check.Result { return sandbox.UDP(ns, at("db", p)) }, false},
+		{"web", "db's SSH port", func(ns string) check.Result { return sandbox.TCP(ns, at("db", 22)) }, false},
+		{"web", "db by ping", func(ns string) check.Result { return sandbox.Ping(ns, addr("db")) }, false},
+		{"db", "web, the other way", func(ns string) check.Result { return sandbox.TCP(ns, at("web", p)) }, false},
+		{"db", "web by ping", func(ns string) check.Result { return sandbox.Ping(ns, addr("web")) }, false},
+		{"other", "db's opened port", func(ns string) check.Result { return sandbox.TCP(ns, at("db", p)) }, false},
+		{"cache", "db, every protocol: TCP", func(ns string) check.Result { return sandbox.TCP(ns, at("db", p)) }, true},
+		{"cache", "db, every protocol: UDP", func(ns string) check.Result { return sandbox.UDP(ns, at("db", p)) }, true},
+		{"cache", "db, every protocol: ping", func(ns string) check.Result { return sandbox.Ping(ns, addr("db")) }, true},
+		{"cache", "web", func(ns string) check.Result { return sandbox.TCP(ns, at("web", p)) }, false},
+		{"internet", "web's published port", func(ns string) check.Result { return sandbox.TCP(ns, uplink(8080)) }, true},
+		{"internet", "web's port published to others", func(ns string) check.Result { return sandbox.TCP(ns, uplink(8081)) }, false},
+		{"internet", "web's unpublished port", func(ns string) check.Result { return sandbox.TCP(ns, uplink(p)) }, false},
+		{"internet", "web itself", func(ns string) check.Result { return sandbox.TCP(ns, at("web", p)) }, false},
+		{"internet from 198.51.100.5", "web's port published to it", func(ns string) check.Result { return sandbox.TCPFrom(ns, allowed, uplink(8081)) }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.from+" to "+tt.what, func(t *testing.T) {
+			ns := sb.VMs[tt.from]
+			if strings.HasPrefix(tt.from, "internet") {
+				ns = sb.Internet
+			}
+			var r check.Result
+			for range 3 { // retried only while it should pass: a leak is never retried away
+				if r = tt.probe(ns); r.Reached || !tt.reached {
+					break
+				}
+			}
+			// From outside, "reached" is a VM's server answering (the
+			// host refusing a port of its own is not a VM reached).
+			got := r.Reached
+			if strings.HasPrefix(tt.from, "internet") {
+				got = r.Reached && r.SeenAs != ""
+			}
+			if got != tt.reached {
+				t.Errorf("reached = %v (%+v), want %v", got, r, tt.reached)
+			}
+		})
+	}
+	// A published port keeps the client's address: the VM sees who calls.
+	if r := sandbox.TCP(sb.Internet, uplink(8080)); r.SeenAs != sandbox.ISPAddr.Addr().String() {
+		t.Errorf("web saw the internet's client as %q, want %s", r.SeenAs, sandbox.ISPAddr.Addr())
+	}
+
+	// check proves the same, in its matrix; and fails when an opening
+	// is taken away.
+	r := check.Run(in, sandbox.Prober{S: sb}, sb.Target())
+	var b bytes.Buffer
+	r.Print(&b)
+	for _, c := range []struct{ row, col, want string }{
+		{"web", "db", fmt.Sprintf("tcp %d ok, rest blocked", p)},
+		{"cache", "db", "all ok"},
+		{"db", "web", "blocked"},
+		{check.Outside, "web", "tcp 8080 ok, tcp 8081 closed to it"},
+	} {
+		if got := r.Cells[c.row][c.col]; got.Text != c.want || !got.OK {
+			t.Errorf("check's %s to %s: %+v, want %q", c.row, c.col, got, c.want)
+		}
+	}
+	if !r.OK() {
+		t.Errorf("check fails:\n%s", b.String())
+	}
+	if out, err := sandbox.Command(sb.Host, "nft", "flush", "set", "inet", "microvm", "vm_openings").CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if r := check.Run(in, sandbox.Prober{S: sb}, sb.Target()); r.OK() || r.Cells["web"]["db"].OK {
+		t.Errorf("check passes with web's opening gone: %+v", r.Cells["web"]["db"])
 	}
 }

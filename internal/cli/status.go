@@ -32,7 +32,7 @@ type statusRow struct {
 	Autostart     bool            `json:"autostart"`
 	UptimeSeconds int64           `json:"uptime_seconds,omitempty" doc:"while running"`
 	VMMPid        int             `json:"vmm_pid,omitempty" doc:"while running"`
-	DiskBytes     int64           `json:"disk_bytes" doc:"what its /etc and /var use (0 when it cannot be read: without root)"`
+	DiskBytes     int64           `json:"disk_bytes" doc:"what its /etc and /var use (0 when it cannot be read: without root); with storage = \"dir\" measured at most 5 minutes ago"`
 	Changed       bool            `json:"changed_since_start,omitempty" doc:"running with settings, image or kernel that differ from the file's now"`
 	Changes       []string        `json:"changes,omitempty" doc:"what differs, as update says it: \"memory 512 -> 1024\""`
 	ReadyAfter    float64         `json:"ready_after_seconds,omitempty" doc:"from its VMM's start until its sshd answered, once ready"`
@@ -61,7 +61,9 @@ and a line below says what changed: microvm update NAME (or apply)
 restarts it with the file's.
 
 Under systemd, systemctl status microvm@NAME says the same about one VM.
-Reading the disk use of every VM needs root.
+Reading the disk use of every VM needs root. With storage = "dir" it is
+measured at most every 5 minutes (walking a guest's files costs what the
+guest makes it cost); with ZFS it is the datasets' used.
 
 --host adds the host's side: the disk used by the images, the VMs and in
 all (the seed promises under 10 GB for its 4 VMs), each VM's limits and

@@ -205,7 +205,8 @@ func TestTeardown(t *testing.T) {
 	os.MkdirAll(filepath.Join(state, "vm1", "var"), 0o755)
 
 	dry := mustRun(t, sb.Host, "teardown", "--dry-run", "-f", file)
-	for _, want := range []string{"rm microvm-host.service microvm@.service microvm@vm1.service.d/limits.conf microvm@vm2.service.d/limits.conf", "ip link del vm-vm1", "ip link del br-vm4", "nft delete table inet microvm", "umount -R " + runDir} {
+	for _, want := range []string{"rm microvm-host.service microvm@.service microvm@vm1.service.d/limits.conf microvm@vm2.service.d/limits.conf microvm@vm3.service.d/limits.conf microvm@vm4.service.d/limits.conf microvms.target", "ip link del vm-vm1", "ip link del br-vm4", "nft delete table inet microvm", "umount -R " + runDir,
+		"ip rule del priority 5101 iif br-vm1 lookup 7173741 protocol 109", "ip route del blackhole 10.4.0.0/24 table 7173741 proto 109"} {
 		if !strings.Contains(dry, want) {
 			t.Errorf("teardown --dry-run lacks %q:\n%s", want, dry)
 		}
@@ -222,6 +223,12 @@ func TestTeardown(t *testing.T) {
 	}
 	if rules, _ := sandbox.Command(sb.Host, "nft", "list", "ruleset").Output(); len(strings.TrimSpace(string(rules))) > 0 {
 		t.Errorf("nft list ruleset after teardown:\n%s", rules)
+	}
+	if rules, _ := sandbox.Command(sb.Host, "ip", "rule").Output(); strings.Contains(string(rules), "proto 109") || strings.Contains(string(rules), "7173741") {
+		t.Errorf("ip rule after teardown:\n%s", rules)
+	}
+	if routes, _ := sandbox.Command(sb.Host, "ip", "route", "show", "table", "7173741").Output(); len(strings.TrimSpace(string(routes))) > 0 {
+		t.Errorf("ip route show table 7173741 after teardown:\n%s", routes)
 	}
 	var left []string
 	filepath.Walk(units, func(p string, fi os.FileInfo, err error) error {

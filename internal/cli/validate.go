@@ -89,6 +89,12 @@ func workload(vm *config.VM) string {
 	if vm.ImageWritable {
 		parts = append(parts, "image writable")
 	}
+	for _, sec := range vm.Secrets {
+		parts = append(parts, "secret "+sec.Name)
+	}
+	for _, v := range vm.Volumes {
+		parts = append(parts, fmt.Sprintf("volume %s %s at %s", v.Name, humanSize(v.Size), v.Mount))
+	}
 	return strings.Join(parts, "; ")
 }
 
@@ -164,13 +170,22 @@ type vmModel struct {
 	StateDir   string   `json:"state_dir" doc:"its /etc and /var are here"`
 	RunDir     string   `json:"run_dir" doc:"its sockets, pid files and logs are here"`
 
-	Services        []string `json:"services" doc:"units enabled in its /etc, with their suffix"`
-	DisableServices []string `json:"disable_services"`
-	RunOnce         []string `json:"run_once"`
-	Files           []string `json:"files" doc:"the guest paths written at every start"`
-	Allow           []string `json:"allow" doc:"what it may reach beyond the internet, besides [host] allow; vm:NAME entries open another VM"`
-	Publish         []string `json:"publish" doc:"ports of the host's uplink forwarded to it"`
-	ImageWritable   bool     `json:"image_writable"`
+	Services        []string      `json:"services" doc:"units enabled in its /etc, with their suffix"`
+	DisableServices []string      `json:"disable_services"`
+	RunOnce         []string      `json:"run_once"`
+	Files           []string      `json:"files" doc:"the guest paths written at every start"`
+	Allow           []string      `json:"allow" doc:"what it may reach beyond the internet, besides [host] allow; vm:NAME entries open another VM"`
+	Publish         []string      `json:"publish" doc:"ports of the host's uplink forwarded to it"`
+	ImageWritable   bool          `json:"image_writable"`
+	Secrets         []string      `json:"secrets" doc:"the names of its secrets, as the guest finds them in /run/credentials/microvm"`
+	Volumes         []volumeModel `json:"volumes"`
+}
+
+// volumeModel is one volume.
+type volumeModel struct {
+	Name      string `json:"name"`
+	SizeBytes int64  `json:"size_bytes"`
+	Mount     string `json:"mount" doc:"where the guest mounts it"`
 }
 
 func modelOf(vm *config.VM) vmModel {
@@ -192,6 +207,13 @@ func modelOf(vm *config.VM) vmModel {
 	}
 	for _, p := range vm.Publish {
 		m.Publish = append(m.Publish, p.String())
+	}
+	m.Secrets, m.Volumes = []string{}, []volumeModel{}
+	for _, sec := range vm.Secrets {
+		m.Secrets = append(m.Secrets, sec.Name)
+	}
+	for _, v := range vm.Volumes {
+		m.Volumes = append(m.Volumes, volumeModel{v.Name, v.Size, v.Mount})
 	}
 	return m
 }

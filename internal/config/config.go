@@ -46,6 +46,19 @@ const (
 	// the bridge, so a bridge whose alias could not be set yet (an apply
 	// interrupted in between) is still known as the program's.
 	LinkGroup = 0x6d766d // "mvm"
+	// RouteTable is the routing table the program owns (package hostnet's
+	// second layer of isolation): a blackhole route for every VM subnet.
+	RouteTable = 0x6d766d
+	// RouteProto marks the program's policy routing rules and routes
+	// (ip rule ... protocol, ip route ... proto): 109, "m", is assigned to
+	// no routing daemon in iproute2's rt_protos.
+	RouteProto = 0x6d
+	// RulePrefOpenings and RulePrefIsolation are the priorities of the
+	// program's ip rules: after the local table's (0), before tailscaled's
+	// (5210-5270), so that no subnet route a tailnet peer advertises
+	// (tailscaled's table 52) takes a VM subnet from them.
+	RulePrefOpenings  = 5100
+	RulePrefIsolation = 5101
 	// Tailscale is the interface tailscaled creates.
 	Tailscale = "tailscale0"
 	// MaxNameLen keeps "br-" + name within the kernel's 15-byte limit.
@@ -158,6 +171,8 @@ type VM struct {
 	Files           []File    // written into its /etc and /var at every start
 	Publish         []Publish // ports of the host's uplink forwarded to it
 	ImageWritable   bool      // an overlay of its own over the image
+	Secrets         []Secret  // given to it in memory only (secrets.go)
+	Volumes         []Volume  // block devices of its own (volumes.go)
 	Limits          Limits    // what it may take: memory, processes, CPU, I/O, disk (limits.go)
 
 	StateDir string // STATE_DIR/NAME
@@ -237,12 +252,13 @@ func Parse(file string, src []byte) (*Infra, error) {
 	return p.in, nil
 }
 
-// raw holds what the file says before defaults and derivation.
-type rawVM struct {
-	name  string
-	at    Pos
-	vals  map[string]*value
-	files *rawFiles // [vm.NAME.files]
+// rawTable is a [vm.NAME] or [image.NAME] table as the file says it,
+// before defaults and derivation.
+type rawTable struct {
+	name string
+	at   Pos
+	vals map[string]*value
+	subs map[string]*rawEntries // [KIND.NAME.files], .secrets, .volumes
 }
 
 type parser struct {
@@ -252,8 +268,8 @@ type parser struct {
 	host     map[string]*value
 	ts       map[string]*value // [host.tailscale]
 	defaults map[string]*value
-	vms      []*rawVM
-	imgs     []*rawImage
+	vms      []*rawTable
+	imgs     []*rawTable
 }
 
 func (p *parser) errorf(at Pos, format string, args ...any) {
@@ -264,7 +280,7 @@ var (
 	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "tailscale"}
 	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "disk", "cpu_max", "io_weight"}
 	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
-		"services", "disable_services", "run_once", "files", "publish", "image_writable", "disk", "cpu_max", "io_weight"}
+		"services", "disable_services", "run_once", "files", "publish", "image_writable", "disk", "cpu_max", "io_weight", "secrets", "volumes"}
 	topKeys = []string{"host", "defaults", "vm", "image"}
 )
 
@@ -274,8 +290,8 @@ func (p *parser) decode(entries []entry) {
 	p.host = map[string]*value{}
 	p.ts = map[string]*value{}
 	p.defaults = map[string]*value{}
-	byName := map[string]*rawVM{}
-	imgByName := map[string]*rawImage{}
+	byName := map[string]*rawTable{}
+	imgByName := map[string]*rawTable{}
 	reported := map[string]bool{}
 	unknown := func(e entry, depth int, msg string) {
 		key := strings.Join(e.path[:depth], ".")
@@ -308,42 +324,33 @@ func (p *parser) decode(entries []entry) {
 		case top == "defaults":
 			p.put(p.defaults, e, 1, "[defaults]", defaultsKeys, unknown)
 		case top == "image":
-			name := e.path[1]
-			img := imgByName[name]
-			if img == nil {
-				img = &rawImage{name: name, at: e.key, vals: map[string]*value{}}
-				imgByName[name] = img
-				p.imgs = append(p.imgs, img)
-			}
-			switch {
-			case len(e.path) == 2:
-				if !e.isTbl {
-					unknown(e, 2, fmt.Sprintf("image.%s must be a table; write [image.%s] and its keys below it", name, name))
-				}
-			case e.path[2] == "files":
-				p.putFile(&img.files, e, 2, "[image."+name+"]", unknown)
-			default:
-				p.put(img.vals, e, 2, "[image."+name+"]", imageKeys, unknown)
-			}
+			p.named(e, imgByName, &p.imgs, imageKeys, unknown)
 		default: // vm
-			name := e.path[1]
-			vm := byName[name]
-			if vm == nil {
-				vm = &rawVM{name: name, at: e.key, vals: map[string]*value{}}
-				byName[name] = vm
-				p.vms = append(p.vms, vm)
-			}
-			switch {
-			case len(e.path) == 2:
-				if !e.isTbl {
-					unknown(e, 2, fmt.Sprintf("vm.%s must be a table; write [vm.%s] and its keys below it", name, name))
-				}
-			case e.path[2] == "files":
-				p.putFile(&vm.files, e, 2, "[vm."+name+"]", unknown)
-			default:
-				p.put(vm.vals, e, 2, "[vm."+name+"]", vmKeys, unknown)
-			}
+			p.named(e, byName, &p.vms, vmKeys, unknown)
 		}
+	}
+}
+
+// named stores entry e of a table [KIND.NAME] (a VM or an image), its
+// files table included, making the table at its first entry.
+func (p *parser) named(e entry, byName map[string]*rawTable, list *[]*rawTable, keys []string, unknown func(entry, int, string)) {
+	kind, name := e.path[0], e.path[1]
+	t := byName[name]
+	if t == nil {
+		t = &rawTable{name: name, at: e.key, vals: map[string]*value{}, subs: map[string]*rawEntries{}}
+		byName[name] = t
+		*list = append(*list, t)
+	}
+	table := "[" + kind + "." + name + "]"
+	switch {
+	case len(e.path) == 2:
+		if !e.isTbl {
+			unknown(e, 2, fmt.Sprintf("%s.%s must be a table; write %s and its keys below it", kind, name, table))
+		}
+	case e.path[2] == "files" || kind == "vm" && (e.path[2] == "secrets" || e.path[2] == "volumes"):
+		p.putEntry(t.subs, e, 2, table, unknown)
+	default:
+		p.put(t.vals, e, 2, table, keys, unknown)
 	}
 }
 
@@ -453,7 +460,9 @@ func (p *parser) derive() {
 		vm.User = h.VMUser(r.name)
 		vm.Allow = p.allowList(r.vals["allow"], key+".allow")
 		p.services(&vm, r.vals, key)
-		vm.Files = p.files(r.files, key+".files", vmFile)
+		vm.Files = p.files(r.subs["files"], key+".files", vmFile)
+		vm.Secrets = p.secrets(r.subs["secrets"], key+".secrets")
+		vm.Volumes = p.volumes(r.subs["volumes"], key+".volumes")
 		vm.Publish = p.publishList(r.vals["publish"], key+".publish")
 		p.writable(&vm, r.vals, key)
 		if other, dup := macs[vm.MAC.String()]; dup {
@@ -487,7 +496,7 @@ func (p *parser) hostString(k, def string, check func(string) string) string {
 	return s
 }
 
-func (p *parser) validName(r *rawVM) bool {
+func (p *parser) validName(r *rawTable) bool {
 	n := r.name
 	switch {
 	case n == "":

@@ -104,55 +104,6 @@ func readSource(path string) ([]byte, error) {
 
 var fileKeys = []string{"source", "content", "mode", "owner"}
 
-// rawFiles is a files table as written: a path, then its keys.
-type rawFiles struct {
-	at     Pos
-	order  []string
-	byPath map[string]*rawFile
-}
-
-type rawFile struct {
-	at   Pos
-	vals map[string]*value
-}
-
-// putFile stores entry e of a files table. e.path[i] is "files"; below it
-// come the file's path, then one of its keys.
-func (p *parser) putFile(fp **rawFiles, e entry, i int, table string, unknown func(entry, int, string)) {
-	if *fp == nil {
-		*fp = &rawFiles{at: e.key, byPath: map[string]*rawFile{}}
-	}
-	files := *fp
-	path := e.path[i+1:]
-	example := `e.g. "/etc/motd" = { content = "hello\n" } or "/etc/app.conf" = { source = "files/app.conf", mode = "0640" }`
-	switch {
-	case len(path) == 0:
-		if !e.isTbl {
-			unknown(e, i+1, fmt.Sprintf("files in %s must be a table; write [%s.files] and below it one line per file, %s", table, strings.Trim(table, "[]"), example))
-		}
-	case len(path) == 1:
-		if !e.isTbl {
-			unknown(e, i+2, fmt.Sprintf("%s.files: %q must be a table of source or content, mode, owner; %s", strings.Trim(table, "[]"), path[0], example))
-			return
-		}
-		if files.byPath[path[0]] == nil {
-			files.byPath[path[0]] = &rawFile{at: e.key, vals: map[string]*value{}}
-			files.order = append(files.order, path[0])
-		}
-	case len(path) == 2 && !e.isTbl && slices.Contains(fileKeys, path[1]):
-		f := files.byPath[path[0]]
-		if f == nil { // a dotted key: "/etc/x".source = "..."
-			f = &rawFile{at: e.key, vals: map[string]*value{}}
-			files.byPath[path[0]] = f
-			files.order = append(files.order, path[0])
-		}
-		f.vals[path[1]] = e.val
-	default:
-		k := path[len(path)-1]
-		unknown(e, len(e.path), fmt.Sprintf("unknown key %q in %s.files %q; a file has %s%s", k, strings.Trim(table, "[]"), path[0], strings.Join(fileKeys, ", "), suggest(k, fileKeys)))
-	}
-}
-
 // fileKind says where the files of a table go: into a VM's trees, or into
 // an image at build time.
 type fileKind int
@@ -164,13 +115,13 @@ const (
 
 // files validates a files table (nil when the file has none) whose dotted
 // key is key.
-func (p *parser) files(raw *rawFiles, key string, kind fileKind) []File {
+func (p *parser) files(raw *rawEntries, key string, kind fileKind) []File {
 	if raw == nil {
 		return nil
 	}
 	var out []File
 	for _, path := range raw.order {
-		r := raw.byPath[path]
+		r := raw.byName[path]
 		at := func(k string) Pos {
 			if v, ok := r.vals[k]; ok {
 				return v.pos

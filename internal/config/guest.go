@@ -9,6 +9,7 @@ import "path/filepath"
 //	STATE_DIR/admin/id_ed25519                    the host's admin SSH key (and .pub): how `microvm ssh` and the tests log in
 //	STATE_DIR/NAME/                               root's only (0700); the guest sees only etc and var in it
 //	STATE_DIR/NAME/.microvm-vm                    the mark that NAME is (or was) a VM: destroy deletes nothing without it
+//	STATE_DIR/NAME/.disk-usage                    the disk use of etc and var last measured, and when (status reads it)
 //	STATE_DIR/NAME/.etc.new, .var.new             the image's etc and var being copied, before they are renamed to etc and var
 //	STATE_DIR/NAME/etc/ssh/ssh_host_ed25519_key   the VM's SSH host key (and .pub), generated once
 //	STATE_DIR/NAME/var/root/.ssh/authorized_keys  root's authorized keys: an image's /root is a symlink to var/root
@@ -24,6 +25,11 @@ import "path/filepath"
 func (vm *VM) Marker() string { return filepath.Join(vm.StateDir, vmMarker) }
 
 const vmMarker = ".microvm-vm"
+
+// UsageRecord is where the disk use of vm's etc and var is recorded with
+// the time it was measured (package storage): measuring walks trees the
+// guest makes, so status does not do it every time.
+func (vm *VM) UsageRecord() string { return filepath.Join(vm.StateDir, ".disk-usage") }
 
 // Staging is where the image's tree (etc or var) is copied for the VM
 // before it becomes vm's own: a directory the guest never sees.

@@ -112,14 +112,6 @@ func plural(n int, what string) string {
 
 var imageKeys = []string{"from", "packages", "run", "files"}
 
-// rawImage is an [image.NAME] table as written.
-type rawImage struct {
-	name  string
-	at    Pos
-	vals  map[string]*value
-	files *rawFiles
-}
-
 // packageName is what apt-get install takes: a Debian package name
 // (Debian policy 5.6.1), optionally with =VERSION or /RELEASE.
 var packageName = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+|/[a-z0-9-]+)?$`)
@@ -166,7 +158,7 @@ func (p *parser) images() {
 			}
 			return ""
 		})
-		img.Files = p.files(r.files, key+".files", imageFile)
+		img.Files = p.files(r.subs["files"], key+".files", imageFile)
 		p.in.Images = append(p.in.Images, img)
 	}
 	p.imageCycles(declared)

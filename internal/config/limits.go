@@ -20,7 +20,7 @@ import (
 // storage backend: a ZFS refquota, or a project quota on the state
 // directory's filesystem (package storage).
 //
-//	disk = "20G"       [defaults] and [vm.NAME]: what its /etc, /var (and writable image) may hold
+//	disk = "20G"       [defaults] and [vm.NAME]: what its /etc, /var (and writable image) may hold; its volumes come on top
 //	cpu_max = "200%"   [defaults] and [vm.NAME]: at most two CPUs' time, as systemd's CPUQuota=; none by default
 //	io_weight = 100    [defaults] and [vm.NAME]: its share of disk time against others, 1 to 10000, as systemd's IOWeight=
 //
@@ -36,7 +36,7 @@ type Limits struct {
 	CPUWeight int   // cpu.weight, 1 to 10000 (100 is a process's default share)
 	CPUMax    int   // cpu.max as percent of one CPU (200: two CPUs' time); 0 for none
 	IOWeight  int   // io.weight, 1 to 10000
-	DiskBytes int64 // what STATE_DIR/NAME may hold
+	DiskBytes int64 // the disk key: what its /etc, /var (and writable image) may hold
 }
 
 // Defaults of the limit keys.
@@ -44,8 +44,8 @@ const (
 	DefaultDisk     = "20G"
 	DefaultIOWeight = 100
 	MinDiskBytes    = 64 << 20 // a Debian guest's /etc and /var take about 30 MiB when seeded
-	MaxDiskBytes    = 1 << 50   // 1P
-	MaxCPUMax       = 64 * 100  // as many CPUs as a VM may have
+	MaxDiskBytes    = 1 << 50  // 1P
+	MaxCPUMax       = 64 * 100 // as many CPUs as a VM may have
 )
 
 // MemoryOverheadMiB is what a VM's processes take beside its guest's
@@ -73,6 +73,21 @@ func MemoryOverheadMiB(h Hypervisor, accel Accel, memoryMiB int) int {
 		base = 256
 	}
 	return base + memoryMiB*2/100
+}
+
+// DiskQuota is what STATE_DIR/NAME may hold, the limit the storage sets
+// (a ZFS refquota, a project quota): its disk and the sizes of its
+// volumes, which are files in it (STATE_DIR/NAME/volumes). So a volume
+// needs no larger disk, and all a VM keeps stays bounded, even a VMM that
+// writes past a volume's end. The room is shared: volumes are sparse, so
+// a guest that fills its /var can leave a volume short of room (its writes
+// there fail), as on a thin-provisioned disk.
+func (vm *VM) DiskQuota() int64 {
+	b := vm.Limits.DiskBytes
+	for _, v := range vm.Volumes {
+		b += v.Size
+	}
+	return b
 }
 
 // PidsMax is the process limit of a VM's cgroup: its VMM's threads (one

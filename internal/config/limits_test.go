@@ -22,12 +22,19 @@ vcpu = 2
 disk = "1T"
 cpu_max = "150%"
 io_weight = 300
+[vm.c]
+subnet = "10.3.0.0/24"
+disk = "1G"
+[vm.c.volumes]
+data = { size = "4G", mount = "/var/lib/data" }
+logs = { size = "512M", mount = "/var/log/app" }
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, _ := in.VM("a")
 	b, _ := in.VM("b")
+	c, _ := in.VM("c")
 	for _, tc := range []struct {
 		name      string
 		got, want any
@@ -44,6 +51,9 @@ io_weight = 300
 		{"b memory limit (qemu, tcg)", b.Limits.MemoryMiB, 1024 + 256 + 20},
 		{"b cpu weight", b.Limits.CPUWeight, 200},
 		{"b pids", b.Limits.Pids, 512 + 32},
+		{"a disk quota", a.DiskQuota(), int64(8 << 30)},
+		{"c disk quota: disk and volumes", c.DiskQuota(), int64(1<<30 + 4<<30 + 512<<20)},
+		{"c disk", c.Limits.DiskBytes, int64(1 << 30)},
 		{"project ids differ", a.ProjectID() != b.ProjectID(), true},
 		{"project id range", a.ProjectID() >= 1<<30 && a.ProjectID() < 1<<31, true},
 		{"cgroup name", a.CgroupName(), "microvm-a"},

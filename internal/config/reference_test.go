@@ -60,7 +60,8 @@ func TestReference(t *testing.T) {
 	// [host]'s, the others are the VM's own.
 	own := map[string]string{"allow": "[]",
 		"services": list(vm.Services), "disable_services": list(vm.DisableServices), "run_once": list(vm.RunOnce),
-		"files": table(len(vm.Files)), "publish": fmt.Sprint(len(vm.Publish)), "image_writable": fmt.Sprint(vm.ImageWritable)}
+		"files": table(len(vm.Files)), "publish": fmt.Sprint(len(vm.Publish)), "image_writable": fmt.Sprint(vm.ImageWritable),
+		"secrets": table(len(vm.Secrets)), "volumes": table(len(vm.Volumes))}
 	if len(vm.Publish) == 0 {
 		own["publish"] = "[]"
 	}

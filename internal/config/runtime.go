@@ -12,7 +12,8 @@ import (
 // A VM's run directory has two parts. RUN_DIR/NAME is root's (root:root,
 // 0711: others may reach what is in it by name, but not list it or write
 // to it): the supervisor's records (lifecycle.go) and the virtiofs sockets,
-// which root's daemons create and only the VM's group may connect to.
+// which the supervisor makes for its daemons and only the VM's group may
+// connect to.
 // RUN_DIR/NAME/vmm is the VMM's (owned by the VM's user, 0700, made anew at
 // each start): what the VMM creates. Root never follows a name the VMM
 // could have replaced: it opens files there without following symlinks,
@@ -23,6 +24,7 @@ import (
 //	RUN_DIR/NAME/vmm/api.sock           Cloud Hypervisor's REST API (hypervisor = "cloud-hypervisor")
 //	RUN_DIR/NAME/vmm/qmp.sock           QEMU's QMP (hypervisor = "qemu")
 //	RUN_DIR/NAME/vmm/console.sock       the guest's serial console, for `microvm console` (QEMU)
+//	RUN_DIR/NAME/jail/                  empty (root's 0700): the VMM's jail root is mounted on it in the jail's own mount namespace
 //	STATE_DIR/images/IMAGE/rootfs       the image's root filesystem, written only by the image builder
 //	STATE_DIR/images/IMAGE.V/layer      or, for version V of an [image.NAME] on plain directories, what it adds to its base
 //	STATE_DIR/images/IMAGE/vmlinuz      the image's kernel as its distribution ships it
@@ -115,7 +117,7 @@ const maxSocketPath = 107
 // socketPaths rejects a run_dir too long for the sockets in it.
 func (p *parser) socketPaths() {
 	for _, vm := range p.in.VMs {
-		for _, s := range []string{vm.ShareSocket("image"), vm.ControlSocket(), vm.ConsoleSocket()} {
+		for _, s := range []string{vm.ShareSocket("secrets"), vm.ControlSocket(), vm.ConsoleSocket()} {
 			if len(s) > maxSocketPath {
 				at := p.in.keys["host.run_dir"]
 				p.errorf(at, "run_dir %q is too long for the sockets of vm.%s (%s is %d bytes; a Unix socket path has at most %d); use a shorter run_dir, such as %q", p.in.Host.RunDir, vm.Name, s, len(s), maxSocketPath, DefaultRunDir)

@@ -1,9 +1,14 @@
 package firewall
 
 import (
+	"net"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 // state is a loaded table as `nft -s -j list table` writes it, holding
@@ -90,5 +95,39 @@ func TestDiffDecides(t *testing.T) {
 				t.Errorf("%s: the plan line does not say %q: %s", tt.name, c, r)
 			}
 		}
+	}
+}
+
+// TestPublishWarnings: a published port the host listens on itself is
+// warned of; the others are not.
+func TestPublishWarnings(t *testing.T) {
+	in, err := config.Load("testdata/openings.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := publishWarnings(in, map[string]bool{"tcp 80": true, "tcp 22": true, "udp 80": true})
+	if len(got) != 1 || !strings.HasPrefix(got[0], "vm.web publishes tcp 80, on which this host listens itself") {
+		t.Errorf("warnings = %q, want one for web's tcp 80", got)
+	}
+}
+
+// TestListening reads a real listener of a namespace from /proc/net.
+func TestListening(t *testing.T) {
+	ns := testenv.NetNS(t)
+	var got map[string]bool
+	err := sandbox.Do(ns, func() error {
+		l, err := net.Listen("tcp", "0.0.0.0:2222")
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		got = listening()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got["tcp 2222"] || got["tcp 2223"] {
+		t.Errorf("listening() = %v; want tcp 2222, and not 2223", got)
 	}
 }

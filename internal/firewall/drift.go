@@ -30,7 +30,8 @@ type State struct {
 	Rules    int // how many rules
 	Elements int // how many set elements
 	objects  []object
-	// flags are the table's own flags as canonical JSON, "" for none:
+	// flags are the table's own flags as canonical JSON (as the text
+	// listing writes them when the JSON is unreadable), "" for none:
 	// "dormant" turns every chain of the table off.
 	flags string
 	// unreadable says why nft's listing of the loaded table could not be
@@ -122,6 +123,9 @@ func (s *State) Changes(want *State) []string {
 		return []string{"table " + Family + " " + Table + " is missing"}
 	}
 	if s.unreadable != "" {
+		if s.flags != "" && s.flags != want.flags {
+			return []string{fmt.Sprintf("table %s has other flags (dormant turns every chain off)", Table)}
+		}
 		return []string{"table " + Family + " " + Table + " cannot be read back: " + s.unreadable}
 	}
 	var out []string
@@ -356,10 +360,33 @@ func loaded() (*State, error) {
 	s, err := parseState(js)
 	if err != nil {
 		// A table whose listing nft cannot write as JSON is one to
-		// replace, never to trust.
-		return &State{unreadable: err.Error()}, nil
+		// replace, never to trust. nft 1.0.6 cuts its JSON short right
+		// after a table's "flags", or not, depending on what else the
+		// table holds: its text listing says which flags, the change to
+		// report.
+		return &State{unreadable: err.Error(), flags: textFlags()}, nil
 	}
 	return s, nil
+}
+
+// textFlags returns the flags of the loaded table as its text listing
+// writes them ("dormant"), "" for none or when it cannot be read.
+func textFlags() string {
+	out, err := exec.Command("nft", "list", "table", Family, Table).Output()
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(string(out), "\n")
+	for _, line := range lines[min(1, len(lines)):] {
+		line = strings.TrimSpace(line)
+		if strings.HasSuffix(line, "{") {
+			break // a set's or a chain's flags are not the table's
+		}
+		if f, ok := strings.CutPrefix(line, "flags "); ok {
+			return f
+		}
+	}
+	return ""
 }
 
 // wanted is the canonical form of ruleset: the ruleset loaded into a

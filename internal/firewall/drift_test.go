@@ -28,8 +28,8 @@ func TestDrift(t *testing.T) {
 	}{
 		{"a drop turned into an accept", func() string {
 			return "replace rule inet microvm forward handle " + handle(t, "forward", "isolation") +
-				` iifname @vm_bridges oifname @vm_bridges accept comment "isolation: no VM reaches another"`
-		}, []string{`chain forward: rule "isolation: no VM reaches another" changed (drop -> accept)`}},
+				` iifname @vm_bridges oifname @vm_bridges accept comment "isolation: no VM reaches another, but through an opening"`
+		}, []string{`chain forward: rule "isolation: no VM reaches another, but through an opening" changed (drop -> accept)`}},
 		{"a rule deleted", func() string {
 			return "delete rule inet microvm input handle " + handle(t, "input", "nothing else")
 		}, []string{`chain input: rule "nothing else from a VM reaches the host (no SSH, no other gateways)" is missing`}},

@@ -7,13 +7,17 @@
 // default nothing else: not the uplink's own networks (the LAN, its router
 // and other hosts), not private (RFC 1918), CGNAT or link-local addresses
 // (cloud metadata services at 169.254.169.254 hand out credentials), nor
-// other special ranges (Blocked). Its own DNS server (dns) stays reachable
-// on port 53 wherever it is, and the allow lists of infra.toml ([host] and
-// [vm.NAME] allow) open more, each rule commented with the line it comes
-// from.
+// Azure's WireServer or other special ranges (Blocked). Its own DNS
+// server (dns) stays reachable on port 53 wherever it is, and the allow
+// lists of infra.toml ([host] and [vm.NAME] allow) open more, each rule
+// commented with the line it comes from.
 //
 // Tailnet clients (through tailscale0) reach every VM: that is how the
-// seed's Tailscale subnet routes arrive. VMs cannot open connections into
+// seed's Tailscale subnet routes arrive. They do not reach the host at its
+// addresses in the VM subnets (each 10.N.0.1 gateway lies inside the
+// routes it advertises, so a tailnet ACL that opens the VM subnets would
+// open the hypervisor too); the host's own tailnet address is the
+// operator's business, not this table's. VMs cannot open connections into
 // the tailnet unless [host.tailscale] allow_vm_to_tailnet is set, so a
 // compromised VM cannot reach the operator's machines; replies to tailnet
 // clients always pass. Tailnet addresses are 100.64.0.0/10 and
@@ -83,6 +87,43 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		elements = { {{range $i, $p := .Blocked}}{{if $i}}, {{end}}{{$p}}{{end}} }
 	}
 
+	set vm_openings {
+		type ifname . ipv4_addr . inet_proto . inet_service
+		flags interval
+{{- if .Openings.Ports}}
+		elements = { {{range $i, $o := .Openings.Ports}}{{if $i}}, {{end}}{{$o}}{{end}} }
+{{- end}}
+	}
+
+	set vm_openings_proto {
+		type ifname . ipv4_addr . inet_proto
+{{- if .Openings.Protos}}
+		elements = { {{range $i, $o := .Openings.Protos}}{{if $i}}, {{end}}{{$o}}{{end}} }
+{{- end}}
+	}
+
+	set vm_openings_all {
+		type ifname . ipv4_addr
+{{- if .Openings.All}}
+		elements = { {{range $i, $o := .Openings.All}}{{if $i}}, {{end}}{{$o}}{{end}} }
+{{- end}}
+	}
+
+	map published {
+		type inet_proto . inet_service : ipv4_addr . inet_service
+{{- if .Published}}
+		elements = { {{range $i, $p := .Published}}{{if $i}}, {{end}}{{$p.Key}} : {{$p.To}}{{end}} }
+{{- end}}
+	}
+
+	set published_from {
+		type inet_proto . inet_service . ipv4_addr
+		flags interval
+{{- if .Published}}
+		elements = { {{range $i, $p := .PublishedFrom}}{{if $i}}, {{end}}{{$p}}{{end}} }
+{{- end}}
+	}
+
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
 		iifname @vm_bridges meta nfproto ipv6 drop comment "VM networks are IPv4 only (so no VM reaches the tailnet's {{.TailscaleRange6}})"
@@ -91,7 +132,8 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 
 	chain input {
 		type filter hook input priority filter; policy accept;
-		iifname != @vm_bridges accept comment "this table judges only what VMs send to the host"
+		iifname "{{.Tailscale}}" ip daddr @vm_subnets drop comment "tailnet clients reach the VMs, not the host at its addresses in their subnets (the gateways)"
+		iifname != @vm_bridges accept comment "else this table judges only what VMs send to the host"
 		ct state established,related accept comment "replies to the host's own connections"
 		iifname . ip daddr @vm_gateways icmp type echo-request accept comment "a VM may ping its own gateway"
 		drop comment "nothing else from a VM reaches the host (no SSH, no other gateways)"
@@ -99,20 +141,30 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 
 	chain forward {
 		type filter hook forward priority filter; policy accept;
-		iifname @vm_bridges oifname @vm_bridges drop comment "isolation: no VM reaches another"
+		iifname @vm_bridges oifname @vm_bridges ct state established,related accept comment "replies within an opening between two VMs"
+		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr . meta l4proto . th dport @vm_openings accept comment "openings: vm:NAME PROTO PORTS in the allow list of the VM that connects"
+		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr . meta l4proto @vm_openings_proto accept comment "openings of a protocol, every port (vm:NAME icmp, vm:NAME tcp)"
+		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr @vm_openings_all accept comment "openings of every protocol (vm:NAME)"
+		iifname @vm_bridges oifname @vm_bridges drop comment "isolation: no VM reaches another, but through an opening"
 		ct state established,related accept comment "replies"
+		oifname @vm_bridges ct status dnat accept comment "the internet reaches the ports a VM publishes (publish)"
 		iifname "{{.Tailscale}}" oifname @vm_bridges accept comment "tailnet clients reach every VM"
 {{- if .AllowVMToTailnet}}
 		iifname @vm_bridges oifname "{{.Tailscale}}" ip daddr {{.TailscaleRange}} accept comment "VMs may open connections into the tailnet (allow_vm_to_tailnet)"
 {{- end}}
 		iifname @vm_bridges oifname "{{.Uplink}}" iifname . ip daddr . meta l4proto . th dport @vm_dns accept comment "each VM reaches its own DNS server (dns), wherever it is"
 {{- range .Allow}}
-		iifname {{.Bridge}} oifname "{{$.Uplink}}" ip daddr {{.Net}}{{if .Proto}} meta l4proto {{.Proto}}{{end}}{{if .Ports}} th dport { {{.Ports}} }{{end}} accept comment "allow {{.Text}} ({{.At}})"
+		iifname {{.Bridge}} oifname "{{$.Uplink}}" ip daddr {{.Net}}{{if .Proto}} meta l4proto {{.Proto}}{{end}}{{if .Ports}} th dport { {{.Ports}} }{{end}} accept comment "allow {{.Text}} ({{.Who}})"
 {{- end}}
 		iifname @vm_bridges oifname "{{.Uplink}}" ip daddr @not_internet drop comment "internet only: not the uplink's networks, private, CGNAT, link-local (cloud metadata) or special ranges"
 		iifname @vm_bridges oifname "{{.Uplink}}" accept comment "VMs reach the internet"
 		iifname @vm_bridges drop comment "VMs reach nothing else: {{if not .AllowVMToTailnet}}not the tailnet, {{end}}not other host networks"
 		oifname @vm_bridges drop comment "nobody else opens connections into a VM"
+	}
+
+	chain publish {
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname "{{.Uplink}}" fib daddr type local meta l4proto . th dport . ip saddr @published_from dnat ip to meta l4proto . th dport map @published comment "publish: the host's ports a VM publishes go to the VM"
 	}
 
 	chain postrouting {
@@ -131,13 +183,28 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 // 203.0.113.0/24) are left out: nothing real is there, and the sandbox's
 // "internet" uses them.
 var Blocked = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),      // "this network"
-	netip.MustParsePrefix("10.0.0.0/8"),     // private (RFC 1918)
-	netip.MustParsePrefix("100.64.0.0/10"),  // CGNAT (RFC 6598), and the tailnet's addresses
-	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
-	netip.MustParsePrefix("169.254.0.0/16"), // link-local: cloud metadata (169.254.169.254)
-	netip.MustParsePrefix("172.16.0.0/12"),  // private (RFC 1918)
-	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments
+	netip.MustParsePrefix("0.0.0.0/8"),  // "this network"
+	netip.MustParsePrefix("10.0.0.0/8"), // private (RFC 1918)
+	// CGNAT (RFC 6598) and the tailnet's addresses; Alibaba Cloud's
+	// metadata service is at 100.100.100.200.
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("127.0.0.0/8"), // loopback
+	// Azure's WireServer (the VM agent's and extensions' endpoint, which
+	// hands out certificates and settings, and Azure's DNS): a public
+	// address that answers only inside Azure.
+	netip.MustParsePrefix("168.63.129.16/32"),
+	// Link-local: the instance metadata services of AWS, GCP
+	// (metadata.google.internal), Azure, Oracle, DigitalOcean, OpenStack
+	// and Hetzner at 169.254.169.254, which hand out credentials; AWS's
+	// time and DNS (169.254.169.123, .253) and ECS credentials
+	// (169.254.170.2), Tencent's metadata (169.254.0.23), Scaleway's
+	// (169.254.42.42). AWS's IPv6 metadata (fd00:ec2::254) is not in this
+	// list: every IPv6 packet from a VM is dropped.
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("172.16.0.0/12"), // private (RFC 1918)
+	// IETF protocol assignments; Oracle Cloud's metadata is also at
+	// 192.0.0.192.
+	netip.MustParsePrefix("192.0.0.0/24"),
 	netip.MustParsePrefix("192.168.0.0/16"), // private (RFC 1918)
 	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking, often used inside networks
 	netip.MustParsePrefix("224.0.0.0/3"),    // multicast, reserved, broadcast
@@ -154,32 +221,90 @@ func Ruleset(in *config.Infra) string {
 	return Render(in, nets)
 }
 
-// allowRule is one allow entry as the template writes it.
+// allowRule is one allow entry as the template writes it. Its comment
+// says what it is from the model alone, never where the file has it: a
+// rule must stay the same rule when lines move, and no path of the host
+// goes into the ruleset.
 type allowRule struct {
 	Bridge string // "@vm_bridges" for every VM, or one VM's bridge in quotes
 	Net    netip.Prefix
 	Proto  string
 	Ports  string // "22, 8000-8080"
-	Text   string // the entry as infra.toml writes it
-	At     string
+	Text   string // the entry as infra.toml writes it, normalized
+	Who    string // "every VM" or the VM's name
+}
+
+// openings are the vm:NAME entries of the VMs' allow lists, as the
+// elements of the sets that let them through: by source bridge,
+// destination address, protocol and ports.
+type openings struct {
+	Ports  []string // "br-web" . 10.6.0.2 . tcp . 6379
+	Protos []string // "br-web" . 10.6.0.2 . icmp
+	All    []string // "br-web" . 10.6.0.2
+}
+
+func openingsOf(vms []config.VM) openings {
+	var o openings
+	for _, vm := range vms {
+		for _, a := range vm.Allow {
+			if a.VM == "" {
+				continue
+			}
+			head := fmt.Sprintf("%q . %s", vm.Bridge, a.Net.Addr())
+			switch {
+			case a.Proto == "":
+				o.All = append(o.All, head)
+			case len(a.Ports) == 0:
+				o.Protos = append(o.Protos, head+" . "+a.Proto)
+			default:
+				for _, r := range a.Ports {
+					o.Ports = append(o.Ports, fmt.Sprintf("%s . %s . %s", head, a.Proto, r))
+				}
+			}
+		}
+	}
+	return o
+}
+
+// published is one published port as the template writes it.
+type published struct {
+	Key, To string // "tcp . 80" : "10.5.0.2 . 80"
+}
+
+func publishedOf(vms []config.VM) (pubs []published, from []string) {
+	for _, vm := range vms {
+		for _, p := range vm.Publish {
+			key := fmt.Sprintf("%s . %d", p.Proto, p.HostPort)
+			pubs = append(pubs, published{key, fmt.Sprintf("%s . %d", vm.Addr, p.VMPort)})
+			srcs := p.From
+			if len(srcs) == 0 {
+				srcs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+			}
+			for _, s := range srcs {
+				from = append(from, key+" . "+s.String())
+			}
+		}
+	}
+	return pubs, from
 }
 
 // Render is the table for the model, with uplinkNets the networks of its
 // uplink.
 func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 	var allow []allowRule
-	add := func(bridge string, list []config.Allow) {
+	add := func(bridge, who string, list []config.Allow) {
 		for _, a := range list {
 			if a.VM != "" {
-				continue // openings between VMs are not rules on the uplink
+				continue // openings between VMs are sets, not rules on the uplink
 			}
-			allow = append(allow, allowRule{bridge, a.Net, a.Proto, a.PortList(", "), a.String(), a.At})
+			allow = append(allow, allowRule{bridge, a.Net, a.Proto, a.PortList(", "), a.String(), who})
 		}
 	}
-	add("@vm_bridges", in.Host.Allow)
+	add("@vm_bridges", "every VM", in.Host.Allow)
 	for _, vm := range in.VMs {
-		add(`"`+vm.Bridge+`"`, vm.Allow)
+		add(`"`+vm.Bridge+`"`, vm.Name, vm.Allow)
 	}
+	pubs, from := publishedOf(in.VMs)
 	data := struct {
 		Table, Uplink, Tailscale, Hash  string
 		TailscaleRange, TailscaleRange6 string
@@ -187,8 +312,12 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 		VMs                             []config.VM
 		Blocked                         []netip.Prefix
 		Allow                           []allowRule
+		Openings                        openings
+		Published                       []published
+		PublishedFrom                   []string
 	}{Table, in.Host.Uplink, config.Tailscale, "", config.TailscaleRange.String(), config.TailscaleRange6.String(),
-		in.Host.Tailscale.AllowVMToTailnet, in.VMs, merge(append(slices.Clone(Blocked), uplinkNets...)), allow}
+		in.Host.Tailscale.AllowVMToTailnet, in.VMs, merge(append(slices.Clone(Blocked), uplinkNets...)), allow,
+		openingsOf(in.VMs), pubs, from}
 	// Render once without the hash, hash that, and render again with it: the
 	// hash in the comment lets plan see whether the loaded table is current.
 	sum := sha256.Sum256([]byte(execute(data)))
@@ -287,6 +416,7 @@ func (Delete) Apply() error {
 type observed struct {
 	loaded, wanted *State
 	conflicts      []string
+	listening      map[string]bool // the host's own ports, as "tcp 22"
 }
 
 // Diff returns the action that makes the loaded table match the model, or
@@ -295,7 +425,7 @@ type observed struct {
 // shows, and says what changed.
 func Diff(in *config.Infra) (action.Diff, error) {
 	ruleset := Ruleset(in)
-	o := observed{conflicts: Conflicts()}
+	o := observed{conflicts: Conflicts(), listening: listening()}
 	var err error
 	if o.loaded, err = Current(); err != nil {
 		return action.Diff{}, err
@@ -310,7 +440,7 @@ func Diff(in *config.Infra) (action.Diff, error) {
 
 // diff compares ruleset, the table for in, with what was read of the host.
 func diff(in *config.Infra, ruleset string, o observed) action.Diff {
-	d := action.Diff{Warnings: o.conflicts}
+	d := action.Diff{Warnings: append(o.conflicts, publishWarnings(in, o.listening)...), Notes: publishNotes(in)}
 	if o.loaded == nil {
 		d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "create", Host: &in.Host}}
 		return d

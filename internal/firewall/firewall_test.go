@@ -39,6 +39,7 @@ func TestRulesetGolden(t *testing.T) {
 	for _, tt := range []struct{ file, golden string }{
 		{"../../examples/infra.toml", "example.nft"},
 		{"testdata/allow.toml", "allow.nft"},
+		{"testdata/openings.toml", "openings.nft"},
 	} {
 		in, err := config.Load(tt.file)
 		if err != nil {
@@ -62,7 +63,7 @@ func TestRulesetGolden(t *testing.T) {
 func TestNotInternet(t *testing.T) {
 	in := infra(t, 1)
 	rs := Render(in, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("203.0.113.0/25")})
-	want := "elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.0.0.0/24, 192.0.2.0/24, 192.168.0.0/16, 198.18.0.0/15, 203.0.113.0/25, 224.0.0.0/3 }"
+	want := "elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 168.63.129.16/32, 169.254.0.0/16, 172.16.0.0/12, 192.0.0.0/24, 192.0.2.0/24, 192.168.0.0/16, 198.18.0.0/15, 203.0.113.0/25, 224.0.0.0/3 }"
 	if !strings.Contains(rs, want) {
 		t.Errorf("not_internet: want %s in\n%s", want, rs)
 	}
@@ -251,7 +252,7 @@ func TestAllowVMToTailnet(t *testing.T) {
 func TestRulesetLoads(t *testing.T) {
 	testenv.NeedCommands(t, "nft")
 	ns := testenv.NetNS(t)
-	for _, file := range []string{"../../examples/infra.toml", "testdata/allow.toml"} {
+	for _, file := range []string{"../../examples/infra.toml", "testdata/allow.toml", "testdata/openings.toml"} {
 		in, err := config.Load(file)
 		if err != nil {
 			t.Fatal(err)
@@ -259,5 +260,41 @@ func TestRulesetLoads(t *testing.T) {
 		if err := sandbox.Do(ns, func() error { return (&Replace{Ruleset: render(in), Why: "create"}).Apply() }); err != nil {
 			t.Errorf("%s: %v", file, err)
 		}
+	}
+}
+
+// TestRuleIdentity: the ruleset says nothing of where infra.toml is or
+// where its entries are written: moving lines changes no rule, and a file
+// in a directory whose name has a quote, or a long path, renders a table
+// that loads (a path in a comment once let a quote inject rules).
+func TestRuleIdentity(t *testing.T) {
+	testenv.NeedCommands(t, "nft")
+	src, err := os.ReadFile("testdata/openings.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := strings.Replace(string(src), "[host]", "# a comment\n\n\n[host]", 1)
+	dir := filepath.Join(t.TempDir(), `evil" accept; iifname @vm_bridges accept comment "`, strings.Repeat("long-", 40))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "infra.toml")
+	if err := os.WriteFile(file, []byte(moved), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a, err := config.Load("testdata/openings.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ra, rb := render(a), render(b); ra != rb {
+		t.Errorf("moving lines and the file changed the ruleset:\n%s\nand\n%s", ra, rb)
+	}
+	ns := testenv.NetNS(t)
+	if err := sandbox.Do(ns, func() error { return (&Replace{Ruleset: render(b), Why: "create"}).Apply() }); err != nil {
+		t.Errorf("the table of %s does not load: %v", file, err)
 	}
 }

@@ -3,6 +3,7 @@ package guest
 import (
 	"bytes"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net/netip"
@@ -15,8 +16,10 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -539,5 +542,66 @@ func writeText(t *testing.T, path, text string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNeverOpensGuestNodes: a device node or a FIFO the guest made where
+// the host reads its managed files is refused without being opened, as
+// inotify sees it. guest.Dial reads the host key every 500 ms while it
+// waits for a guest: it opened a guest-made c 1 3 at
+// etc/ssh/ssh_host_ed25519_key.pub (a watchdog device's numbers would
+// have started its countdown).
+func TestNeverOpensGuestNodes(t *testing.T) {
+	vm := testVM(t)
+	top := testenv.DeviceDir(t)
+	vm.StateDir, vm.EtcDir, vm.VarDir = filepath.Join(top, "vm1"), filepath.Join(top, "vm1", "etc"), filepath.Join(top, "vm1", "var")
+	if err := Seed(vm, makeImage(t)); err != nil {
+		t.Fatal(err)
+	}
+	keys := Keys{Admin: testKey(t, 1, AdminComment)}
+	if err := WriteManaged(vm, keys); err != nil {
+		t.Fatal(err)
+	}
+	ssh := filepath.Dir(vm.HostKey())
+	plant := func(path string, fifo bool) {
+		t.Helper()
+		os.Remove(path)
+		var err error
+		if fifo {
+			err = syscall.Mkfifo(path, 0o644)
+		} else {
+			err = syscall.Mknod(path, syscall.S_IFCHR|0o644, int(unix.Mkdev(1, 3)))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, fifo := range []bool{false, true} {
+		what := map[bool]string{false: "c 1 3", true: "a FIFO"}[fifo]
+		plant(vm.HostKey()+".pub", fifo)
+		var err error
+		if opened := testenv.Opened(t, ssh, func() { _, err = HostPublicKey(vm) }); len(opened) > 0 {
+			t.Errorf("HostPublicKey with %s for the key opened %v", what, opened)
+		}
+		if !errors.Is(err, safedir.ErrNotRegular) {
+			t.Errorf("HostPublicKey with %s for the key: %v; want %v", what, err, safedir.ErrNotRegular)
+		}
+		// The private key too: WriteManaged refuses to go on.
+		plant(vm.HostKey(), fifo)
+		if opened := testenv.Opened(t, ssh, func() { err = WriteManaged(vm, keys) }); len(opened) > 0 {
+			t.Errorf("WriteManaged with %s for the private key opened %v", what, opened)
+		}
+		if !errors.Is(err, safedir.ErrNotRegular) {
+			t.Errorf("WriteManaged with %s for the private key: %v; want %v", what, err, safedir.ErrNotRegular)
+		}
+		os.Remove(vm.HostKey())
+		// machine-id is replaced, unopened.
+		plant(filepath.Join(vm.EtcDir, "machine-id"), fifo)
+		if opened := testenv.Opened(t, vm.EtcDir, func() { err = WriteManaged(vm, keys) }); slices.Contains(opened, "machine-id") {
+			t.Errorf("WriteManaged with %s for machine-id opened it", what)
+		}
+		if err != nil {
+			t.Errorf("WriteManaged with %s for machine-id: %v", what, err)
+		}
 	}
 }

@@ -1,11 +1,13 @@
 package guest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -64,23 +66,68 @@ func Dial(ctx context.Context, host config.Host, vm *config.VM) (*ssh.Client, er
 	}
 }
 
+// MaxOutput bounds what Run keeps of a command's output: the guest
+// decides how much it sends, and the host holds it in memory.
+const MaxOutput = 1 << 20
+
 // Run runs a shell command in the guest and returns its output (stdout and
-// stderr together) and exit status.
+// stderr together) and exit status. More than MaxOutput bytes of output
+// is an error, and ends the command's session.
 func Run(c *ssh.Client, command string) (string, int, error) {
 	s, err := c.NewSession()
 	if err != nil {
 		return "", -1, fmt.Errorf("opening an SSH session: %w", err)
 	}
 	defer s.Close()
-	// CombinedOutput serializes the two streams' writes; two io.Copy into
-	// one bytes.Buffer race and lose output.
-	out, err := s.CombinedOutput(command)
+	// One writer for both streams, which serializes their writes (two
+	// io.Copy into one bytes.Buffer race and lose output).
+	out := &bounded{max: MaxOutput, over: func() { s.Close() }}
+	s.Stdout, s.Stderr = out, out
+	err = s.Run(command)
+	if out.full() {
+		return out.String(), -1, fmt.Errorf("running %q: more than %d bytes of output", command, MaxOutput)
+	}
 	var exit *ssh.ExitError
 	switch {
 	case err == nil:
-		return string(out), 0, nil
+		return out.String(), 0, nil
 	case errors.As(err, &exit):
-		return string(out), exit.ExitStatus(), nil
+		return out.String(), exit.ExitStatus(), nil
 	}
-	return string(out), -1, fmt.Errorf("running %q: %w", command, err)
+	return out.String(), -1, fmt.Errorf("running %q: %w", command, err)
+}
+
+// bounded is a buffer that keeps at most max bytes; a write beyond fails,
+// once calling over.
+type bounded struct {
+	mu   sync.Mutex
+	b    bytes.Buffer
+	max  int
+	over func()
+	hit  bool
+}
+
+func (w *bounded) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.b.Len()+len(p) > w.max {
+		if !w.hit {
+			w.hit = true
+			w.over()
+		}
+		return 0, errors.New("too much output")
+	}
+	return w.b.Write(p)
+}
+
+func (w *bounded) full() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.hit
+}
+
+func (w *bounded) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

@@ -22,6 +22,7 @@ type observed struct {
 	forward string                    // the value of ForwardSysctl
 	users   map[string]IDs            // the VMs' users that exist
 	kvm     *uint32                   // the kvm group's id; nil when the host has none
+	routing routing                   // the program's ip rules and blackhole routes
 }
 
 func (o *observed) link(name string) netlink.Link {
@@ -40,10 +41,13 @@ func (o *observed) user(name string) *IDs {
 	return nil
 }
 
-// Diff returns what brings the host's links, users and sysctls to the
-// model. Cleanup deletes the links of VMs no longer in the file; Setup
-// makes the VMs' users, turns on forwarding and makes each VM's bridge
-// and TAP. The caller loads the firewall before Setup.
+// Diff returns what brings the host's links, users, policy routing and
+// sysctls to the model. Cleanup deletes the links of VMs no longer in the
+// file, then the rules and routes the model no longer wants; Setup makes
+// the VMs' users, the routing (routing.go) before forwarding and the
+// links, so no VM network is ever up without it, then turns on forwarding
+// and makes each VM's bridge and TAP. The caller loads the firewall before
+// Setup.
 func Diff(in *config.Infra) (action.Diff, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -54,6 +58,9 @@ func Diff(in *config.Infra) (action.Diff, error) {
 		return action.Diff{}, err
 	}
 	if err := o.readVMs(in.VMs...); err != nil {
+		return action.Diff{}, err
+	}
+	if o.routing, _, err = readRouting(); err != nil {
 		return action.Diff{}, err
 	}
 	return diff(in, o), nil
@@ -145,6 +152,8 @@ func diff(in *config.Infra, o *observed) action.Diff {
 		}
 	}
 	d.Cleanup = append(d.Cleanup, bridges...)
+	routesGone, routesNew := routingDiff(wantRouting(in), o.routing)
+	d.Cleanup = append(d.Cleanup, routesGone...)
 
 	// Users first: a TAP is made for its owner.
 	for i := range in.VMs {
@@ -156,6 +165,7 @@ func diff(in *config.Infra, o *observed) action.Diff {
 			d.Setup = append(d.Setup, &AddToGroup{User: vm.User, Group: KVMGroup})
 		}
 	}
+	d.Setup = append(d.Setup, routesNew...)
 	if o.forward != "1" {
 		d.Setup = append(d.Setup, &Sysctl{Key: ForwardSysctl, Value: "1"})
 	}

@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -153,6 +154,10 @@ func TestDiff(t *testing.T) {
 			forward: "1",
 			users:   map[string]IDs{"microvm-vm1": {UID: 990, GID: 990, Groups: []uint32{kvm}}, "microvm-vm2": {UID: 991, GID: 991, Groups: []uint32{kvm}}},
 			kvm:     &kvm,
+			routing: routing{
+				rules:      []Rule{{5101, "br-vm1", netip.Prefix{}, 0x6d766d}, {5101, "br-vm2", netip.Prefix{}, 0x6d766d}},
+				blackholes: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("10.2.0.0/24")},
+			},
 		}
 	}
 	useradd := func(name, vm string, kvm bool) string {
@@ -162,6 +167,12 @@ func TestDiff(t *testing.T) {
 		}
 		return a.String()
 	}
+	const (
+		vm1Blackhole = "ip route replace blackhole 10.1.0.0/24 table 7173741 proto 109"
+		vm2Blackhole = "ip route replace blackhole 10.2.0.0/24 table 7173741 proto 109"
+		vm1Rule      = "ip rule add priority 5101 iif br-vm1 lookup 7173741 protocol 109"
+		vm2Rule      = "ip rule add priority 5101 iif br-vm2 lookup 7173741 protocol 109"
+	)
 	vm2Links := []string{
 		"ip link add br-vm2 group 7173741 type bridge && ip link set br-vm2 alias microvm:vm2",
 		"ip addr add 10.2.0.1/24 dev br-vm2",
@@ -176,19 +187,28 @@ func TestDiff(t *testing.T) {
 		cleanup, setup []string
 	}{
 		{"applied", func(o *observed) {}, []string{}, []string{}},
-		{"a VM left the file", func(o *observed) { o.links = append(o.links, oldBr, oldTap) },
-			[]string{"ip link del vm-old", "ip link del br-old"}, []string{}},
+		{"a VM left the file", func(o *observed) {
+			o.links = append(o.links, oldBr, oldTap)
+			o.routing.rules = append(o.routing.rules, Rule{5101, "br-old", netip.Prefix{}, 0x6d766d})
+			o.routing.blackholes = append(o.routing.blackholes, netip.MustParsePrefix("10.9.0.0/24"))
+		}, []string{"ip link del vm-old", "ip link del br-old",
+			"ip rule del priority 5101 iif br-old lookup 7173741 protocol 109",
+			"ip route del blackhole 10.9.0.0/24 table 7173741 proto 109"}, []string{}},
+		{"the rules and the table flushed (ip rule flush, ip route flush table 7173741)", func(o *observed) { o.routing = routing{} },
+			[]string{}, []string{vm1Blackhole, vm2Blackhole, vm1Rule, vm2Rule}},
 		{"forwarding off", func(o *observed) { o.forward = "0" }, []string{}, []string{"sysctl -w net.ipv4.ip_forward=1"}},
 		{"a new VM", func(o *observed) {
 			o.links = o.links[:4]
 			delete(o.addrs, "br-vm2")
 			delete(o.users, "microvm-vm2")
-		}, []string{}, append([]string{useradd("microvm-vm2", "vm2", true)}, vm2Links...)},
+			o.routing.rules, o.routing.blackholes = o.routing.rules[:1], o.routing.blackholes[:1]
+		}, []string{}, append([]string{useradd("microvm-vm2", "vm2", true), vm2Blackhole, vm2Rule}, vm2Links...)},
 		{"a new VM on a host without kvm", func(o *observed) {
 			o.links = o.links[:4]
 			delete(o.users, "microvm-vm2")
 			o.kvm = nil
-		}, []string{}, append([]string{useradd("microvm-vm2", "vm2", false)}, vm2Links...)},
+			o.routing.rules, o.routing.blackholes = o.routing.rules[:1], o.routing.blackholes[:1]
+		}, []string{}, append([]string{useradd("microvm-vm2", "vm2", false), vm2Blackhole, vm2Rule}, vm2Links...)},
 		{"kvm made after the user", func(o *observed) { o.users["microvm-vm1"] = IDs{UID: 990, GID: 990} },
 			[]string{}, []string{"usermod --append --groups kvm microvm-vm1"}},
 		{"vm1's bridge lost its address", func(o *observed) { o.addrs["br-vm1"] = nil },
@@ -207,4 +227,71 @@ func TestDiff(t *testing.T) {
 			t.Errorf("%s: warnings %q, notes %q; want none", tt.name, d.Warnings, d.Notes)
 		}
 	}
+}
+
+// TestRoutingDiff: an opening routes its pair both ways (replies need a
+// route), once however many entries open it; every VM's packets are
+// looked up in the blackhole table after; an opening that goes takes its
+// rules with it; a VM needs its own rule and every blackhole to start,
+// not its openings.
+func TestRoutingDiff(t *testing.T) {
+	in := model(t, `[vm.web]
+subnet = "10.5.0.0/24"
+allow = ["vm:db tcp 6379", "vm:db icmp", "192.168.1.20"]
+[vm.db]
+subnet = "10.6.0.0/24"
+allow = ["vm:web udp 53"]
+[vm.vm1]
+subnet = "10.1.0.0/24"
+`)
+	const (
+		webToDB   = "ip rule add priority 5100 iif br-web to 10.6.0.2/32 lookup main protocol 109"
+		dbToWeb   = "ip rule add priority 5100 iif br-db to 10.5.0.2/32 lookup main protocol 109"
+		dbRule    = "ip rule add priority 5101 iif br-db lookup 7173741 protocol 109"
+		vm1Rule   = "ip rule add priority 5101 iif br-vm1 lookup 7173741 protocol 109"
+		webRule   = "ip rule add priority 5101 iif br-web lookup 7173741 protocol 109"
+		blackhole = "ip route replace blackhole %s table 7173741 proto 109"
+	)
+	holes := []string{fmt.Sprintf(blackhole, "10.6.0.0/24"), fmt.Sprintf(blackhole, "10.1.0.0/24"), fmt.Sprintf(blackhole, "10.5.0.0/24")}
+	want := wantRouting(in)
+	for _, tt := range []struct {
+		name           string
+		have           routing
+		cleanup, setup []string
+	}{
+		{"nothing yet", routing{}, nil, append(slices.Clone(holes), dbToWeb, webToDB, dbRule, vm1Rule, webRule)},
+		{"applied", want, nil, nil},
+		{"an opening that went, a VM that went", routing{
+			rules: append(slices.Clone(want.rules),
+				Rule{5100, "br-vm1", netip.MustParsePrefix("10.6.0.2/32"), 254},
+				Rule{5101, "br-old", netip.Prefix{}, 0x6d766d}),
+			blackholes: append(slices.Clone(want.blackholes), netip.MustParsePrefix("10.9.0.0/24")),
+		}, []string{
+			"ip rule del priority 5100 iif br-vm1 to 10.6.0.2/32 lookup main protocol 109",
+			"ip rule del priority 5101 iif br-old lookup 7173741 protocol 109",
+			"ip route del blackhole 10.9.0.0/24 table 7173741 proto 109",
+		}, nil},
+	} {
+		cleanup, setup := routingDiff(want, tt.have)
+		if got := texts(cleanup); !slices.Equal(got, orEmpty(tt.cleanup)) {
+			t.Errorf("%s: cleanup:\ngot  %q\nwant %q", tt.name, got, tt.cleanup)
+		}
+		if got := texts(setup); !slices.Equal(got, orEmpty(tt.setup)) {
+			t.Errorf("%s: setup:\ngot  %q\nwant %q", tt.name, got, tt.setup)
+		}
+	}
+	vm1, _ := in.VM("vm1")
+	if got, want := texts(vmRouting(in, vm1, routing{})), append(slices.Clone(holes), vm1Rule); !slices.Equal(got, want) {
+		t.Errorf("vm1 needs to start:\ngot  %q\nwant %q", got, want)
+	}
+	if got := texts(vmRouting(in, vm1, want)); len(got) > 0 {
+		t.Errorf("vm1 needs to start, with routing applied: %q", got)
+	}
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }

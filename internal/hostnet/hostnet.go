@@ -1,10 +1,12 @@
 // Package hostnet plans and applies the host's side of the VM networks: one
 // bridge per VM holding the VM's gateway address, one TAP per VM on it
-// (owned by the VM's own user, which it also makes), and IPv4 forwarding.
-// It reads the host through netlink and changes only links it created,
-// which it marks with an alias ("microvm:NAME"): a link with a name the
-// model derives that is not the program's is an error at plan, and
-// nothing is changed.
+// (owned by the VM's own user, which it also makes), IPv4 forwarding, and
+// policy routing that keeps the VMs apart even without the firewall
+// (routing.go). It reads the host through netlink and changes only links
+// it created, which it marks with an alias ("microvm:NAME"), and rules and
+// routes it marks with its own protocol: a link with a name the model
+// derives that is not the program's is an error at plan, and nothing is
+// changed.
 package hostnet
 
 import (
@@ -59,6 +61,9 @@ func Check(in *config.Infra) error {
 	if err := checkUsers(in); err != nil {
 		return err
 	}
+	if err := checkRouting(); err != nil {
+		return err
+	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		return fmt.Errorf("/dev/net/tun is missing: load the tun module (modprobe tun)")
 	}
@@ -91,8 +96,8 @@ type network struct {
 
 // hostNetworks lists the IPv4 networks of this host's addresses and routes
 // (every table, so policy routing and tailscaled's table count too),
-// except those of the program's own links, which it manages, and default
-// routes, which overlap everything.
+// except those of the program's own links and table, which it manages,
+// and default routes, which overlap everything.
 func hostNetworks() ([]network, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -121,7 +126,7 @@ func hostNetworks() ([]network, error) {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
 	for _, r := range routes {
-		if r.Dst == nil || ours[r.LinkIndex] {
+		if r.Dst == nil || ours[r.LinkIndex] || r.Table == config.RouteTable {
 			continue
 		}
 		p := prefixOf(r.Dst).Masked()

@@ -10,10 +10,11 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
-// DiffVM returns what vm's own network lacks: its bridge with the gateway
-// address, up, and its TAP owned by its VMM user, on the bridge, up. It is
-// what a VM needs of the host's links to start; the rest of Diff (other
-// VMs' links, forwarding) does not stop it.
+// DiffVM returns what vm's own network lacks: every VM subnet's blackhole
+// and vm's rule to them (routing.go), its bridge with the gateway address,
+// up, and its TAP owned by its VMM user, on the bridge, up. It is what a
+// VM needs of the host's network to start; the rest of Diff (other VMs'
+// links, openings, forwarding) does not stop it.
 func DiffVM(in *config.Infra, vm *config.VM) ([]action.Action, error) {
 	o := &observed{}
 	for _, name := range []string{vm.Bridge, vm.TAP} {
@@ -28,7 +29,11 @@ func DiffVM(in *config.Infra, vm *config.VM) ([]action.Action, error) {
 	if err := o.readVMs(*vm); err != nil {
 		return nil, err
 	}
-	return vmDiff(vm, o), nil
+	have, _, err := readRouting()
+	if err != nil {
+		return nil, err
+	}
+	return append(vmRouting(in, vm, have), vmDiff(vm, o)...), nil
 }
 
 // linkOrNil finds the link called name, or returns nil if there is none.

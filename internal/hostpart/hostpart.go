@@ -7,7 +7,8 @@
 // runs `microvm host` after the network and the distribution's firewall and
 // before any VM: it applies the host part as `apply --host-only` would,
 // trying again every few seconds while it cannot (an uplink that is not up
-// yet, a pool not imported yet), tells systemd it is ready, and then keeps
+// yet, a pool not imported yet), mounts the VMs' directories nosuid,nodev
+// again (storage.ProtectAll), tells systemd it is ready, and then keeps
 // the firewall (firewall.Watcher) until it is stopped. Tailscale's routes
 // are applied too, but a tailscaled that refuses them is only warned
 // about: no VM needs them to start.
@@ -30,6 +31,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
@@ -141,8 +143,27 @@ func bringBack(opts Options, log io.Writer) (*config.Infra, error) {
 		} else if err != nil {
 			return nil, err
 		}
+		protect(in, log)
 	}
 	return in, firewall.Adopt(in)
+}
+
+// protect mounts every VM's directory nosuid,nodev again (storage.Protect),
+// as it was before the reboot: the guests' device nodes and setuid
+// programs stay inert in the trees of VMs that do not start. A failure is
+// a warning: a VM's supervisor mounts its own before it starts, and
+// refuses to start it without.
+func protect(in *config.Infra, log io.Writer) {
+	acts, err := storage.ProtectAll(in.Host)
+	if err != nil {
+		fmt.Fprintf(log, "warning: %v\n", err)
+	}
+	for _, a := range acts {
+		fmt.Fprintln(log, a)
+		if err := a.Apply(); err != nil {
+			fmt.Fprintf(log, "warning: %v\n", err)
+		}
+	}
 }
 
 // untilIdle returns a channel closed with stop, or once no VM keeper of h

@@ -1,6 +1,7 @@
 package hostpart_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
@@ -19,7 +22,9 @@ import (
 // TestHost runs `microvm host` as microvm-host.service would at boot, in a
 // sandbox whose uplink is not there yet: it waits, saying why to systemd
 // (a NOTIFY_SOCKET of the test's), applies the host part once the uplink
-// comes, says READY=1, and then repairs a flushed ruleset within a second,
+// comes, mounts the directory a VM had before the reboot nosuid,nodev
+// again (a device node its guest left there stays inert), says READY=1,
+// and then repairs a flushed ruleset within a second,
 // which its log and status --host report. SIGTERM stops it and leaves the
 // host part.
 func TestHost(t *testing.T) {
@@ -37,6 +42,24 @@ func TestHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// vm1 ran before the reboot: its guest left a device node (/dev/zero's
+	// numbers) in its /var, which opens on the plain mount of the state.
+	vm1, _ := in.VM("vm1")
+	if err := os.MkdirAll(vm1.VarDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(vm1.StateDir, 0o700)
+	os.WriteFile(vm1.Marker(), []byte("microvm VM vm1\n"), 0o600)
+	dev := filepath.Join(vm1.VarDir, "zero")
+	if err := syscall.Mknod(dev, syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 5))); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := os.Open(dev); err != nil {
+		t.Fatalf("the device opens before (the test's premise): %v", err)
+	} else {
+		f.Close()
+	}
+
 	// The sandbox's own uplink is eth0; wan0, the file's, comes later.
 	withEth0 := *in
 	withEth0.Host.Uplink = "eth0"
@@ -124,6 +147,18 @@ func TestHost(t *testing.T) {
 	notified("READY=1", 30*time.Second)
 	if out := testenv.WithoutDiskWarning(mvm("plan", "--host-only", "-f", file)); out != "no changes\n" {
 		t.Errorf("plan after microvm host is ready:\n%s", out)
+	}
+	// vm1's directory is on a nosuid,nodev mount again, in microvm
+	// host's mount namespace (its own here: ip netns exec makes one), seen
+	// through its root: the guest's node does not open.
+	if f, err := os.Open(fmt.Sprintf("/proc/%d/root%s", cmd.Process.Pid, dev)); !errors.Is(err, os.ErrPermission) {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("after microvm host started, opening vm1's device node: %v; want permission denied", err)
+	}
+	if !strings.Contains(log.String(), "mount --bind "+vm1.StateDir+" ") {
+		t.Errorf("the log does not say it mounted %s", vm1.StateDir)
 	}
 
 	sandboxtest.FlushHealed(t, sb.Host)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -404,6 +405,29 @@ func mountBuild(h config.Host, r *Ref, staged config.Host, root, work string) (f
 	}, nil
 }
 
+// linkOrCopy hard-links src to dst, or copies it where they are on
+// different mounts (a base image mounted from elsewhere).
+func linkOrCopy(src, dst string) error {
+	err := os.Link(src, dst)
+	if !errors.Is(err, syscall.EXDEV) {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
 // deriveKernel gives the new image its kernel files: its base's, as hard
 // links, when the packages did not change the kernel (with ZFS, the clone
 // has them already), or new ones.
@@ -423,7 +447,7 @@ func deriveKernel(root string, h config.Host, baseDir string, staged config.Host
 			if _, err := os.Lstat(dst); err == nil {
 				continue // in the clone already
 			}
-			if err := os.Link(src, dst); err != nil {
+			if err := linkOrCopy(src, dst); err != nil {
 				return fmt.Errorf("linking the kernel: %w", err)
 			}
 		}

@@ -14,6 +14,8 @@ var GuestModules = []string{
 	"virtio_pci",  // Cloud Hypervisor puts them on PCI
 	"virtio_net",  // eth0
 	"virtiofs",    // the shared image and the VM's own /etc and /var
+	"virtio_blk",  // volumes ([vm.NAME.volumes])
+	"ext4",        // their filesystem
 	// The ACPI power button, how both VMMs ask the guest to shut down;
 	// loaded here rather than by udev, which a lean image does without.
 	"button",

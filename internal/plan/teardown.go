@@ -1,7 +1,9 @@
 package plan
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +16,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 )
 
@@ -106,7 +109,7 @@ func (a *RemoveTree) Apply() error {
 		return fmt.Errorf("not removing %s: %s mounted under it; unmount it first", a.Dir, strings.Join(below, ", "))
 	}
 	if !at {
-		if err := os.RemoveAll(a.Dir); err != nil {
+		if err := removeAll(filepath.Dir(a.Dir), filepath.Base(a.Dir)); err != nil {
 			return fmt.Errorf("rm -r %s: %w", a.Dir, err)
 		}
 		return nil
@@ -116,11 +119,26 @@ func (a *RemoveTree) Apply() error {
 		return err
 	}
 	for _, e := range entries {
-		if err := os.RemoveAll(filepath.Join(a.Dir, e.Name())); err != nil {
+		if err := removeAll(a.Dir, e.Name()); err != nil {
 			return fmt.Errorf("rm -r %s: %w", a.Dir, err)
 		}
 	}
 	return nil
+}
+
+// removeAll removes name in dir and everything under it through
+// descriptors (safedir): guests' trees can be deeper than os.RemoveAll has
+// descriptors for.
+func removeAll(dir, name string) error {
+	d, err := safedir.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.RemoveAll(name)
 }
 
 var _ action.Action = (*RemoveTree)(nil)

@@ -12,9 +12,11 @@ import (
 	"syscall"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
+	"github.com/simple-microvm-infra/microvm/internal/secret"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
@@ -32,7 +34,8 @@ func Checks(in *config.Infra, vm *config.VM) []error {
 			errs = append(errs, err)
 		}
 	}
-	return errs
+	errs = append(errs, unitsPresent(in, vm)...)
+	return append(errs, secret.Check(vm)...)
 }
 
 // KVMDevice is where KVM is; tests point it elsewhere.
@@ -103,9 +106,12 @@ func initFound(in *config.Infra, vm *config.VM) error {
 // directory is an error here instead of a VMM that fails at every restart.
 func vmmReaches(in *config.Infra, vm *config.VM) error {
 	u := lookupIDs(vm.User)
-	kernel := in.Host.ImagesDir() // the kernel of an image apply has yet to build will be there
-	if r, err := image.Resolve(in, vm.Image); err == nil && r.Built(in.Host) {
-		kernel = in.Host.ImageVmlinux(r.Dir)
+	kernel := in.Host.ImageVmlinux(vm.Image)
+	if r, err := image.Resolve(in, vm.Image); err == nil && r.Decl != nil {
+		kernel = in.Host.ImagesDir() // where the kernel of a version apply has yet to build will be
+		if r.Built(in.Host) {
+			kernel = in.Host.ImageVmlinux(r.Dir)
+		}
 	}
 	for _, p := range []string{kernel, in.Host.RunDir} {
 		if err := u.reaches(p); err != nil {
@@ -185,4 +191,19 @@ func (id access) may(fi os.FileInfo, want os.FileMode) bool {
 		return perm>>3&want == want
 	}
 	return perm&want == want
+}
+
+// unitsPresent checks that the units of services and disable_services are
+// in the VM's image, once it is built (apply builds a declared one first,
+// and the start checks again).
+func unitsPresent(in *config.Infra, vm *config.VM) []error {
+	r, err := image.Resolve(in, vm.Image)
+	if err != nil || !r.Built(in.Host) {
+		return nil
+	}
+	layers, err := image.Lowers(in.Host, r.Dir)
+	if err != nil {
+		return []error{fmt.Errorf("%s: %w", vm.Name, err)}
+	}
+	return guest.UnitsMissing(vm, layers)
 }

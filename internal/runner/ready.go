@@ -2,9 +2,11 @@ package runner
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -40,20 +42,43 @@ func ProbeSSH(ctx context.Context, addr netip.AddrPort) (string, error) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second)) // on a fresh TCP connection it cannot fail
-	// RFC 4253 4.2: the server may send other lines before its version.
-	r := bufio.NewReader(c)
-	for range 10 {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return "", fmt.Errorf("reading the SSH identification of %s: %w", addr, err)
+	id, err := readIdentification(c)
+	if err != nil {
+		return "", fmt.Errorf("reading the SSH identification of %s: %w", addr, err)
+	}
+	// Only for sshd's log (see above): the line read is the answer.
+	_, _ = fmt.Fprint(c, "SSH-2.0-microvm-ready\r\n")
+	return id, nil
+}
+
+// The guest answers the probe, and a hostile one could send one endless
+// line (a probe once buffered 2.85 GiB of it): what is read is bounded as
+// RFC 4253 (4.2) bounds the identification line, 255 bytes with its CR
+// LF, and the lines a server may send before it are held to the same
+// length and to maxIdentLines.
+const (
+	maxIdentLine  = 255
+	maxIdentLines = 10
+)
+
+// readIdentification reads an SSH server's identification line from r,
+// without its CR LF, reading at most maxIdentLines lines of maxIdentLine
+// bytes.
+func readIdentification(r io.Reader) (string, error) {
+	br := bufio.NewReaderSize(io.LimitReader(r, maxIdentLine*maxIdentLines), maxIdentLine)
+	for range maxIdentLines {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return "", fmt.Errorf("a line longer than %d bytes (RFC 4253 allows %d)", maxIdentLine, maxIdentLine)
 		}
-		if strings.HasPrefix(line, "SSH-") {
-			// Only for sshd's log (see above): the line read is the answer.
-			_, _ = fmt.Fprint(c, "SSH-2.0-microvm-ready\r\n")
-			return strings.TrimRight(line, "\r\n"), nil
+		if err != nil {
+			return "", err
+		}
+		if bytes.HasPrefix(line, []byte("SSH-")) {
+			return strings.TrimRight(string(line), "\r\n"), nil
 		}
 	}
-	return "", fmt.Errorf("%s sent no SSH identification", addr)
+	return "", fmt.Errorf("no SSH identification in the first %d lines", maxIdentLines)
 }
 
 // watchReady probes vm's sshd until it answers or ctx ends, then logs it

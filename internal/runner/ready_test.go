@@ -2,6 +2,7 @@ package runner
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -108,5 +109,81 @@ func TestMarkReady(t *testing.T) {
 	}
 	if st.Hash != Hash(Settings(in, vm)) {
 		t.Error("markReady changed the settings")
+	}
+}
+
+// flood answers each connection to a new loopback listener with first,
+// then with more, again and again, until the client goes.
+func flood(t *testing.T, first, more string) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				chunk := []byte(strings.Repeat(more, 32<<10/len(more)))
+				if _, err := c.Write([]byte(first)); err != nil {
+					return
+				}
+				for {
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+// counter counts the bytes read through it.
+type counter struct {
+	r io.Reader
+	n int
+}
+
+func (c *counter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// TestProbeSSHBounded: a guest whose "sshd" sends one endless line, or
+// endless lines, makes the probe fail with a clear error after reading
+// no more than RFC 4253 allows (one probe once buffered 2.85 GiB).
+func TestProbeSSHBounded(t *testing.T) {
+	for _, tt := range []struct {
+		name, first, more, want string
+	}{
+		{"an endless identification", "SSH-2.0-", "A", "a line longer than 255 bytes"},
+		{"an endless line before it", "", "A", "a line longer than 255 bytes"},
+		{"endless lines before it", "", "welcome\r\n", "no SSH identification in the first 10 lines"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := flood(t, tt.first, tt.more)
+			if id, err := ProbeSSH(t.Context(), addr); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ProbeSSH = %q, %v; want an error saying %q", id, err, tt.want)
+			}
+			c, err := net.Dial("tcp", addr.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			r := &counter{r: c}
+			if _, err := readIdentification(r); err == nil {
+				t.Error("readIdentification: no error")
+			}
+			if r.n > maxIdentLine*maxIdentLines {
+				t.Errorf("read %d bytes, want at most %d", r.n, maxIdentLine*maxIdentLines)
+			}
+		})
 	}
 }

@@ -6,8 +6,10 @@
 //     /etc and /var (seeded from the image on first start), the files the
 //     program manages in them, and the initramfs;
 //  3. start the three virtiofsd daemons and wait for their sockets;
-//  4. start the VMM as the VM's own unprivileged user (USER-NAME), with
-//     no_new_privs, given only its TAP's descriptors;
+//  4. start the VMM in its jail (package jail: a root of its own with only
+//     what it needs, its own PID and network namespaces) as the VM's own
+//     unprivileged user (USER-NAME), with no_new_privs, given only its
+//     TAP's descriptors;
 //  5. probe the guest's sshd while it boots, and record when it answers;
 //  6. wait: on SIGTERM or SIGINT stop the guest gracefully, wait for the VMM
 //     to exit, and only then stop the daemons (a daemon that went first
@@ -24,8 +26,8 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -35,10 +37,12 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/kernel"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/secret"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
+	"github.com/simple-microvm-infra/microvm/internal/volume"
 )
 
 // Run supervises vm until stop is closed (then it shuts the guest down) or
@@ -66,17 +70,33 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	if err != nil {
 		return err
 	}
-	spec := vmm.NewSpec(in.Host, vm, img.Dir)
-	unmount, err := prepare(in, vm, run, spec, img, logf)
+	// Every secret, or the VM does not start: never with half of them.
+	secrets, err := secret.All(vm)
 	if err != nil {
 		return err
 	}
-	defer unmount()
+	spec := vmm.NewSpec(in.Host, vm, img.Dir)
 	defer func() {
 		if err := releaseImage(in.Host, vm, run, img.Dir); err != nil {
 			logf("releasing image %s: %v", img.Dir, err)
 		}
 	}()
+	unmount, err := prepare(in, vm, run, spec, img, logf)
+	if err != nil {
+		return err
+	}
+	defer unmount()
+	if len(vm.Secrets) > 0 {
+		defer func() {
+			if err := secret.Remove(vm); err != nil {
+				logf("%v", err)
+			}
+		}()
+		if err := deliverSecrets(vm, secrets); err != nil {
+			return err
+		}
+		logf("%d secrets in %s (a tmpfs), served read-only", len(secrets), vm.SecretsDir())
+	}
 
 	oom := watchOOM(vm, logf)
 	daemon, err := virtiofs.Find()
@@ -101,7 +121,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		}
 		daemons = append(daemons, p)
 	}
-	logf("%s serves image, etc and var", daemon)
+	logf("%s serves %s", daemon, shareTags(spec.Shares))
 
 	spec.TAP, err = vmm.OpenTAP(vm.TAP, vm.TAPQueues())
 	if err != nil {
@@ -110,11 +130,21 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	}
 	console, consoleDone, err := openConsole(run, vm)
 	if err != nil {
+		for _, f := range spec.TAP {
+			f.Close()
+		}
 		stopDaemons()
 		return err
 	}
 	spec.Console = console
 	defer func() { console.Close(); <-consoleDone }() // the VMM has gone: all it wrote is in the log
+	if spec.Volumes, err = openVolumes(vm, logf); err != nil {
+		for _, f := range spec.TAP {
+			f.Close()
+		}
+		stopDaemons()
+		return err
+	}
 	backend, err := backendFor(in, vm)
 	var cmd *exec.Cmd
 	if err == nil {
@@ -124,7 +154,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
-	if err := runAs(cmd, vm.User); err != nil {
+	if err := confine(cmd, spec, in.Host.Accel, vm.User); err != nil {
 		stopDaemons()
 		return err
 	}
@@ -136,6 +166,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		f.Close() // the VMM has its own copies now
 	}
 	console.Close() // the VMM's is the console's one writer now
+	for _, v := range spec.Volumes {
+		v.File.Close()
+	}
 	if err != nil {
 		stopDaemons()
 		return err
@@ -202,8 +235,8 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 }
 
 // prepare makes the files the VM boots from and writes its managed files.
-// What it returns undoes the mount of the VM's state (protectState), for
-// when the VM has stopped.
+// What it returns undoes the mount of the VM's state where it does not
+// stay (protectState), for when the VM has stopped.
 func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, img *image.Ref, logf func(string, ...any)) (unmount func(), err error) {
 	unmount = func() {}
 	state, err := guest.OpenState(vm)
@@ -218,7 +251,7 @@ func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, i
 	} else if msg != "" {
 		logf("%s", msg)
 	}
-	if unmount, err = protectState(vm); err != nil {
+	if unmount, err = protectState(in.Host, vm); err != nil {
 		return unmount, err
 	}
 	defer func() {
@@ -248,6 +281,11 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 		return fmt.Errorf("making %s: %w", vm.VMMDir(), err)
 	}
 	d.Close()
+	// The VMM's jail is built on this empty directory of root's.
+	if d, err = run.MakeDir(filepath.Base(vm.JailDir()), 0o700, 0, 0); err != nil {
+		return fmt.Errorf("making %s: %w", vm.JailDir(), err)
+	}
+	d.Close()
 	// The image as the guests see it: its read-only view.
 	if err := useImage(h, vm, run, img.Dir); err != nil {
 		return err
@@ -256,11 +294,25 @@ func prepareFiles(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Sp
 	if err := guest.Seed(vm, root); err != nil {
 		return err
 	}
+	kept, err := guest.Merge(vm, root, img.Dir)
+	if err != nil {
+		return fmt.Errorf("merging image %s into %s's /etc and /var: %w", img.Dir, vm.Name, err)
+	}
+	if len(kept) > 0 {
+		more := ""
+		if len(kept) > 10 {
+			kept, more = kept[:10], fmt.Sprintf(" and %d more", len(kept)-10)
+		}
+		logf("image %s merged; kept the VM's own version of %s%s (microvm info %s lists what differs)", img.Dir, strings.Join(kept, ", "), more, vm.Name)
+	}
 	pub, _, err := guest.AdminKey(h)
 	if err != nil {
 		return err
 	}
 	if err := guest.WriteManaged(vm, guest.Keys{Admin: pub, Users: vm.SSHKeys}); err != nil {
+		return err
+	}
+	if err := guest.WriteDeclared(vm, root); err != nil {
 		return err
 	}
 	init, err := kernel.FindInit()
@@ -288,19 +340,21 @@ func lockRun(run *safedir.Dir, vm *config.VM) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// runAs makes cmd run as user, with that user's groups: the VMM needs no
+// confine makes cmd, the VMM's command, run in its jail (vmm.Spec.Jail,
+// package jail) as user, with that user's groups: the VMM needs no
 // privilege beyond its TAP (which the user owns, and whose descriptors it
 // is given), the daemons' sockets (which its group may use) and, with KVM,
 // /dev/kvm (group kvm).
-func runAs(c *exec.Cmd, name string) error {
-	id, err := ids(name)
+func confine(cmd *exec.Cmd, spec vmm.Spec, accel config.Accel, user string) error {
+	id, err := ids(user)
 	if err != nil {
 		return err
 	}
-	if c.SysProcAttr == nil {
-		c.SysProcAttr = &syscall.SysProcAttr{}
+	j := spec.Jail(cmd.Path, accel)
+	j.UID, j.GID, j.Groups = id.UID, id.GID, id.Groups
+	if err := j.Wrap(cmd); err != nil {
+		return fmt.Errorf("jailing the VMM of %s: %w", spec.VM.Name, err)
 	}
-	c.SysProcAttr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
 	return nil
 }
 
@@ -324,4 +378,46 @@ func anyDone(ps []*virtiofs.Process) <-chan struct{} {
 		}()
 	}
 	return ch
+}
+
+// deliverSecrets gives the secrets their owners in the guest (from its
+// own /etc/passwd and /etc/group) and writes them into their tmpfs.
+func deliverSecrets(vm *config.VM, values map[string][]byte) error {
+	owned := map[string]secret.Owned{}
+	for _, s := range vm.Secrets {
+		uid, gid, err := guest.Owner(vm, s.Owner, s.Group)
+		if err != nil {
+			return fmt.Errorf("%s: secret %s: %w", s.At, s.Name, err)
+		}
+		owned[s.Name] = secret.Owned{Value: values[s.Name], Mode: s.Mode, UID: uid, GID: gid}
+	}
+	return secret.Deliver(vm, owned)
+}
+
+// openVolumes makes, grows and opens vm's volumes for its VMM, owned by
+// the VM's user.
+func openVolumes(vm *config.VM, logf func(string, ...any)) ([]vmm.Volume, error) {
+	id, err := ids(vm.User)
+	if err != nil {
+		return nil, err
+	}
+	owner := func(user, group string) (int, int, error) { return guest.Owner(vm, user, group) }
+	open, err := volume.Prepare(vm, int(id.UID), int(id.GID), owner, logf)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]vmm.Volume, len(open))
+	for i, o := range open {
+		out[i] = vmm.Volume{Name: o.Name, File: o.File}
+	}
+	return out, nil
+}
+
+// shareTags lists the shares' tags for the log: "image, etc, var".
+func shareTags(shares []virtiofs.Share) string {
+	tags := make([]string, len(shares))
+	for i, sh := range shares {
+		tags[i] = sh.Tag
+	}
+	return strings.Join(tags, ", ")
 }

@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/guest"
 	"github.com/simple-microvm-infra/microvm/internal/image"
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/secret"
 )
 
 // Started is what a running VM was started with, kept in vm.StartedFile()
@@ -97,6 +99,27 @@ func Settings(in *config.Infra, vm *config.VM) map[string]string {
 	if vm.Limits.IOWeight != config.DefaultIOWeight {
 		s["io_weight"] = fmt.Sprint(vm.Limits.IOWeight)
 	}
+	// What runs in it: each declared file by its content, mode and owner,
+	// the units, the run_once list.
+	for _, f := range vm.Files {
+		s["file "+f.Path] = fmt.Sprintf("%s %s %s:%s", f.Sum, f.Mode, f.Owner, f.Group)
+	}
+	if len(vm.Services) > 0 {
+		s["services"] = strings.Join(vm.Services, " ")
+	}
+	if len(vm.DisableServices) > 0 {
+		s["disable_services"] = strings.Join(vm.DisableServices, " ")
+	}
+	if len(vm.RunOnce) > 0 {
+		s["run_once"] = guest.RunOnceHash(vm.RunOnce)
+	}
+	for _, v := range vm.Volumes {
+		s["volume "+v.Name] = fmt.Sprintf("%d bytes at %s, %s", v.Size, v.Mount, v.FS)
+	}
+	// A secret by its source, never its value.
+	for name, d := range secret.Digest(vm) {
+		s["secret "+name] = d
+	}
 	return s
 }
 
@@ -143,11 +166,22 @@ func Changed(was, now map[string]string) []string {
 	for k := range now {
 		keys[k] = true
 	}
-	var out []string
+	var out, files, secrets []string
 	newImage := was["image_dir"] != now["image_dir"]
 	for k := range keys {
 		a, b := was[k], now[k]
 		if a == b {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(k, "file "):
+			files = append(files, strings.TrimPrefix(k, "file "))
+			continue
+		case strings.HasPrefix(k, "secret "):
+			secrets = append(secrets, strings.TrimPrefix(k, "secret "))
+			continue
+		case k == "run_once":
+			out = append(out, "run_once changed")
 			continue
 		}
 		switch k {
@@ -178,6 +212,18 @@ func Changed(was, now map[string]string) []string {
 		default:
 			out = append(out, fmt.Sprintf("%s %s -> %s", k, orNone(a), orNone(b)))
 		}
+	}
+	if len(files) > 0 {
+		sort.Strings(files)
+		more := ""
+		if len(files) > 3 {
+			files, more = files[:3], fmt.Sprintf(" and %d more", len(files)-3)
+		}
+		out = append(out, "files changed: "+strings.Join(files, ", ")+more)
+	}
+	if len(secrets) > 0 {
+		sort.Strings(secrets)
+		out = append(out, "secrets changed: "+strings.Join(secrets, ", "))
 	}
 	sort.Strings(out)
 	return out

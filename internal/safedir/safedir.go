@@ -7,13 +7,15 @@
 // beneath it by the kernel, with openat2(2) and RESOLVE_BENEATH,
 // RESOLVE_NO_SYMLINKS and RESOLVE_NO_MAGICLINKS: no component may be a
 // symlink, not even one that stays inside the tree (Go's os.Root follows
-// those), and nothing resolves outside. Files are opened only if they are
-// regular files, without blocking and without following anything; they are
-// written to a temporary file in the same directory and renamed over the
-// name (a rename replaces a symlink, it never writes through one); modes
-// and owners are changed through descriptors (fchmod, fchown), never by
-// path. So whatever the tree holds, the host reads and writes only inside
-// it, and only the files it names.
+// those), and nothing resolves outside. A name is looked up with O_PATH,
+// which opens nothing, and opened only if it is a regular file: no device
+// node or FIFO the guest made is ever opened. Files are written to a
+// temporary file in the same directory and renamed over the name (a
+// rename replaces a symlink, it never writes through one); modes and
+// owners are changed through descriptors (fchmod, fchown), never by path.
+// Trees are walked and removed one directory at a time, holding a few
+// descriptors whatever their depth. So whatever the tree holds, the host
+// reads and writes only inside it, and only the files it names.
 //
 // The directory a Dir is opened on is trusted as a path: it is one root
 // made (STATE_DIR/NAME, RUN_DIR/NAME), and only its last component is
@@ -29,6 +31,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -299,24 +302,69 @@ func (d *Dir) Exists(name string) (bool, error) {
 
 // Open opens the regular file name beneath d for reading. Anything else
 // (a FIFO, a device node, a directory, a symlink anywhere on the way) is
-// refused without blocking: the open does not wait for a FIFO's writer, and
-// a device opened by mistake is closed before it is read.
+// refused without being opened at all (see openRegular).
 func (d *Dir) Open(name string) (*os.File, error) {
 	return d.openRegular(name, unix.O_RDONLY)
 }
 
-// openRegular opens name beneath d with flags, without blocking, and keeps
-// it only if it is a regular file.
+// openRegular opens name beneath d with flags, only if it is a regular
+// file. It first looks the name up with O_PATH, which opens nothing: a
+// device node's driver or a FIFO never sees an open (a watchdog device
+// would start counting, a FIFO's writer would be let through), and only a
+// regular file is then opened, through the descriptor of the very file
+// looked up. With O_CREAT, a missing name is made with O_EXCL, which never
+// opens what is already there.
 func (d *Dir) openRegular(name string, flags int, mode ...uint32) (*os.File, error) {
-	fd, err := d.openat(name, flags|unix.O_NONBLOCK|unix.O_NOCTTY, mode...)
-	if err != nil {
-		return nil, err
-	}
-	if err := regular(fd); err != nil {
+	for {
+		fd, err := d.openat(name, unix.O_PATH)
+		if errors.Is(err, fs.ErrNotExist) && flags&unix.O_CREAT != 0 {
+			fd, err = d.openat(name, flags|unix.O_EXCL|unix.O_NONBLOCK|unix.O_NOCTTY, mode...)
+			if errors.Is(err, fs.ErrExist) {
+				continue // made meanwhile: look it up again
+			}
+			if err != nil {
+				return nil, err
+			}
+			return os.NewFile(uintptr(fd), d.join(name)), nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		f, err := reopenRegular(fd, flags&^(unix.O_CREAT|unix.O_EXCL))
 		unix.Close(fd)
-		return nil, d.err("open", name, err)
+		if err != nil {
+			return nil, d.err("open", name, err)
+		}
+		return os.NewFile(uintptr(f), d.join(name)), nil
 	}
-	return os.NewFile(uintptr(fd), d.join(name)), nil
+}
+
+// reopenRegular opens the file of the O_PATH descriptor fd with flags, if
+// it is a regular file. It goes through /proc/self/fd, which leads to that
+// very file whatever has become of its name since; openat2 cannot reopen
+// a descriptor by itself (it takes no empty path).
+func reopenRegular(fd, flags int) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return -1, err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFLNK: // O_PATH|O_NOFOLLOW gives a trailing symlink itself
+		return -1, ErrSymlink
+	default:
+		return -1, ErrNotRegular
+	}
+	for {
+		f, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), flags|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.ENOENT) {
+			return -1, errors.New("reopening through /proc/self/fd: is /proc mounted?")
+		}
+		return f, err
+	}
 }
 
 // ReadFile reads the regular file name beneath d, up to MaxRead bytes.
@@ -341,25 +389,7 @@ func (d *Dir) ReadFile(name string) ([]byte, error) {
 // directory, syncs it, and renames it over name. A file that already holds
 // data with mode perm is left alone.
 func (d *Dir) WriteFile(name string, data []byte, perm fs.FileMode) error {
-	if st, err := d.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && fs.FileMode(st.Mode&0o7777) == perm {
-		if old, err := d.ReadFile(name); err == nil && string(old) == string(data) {
-			return nil
-		}
-	}
-	parent, base, err := d.parent(name)
-	if err != nil {
-		return err
-	}
-	defer closeIfNot(parent, d)
-	tmp, err := parent.writeTemp(base, data, perm)
-	if err != nil {
-		return err
-	}
-	if err := unix.Renameat(parent.fd, tmp, parent.fd, base); err != nil {
-		_ = unix.Unlinkat(parent.fd, tmp, 0) // our temporary; the rename's error is the one to report
-		return d.err("rename", name, err)
-	}
-	return nil
+	return d.write(name, data, perm, -1, -1)
 }
 
 // WriteNew writes data to name beneath d only if name does not exist yet,
@@ -465,7 +495,9 @@ func (d *Dir) Remove(name string) error {
 }
 
 // RemoveAll removes name beneath d and everything under it, descending
-// only into real directories; a missing name is not an error.
+// only into real directories; a missing name is not an error. However deep
+// the tree, it holds a few descriptors and memory linear in its depth
+// (see tree).
 func (d *Dir) RemoveAll(name string) error {
 	st, err := d.Lstat(name)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -476,17 +508,26 @@ func (d *Dir) RemoveAll(name string) error {
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		sub, err := d.OpenDir(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		names, err := sub.Names()
-		if err == nil {
-			for _, n := range names {
-				if err = sub.RemoveAll(n); err != nil {
-					break
-				}
+		err = sub.tree(func(parent, _ int, n string, st *unix.Stat_t) error {
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				return nil // emptied first, removed by done
 			}
-		}
+			if err := unix.Unlinkat(parent, n, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+				return sub.err("remove", ".../"+n, err)
+			}
+			return nil
+		}, func(parent int, n string) error {
+			if err := unix.Unlinkat(parent, n, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+				return sub.err("remove", ".../"+n, err)
+			}
+			return nil
+		})
 		sub.Close()
 		if err != nil {
 			return err
@@ -511,44 +552,150 @@ func (d *Dir) Names() ([]string, error) {
 }
 
 // Walk calls fn with the status of every entry beneath d (not d itself),
-// parents before children, descending only into real directories.
-func (d *Dir) Walk(fn func(name string, st *unix.Stat_t) error) error {
-	return d.walk("", fn)
+// parents before children, descending only into real directories. fn is
+// given the entry's depth (1 for d's own entries) and its name in its
+// directory, not a path: a guest's tree can be 20,000 directories deep.
+// If fn returns fs.SkipDir for a directory, Walk does not descend into it.
+// Walk holds a few descriptors and memory linear in the depth (see tree).
+func (d *Dir) Walk(fn func(depth int, name string, st *unix.Stat_t) error) error {
+	return d.tree(func(_, depth int, name string, st *unix.Stat_t) error {
+		err := fn(depth, name, st)
+		if err == fs.SkipDir && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			return errSkip
+		}
+		return err
+	}, nil)
 }
 
-func (d *Dir) walk(prefix string, fn func(string, *unix.Stat_t) error) error {
-	names, err := d.Names()
+// errSkip is what visit returns to tree for a directory not to enter.
+var errSkip = errors.New("skip this directory")
+
+// frame is a directory on tree's way down: the names in it still to
+// visit, its own name in its parent, and its identity, to know it again
+// on the way back up.
+type frame struct {
+	names    []string
+	name     string
+	dev, ino uint64
+}
+
+// tree visits everything beneath d, depth first, one directory at a time:
+// visit gets each entry with the descriptor of its directory, its depth
+// and its status (errSkip for a directory: do not enter it); done, if not
+// nil, gets each directory once everything beneath it was visited, with
+// its parent's descriptor (RemoveAll removes it then).
+//
+// Only the descriptor of the directory being visited is kept open: tree
+// goes down by name and back up by "..", and checks that ".." is the very
+// directory it came from (a guest may move directories meanwhile; it
+// then fails rather than climb out of d). So a tree of any depth takes
+// two or three descriptors, and memory for one frame per level, the names
+// still to visit included; no path is built.
+func (d *Dir) tree(visit func(parent, depth int, name string, st *unix.Stat_t) error, done func(parent int, name string) error) error {
+	cur, err := unix.Openat(d.fd, ".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return d.err("open", "", err)
+	}
+	defer func() { unix.Close(cur) }()
+	top, err := d.enter(cur, "")
 	if err != nil {
 		return err
 	}
-	for _, n := range names {
+	stack := []frame{top}
+	for len(stack) > 0 {
+		f := &stack[len(stack)-1]
+		if len(f.names) == 0 {
+			if len(stack) == 1 {
+				return nil
+			}
+			// Back up to the parent, which must be the one it came from.
+			up, err := unix.Openat(cur, "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return d.err("open", ".../"+f.name+"/..", err)
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(up, &st); err != nil {
+				unix.Close(up)
+				return d.err("stat", ".../"+f.name+"/..", err)
+			}
+			p := stack[len(stack)-2]
+			if st.Dev != p.dev || st.Ino != p.ino {
+				unix.Close(up)
+				return d.err("walk", ".../"+f.name, errors.New("moved while the tree was walked"))
+			}
+			unix.Close(cur)
+			cur = up
+			name := f.name
+			stack = stack[:len(stack)-1]
+			if done != nil {
+				if err := done(cur, name); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		n := f.names[len(f.names)-1]
+		f.names = f.names[:len(f.names)-1]
 		var st unix.Stat_t
-		if err := unix.Fstatat(d.fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.Fstatat(cur, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue // gone meanwhile: the tree is live
 			}
-			return d.err("lstat", n, err)
+			return d.err("lstat", ".../"+n, err)
 		}
-		if err := fn(prefix+n, &st); err != nil {
+		err := visit(cur, len(stack), n, &st)
+		if err == errSkip {
+			continue
+		}
+		if err != nil {
 			return err
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			continue
 		}
-		sub, err := d.OpenDir(n)
-		if errors.Is(err, fs.ErrNotExist) {
+		how := unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC, Resolve: resolve}
+		sub, err := unix.Openat2(cur, n, &how)
+		for errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			sub, err = unix.Openat2(cur, n, &how)
+		}
+		if errors.Is(err, unix.ENOENT) {
 			continue
 		}
 		if err != nil {
-			return err
+			return d.err("open", ".../"+n, err)
 		}
-		err = sub.walk(prefix+n+"/", fn)
-		sub.Close()
+		next, err := d.enter(sub, n)
 		if err != nil {
+			unix.Close(sub)
 			return err
 		}
+		unix.Close(cur)
+		cur = sub
+		stack = append(stack, next)
 	}
 	return nil
+}
+
+// enter reads the directory of the O_PATH descriptor fd, called name in
+// its parent, into a frame.
+func (d *Dir) enter(fd int, name string) (frame, error) {
+	f := frame{name: name}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return f, d.err("stat", ".../"+name, err)
+	}
+	f.dev, f.ino = st.Dev, st.Ino
+	list, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return f, d.err("open", ".../"+name, err)
+	}
+	file := os.NewFile(uintptr(list), name)
+	defer file.Close()
+	f.names, err = file.Readdirnames(-1)
+	if err != nil && err != io.EOF {
+		return f, d.err("readdir", ".../"+name, err)
+	}
+	return f, nil
 }
 
 // openat opens name beneath d with flags (and O_CLOEXEC, O_NOFOLLOW).
@@ -626,18 +773,6 @@ func explain(err error) error {
 func local(name string) error {
 	if name == "" || !filepath.IsLocal(name) || filepath.Clean(name) != name {
 		return fmt.Errorf("%q is not a clean relative name", name)
-	}
-	return nil
-}
-
-// regular returns an error unless fd is a regular file.
-func regular(fd int) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return ErrNotRegular
 	}
 	return nil
 }

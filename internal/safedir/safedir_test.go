@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -260,19 +262,196 @@ func TestWalk(t *testing.T) {
 	guest, _ := tree(t)
 	d, _ := Open(guest)
 	defer d.Close()
-	var names []string
-	if err := d.Walk(func(name string, st *unix.Stat_t) error {
-		names = append(names, name)
+	seen := map[string]int{}
+	if err := d.Walk(func(depth int, name string, st *unix.Stat_t) error {
+		seen[fmt.Sprintf("%d %s", depth, name)]++
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range names {
-		if strings.HasPrefix(n, "out/") || strings.HasPrefix(n, "dotdot/") || strings.HasPrefix(n, "inside-link/") {
-			t.Errorf("Walk went through a symlink: %s", n)
+	// Through out, dotdot or inside-link it would see secret, or key again.
+	want := map[string]int{"1 out": 1, "1 secret-link": 1, "1 inside-link": 1, "1 relative-link": 1, "1 dotdot": 1, "1 fifo": 1, "1 ssh": 1, "2 key": 1}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("Walk saw %v, want %v", seen, want)
+	}
+	// fs.SkipDir: not into ssh.
+	clear(seen)
+	d.Walk(func(depth int, name string, st *unix.Stat_t) error {
+		seen[fmt.Sprintf("%d %s", depth, name)]++
+		if name == "ssh" {
+			return fs.SkipDir
+		}
+		return nil
+	})
+	if seen["2 key"] != 0 {
+		t.Error("Walk went into a directory its function skipped")
+	}
+}
+
+// TestNeverOpens: a FIFO or a device node a guest planted where the host
+// reads or appends is refused without being opened at all, as inotify
+// sees it. Opening is itself the harm: a watchdog device starts its
+// countdown when opened, and a FIFO's writer learns that a reader came.
+func TestNeverOpens(t *testing.T) {
+	guest := testenv.DeviceDir(t)
+	// /dev/null's numbers (c 1 3), as a guest made them at the place of
+	// the SSH host key.
+	if err := unix.Mknod(filepath.Join(guest, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(filepath.Join(guest, "fifo"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := os.OpenFile(filepath.Join(guest, "null"), os.O_RDONLY, 0); err != nil {
+		t.Fatalf("the device opens (the test's premise): %v", err)
+	} else {
+		f.Close()
+	}
+	d, err := Open(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, name := range []string{"null", "fifo"} {
+		for _, op := range []struct {
+			what string
+			do   func() error
+		}{
+			{"ReadFile", func() error { _, err := d.ReadFile(name); return err }},
+			{"Open", func() error { f, err := d.Open(name); f.Close(); return err }},
+			{"OpenAppend", func() error { f, err := d.OpenAppend(name, 0o644); f.Close(); return err }},
+			{"Lock", func() error { f, err := d.Lock(name, false); f.Close(); return err }},
+		} {
+			var err error
+			opened := testenv.Opened(t, guest, func() { err = op.do() })
+			if !errors.Is(err, ErrNotRegular) {
+				t.Errorf("%s(%s): %v; want %v", op.what, name, err, ErrNotRegular)
+			}
+			if len(opened) > 0 {
+				t.Errorf("%s(%s) opened %v", op.what, name, opened)
+			}
 		}
 	}
-	if !strings.Contains(strings.Join(names, " "), "ssh/key") {
-		t.Errorf("Walk missed ssh/key: %v", names)
+	// A regular file is still opened (and inotify sees that: the check
+	// above can fail).
+	os.WriteFile(filepath.Join(guest, "file"), []byte("x"), 0o644)
+	opened := testenv.Opened(t, guest, func() {
+		if b, err := d.ReadFile("file"); err != nil || string(b) != "x" {
+			t.Errorf("ReadFile(file) = %q, %v", b, err)
+		}
+	})
+	if !slices.Contains(opened, "file") {
+		t.Errorf("inotify saw %v opened; want file", opened)
+	}
+	// OpenAppend and Lock make a missing file, and open nothing else.
+	for _, name := range []string{"new", "lock"} {
+		f, err := d.OpenAppend(name, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if fi, err := os.Lstat(filepath.Join(guest, name)); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, %v; want a regular file 0600", name, fi.Mode(), err)
+		}
+	}
+}
+
+// depth is the depth of the guest-made chain of directories the deep
+// tests walk: 20,000 took 13 GiB, then failed with "too many open
+// files", when each level kept a descriptor and a path of its own.
+const depth = 20000
+
+// TestDeepTree: a chain of 20,000 nested directories is walked and
+// removed with a few descriptors (the process may open only 16 more than
+// it has) and memory linear in its depth.
+func TestDeepTree(t *testing.T) {
+	top := t.TempDir()
+	testenv.Chain(t, top, "d", depth)
+	d, err := Open(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+
+	base := testenv.OpenFiles(t)
+	restore := testenv.LimitFiles(t, 16)
+	var levels, most int
+	var leaf bool
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	err = d.Walk(func(depth int, name string, st *unix.Stat_t) error {
+		if name == "d" {
+			levels = max(levels, depth)
+		}
+		if name == "leaf" {
+			leaf = true
+		}
+		if depth%1000 == 0 {
+			most = max(most, testenv.OpenFiles(t)-base)
+		}
+		return nil
+	})
+	runtime.ReadMemStats(&after)
+	restore()
+	if err != nil {
+		t.Fatalf("Walk: %v", err)
+	}
+	if levels != depth || !leaf {
+		t.Errorf("Walk went %d levels deep (leaf seen: %v), want %d and the leaf", levels, leaf, depth)
+	}
+	if most > 4 {
+		t.Errorf("Walk held %d descriptors more than before, want a few", most)
+	}
+	// Linear: a few hundred bytes a level (with a path per level, or a
+	// full name per entry, it is gigabytes).
+	if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(depth*2<<10); got > limit {
+		t.Errorf("Walk allocated %d bytes in all, want under %d (2 KiB a level)", got, limit)
+	}
+	t.Logf("Walk: %d bytes allocated in all, %d descriptors more at most", after.TotalAlloc-before.TotalAlloc, most)
+
+	restore = testenv.LimitFiles(t, 16)
+	runtime.ReadMemStats(&before)
+	err = d.RemoveAll("d")
+	runtime.ReadMemStats(&after)
+	restore()
+	if err != nil {
+		t.Fatalf("RemoveAll: %v", err)
+	}
+	if names, _ := d.Names(); len(names) != 0 {
+		t.Errorf("left after RemoveAll: %v", names)
+	}
+	if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(depth*2<<10); got > limit {
+		t.Errorf("RemoveAll allocated %d bytes in all, want under %d (2 KiB a level)", got, limit)
+	}
+	t.Logf("RemoveAll: %d bytes allocated in all", after.TotalAlloc-before.TotalAlloc)
+}
+
+// TestWalkMoved: a directory the guest moves up while the walk is below
+// it makes the walk fail; it never climbs out of the tree by "..".
+func TestWalkMoved(t *testing.T) {
+	top := t.TempDir()
+	guest := filepath.Join(top, "guest")
+	os.MkdirAll(filepath.Join(guest, "a", "b", "c"), 0o755)
+	d, err := Open(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var seen []string
+	err = d.Walk(func(depth int, name string, st *unix.Stat_t) error {
+		seen = append(seen, name)
+		if name == "c" {
+			// The walk is in b: b moves to the top, so b/.. is guest, not a.
+			if err := os.Rename(filepath.Join(guest, "a", "b"), filepath.Join(guest, "b")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "moved while") {
+		t.Errorf("Walk: %v; want an error that the tree moved", err)
+	}
+	if slices.Contains(seen, "outside") || slices.Contains(seen, "guest") {
+		t.Errorf("Walk climbed out: %v", seen)
 	}
 }

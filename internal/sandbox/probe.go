@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -29,8 +30,11 @@ var Timeout = 2 * time.Second
 type Prober struct{ S *Sandbox }
 
 func (p Prober) ns(from string) string {
-	if from == check.Host {
+	switch from {
+	case check.Host:
 		return p.S.Host
+	case check.Outside:
+		return p.S.Internet
 	}
 	return p.S.VMs[from]
 }
@@ -106,6 +110,7 @@ func TCPFrom(ns string, local netip.Addr, to netip.AddrPort) check.Result {
 		c, err := d.Dial("tcp4", to.String())
 		if err != nil {
 			r.Reached = refused(err)
+			r.Refused = r.Reached
 			r.Err = err
 			return nil
 		}
@@ -113,7 +118,7 @@ func TCPFrom(ns string, local netip.Addr, to netip.AddrPort) check.Result {
 		// Reached is the result; who the listener saw is a detail, missing
 		// when the deadline cut it short.
 		_ = c.SetDeadline(time.Now().Add(Timeout))
-		line, _ := bufio.NewReader(c).ReadString('\n')
+		line, _ := bufio.NewReader(io.LimitReader(c, check.MaxSeen)).ReadString('\n')
 		r.SeenAs = strings.TrimSpace(strings.TrimPrefix(line, "seen "))
 		return c.Close()
 	})
@@ -141,6 +146,7 @@ func UDP(ns string, to netip.AddrPort) check.Result {
 		n, err := c.Read(buf)
 		if err != nil {
 			r.Reached = refused(err)
+			r.Refused = r.Reached
 			r.Err = err
 			return nil
 		}

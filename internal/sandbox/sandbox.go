@@ -11,9 +11,12 @@
 //	                                      lan0 192.0.2.1 : internet ns (the host's router)
 //	lan ns:  eth0 192.0.2.50 ──veth── lan1 ┘  203.0.113.10 (the "internet" server)
 //	         (a LAN host)                     169.254.169.254 (a cloud's metadata server)
+//	                                          168.63.129.16 (Azure's WireServer)
+//	tailnet client ns: eth0 100.64.1.2 ──veth── tailscale0 100.64.1.1 in the host ns (AddTailnetClient)
 //
-// Every address used is from the documentation ranges or the model, and
-// every packet stays inside these namespaces.
+// Every address used is from the documentation ranges, the model, or a
+// cloud's own (answered inside the internet namespace), and every packet
+// stays inside these namespaces.
 package sandbox
 
 import (
@@ -41,6 +44,10 @@ var (
 	InternetAddr = netip.MustParseAddr("203.0.113.10")    // a server "on the internet"
 	LANAddr      = netip.MustParsePrefix("192.0.2.50/24") // another host on the uplink's network
 	MetadataAddr = netip.MustParseAddr("169.254.169.254") // a cloud's instance metadata server, behind the router
+	WireServer   = netip.MustParseAddr("168.63.129.16")   // Azure's WireServer, behind the router too
+
+	TailnetHostAddr   = netip.MustParsePrefix("100.64.1.1/24") // the host's tailscale0
+	TailnetClientAddr = netip.MustParsePrefix("100.64.1.2/24") // a tailnet client that uses its subnet routes
 )
 
 // Sandbox is a set of namespaces; Close removes them all.
@@ -91,6 +98,7 @@ func New(in *config.Infra) (s *Sandbox, err error) {
 		{"-n", s.Internet, "link", "set", "lan0", "up"},
 		{"-n", s.Internet, "addr", "add", InternetAddr.String() + "/32", "dev", "lo"},
 		{"-n", s.Internet, "addr", "add", MetadataAddr.String() + "/32", "dev", "lo"},
+		{"-n", s.Internet, "addr", "add", WireServer.String() + "/32", "dev", "lo"},
 		{"-n", s.LAN, "link", "add", "eth0", "type", "veth", "peer", "name", "lan1", "netns", s.Internet},
 		{"-n", s.LAN, "addr", "add", LANAddr.String(), "dev", "eth0"},
 		{"-n", s.LAN, "link", "set", "eth0", "up"},
@@ -145,6 +153,33 @@ func (s *Sandbox) AddStandIns() error {
 		}
 	}
 	return nil
+}
+
+// AddTailnetClient gives the host a tailscale0 (a veth where tailscaled
+// makes a TUN) with a namespace behind it standing in for a tailnet client
+// that uses the host's subnet routes: every VM subnet goes through the
+// host. It returns the client's namespace.
+func (s *Sandbox) AddTailnetClient() (string, error) {
+	ns := s.prefix + "-tnet"
+	if err := s.addNS(ns); err != nil {
+		return "", err
+	}
+	steps := [][]string{
+		{"-n", s.Host, "link", "add", config.Tailscale, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", s.Host, "addr", "add", TailnetHostAddr.String(), "dev", config.Tailscale},
+		{"-n", s.Host, "link", "set", config.Tailscale, "up"},
+		{"-n", ns, "addr", "add", TailnetClientAddr.String(), "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+	}
+	for _, vm := range s.in.VMs {
+		steps = append(steps, []string{"-n", ns, "route", "add", vm.Subnet.String(), "via", TailnetHostAddr.Addr().String()})
+	}
+	for _, st := range steps {
+		if err := ip(st...); err != nil {
+			return "", err
+		}
+	}
+	return ns, nil
 }
 
 // Close deletes every namespace of the sandbox, and with them every link,
@@ -253,7 +288,7 @@ func ip(args ...string) error {
 }
 
 // Serve starts the test servers: the internet server (which also answers
-// on the router's and the metadata server's addresses), the LAN host's (on
+// on the router's, the metadata server's and the WireServer's addresses), the LAN host's (on
 // Port, and on 53 as a DNS server would), a server in every stand-in there
 // is, and a listener on the host's port 22 standing in for sshd (which no
 // VM may reach).
@@ -282,5 +317,7 @@ func (s *Sandbox) Target() check.Target {
 		Uplink:   UplinkAddr.Addr(),
 		HostSSH:  []netip.Addr{UplinkAddr.Addr()},
 		Private:  []netip.Addr{LANAddr.Addr(), ISPAddr.Addr(), MetadataAddr},
+		// The internet's probes to the host come from the router's address.
+		OutsideFrom: ISPAddr.Addr(),
 	}
 }

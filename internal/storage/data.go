@@ -3,6 +3,7 @@ package storage
 import (
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,7 +23,19 @@ func (d *Dir) Holds(vm *config.VM) string {
 
 func (d *Dir) Mounts(vm *config.VM) int { return 0 }
 
-func (d *Dir) Destroy(vm *config.VM) action.Action { return nil }
+// Destroy unmounts the nosuid,nodev mount of vm's directory (of every
+// VM's with vm nil), which stays when a VM stops (see Protect), so that
+// the files can be removed.
+func (d *Dir) Destroy(vm *config.VM) action.Action {
+	dirs := protectMounts(d.Host)
+	if vm != nil {
+		dirs = slices.DeleteFunc(dirs, func(dir string) bool { return dir != vm.StateDir })
+	}
+	if len(dirs) == 0 {
+		return nil
+	}
+	return &UnprotectState{Dirs: dirs}
+}
 
 func (z *ZFS) Holds(vm *config.VM) string {
 	if vm == nil {

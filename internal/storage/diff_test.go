@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
+	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
 // TestZFSDiff compares the model's datasets with a host read into a value,
@@ -110,6 +111,44 @@ func TestZFSDiff(t *testing.T) {
 		if len(d.Cleanup)+len(d.Notes) > 0 {
 			t.Errorf("%s: cleanup %v, notes %q; want none", tt.name, d.Cleanup, d.Notes)
 		}
+	}
+}
+
+// TestZFSDiffVolumes: a VM's volumes are files in its dataset, so their
+// sizes are added to its refquota; one that holds more is warned of with
+// them.
+func TestZFSDiffVolumes(t *testing.T) {
+	in := model(t, "/var/lib/microvms", "storage = \"zfs\"\nzfs_dataset = \"tank/microvms\"", "vm1")
+	in.VMs[0].Volumes = []config.Volume{{Name: "data", Size: 4 << 30}, {Name: "logs", Size: 512 << 20}}
+	z := For(in.Host).(*ZFS)
+	dirs := []string{"/var/lib/microvms", "/var/lib/microvms/images", "/var/lib/microvms/vm1"}
+	o := &zfsHost{datasets: map[string]dataset{
+		"tank/microvms":        {mountpoint: dirs[0], mounted: true},
+		"tank/microvms/images": {mountpoint: dirs[1], mounted: true},
+		"tank/microvms/vm1":    {mountpoint: dirs[2], mounted: true, inert: true, refquota: 20 << 30, referenced: 1 << 30},
+	}, empty: map[string]bool{}, seen: map[string]bool{}}
+	for _, d := range dirs {
+		o.seen[d] = true
+	}
+	d, err := z.diff(in, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 20G and 4.5G of volumes, in the largest unit that divides it.
+	want := []string{"zfs set refquota=25088M tank/microvms/vm1"}
+	if got := strs(d.Setup); !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	ds := o.datasets["tank/microvms/vm1"]
+	ds.refquota, ds.referenced = 20<<30, 25<<30
+	o.datasets["tank/microvms/vm1"] = ds
+	d, err = z.diff(in, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantWarn := []string{`vm1 holds 25.0G, more than its disk = "20G" and 4608M of volumes: its limit stays 20G until it holds less, or disk is raised`}
+	if len(d.Setup) > 0 || !reflect.DeepEqual(d.Warnings, wantWarn) {
+		t.Errorf("got %q, warnings %q; want none, warnings %q", strs(d.Setup), d.Warnings, wantWarn)
 	}
 }
 

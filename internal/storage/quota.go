@@ -155,7 +155,7 @@ type ProjectQuota struct {
 }
 
 func (a *ProjectQuota) limits() (blocks, inodes uint64) {
-	b := a.VM.Limits.DiskBytes
+	b := a.VM.DiskQuota()
 	return uint64(b >> 10), uint64(b / InodeBytes)
 }
 
@@ -167,7 +167,7 @@ func (a *ProjectQuota) String() string {
 		fs = m
 	}
 	return fmt.Sprintf("chattr -R -p %d +P %s && setquota -P %d 0 %s 0 %d %s   # %s's disk",
-		id, a.VM.StateDir, id, config.FormatSize(a.VM.Limits.DiskBytes), inodes, fs, a.VM.Name)
+		id, a.VM.StateDir, id, config.FormatSize(a.VM.DiskQuota()), inodes, fs, a.VM.Name)
 }
 
 // Apply sets the project ID on the state directory and everything in it
@@ -368,12 +368,12 @@ func BoundDisk(h config.Host, vm *config.VM) (string, error) {
 	}
 	a := &ProjectQuota{VM: vm}
 	if ok, err := a.inPlace(fd); err == nil && ok {
-		return fmt.Sprintf("disk: %s, project quota %d", config.FormatSize(vm.Limits.DiskBytes), vm.ProjectID()), nil
+		return fmt.Sprintf("disk: %s, project quota %d", config.FormatSize(vm.DiskQuota()), vm.ProjectID()), nil
 	}
 	if err := a.apply(fd); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("disk: %s, project quota %d set", config.FormatSize(vm.Limits.DiskBytes), vm.ProjectID()), nil
+	return fmt.Sprintf("disk: %s, project quota %d set", config.FormatSize(vm.DiskQuota()), vm.ProjectID()), nil
 }
 
 // DiskUse is what vm's data holds against its disk limit: with ZFS its

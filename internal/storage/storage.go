@@ -31,11 +31,13 @@
 package storage
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -333,21 +335,92 @@ func (d *Dir) Rollback(vm *config.VM, name string) error        { return ErrNoSn
 func (d *Dir) DestroySnapshot(vm *config.VM, name string) error { return ErrNoSnapshots }
 
 // Usage adds up the blocks of the files under each directory, as du does.
+// A VM's comes from its record when that is recent (VMUsage); so does
+// its part of the total.
 func (d *Dir) Usage(in *config.Infra) (Usage, error) {
 	u := Usage{VMs: map[string]int64{}}
 	var err error
-	for _, vm := range in.VMs {
-		if u.VMs[vm.Name], err = DiskUsage(vm.StateDir); err != nil {
+	for i := range in.VMs {
+		if u.VMs[in.VMs[i].Name], err = VMUsage(&in.VMs[i], UsageMaxAge); err != nil {
 			return Usage{}, err
 		}
 	}
 	if u.Images, err = DiskUsage(in.Host.ImagesDir()); err != nil {
 		return Usage{}, err
 	}
-	if u.Total, err = DiskUsage(d.Host.StateDir); err != nil {
+	if u.Total, err = totalUsage(d.Host); err != nil {
 		return Usage{}, err
 	}
 	return u, nil
+}
+
+// UsageMaxAge is how long the disk use measured of a VM's etc and var
+// stands for it (with plain directories). Measuring walks every file the
+// guest has made, and a guest can make millions, or a chain of nested
+// directories as deep as its disk allows: status, which a person or a
+// monitor may run every few seconds, measures it at most this often.
+const UsageMaxAge = 5 * time.Minute
+
+// usageRecord is what vm.UsageRecord holds.
+type usageRecord struct {
+	Bytes    int64     `json:"bytes"`
+	Measured time.Time `json:"measured"`
+}
+
+// VMUsage is the disk use of vm's state directory, as DiskUsage counts it:
+// the one recorded in vm.UsageRecord if it was measured less than maxAge
+// ago, else measured now and recorded. 0 if the directory does not exist.
+func VMUsage(vm *config.VM, maxAge time.Duration) (int64, error) {
+	d, err := safedir.OpenPrivate(vm.StateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("measuring disk use of %s: %w", vm.StateDir, err)
+	}
+	defer d.Close()
+	name := filepath.Base(vm.UsageRecord())
+	var r usageRecord
+	if b, err := d.ReadFile(name); err == nil && json.Unmarshal(b, &r) == nil {
+		if age := time.Since(r.Measured); age >= 0 && age < maxAge {
+			return r.Bytes, nil
+		}
+	}
+	n, err := diskUsage(d)
+	if err != nil {
+		return 0, err
+	}
+	b, _ := json.Marshal(usageRecord{Bytes: n, Measured: time.Now().UTC()}) // plain values: it cannot fail
+	_ = d.WriteFile(name, b, 0o600)                                         // one not written is measured again next time
+	return n, nil
+}
+
+// totalUsage is the disk use of everything under h.StateDir, each VM's
+// directory (one with a VM's mark) counted as VMUsage says.
+func totalUsage(h config.Host) (int64, error) {
+	d, err := safedir.Open(h.StateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("measuring disk use of %s: %w", h.StateDir, err)
+	}
+	defer d.Close()
+	var vms int64
+	n, err := diskUsageSkip(d, func(name string) (bool, error) {
+		if !config.IsVMName(name) {
+			return false, nil
+		}
+		vm := h.Departed(name)
+		st, err := d.Lstat(filepath.Join(name, filepath.Base(vm.Marker())))
+		if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return false, nil
+		}
+		b, err := VMUsage(vm, UsageMaxAge)
+		vms += b
+		return true, err
+	})
+	return n + vms, err
 }
 
 // DiskUsage is the bytes allocated to everything under dir, each file
@@ -363,22 +436,45 @@ func DiskUsage(dir string) (int64, error) {
 		return 0, fmt.Errorf("measuring disk use of %s: %w", dir, err)
 	}
 	defer d.Close()
+	return diskUsage(d)
+}
+
+func diskUsage(d *safedir.Dir) (int64, error) {
+	return diskUsageSkip(d, func(string) (bool, error) { return false, nil })
+}
+
+// diskUsageSkip measures d as DiskUsage does, leaving out the directories
+// of d for which skip says so.
+func diskUsageSkip(d *safedir.Dir, skip func(name string) (bool, error)) (int64, error) {
 	type inode struct{ dev, ino uint64 }
-	seen := map[inode]bool{}
+	seen := map[inode]bool{} // only files with more than one link: a guest may make millions of files
 	var total int64
 	add := func(st *unix.Stat_t) {
-		id := inode{st.Dev, st.Ino}
-		if !seen[id] {
+		if st.Nlink > 1 && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			id := inode{st.Dev, st.Ino}
+			if seen[id] {
+				return
+			}
 			seen[id] = true
-			total += st.Blocks * 512 // st_blocks counts 512-byte units, whatever the file system's block size
 		}
+		total += st.Blocks * 512 // st_blocks counts 512-byte units, whatever the file system's block size
 	}
 	if st, err := d.Stat(); err == nil {
 		add(&st)
 	}
-	err = d.Walk(func(_ string, st *unix.Stat_t) error { add(st); return nil })
+	err := d.Walk(func(depth int, name string, st *unix.Stat_t) error {
+		if depth == 1 && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if ok, err := skip(name); err != nil {
+				return err
+			} else if ok {
+				return fs.SkipDir
+			}
+		}
+		add(st)
+		return nil
+	})
 	if err != nil {
-		return 0, fmt.Errorf("measuring disk use of %s: %w", dir, err)
+		return 0, fmt.Errorf("measuring disk use of %s: %w", d.Path(), err)
 	}
 	return total, nil
 }

@@ -5,12 +5,17 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
+	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 // model parses an infra.toml whose [host] has the given extra lines.
@@ -208,4 +213,147 @@ func TestZFSWithoutTools(t *testing.T) {
 // setupOf splits a storage Diff as the tests read it.
 func setupOf(d action.Diff, err error) ([]action.Action, []string, error) {
 	return d.Setup, d.Warnings, err
+}
+
+// TestUsageHostileTree: a guest's chain of 20,000 nested directories is
+// measured with a few descriptors and memory linear in its depth (it took
+// 13 GiB, then failed with "too many open files"), once: status then reads
+// the record, until it is UsageMaxAge old.
+func TestUsageHostileTree(t *testing.T) {
+	testenv.NeedRoot(t)
+	in := model(t, t.TempDir(), "", "vm1")
+	vm := &in.VMs[0]
+	if err := os.MkdirAll(vm.VarDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(vm.StateDir, 0o700)
+	if err := os.WriteFile(vm.Marker(), []byte("microvm VM vm1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const depth = 20000
+	testenv.Chain(t, vm.VarDir, "d", depth)
+	t.Cleanup(func() {
+		if d, err := safedir.Open(vm.StateDir); err == nil {
+			d.RemoveAll("var")
+			d.Close()
+		}
+	})
+
+	b := For(in.Host)
+	restore := testenv.LimitFiles(t, 16)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	u, err := b.Usage(in)
+	runtime.ReadMemStats(&after)
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each directory has at least one block.
+	if got := u.VMs["vm1"]; got < depth*512 {
+		t.Errorf("vm1 uses %d bytes, want at least %d", got, depth*512)
+	}
+	if u.Total < u.VMs["vm1"] {
+		t.Errorf("total %d is less than vm1's %d", u.Total, u.VMs["vm1"])
+	}
+	if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(depth*2<<10); got > limit {
+		t.Errorf("Usage allocated %d bytes in all, want under %d (2 KiB a level)", got, limit)
+	}
+	t.Logf("Usage: %d bytes allocated in all", after.TotalAlloc-before.TotalAlloc)
+
+	// The guest writes 1 MiB more: status goes on with the record, and
+	// does not walk the tree again; a measure asked for now sees it.
+	if err := os.WriteFile(filepath.Join(vm.VarDir, "more"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	again, err := b.Usage(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.VMs["vm1"] != u.VMs["vm1"] || again.Total != u.Total {
+		t.Errorf("second Usage: vm1 %d, total %d; want the recorded %d, %d", again.VMs["vm1"], again.Total, u.VMs["vm1"], u.Total)
+	}
+	if now, err := VMUsage(vm, 0); err != nil || now < u.VMs["vm1"]+1<<20 {
+		t.Errorf("VMUsage now: %d, %v; want at least %d", now, err, u.VMs["vm1"]+1<<20)
+	}
+}
+
+// TestProtectAll: with plain directories, every VM's directory that is
+// not on a nosuid,nodev mount gets one (what microvm host does at boot;
+// a departed VM's too): a device node its guest left there does not open.
+// Directories not marked as a VM's are left alone. Destroy (destroy,
+// teardown --data) unmounts them again. With ZFS the datasets' properties
+// do it: nothing to do.
+func TestProtectAll(t *testing.T) {
+	state := filepath.Join(testenv.DeviceDir(t), "state")
+	in := model(t, state, "", "vm1")
+	b := For(in.Host)
+	vm1, departed, other := in.Host.Departed("vm1"), in.Host.Departed("gone"), filepath.Join(state, "notavm")
+	for _, dir := range []string{vm1.StateDir, departed.StateDir, other} {
+		if err := os.MkdirAll(filepath.Join(dir, "var"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mknod(filepath.Join(dir, "var", "zero"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, vm := range []*config.VM{vm1, departed} {
+		os.WriteFile(vm.Marker(), []byte("microvm VM "+vm.Name+"\n"), 0o600)
+	}
+	opens := func(dir string) bool {
+		f, err := os.Open(filepath.Join(dir, "var", "zero"))
+		if err == nil {
+			f.Close()
+		}
+		return err == nil
+	}
+	zfs := in.Host
+	zfs.Storage = config.StorageZFS
+	if acts, err := ProtectAll(zfs); len(acts) != 0 || err != nil {
+		t.Errorf("ProtectAll with ZFS: %v, %v; want nothing", acts, err)
+	}
+	acts, err := ProtectAll(in.Host)
+
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range acts {
+		got = append(got, a.String())
+		if err := a.Apply(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{
+		"mount --bind " + departed.StateDir + " " + departed.StateDir + " && mount -o remount,bind,nosuid,nodev " + departed.StateDir + "  # the guest's device nodes and setuid programs stay inert",
+		"mount --bind " + vm1.StateDir + " " + vm1.StateDir + " && mount -o remount,bind,nosuid,nodev " + vm1.StateDir + "  # the guest's device nodes and setuid programs stay inert",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ProtectAll:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for dir, want := range map[string]bool{vm1.StateDir: false, departed.StateDir: false, other: true} {
+		if got := opens(dir); got != want {
+			t.Errorf("the device node in %s opens: %v, want %v", dir, got, want)
+		}
+	}
+	if acts, err := ProtectAll(in.Host); len(acts) != 0 || err != nil {
+		t.Errorf("ProtectAll again: %v, %v; want nothing", acts, err)
+	}
+
+	a := b.Destroy(nil)
+	if a == nil {
+		t.Fatal("Destroy(nil): nothing to do, want the mounts undone")
+	}
+	if got, want := a.String(), "umount "+departed.StateDir+" "+vm1.StateDir; got != want {
+		t.Errorf("Destroy(nil) = %q, want %q", got, want)
+	}
+	if err := a.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := Protected(vm1.StateDir); ok {
+		t.Error("still protected after Destroy(nil)")
+	}
+	if a := b.Destroy(vm1); a != nil {
+		t.Errorf("Destroy(vm1) with nothing mounted: %s", a)
+	}
 }

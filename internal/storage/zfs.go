@@ -30,8 +30,8 @@ type dataset struct {
 }
 
 // vmProps make a VM's dataset ignore setuid bits and device nodes: its
-// guest writes them, as root, through virtiofsd (see runner's
-// protectState, which checks the mount has them).
+// guest writes them, as root, through virtiofsd (see Protect, which
+// checks the mount has them).
 var vmProps = []string{"setuid=off", "devices=off"}
 
 // place is a dataset the model needs, made by create, and the directory
@@ -44,7 +44,7 @@ type place struct {
 
 // refquota is the property that bounds vm's dataset: what its files may
 // take, its snapshots not counted (they are the host's choice to keep).
-func refquota(vm *config.VM) string { return "refquota=" + config.FormatSize(vm.Limits.DiskBytes) }
+func refquota(vm *config.VM) string { return "refquota=" + config.FormatSize(vm.DiskQuota()) }
 
 // places are where the model's datasets must be, parent first. Children
 // inherit the parent's mount point and compression, as they would if a
@@ -129,10 +129,10 @@ func (z *ZFS) diff(in *config.Infra, o *zfsHost) (action.Diff, error) {
 				d.Setup = append(d.Setup, &SetProp{Name: name, Prop: prop})
 			}
 		}
-		if ok && p.vm != nil && ds.refquota != p.vm.Limits.DiskBytes {
-			if want := p.vm.Limits.DiskBytes; ds.referenced > want {
+		if ok && p.vm != nil && ds.refquota != p.vm.DiskQuota() {
+			if want := p.vm.DiskQuota(); ds.referenced > want {
 				// zfs refuses a refquota below what is there.
-				d.Warnings = append(d.Warnings, fmt.Sprintf("%s holds %s, more than its disk = %q: its limit stays %s until it holds less, or disk is raised", p.vm.Name, size(ds.referenced), config.FormatSize(want), quotaText(ds.refquota)))
+				d.Warnings = append(d.Warnings, fmt.Sprintf("%s holds %s, more than its disk = %q%s: its limit stays %s until it holds less, or disk is raised", p.vm.Name, size(ds.referenced), config.FormatSize(p.vm.Limits.DiskBytes), withVolumes(p.vm), quotaText(ds.refquota)))
 			} else {
 				d.Setup = append(d.Setup, &SetProp{Name: name, Prop: refquota(p.vm)})
 			}
@@ -251,6 +251,14 @@ func quotaText(b int64) string {
 		return "none"
 	}
 	return config.FormatSize(b)
+}
+
+// withVolumes says what vm's volumes add to its disk limit, if any.
+func withVolumes(vm *config.VM) string {
+	if len(vm.Volumes) == 0 {
+		return ""
+	}
+	return " and " + config.FormatSize(vm.DiskQuota()-vm.Limits.DiskBytes) + " of volumes"
 }
 
 // setupError explains what a host needs for storage = "zfs", with the

@@ -7,9 +7,9 @@ package virtiofs
 import (
 	"github.com/simple-microvm-infra/microvm/internal/mountinfo"
 
-	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -175,9 +175,10 @@ func TestStartStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	jailDir := filepath.Join(dir, "jail")
 	shares := []Share{
-		{Tag: TagImage, Dir: view, Socket: filepath.Join(dir, "image.sock"), Group: group.Name, ReadOnly: true},
-		{Tag: TagEtc, Dir: etc, Socket: filepath.Join(dir, "etc.sock"), Group: group.Name},
+		{Tag: TagImage, Dir: view, Socket: filepath.Join(dir, "image.sock"), Group: group.Name, ReadOnly: true, JailDir: jailDir},
+		{Tag: TagEtc, Dir: etc, Socket: filepath.Join(dir, "etc.sock"), Group: group.Name, JailDir: jailDir},
 	}
 	// A socket left behind by an earlier daemon must not pass for the new one's.
 	if err := os.WriteFile(shares[1].Socket, nil, 0o600); err != nil {
@@ -188,8 +189,7 @@ func TestStartStop(t *testing.T) {
 	defer cancel()
 	var procs []*Process
 	for _, s := range shares {
-		var log bytes.Buffer
-		p, err := Start(ctx, d, s, &log)
+		p, err := Start(ctx, d, s, nil)
 		if err != nil {
 			t.Fatalf("Start %s: %v", s.Tag, err)
 		}
@@ -204,11 +204,14 @@ func TestStartStop(t *testing.T) {
 		}
 	}
 
-	// The image's daemon: a VMM connects, then goes away.
+	// The image's daemon: a VMM connects (the daemon sandboxes itself
+	// then: see confined), then goes away.
 	conn, err := net.Dial("unix", shares[0].Socket)
 	if err != nil {
-		t.Fatalf("connecting to %s: %v", shares[0].Socket, err)
+		t.Fatalf("connecting to %s: %v; the daemon said: %s", shares[0].Socket, err, procs[0].out)
 	}
+	confined(t, procs[0], true)
+	confined(t, procs[1], false)
 	conn.Close()
 	select {
 	case <-procs[0].Done():
@@ -229,13 +232,90 @@ func TestStartStop(t *testing.T) {
 	}
 }
 
+// confined checks a running daemon, from outside: its threads, every one,
+// have no capability beyond JailCaps, not in their bounding sets either
+// (the C daemon leaves a thread it made before sandboxing itself with all
+// it had: the jail is what limits that one), and once sandboxed its main
+// thread keeps exactly Caps, under its seccomp filter;
+// it is process 1 of its own PID namespace, in mount and network
+// namespaces of its own; and, once a VMM has connected, its root is the
+// shared directory (its chroot sandbox).
+func confined(t *testing.T, p *Process, connected bool) {
+	t.Helper()
+	var final, allowed uint64 // what the daemon keeps once sandboxed, and may ever have
+	for _, c := range Caps(p.Share) {
+		final |= 1 << capNumber[c]
+	}
+	for _, c := range JailCaps(p.Share) {
+		allowed |= 1 << capNumber[c]
+	}
+	pid := strconv.Itoa(p.cmd.Process.Pid)
+	if connected { // it sandboxes itself just after the connection
+		want := fmt.Sprintf("CapEff:\t%016x\n", final)
+		var root, status string
+		for i := 0; i < 100 && (root != p.Share.Dir || !strings.Contains(status, want)); i++ {
+			time.Sleep(20 * time.Millisecond)
+			root, _ = os.Readlink("/proc/" + pid + "/root")
+			b, _ := os.ReadFile("/proc/" + pid + "/status")
+			status = string(b)
+		}
+		if root != p.Share.Dir {
+			t.Errorf("share %s: the daemon's root is %q, want %s; it said: %s", p.Share.Tag, root, p.Share.Dir, p.out)
+		}
+		if !strings.Contains(status, want) || !strings.Contains(status, "Seccomp:\t2\n") {
+			t.Errorf("share %s: the sandboxed daemon's status lacks %q or its seccomp filter:\n%s", p.Share.Tag, want, status)
+		}
+	}
+	tasks, _ := os.ReadDir("/proc/" + pid + "/task")
+	if len(tasks) == 0 {
+		t.Fatalf("share %s: no threads of pid %s", p.Share.Tag, pid)
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/" + pid + "/task/" + task.Name() + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(line, ":\t")
+			switch k {
+			case "CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh":
+				if k == "CapEff" {
+					t.Logf("share %s: thread %s: CapEff %s", p.Share.Tag, task.Name(), v)
+				}
+				caps, err := strconv.ParseUint(v, 16, 64)
+				if err != nil || caps&^allowed != 0 {
+					t.Errorf("share %s: thread %s has %s %s, beyond %016x", p.Share.Tag, task.Name(), k, v, allowed)
+				}
+			case "NSpid": // a thread's id, in the host's PID namespace and in its own
+				if f := strings.Fields(v); task.Name() == pid && (len(f) != 2 || f[1] != "1") {
+					t.Errorf("share %s: NSpid %q, want process 1 of its own PID namespace", p.Share.Tag, v)
+				}
+			}
+		}
+	}
+	for _, ns := range []string{"mnt", "net", "pid"} {
+		theirs, _ := os.Readlink("/proc/" + pid + "/ns/" + ns)
+		ours, _ := os.Readlink("/proc/self/ns/" + ns)
+		if theirs == ours {
+			t.Errorf("share %s: the daemon shares the host's %s namespace", p.Share.Tag, ns)
+		}
+	}
+}
+
+// capNumber are the numbers of the capabilities Caps names.
+var capNumber = map[string]uint{
+	"chown": unix.CAP_CHOWN, "dac_override": unix.CAP_DAC_OVERRIDE, "fowner": unix.CAP_FOWNER,
+	"fsetid": unix.CAP_FSETID, "setgid": unix.CAP_SETGID, "setuid": unix.CAP_SETUID,
+	"sys_chroot": unix.CAP_SYS_CHROOT, "setpcap": unix.CAP_SETPCAP,
+}
+
 // TestStartRefusesWritableImage proves a read-only share is never served
 // from a directory that is not on a read-only mount: a missing view fails
 // closed, before any daemon starts.
 func TestStartRefusesWritableImage(t *testing.T) {
 	d := realDaemon(t)
 	dir := t.TempDir()
-	s := Share{Tag: TagImage, Dir: dir, Socket: filepath.Join(dir, "image.sock"), ReadOnly: true}
+	s := Share{Tag: TagImage, Dir: dir, Socket: filepath.Join(dir, "image.sock"), ReadOnly: true, JailDir: filepath.Join(dir, "jail")}
 	p, err := Start(context.Background(), d, s, nil)
 	if !errors.Is(err, ErrWritable) {
 		if p != nil {

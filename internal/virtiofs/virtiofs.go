@@ -26,23 +26,34 @@
 // The kernel then answers every write through that mount with EROFS, whichever
 // daemon serves it and whatever the guest asks: the C daemon passes the error
 // on, and the Rust daemon is additionally started with --readonly where it has
-// it (virtiofsd 1.13 and newer). The daemon's own sandbox keeps the flag: a
-// bind mount copies it, and so does the mount namespace the daemon creates.
+// it (virtiofsd 1.13 and newer). The daemon's jail keeps the flag: a
+// bind mount copies it, and so does the mount namespace the jail creates.
 // [Start] refuses to serve a read-only share from a directory that is not on
 // a read-only mount, so a missing mount fails closed instead of handing the
 // guests a writable image.
 //
 // Why not the alternatives: file permissions do not stop the daemon, which
-// runs as root; a private mount namespace per daemon needs code to run between
-// unshare(2) and exec(2), which Go's os/exec cannot do without re-executing
-// the program or a shell wrapper; and one mount per image, shared by all its
-// VMs, is also the easiest to see (`findmnt RUN_DIR/images/IMAGE`). The mount
+// runs as root; a read-only bind made in each daemon's own jail would hide
+// the guarantee from the host's view; and one mount per image, shared by
+// all its VMs, is the easiest to see (`findmnt RUN_DIR/images/IMAGE`).
+//
+// # How a daemon is confined
+//
+// Each daemon runs in a jail (package jail, as the VMM does; see
+// Daemon.Jail): its own mount, PID, network and IPC namespaces, a root
+// holding only its program's directories, its shared directory and a few
+// device nodes, and a bounding set of only JailCaps; the supervisor makes
+// its socket and hands it the listening descriptor. Inside, the daemon's
+// own sandbox (chroot into the shared directory, its seccomp filter, its
+// capabilities cut to Caps) applies once its VMM connects. The mount
 // lives in RUN_DIR, so it disappears at reboot with the sockets and is made
 // again by the next start.
 package virtiofs
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
@@ -53,6 +64,9 @@ const (
 	TagImage = "image"
 	TagEtc   = "etc"
 	TagVar   = "var"
+	// TagSecrets is the fourth share of a VM with secrets: the guest
+	// mounts it at /run/credentials/microvm (package secret).
+	TagSecrets = "secrets"
 )
 
 // Share is one directory given to one guest.
@@ -62,21 +76,30 @@ type Share struct {
 	Socket   string // the vhost-user socket the VMM connects to
 	Group    string // group allowed to connect to Socket: the VM's own group (config.VM.User)
 	ReadOnly bool   // the guest must not change anything in Dir
+	// JailDir is the empty directory of root's that the daemon's jail is
+	// built on (package jail; the VMM's, config.VM.JailDir, serves).
+	JailDir string
 }
 
-// Shares returns vm's three shares, in the order image, etc, var, for vm
+// Shares returns vm's shares, in the order image, etc, var (and secrets,
+// when it has any), for vm
 // booting the image in the directory imageDir. With image_writable, the
 // image share is the VM's own overlay over that image, read-write.
 func Shares(h config.Host, vm *config.VM, imageDir string) []Share {
-	img := Share{Tag: TagImage, Dir: h.ImageView(imageDir), Socket: vm.ShareSocket(TagImage), Group: vm.User, ReadOnly: true}
+	img := Share{Tag: TagImage, Dir: h.ImageView(imageDir), Socket: vm.ShareSocket(TagImage), Group: vm.User, ReadOnly: true, JailDir: vm.JailDir()}
 	if vm.ImageWritable {
 		img.Dir, img.ReadOnly = vm.RootView(), false
 	}
-	return []Share{
+	shares := []Share{
 		img,
-		{Tag: TagEtc, Dir: vm.EtcDir, Socket: vm.ShareSocket(TagEtc), Group: vm.User},
-		{Tag: TagVar, Dir: vm.VarDir, Socket: vm.ShareSocket(TagVar), Group: vm.User},
+		{Tag: TagEtc, Dir: vm.EtcDir, Socket: vm.ShareSocket(TagEtc), Group: vm.User, JailDir: vm.JailDir()},
+		{Tag: TagVar, Dir: vm.VarDir, Socket: vm.ShareSocket(TagVar), Group: vm.User, JailDir: vm.JailDir()},
 	}
+	if len(vm.Secrets) > 0 {
+		// A tmpfs of the VM's own (package secret), read-only.
+		shares = append(shares, Share{Tag: TagSecrets, Dir: vm.SecretsShare(), Socket: vm.ShareSocket(TagSecrets), Group: vm.User, ReadOnly: true, JailDir: vm.JailDir()})
+	}
+	return shares
 }
 
 // Flavour is which implementation of virtiofsd a binary is.
@@ -96,42 +119,83 @@ type Daemon struct {
 }
 
 // Args returns the command line that serves s, without the program name.
+// The daemon listens on descriptor 3 (ListenFd), a socket the supervisor
+// made (see Start).
 //
-// Both flavours get the same settings: the cache mode (cacheMode); and
-// sandbox=namespace, in which the daemon pivot_roots into the shared
-// directory inside new mount, PID and network namespaces, so that neither
-// a symlink nor the network leads it out. Root runs the daemons, which
-// namespace mode requires.
+// Both flavours get the same settings: the cache mode (cacheMode); their
+// chroot sandbox, in which the daemon chroots into the shared directory so
+// that no symlink leads it out (inside its jail, which gives it mount, PID
+// and network namespaces of its own: see Start); their seccomp filter
+// (always on in the C daemon; --seccomp=kill, the default, written out for
+// the Rust one); and only the capabilities the share needs (Caps, as
+// --modcaps). Root runs the daemons, which must act as every owner of the
+// guest's files (see docs/security.md for what remains, and for an
+// unprivileged daemon).
 func (d Daemon) Args(s Share) []string {
-	var args []string
-	switch d.Flavour {
-	case Rust:
-		args = []string{
-			"--socket-path=" + s.Socket,
+	fd := fmt.Sprint(ListenFd)
+	if d.Flavour == Rust {
+		args := []string{
+			"--fd=" + fd,
 			"--shared-dir=" + s.Dir,
 			"--cache=" + cacheMode,
-			"--sandbox=namespace",
+			"--sandbox=chroot",
+			"--seccomp=kill",
+			"--modcaps=" + Modcaps(s),
+			"--rlimit-nofile=0", // the jail sets it (NoFile)
 			"--log-level=warn",
 		}
 		if s.ReadOnly && d.Readonly {
 			args = append(args, "--readonly")
 		}
-	default:
-		args = []string{
-			"--socket-path=" + s.Socket,
-			"-o", "source=" + s.Dir,
-			"-o", "cache=" + cacheMode,
-			"-o", "sandbox=namespace",
-			// Its "info" level logs every virtqueue event.
-			"-o", "log_level=warn",
+		return args
+	}
+	return []string{
+		"--fd=" + fd,
+		"-o", "source=" + s.Dir,
+		"-o", "cache=" + cacheMode,
+		"-o", "sandbox=chroot",
+		"-o", "modcaps=" + Modcaps(s),
+		"--rlimit-nofile=0", // the jail sets it (NoFile)
+		// Its "info" level logs every virtqueue event.
+		"-o", "log_level=warn",
+	}
+}
+
+// ListenFd is the descriptor a daemon is given its listening socket as.
+const ListenFd = 3
+
+// defaultCaps are the capabilities both flavours keep by default, to act
+// as the owner of any file: what --modcaps changes.
+var defaultCaps = []string{"chown", "dac_override", "fowner", "fsetid", "setgid", "setuid", "mknod", "setfcap"}
+
+// Caps are the capabilities a share's daemon keeps of defaultCaps:
+//
+//   - every share drops mknod, so a guest makes no block or character
+//     device on the host (FIFOs and sockets need no capability, and still
+//     work; device nodes would be inert anyway on the nosuid,nodev mount of
+//     STATE_DIR/NAME), and setfcap, which only serves extended attributes,
+//     which no share enables;
+//   - the read-only image share, which changes nothing, keeps only
+//     dac_override, to read what the guest's root may read (setgid and
+//     setuid switch the daemon to a guest's ids only to create files).
+func Caps(s Share) []string {
+	if s.ReadOnly {
+		return []string{"dac_override"}
+	}
+	return []string{"chown", "dac_override", "fowner", "fsetid", "setgid", "setuid"}
+}
+
+// Modcaps is Caps in the daemons' --modcaps syntax: what they drop of their
+// default capabilities ("-mknod:-setfcap").
+func Modcaps(s Share) string {
+	keep := Caps(s)
+	var drop []string
+	for _, c := range defaultCaps {
+		if !slices.Contains(keep, c) {
+			drop = append(drop, "-"+c)
 		}
 	}
-	if s.Group != "" {
-		// Without it the socket is root's alone (mode 0700) and the VMM,
-		// which runs as an unprivileged user, cannot connect.
-		args = append(args, "--socket-group="+s.Group)
-	}
-	return args
+	return strings.Join(drop, ":")
 }
 
 // String describes the daemon for messages, e.g. "C virtiofsd 7.2.22 (/usr/lib/qemu/virtiofsd)".

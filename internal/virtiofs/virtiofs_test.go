@@ -40,9 +40,9 @@ func TestShares(t *testing.T) {
 	vm, _ := in.VM("vm1")
 	got := Shares(in.Host, vm, vm.Image)
 	want := []Share{
-		{Tag: "image", Dir: "/run/microvm/images/debian", Socket: "/run/microvm/vm1/virtiofs-image.sock", Group: "microvm-vm1", ReadOnly: true},
-		{Tag: "etc", Dir: "/var/lib/microvms/vm1/etc", Socket: "/run/microvm/vm1/virtiofs-etc.sock", Group: "microvm-vm1"},
-		{Tag: "var", Dir: "/var/lib/microvms/vm1/var", Socket: "/run/microvm/vm1/virtiofs-var.sock", Group: "microvm-vm1"},
+		{Tag: "image", Dir: "/run/microvm/images/debian", Socket: "/run/microvm/vm1/virtiofs-image.sock", Group: "microvm-vm1", ReadOnly: true, JailDir: "/run/microvm/vm1/jail"},
+		{Tag: "etc", Dir: "/var/lib/microvms/vm1/etc", Socket: "/run/microvm/vm1/virtiofs-etc.sock", Group: "microvm-vm1", JailDir: "/run/microvm/vm1/jail"},
+		{Tag: "var", Dir: "/var/lib/microvms/vm1/var", Socket: "/run/microvm/vm1/virtiofs-var.sock", Group: "microvm-vm1", JailDir: "/run/microvm/vm1/jail"},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("Shares:\ngot  %+v\nwant %+v", got, want)
@@ -63,11 +63,11 @@ func TestArgs(t *testing.T) {
 		share Share
 		want  string
 	}{
-		{"rust image", rust, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock --shared-dir=/run/microvm/images/debian --cache=always --sandbox=namespace --log-level=warn --readonly --socket-group=microvm"},
-		{"rust etc", rust, etc, "--socket-path=/run/microvm/vm1/virtiofs-etc.sock --shared-dir=/var/lib/microvms/vm1/etc --cache=always --sandbox=namespace --log-level=warn"},
-		{"rust without --readonly", oldRust, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock --shared-dir=/run/microvm/images/debian --cache=always --sandbox=namespace --log-level=warn --socket-group=microvm"},
-		{"c image", c, image, "--socket-path=/run/microvm/vm1/virtiofs-image.sock -o source=/run/microvm/images/debian -o cache=always -o sandbox=namespace -o log_level=warn --socket-group=microvm"},
-		{"c etc", c, etc, "--socket-path=/run/microvm/vm1/virtiofs-etc.sock -o source=/var/lib/microvms/vm1/etc -o cache=always -o sandbox=namespace -o log_level=warn"},
+		{"rust image", rust, image, "--fd=3 --shared-dir=/run/microvm/images/debian --cache=always --sandbox=chroot --seccomp=kill --modcaps=-chown:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap --rlimit-nofile=0 --log-level=warn --readonly"},
+		{"rust etc", rust, etc, "--fd=3 --shared-dir=/var/lib/microvms/vm1/etc --cache=always --sandbox=chroot --seccomp=kill --modcaps=-mknod:-setfcap --rlimit-nofile=0 --log-level=warn"},
+		{"rust without --readonly", oldRust, image, "--fd=3 --shared-dir=/run/microvm/images/debian --cache=always --sandbox=chroot --seccomp=kill --modcaps=-chown:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap --rlimit-nofile=0 --log-level=warn"},
+		{"c image", c, image, "--fd=3 -o source=/run/microvm/images/debian -o cache=always -o sandbox=chroot -o modcaps=-chown:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap --rlimit-nofile=0 -o log_level=warn"},
+		{"c etc", c, etc, "--fd=3 -o source=/var/lib/microvms/vm1/etc -o cache=always -o sandbox=chroot -o modcaps=-mknod:-setfcap --rlimit-nofile=0 -o log_level=warn"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

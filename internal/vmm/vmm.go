@@ -59,9 +59,11 @@ import (
 //	microvm.dns=ADDR        the IPv4 address of the DNS resolver
 //
 // And with image_writable, so that the init mounts the image share
-// read-write (the VM's own overlay over the image):
+// read-write (the VM's own overlay over the image), and one a volume, for
+// the init to mount it (the block device whose serial is NAME, ext4):
 //
 //	microvm.image=rw
+//	microvm.volume=NAME:MOUNT
 //
 // Then come the words extra that a backend needs for its machine (QEMU
 // under emulation adds tsc_early_khz=, tsc=reliable and mitigations=off), and QEMU may
@@ -86,6 +88,9 @@ func Cmdline(vm *config.VM, extra ...string) string {
 	if vm.ImageWritable {
 		words = append(words, "microvm.image=rw")
 	}
+	for _, v := range vm.Volumes {
+		words = append(words, "microvm.volume="+v.Name+":"+v.Mount)
+	}
 	return strings.Join(append(words, extra...), " ")
 }
 
@@ -105,6 +110,29 @@ type Spec struct {
 	// end cannot fill the host's run directory), given to the VMM as the
 	// descriptor after the TAP's. Nil: the VMM writes no console.
 	Console *os.File
+	// Volumes are the VM's volumes, open (package volume), given to the
+	// VMM after the TAP's and the console's descriptors; it opens each as
+	// /proc/self/fd/N, a virtio block device whose serial is its name.
+	Volumes []Volume
+}
+
+// Volume is one open volume.
+type Volume struct {
+	Name string
+	File *os.File
+}
+
+// VolumePaths returns the paths the VMM opens s.Volumes by.
+func (s Spec) VolumePaths() []string {
+	first := 3 + len(s.TAP)
+	if s.Console != nil {
+		first++
+	}
+	out := make([]string, len(s.Volumes))
+	for i := range s.Volumes {
+		out[i] = fmt.Sprintf("/proc/self/fd/%d", first+i)
+	}
+	return out
 }
 
 // TAPFds returns the descriptor numbers the VMM sees s.TAP as.
@@ -160,7 +188,7 @@ func (s Spec) Check() error {
 }
 
 // NewCmd is the VMM process of a backend: bin (or def when empty) with args,
-// given the spec's TAP and console descriptors, in a process group of its own, so that a
+// given the spec's TAP, console and volume descriptors, in a process group of its own, so that a
 // Ctrl-C in the supervisor's terminal reaches only the supervisor, which
 // shuts the guest down before the VMM goes.
 func NewCmd(bin, def string, s Spec, args []string) *exec.Cmd {
@@ -171,6 +199,9 @@ func NewCmd(bin, def string, s Spec, args []string) *exec.Cmd {
 	cmd.ExtraFiles = append([]*os.File(nil), s.TAP...)
 	if s.Console != nil {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, s.Console)
+	}
+	for _, v := range s.Volumes {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, v.File)
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	return cmd

@@ -22,6 +22,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -48,7 +49,7 @@ func setup(t *testing.T) (*config.Infra, string) {
 	}
 	// Every run starts from fresh VM state; the image is shared.
 	for _, vm := range in.VMs {
-		if err := os.RemoveAll(vm.StateDir); err != nil {
+		if err := storage.RemoveState(vm.StateDir); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -196,3 +196,99 @@ func dial(path string) error {
 	}
 	return err
 }
+
+// vmmJail checks the jail of a running VMM (process pid, of own, running as
+// uid:gid; package jail) from outside, by its process's status and
+// namespaces, and from inside: a shell run as the VMM's user in the VMM's
+// own namespaces and root (nsenter) reaches for the host's files and
+// another VM's, as a guest that took over the VMM would.
+func vmmJail(t *testing.T, h config.Host, pid int, uid, gid uint32, own, other *config.VM) {
+	p := "/proc/" + strconv.Itoa(pid)
+	b, err := os.ReadFile(p + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := string(b)
+	for _, want := range []string{
+		"NoNewPrivs:\t1\n",
+		"NSpid:\t" + strconv.Itoa(pid) + "\t1\n", // process 1 of its own PID namespace
+		"CapEff:\t0000000000000000\n",
+		"CapBnd:\t0000000000000000\n",
+		"Seccomp:\t2\n", // QEMU's -sandbox
+	} {
+		if !strings.Contains(status, want) {
+			t.Errorf("the VMM's status lacks %q:\n%s", want, status)
+		}
+	}
+	for _, ns := range []string{"mnt", "pid", "net", "ipc"} {
+		vmmNS, err1 := os.Readlink(p + "/ns/" + ns)
+		ours, err2 := os.Readlink("/proc/self/ns/" + ns)
+		if err1 != nil || err2 != nil || vmmNS == ours {
+			t.Errorf("the VMM's %s namespace %s is the host's (%s) (%v, %v)", ns, vmmNS, ours, err1, err2)
+		}
+	}
+	if env, _ := os.ReadFile(p + "/environ"); len(env) > 0 {
+		t.Errorf("the VMM has an environment: %q", env)
+	}
+
+	probes := []struct {
+		script  string
+		ok      bool
+		want    []string // in the output
+		notWant []string
+	}{
+		{"ls /etc", false, nil, nil},
+		{"cat /etc/shadow", false, nil, nil},
+		{"ls /home", false, nil, nil},
+		{"ls /root", false, nil, nil},
+		{"ls /sys", false, nil, nil},
+		{"ls " + other.RunDir, false, nil, nil},
+		{"ls " + other.StateDir, false, nil, nil},
+		{"ls " + own.StateDir, false, nil, nil}, // its guest's /etc and /var: virtiofsd's, not the VMM's
+		{"ls " + filepath.Dir(h.AdminKey()), false, nil, nil},
+		{"ls " + filepath.Dir(own.RunDir), true, []string{own.Name}, []string{other.Name}},
+		{"ls " + own.RunDir, true, []string{"vmm", "virtiofs-etc.sock"}, []string{"started.json", "supervisor.log", "run.lock"}},
+		{"ls " + own.VMMDir(), true, []string{"qmp.sock", "console.log"}, nil},
+		{"cat /proc/1/cmdline", true, []string{"qemu-system-x86_64"}, nil},
+		{"ls /proc", true, []string{"1\n"}, nil},
+		{"ls /dev", true, []string{"null", "urandom"}, []string{"net", "tty", "sda", "vda", "mem"}},
+		{"cat /proc/self/net/dev", true, []string{"lo:"}, []string{"eth0", "vm-", "br-"}},
+		{"echo x > " + own.ConsoleLog() + ".x", true, nil, nil},
+		{"echo x > /x", false, nil, nil},
+	}
+	for _, pr := range probes {
+		cmd := exec.Command("nsenter", "--target", strconv.Itoa(pid), "--mount", "--pid", "--net", "--ipc",
+			"--root", "--wd", "--setuid", fmt.Sprint(uid), "--setgid", fmt.Sprint(gid), "--", "/bin/sh", "-c", pr.script)
+		out, err := cmd.CombinedOutput()
+		t.Logf("in %s's VMM jail, as uid %d: %s: %v\n%s", own.Name, uid, pr.script, err, out)
+		if (err == nil) != pr.ok {
+			t.Errorf("in %s's VMM jail: %s: %v; want success = %v", own.Name, pr.script, err, pr.ok)
+		}
+		for _, w := range pr.want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("in %s's VMM jail: %s: output lacks %q", own.Name, pr.script, w)
+			}
+		}
+		for _, w := range pr.notWant {
+			if strings.Contains(string(out), w) {
+				t.Errorf("in %s's VMM jail: %s: output has %q", own.Name, pr.script, w)
+			}
+		}
+	}
+}
+
+// guestDevices: the guest's root makes device nodes in its /etc and /var,
+// which live on the host: its virtiofsd, without CAP_MKNOD (package
+// virtiofs, Caps), refuses; a FIFO, which needs no privilege, works.
+func guestDevices(t *testing.T, ssh func(string) result, vm *config.VM) {
+	r := ssh("mknod /var/tmp/mvm-sda b 8 0 2>/dev/null && echo made sda; mknod /etc/mvm-zero c 1 5 2>/dev/null && echo made zero; " +
+		"mkfifo /var/tmp/mvm-fifo && echo fifo; rm -f /var/tmp/mvm-fifo")
+	if r.out != "fifo\n" {
+		t.Errorf("in the guest, making device nodes in /etc and /var: exit %d, %q; want only the FIFO made", r.code, r.out)
+	}
+	for _, p := range []string{filepath.Join(vm.VarDir, "tmp", "mvm-sda"), filepath.Join(vm.EtcDir, "mvm-zero")} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("the guest made %s on the host", p)
+		}
+	}
+}

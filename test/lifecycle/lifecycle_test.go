@@ -23,6 +23,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -61,7 +62,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, vm := range in.VMs {
-		os.RemoveAll(vm.StateDir)
+		storage.RemoveState(vm.StateDir)
 	}
 	bin := testenv.Binaries(t)
 	sb, err := sandbox.New(in)
@@ -262,6 +263,7 @@ func TestLifecycle(t *testing.T) {
 		// The guest plants symlinks to host paths in its /etc and /var;
 		// the restart below prepares its files again (attack_test.go).
 		checkHost := guestSymlinks(t, func(script string) result { return mvm("ssh", "-f", file, "lc1", "--", script) }, host.StateDir)
+		guestDevices(t, func(script string) result { return mvm("ssh", "-f", file, "lc1", "--", script) }, lc1)
 		st, ok, err := runner.ReadStarted(lc1)
 		if !ok || err != nil {
 			t.Fatalf("no started record: %v", err)
@@ -357,6 +359,7 @@ func TestLifecycle(t *testing.T) {
 		uid, gid := vmmUser(t, st.VMMPid)
 		lc2, _ := in.VM("lc2")
 		vmmReach(t, uid, gid, lc1, lc2)
+		vmmJail(t, in.Host, st.VMMPid, uid, gid, lc1, lc2)
 		checkVictim := vmmAttack(t, lc1, uid, gid, dir)
 		r := mvm("down", "-f", file, "--timeout", "2m", "lc1")
 		t.Logf("microvm down --timeout 2m lc1:\n%s", r.out)

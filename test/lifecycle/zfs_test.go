@@ -22,11 +22,12 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
-// TestRollbackZFS: a VM whose state is a ZFS dataset writes a file in /var;
-// after a snapshot it changes the file; rollback (which stops the VM, rolls
-// its dataset back and starts it again) brings the first version back, as
-// the guest itself reads it. Then the guest writes until its disk is full:
-// it is stopped at its disk (the dataset's refquota), and the pool, the
+// TestRollbackZFS: a VM whose state is a ZFS dataset writes a file in /var
+// and one on its volume; after a snapshot it changes both; rollback (which
+// stops the VM, rolls its dataset back and starts it again) brings the
+// first versions back, the volume's too, as the guest itself reads them.
+// Then the guest writes until its disk is full: it is stopped at its disk
+// and its volume's size (the dataset's refquota), and the pool, the
 // host's state directory and another VM's dataset stay writable.
 func TestRollbackZFS(t *testing.T) {
 	testenv.NeedRoot(t)
@@ -42,7 +43,8 @@ func TestRollbackZFS(t *testing.T) {
 	}
 	file := filepath.Join(t.TempDir(), "infra.toml")
 	body := fmt.Sprintf("[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\nstorage = \"zfs\"\nzfs_dataset = %q\n"+
-		"[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.zf1]\nsubnet = \"10.7.0.0/24\"\ndisk = \"96M\"\n[vm.zf2]\nsubnet = \"10.8.0.0/24\"\ndisk = \"64M\"\n", state, run, pool.Name+"/microvms")
+		"[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.zf1]\nsubnet = \"10.7.0.0/24\"\ndisk = \"96M\"\n"+
+		"[vm.zf1.volumes]\ndata = { size = \"64M\", mount = \"/var/lib/data\" }\n[vm.zf2]\nsubnet = \"10.8.0.0/24\"\ndisk = \"64M\"\n", state, run, pool.Name+"/microvms")
 	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -115,9 +117,12 @@ func TestRollbackZFS(t *testing.T) {
 
 	mvm("up", "-f", file, "zf1")
 	login()
-	ssh("echo first > /var/marker && sync")
+	if got := ssh("findmnt -no FSTYPE /var/lib/data"); got != "ext4" {
+		t.Errorf("zf1's volume at /var/lib/data: %q, want ext4", got)
+	}
+	ssh("echo first > /var/marker && echo first > /var/lib/data/marker && sync")
 	t.Log(mvm("snapshot", "-f", file, "zf1", "before"))
-	ssh("echo second > /var/marker && sync")
+	ssh("echo second > /var/marker && echo second > /var/lib/data/marker && sync")
 	out := mvm("rollback", "-f", file, "--yes", "zf1", "before")
 	t.Logf("rollback:\n%s", out)
 	for _, want := range []string{"zf1 stopped", "zf1 rolled back to", "zf1 started"} {
@@ -126,14 +131,15 @@ func TestRollbackZFS(t *testing.T) {
 		}
 	}
 	login()
-	if got := ssh("cat /var/marker"); got != "first" {
-		t.Errorf("after rollback the guest reads /var/marker = %q, want %q", got, "first")
+	if got := ssh("cat /var/marker /var/lib/data/marker"); got != "first\nfirst" {
+		t.Errorf("after rollback the guest reads /var/marker and its volume's marker = %q, want first and first", got)
 	}
 
 	// The guest fills its /var: ZFS stops it at the refquota apply set
-	// (96M, in a pool of 256M), with EDQUOT.
-	if got, _ := exec.Command("zfs", "get", "-H", "-o", "value", "refquota", pool.Name+"/microvms/zf1").Output(); strings.TrimSpace(string(got)) != "96M" {
-		t.Errorf("zf1's refquota is %q, want 96M", got)
+	// (its disk, 96M, and its volume's 64M, in a pool of 256M), with
+	// EDQUOT.
+	if got, _ := exec.Command("zfs", "get", "-H", "-o", "value", "refquota", pool.Name+"/microvms/zf1").Output(); strings.TrimSpace(string(got)) != "160M" {
+		t.Errorf("zf1's refquota is %q, want 160M", got)
 	}
 	fill, err := sandbox.Command(sb.Host, bin, "ssh", "-f", file, "zf1", "--", "head -c 200M /dev/urandom > /var/fill; echo exit $?; ls -l /var/fill").CombinedOutput()
 	t.Logf("the guest writes 200M into /var: %v\n%s", err, fill)

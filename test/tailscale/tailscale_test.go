@@ -42,6 +42,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/image/imagetest"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -173,7 +174,7 @@ func TestSubnetRoutes(t *testing.T) {
 	}
 	// Every run starts from fresh VM state; the image is shared.
 	for _, vm := range in.VMs {
-		if err := os.RemoveAll(vm.StateDir); err != nil {
+		if err := storage.RemoveState(vm.StateDir); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -334,6 +335,19 @@ func TestSubnetRoutes(t *testing.T) {
 				t.Errorf("%s saw the laptop as %s, want its gateway %s (tailscaled's SNAT)", vm.Name, seen, vm.Gateway)
 			}
 			t.Logf("laptop → %s %s: ping ok, ssh ok, the VM sees the laptop as %s", vm.Name, vm.Addr, seen)
+		}
+	})
+
+	t.Run("the program's ip rules come before tailscaled's", func(t *testing.T) {
+		// A VM's packets meet the program's rules first (policy routing,
+		// the second layer between VMs); what its table does not hold,
+		// such as a reply to a tailnet client, falls through to
+		// tailscaled's table 52, as the subtests around this one use.
+		out, _ := sandbox.Command(sb.Host, "ip", "rule").Output()
+		rules := string(out)
+		ours, theirs := strings.Index(rules, fmt.Sprintf("lookup %d", config.RouteTable)), strings.Index(rules, "lookup 52")
+		if ours < 0 || theirs < 0 || ours > theirs {
+			t.Errorf("ip rule: want the program's rules (lookup %d), then tailscaled's (lookup 52):\n%s", config.RouteTable, rules)
 		}
 	})
 

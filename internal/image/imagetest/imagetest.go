@@ -135,18 +135,48 @@ func (l *lineLogger) Write(p []byte) (int, error) {
 	}
 }
 
+// Private makes stateDir a state directory of the test's own that has the
+// cached Debian image (Debian): its images directory holds read-only bind
+// mounts of the cached image and of the cache's apt downloads, so that
+// images the test declares are built and pruned in it alone, while
+// packages are downloaded once per run. The mounts go when the test ends.
+func Private(t *testing.T, stateDir string) config.Host {
+	t.Helper()
+	cache := Debian(t)
+	h := config.Host{StateDir: stateDir}
+	for _, m := range []struct {
+		src, dst string
+		flags    uintptr
+	}{
+		{cache.ImageDir(Name), h.ImageDir(Name), syscall.MS_RDONLY},
+		{cache.PackageCache(), h.PackageCache(), 0},
+	} {
+		if err := os.MkdirAll(m.src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(m.dst, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mount(m.src, m.dst, "", syscall.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Unmount(m.dst, syscall.MNT_DETACH) })
+		if m.flags != 0 {
+			if err := syscall.Mount("", m.dst, "", syscall.MS_BIND|syscall.MS_REMOUNT|m.flags, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return h
+}
+
 // Declared builds the declared images of in ([image.NAME]) that are not
-// built as in declares them, in the cache (in's state_dir must be
-// StateDir()): each version is made once, and shared by every test and
-// package of a run that declares the same image, as the Debian image is.
-// Their packages come from the Debian mirror, with apt's downloads kept in
-// the cache too. Like Debian, it builds only with CI or
-// MICROVM_TEST_IMAGE_BUILD=1, and skips otherwise.
+// built as in declares them, in in's state directory (Private makes one
+// with the cached Debian image to build on). Their packages come from the
+// Debian mirror, with apt's downloads kept in the cache. Like Debian, it
+// builds only with CI or MICROVM_TEST_IMAGE_BUILD=1, and skips otherwise.
 func Declared(t *testing.T, in *config.Infra) {
 	t.Helper()
-	if in.Host.StateDir != StateDir() {
-		t.Fatalf("imagetest.Declared: the file's state_dir is %s, not the cache %s", in.Host.StateDir, StateDir())
-	}
 	todo, err := image.ToBuild(in)
 	if err != nil {
 		t.Fatal(err)
@@ -158,14 +188,6 @@ func Declared(t *testing.T, in *config.Infra) {
 		t.Skipf("image %s is not built in %s: set MICROVM_TEST_IMAGE_BUILD=1 to build it (a minute, once)", todo[0].Name, in.Host.StateDir)
 	}
 	testenv.NeedRoot(t)
-	lock, err := os.OpenFile(filepath.Join(in.Host.StateDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
 	for _, b := range todo {
 		start := time.Now()
 		err := image.BuildDeclared(t.Context(), in, b.Name, &lineLogger{t: t}, image.Options{Mirror: os.Getenv("MICROVM_TEST_MIRROR"), Boot: image.BootFiles})

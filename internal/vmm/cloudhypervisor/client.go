@@ -33,8 +33,18 @@ func NewClient(path string, pid int) *Client {
 		// serves a few connections at a time, and a stopping VMM closes
 		// idle ones under a client's feet.
 		DisableKeepAlives: true,
+		// A VMM a guest broke into answers what it likes: its headers
+		// are bounded here, its bodies by maxAnswer.
+		MaxResponseHeaderBytes: maxHeader,
 	}}}
 }
+
+// The bounds of an answer: Cloud Hypervisor's are a few kilobytes (vm.info
+// with the VM's whole configuration is the largest).
+const (
+	maxHeader = 64 << 10
+	maxAnswer = 1 << 20
+)
 
 // VmmPing is the answer of GET /vmm.ping (VmmPingResponse).
 type VmmPing struct {
@@ -123,9 +133,12 @@ func (c *Client) do(ctx context.Context, method, endpoint string, out any) error
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	if err != nil {
 		return fmt.Errorf("%s %s: reading answer: %w", method, path, err)
+	}
+	if len(body) > maxAnswer {
+		return fmt.Errorf("%s %s: an answer longer than %d bytes", method, path, maxAnswer)
 	}
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent {
 		e := &APIError{Method: method, Path: path, Status: resp.StatusCode}

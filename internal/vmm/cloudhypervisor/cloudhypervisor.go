@@ -50,6 +50,9 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		// supports at most, and the default of Cloud Hypervisor's API.
 		args = append(args, "--fs", fmt.Sprintf("tag=%s,socket=%s,num_queues=1,queue_size=1024", sh.Tag, sh.Socket))
 	}
+	for i, path := range s.VolumePaths() {
+		args = append(args, "--disk", fmt.Sprintf("path=%s,serial=%s", path, s.Volumes[i].Name))
+	}
 	// num_queues counts RX and TX queues: two per queue pair. Above one
 	// pair Cloud Hypervisor opens the TAP multi_queue, as it was created.
 	net := fmt.Sprintf("tap=%s,mac=%s", vm.TAP, vm.MAC)

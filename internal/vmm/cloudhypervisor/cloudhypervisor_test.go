@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -318,6 +319,79 @@ subnet = "10.1.0.0/24"
 			}
 			if strings.Join(got, " ") != strings.Join(tt.want, " ") {
 				t.Errorf("requests: got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// countConn counts the bytes read through it.
+type countConn struct {
+	net.Conn
+	n *int64
+}
+
+func (c countConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	*c.n += int64(n)
+	return n, err
+}
+
+// TestClientBounded: a VMM whose API answers with endless headers or an
+// endless body, as one a guest broke into could, fails the call with a
+// clear error once the client has read its bound.
+func TestClientBounded(t *testing.T) {
+	chunk := strings.Repeat("A", 32<<10)
+	for _, tt := range []struct {
+		name, first, more, want string
+		limit                   int64
+	}{
+		{"headers", "HTTP/1.1 200 OK\r\nX-Endless: ", chunk, "exceeded", maxHeader + 64<<10},
+		{"body", "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", fmt.Sprintf("%x\r\n%s\r\n", len(chunk), chunk), "an answer longer than 1048576 bytes", maxAnswer + 64<<10},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sock := filepath.Join(testenv.ShortDir(t), "api.sock")
+			l, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						c.Read(make([]byte, 4096)) // the request
+						if _, err := io.WriteString(c, tt.first); err != nil {
+							return
+						}
+						for {
+							if _, err := io.WriteString(c, tt.more); err != nil {
+								return
+							}
+						}
+					}()
+				}
+			}()
+			c := NewClient(sock, os.Getpid())
+			var n int64
+			tr := c.http.Transport.(*http.Transport)
+			dial := tr.DialContext
+			tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				conn, err := dial(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return countConn{conn, &n}, nil
+			}
+			_, err = c.Info(context.Background())
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Info: %v; want an error saying %q", err, tt.want)
+			}
+			if n > tt.limit {
+				t.Errorf("read %d bytes, want at most %d", n, tt.limit)
 			}
 		})
 	}

@@ -204,6 +204,13 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 			"-device", fmt.Sprintf("vhost-user-fs-device,chardev=%s,tag=%s,queue-size=1024", id, sh.Tag),
 		)
 	}
+	for i, path := range s.VolumePaths() {
+		id := fmt.Sprintf("vol%d", i)
+		args = append(args,
+			"-drive", fmt.Sprintf("file=%s,if=none,id=%s,format=raw,discard=unmap", path, id),
+			"-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, s.Volumes[i].Name),
+		)
+	}
 	netdev := fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no", vm.TAP)
 	if fds := s.TAPFds(); len(fds) > 0 {
 		netdev = "tap,id=net0,fds=" + joinInts(fds, ":")

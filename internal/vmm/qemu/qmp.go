@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,9 +23,14 @@ import (
 // QEMU serves one QMP client at a time on a socket: keep connections short.
 type QMP struct {
 	conn  net.Conn
-	dec   *json.Decoder
+	r     *bufio.Reader
 	Greet Greeting
 }
+
+// maxMessage bounds one message from QEMU. The answers to the commands
+// sent here are a few hundred bytes; a VMM a guest broke into could send
+// one endless line (a decoder without a bound read 1.8 GiB in 5 s).
+const maxMessage = 1 << 20
 
 // Greeting is what QEMU says first.
 type Greeting struct {
@@ -62,18 +68,49 @@ func DialQMP(ctx context.Context, path string, pid int) (*QMP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to QMP: %w", err)
 	}
-	q := &QMP{conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
-	stop := q.deadline(ctx)
-	defer stop()
-	if err := q.dec.Decode(&q.Greet); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("reading QMP greeting: %w", err)
-	}
-	if err := q.execute("qmp_capabilities", nil, nil); err != nil {
+	q, err := handshake(ctx, conn)
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}
 	return q, nil
+}
+
+// handshake reads QEMU's greeting on conn and negotiates capabilities.
+func handshake(ctx context.Context, conn net.Conn) (*QMP, error) {
+	q := &QMP{conn: conn, r: bufio.NewReader(conn)}
+	stop := q.deadline(ctx)
+	defer stop()
+	if err := q.read(&q.Greet); err != nil {
+		return nil, fmt.Errorf("reading QMP greeting: %w", err)
+	}
+	if err := q.execute("qmp_capabilities", nil, nil); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// read decodes the next message, one line of JSON, into v.
+func (q *QMP) read(v any) error {
+	var line []byte
+	for {
+		chunk, err := q.r.ReadSlice('\n')
+		if len(line)+len(chunk) > maxMessage {
+			return fmt.Errorf("a message longer than %d bytes", maxMessage)
+		}
+		line = append(line, chunk...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			line = line[:0]
+			continue
+		}
+		return json.Unmarshal(line, v)
+	}
 }
 
 // Close closes the connection.
@@ -101,7 +138,7 @@ func (q *QMP) execute(command string, args, result any) error {
 	}
 	for {
 		var m message
-		if err := q.dec.Decode(&m); err != nil {
+		if err := q.read(&m); err != nil {
 			return fmt.Errorf("QMP %s: reading answer: %w", command, err)
 		}
 		switch {

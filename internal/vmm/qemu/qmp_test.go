@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,5 +185,76 @@ hypervisor = "qemu"
 	}
 	if strings.Contains(log, "SIGKILL") {
 		t.Errorf("Stop needed SIGKILL")
+	}
+}
+
+// countConn counts the bytes read through it.
+type countConn struct {
+	net.Conn
+	n int
+}
+
+func (c *countConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n += n
+	return n, err
+}
+
+// TestQMPBounded: a VMM that answers with an endless line, as a guest
+// that took QEMU over could make it, fails the client with a clear error
+// once it has read one message's bound (an unbounded decoder read 1.8 GiB
+// in 5 s). The fake QEMU is this process, on a socket of the test's.
+func TestQMPBounded(t *testing.T) {
+	const greeting = `{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}` + "\r\n"
+	for _, tt := range []struct{ name, first string }{
+		{"greeting", `{"QMP": {"version": "`},
+		{"answer", greeting + `{"return": "`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sock := filepath.Join(testenv.ShortDir(t), "qmp.sock")
+			l, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						chunk := []byte(strings.Repeat("A", 32<<10))
+						if _, err := c.Write([]byte(tt.first)); err != nil {
+							return
+						}
+						for {
+							if _, err := c.Write(chunk); err != nil {
+								return
+							}
+						}
+					}()
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			want := fmt.Sprintf("a message longer than %d bytes", maxMessage)
+			if _, err := DialQMP(ctx, sock, os.Getpid()); err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("DialQMP: %v; want an error saying %q", err, want)
+			}
+			c, err := net.Dial("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			cc := &countConn{Conn: c}
+			if _, err := handshake(ctx, cc); err == nil {
+				t.Error("handshake: no error")
+			}
+			if limit := len(tt.first) + maxMessage + 4096; cc.n > limit {
+				t.Errorf("read %d bytes, want at most %d (a message and a buffer)", cc.n, limit)
+			}
+		})
 	}
 }
