@@ -36,6 +36,7 @@ bench:
 	test/zfs-fuse.sh start
 	go run ./bench disk
 	go run ./bench memory
+	go run ./bench metrics
 
 install: build
 	install -m 0755 bin/microvm bin/microvm-init /usr/local/bin/

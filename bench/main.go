@@ -11,6 +11,7 @@
 //	go run ./bench memory    # QEMU's memory per VM before and after (image, code cache), every process of a VM, the guest's own use
 //	go run ./bench limits    # what a VM's processes take beside its guest's memory, in their cgroup (the memory limit's overhead)
 //	go run ./bench flush     # what nft flush ruleset lets through between VMs and to the host, with and without policy routing
+//	go run ./bench metrics   # a scrape of the metrics endpoint with 4 and 250 VMs: time, allocations, size
 //
 // Run it as root from the repository's root (it writes docs/ there).
 package main
@@ -27,13 +28,14 @@ type benchmark struct {
 }
 
 var benchmarks = map[string]benchmark{
-	"apply":  {"host network apply at N = 4, 16, 64, 250 VMs, beside the seed's iptables rules", runApply},
-	"packet": {"throughput and latency from a VM stand-in to the internet, program's ruleset vs the seed's rules", runPacket},
-	"boot":   {"the stock and the lean image, 4 real microVMs together and one alone: boot phases, CPU time, systemd-analyze", runBoot},
-	"disk":   {"image size, each VM's own disk use after boot, total for the 4-VM setup", runDisk},
-	"memory": {"QEMU's memory per VM before and after the lean image and its code cache size; every process of a VM; the guest's own use", runMemory},
-	"limits": {"what a VM's processes take beside its guest's memory, in their cgroup: the memory limit's overhead", runLimits},
-	"flush":  {"what nft flush ruleset lets through between VMs and to the host before the watcher closes the ports, with and without policy routing", runFlush},
+	"apply":   {"host network apply at N = 4, 16, 64, 250 VMs, beside the seed's iptables rules", runApply},
+	"packet":  {"throughput and latency from a VM stand-in to the internet, program's ruleset vs the seed's rules", runPacket},
+	"boot":    {"the stock and the lean image, 4 real microVMs together and one alone: boot phases, CPU time, systemd-analyze", runBoot},
+	"disk":    {"image size, each VM's own disk use after boot, total for the 4-VM setup", runDisk},
+	"memory":  {"QEMU's memory per VM before and after the lean image and its code cache size; every process of a VM; the guest's own use", runMemory},
+	"limits":  {"what a VM's processes take beside its guest's memory, in their cgroup: the memory limit's overhead", runLimits},
+	"flush":   {"what nft flush ruleset lets through between VMs and to the host before the watcher closes the ports, with and without policy routing", runFlush},
+	"metrics": {"a scrape of the metrics endpoint with 4 and 250 VMs (stand-ins), stopped and running: time, allocations, size", runMetrics},
 }
 
 func main() {

@@ -65,7 +65,7 @@ func (e *env) load() (*config.Infra, error) {
 
 func commands() []*command {
 	return []*command{validateCmd(), planCmd(), applyCmd(), teardownCmd(),
-		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), infoCmd(),
+		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), infoCmd(), topCmd(),
 		logsCmd(), consoleCmd(), sshCmd(), execCmd(), checkCmd(),
 		runCmd(), keepCmd(), hostCmd(), imageCmd(), secretCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
 }

@@ -23,6 +23,7 @@ var jsonDocs = []struct {
 	{"info --json", infoDoc{}},
 	{"image list --json", imagesDoc{}},
 	{"snapshots --json", snapshotsDoc{}},
+	{"top --json", topDoc{}},
 }
 
 // TestDoc: docs/cli.md is the help of the whole command tree, and the JSON

@@ -7,6 +7,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostpart"
+	"github.com/simple-microvm-infra/microvm/internal/metrics"
 )
 
 func hostCmd() *command {
@@ -35,6 +36,11 @@ is only warned about. Needs root.
 keeps the firewall (they have just applied or checked the host part), logs
 to RUN_DIR/host.log, and exits once no VM has run for 10 s.
 
+With [host.metrics] listen in infra.toml it also serves Prometheus metrics
+of every VM and of the host part at http://LISTEN/metrics (README,
+Monitoring). It reads the file again every few seconds: a changed listen
+moves the endpoint, and an address that cannot be bound yet is tried again.
+
 Examples:
   sudo microvm host -f /etc/microvm/infra.toml
   systemctl status microvm-host`,
@@ -59,6 +65,7 @@ Examples:
 			}
 			stop, release := stopOnSignal()
 			defer release()
+			go metrics.Serve(&metrics.Reader{File: file}, version(), stop, metrics.Logger(e.stderr))
 			return hostpart.Run(hostpart.Options{File: file, Detached: detached}, stop, e.stderr)
 		},
 	}

@@ -16,12 +16,13 @@ import (
 )
 
 func logsCmd() *command {
-	var follow, console bool
+	var follow, console, guestLog bool
 	var lines int
+	var unit string
 	return &command{
 		name:  "logs",
-		args:  "[--file FILE] [-f] [--console] [-n LINES] NAME",
-		short: "show a VM's supervisor log, or its serial console",
+		args:  "[--file FILE] [-f] [--console | --guest [-u UNIT]] [-n LINES] NAME",
+		short: "show a VM's supervisor log, its serial console, or its guest's journal",
 		long: `
 Prints the log of the VM's supervisor (microvm run NAME): its virtiofs
 daemons, its VMM, starts, stops and restarts. Under systemd this is
@@ -31,6 +32,11 @@ journalctl -u microvm@NAME; without systemd, RUN_DIR/NAME/supervisor.log.
 begun anew at each start): the kernel's and the guest's boot messages.
 Both logs rotate at 10 MiB: the one before is NAME.log.1 beside it.
 
+--guest prints the guest's own journal, the logs of its services, kept in
+its /var/log/journal across restarts (up to 64 MiB, docs/guest.md): read
+from the host, without SSH, also while the VM is stopped; -u UNIT keeps a
+unit's entries (journalctl -u in the guest). Needs root.
+
 Here -f is --follow, as in journalctl and tail; the file is --file.
 
 Examples:
@@ -38,16 +44,27 @@ Examples:
   microvm logs vm1 -f               like journalctl -u microvm@vm1 -f
   microvm logs -f vm1               the same
   microvm logs --console -n 50 vm1
+  sudo microvm logs --guest -u nginx -f web   the guest's nginx, as journalctl -u nginx -f there
   microvm logs --file /srv/infra.toml vm1`,
 		flags: func(fs *pflag.FlagSet) {
 			fs.BoolVarP(&follow, "follow", "f", false, "keep printing what is added, until interrupted (as journalctl -f)")
 			fs.BoolVar(&console, "console", false, "print the guest's serial console instead")
+			fs.BoolVar(&guestLog, "guest", false, "print the guest's journal instead (its services' logs, kept across restarts)")
+			fs.StringVarP(&unit, "unit", "u", "", "with --guest: only the entries of `UNIT` (a name without a suffix is a .service)")
 			fs.IntVarP(&lines, "lines", "n", 0, "print only the last `LINES` lines (0: all)")
 		},
 		run: func(e *env, args []string) error {
 			_, vm, err := e.oneVM(args)
 			if err != nil {
 				return err
+			}
+			switch {
+			case console && guestLog:
+				return fmt.Errorf("%w: --console and --guest are two different logs; give one", errUsage)
+			case unit != "" && !guestLog:
+				return fmt.Errorf("%w: -u UNIT is for the guest's journal; add --guest", errUsage)
+			case guestLog:
+				return showGuest(e, vm, unit, lines, follow)
 			}
 			if !console && supervise.Booted() {
 				jargs := []string{"-u", supervise.Unit(vm.Name), "--no-pager"}

@@ -129,6 +129,7 @@ func TestJSONHost(t *testing.T) {
 		{[]string{"status", "--json", "--host", "vm1"}, statusDoc{}},
 		{[]string{"info", "vm2", "--json"}, infoDoc{}},
 		{[]string{"image", "list", "--json"}, imagesDoc{}},
+		{[]string{"top", "--json"}, topDoc{}},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			checkShape(t, mustRun(t, sb.Host, append(c.args, "-f", file)...), c.doc)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"runtime"
 	"runtime/debug"
 )
 
@@ -16,22 +17,23 @@ func versionCmd() *command {
 		noFile: true,
 		long:   "Prints the version of microvm and the Go it was built with.",
 		run: func(e *env, args []string) error {
-			v := Version
-			info, ok := debug.ReadBuildInfo()
-			if v == "" && ok {
-				v = info.Main.Version
-				for _, s := range info.Settings {
-					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-						v += " (" + s.Value[:12] + ")"
-					}
-				}
-			}
-			goVersion := "unknown"
-			if ok {
-				goVersion = info.GoVersion
-			}
-			fmt.Fprintf(e.stdout, "microvm %s, %s\n", v, goVersion)
+			fmt.Fprintf(e.stdout, "microvm %s, %s\n", version(), runtime.Version())
 			return nil
 		},
 	}
+}
+
+// version is the program's version: Version, or the module's version and
+// its commit as the build recorded them.
+func version() string {
+	v := Version
+	if info, ok := debug.ReadBuildInfo(); v == "" && ok {
+		v = info.Main.Version
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " (" + s.Value[:12] + ")"
+			}
+		}
+	}
+	return v
 }

@@ -32,14 +32,26 @@ import (
 //
 //	[vm.web]
 //	allow = ["vm:db tcp 6379"]
+//
+// The host is closed to VMs too (but for a ping to their own gateway).
+// An entry naming a VM's own gateway, with a protocol and ports, opens
+// those ports of the host to that VM alone, at that address: how a
+// monitoring VM reaches the host's metrics endpoint ([host.metrics]):
+//
+//	[vm.mon]
+//	subnet = "10.9.0.0/24"
+//	allow = ["10.9.0.1 tcp 9753"]
 
 // Allow is one entry of an allow list.
 type Allow struct {
-	Net   netip.Prefix // for a vm: entry, that VM's address
-	VM    string       // the VM a vm:NAME entry opens, "" for an address
-	Proto string       // "tcp", "udp", "icmp", or "" for every protocol
-	Ports []PortRange  // with tcp or udp; none means every port
-	At    string       // file:line:col of the entry, for messages and the ruleset's comments
+	Net netip.Prefix // for a vm: entry, that VM's address
+	VM  string       // the VM a vm:NAME entry opens, "" for an address
+	// Gateway: the entry names its VM's own gateway, ports of the host
+	// (in [vm.NAME] allow only, with tcp or udp and ports).
+	Gateway bool
+	Proto   string      // "tcp", "udp", "icmp", or "" for every protocol
+	Ports   []PortRange // with tcp or udp; none means every port
+	At      string      // file:line:col of the entry, for messages and the ruleset's comments
 }
 
 // PortRange is a port, or a range of ports (From < To).
@@ -206,7 +218,18 @@ func (p *parser) openings() {
 		key := "vm." + vm.Name + ".allow"
 		for j := range vm.Allow {
 			a := &vm.Allow[j]
+			if a.VM == "" && a.Net == netip.PrefixFrom(vm.Gateway, 32) {
+				if a.Proto != "tcp" && a.Proto != "udp" || len(a.Ports) == 0 {
+					p.errorf(p.posOf(a.At), "%s: %s is this VM's gateway, the host; name the ports of the host it may reach there, e.g. \"%s tcp %d\" (a ping to its gateway always passes)", key, a.Dest(), a.Dest(), DefaultMetricsPort)
+				}
+				a.Gateway = true
+				continue
+			}
 			if a.VM == "" {
+				if other, ok := p.in.VM(gatewayOf(p.in.VMs, a.Net)); ok {
+					p.errorf(p.posOf(a.At), "%s: %s is vm.%s's gateway; a VM reaches the host only at its own gateway, e.g. \"%s%s\"", key, a.Dest(), other.Name, vm.Gateway, rest(*a))
+					continue
+				}
 				if name, ok := subnetOf(*a); ok {
 					p.errorf(p.posOf(a.At), "%s: %s is in vm.%s's subnet, which no rule on the uplink reaches; write %q to open it", key, a.Dest(), name, "vm:"+name+rest(*a))
 				}
@@ -225,6 +248,16 @@ func (p *parser) openings() {
 			}
 		}
 	}
+}
+
+// gatewayOf is the name of the VM whose gateway net is, or "".
+func gatewayOf(vms []VM, net netip.Prefix) string {
+	for _, vm := range vms {
+		if net == netip.PrefixFrom(vm.Gateway, 32) {
+			return vm.Name
+		}
+	}
+	return ""
 }
 
 func (p *parser) vmNames() []string {

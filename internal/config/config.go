@@ -138,6 +138,7 @@ type Host struct {
 	KeepSnapshots int    // with storage "zfs": automatic snapshots kept per VM; 0 takes none
 
 	Tailscale TailscaleSettings // [host.tailscale]: subnet routes for the VM networks
+	Metrics   MetricsSettings   // [host.metrics]: the Prometheus endpoint of the host daemon
 
 	// Allow lists what every VM may reach through the uplink beyond the
 	// internet (by default not the LAN, private ranges, CGNAT, link-local
@@ -267,6 +268,7 @@ type parser struct {
 	errs     ErrorList
 	host     map[string]*value
 	ts       map[string]*value // [host.tailscale]
+	mt       map[string]*value // [host.metrics]
 	defaults map[string]*value
 	vms      []*rawTable
 	imgs     []*rawTable
@@ -277,7 +279,7 @@ func (p *parser) errorf(at Pos, format string, args ...any) {
 }
 
 var (
-	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "tailscale"}
+	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "tailscale", "metrics"}
 	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "disk", "cpu_max", "io_weight"}
 	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
 		"services", "disable_services", "run_once", "files", "publish", "image_writable", "disk", "cpu_max", "io_weight", "secrets", "volumes"}
@@ -289,6 +291,7 @@ var (
 func (p *parser) decode(entries []entry) {
 	p.host = map[string]*value{}
 	p.ts = map[string]*value{}
+	p.mt = map[string]*value{}
 	p.defaults = map[string]*value{}
 	byName := map[string]*rawTable{}
 	imgByName := map[string]*rawTable{}
@@ -310,15 +313,20 @@ func (p *parser) decode(entries []entry) {
 			if !e.isTbl {
 				unknown(e, 1, fmt.Sprintf("%s must be a table, e.g. [%s]", top, top))
 			}
-		case top == "host" && e.path[1] == "tailscale":
-			// The one nested table of the file: [host.tailscale].
+		case top == "host" && (e.path[1] == "tailscale" || e.path[1] == "metrics"):
+			// The nested tables of the file: [host.tailscale], [host.metrics].
+			sub := e.path[1]
 			if len(e.path) == 2 {
 				if !e.isTbl {
-					unknown(e, 2, "tailscale in [host] must be a table; write [host.tailscale] and its keys below it")
+					unknown(e, 2, fmt.Sprintf("%s in [host] must be a table; write [host.%s] and its keys below it", sub, sub))
 				}
 				continue
 			}
-			p.put(p.ts, e, 2, "[host.tailscale]", tailscaleKeys, unknown)
+			tbl, keys := p.ts, tailscaleKeys
+			if sub == "metrics" {
+				tbl, keys = p.mt, metricsKeys
+			}
+			p.put(tbl, e, 2, "[host."+sub+"]", keys, unknown)
 		case top == "host":
 			p.put(p.host, e, 1, "[host]", hostKeys, unknown)
 		case top == "defaults":
@@ -415,6 +423,7 @@ func (p *parser) derive() {
 	}
 	p.storage(h)
 	p.tailscale(h)
+	p.metrics(h)
 	h.Allow = p.allowList(p.host["allow"], "host.allow")
 
 	def := VM{VCPU: DefaultVCPU, MemoryMiB: DefaultMemoryMiB, Hypervisor: DefaultHypervisor, Image: DefaultImage, DNS: DefaultDNS, Autostart: true}

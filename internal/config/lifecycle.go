@@ -16,6 +16,7 @@ import "path/filepath"
 //	RUN_DIR/NAME/run.lock       held by the `microvm run NAME` that supervises the VM
 //	RUN_DIR/NAME/cgroup.json    where the keeper made the VM's cgroup (limits.go), while it is there
 //	RUN_DIR/NAME/console.log    the guest's serial console, from its last start (and console.log.1 before it)
+//	RUN_DIR/NAME/boots.json     its starts, restarts and last time to ready, for the metrics (BootsFile)
 
 // LockFile is the lock held while VMs are started, stopped or changed.
 func (h Host) LockFile() string { return filepath.Join(h.RunDir, "microvm.lock") }

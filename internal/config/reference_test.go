@@ -48,6 +48,7 @@ func TestReference(t *testing.T) {
 		"[host.tailscale] enabled":             fmt.Sprintf("%q", string(h.Tailscale.Enabled)),
 		"[host.tailscale] socket":              fmt.Sprintf("%q", h.Tailscale.Socket),
 		"[host.tailscale] allow_vm_to_tailnet": fmt.Sprint(h.Tailscale.AllowVMToTailnet),
+		"[host.metrics] listen":                metricsDefault(h.Metrics.Listen),
 		"[defaults] vcpu":                      fmt.Sprint(vm.VCPU), "[defaults] memory": fmt.Sprint(vm.MemoryMiB),
 		"[defaults] hypervisor": fmt.Sprintf("%q", vm.Hypervisor), "[defaults] image": fmt.Sprintf("%q", vm.Image),
 		"[defaults] dns": fmt.Sprintf("%q", vm.DNS), "[defaults] ssh_keys": "[]",
@@ -71,12 +72,15 @@ func TestReference(t *testing.T) {
 	// Every key the parser knows, and no other.
 	want := map[string]bool{}
 	for _, k := range hostKeys {
-		if k != "tailscale" { // the table [host.tailscale]
+		if k != "tailscale" && k != "metrics" { // the tables [host.tailscale], [host.metrics]
 			want["[host] "+k] = true
 		}
 	}
 	for _, k := range tailscaleKeys {
 		want["[host.tailscale] "+k] = true
+	}
+	for _, k := range metricsKeys {
+		want["[host.metrics] "+k] = true
 	}
 	for _, k := range defaultsKeys {
 		want["[defaults] "+k] = true
@@ -128,4 +132,12 @@ func table(n int) string {
 		return "{}"
 	}
 	return fmt.Sprint(n)
+}
+
+// metricsDefault writes the endpoint's default, off, as the README does.
+func metricsDefault(listen string) string {
+	if listen == "" {
+		return "off"
+	}
+	return fmt.Sprintf("%q", listen)
 }

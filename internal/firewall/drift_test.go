@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"fmt"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -94,13 +95,29 @@ func TestDrift(t *testing.T) {
 	}
 }
 
-// TestCountersAreNoChange: a table whose rules count packets compares
-// equal however many it counted.
+// TestCountersAreNoChange: a table whose rules count packets, in anonymous
+// counters and in named ones (as the drops per VM are), compares equal
+// however many they counted.
 func TestCountersAreNoChange(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "nft", "ping")
 	ns := testenv.NetNS(t)
-	rs := "table inet microvm {\n\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n\t\tcounter accept\n\t}\n}\n"
+	rs := `table inet microvm {
+	counter drop_to_lo {
+	}
+
+	map vm_drops_to {
+		type ifname : counter
+		elements = { "lo" : "drop_to_lo" }
+	}
+
+	chain output {
+		type filter hook output priority 0; policy accept;
+		counter name oifname map @vm_drops_to
+		counter accept
+	}
+}
+`
 	err := sandbox.Do(ns, func() error {
 		if err := load(rs); err != nil {
 			return err
@@ -108,6 +125,9 @@ func TestCountersAreNoChange(t *testing.T) {
 		sandbox.Command(ns, "ip", "link", "set", "lo", "up").Run()
 		if out, err := sandbox.Command(ns, "ping", "-c", "2", "-i", "0.2", "127.0.0.1").CombinedOutput(); err != nil {
 			t.Fatalf("ping: %s %v", out, err)
+		}
+		if out, err := exec.Command("nft", "list", "counter", Family, Table, "drop_to_lo").Output(); err != nil || strings.Contains(string(out), "packets 0 ") {
+			t.Fatalf("the named counter did not count: %s %v", out, err)
 		}
 		cur, err := Current()
 		if err != nil {

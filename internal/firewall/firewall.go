@@ -109,6 +109,32 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 {{- end}}
 	}
 
+	set vm_host_openings {
+		type ifname . ipv4_addr . inet_proto . inet_service
+		flags interval
+{{- if .HostOpenings}}
+		elements = { {{range $i, $o := .HostOpenings}}{{if $i}}, {{end}}{{$o}}{{end}} }
+{{- end}}
+	}
+{{range .VMs}}
+	counter drop_from_{{.Name}} {
+		comment "what the firewall dropped of what {{.Name}} sent"
+	}
+
+	counter drop_to_{{.Name}} {
+		comment "what the firewall dropped of what was sent to {{.Name}}"
+	}
+{{end}}
+	map vm_drops_from {
+		type ifname : counter
+		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" : "drop_from_{{$v.Name}}"{{end}} }
+	}
+
+	map vm_drops_to {
+		type ifname : counter
+		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" : "drop_to_{{$v.Name}}"{{end}} }
+	}
+
 	map published {
 		type inet_proto . inet_service : ipv4_addr . inet_service
 {{- if .Published}}
@@ -126,7 +152,9 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
+		iifname @vm_bridges meta nfproto ipv6 {{.CountFrom}}
 		iifname @vm_bridges meta nfproto ipv6 drop comment "VM networks are IPv4 only (so no VM reaches the tailnet's {{.TailscaleRange6}})"
+		iifname @vm_bridges iifname . ip saddr . ether saddr != @vm_sources {{.CountFrom}}
 		iifname @vm_bridges iifname . ip saddr . ether saddr != @vm_sources drop comment "anti-spoofing: a VM sends only from its own address and MAC"
 	}
 
@@ -136,6 +164,8 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		iifname != @vm_bridges accept comment "else this table judges only what VMs send to the host"
 		ct state established,related accept comment "replies to the host's own connections"
 		iifname . ip daddr @vm_gateways icmp type echo-request accept comment "a VM may ping its own gateway"
+		iifname . ip daddr . meta l4proto . th dport @vm_host_openings accept comment "a VM reaches the ports of the host its allow list opens at its own gateway"
+		{{.CountFrom}}
 		drop comment "nothing else from a VM reaches the host (no SSH, no other gateways)"
 	}
 
@@ -145,6 +175,7 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr . meta l4proto . th dport @vm_openings accept comment "openings: vm:NAME PROTO PORTS in the allow list of the VM that connects"
 		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr . meta l4proto @vm_openings_proto accept comment "openings of a protocol, every port (vm:NAME icmp, vm:NAME tcp)"
 		iifname @vm_bridges oifname @vm_bridges ct state new iifname . ip daddr @vm_openings_all accept comment "openings of every protocol (vm:NAME)"
+		iifname @vm_bridges oifname @vm_bridges counter name iifname map @vm_drops_from counter name oifname map @vm_drops_to comment "{{.Counted}}"
 		iifname @vm_bridges oifname @vm_bridges drop comment "isolation: no VM reaches another, but through an opening"
 		ct state established,related accept comment "replies"
 		oifname @vm_bridges ct status dnat accept comment "the internet reaches the ports a VM publishes (publish)"
@@ -156,9 +187,12 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 {{- range .Allow}}
 		iifname {{.Bridge}} oifname "{{$.Uplink}}" ip daddr {{.Net}}{{if .Proto}} meta l4proto {{.Proto}}{{end}}{{if .Ports}} th dport { {{.Ports}} }{{end}} accept comment "allow {{.Text}} ({{.Who}})"
 {{- end}}
+		iifname @vm_bridges oifname "{{.Uplink}}" ip daddr @not_internet {{.CountFrom}}
 		iifname @vm_bridges oifname "{{.Uplink}}" ip daddr @not_internet drop comment "internet only: not the uplink's networks, private, CGNAT, link-local (cloud metadata) or special ranges"
 		iifname @vm_bridges oifname "{{.Uplink}}" accept comment "VMs reach the internet"
+		iifname @vm_bridges {{.CountFrom}}
 		iifname @vm_bridges drop comment "VMs reach nothing else: {{if not .AllowVMToTailnet}}not the tailnet, {{end}}not other host networks"
+		oifname @vm_bridges counter name oifname map @vm_drops_to comment "{{.Counted}}"
 		oifname @vm_bridges drop comment "nobody else opens connections into a VM"
 	}
 
@@ -266,6 +300,40 @@ func openingsOf(vms []config.VM) openings {
 	return o
 }
 
+// hostOpeningsOf are the entries of the VMs' allow lists that name their
+// own gateway: ports of the host each VM may reach there, as elements of
+// the set the input chain accepts (by bridge, gateway, protocol and
+// ports). Config requires a protocol and ports of them.
+func hostOpeningsOf(vms []config.VM) []string {
+	var out []string
+	for _, vm := range vms {
+		for _, a := range vm.Allow {
+			if !a.Gateway {
+				continue
+			}
+			for _, r := range a.Ports {
+				out = append(out, fmt.Sprintf("%q . %s . %s . %s", vm.Bridge, a.Net.Addr(), a.Proto, r))
+			}
+		}
+	}
+	return out
+}
+
+// Drops are counted per VM, for its metrics (package metrics): two named
+// counters each, drop_from_NAME (what it sent) and drop_to_NAME (what was
+// sent to it), reached through two maps keyed by its bridge, so the rules
+// stay as few whatever the number of VMs. Each rule that drops what a VM
+// sends or receives has a rule just before it with the same match that
+// counts: the drop itself stays a rule of its own, so a map that lacked a
+// bridge (a lookup that fails ends a rule) would skip a count, never a
+// drop.
+const counted = "counted per VM: what the next rule drops"
+
+// CounterFrom and CounterTo name the counters of what the firewall dropped
+// of what VM name sent, and of what was sent to it.
+func CounterFrom(name string) string { return "drop_from_" + name }
+func CounterTo(name string) string   { return "drop_to_" + name }
+
 // published is one published port as the template writes it.
 type published struct {
 	Key, To string // "tcp . 80" : "10.5.0.2 . 80"
@@ -294,8 +362,8 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 	var allow []allowRule
 	add := func(bridge, who string, list []config.Allow) {
 		for _, a := range list {
-			if a.VM != "" {
-				continue // openings between VMs are sets, not rules on the uplink
+			if a.VM != "" || a.Gateway {
+				continue // openings to VMs and to the host are sets, not rules on the uplink
 			}
 			allow = append(allow, allowRule{bridge, a.Net, a.Proto, a.PortList(", "), a.String(), who})
 		}
@@ -315,9 +383,12 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 		Openings                        openings
 		Published                       []published
 		PublishedFrom                   []string
+		HostOpenings                    []string
+		CountFrom, Counted              string
 	}{Table, in.Host.Uplink, config.Tailscale, "", config.TailscaleRange.String(), config.TailscaleRange6.String(),
 		in.Host.Tailscale.AllowVMToTailnet, in.VMs, merge(append(slices.Clone(Blocked), uplinkNets...)), allow,
-		openingsOf(in.VMs), pubs, from}
+		openingsOf(in.VMs), pubs, from, hostOpeningsOf(in.VMs),
+		`counter name iifname map @vm_drops_from comment "` + counted + `"`, counted}
 	// Render once without the hash, hash that, and render again with it: the
 	// hash in the comment lets plan see whether the loaded table is current.
 	sum := sha256.Sum256([]byte(execute(data)))

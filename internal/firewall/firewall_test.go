@@ -77,14 +77,15 @@ func TestNotInternet(t *testing.T) {
 // does not grow with the number of VMs (the design's iptables need N×(N−1)).
 func TestConstantRules(t *testing.T) {
 	want := summarize(render(infra(t, 4))).Rules
-	blocked := summarize(render(infra(t, 4))).Elements - 6*4 // the not_internet set
+	blocked := summarize(render(infra(t, 4))).Elements - 8*4 // the not_internet set
 	for _, n := range []int{1, 16, 64, 250} {
 		s := summarize(render(infra(t, n)))
 		if s.Rules != want {
 			t.Errorf("N=%d: got %d rules, want %d", n, s.Rules, want)
 		}
-		// Per VM: bridge, source, gateway, subnet, and DNS over UDP and TCP.
-		if got, want := s.Elements, 6*n+blocked; got != want {
+		// Per VM: bridge, source, gateway, subnet, DNS over UDP and TCP,
+		// and its two drop counters.
+		if got, want := s.Elements, 8*n+blocked; got != want {
 			t.Errorf("N=%d: got %d set elements, want %d", n, got, want)
 		}
 	}

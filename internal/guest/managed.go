@@ -35,6 +35,7 @@ const header = "# Managed by microvm: rewritten at every start of the VM; change
 //	/root/.ssh/authorized_keys     keys (in vm.VarDir, as /root is /var/root)
 //	/etc/ssh/ssh_host_ed25519_key  the VM's SSH host key, made once and kept
 //	/etc/machine-id                made once, when it is empty (or not an ID)
+//	/etc/systemd/journald.conf.d/microvm.conf   the journal kept in /var, capped (journal.go)
 //
 // Each file is replaced atomically (a temporary file renamed over it), and
 // left as it is when it already has the content. A directory on the way
@@ -62,6 +63,9 @@ func WriteManaged(vm *config.VM, keys Keys) error {
 	}
 	if err := machineID(etc); err != nil {
 		return fmt.Errorf("writing /etc/machine-id: %w", err)
+	}
+	if err := writeJournald(etc); err != nil {
+		return err
 	}
 	hostKey, err := filepath.Rel(vm.EtcDir, vm.HostKey())
 	if err != nil {

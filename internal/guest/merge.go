@@ -189,7 +189,8 @@ func managedPaths() map[string]bool {
 		"etc/hostname": true, "etc/hosts": true, "etc/resolv.conf": true, "etc/machine-id": true,
 		"etc/ssh/ssh_host_ed25519_key": true, "etc/ssh/ssh_host_ed25519_key.pub": true,
 		"var/root/.ssh/authorized_keys": true,
-		"etc/" + runOnceScript:          true, "etc/systemd/system/" + runOnceUnit: true, "etc/" + runOnceLink: true,
+		"etc/" + JournaldDropIn:         true, "etc/" + journalFlush: true,
+		"etc/" + runOnceScript: true, "etc/systemd/system/" + runOnceUnit: true, "etc/" + runOnceLink: true,
 		"etc/systemd/system/" + secretsUnit: true, "etc/" + secretsLink: true,
 		"etc/systemd/system/" + volumesUnit: true, "etc/" + volumesLink: true,
 	}

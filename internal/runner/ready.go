@@ -95,6 +95,9 @@ func watchReady(ctx context.Context, run *safedir.Dir, vm *config.VM, vmm proc.I
 			if err := markReady(run, vm, vmm, now); err != nil {
 				logf("recording that the guest is ready: %v", err)
 			}
+			if err := bootReady(run, vm, began, now); err != nil {
+				logf("recording how long the boot took: %v", err)
+			}
 			return
 		}
 		select {

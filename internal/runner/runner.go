@@ -191,6 +191,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	if err != nil {
 		logf("recording what the VM started with: %v", err)
 	}
+	if err := bootStarted(run, vm, began); err != nil {
+		logf("counting the boot: %v", err)
+	}
 	defer run.Remove(filepath.Base(vm.StartedFile()))
 	ready, stopReady := context.WithCancel(context.Background())
 	readyDone := make(chan struct{})
@@ -201,8 +204,14 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	defer func() { stopReady(); <-readyDone }() // before the record goes
 
 	var vmmErr error
+	stopped := func() {
+		if err := bootStopped(run, vm); err != nil {
+			logf("recording the stop: %v", err)
+		}
+	}
 	select {
 	case <-stop:
+		defer stopped()
 		logf("shutting the guest down")
 		began := time.Now()
 		vmmErr = m.Stop(context.Background())
@@ -215,6 +224,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	case <-m.Done():
 		vmmErr = m.Wait()
 		if vmmErr == nil {
+			defer stopped()
 			logf("the guest powered off")
 		} else if why, ok := oom.killed(); ok {
 			vmmErr = fmt.Errorf("the VMM was %s (its exit: %w)", why, vmmErr)

@@ -228,7 +228,6 @@ func onTmpfs(dir string) error {
 	return nil
 }
 
-
 // Owned is a secret's value with the guest's ids of its owner.
 type Owned struct {
 	Value    []byte
