@@ -9,6 +9,7 @@
 //	go run ./bench boot      # the stock and the lean image: 4 real microVMs started together, and one alone, phase by phase
 //	go run ./bench disk      # image size, each VM's own use after boot, total vs the design's < 10 GB
 //	go run ./bench memory    # QEMU's memory per VM before and after (image, code cache), every process of a VM, the guest's own use
+//	go run ./bench limits    # what a VM's processes take beside its guest's memory, in their cgroup (the memory limit's overhead)
 //	go run ./bench flush     # what nft flush ruleset lets through between VMs and to the host, with and without policy routing
 //	go run ./bench metrics   # a scrape of the metrics endpoint with 4 and 250 VMs: time, allocations, size
 //
@@ -32,6 +33,7 @@ var benchmarks = map[string]benchmark{
 	"boot":    {"the stock and the lean image, 4 real microVMs together and one alone: boot phases, CPU time, systemd-analyze", runBoot},
 	"disk":    {"image size, each VM's own disk use after boot, total for the 4-VM setup", runDisk},
 	"memory":  {"QEMU's memory per VM before and after the lean image and its code cache size; every process of a VM; the guest's own use", runMemory},
+	"limits":  {"what a VM's processes take beside its guest's memory, in their cgroup: the memory limit's overhead", runLimits},
 	"flush":   {"what nft flush ruleset lets through between VMs and to the host before the watcher closes the ports, with and without policy routing", runFlush},
 	"metrics": {"a scrape of the metrics endpoint with 4 and 250 VMs (stand-ins), stopped and running: time, allocations, size", runMetrics},
 }

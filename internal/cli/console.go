@@ -28,7 +28,7 @@ person uses when the VM's network or sshd is broken. Ctrl-] detaches; the
 VM keeps running. One person at a time.
 
 The console is also logged, whether or not anyone is attached, to
-RUN_DIR/NAME/vmm/console.log (microvm logs --console NAME). With Cloud
+RUN_DIR/NAME/console.log (microvm logs --console NAME), rotated at 10 MiB. With Cloud
 Hypervisor the console is that log only: console follows it, read-only.
 Needs root.
 
@@ -55,6 +55,8 @@ Examples:
 				return fmt.Errorf("%s is not running; start it with: microvm up %s", vm.Name, vm.Name)
 			case lifecycle.Starting:
 				return fmt.Errorf("%s is starting: its VMM is not up yet; try again in a moment", vm.Name)
+			case lifecycle.Orphaned:
+				return fmt.Errorf("%s was left running without its supervisor, which was killed; microvm restart %s ends what is left and starts it again", vm.Name, vm.Name)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			c, err := vmm.Dial(ctx, vm.ConsoleSocket(), s.Started.VMMPid)

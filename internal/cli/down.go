@@ -25,8 +25,10 @@ has not shut down in time; --force does that at once, for a guest that
 hangs. Either way the virtiofs daemons stop after it, and /etc and /var
 stay; what the guest had not written is lost.
 
-A VM that is not running is an error that changes nothing; --all stops
-every VM that runs. Needs root.
+A VM left running without its supervisor (orphaned: its supervisor and
+keeper were killed) has its processes killed, as no clean shutdown is left
+to ask for. A VM that is not running is an error that changes nothing;
+--all stops every VM that runs. Needs root.
 
 Examples:
   sudo microvm down vm1
@@ -46,7 +48,7 @@ Examples:
 			}
 			defer lock.Release()
 			if all {
-				vms = lifecycle.InState(m, vms, lifecycle.Running, lifecycle.Starting)
+				vms = lifecycle.InState(m, vms, lifecycle.Running, lifecycle.Starting, lifecycle.Orphaned)
 			}
 			for _, vm := range vms {
 				if lifecycle.StateOf(m, vm).State == lifecycle.Stopped {

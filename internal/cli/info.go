@@ -30,7 +30,8 @@ Shows everything about one VM: its state, the processes that run it (the
 VMM, the supervisor and, without systemd, its keeper) and since when, its
 network (subnets, addresses and gateways of IPv4 and IPv6, bridge, TAP,
 MAC; with an egress list, its names and the addresses it may reach now),
-its resources, the image it boots (with image_writable, what its own
+its resources, its limits and what it takes of them (memory, processes,
+CPU, disk), the image it boots (with image_writable, what its own
 overlay holds), which files of its /etc differ from its image's, what
 changed in the file since it started (what update would restart it for),
 where its data and logs are, the disk its /etc and /var use and its
@@ -68,7 +69,7 @@ type infoDoc struct {
 	Version       int             `json:"version" doc:"the version of this document's format"`
 	File          string          `json:"file" doc:"the infra.toml read"`
 	VM            vmModel         `json:"vm" doc:"the VM as the file derives it (as in validate --json)"`
-	State         lifecycle.State `json:"state" doc:"running, starting or stopped"`
+	State         lifecycle.State `json:"state" doc:"running, starting, orphaned or stopped"`
 	Manager       supervise.Kind  `json:"manager" doc:"systemd, or detached (a keeper process) where systemd is not PID 1"`
 	Unit          string          `json:"unit" doc:"its systemd unit"`
 	VMMPid        int             `json:"vmm_pid,omitempty" doc:"while running"`
@@ -84,6 +85,7 @@ type infoDoc struct {
 	ImageDir      string          `json:"image_dir" doc:"the image it boots (running) or would boot: NAME, or NAME.VERSION for a declared image"`
 	ImageMadeOf   string          `json:"image_made_of,omitempty" doc:"what that image is made of, as image list says"`
 	WritableBytes *int64          `json:"writable_bytes,omitempty" doc:"with image_writable: what its own overlay over the image holds"`
+	Limits        limitsDoc       `json:"limits" doc:"what it may take and, while it runs, what it takes"`
 	Etc           *etcDoc         `json:"etc,omitempty" doc:"how its /etc differs from its image's, as last merged; absent before its first start"`
 	EgressNow     []egressDoc     `json:"egress_now" doc:"with an egress list: the addresses it may reach now, for which name, and for how long (needs root)"`
 	Problems      []string        `json:"problems" doc:"what could not be read (disk use, snapshots), and why"`
@@ -122,6 +124,9 @@ func infoOf(in *config.Infra, m supervise.Manager, vm *config.VM) infoDoc {
 	if m, err := image.ReadMeta(in.Host, d.ImageDir); err == nil && !m.Made.IsZero() {
 		d.ImageMadeOf = m.String()
 	}
+	var problems []string
+	d.Limits, problems = limitsOf(in, vm, s)
+	d.Problems = append(d.Problems, problems...)
 	if os.Geteuid() != 0 {
 		d.Problems = append(d.Problems, "disk use and snapshots need root to read")
 		return d
@@ -197,6 +202,11 @@ func printInfo(e *env, d infoDoc) {
 	}
 	line("links", "bridge %s, TAP %s, MAC %s", vm.Bridge, vm.TAP, vm.MAC)
 	line("resources", "%d vCPU, %d MiB, %s, dns %s", vm.VCPU, vm.MemoryMiB, vm.Hypervisor, vm.DNS)
+	mem, pids, cpu, disk := d.Limits.text()
+	line("limits", "memory %s, processes %s, cpu %s, disk %s", mem, pids, cpu, disk)
+	if d.Limits.Cgroup != "" {
+		line("cgroup", "%s", d.Limits.Cgroup)
+	}
 	img := d.ImageDir
 	if d.ImageMadeOf != "" {
 		img += " (" + d.ImageMadeOf + ")"

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"path/filepath"
+
 	"github.com/simple-microvm-infra/microvm/internal/lifecycle"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
@@ -13,10 +15,14 @@ func keepCmd() *command {
 		long: `
 Runs microvm run NAME and starts it again one second after it fails, as
 systemd does with microvm@NAME.service (Restart=on-failure); SIGTERM stops
-the VM cleanly. It writes its pid to RUN_DIR/NAME/keeper.pid.
+the VM cleanly. It writes its pid to RUN_DIR/NAME/keeper.pid. The
+supervisor, its virtiofsd daemons and its VMM run in a cgroup of their own
+with the VM's limits, made below the keeper's cgroup; what is left in it
+when the supervisor exits is killed.
 
-microvm up starts it detached, with its output in RUN_DIR/NAME/supervisor.log,
-on hosts where systemd is not PID 1; a person rarely runs it directly.
+microvm up starts it detached, with its output in RUN_DIR/NAME/supervisor.log
+(rotated at 10 MiB, the one before kept as supervisor.log.1), on hosts
+where systemd is not PID 1; a person rarely runs it directly.
 
 Examples:
   sudo microvm keep vm1`,
@@ -32,7 +38,20 @@ Examples:
 			if err != nil {
 				return err
 			}
-			return supervise.Keep(bin, file, vm, e.stderr)
+			// The log rotates (supervise.LogMax); what the keeper says
+			// before it is open goes to stderr, which microvm up points
+			// at the same file.
+			run, err := supervise.OpenRunDir(vm)
+			if err != nil {
+				return err
+			}
+			defer run.Close()
+			log, err := supervise.OpenLog(run, filepath.Base(vm.SupervisorLog()), supervise.LogMax, false)
+			if err != nil {
+				return err
+			}
+			defer log.Close()
+			return supervise.Keep(bin, file, vm, log)
 		},
 	}
 }

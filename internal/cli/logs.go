@@ -28,8 +28,9 @@ Prints the log of the VM's supervisor (microvm run NAME): its virtiofs
 daemons, its VMM, starts, stops and restarts. Under systemd this is
 journalctl -u microvm@NAME; without systemd, RUN_DIR/NAME/supervisor.log.
 
---console prints the guest's serial console instead (RUN_DIR/NAME/vmm/console.log,
-rewritten at each start): the kernel's and the guest's boot messages.
+--console prints the guest's serial console instead (RUN_DIR/NAME/console.log,
+begun anew at each start): the kernel's and the guest's boot messages.
+Both logs rotate at 10 MiB: the one before is NAME.log.1 beside it.
 
 --guest prints the guest's own journal, the logs of its services, kept in
 its /var/log/journal across restarts (up to 64 MiB, docs/guest.md): read
@@ -119,13 +120,17 @@ func showFile(e *env, vm *config.VM, console bool, lines int, follow bool) error
 		if _, err := io.Copy(e.stdout, f); err != nil {
 			return err
 		}
-		// A log made anew by a restart (each start makes a new VMM
-		// directory) or rewritten starts again from the top.
+		// A log begun anew (at a start, or rotated) or rewritten starts
+		// again from the top, once what the old one got last is out.
 		if again, err := openLog(vm, console); err == nil {
 			fi, serr := again.Stat()
 			cur, cerr := f.Stat()
 			// Seek(0, current) on a regular file cannot fail.
 			if pos, _ := f.Seek(0, io.SeekCurrent); serr == nil && (cerr == nil && !os.SameFile(fi, cur) || fi.Size() < pos) {
+				if _, err := io.Copy(e.stdout, f); err != nil {
+					again.Close()
+					return err
+				}
 				f.Close()
 				f = again
 			} else {

@@ -6,6 +6,7 @@ import (
 	"syscall"
 
 	"github.com/simple-microvm-infra/microvm/internal/runner"
+	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
 func runCmd() *command {
@@ -19,7 +20,9 @@ image, its own /etc and /var, seeded from the image on first start), starts
 its three virtiofsd daemons, then its VMM as the unprivileged VMM user.
 SIGTERM or Ctrl-C shuts the guest down cleanly, waits for the VMM to exit,
 and only then stops the daemons. The guest's serial console is written to
-RUN_DIR/NAME/vmm/console.log.
+RUN_DIR/NAME/console.log, begun anew at each start (the one before kept as
+console.log.1) and rotated at 10 MiB. A VMM killed by its memory limit is
+logged as such, and the supervisor exits non-zero, to be restarted.
 
 The host part must be applied first (microvm apply --host-only) and the
 image built (microvm image build debian). Needs root.
@@ -33,6 +36,10 @@ Examples:
 				return err
 			}
 			if err := needRoot(changesHost); err != nil {
+				return err
+			}
+			// Started by its keeper: not before it is in its VM's cgroup.
+			if err := supervise.WaitGate(); err != nil {
 				return err
 			}
 			stop, release := stopOnSignal()

@@ -22,7 +22,7 @@ import (
 // statusRow is one VM in status --json.
 type statusRow struct {
 	Name          string          `json:"name"`
-	State         lifecycle.State `json:"state" doc:"running, starting or stopped"`
+	State         lifecycle.State `json:"state" doc:"running, starting, orphaned (processes left without supervisor: down ends them) or stopped"`
 	Guest         string          `json:"guest,omitempty" doc:"booting or ready (its sshd answers), while running"`
 	Address       string          `json:"address" doc:"the guest's address, e.g. 10.1.0.2"`
 	Hypervisor    string          `json:"hypervisor" doc:"cloud-hypervisor or qemu; like image, vcpu and memory_mib, what a running VM runs with"`
@@ -50,7 +50,9 @@ func statusCmd(name string) *command {
 		short: short,
 		long: `
 Prints one line per VM of infra.toml: its state (running once its VMM is
-up; starting while its supervisor boots or restarts it; stopped), its
+up; starting while its supervisor boots or restarts it; orphaned when its
+VMM or daemons are left running without supervisor, which was killed with
+its keeper: down ends them; stopped), its
 guest (booting until its sshd answers, then ready), address,
 hypervisor, image, vCPUs, memory, uptime and the disk its /etc and /var use.
 A running VM shows what it runs with (the image version it booted, its
@@ -64,8 +66,9 @@ measured at most every 5 minutes (walking a guest's files costs what the
 guest makes it cost); with ZFS it is the datasets' used.
 
 --host adds the host's side: the disk used by the images, the VMs and in
-all (the seed promises under 10 GB for its 4 VMs), whether the host part is
-applied, who keeps the firewall and its last repair, for each VM with an
+all (the seed promises under 10 GB for its 4 VMs), each VM's limits and
+what it takes of them (memory, processes, CPU, disk), whether the host part
+is applied, who keeps the firewall and its last repair, for each VM with an
 egress list the addresses it may reach now (and for which name), and
 whether each VM's subnets (IPv4 and IPv6) are advertised to the tailnet
 and approved there.
@@ -94,8 +97,17 @@ Examples:
 			}
 			usage, uerr := storage.For(in.Host).Usage(in)
 			var rows []statusRow
+			var limits []limitsDoc
+			var problems []string
 			for _, vm := range vms {
 				s := lifecycle.StateOf(m, vm)
+				if host {
+					l, p := limitsOf(in, vm, s)
+					limits = append(limits, l)
+					for _, msg := range p {
+						problems = append(problems, vm.Name+": "+msg)
+					}
+				}
 				r := statusRow{Name: vm.Name, State: s.State, Address: vm.Addr.String(), Hypervisor: string(vm.Hypervisor),
 					Image: imageOf(in, vm), VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB, Autostart: vm.Autostart}
 				if s.State == lifecycle.Running {
@@ -115,7 +127,7 @@ Examples:
 				rows = append(rows, r)
 			}
 			if asJSON {
-				return printJSON(e.stdout, statusJSON(in, rows, host, usage, uerr))
+				return printJSON(e.stdout, statusJSON(in, rows, host, usage, uerr, limits))
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tGUEST\tADDRESS\tHYPERVISOR\tIMAGE\tVCPU\tMEMORY\tUPTIME\tDISK")
@@ -148,7 +160,10 @@ Examples:
 				fmt.Fprintf(e.stderr, "disk use: %v\n", uerr)
 			}
 			if host {
-				hostStatus(e, in, usage, uerr)
+				hostStatus(e, in, usage, uerr, limits)
+				for _, p := range problems {
+					fmt.Fprintln(e.stderr, p)
+				}
 			}
 			return nil
 		},
@@ -158,7 +173,7 @@ Examples:
 // hostStatus prints the host's side of status --host: disk totals, read
 // off directly against the design's "disk usage < 10GB total", and the
 // Tailscale routes.
-func hostStatus(e *env, in *config.Infra, u storage.Usage, uerr error) {
+func hostStatus(e *env, in *config.Infra, u storage.Usage, uerr error, limits []limitsDoc) {
 	fmt.Fprintf(e.stdout, "\nhost: storage %s in %s\n", in.Host.Storage, in.Host.StateDir)
 	if uerr == nil {
 		var vms int64
@@ -168,6 +183,7 @@ func hostStatus(e *env, in *config.Infra, u storage.Usage, uerr error) {
 		fmt.Fprintf(e.stdout, "  disk: images %s, VMs %s, total %s (the seed's goal: under 10 GB)\n",
 			humanSize(u.Images), humanSize(vms), humanSize(u.Total))
 	}
+	printLimits(e.stdout, limits)
 	hostpart.PrintStatus(e.stdout, in)
 	printEgress(e, in)
 	tailscale.Status(context.Background(), in).Print(e.stdout)

@@ -28,6 +28,7 @@ type hostDoc struct {
 	DiskError string       `json:"disk_error,omitempty"`
 	Tailscale tailscaleDoc `json:"tailscale"`
 	Egress    []vmEgress   `json:"egress" doc:"each VM with an egress list: its names, and the addresses it may reach now (needs root)"`
+	Limits    []limitsDoc  `json:"limits" doc:"each VM's limits, and what it takes of them while it runs"`
 }
 
 // vmEgress is one VM with an egress list.
@@ -74,7 +75,7 @@ type routeDoc struct {
 	Approved   bool   `json:"approved" doc:"approved by the control server"`
 }
 
-func statusJSON(in *config.Infra, rows []statusRow, host bool, u storage.Usage, uerr error) statusDoc {
+func statusJSON(in *config.Infra, rows []statusRow, host bool, u storage.Usage, uerr error, limits []limitsDoc) statusDoc {
 	d := statusDoc{Version: jsonVersion, File: in.File, VMs: rows}
 	if d.VMs == nil {
 		d.VMs = []statusRow{}
@@ -82,7 +83,10 @@ func statusJSON(in *config.Infra, rows []statusRow, host bool, u storage.Usage, 
 	if !host {
 		return d
 	}
-	h := &hostDoc{Storage: string(in.Host.Storage), StateDir: in.Host.StateDir}
+	h := &hostDoc{Storage: string(in.Host.Storage), StateDir: in.Host.StateDir, Limits: limits}
+	if h.Limits == nil {
+		h.Limits = []limitsDoc{}
+	}
 	if uerr == nil {
 		disk := &diskDoc{ImagesBytes: u.Images, TotalBytes: u.Total}
 		for _, b := range u.VMs {

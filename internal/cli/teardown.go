@@ -133,9 +133,18 @@ func teardownPlan(e *env, in *config.Infra, m supervise.Manager, data bool) (*pl
 // links that enable them, relative to it.
 func installedUnits() []string {
 	names := map[string]bool{supervise.Template: true, supervise.Target: true}
-	if u, err := supervise.Render("/microvm", "/infra.toml"); err == nil {
+	if u, err := supervise.Render("/microvm", "/infra.toml", nil); err == nil {
 		for n := range u {
 			names[n] = true
+		}
+	}
+	// Each VM's limits, a drop-in of its unit (also of VMs that left the
+	// file). Glob fails only on a bad pattern, and this one is fixed.
+	dropIns, _ := filepath.Glob(filepath.Join(supervise.UnitDir, "microvm@*.service.d", "limits.conf"))
+	for _, d := range dropIns {
+		if b, err := os.ReadFile(d); err == nil && supervise.Ours(b) {
+			rel, _ := filepath.Rel(supervise.UnitDir, d) // d is under UnitDir: Glob made it
+			names[rel] = true
 		}
 	}
 	ours := func(n string) bool { return names[n] || strings.HasPrefix(n, "microvm@") }

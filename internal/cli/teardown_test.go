@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
@@ -167,7 +168,11 @@ func TestTeardown(t *testing.T) {
 	old := supervise.UnitDir
 	supervise.UnitDir = units
 	defer func() { supervise.UnitDir = old }()
-	u, err := supervise.Render("/usr/local/bin/microvm", file)
+	in, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := supervise.Render("/usr/local/bin/microvm", file, in.VMs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,6 +190,8 @@ func TestTeardown(t *testing.T) {
 		}
 	}
 	os.WriteFile(filepath.Join(units, "other.service"), []byte("[Unit]\n"), 0o644)
+	// A person's own drop-in beside the program's limits.
+	os.WriteFile(filepath.Join(units, "microvm@vm1.service.d", "local.conf"), []byte("[Service]\nNice=5\n"), 0o644)
 
 	// A VM's run directory and an image view mounted in run_dir, as a
 	// supervisor leaves them; and data in state_dir.
@@ -199,14 +206,14 @@ func TestTeardown(t *testing.T) {
 	os.MkdirAll(filepath.Join(state, "vm1", "var"), 0o755)
 
 	dry := mustRun(t, sb.Host, "teardown", "--dry-run", "-f", file)
-	for _, want := range []string{"rm microvm-host.service microvm@.service microvms.target", "ip link del vm-vm1", "ip link del br-vm4", "nft delete table inet microvm", "umount -R " + runDir,
+	for _, want := range []string{"rm microvm-host.service microvm@.service microvm@vm1.service.d/limits.conf microvm@vm2.service.d/limits.conf microvm@vm3.service.d/limits.conf microvm@vm4.service.d/limits.conf microvms.target", "ip link del vm-vm1", "ip link del br-vm4", "nft delete table inet microvm", "umount -R " + runDir,
 		"ip rule del priority 5101 iif br-vm1 lookup 7173741 protocol 109", "ip route del blackhole 10.4.0.0/24 table 7173741 proto 109",
 		"ip -6 rule del priority 5101 iif br-vm1 lookup 7173741 protocol 109", "::/64 table 7173741 proto 109"} {
 		if !strings.Contains(dry, want) {
 			t.Errorf("teardown --dry-run lacks %q:\n%s", want, dry)
 		}
 	}
-	if out := mustRun(t, sb.Host, "plan", "--host-only", "-f", file); out != "no changes\n" {
+	if out := testenv.WithoutDiskWarning(mustRun(t, sb.Host, "plan", "--host-only", "-f", file)); out != "no changes\n" {
 		t.Errorf("teardown --dry-run changed something:\n%s", out)
 	}
 
@@ -234,7 +241,7 @@ func TestTeardown(t *testing.T) {
 		}
 		return nil
 	})
-	if got, want := strings.Join(left, " "), "multi-user.target.wants multi-user.target.wants/ssh.service other.service"; got != want {
+	if got, want := strings.Join(left, " "), "microvm@vm1.service.d microvm@vm1.service.d/local.conf multi-user.target.wants multi-user.target.wants/ssh.service other.service"; got != want {
 		t.Errorf("unit directory after teardown: %s, want %s", got, want)
 	}
 	if _, err := os.Stat(runDir); !os.IsNotExist(err) {

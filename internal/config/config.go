@@ -196,6 +196,7 @@ type VM struct {
 	ImageWritable   bool      // an overlay of its own over the image
 	Secrets         []Secret  // given to it in memory only (secrets.go)
 	Volumes         []Volume  // block devices of its own (volumes.go)
+	Limits          Limits    // what it may take: memory, processes, CPU, I/O, disk (limits.go)
 
 	StateDir string // STATE_DIR/NAME
 	EtcDir   string // STATE_DIR/NAME/etc, the guest's /etc
@@ -301,9 +302,9 @@ func (p *parser) errorf(at Pos, format string, args ...any) {
 
 var (
 	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "ipv6", "ipv6_prefix", "egress", "tailscale", "metrics"}
-	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart"}
+	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "disk", "cpu_max", "io_weight"}
 	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
-		"services", "disable_services", "run_once", "files", "publish", "image_writable", "egress", "secrets", "volumes"}
+		"services", "disable_services", "run_once", "files", "publish", "image_writable", "egress", "disk", "cpu_max", "io_weight", "secrets", "volumes"}
 	topKeys = []string{"host", "defaults", "vm", "image"}
 )
 
@@ -452,6 +453,7 @@ func (p *parser) derive() {
 	def := VM{VCPU: DefaultVCPU, MemoryMiB: DefaultMemoryMiB, Hypervisor: DefaultHypervisor, Image: DefaultImage, DNS: DefaultDNS, Autostart: true}
 	p.resources(&def, p.defaults, "defaults")
 	p.dnsFamily(&def, p.defaults, "defaults")
+	p.limits(&def, p.defaults, "defaults", h.Accel)
 
 	if len(p.vms) == 0 {
 		p.errorf(Pos{1, 1}, "no VMs are declared; add one, e.g. [vm.vm1] with subnet = \"10.1.0.0/24\" (to remove the VMs and what apply made instead, run microvm teardown)")
@@ -474,6 +476,7 @@ func (p *parser) derive() {
 		}
 		p.resources(&vm, r.vals, key)
 		p.dnsFamily(&vm, r.vals, key)
+		p.limits(&vm, r.vals, key, h.Accel)
 		s, ok := r.vals["subnet"]
 		if !ok {
 			p.errorf(r.at, "[vm.%s] has no subnet; add subnet = %q", r.name, nextFree(used))

@@ -11,9 +11,11 @@ import "path/filepath"
 //
 //	RUN_DIR/microvm.lock        held by apply, up, down, restart, update, destroy
 //	RUN_DIR/NAME/keeper.pid     the keeper of the supervisor (hosts without systemd): "PID START"
-//	RUN_DIR/NAME/supervisor.log what `microvm run NAME` printed, when detached (root's only, 0600)
+//	RUN_DIR/NAME/supervisor.log what `microvm run NAME` printed, when detached (root's only, 0600; and supervisor.log.1)
 //	RUN_DIR/NAME/started.json   what the running VM was started with (settings, hash, time, VMM and supervisor)
 //	RUN_DIR/NAME/run.lock       held by the `microvm run NAME` that supervises the VM
+//	RUN_DIR/NAME/cgroup.json    where the keeper made the VM's cgroup (limits.go), while it is there
+//	RUN_DIR/NAME/console.log    the guest's serial console, from its last start (and console.log.1 before it)
 //	RUN_DIR/NAME/boots.json     its starts, restarts and last time to ready, for the metrics (BootsFile)
 
 // LockFile is the lock held while VMs are started, stopped or changed.

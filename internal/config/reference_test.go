@@ -54,9 +54,11 @@ func TestReference(t *testing.T) {
 		"[defaults] hypervisor": fmt.Sprintf("%q", vm.Hypervisor), "[defaults] image": fmt.Sprintf("%q", vm.Image),
 		"[defaults] dns": fmt.Sprintf("%q", vm.DNS), "[defaults] ssh_keys": "[]",
 		"[defaults] autostart": fmt.Sprint(vm.Autostart),
-		"[host] allow":         "[]",
-		"[host] ipv6":          fmt.Sprint(h.IPv6),
-		"[host] egress":        list(EgressNames(h.Egress)),
+		"[defaults] disk":      fmt.Sprintf("%q", FormatSize(vm.Limits.DiskBytes)),
+		"[defaults] cpu_max":   "none", "[defaults] io_weight": fmt.Sprint(vm.Limits.IOWeight),
+		"[host] allow":  "[]",
+		"[host] ipv6":   fmt.Sprint(h.IPv6),
+		"[host] egress": list(EgressNames(h.Egress)),
 	}
 	// The prefix is derived from the file (a ULA, with NAT66): "derived".
 	if h.NAT66 && netip.MustParsePrefix("fd00::/8").Contains(h.IPv6Prefix.Addr()) && h.IPv6Prefix.Bits() == 48 {
@@ -70,6 +72,9 @@ func TestReference(t *testing.T) {
 		"secrets": table(len(vm.Secrets)), "volumes": table(len(vm.Volumes))}
 	if len(vm.Publish) == 0 {
 		own["publish"] = "[]"
+	}
+	if vm.Limits.CPUMax != 0 {
+		defaults["[defaults] cpu_max"] = fmt.Sprintf("\"%d%%\"", vm.Limits.CPUMax)
 	}
 	// Every key the parser knows, and no other.
 	want := map[string]bool{}

@@ -24,7 +24,6 @@ import (
 //	RUN_DIR/NAME/vmm/api.sock           Cloud Hypervisor's REST API (hypervisor = "cloud-hypervisor")
 //	RUN_DIR/NAME/vmm/qmp.sock           QEMU's QMP (hypervisor = "qemu")
 //	RUN_DIR/NAME/vmm/console.sock       the guest's serial console, for `microvm console` (QEMU)
-//	RUN_DIR/NAME/vmm/console.log        the guest's serial console, rewritten at each start
 //	RUN_DIR/NAME/jail/                  empty (root's 0700): the VMM's jail root is mounted on it in the jail's own mount namespace
 //	STATE_DIR/images/IMAGE/rootfs       the image's root filesystem, written only by the image builder
 //	STATE_DIR/images/IMAGE.V/layer      or, for version V of an [image.NAME] on plain directories, what it adds to its base
@@ -60,8 +59,11 @@ func (vm *VM) ShareSocket(tag string) string {
 	return filepath.Join(vm.RunDir, "virtiofs-"+tag+".sock")
 }
 
-// ConsoleLog is the file the guest's serial console (ttyS0) is written to.
-func (vm *VM) ConsoleLog() string { return filepath.Join(vm.VMMDir(), "console.log") }
+// ConsoleLog is the file the guest's serial console (ttyS0) is written to:
+// the VMM writes the console into a pipe, and the supervisor, root, writes
+// it here, in the root-only part of the run directory, rotated at a fixed
+// size (package supervise, LogMax).
+func (vm *VM) ConsoleLog() string { return filepath.Join(vm.RunDir, "console.log") }
 
 // TAPQueues is how many queue pairs the VM's network device has: one per
 // vCPU. Above one, the TAP must be created multi_queue and the VMM must open

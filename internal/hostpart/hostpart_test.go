@@ -145,7 +145,7 @@ func TestHost(t *testing.T) {
 		t.Fatalf("%s %v", out, err)
 	}
 	notified("READY=1", 30*time.Second)
-	if out := mvm("plan", "--host-only", "-f", file); out != "no changes\n" {
+	if out := testenv.WithoutDiskWarning(mvm("plan", "--host-only", "-f", file)); out != "no changes\n" {
 		t.Errorf("plan after microvm host is ready:\n%s", out)
 	}
 	// vm1's directory is on a nosuid,nodev mount again, in microvm
@@ -183,7 +183,7 @@ func TestHost(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("microvm host did not stop on SIGTERM")
 	}
-	if out := mvm("plan", "--host-only", "-f", file); out != "no changes\n" {
+	if out := testenv.WithoutDiskWarning(mvm("plan", "--host-only", "-f", file)); out != "no changes\n" {
 		t.Errorf("stopping microvm host changed the host part; plan:\n%s", out)
 	}
 }

@@ -137,6 +137,27 @@ func planVMs(w io.Writer, in *config.Infra, m supervise.Manager) (before, after 
 			}
 		case s.State == Starting:
 			notes = append(notes, vm.Name+" is starting (or restarting after a failure); apply leaves it to its supervisor")
+		case s.State == Orphaned:
+			// Its supervisor and keeper were killed: what they left runs
+			// unsupervised (no restart, no clean stop). It goes, and the
+			// VM starts again as the file says.
+			text, start := "microvm down "+vm.Name, vm.Autostart
+			if start {
+				text = "microvm restart " + vm.Name
+			}
+			a := vmAction{
+				text: text + "   # left running without its supervisor, which was killed: its processes are ended",
+				do: func() error {
+					if err := StopVM(w, m, vm); err != nil || !start {
+						return err
+					}
+					return StartVM(w, in, m, vm, StartTimeout)
+				},
+			}
+			if start {
+				a.vm = vm // what starting it needs is checked with the plan
+			}
+			after = append(after, a)
 		case vm.Autostart:
 			after = append(after, vmAction{
 				text: "microvm up " + vm.Name,
@@ -175,15 +196,15 @@ func Departed(in *config.Infra, m supervise.Manager) ([]*config.VM, error) {
 	return out, nil
 }
 
-// hasRecords reports whether vm's run directory holds a keeper's pid file
-// or a started record, read only where root alone writes them.
+// hasRecords reports whether vm's run directory holds a keeper's pid file,
+// a started record or a cgroup's, read only where root alone writes them.
 func hasRecords(vm *config.VM) bool {
 	d, err := safedir.OpenPrivate(vm.RunDir)
 	if err != nil {
 		return false
 	}
 	defer d.Close()
-	for _, f := range []string{vm.KeeperPidFile(), vm.StartedFile()} {
+	for _, f := range []string{vm.KeeperPidFile(), vm.StartedFile(), vm.CgroupRecord()} {
 		// A record that cannot be read (not a regular file) is none:
 		// root alone writes there, so it is not one of ours.
 		if ok, _ := d.Exists(filepath.Base(f)); ok {
@@ -210,7 +231,7 @@ func Self(file string) (bin, abs string, err error) {
 // program did not write is an error.
 func unitActions(in *config.Infra, bin, file string) ([]action.Action, error) {
 	var out []action.Action
-	u, err := supervise.Render(bin, file)
+	u, err := supervise.Render(bin, file, in.VMs)
 	if err != nil {
 		return []action.Action{vmAction{text: "# cannot write systemd units: " + err.Error(), do: func() error { return err }}}, nil
 	}

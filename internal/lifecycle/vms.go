@@ -27,7 +27,8 @@ type State string
 const (
 	Running  State = "running"  // its VMM is up
 	Starting State = "starting" // its supervisor runs without a VMM: booting, or restarting after a failure
-	Stopped  State = "stopped"  // no supervisor runs
+	Orphaned State = "orphaned" // processes of it (a VMM, daemons) are left in its cgroup, without supervisor or keeper: down ends them
+	Stopped  State = "stopped"  // nothing of it runs
 )
 
 // VMState is a VM's state as status prints it.
@@ -40,7 +41,8 @@ type VMState struct {
 // StateOf reads vm's state: running once its VMM is up (the supervisor
 // records it, with the start times of both processes, which must match),
 // starting while a supervisor runs without a VMM (booting, or restarting
-// after a failure), stopped otherwise.
+// after a failure), orphaned while processes are left in its cgroup with
+// neither supervisor nor keeper (both were killed), stopped otherwise.
 func StateOf(m supervise.Manager, vm *config.VM) VMState {
 	// A record that cannot be read says nothing runs: the supervisor's
 	// state decides between starting and stopped.
@@ -50,6 +52,9 @@ func StateOf(m supervise.Manager, vm *config.VM) VMState {
 	}
 	if m.Active(vm) {
 		return VMState{State: Starting}
+	}
+	if len(supervise.Leftovers(vm)) > 0 {
+		return VMState{State: Orphaned}
 	}
 	return VMState{State: Stopped}
 }
@@ -126,7 +131,8 @@ func StopVMWithin(w io.Writer, m supervise.Manager, vm *config.VM, timeout time.
 	return nil
 }
 
-// stopSupervisor asks vm's supervisor to stop and waits until it has.
+// stopSupervisor asks vm's supervisor to stop and waits until it has;
+// then, without systemd, what is left in its cgroup is killed.
 func stopSupervisor(m supervise.Manager, vm *config.VM, began time.Time) error {
 	if m.Active(vm) {
 		return m.Stop(vm)
@@ -141,7 +147,10 @@ func stopSupervisor(m supervise.Manager, vm *config.VM, began time.Time) error {
 			return err
 		}
 	}
-	return nil
+	// What a killed keeper left: nothing after a clean stop; a VMM and
+	// its daemons after a supervisor was killed too (they cannot be
+	// shut down cleanly without it).
+	return supervise.EndLeftovers(vm)
 }
 
 // LogTail is the end of vm's supervisor log.

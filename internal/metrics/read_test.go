@@ -252,7 +252,9 @@ func TestLinkTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	sys := func(name string) uint64 {
-		out, err := sandbox.Command(a, "cat", "/sys/class/net/v0/statistics/"+name).Output()
+		// ip netns exec mounts the namespace's own sysfs (sandbox.Command
+		// keeps the host's, for its cgroups).
+		out, err := exec.Command("ip", "netns", "exec", a, "cat", "/sys/class/net/v0/statistics/"+name).Output()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -38,6 +38,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/proc"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/secret"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/virtiofs"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
@@ -97,6 +98,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		logf("%d secrets in %s (a tmpfs), served read-only", len(secrets), vm.SecretsDir())
 	}
 
+	oom := watchOOM(vm, logf)
 	daemon, err := virtiofs.Find()
 	if err != nil {
 		return err
@@ -126,6 +128,16 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		stopDaemons()
 		return err
 	}
+	console, consoleDone, err := openConsole(run, vm)
+	if err != nil {
+		for _, f := range spec.TAP {
+			f.Close()
+		}
+		stopDaemons()
+		return err
+	}
+	spec.Console = console
+	defer func() { console.Close(); <-consoleDone }() // the VMM has gone: all it wrote is in the log
 	if spec.Volumes, err = openVolumes(vm, logf); err != nil {
 		for _, f := range spec.TAP {
 			f.Close()
@@ -153,6 +165,7 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 	for _, f := range spec.TAP {
 		f.Close() // the VMM has its own copies now
 	}
+	console.Close() // the VMM's is the console's one writer now
 	for _, v := range spec.Volumes {
 		v.File.Close()
 	}
@@ -213,6 +226,8 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		if vmmErr == nil {
 			defer stopped()
 			logf("the guest powered off")
+		} else if why, ok := oom.killed(); ok {
+			vmmErr = fmt.Errorf("the VMM was %s (its exit: %w)", why, vmmErr)
 		} else {
 			vmmErr = fmt.Errorf("the VMM exited: %w", vmmErr)
 		}
@@ -220,6 +235,9 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		logf("a virtiofs daemon exited; stopping the VMM")
 		_ = m.Stop(context.Background()) // the daemon's exit is the error to report
 		vmmErr = errors.New("a virtiofs daemon exited under a running guest")
+		if why, ok := oom.killed(); ok {
+			vmmErr = fmt.Errorf("a virtiofs daemon was %s", why)
+		}
 	}
 	stopDaemons()
 	logf("stopped")
@@ -236,6 +254,13 @@ func prepare(in *config.Infra, vm *config.VM, run *safedir.Dir, spec vmm.Spec, i
 		return unmount, err
 	}
 	state.Close()
+	// Before anything is written in it: with plain directories, the
+	// project quota that bounds what the VM keeps.
+	if msg, err := storage.BoundDisk(in.Host, vm); err != nil {
+		return unmount, err
+	} else if msg != "" {
+		logf("%s", msg)
+	}
 	if unmount, err = protectState(in.Host, vm); err != nil {
 		return unmount, err
 	}

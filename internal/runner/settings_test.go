@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -26,6 +27,11 @@ var noRestart = map[string]string{
 	"EtcDir":     "derived from StateDir",
 	"VarDir":     "derived from StateDir",
 	"RunDir":     "derived from Name and the host's run_dir",
+	// Limits: what its cgroup is made with, and its disk.
+	"Limits.MemoryMiB": "derived from MemoryMiB, Hypervisor and the host's accel, which are in Settings",
+	"Limits.Pids":      "derived from VCPU, which is in Settings",
+	"Limits.CPUWeight": "derived from VCPU, which is in Settings",
+	"Limits.DiskBytes": "the storage's quota, which apply changes under a running VM",
 }
 
 // Every field of config.VM either changes the settings a VM was started
@@ -34,24 +40,40 @@ func TestSettingsCoverVM(t *testing.T) {
 	in, vm := load(t, "")
 	base := Settings(in, vm)
 	typ := reflect.TypeOf(*vm)
+	// Every field, and every field of the struct fields (Limits) by
+	// itself, as "Limits.Pids".
+	type field struct {
+		name string
+		path []int
+	}
+	var fields []field
 	for i := range typ.NumField() {
 		f := typ.Field(i)
+		if f.Type.Kind() == reflect.Struct && f.Type.PkgPath() == typ.PkgPath() {
+			for j := range f.Type.NumField() {
+				fields = append(fields, field{f.Name + "." + f.Type.Field(j).Name, []int{i, j}})
+			}
+			continue
+		}
+		fields = append(fields, field{f.Name, []int{i}})
+	}
+	for _, f := range fields {
 		changed := *vm
-		if !change(reflect.ValueOf(&changed).Elem().Field(i)) {
-			t.Errorf("config.VM.%s is a %s, which this test cannot change yet: teach change() how", f.Name, f.Type)
+		if v := reflect.ValueOf(&changed).Elem().FieldByIndex(f.path); !change(v) {
+			t.Errorf("config.VM.%s is a %s, which this test cannot change yet: teach change() how", f.name, v.Type())
 			continue
 		}
 		restarts := !maps.Equal(base, Settings(in, &changed))
-		_, listed := noRestart[f.Name]
+		_, listed := noRestart[f.name]
 		switch {
 		case !restarts && !listed:
-			t.Errorf("a change to config.VM.%s does not restart the VM: put it in runner.Settings, or on noRestart saying why", f.Name)
+			t.Errorf("a change to config.VM.%s does not restart the VM: put it in runner.Settings, or on noRestart saying why", f.name)
 		case restarts && listed:
-			t.Errorf("config.VM.%s reaches Settings: take it off noRestart", f.Name)
+			t.Errorf("config.VM.%s reaches Settings: take it off noRestart", f.name)
 		}
 	}
 	for name := range noRestart {
-		if _, ok := typ.FieldByName(name); !ok {
+		if !slices.ContainsFunc(fields, func(f field) bool { return f.name == name }) {
 			t.Errorf("noRestart names %s, which config.VM no longer has", name)
 		}
 	}
@@ -71,7 +93,7 @@ func change(v reflect.Value) bool {
 	switch v.Kind() {
 	case reflect.String:
 		v.SetString(v.String() + "x")
-	case reflect.Int:
+	case reflect.Int, reflect.Int64:
 		v.SetInt(v.Int() + 1)
 	case reflect.Uint8:
 		v.SetUint(v.Uint() + 1)

@@ -98,6 +98,16 @@ func Settings(in *config.Infra, vm *config.VM) map[string]string {
 	if vm.HasEgress() {
 		s["nameserver"] = vm.Nameserver() + " (egress)"
 	}
+	// Limits its cgroup is made with at the start (the memory limit
+	// follows memory). Written only when not the default, so that VMs
+	// started before these keys existed do not count as changed. The
+	// disk's limit is the storage's, changed in place by apply.
+	if vm.Limits.CPUMax > 0 {
+		s["cpu_max"] = fmt.Sprintf("%d%%", vm.Limits.CPUMax)
+	}
+	if vm.Limits.IOWeight != config.DefaultIOWeight {
+		s["io_weight"] = fmt.Sprint(vm.Limits.IOWeight)
+	}
 	// What runs in it: each declared file by its content, mode and owner,
 	// the units, the run_once list.
 	for _, f := range vm.Files {
@@ -204,6 +214,10 @@ func Changed(was, now map[string]string) []string {
 			out = append(out, fmt.Sprintf("image_writable %s -> %s", orFalse(a), orFalse(b)))
 		case "ssh_keys":
 			out = append(out, "ssh_keys changed")
+		case "io_weight":
+			out = append(out, fmt.Sprintf("io_weight %s -> %s", or(a, fmt.Sprint(config.DefaultIOWeight)), or(b, fmt.Sprint(config.DefaultIOWeight))))
+		case "cpu_max":
+			out = append(out, fmt.Sprintf("cpu_max %s -> %s", or(a, "none"), or(b, "none")))
 		default:
 			out = append(out, fmt.Sprintf("%s %s -> %s", k, orNone(a), orNone(b)))
 		}
@@ -222,6 +236,13 @@ func Changed(was, now map[string]string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func orFalse(s string) string {

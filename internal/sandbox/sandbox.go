@@ -30,6 +30,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 
@@ -331,10 +332,15 @@ func ensureNotMachine() error {
 	return nil
 }
 
-// Command returns cmd to run inside namespace ns (through `ip netns exec`,
-// which also gives it the namespace's own /sys).
+// Command returns cmd to run inside namespace ns, as `ip netns exec` runs
+// it, in a mount namespace of its own that receives the host's mounts
+// (and keeps its own, such as the image views a supervisor mounts, to
+// itself) but with the host's /sys: `ip netns exec` mounts a sysfs of the
+// namespace over it, which hides the cgroup hierarchies under
+// /sys/fs/cgroup, where the keeper makes each VM's cgroup (package
+// cgroup). Nothing the program runs reads the network from /sys.
 func Command(ns, name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	return exec.Command("nsenter", append([]string{"--net=" + filepath.Join("/run/netns", ns), "--", "unshare", "--mount", "--propagation", "slave", "--", name}, args...)...)
 }
 
 func ip(args ...string) error {

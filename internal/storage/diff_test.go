@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
+	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
 // TestZFSDiff compares the model's datasets with a host read into a value,
@@ -22,8 +23,8 @@ func TestZFSDiff(t *testing.T) {
 		o := &zfsHost{datasets: map[string]dataset{
 			"tank/microvms":               {mountpoint: dirs[0], mounted: true},
 			"tank/microvms/images":        {mountpoint: dirs[1], mounted: true},
-			"tank/microvms/vm1":           {mountpoint: dirs[2], mounted: true, inert: true},
-			"tank/microvms/vm2":           {mountpoint: dirs[3], mounted: true, inert: true},
+			"tank/microvms/vm1":           {mountpoint: dirs[2], mounted: true, inert: true, refquota: 20 << 30},
+			"tank/microvms/vm2":           {mountpoint: dirs[3], mounted: true, inert: true, refquota: 20 << 30},
 			"tank/microvms/images/debian": {mountpoint: dirs[1] + "/debian", mounted: true},
 		}, empty: map[string]bool{}, seen: map[string]bool{}}
 		for _, d := range dirs {
@@ -48,14 +49,14 @@ func TestZFSDiff(t *testing.T) {
 		{"a fresh pool", fresh, []string{
 			"zfs create -o mountpoint=/var/lib/microvms -o compression=on tank/microvms",
 			"zfs create tank/microvms/images",
-			"zfs create -o setuid=off -o devices=off tank/microvms/vm1",
-			"zfs create -o setuid=off -o devices=off tank/microvms/vm2",
+			"zfs create -o setuid=off -o devices=off -o refquota=20G tank/microvms/vm1",
+			"zfs create -o setuid=off -o devices=off -o refquota=20G tank/microvms/vm2",
 		}, nil, ""},
 		{"applied", func(o *zfsHost) {}, []string{}, nil, ""},
 		{"a new VM", func(o *zfsHost) {
 			delete(o.datasets, "tank/microvms/vm2")
 			o.empty[dirs[3]] = true
-		}, []string{"zfs create -o setuid=off -o devices=off tank/microvms/vm2"}, nil, ""},
+		}, []string{"zfs create -o setuid=off -o devices=off -o refquota=20G tank/microvms/vm2"}, nil, ""},
 		{"not mounted after a reboot", func(o *zfsHost) {
 			for _, name := range []string{"tank/microvms/vm2", "tank/microvms/images/debian"} {
 				ds := o.datasets[name]
@@ -63,8 +64,19 @@ func TestZFSDiff(t *testing.T) {
 				o.datasets[name] = ds
 			}
 		}, []string{"zfs mount tank/microvms/vm2", "zfs mount tank/microvms/images/debian"}, nil, ""},
-		{"vm1 honours setuid bits", func(o *zfsHost) { o.datasets["tank/microvms/vm1"] = dataset{mountpoint: dirs[2], mounted: true} },
-			[]string{"zfs set setuid=off tank/microvms/vm1", "zfs set devices=off tank/microvms/vm1"}, nil, ""},
+		{"vm1 honours setuid bits", func(o *zfsHost) {
+			o.datasets["tank/microvms/vm1"] = dataset{mountpoint: dirs[2], mounted: true, refquota: 20 << 30}
+		}, []string{"zfs set setuid=off tank/microvms/vm1", "zfs set devices=off tank/microvms/vm1"}, nil, ""},
+		{"vm2 has no disk limit yet", func(o *zfsHost) {
+			ds := o.datasets["tank/microvms/vm2"]
+			ds.refquota, ds.referenced = 0, 3<<30
+			o.datasets["tank/microvms/vm2"] = ds
+		}, []string{"zfs set refquota=20G tank/microvms/vm2"}, nil, ""},
+		{"vm2 holds more than its disk", func(o *zfsHost) {
+			ds := o.datasets["tank/microvms/vm2"]
+			ds.refquota, ds.referenced = 0, 25<<30
+			o.datasets["tank/microvms/vm2"] = ds
+		}, []string{}, []string{`vm2 holds 25.0G, more than its disk = "20G": its limit stays none until it holds less, or disk is raised`}, ""},
 		{"a dataset that is no image is not mounted", func(o *zfsHost) {
 			o.datasets["tank/microvms/images/.new"] = dataset{mountpoint: dirs[1] + "/.new"}
 		}, []string{}, nil, ""},
@@ -99,6 +111,44 @@ func TestZFSDiff(t *testing.T) {
 		if len(d.Cleanup)+len(d.Notes) > 0 {
 			t.Errorf("%s: cleanup %v, notes %q; want none", tt.name, d.Cleanup, d.Notes)
 		}
+	}
+}
+
+// TestZFSDiffVolumes: a VM's volumes are files in its dataset, so their
+// sizes are added to its refquota; one that holds more is warned of with
+// them.
+func TestZFSDiffVolumes(t *testing.T) {
+	in := model(t, "/var/lib/microvms", "storage = \"zfs\"\nzfs_dataset = \"tank/microvms\"", "vm1")
+	in.VMs[0].Volumes = []config.Volume{{Name: "data", Size: 4 << 30}, {Name: "logs", Size: 512 << 20}}
+	z := For(in.Host).(*ZFS)
+	dirs := []string{"/var/lib/microvms", "/var/lib/microvms/images", "/var/lib/microvms/vm1"}
+	o := &zfsHost{datasets: map[string]dataset{
+		"tank/microvms":        {mountpoint: dirs[0], mounted: true},
+		"tank/microvms/images": {mountpoint: dirs[1], mounted: true},
+		"tank/microvms/vm1":    {mountpoint: dirs[2], mounted: true, inert: true, refquota: 20 << 30, referenced: 1 << 30},
+	}, empty: map[string]bool{}, seen: map[string]bool{}}
+	for _, d := range dirs {
+		o.seen[d] = true
+	}
+	d, err := z.diff(in, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 20G and 4.5G of volumes, in the largest unit that divides it.
+	want := []string{"zfs set refquota=25088M tank/microvms/vm1"}
+	if got := strs(d.Setup); !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	ds := o.datasets["tank/microvms/vm1"]
+	ds.refquota, ds.referenced = 20<<30, 25<<30
+	o.datasets["tank/microvms/vm1"] = ds
+	d, err = z.diff(in, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantWarn := []string{`vm1 holds 25.0G, more than its disk = "20G" and 4608M of volumes: its limit stays 20G until it holds less, or disk is raised`}
+	if len(d.Setup) > 0 || !reflect.DeepEqual(d.Warnings, wantWarn) {
+		t.Errorf("got %q, warnings %q; want none, warnings %q", strs(d.Setup), d.Warnings, wantWarn)
 	}
 }
 

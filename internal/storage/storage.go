@@ -290,9 +290,44 @@ func sortSnapshots(snaps []Snapshot) {
 // Dir is the backend of plain directories under Host.StateDir.
 type Dir struct{ Host config.Host }
 
-// Diff returns nothing: a VM's directories are made when it first starts
-// (package guest seeds them), and the images directory by the first image.
-func (d *Dir) Diff(in *config.Infra) (action.Diff, error) { return action.Diff{}, nil }
+// Diff gives the VMs' state directories their disk limits, as project
+// quotas (quota.go), where state_dir's filesystem enforces them, and warns
+// where it does not. A VM's directories are made when it first starts
+// (package guest seeds them), which sets its quota too (BoundDisk); the
+// images directory by the first image.
+func (d *Dir) Diff(in *config.Infra) (action.Diff, error) {
+	var diff action.Diff
+	if len(in.VMs) == 0 {
+		return diff, nil
+	}
+	if why := QuotaCheck(d.Host); why != "" {
+		var disks []string
+		for _, vm := range in.VMs {
+			if s := strconv.Quote(config.FormatSize(vm.Limits.DiskBytes)); !slices.Contains(disks, s) {
+				disks = append(disks, s)
+			}
+		}
+		diff.Warnings = append(diff.Warnings, fmt.Sprintf("the VMs' disk limits (disk = %s) cannot be enforced: %s", strings.Join(disks, ", "), why))
+		return diff, nil
+	}
+	for i := range in.VMs {
+		vm := &in.VMs[i]
+		fd, err := openState(vm)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // made, with its quota, when it first starts
+		}
+		if err != nil {
+			return diff, err
+		}
+		a := &ProjectQuota{VM: vm}
+		ok, err := a.inPlace(fd)
+		unix.Close(fd)
+		if err != nil || !ok {
+			diff.Setup = append(diff.Setup, a)
+		}
+	}
+	return diff, nil
+}
 
 func (d *Dir) Snapshot(vm *config.VM, name string) error        { return ErrNoSnapshots }
 func (d *Dir) Snapshots(vm *config.VM) ([]Snapshot, error)      { return nil, ErrNoSnapshots }

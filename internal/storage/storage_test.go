@@ -131,13 +131,21 @@ func TestSortSnapshots(t *testing.T) {
 	}
 }
 
-// TestDir: the dir backend plans nothing, has no snapshots (with an error
-// that says how to get them), and measures what is on disk.
+// TestDir: the dir backend plans nothing for VMs not started yet (where
+// state_dir has no project quotas, it says their disk is not bounded), has
+// no snapshots (with an error that says how to get them), and measures
+// what is on disk.
 func TestDir(t *testing.T) {
 	state := t.TempDir()
 	in := model(t, state, "", "vm1", "vm2")
 	b := For(in.Host)
 	acts, warnings, err := setupOf(b.Diff(in))
+	if why := QuotaCheck(in.Host); why != "" {
+		if want := `the VMs' disk limits (disk = "20G") cannot be enforced: ` + why; len(warnings) != 1 || warnings[0] != want {
+			t.Errorf("Diff warns %q; want %q", warnings, want)
+		}
+		warnings = nil
+	}
 	if len(acts) != 0 || len(warnings) != 0 || err != nil {
 		t.Errorf("Diff: got %v, %v, %v; want nothing", acts, warnings, err)
 	}

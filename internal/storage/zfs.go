@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,7 +24,9 @@ type ZFS struct{ Host config.Host }
 type dataset struct {
 	mountpoint string // a path, or "legacy", "none"
 	mounted    bool
-	inert      bool // setuid=off and devices=off
+	inert      bool  // setuid=off and devices=off
+	refquota   int64 // bytes; 0 for none
+	referenced int64 // bytes its files take (not its snapshots): what refquota bounds
 }
 
 // vmProps make a VM's dataset ignore setuid bits and device nodes: its
@@ -36,8 +39,12 @@ var vmProps = []string{"setuid=off", "devices=off"}
 type place struct {
 	create *CreateDataset
 	dir    string
-	vm     bool // a VM's: setuid and devices off (vmProps)
+	vm     *config.VM // a VM's: setuid and devices off (vmProps), and its disk as refquota
 }
+
+// refquota is the property that bounds vm's dataset: what its files may
+// take, its snapshots not counted (they are the host's choice to keep).
+func refquota(vm *config.VM) string { return "refquota=" + config.FormatSize(vm.DiskQuota()) }
 
 // places are where the model's datasets must be, parent first. Children
 // inherit the parent's mount point and compression, as they would if a
@@ -49,12 +56,13 @@ func (z *ZFS) places(in *config.Infra) []place {
 			Name:    h.ZFSDataset,
 			Props:   []string{"mountpoint=" + h.StateDir, "compression=on"},
 			Parents: strings.Count(h.ZFSDataset, "/") > 1, // pool/a/b: make pool/a too
-		}, h.StateDir, false},
-		{&CreateDataset{Name: h.ImagesDataset()}, h.ImagesDir(), false},
+		}, h.StateDir, nil},
+		{&CreateDataset{Name: h.ImagesDataset()}, h.ImagesDir(), nil},
 	}
 	for i := range in.VMs {
 		vm := &in.VMs[i]
-		places = append(places, place{&CreateDataset{Name: h.VMDataset(vm), Props: vmProps}, vm.StateDir, true})
+		props := append(slices.Clone(vmProps), refquota(vm))
+		places = append(places, place{&CreateDataset{Name: h.VMDataset(vm), Props: props}, vm.StateDir, vm})
 	}
 	return places
 }
@@ -116,9 +124,17 @@ func (z *ZFS) diff(in *config.Infra, o *zfsHost) (action.Diff, error) {
 		case !o.seen[p.dir]:
 			return action.Diff{}, notSeen(name, p.dir)
 		}
-		if ok && p.vm && !ds.inert {
+		if ok && p.vm != nil && !ds.inert {
 			for _, prop := range vmProps {
 				d.Setup = append(d.Setup, &SetProp{Name: name, Prop: prop})
+			}
+		}
+		if ok && p.vm != nil && ds.refquota != p.vm.DiskQuota() {
+			if want := p.vm.DiskQuota(); ds.referenced > want {
+				// zfs refuses a refquota below what is there.
+				d.Warnings = append(d.Warnings, fmt.Sprintf("%s holds %s, more than its disk = %q%s: its limit stays %s until it holds less, or disk is raised", p.vm.Name, size(ds.referenced), config.FormatSize(p.vm.Limits.DiskBytes), withVolumes(p.vm), quotaText(ds.refquota)))
+			} else {
+				d.Setup = append(d.Setup, &SetProp{Name: name, Prop: refquota(p.vm)})
 			}
 		}
 	}
@@ -173,7 +189,76 @@ func (z *ZFS) datasets(in *config.Infra) (map[string]dataset, error) {
 		}
 		have[f[0]] = dataset{mountpoint: f[1], mounted: f[2] == "yes", inert: f[3] == "off" && f[4] == "off"}
 	}
+	// The VMs' quotas, in bytes (zfs list has no -p in every zfs).
+	out, err = run("zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value", "refquota,referenced", h.ZFSDataset)
+	if err != nil {
+		return nil, fmt.Errorf("reading the quotas under %s: %w", h.ZFSDataset, err)
+	}
+	for _, line := range lines(out) {
+		f := strings.Split(line, "\t")
+		ds, ok := have[f[0]]
+		if len(f) != 3 || !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("reading the quotas under %s: %s of %s is %q, not a number", h.ZFSDataset, f[1], f[0], f[2])
+		}
+		if f[1] == "refquota" {
+			ds.refquota = n
+		} else {
+			ds.referenced = n
+		}
+		have[f[0]] = ds
+	}
 	return have, nil
+}
+
+// Quota is vm's dataset's refquota and what it holds, in bytes (0: no
+// quota), as info and status --host show them.
+func (z *ZFS) Quota(vm *config.VM) (used, limit int64, err error) {
+	out, err := run("zfs", "get", "-Hp", "-o", "property,value", "refquota,referenced", z.Host.VMDataset(vm))
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading the quota of %s: %w", vm.Name, hint(err))
+	}
+	for _, line := range lines(out) {
+		k, v, _ := strings.Cut(line, "\t")
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("reading the quota of %s: %s is %q, not a number", vm.Name, k, v)
+		}
+		if k == "refquota" {
+			limit = n
+		} else {
+			used = n
+		}
+	}
+	return used, limit, nil
+}
+
+// size writes bytes for a person, in the unit of disk.
+func size(b int64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(b)/(1<<30))
+	default:
+		return fmt.Sprintf("%.0fM", float64(b)/(1<<20))
+	}
+}
+
+func quotaText(b int64) string {
+	if b == 0 {
+		return "none"
+	}
+	return config.FormatSize(b)
+}
+
+// withVolumes says what vm's volumes add to its disk limit, if any.
+func withVolumes(vm *config.VM) string {
+	if len(vm.Volumes) == 0 {
+		return ""
+	}
+	return " and " + config.FormatSize(vm.DiskQuota()-vm.Limits.DiskBytes) + " of volumes"
 }
 
 // setupError explains what a host needs for storage = "zfs", with the

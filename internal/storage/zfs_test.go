@@ -75,8 +75,8 @@ func TestZFSDatasets(t *testing.T) {
 	want := []string{
 		"zfs create -o mountpoint=" + state + " -o compression=on " + parent,
 		"zfs create " + parent + "/images",
-		"zfs create -o setuid=off -o devices=off " + parent + "/vm1",
-		"zfs create -o setuid=off -o devices=off " + parent + "/vm2",
+		"zfs create -o setuid=off -o devices=off -o refquota=20G " + parent + "/vm1",
+		"zfs create -o setuid=off -o devices=off -o refquota=20G " + parent + "/vm2",
 	}
 	if got := strs(acts); !reflect.DeepEqual(got, want) {
 		t.Fatalf("first plan:\ngot  %q\nwant %q", got, want)
@@ -96,6 +96,7 @@ func TestZFSDatasets(t *testing.T) {
 		{"mounted", parent + "/vm1", "yes"},
 		{"setuid", parent + "/vm1", "off"},
 		{"devices", parent + "/vm1", "off"},
+		{"refquota", parent + "/vm1", "20G"},
 		{"mountpoint", parent + "/images", in.Host.ImagesDir()},
 		{"mounted", parent + "/images", "yes"},
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,15 +17,21 @@ import (
 )
 
 // The keeper restarts a supervisor that fails, passes SIGTERM on to it, and
-// holds its pid file only while it runs. (test/lifecycle does the same with
-// real VMs and a killed VMM.)
+// holds its pid file only while it runs. The supervisor runs in the VM's
+// cgroup, with its limits, from before it starts anything; what it leaves
+// there when it exits (a VMM, daemons) is killed. (test/lifecycle does the
+// same with real VMs and a killed VMM.)
 func TestKeep(t *testing.T) {
 	testenv.NeedRoot(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "microvm")
+	// The first run leaves a child behind (a VMM whose supervisor
+	// died), and fails.
 	script := `#!/bin/sh
+read gate <&3
 n=$(cat ` + dir + `/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > ` + dir + `/count
-[ $n -eq 1 ] && exit 1
+cat /proc/self/cgroup > ` + dir + `/cgroup.$n
+if [ $n -eq 1 ]; then sleep 600 >/dev/null 2>&1 & echo $! > ` + dir + `/left; exit 1; fi
 trap 'echo stopped > ` + dir + `/stopped; exit 0' TERM
 echo $$ > ` + dir + `/child
 while :; do sleep 0.1; done
@@ -32,7 +39,7 @@ while :; do sleep 0.1; done
 	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	vm := &config.VM{Name: "vm1", RunDir: dir}
+	vm := &config.VM{Name: "vm1", RunDir: dir, Limits: config.Limits{MemoryMiB: 256, Pids: 64, CPUWeight: 100, IOWeight: 100}}
 	var log testenv.SyncBuffer
 	done := make(chan error, 1)
 	began := time.Now()
@@ -47,6 +54,26 @@ while :; do sleep 0.1; done
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("restarted after %s", time.Since(began).Round(10*time.Millisecond))
+	// The first run's child went with it.
+	left, _ := os.ReadFile(filepath.Join(dir, "left"))
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(left))); err != nil || alive(pid) {
+		t.Errorf("what the failed supervisor left (pid %q) still runs: %v", left, err)
+	}
+	// The supervisor is in the VM's cgroup, as recorded, with its limits.
+	g, ok := Cgroup(vm)
+	if !ok {
+		t.Fatal("no cgroup recorded")
+	}
+	if u, err := g.Use(); err != nil || u.MemoryMax != 256<<20 || u.PidsMax != 64 {
+		t.Errorf("the cgroup's limits: %+v, %v", u, err)
+	}
+	in, _ := os.ReadFile(filepath.Join(dir, "cgroup.2"))
+	if !strings.Contains(string(in), "/"+vm.CgroupName()+"\n") {
+		t.Errorf("the supervisor runs in\n%s\nnot in %s", in, vm.CgroupName())
+	}
+	if got := Leftovers(vm); len(got) != 0 {
+		t.Errorf("leftovers while its keeper runs: %v", got)
+	}
 	if id, ok := KeeperPid(vm); !ok || id != proc.Self() {
 		t.Errorf("keeper pid file: %+v %v, want %+v", id, ok, proc.Self())
 	}
@@ -64,6 +91,14 @@ while :; do sleep 0.1; done
 	}
 	if _, err := os.Stat(vm.KeeperPidFile()); !os.IsNotExist(err) {
 		t.Error("pid file left behind")
+	}
+	if _, err := os.Stat(vm.CgroupRecord()); !os.IsNotExist(err) {
+		t.Error("cgroup record left behind")
+	}
+	for _, d := range g.Dirs() {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s left behind", d)
+		}
 	}
 	if !strings.Contains(log.String(), "failed (exit status 1); restarting in 1s") {
 		t.Errorf("log:\n%s", log.String())
@@ -144,4 +179,11 @@ func TestLock(t *testing.T) {
 		t.Fatalf("after release: %v", err)
 	}
 	l2.Release()
+}
+
+// alive reports whether pid runs (a zombie, killed but not reaped by
+// whoever inherited it, does not).
+func alive(pid int) bool {
+	id, err := proc.Of(pid)
+	return err == nil && id.Alive()
 }

@@ -2,16 +2,12 @@ package supervise
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/simple-microvm-infra/microvm/internal/config"
-	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
@@ -26,37 +22,16 @@ func OpenSupervisorLog(vm *config.VM) (*os.File, error) {
 	return d.Open(filepath.Base(vm.SupervisorLog()))
 }
 
-// OpenConsoleLog opens vm's console log, which its VMM writes in its own
-// directory. It is opened only if it is what the VMM made there: a
-// regular file of the VM's user with one link, not a symlink, a FIFO, or
-// a hard link to a file of someone else's.
+// OpenConsoleLog opens vm's console log, which its supervisor writes
+// (package runner) in the part of the run directory only root writes: the
+// VMM only writes into a pipe, and has nothing to put in its place.
 func OpenConsoleLog(vm *config.VM) (*os.File, error) {
-	d, err := safedir.Open(vm.VMMDir())
+	d, err := safedir.OpenPrivate(vm.RunDir)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	f, err := d.Open(filepath.Base(vm.ConsoleLog()))
-	if err != nil {
-		return nil, err
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		f.Close()
-		return nil, err
-	}
-	id, err := hostnet.LookupIDs(vm.User)
-	if err == nil && id.UID != st.Uid {
-		err = fmt.Errorf("owned by uid %d, not by %s", st.Uid, vm.User)
-	}
-	if err == nil && st.Nlink != 1 {
-		err = fmt.Errorf("has %d links", st.Nlink)
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s is not the console log its VMM made: %w", vm.ConsoleLog(), err)
-	}
-	return f, nil
+	return d.Open(filepath.Base(vm.ConsoleLog()))
 }
 
 // TailOf is the last n lines of vm's log that open opens
@@ -76,7 +51,7 @@ func TailOf(open func(*config.VM) (*os.File, error), vm *config.VM, n int) strin
 }
 
 // maxTail bounds how far back TailFile reads: the guest writes the console
-// log, and could make it as large as its disk allows.
+// log (which rotates at LogMax, but a log may be any file).
 const maxTail = 4 << 20
 
 // TailFile returns the last n lines of f, as Tail does, reading back from

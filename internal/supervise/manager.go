@@ -81,9 +81,14 @@ type systemdManager struct{ bin, file string }
 
 func (s *systemdManager) Kind() Kind { return KindSystemd }
 
-// install writes the units if they changed, and reloads systemd.
+// install writes the units (and the VMs' limits) if they changed, and
+// reloads systemd.
 func (s *systemdManager) install() error {
-	u, err := Render(s.bin, s.file)
+	in, err := config.Load(s.file)
+	if err != nil {
+		return err
+	}
+	u, err := Render(s.bin, s.file, in.VMs)
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,9 @@ func TestSystemdManager(t *testing.T) {
 	defer func() { UnitDir, bootedDir = oldUnit, oldBooted }()
 	os.Mkdir(UnitDir, 0o755)
 
-	m, err := For("/usr/local/bin/microvm", "/etc/microvm/infra.toml")
+	file := filepath.Join(dir, "infra.toml")
+	os.WriteFile(file, []byte("[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\nmemory = 1024\n"), 0o644)
+	m, err := For("/usr/local/bin/microvm", file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +51,12 @@ func TestSystemdManager(t *testing.T) {
 		t.Errorf("systemctl calls:\n%s\nwant:\n%s", got, want)
 	}
 	unit, err := os.ReadFile(filepath.Join(UnitDir, Template))
-	if err != nil || !strings.Contains(string(unit), "ExecStart=/usr/local/bin/microvm run -f /etc/microvm/infra.toml %i") {
+	if err != nil || !strings.Contains(string(unit), "ExecStart=/usr/local/bin/microvm run -f "+file+" %i") {
 		t.Errorf("installed unit: %v\n%s", err, unit)
+	}
+	// The VM's limits, in a drop-in of its unit, installed with it.
+	limits, err := os.ReadFile(filepath.Join(UnitDir, "microvm@vm1.service.d", "limits.conf"))
+	if err != nil || !strings.Contains(string(limits), "\nMemoryMax=1172M\n") {
+		t.Errorf("installed limits: %v\n%s", err, limits)
 	}
 }

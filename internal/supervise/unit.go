@@ -25,6 +25,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/vmm"
 )
 
@@ -81,6 +82,9 @@ RestartSec={{.RestartSec}}
 KillMode=mixed
 KillSignal=SIGTERM
 TimeoutStopSec={{.StopSec}}
+# A VMM killed by the memory limit (microvm@NAME.service.d/limits.conf) is
+# the supervisor's to report; it then exits non-zero, and is restarted.
+OOMPolicy=continue
 
 [Install]
 WantedBy={{.Target}}
@@ -125,8 +129,10 @@ WantedBy=multi-user.target
 `))
 
 // Render returns the unit template, the target and the host unit for the
-// microvm binary bin reading file. Both paths must be absolute: systemd runs them at boot.
-func Render(bin, file string) (Units, error) {
+// microvm binary bin reading file, and the limits of each of vms as a
+// drop-in of its unit (DropIn). Both paths must be absolute: systemd runs
+// them at boot.
+func Render(bin, file string, vms []config.VM) (Units, error) {
 	for _, p := range []string{bin, file} {
 		if !filepath.IsAbs(p) {
 			return nil, fmt.Errorf("systemd units need absolute paths, not %q", p)
@@ -148,7 +154,32 @@ func Render(bin, file string) (Units, error) {
 		}
 		u[name] = b.Bytes()
 	}
+	for i := range vms {
+		name, content := DropIn(&vms[i])
+		u[name] = content
+	}
 	return u, nil
+}
+
+// DropIn is the drop-in of vm's unit that holds its limits, and its name
+// relative to the unit directory: microvm@NAME.service.d/limits.conf. The
+// unit's cgroup holds the supervisor, its virtiofs daemons and the VMM.
+func DropIn(vm *config.VM) (name string, content []byte) {
+	l := vm.Limits
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s changes are overwritten.\n", unitMark)
+	fmt.Fprintf(&b, "# %s's limits, from infra.toml: memory %d MiB with what its processes take\n", vm.Name, vm.MemoryMiB)
+	fmt.Fprintf(&b, "# beside it, CPU weight 100 per vCPU (%d), cpu_max", vm.VCPU)
+	if l.CPUMax == 0 {
+		b.WriteString(" none")
+	}
+	b.WriteString(", io_weight.\n[Service]\n")
+	fmt.Fprintf(&b, "MemoryMax=%dM\nMemorySwapMax=0\nTasksMax=%d\nCPUWeight=%d\n", l.MemoryMiB, l.Pids, l.CPUWeight)
+	if l.CPUMax > 0 {
+		fmt.Fprintf(&b, "CPUQuota=%d%%\n", l.CPUMax)
+	}
+	fmt.Fprintf(&b, "IOWeight=%d\n", l.IOWeight)
+	return Unit(vm.Name) + ".d/limits.conf", b.Bytes()
 }
 
 // Booted reports whether PID 1 is systemd (as sd_booted(3) tells it).
@@ -160,6 +191,9 @@ func Booted() bool {
 // unitMark begins every unit the program writes: a file of the same name
 // without it is someone else's, and is never overwritten.
 const unitMark = "# Written by microvm apply;"
+
+// Ours reports whether a unit file's content is the program's.
+func Ours(content []byte) bool { return bytes.HasPrefix(content, []byte(unitMark)) }
 
 // Changed lists, sorted, the units whose file in dir is missing or
 // differs. A file of that name the program did not write is an error.
@@ -188,6 +222,9 @@ func (u Units) Install(dir string) (changed bool, err error) {
 		return false, err
 	}
 	for _, name := range names {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			return changed, fmt.Errorf("installing %s: %w", name, err)
+		}
 		if err := os.WriteFile(filepath.Join(dir, name), u[name], 0o644); err != nil {
 			return changed, fmt.Errorf("installing %s: %w", name, err)
 		}

@@ -7,16 +7,27 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
-func TestRenderGolden(t *testing.T) {
-	u, err := Render("/usr/local/bin/microvm", "/etc/microvm/infra.toml")
+// vms are two VMs with their limits, one with cpu_max.
+func vms(t *testing.T) []config.VM {
+	t.Helper()
+	in, err := config.Parse("infra.toml", []byte("[host]\nuplink = \"eth0\"\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n[vm.vm2]\nsubnet = \"10.2.0.0/24\"\nvcpu = 2\nmemory = 1024\ncpu_max = \"150%\"\nio_weight = 50\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{Template, Target, HostUnit} {
-		golden := filepath.Join("testdata", name)
+	return in.VMs
+}
+
+func TestRenderGolden(t *testing.T) {
+	u, err := Render("/usr/local/bin/microvm", "/etc/microvm/infra.toml", vms(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{Template, Target, HostUnit, "microvm@vm1.service.d/limits.conf", "microvm@vm2.service.d/limits.conf"} {
+		golden := filepath.Join("testdata", strings.ReplaceAll(name, "/", "-"))
 		if testenv.Update() {
 			os.WriteFile(golden, u[name], 0o644)
 		}
@@ -32,7 +43,7 @@ func TestRenderGolden(t *testing.T) {
 
 func TestRenderRejects(t *testing.T) {
 	for _, c := range [][2]string{{"microvm", "/etc/infra.toml"}, {"/bin/microvm", "infra.toml"}, {"/usr/local/bin/micro vm", "/etc/infra.toml"}, {"/bin/microvm", "/etc/100%.toml"}} {
-		if _, err := Render(c[0], c[1]); err == nil {
+		if _, err := Render(c[0], c[1], nil); err == nil {
 			t.Errorf("Render(%q, %q) accepted", c[0], c[1])
 		}
 	}
@@ -47,14 +58,14 @@ func TestVerify(t *testing.T) {
 	os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755)
 	file := filepath.Join(dir, "infra.toml")
 	os.WriteFile(file, nil, 0o644)
-	u, err := Render(bin, file)
+	u, err := Render(bin, file, vms(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := u.Install(dir); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("systemd-analyze", "verify", "--man=no", filepath.Join(dir, "microvm@vm1.service"), filepath.Join(dir, Target), filepath.Join(dir, HostUnit))
+	cmd := exec.Command("systemd-analyze", "verify", "--man=no", filepath.Join(dir, "microvm@vm1.service"), filepath.Join(dir, "microvm@vm2.service"), filepath.Join(dir, Target), filepath.Join(dir, HostUnit))
 	cmd.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+dir+":")
 	out, err := cmd.CombinedOutput()
 	// Without systemd as PID 1 it may note that it cannot reach the
@@ -78,7 +89,7 @@ func TestVerify(t *testing.T) {
 // that it did not write is an error, and stays as it was.
 func TestInstallLeavesForeignUnits(t *testing.T) {
 	dir := t.TempDir()
-	u, err := Render("/usr/local/bin/microvm", "/etc/microvm/infra.toml")
+	u, err := Render("/usr/local/bin/microvm", "/etc/microvm/infra.toml", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

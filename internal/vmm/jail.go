@@ -12,12 +12,13 @@ import (
 //	read-only   the system's program directories (jail.Program), the
 //	            kernel and initramfs, the virtiofs sockets (a socket is
 //	            connected to, never written, through a read-only bind)
-//	read-write  the VM's own VMM directory: its control socket, console
-//	            socket and console log
+//	read-write  the VM's own VMM directory: its control socket and
+//	            console socket (the console log is the supervisor's,
+//	            written from the pipe the VMM is given, Spec.Console)
 //	devices     jail.BaseDevices, and /dev/kvm under kvm
 //
-// The TAP's queues need nothing: the VMM is given their descriptors
-// (Spec.TAP). The caller sets the user (the VM's) and wraps the command.
+// The TAP's queues, the console and the volumes need nothing: the VMM is
+// given their descriptors (Spec.TAP, Spec.Console, Spec.Volumes). The caller sets the user (the VM's) and wraps the command.
 func (s Spec) Jail(program string, accel config.Accel) jail.Jail {
 	ro := jail.Program(program)
 	ro = append(ro, s.Kernel, s.Initramfs)

@@ -112,8 +112,14 @@ type Spec struct {
 	// VMM as descriptors 3, 4, ...; when empty, the VMM opens the TAP by
 	// name itself, which needs access to /dev/net/tun.
 	TAP []*os.File
+	// Console is where the VMM writes the guest's serial console: the
+	// write end of a pipe whose other end the supervisor reads into the
+	// console log (which it rotates, so that a guest printing without
+	// end cannot fill the host's run directory), given to the VMM as the
+	// descriptor after the TAP's. Nil: the VMM writes no console.
+	Console *os.File
 	// Volumes are the VM's volumes, open (package volume), given to the
-	// VMM after the TAP's descriptors; it opens each as
+	// VMM after the TAP's and the console's descriptors; it opens each as
 	// /proc/self/fd/N, a virtio block device whose serial is its name.
 	Volumes []Volume
 }
@@ -126,9 +132,13 @@ type Volume struct {
 
 // VolumePaths returns the paths the VMM opens s.Volumes by.
 func (s Spec) VolumePaths() []string {
+	first := 3 + len(s.TAP)
+	if s.Console != nil {
+		first++
+	}
 	out := make([]string, len(s.Volumes))
 	for i := range s.Volumes {
-		out[i] = fmt.Sprintf("/proc/self/fd/%d", 3+len(s.TAP)+i)
+		out[i] = fmt.Sprintf("/proc/self/fd/%d", first+i)
 	}
 	return out
 }
@@ -140,6 +150,15 @@ func (s Spec) TAPFds() []int {
 		fds[i] = 3 + i // after stdin, stdout and stderr
 	}
 	return fds
+}
+
+// ConsoleFd is the descriptor number the VMM sees s.Console as, -1 if
+// there is none.
+func (s Spec) ConsoleFd() int {
+	if s.Console == nil {
+		return -1
+	}
+	return 3 + len(s.TAP)
 }
 
 // NewSpec returns the spec of vm booting the image in the directory
@@ -164,7 +183,7 @@ func (s Spec) Check() error {
 	if s.Kernel == "" || s.Initramfs == "" {
 		return fmt.Errorf("checking VMM spec of %s: kernel and initramfs are required", s.VM.Name)
 	}
-	paths := []string{s.Kernel, s.Initramfs, s.VM.ControlSocket(), s.VM.ConsoleLog()}
+	paths := []string{s.Kernel, s.Initramfs, s.VM.ControlSocket(), s.VM.ConsoleSocket()}
 	for _, sh := range s.Shares {
 		paths = append(paths, sh.Socket)
 	}
@@ -177,7 +196,7 @@ func (s Spec) Check() error {
 }
 
 // NewCmd is the VMM process of a backend: bin (or def when empty) with args,
-// given the spec's TAP descriptors, in a process group of its own, so that a
+// given the spec's TAP, console and volume descriptors, in a process group of its own, so that a
 // Ctrl-C in the supervisor's terminal reaches only the supervisor, which
 // shuts the guest down before the VMM goes.
 func NewCmd(bin, def string, s Spec, args []string) *exec.Cmd {
@@ -186,6 +205,9 @@ func NewCmd(bin, def string, s Spec, args []string) *exec.Cmd {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.ExtraFiles = append([]*os.File(nil), s.TAP...)
+	if s.Console != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, s.Console)
+	}
 	for _, v := range s.Volumes {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, v.File)
 	}

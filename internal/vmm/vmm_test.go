@@ -3,6 +3,7 @@ package vmm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -37,6 +38,53 @@ subnet = "10.1.0.0/24"
 subnet = "172.20.0.0/16"
 dns = "9.9.9.9"
 `
+
+// TestDescriptors: the VMM finds each descriptor it is given where its
+// command line says: the TAP's queues from 3, then the console, then the
+// volumes.
+func TestDescriptors(t *testing.T) {
+	files := make([]*os.File, 5)
+	for i := range files {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		files[i] = f
+	}
+	for _, tc := range []struct {
+		name    string
+		spec    Spec
+		console int
+		volumes []string
+	}{
+		{"all", Spec{TAP: files[:2], Console: files[2], Volumes: []Volume{{"a", files[3]}, {"b", files[4]}}}, 5, []string{"/proc/self/fd/6", "/proc/self/fd/7"}},
+		{"no console", Spec{TAP: files[:2], Volumes: []Volume{{"a", files[3]}}}, -1, []string{"/proc/self/fd/5"}},
+		{"no volumes", Spec{TAP: files[:1], Console: files[2]}, 4, []string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := NewCmd("/bin/true", "", tc.spec, nil)
+			if got := tc.spec.ConsoleFd(); got != tc.console {
+				t.Errorf("ConsoleFd() = %d, want %d", got, tc.console)
+			}
+			if got := tc.spec.VolumePaths(); strings.Join(got, " ") != strings.Join(tc.volumes, " ") {
+				t.Errorf("VolumePaths() = %v, want %v", got, tc.volumes)
+			}
+			// Descriptor N is ExtraFiles[N-3].
+			at := func(fd int) *os.File { return cmd.ExtraFiles[fd-3] }
+			if tc.console >= 0 && at(tc.console) != tc.spec.Console {
+				t.Errorf("descriptor %d is not the console", tc.console)
+			}
+			for i, p := range tc.volumes {
+				var fd int
+				fmt.Sscanf(p, "/proc/self/fd/%d", &fd)
+				if fd-3 >= len(cmd.ExtraFiles) || at(fd) != tc.spec.Volumes[i].File {
+					t.Errorf("%s is not volume %s", p, tc.spec.Volumes[i].Name)
+				}
+			}
+		})
+	}
+}
 
 // TestCmdline proves the kernel command line carries the model's values in
 // the documented form, which cmd/microvm-init parses.

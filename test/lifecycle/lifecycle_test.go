@@ -80,7 +80,9 @@ func TestLifecycle(t *testing.T) {
 		} else if err != nil {
 			t.Fatalf("microvm %s: %v", strings.Join(args, " "), err)
 		}
-		return result{string(out), code}
+		// On a host without project quotas plan and apply warn that the
+		// disk limits are not enforced (storage tests that).
+		return result{testenv.WithoutDiskWarning(string(out)), code}
 	}
 	// Whatever happens, no keeper outlives the test.
 	defer func() {
@@ -208,6 +210,21 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("limits", func(t *testing.T) {
+		for _, vm := range in.VMs {
+			checkCgroup(t, &vm)
+		}
+		r := mvm("info", "lc1", "-f", file)
+		if want := fmt.Sprintf("/%d MiB, processes ", lc1.Limits.MemoryMiB); !strings.Contains(r.out, want) || !strings.Contains(r.out, "cgroup     ") {
+			t.Errorf("info lc1 does not show its memory against its limit (%q) and its cgroup:\n%s", want, r.out)
+		}
+		r = mvm("status", "--host", "-f", file)
+		t.Logf("status --host:\n%s", r.out)
+		if !strings.Contains(r.out, "limits (use of running VMs against them):") || !strings.Contains(r.out, fmt.Sprintf("/%d MiB", lc1.Limits.MemoryMiB)) {
+			t.Errorf("status --host does not show the VMs' limits")
+		}
+	})
+
 	t.Run("ssh", func(t *testing.T) {
 		if r := mvm("ssh", "-f", file, "lc1", "--", "sh", "-c", "'echo hello from $(hostname); exit 7'"); r.code != 7 || !strings.Contains(r.out, "hello from lc1") {
 			t.Errorf("ssh: exit %d, %q; want 7 and the greeting", r.code, r.out)
@@ -271,6 +288,27 @@ func TestLifecycle(t *testing.T) {
 			t.Errorf("after the restart /var/marker: exit %d, %q; want %q", r.code, r.out, token)
 		}
 		checkHost(t)
+	})
+
+	ssh := func(vm string) func(string) result {
+		return func(script string) result { return mvm("ssh", "-f", file, "--wait", "5m", vm, "--", script) }
+	}
+	lc2, _ := in.VM("lc2")
+
+	t.Run("a fork past pids.max is refused", func(t *testing.T) { forkPastPids(t, lc1) })
+
+	t.Run("a guest printing without end leaves its console log under the cap", func(t *testing.T) {
+		floodConsole(t, lc1, ssh("lc1"))
+	})
+
+	t.Run("disk quota", func(t *testing.T) { quotaInGuest(t, lc1, ssh("lc1")) })
+
+	t.Run("a VMM over its memory limit is killed and restarted", func(t *testing.T) {
+		overMemory(t, lc2, ssh("lc2"))
+	})
+
+	t.Run("a killed supervisor leaves nothing of its VM running", func(t *testing.T) {
+		killSupervisor(t, lc2)
 	})
 
 	t.Run("console and logs", func(t *testing.T) {
@@ -394,12 +432,26 @@ func TestLifecycle(t *testing.T) {
 		if r := mvm("plan", "-f", mem); !strings.Contains(r.out, "microvm restart lc1   # memory 512 -> 640") {
 			t.Errorf("plan after a memory change:\n%s", r.out)
 		}
+		// lc1's keeper and supervisor are killed: its VMM and daemons run
+		// on, unsupervised. It is not stopped; destroy refuses it, down
+		// (here apply, as lc1 leaves the file) ends what is left.
+		g := vmCgroup(t, lc1)
+		left := orphan(t, lc1)
+		if r := mvm("status", "-f", noAuto, "lc1"); !strings.Contains(r.out, "orphaned") {
+			t.Errorf("status of lc1 without supervisor nor keeper:\n%s", r.out)
+		}
+		if r := mvm("plan", "-f", noAuto); !strings.Contains(r.out, "microvm restart lc1   # left running without its supervisor") {
+			t.Errorf("plan with lc1 orphaned:\n%s", r.out)
+		}
 		// lc1 leaves the file: it is stopped before its network goes, its
 		// data stays until destroy --data.
 		var b strings.Builder
 		fmt.Fprintf(&b, "[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\n[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.lc2]\nsubnet = \"10.2.0.0/24\"\nautostart = false\n", host.StateDir, run)
 		only2 := filepath.Join(dir, "only-lc2.toml")
 		os.WriteFile(only2, []byte(b.String()), 0o644)
+		if r := mvm("destroy", "-f", only2, "--data", "--yes", "lc1"); r.code != 1 || !strings.Contains(r.out, "lc1 is still running") {
+			t.Errorf("destroy of an orphaned VM: exit %d, %q; want a refusal", r.code, r.out)
+		}
 		r = mvm("apply", "-f", only2)
 		t.Logf("microvm apply without lc1:\n%s", r.out)
 		if r.code != 0 || !strings.HasPrefix(r.out, "microvm down lc1   # left") {
@@ -408,6 +460,7 @@ func TestLifecycle(t *testing.T) {
 		if _, ok := supervise.KeeperPid(lc1); ok {
 			t.Error("lc1 still running after it left the file")
 		}
+		gone(t, lc1, g, left)
 		if _, err := os.Stat(lc1.VarDir); err != nil {
 			t.Errorf("lc1's data went with it: %v", err)
 		}

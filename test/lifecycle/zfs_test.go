@@ -26,6 +26,9 @@ import (
 // and one on its volume; after a snapshot it changes both; rollback (which
 // stops the VM, rolls its dataset back and starts it again) brings the
 // first versions back, the volume's too, as the guest itself reads them.
+// Then the guest writes until its disk is full: it is stopped at its disk
+// and its volume's size (the dataset's refquota), and the pool, the
+// host's state directory and another VM's dataset stay writable.
 func TestRollbackZFS(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "ip", "nft", "qemu-system-x86_64")
@@ -40,8 +43,8 @@ func TestRollbackZFS(t *testing.T) {
 	}
 	file := filepath.Join(t.TempDir(), "infra.toml")
 	body := fmt.Sprintf("[host]\nuplink = \"eth0\"\nstate_dir = %q\nrun_dir = %q\naccel = \"tcg\"\nstorage = \"zfs\"\nzfs_dataset = %q\n"+
-		"[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.zf1]\nsubnet = \"10.7.0.0/24\"\n"+
-		"[vm.zf1.volumes]\ndata = { size = \"64M\", mount = \"/var/lib/data\" }\n", state, run, pool.Name+"/microvms")
+		"[defaults]\nhypervisor = \"qemu\"\nvcpu = 1\nmemory = 512\n[vm.zf1]\nsubnet = \"10.7.0.0/24\"\ndisk = \"96M\"\n"+
+		"[vm.zf1.volumes]\ndata = { size = \"64M\", mount = \"/var/lib/data\" }\n[vm.zf2]\nsubnet = \"10.8.0.0/24\"\ndisk = \"64M\"\n", state, run, pool.Name+"/microvms")
 	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +133,28 @@ func TestRollbackZFS(t *testing.T) {
 	login()
 	if got := ssh("cat /var/marker /var/lib/data/marker"); got != "first\nfirst" {
 		t.Errorf("after rollback the guest reads /var/marker and its volume's marker = %q, want first and first", got)
+	}
+
+	// The guest fills its /var: ZFS stops it at the refquota apply set
+	// (its disk, 96M, and its volume's 64M, in a pool of 256M), with
+	// EDQUOT.
+	if got, _ := exec.Command("zfs", "get", "-H", "-o", "value", "refquota", pool.Name+"/microvms/zf1").Output(); strings.TrimSpace(string(got)) != "160M" {
+		t.Errorf("zf1's refquota is %q, want 160M", got)
+	}
+	fill, err := sandbox.Command(sb.Host, bin, "ssh", "-f", file, "zf1", "--", "head -c 200M /dev/urandom > /var/fill; echo exit $?; ls -l /var/fill").CombinedOutput()
+	t.Logf("the guest writes 200M into /var: %v\n%s", err, fill)
+	if !strings.Contains(string(fill), "Disk quota exceeded") || strings.Contains(string(fill), "exit 0") {
+		t.Errorf("the guest's write past its disk did not fail with EDQUOT:\n%s", fill)
+	}
+	// The host's state directory, and another VM's, are written on.
+	for _, f := range []string{filepath.Join(state, "host-file"), filepath.Join(state, "zf2", "file")} {
+		if err := os.WriteFile(f, make([]byte, 16<<20), 0o644); err != nil {
+			t.Errorf("after zf1 filled its disk, writing %s: %v", f, err)
+		}
+	}
+	// And the guest itself, once it frees what it wrote.
+	if got := ssh("rm /var/fill && echo again > /var/again && cat /var/again"); got != "again" {
+		t.Errorf("zf1 after freeing its disk writes %q", got)
 	}
 	if err := supervise.StopDetached(vm, 90*time.Second); err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stopping zf1: %v", err)

@@ -130,7 +130,7 @@ func TestSystemd(t *testing.T) {
 	// apply says so and goes on, and exits 1 once everything else is done.
 	out, err := mvm("apply", "-f", file)
 	t.Logf("microvm apply:\n%s", out)
-	for _, want := range []string{"install microvm-host.service, microvm@.service, microvms.target in /etc/systemd/system", "systemctl start microvm-host.service", "microvm up vm1",
+	for _, want := range []string{"install microvm-host.service, microvm@.service, microvm@vm1.service.d/limits.conf, microvm@vm2.service.d/limits.conf, microvms.target in /etc/systemd/system", "systemctl start microvm-host.service", "microvm up vm1",
 		"tailscale --socket=" + tsSocket + " set --advertise-routes=10.1.0.0/24,10.2.0.0/24", "warning: setting tailscaled's advertised routes", "1 change(s) failed, the rest was applied"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("apply's output lacks %q", want)
@@ -163,6 +163,12 @@ func TestSystemd(t *testing.T) {
 			t.Errorf("journalctl -u microvm-host:\n%s", out)
 		}
 	})
+
+	// The VM's limits, a drop-in of its unit: what systemd 252 takes of
+	// them, and what the kernel has in the unit's cgroup. On the machines
+	// the tests run on (cgroup v1 controllers, systemd in a container)
+	// see limitsUnderSystemd.
+	t.Run("limits", func(t *testing.T) { limitsUnderSystemd(t, c, vm1, mvm) })
 
 	t.Run("the firewall heals", func(t *testing.T) {
 		events := []struct {
@@ -439,5 +445,31 @@ func (s *stands) isolated(t *testing.T) {
 	}
 	if r := sandbox.TCP(ns, netip.AddrPortFrom(sandbox.InternetAddr, sandbox.Port)); !r.Reached {
 		t.Errorf("vm2 does not reach the internet: %v", r.Err)
+	}
+}
+
+// limitsUnderSystemd checks that systemd read vm's limits from its drop-in
+// (systemctl show), and reports what the kernel applied in the unit's
+// cgroup, as info reads it.
+func limitsUnderSystemd(t *testing.T, c *container, vm *config.VM, mvm func(...string) (string, error)) {
+	props := c.must("systemctl", "show", "-p", "MemoryMax,MemorySwapMax,TasksMax,CPUWeight,CPUQuotaPerSecUSec,IOWeight,OOMPolicy,ControlGroup,DropInPaths", "microvm@"+vm.Name)
+	t.Logf("systemctl show microvm@%s:\n%s", vm.Name, props)
+	for _, want := range []string{
+		fmt.Sprintf("MemoryMax=%d\n", int64(vm.Limits.MemoryMiB)<<20),
+		"MemorySwapMax=0\n",
+		fmt.Sprintf("TasksMax=%d\n", vm.Limits.Pids),
+		fmt.Sprintf("CPUWeight=%d\n", vm.Limits.CPUWeight),
+		fmt.Sprintf("IOWeight=%d\n", vm.Limits.IOWeight),
+		"OOMPolicy=continue\n",
+		"/etc/systemd/system/microvm@" + vm.Name + ".service.d/limits.conf",
+	} {
+		if !strings.Contains(props, want) {
+			t.Errorf("systemctl show lacks %q", strings.TrimSpace(want))
+		}
+	}
+	out, err := mvm("info", "-f", file, vm.Name)
+	t.Logf("microvm info %s: %v\n%s", vm.Name, err, out)
+	if !strings.Contains(out, "microvm@"+vm.Name+".service") {
+		t.Errorf("info does not name the unit's cgroup")
 	}
 }

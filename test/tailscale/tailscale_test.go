@@ -257,7 +257,7 @@ func TestSubnetRoutes(t *testing.T) {
 
 	must(t.Run("plan after login", func(t *testing.T) {
 		// Routes in place and waiting for approval is not a change.
-		if got := microvm(t, sb.Host, "plan", "--host-only", "-f", file); got != "no changes\n" {
+		if got := testenv.WithoutDiskWarning(microvm(t, sb.Host, "plan", "--host-only", "-f", file)); got != "no changes\n" {
 			t.Errorf("plan: got %q, want no changes", got)
 		}
 		r := status(t, sb.Host, in)
@@ -452,7 +452,7 @@ func TestSubnetRoutes(t *testing.T) {
 		}
 		delete(vms, "ts4")
 		three := infra(false, true)
-		out := microvm(t, sb.Host, "apply", "--host-only", "-f", three)
+		out := testenv.WithoutDiskWarning(microvm(t, sb.Host, "apply", "--host-only", "-f", three))
 		lines := strings.Split(out, "\n")
 		if want := "tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24,10.1.0.0/24,10.2.0.0/24,10.3.0.0/24,fd00:7:0:100::/64,fd00:7:0:200::/64,fd00:7:0:300::/64  # withdraw 10.4.0.0/24,fd00:7:0:400::/64"; !strings.HasPrefix(lines[0], want) {
 			t.Errorf("apply without ts4: first line %q, want it to start with %q\n%s", lines[0], want, out)
@@ -460,7 +460,7 @@ func TestSubnetRoutes(t *testing.T) {
 		if got, want := host.routes(t), "192.168.77.0/24 10.1.0.0/24 10.2.0.0/24 10.3.0.0/24 fd00:7:0:100::/64 fd00:7:0:200::/64 fd00:7:0:300::/64"; got != want {
 			t.Errorf("advertised after removing ts4: got %q, want %q", got, want)
 		}
-		if got := microvm(t, sb.Host, "plan", "--host-only", "-f", three); got != "no changes\n" {
+		if got := testenv.WithoutDiskWarning(microvm(t, sb.Host, "plan", "--host-only", "-f", three)); got != "no changes\n" {
 			t.Errorf("plan after removal: got %q", got)
 		}
 		microvm(t, sb.Host, "apply", "--host-only", "-f", file)

@@ -6,7 +6,7 @@
 // source, v28 to v53): each device option is repeated once per device
 // (--fs A --fs B), a form every release accepts and v30 to v35 required. Devices are PCI, so the guest needs
 // virtio_pci; the serial port is the legacy 8250 (ttyS0), written to the
-// console log; the virtio console (hvc0) is off.
+// supervisor's console pipe; the virtio console (hvc0) is off.
 package cloudhypervisor
 
 import (
@@ -67,9 +67,16 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 	if q := vm.TAPQueues(); q > 1 {
 		net += fmt.Sprintf(",num_queues=%d", 2*q)
 	}
+	// The serial console goes into the pipe the supervisor reads
+	// (Spec.Console): Cloud Hypervisor opens the file it is given, here
+	// the descriptor it inherited, through /proc.
+	serial := "off"
+	if fd := s.ConsoleFd(); fd >= 0 {
+		serial = fmt.Sprintf("file=/proc/self/fd/%d", fd)
+	}
 	args = append(args,
 		"--net", net,
-		"--serial", "file="+vm.ConsoleLog(),
+		"--serial", serial,
 		"--console", "off",
 	)
 	return vmm.NewCmd(b.Binary, Program, s, args), nil

@@ -51,7 +51,11 @@ func TestCommand(t *testing.T) {
 	for _, name := range []string{"vm1", "vm2"} {
 		t.Run(name, func(t *testing.T) {
 			vm, _ := in.VM(name)
-			cmd, err := New().Command(vmm.NewSpec(in.Host, vm, vm.Image))
+			spec := vmm.NewSpec(in.Host, vm, vm.Image)
+			if name == "vm1" {
+				spec.Console = os.Stderr // any descriptor: the console pipe's, given as fd 3
+			}
+			cmd, err := New().Command(spec)
 			if err != nil {
 				t.Fatal(err)
 			}

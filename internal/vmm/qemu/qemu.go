@@ -182,13 +182,21 @@ func (b *Backend) Command(s vmm.Spec) (*exec.Cmd, error) {
 		"-kernel", s.Kernel,
 		"-initrd", s.Initramfs,
 		"-append", vmm.Cmdline(vm, extra...),
-		// The serial console is a socket for `microvm console`, and is
-		// logged to the console log whether or not anyone is attached.
-		"-chardev", fmt.Sprintf("socket,id=serial0,path=%s,server=on,wait=off,logfile=%s,logappend=off", vm.ConsoleSocket(), vm.ConsoleLog()),
-		"-serial", "chardev:serial0",
 		"-device", "i8042",
 		"-device", "virtio-rng-device",
 	}
+	// The serial console is a socket for `microvm console`, and is
+	// logged, whether or not anyone is attached, into the pipe the
+	// supervisor reads (Spec.Console), passed as an fd set: QEMU's
+	// logfile= takes /dev/fdset/N for a descriptor it was given, opened
+	// for appending (QEMU 7.2 refuses to reuse it for O_TRUNC: "Could
+	// not dup FD").
+	serial := fmt.Sprintf("socket,id=serial0,path=%s,server=on,wait=off", vm.ConsoleSocket())
+	if fd := s.ConsoleFd(); fd >= 0 {
+		args = append(args, "-add-fd", fmt.Sprintf("fd=%d,set=1,opaque=console", fd))
+		serial += ",logfile=/dev/fdset/1,logappend=on"
+	}
+	args = append(args, "-chardev", serial, "-serial", "chardev:serial0")
 	for i, sh := range s.Shares {
 		id := fmt.Sprintf("fs%d", i)
 		args = append(args,

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -57,7 +58,9 @@ func TestCommand(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
 			vm, _ := in.VM(tt.vm)
-			cmd, err := tt.b.Command(vmm.NewSpec(in.Host, vm, vm.Image))
+			spec := vmm.NewSpec(in.Host, vm, vm.Image)
+			spec.Console = os.Stderr // any descriptor: the console pipe's, given as fd 3
+			cmd, err := tt.b.Command(spec)
 			if err != nil {
 				t.Fatal(err)
 			}
