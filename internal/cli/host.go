@@ -65,7 +65,7 @@ Examples:
 			}
 			stop, release := stopOnSignal()
 			defer release()
-			go metrics.Serve(&metrics.Reader{File: file}, version(), stop, metrics.Logger(e.stderr))
+			go metrics.Serve(&metrics.Reader{File: file, Cgroups: vmCgroup}, version(), stop, metrics.Logger(e.stderr))
 			return hostpart.Run(hostpart.Options{File: file, Detached: detached}, stop, e.stderr)
 		},
 	}

@@ -109,7 +109,7 @@ Examples:
 			for _, vm := range vms {
 				names[vm.Name] = true
 			}
-			r := &metrics.Reader{File: e.file}
+			r := &metrics.Reader{File: e.file, Cgroups: vmCgroup}
 			if asJSON {
 				if delay == 0 {
 					delay = time.Second
