@@ -371,6 +371,14 @@ func (e *bootEnv) bootOnce(t *testing.T, edit func([]string) []string) bootResul
 	t.Helper()
 	os.Remove(e.vm.ConsoleLog())
 	spec := vmm.NewSpec(e.host, e.vm, e.vm.Image)
+	// QEMU writes the console into the descriptor it is given (the
+	// supervisor gives a pipe it rotates a log from; this test the log).
+	consoleFile, err := os.OpenFile(e.vm.ConsoleLog(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer consoleFile.Close()
+	spec.Console = consoleFile
 
 	// The daemons exit by themselves when QEMU disconnects; Stop is for a
 	// boot that failed before.
@@ -405,6 +413,7 @@ func (e *bootEnv) bootOnce(t *testing.T, edit func([]string) []string) bootResul
 	run := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", e.netns, cmd.Path}, args...)...)
 	var qemuOut bytes.Buffer
 	run.Stdout, run.Stderr = &qemuOut, &qemuOut
+	run.ExtraFiles = cmd.ExtraFiles
 	start := time.Now()
 	if err := run.Start(); err != nil {
 		t.Fatal(err)

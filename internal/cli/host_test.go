@@ -89,7 +89,7 @@ func TestHostApply(t *testing.T) {
 	addUsers(t, in)
 
 	t.Run("plan", func(t *testing.T) {
-		testenv.Golden(t, "plan-fresh.golden", mustRun(t, sb.Host, "plan", "--host-only", "-f", example))
+		testenv.Golden(t, "plan-fresh.golden", testenv.WithoutDiskWarning(mustRun(t, sb.Host, "plan", "--host-only", "-f", example)))
 	})
 	t.Run("apply", func(t *testing.T) {
 		out := mustRun(t, sb.Host, "apply", "--host-only", "-f", example)

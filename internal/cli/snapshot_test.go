@@ -195,7 +195,7 @@ func TestApplyZFS(t *testing.T) {
 
 	out, code := inNS("apply", "--host-only", "-f", file)
 	first := "zfs create -o mountpoint=" + in.Host.StateDir + " -o compression=on " + pool.Name + "/microvms"
-	if code != 0 || !strings.Contains(out, first+"\nzfs create "+pool.Name+"/microvms/images\nzfs create -o setuid=off -o devices=off "+pool.Name+"/microvms/vm1\n") {
+	if code != 0 || !strings.Contains(out, first+"\nzfs create "+pool.Name+"/microvms/images\nzfs create -o setuid=off -o devices=off -o refquota=20G "+pool.Name+"/microvms/vm1\n") {
 		t.Fatalf("apply: exit %d, want the datasets made:\n%s", code, out)
 	}
 	if out, code := inNS("plan", "--host-only", "-f", file); code != 0 || !strings.Contains(out, "no changes") || strings.Contains(out, "zfs ") {
