@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -184,6 +185,12 @@ func Run(in *config.Infra, vm *config.VM, stop <-chan struct{}, log io.Writer) e
 		return err
 	}
 	logf("%s started (pid %d, user %s), console in %s", vm.Hypervisor, m.Pid(), vm.User, vm.ConsoleLog())
+	// Over the cgroup's memory limit, the kernel kills the VMM, which holds
+	// the guest's memory, rather than a virtiofs daemon that maps the same
+	// pages and so looks as large: the log then names what took it.
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", m.Pid()), []byte("500"), 0); err != nil {
+		logf("warning: the VMM is not the first the kernel kills for memory: %v", err)
+	}
 	vmmID, err := proc.Of(m.Pid())
 	if err == nil {
 		err = writeStarted(run, in, vm, vmmID, began)

@@ -155,7 +155,10 @@ func TestTutorial(t *testing.T) {
 	pub, _ := os.ReadFile(key + ".pub")
 
 	scratch := t.TempDir()
-	holder := exec.Command("ip", "netns", "exec", sb.Host, "unshare", "--mount", "--propagation", "private", "sleep", "infinity")
+	// nsenter rather than ip netns exec, which mounts a /sys of the
+	// namespace's own without the cgroup hierarchies the VMs' keepers
+	// make their cgroups in (as sandbox.Command does).
+	holder := exec.Command("nsenter", "--net="+filepath.Join("/run/netns", sb.Host), "--", "unshare", "--mount", "--propagation", "private", "sleep", "infinity")
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
