@@ -26,7 +26,7 @@ test-deps: deps
 	bash .ci/test-deps
 
 # The benchmarks (bench/README.md), each rewriting its section of
-# docs/benchmarks.md; as root, in sandbox namespaces. boot, disk and memory
+# docs/benchmarks.md; as root, in sandbox namespaces. boot, disk, memory and limits
 # boot real microVMs (minutes each under TCG).
 bench:
 	go run ./bench apply
@@ -37,6 +37,7 @@ bench:
 	go run ./bench disk
 	go run ./bench memory
 	go run ./bench metrics
+	go run ./bench limits
 
 install: build
 	install -m 0755 bin/microvm bin/microvm-init /usr/local/bin/

@@ -221,12 +221,15 @@ func (r *Reader) Read() Sample {
 }
 
 // resources is the CPU time and memory of a running VM: from its cgroup
-// if it has one, else from its processes.
+// if it has one that says both, else from its processes.
 func (r *Reader) resources(vm *config.VM, procs *procTable, proc string, tree []int) (cpu time.Duration, mem int64, n int, ok bool) {
 	if r.Cgroups != nil {
+		// A cgroup v1 without cpuacct beside cpu (each mounted alone, as
+		// on the test machines) cannot say the CPU time: the processes can.
 		if g, has := r.Cgroups(vm); has {
-			cpu, mem, err := g.Usage()
-			return cpu, mem, 0, err == nil
+			if cpu, mem, err := g.Usage(); err == nil {
+				return cpu, mem, 0, true
+			}
 		}
 	}
 	return procs.cpu(tree), resident(proc, tree), len(tree), true
