@@ -112,66 +112,17 @@ func Serve(ns string, port int) error {
 	})
 }
 
-// serve4 is Serve's IPv4 half, on the calling thread's namespace.
-func serve4(ns string, port int) error {
-	{
-		tl, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
-		if err != nil {
-			return fmt.Errorf("listening in %s: %w", ns, err)
-		}
-		ul, err := net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
-		if err != nil {
-			tl.Close()
-			return fmt.Errorf("listening in %s: %w", ns, err)
-		}
-		go func() {
-			for {
-				c, err := tl.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "seen %s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-				c.Close()
-			}
-		}()
-		// Answer from the address the client asked (the namespace has
-		// several: a router's, the internet server's, the metadata
-		// server's), or NAT on the way back would not recognize the reply.
-		pc := ipv4.NewPacketConn(ul)
-		if err := pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
-			tl.Close()
-			ul.Close()
-			return fmt.Errorf("listening in %s: %w", ns, err)
-		}
-		go func() {
-			buf := make([]byte, 512)
-			for {
-				_, cm, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				var reply *ipv4.ControlMessage
-				if cm != nil {
-					reply = &ipv4.ControlMessage{Src: cm.Dst}
-				}
-				// A lost answer is what the prober sees as blocked, which is its to judge.
-				_, _ = pc.WriteTo([]byte(fmt.Sprintf("seen %s\n", from.(*net.UDPAddr).IP)), reply, from)
-			}
-		}()
-		return nil
-	}
-}
-
-// serve6 is Serve's IPv6 half, on the calling thread's namespace.
-func serve6(ns string, port int) error {
-	tl, err := net.Listen("tcp6", fmt.Sprintf(":%d", port))
+// listen opens the TCP and UDP sockets of Serve for network family "4"
+// or "6", and answers TCP clients with the address they came from.
+func listen(ns, fam string, port int) (net.PacketConn, func(), error) {
+	tl, err := net.Listen("tcp"+fam, fmt.Sprintf(":%d", port))
 	if err != nil {
-		return fmt.Errorf("listening in %s: %w", ns, err)
+		return nil, nil, fmt.Errorf("listening in %s: %w", ns, err)
 	}
-	ul, err := net.ListenPacket("udp6", fmt.Sprintf(":%d", port))
+	ul, err := net.ListenPacket("udp"+fam, fmt.Sprintf(":%d", port))
 	if err != nil {
 		tl.Close()
-		return fmt.Errorf("listening in %s: %w", ns, err)
+		return nil, nil, fmt.Errorf("listening in %s: %w", ns, err)
 	}
 	go func() {
 		for {
@@ -183,10 +134,50 @@ func serve6(ns string, port int) error {
 			c.Close()
 		}
 	}()
+	return ul, func() { tl.Close(); ul.Close() }, nil
+}
+
+// serve4 is Serve's IPv4 half, on the calling thread's namespace.
+func serve4(ns string, port int) error {
+	ul, closeAll, err := listen(ns, "4", port)
+	if err != nil {
+		return err
+	}
+	// Answer from the address the client asked (the namespace has
+	// several: a router's, the internet server's, the metadata
+	// server's), or NAT on the way back would not recognize the reply.
+	pc := ipv4.NewPacketConn(ul)
+	if err := pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
+		closeAll()
+		return fmt.Errorf("listening in %s: %w", ns, err)
+	}
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, cm, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var reply *ipv4.ControlMessage
+			if cm != nil {
+				reply = &ipv4.ControlMessage{Src: cm.Dst}
+			}
+			// A lost answer is what the prober sees as blocked, which is its to judge.
+			_, _ = pc.WriteTo([]byte(fmt.Sprintf("seen %s\n", from.(*net.UDPAddr).IP)), reply, from)
+		}
+	}()
+	return nil
+}
+
+// serve6 is Serve's IPv6 half, on the calling thread's namespace.
+func serve6(ns string, port int) error {
+	ul, closeAll, err := listen(ns, "6", port)
+	if err != nil {
+		return err
+	}
 	pc := ipv6.NewPacketConn(ul)
 	if err := pc.SetControlMessage(ipv6.FlagDst, true); err != nil {
-		tl.Close()
-		ul.Close()
+		closeAll()
 		return fmt.Errorf("listening in %s: %w", ns, err)
 	}
 	go func() {
