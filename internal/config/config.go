@@ -119,8 +119,10 @@ var TailscaleRange = netip.MustParsePrefix("100.64.0.0/10")
 type Infra struct {
 	File   string
 	Host   Host
-	VMs    []VM    // sorted by name
-	Images []Image // the [image.NAME] tables, sorted by name
+	VMs    []VM        // sorted by name
+	Images []Image     // the [image.NAME] tables, sorted by name
+	Fleet  []FleetHost // the [fleet.host.NAME] tables, sorted by name (fleet.go)
+	Part   Part        // [fleet.part]: the host whose part of the fleet this model is
 
 	keys map[string]Pos // dotted key -> where it is written
 }
@@ -176,6 +178,7 @@ type VM struct {
 	Autostart  bool     // started by apply (and at boot); default true
 	Allow      []Allow  // what this VM may reach beyond the internet, besides Host.Allow; vm:NAME entries open other VMs
 	User       string   // the user its VMM runs as, with a group of the same name: USER-NAME
+	Host       string   // in a fleet, the host it is pinned to ("": placed by fleet push)
 
 	// IPv6 (ipv6.go), all invalid when the host has ipv6 = false.
 	Subnet6    netip.Prefix // a /64 of Host.IPv6Prefix
@@ -294,6 +297,9 @@ type parser struct {
 	defaults map[string]*value
 	vms      []*rawTable
 	imgs     []*rawTable
+	hosts    []*rawTable       // [fleet.host.NAME]
+	part     map[string]*value // [fleet.part]
+	sawPart  bool
 }
 
 func (p *parser) errorf(at Pos, format string, args ...any) {
@@ -304,8 +310,8 @@ var (
 	hostKeys     = []string{"uplink", "state_dir", "run_dir", "user", "accel", "storage", "zfs_dataset", "keep_snapshots", "allow", "ipv6", "ipv6_prefix", "egress", "tailscale", "metrics"}
 	defaultsKeys = []string{"vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "disk", "cpu_max", "io_weight"}
 	vmKeys       = []string{"subnet", "vcpu", "memory", "hypervisor", "image", "dns", "ssh_keys", "autostart", "allow",
-		"services", "disable_services", "run_once", "files", "publish", "image_writable", "egress", "disk", "cpu_max", "io_weight", "secrets", "volumes"}
-	topKeys = []string{"host", "defaults", "vm", "image"}
+		"services", "disable_services", "run_once", "files", "publish", "image_writable", "egress", "disk", "cpu_max", "io_weight", "secrets", "volumes", "host"}
+	topKeys = []string{"host", "defaults", "vm", "image", "fleet"}
 )
 
 // decode sorts entries into host, defaults and VMs, rejecting unknown keys
@@ -315,6 +321,7 @@ func (p *parser) decode(entries []entry) {
 	p.ts = map[string]*value{}
 	p.mt = map[string]*value{}
 	p.defaults = map[string]*value{}
+	p.part = map[string]*value{}
 	byName := map[string]*rawTable{}
 	imgByName := map[string]*rawTable{}
 	reported := map[string]bool{}
@@ -330,7 +337,7 @@ func (p *parser) decode(entries []entry) {
 		top := e.path[0]
 		switch {
 		case !slices.Contains(topKeys, top):
-			unknown(e, 1, fmt.Sprintf("unknown table or key %q; infra.toml has the tables [host], [defaults], [vm.NAME] and [image.NAME]%s", top, suggest(top, topKeys)))
+			unknown(e, 1, fmt.Sprintf("unknown table or key %q; infra.toml has the tables [host], [defaults], [vm.NAME], [image.NAME] and [fleet.host.NAME]%s", top, suggest(top, topKeys)))
 		case len(e.path) == 1:
 			if !e.isTbl {
 				unknown(e, 1, fmt.Sprintf("%s must be a table, e.g. [%s]", top, top))
@@ -351,6 +358,8 @@ func (p *parser) decode(entries []entry) {
 			p.put(tbl, e, 2, "[host."+sub+"]", keys, unknown)
 		case top == "host":
 			p.put(p.host, e, 1, "[host]", hostKeys, unknown)
+		case top == "fleet":
+			p.decodeFleet(e, unknown)
 		case top == "defaults":
 			p.put(p.defaults, e, 1, "[defaults]", defaultsKeys, unknown)
 		case top == "image":
@@ -427,6 +436,7 @@ func (p *parser) num(v *value, key string) (int, bool) {
 // derive fills in defaults, validates values and computes the model.
 func (p *parser) derive() {
 	h := &p.in.Host
+	p.overlayPart()
 	h.Uplink = p.hostString("uplink", "", validIfName)
 	if h.Uplink == "" && p.host["uplink"] == nil {
 		p.errorf(p.in.keys["host"], "[host] uplink is missing; set it to the interface that reaches the internet, e.g. uplink = \"eth0\" (see `ip route show default`)")
@@ -514,9 +524,11 @@ func (p *parser) derive() {
 	p.ipv6Entries()
 	p.socketPaths()
 	sort.Slice(p.in.VMs, func(i, j int) bool { return p.in.VMs[i].Name < p.in.VMs[j].Name })
+	p.fleet()
 	p.openings()
 	p.published()
 	p.images()
+	p.keepPart()
 }
 
 func (p *parser) hostString(k, def string, check func(string) string) string {

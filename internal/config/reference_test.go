@@ -69,7 +69,8 @@ func TestReference(t *testing.T) {
 	own := map[string]string{"allow": "[]", "egress": "[]",
 		"services": list(vm.Services), "disable_services": list(vm.DisableServices), "run_once": list(vm.RunOnce),
 		"files": table(len(vm.Files)), "publish": fmt.Sprint(len(vm.Publish)), "image_writable": fmt.Sprint(vm.ImageWritable),
-		"secrets": table(len(vm.Secrets)), "volumes": table(len(vm.Volumes))}
+		"secrets": table(len(vm.Secrets)), "volumes": table(len(vm.Volumes)),
+		"host": "placed"}
 	if len(vm.Publish) == 0 {
 		own["publish"] = "[]"
 	}
@@ -110,6 +111,16 @@ func TestReference(t *testing.T) {
 				t.Errorf("[vm.NAME] %s is not a key of [defaults]; give it a default of its own here", k)
 			}
 		}
+	}
+	// A fleet's tables: a host's own keys, and the part its daemon writes.
+	for _, k := range fleetHostKeys {
+		want["[fleet.host.NAME] "+k] = true
+		defaults["[fleet.host.NAME] "+k] = "[host]"
+	}
+	defaults["[fleet.host.NAME] address"], defaults["[fleet.host.NAME] memory"] = "required", "required"
+	for _, k := range partKeys {
+		want["[fleet.part] "+k] = true
+		defaults["[fleet.part] "+k] = "written"
 	}
 	for k := range want {
 		if _, ok := got[k]; !ok {
