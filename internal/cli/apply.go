@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 )
 
@@ -51,35 +52,53 @@ Examples:
 			if err := noArgs(args); err != nil {
 				return err
 			}
-			in, err := e.load()
-			if err != nil {
-				return err
-			}
-			if err := needRoot(changesHost); err != nil {
-				return err
-			}
-			if !hostOnly {
-				// Starting and stopping VMs: one command at a time.
-				lock, err := supervise.TakeLock(in.Host)
-				if err != nil {
-					return err
-				}
-				defer lock.Release()
-			}
-			p, err := planFor(e, in, hostOnly)
-			if err != nil {
-				return err
-			}
-			if len(p.Errors) > 0 {
-				return errors.Join(append(p.Errors, errors.New("nothing was changed; fix these and run apply again (microvm plan shows them too)"))...)
-			}
-			if err := p.Apply(e.stdout); err != nil {
-				return fmt.Errorf("%w\nnothing was rolled back; fix the cause and run apply again to finish", err)
-			}
-			if len(p.Actions) == 0 {
-				fmt.Fprintln(e.stdout, "no changes")
-			}
-			return nil
+			return applyFile(e, hostOnly)
 		},
 	}
+}
+
+// applyFile is apply: of the file e names, which microvm host --fleet
+// also calls with its part.
+func applyFile(e *env, hostOnly bool) error {
+	in, err := e.load()
+	if err != nil {
+		return err
+	}
+	if err := notWholeFleet(in); err != nil {
+		return err
+	}
+	if err := needRoot(changesHost); err != nil {
+		return err
+	}
+	if !hostOnly {
+		// Starting and stopping VMs: one command at a time.
+		lock, err := supervise.TakeLock(in.Host)
+		if err != nil {
+			return err
+		}
+		defer lock.Release()
+	}
+	p, err := planFor(e, in, hostOnly)
+	if err != nil {
+		return err
+	}
+	if len(p.Errors) > 0 {
+		return errors.Join(append(p.Errors, errors.New("nothing was changed; fix these and run apply again (microvm plan shows them too)"))...)
+	}
+	if err := p.Apply(e.stdout); err != nil {
+		return fmt.Errorf("%w\nnothing was rolled back; fix the cause and run apply again to finish", err)
+	}
+	if len(p.Actions) == 0 {
+		fmt.Fprintln(e.stdout, "no changes")
+	}
+	return nil
+}
+
+// notWholeFleet refuses to run a fleet's whole file on one host: each host
+// runs its part, which microvm host --fleet writes.
+func notWholeFleet(in *config.Infra) error {
+	if in.IsFleet() && in.Part.Host == "" {
+		return fmt.Errorf("%s is a fleet's file ([fleet.host.NAME]); push it with microvm fleet push, and run microvm host --fleet on each host (docs/fleet.md)", in.File)
+	}
+	return nil
 }

@@ -67,7 +67,7 @@ func commands() []*command {
 	return []*command{validateCmd(), planCmd(), applyCmd(), teardownCmd(),
 		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), infoCmd(), topCmd(),
 		logsCmd(), consoleCmd(), sshCmd(), execCmd(), checkCmd(),
-		runCmd(), keepCmd(), hostCmd(), imageCmd(), secretCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
+		runCmd(), keepCmd(), hostCmd(), fleetCmd(), imageCmd(), secretCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
 }
 
 // errUsage marks a mistake on the command line (exit status 2).
@@ -97,6 +97,9 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var st exitStatus
 	if errors.As(err, &st) {
 		return int(st)
+	}
+	if away := (*elsewhere)(nil); errors.As(err, &away) {
+		return forward(away, args, stdin, stdout, stderr)
 	}
 	name := strings.TrimSpace(strings.TrimPrefix(cmd.CommandPath(), "microvm"))
 	prefix := "microvm " + name + ": "

@@ -43,6 +43,9 @@ func namedVMs(in *config.Infra, names []string, all bool) ([]*config.VM, error) 
 	for _, n := range names {
 		vm, ok := in.VM(n)
 		if !ok {
+			if err := away(in, names, n); err != nil {
+				return nil, err
+			}
 			var have []string
 			for _, v := range in.VMs {
 				have = append(have, v.Name)
@@ -59,6 +62,9 @@ func namedVMs(in *config.Infra, names []string, all bool) ([]*config.VM, error) 
 func (e *env) lifecycle() (*config.Infra, supervise.Manager, *supervise.Lock, error) {
 	in, err := e.load()
 	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := notWholeFleet(in); err != nil {
 		return nil, nil, nil, err
 	}
 	if os.Geteuid() != 0 {

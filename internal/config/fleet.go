@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2/unstable"
@@ -29,6 +30,8 @@ import (
 //	host = "hv1"
 //	vms = ["web"]
 //	revision = 12              # etcd's revision of the file the part is of
+//	etcd = ["https://192.168.1.11:2379"]   # how local commands reach the fleet
+//	certs = "/etc/microvm/fleet"           # with this host's certificate
 
 // FleetHost is one [fleet.host.NAME] table.
 type FleetHost struct {
@@ -43,11 +46,13 @@ type Part struct {
 	Host     string
 	VMs      []string
 	Revision int64
+	Etcd     []string // the endpoints the daemon reads the fleet from
+	Certs    string   // the directory of its certificates
 }
 
 var (
-	fleetHostKeys = []string{"address", "memory", "uplink", "state_dir", "run_dir", "storage", "zfs_dataset", "accel", "ipv6_prefix"}
-	partKeys      = []string{"host", "vms", "revision"}
+	fleetHostKeys = []string{"address", "memory", "uplink", "state_dir", "run_dir", "storage", "zfs_dataset", "accel", "ipv6_prefix", "tailscale_socket"}
+	partKeys      = []string{"host", "vms", "revision", "etcd", "certs"}
 )
 
 // IsFleet says the file declares hosts: it is pushed with fleet push, and
@@ -66,22 +71,26 @@ func (in *Infra) FleetHost(name string) (*FleetHost, bool) {
 
 // WithPart returns the fleet file src with the part of host added: the
 // file that host's daemon writes, and what Parse reads as its model.
-func WithPart(src []byte, host string, vms []string, revision int64) []byte {
+func WithPart(src []byte, part Part) []byte {
 	var b strings.Builder
 	b.Write(src)
 	if len(src) > 0 && src[len(src)-1] != '\n' {
 		b.WriteByte('\n')
 	}
-	fmt.Fprintf(&b, "\n# Written by microvm host --fleet: this host's part of the fleet's file at\n# etcd revision %d. Edit the fleet's file and run microvm fleet push instead.\n", revision)
-	fmt.Fprintf(&b, "[fleet.part]\nhost = %q\nvms = [", host)
-	for i, vm := range vms {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "%q", vm)
+	fmt.Fprintf(&b, "\n# Written by microvm host --fleet: this host's part of the fleet's file at\n# etcd revision %d. Edit the fleet's file and run microvm fleet push instead.\n", part.Revision)
+	fmt.Fprintf(&b, "[fleet.part]\nhost = %q\nvms = %s\nrevision = %d\n", part.Host, tomlList(part.VMs), part.Revision)
+	if len(part.Etcd) > 0 {
+		fmt.Fprintf(&b, "etcd = %s\ncerts = %q\n", tomlList(part.Etcd), part.Certs)
 	}
-	fmt.Fprintf(&b, "]\nrevision = %d\n", revision)
 	return []byte(b.String())
+}
+
+func tomlList(l []string) string {
+	q := make([]string, len(l))
+	for i, s := range l {
+		q[i] = strconv.Quote(s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
 
 // decodeFleet stores an entry under [fleet].
@@ -145,12 +154,22 @@ func (p *parser) overlayPart() {
 			p.errorf(v.pos, "fleet.part.revision must be a whole number, etcd's revision of the file")
 		}
 	}
+	if v, ok := p.part["etcd"]; ok {
+		part.Etcd = slices.Clone(v.list)
+	}
+	if v, ok := p.part["certs"]; ok {
+		part.Certs, _ = p.str(v, "fleet.part.certs")
+	}
 	for _, t := range p.hosts {
 		if t.name != part.Host {
 			continue
 		}
 		for k, v := range t.vals {
-			if k != "address" && k != "memory" {
+			switch k {
+			case "address", "memory":
+			case "tailscale_socket": // a host's tailscaled may listen elsewhere
+				p.ts["socket"] = v
+			default:
 				p.host[k] = v
 			}
 		}

@@ -48,7 +48,7 @@ func TestFleetPart(t *testing.T) {
 		{"hv2", "enp3s0", "/srv/microvms", []string{"web"}},
 		{"hv1", "eth0", "/var/lib/microvms", nil},
 	} {
-		in, err := Parse("part.toml", WithPart([]byte(fleetFile), tc.host, tc.vms, 7))
+		in, err := Parse("part.toml", WithPart([]byte(fleetFile), Part{Host: tc.host, VMs: tc.vms, Revision: 7}))
 		if err != nil {
 			t.Fatalf("part of %s: %v", tc.host, err)
 		}
