@@ -296,5 +296,53 @@ func partClient(in *config.Infra) (*clientv3.Client, error) {
 }
 
 func fleetSubcommands() []*command {
-	return []*command{fleetPushCmd(), fleetPullCmd(), fleetStatusCmd()}
+	return []*command{fleetPushCmd(), fleetPullCmd(), fleetStatusCmd(), fleetPlaceCmd()}
+}
+
+func fleetPlaceCmd() *command {
+	var ef etcdFlags
+	var to string
+	var withoutData bool
+	return &command{
+		name:   "place",
+		args:   "VM --to HOST --without-data",
+		short:  "place a VM of a lost host on another, without its data",
+		noFile: true,
+		long: `
+For a VM whose host is lost for good (fleet status says lost): places it
+on HOST, which starts it from its image, with a fresh /etc and /var,
+unless you restored its data there first (zfs recv of a backup into
+HOST's ZFS_DATASET/VM). Its data on the lost host is not touched. Refused
+while that host is alive: microvm move takes the data along instead.
+--without-data says you know the VM starts without its data.
+
+Examples:
+  microvm fleet place db --to hv1 --without-data`,
+		flags: func(fs *pflag.FlagSet) {
+			ef.register(fs, adminCertName)
+			fs.StringVar(&to, "to", "", "the host to place the VM on")
+			fs.BoolVar(&withoutData, "without-data", false, "the VM starts there without the data it had on its lost host")
+		},
+		run: func(e *env, args []string) error {
+			if len(args) != 1 || to == "" {
+				return fmt.Errorf("%w: name one VM and its new host, e.g. microvm fleet place db --to hv1 --without-data", errUsage)
+			}
+			if !withoutData {
+				return fmt.Errorf("%w: the VM starts on %s without the data it had; say so with --without-data (or restore its data there first)", errUsage, to)
+			}
+			cli, err := ef.connect()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			from, err := fleet.Replace(ctx, cli, args[0], to)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "placed %s on %s (it was on %s, which is lost; its data there is untouched)\n", args[0], to, from)
+			return nil
+		},
+	}
 }

@@ -117,3 +117,45 @@ func EndMove(ctx context.Context, cli *clientv3.Client, vm string) error {
 	_, err := cli.Delete(ctx, MoveKey(vm))
 	return err
 }
+
+// Replace places vm on host to without its data, for a VM whose host is
+// lost for good: only while vm is still placed on from, that host is not
+// alive, and no move of it is under way. The new host starts it from its
+// image, or from data the user restored there.
+func Replace(ctx context.Context, cli *clientv3.Client, vm, to string) (from string, err error) {
+	st, err := Load(ctx, cli)
+	if err != nil {
+		return "", err
+	}
+	in, err := st.Model()
+	if err != nil {
+		return "", err
+	}
+	from, ok := st.Placement[vm]
+	switch {
+	case !ok:
+		return "", fmt.Errorf("%s is not placed on any host", vm)
+	case from == to:
+		return "", fmt.Errorf("%s is placed on %s already", vm, to)
+	case st.Alive[from]:
+		return "", fmt.Errorf("%s is alive: move %s with its data instead (microvm move %s --to %s)", from, vm, vm, to)
+	}
+	if _, ok := in.FleetHost(to); !ok {
+		return "", fmt.Errorf("there is no host %q in the fleet's file", to)
+	}
+	if err := fits(st, in, vm, to); err != nil {
+		return "", err
+	}
+	resp, err := cli.Txn(ctx).If(
+		clientv3.Compare(clientv3.Value(PlacementKey(vm)), "=", from),
+		clientv3.Compare(clientv3.CreateRevision(MoveKey(vm)), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(AliveKey(from)), "=", 0),
+	).Then(clientv3.OpPut(PlacementKey(vm), to)).Commit()
+	if err != nil {
+		return "", fmt.Errorf("placing %s on %s: %w", vm, to, err)
+	}
+	if !resp.Succeeded {
+		return "", fmt.Errorf("placing %s on %s: its placement, a move of it, or %s's lease changed meanwhile; run it again", vm, to, from)
+	}
+	return from, nil
+}
