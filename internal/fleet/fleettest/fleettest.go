@@ -72,6 +72,7 @@ type Cluster struct {
 	members []Member
 	dir     string                   // data dirs and logs, DIR/NAME and DIR/NAME.log
 	procs   map[string]*exec.Cmd     // running members
+	ids     map[string]uint64        // members' IDs, as they answered
 	done    map[string]chan struct{} // closed when a member's process has exited
 }
 
@@ -83,7 +84,7 @@ func Start(t testing.TB, certs string, members []Member) *Cluster {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "etcd", "nsenter")
 	c := &Cluster{t: t, certs: certs, members: members, dir: t.TempDir(),
-		procs: map[string]*exec.Cmd{}, done: map[string]chan struct{}{}}
+		procs: map[string]*exec.Cmd{}, ids: map[string]uint64{}, done: map[string]chan struct{}{}}
 	t.Cleanup(c.Stop)
 	for _, m := range members {
 		c.start(m)
@@ -101,7 +102,10 @@ func (c *Cluster) Endpoints() []string {
 	return eps
 }
 
-// Kill ends member name at once (SIGKILL), as a crash or a power cut would.
+// Kill ends member name at once (SIGKILL), as a crash or a power cut
+// would. If the others are a quorum, it waits until they have a leader
+// among them: until then etcd would let a write time out (a proposal sent
+// to the dead leader is lost) rather than fail it.
 func (c *Cluster) Kill(name string) {
 	c.t.Helper()
 	cmd := c.procs[name]
@@ -111,6 +115,15 @@ func (c *Cluster) Kill(name string) {
 	cmd.Process.Kill()
 	<-c.done[name]
 	delete(c.procs, name)
+	var rest []Member
+	for _, m := range c.members {
+		if c.procs[m.Name] != nil {
+			rest = append(rest, m)
+		}
+	}
+	if len(rest) > len(c.members)/2 {
+		c.waitHealthy(rest)
+	}
 }
 
 // Restart starts member name again on its data and waits until it is back
@@ -160,6 +173,16 @@ func (c *Cluster) member(name string) Member {
 	return Member{}
 }
 
+// down says whether id is a member that is not running.
+func (c *Cluster) down(id uint64) bool {
+	for name, mid := range c.ids {
+		if mid == id {
+			return c.procs[name] == nil
+		}
+	}
+	return false
+}
+
 func (c *Cluster) log(name string) string { return filepath.Join(c.dir, name+".log") }
 
 func (c *Cluster) start(m Member) {
@@ -203,7 +226,8 @@ func (c *Cluster) start(m Member) {
 }
 
 // waitHealthy waits until each of members answers, from its own
-// namespace with its own certificate, and knows the cluster's leader.
+// namespace with its own certificate, and knows a leader that is not a
+// member known to be down.
 func (c *Cluster) waitHealthy(members []Member) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
@@ -220,11 +244,12 @@ func (c *Cluster) waitHealthy(members []Member) {
 			rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
 			st, err := cli.Status(rctx, m.clientURL())
 			rcancel()
-			if err == nil && st.Leader != 0 {
-				break
-			}
 			if err == nil {
-				err = fmt.Errorf("no leader yet")
+				c.ids[m.Name] = st.Header.MemberId
+				if st.Leader != 0 && !c.down(st.Leader) {
+					break
+				}
+				err = fmt.Errorf("no leader yet (%x)", st.Leader)
 			}
 			last = err
 			if ctx.Err() != nil {
