@@ -155,6 +155,12 @@ func TestAuth(t *testing.T) {
 	if _, err := hv2.Revoke(ctx, lease.ID); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Errorf("hv2 revokes hv1's lease: got %v, want %v", err, rpctypes.ErrPermissionDenied)
 	}
+	// etcd checks no permission to renew a lease: another host can keep
+	// hv1's alive key alive (docs/fleet.md says so; this fails when etcd
+	// starts checking, for the doc to change).
+	if _, err := hv2.KeepAliveOnce(ctx, lease.ID); err != nil {
+		t.Errorf("hv2 renews hv1's lease: got %v, want success, as docs/fleet.md says", err)
+	}
 	got, err := root.Get(ctx, fleet.AliveKey("hv1"))
 	if err != nil || len(got.Kvs) != 1 || got.Kvs[0].Lease != int64(lease.ID) {
 		t.Errorf("hv1's alive key, read by root: got %v, %v; want it on lease %x", got, err, lease.ID)
