@@ -382,7 +382,7 @@ func badValue(f *pflag.Flag, value string) error {
 	}
 	var want string
 	switch f.Value.Type() {
-	case "int":
+	case "int", "int64":
 		want = "a whole number (0 or more), e.g. " + use + " 50"
 	case "duration":
 		want = "a duration (0 or more) with its unit, e.g. " + use + " 30s, 2m or 1h30m"
@@ -402,7 +402,7 @@ func badValue(f *pflag.Flag, value string) error {
 func notNegative(fs *pflag.FlagSet) error {
 	var err error
 	fs.Visit(func(f *pflag.Flag) {
-		if t := f.Value.Type(); err == nil && (t == "int" || t == "duration") && strings.HasPrefix(f.Value.String(), "-") {
+		if t := f.Value.Type(); err == nil && (t == "int" || t == "int64" || t == "duration") && strings.HasPrefix(f.Value.String(), "-") {
 			err = badValue(f, f.Value.String())
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // Certs is a directory of the fleet's certificates, as fleet init writes
@@ -57,6 +58,9 @@ func Connect(endpoints []string, c Certs) (*clientv3.Client, error) {
 		// host must notice it lost etcd and say so.
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
+		// The client's own log (retries, reconnections) is not the
+		// user's: errors reach them through the calls that fail.
+		Logger: zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd at %v: %w", endpoints, err)
