@@ -99,7 +99,7 @@ func Send(h config.Host, vm, snap, base string, w io.Writer) error {
 			return fmt.Errorf("sending %s: the base %s is the snapshot sent; name an older one", vm, base)
 		}
 		if !snapExists(ds + "@" + base) {
-			return fmt.Errorf("sending %s: no snapshot %s@%s to send the changes since; send the whole dataset (no base)", vm, ds, base)
+			return fmt.Errorf("sending %s: it has no snapshot %s (%s@%s) to send the changes since; send the whole dataset (no base)", vm, base, ds, base)
 		}
 		args = append(args, "-i", ds+"@"+base)
 	}

@@ -6,6 +6,7 @@ package storage
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -77,10 +78,7 @@ func tree(t *testing.T, dir string) map[string]string {
 			if err != nil {
 				return err
 			}
-			desc += fmt.Sprintf(" %d %x", len(b), b[:min(len(b), 32)])
-			if len(b) > 32 {
-				desc += fmt.Sprintf("...%x", b[len(b)-32:])
-			}
+			desc += fmt.Sprintf(" %d bytes sha256 %x", len(b), sha256.Sum256(b))
 		}
 		out[rel] = desc
 		return nil
