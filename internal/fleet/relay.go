@@ -29,7 +29,7 @@ import (
 // It returns the bytes relayed, and an error with what each side said if
 // either failed.
 func Relay(ctx context.Context, ssh []string, src, dst, microvm string, vm, snap, base string) (bytes int64, err error) {
-	if err := checkNames(vm, snap, base); err != nil {
+	if err := checkNames(ssh, vm, snap, base); err != nil {
 		return 0, err
 	}
 	sendArgs := []string{"fleet", "send", vm, "--snapshot", snap}
@@ -78,7 +78,7 @@ func Relay(ctx context.Context, ssh []string, src, dst, microvm string, vm, snap
 // RemoteSnapshots lists the move snapshots of vm on host, oldest first:
 // `SSH... host MICROVM fleet receive VM --list`.
 func RemoteSnapshots(ctx context.Context, ssh []string, host, microvm, vm string) ([]string, error) {
-	if err := checkNames(vm, "", ""); err != nil {
+	if err := checkNames(ssh, vm, "", ""); err != nil {
 		return nil, err
 	}
 	var stderr tail
@@ -117,9 +117,13 @@ func CommonBase(a, b []string) string {
 	return ""
 }
 
-// checkNames refuses names that are not a VM's and a move snapshot's:
-// they become words of a command line a remote shell reads.
-func checkNames(vm, snap, base string) error {
+// checkNames refuses names that are not a VM's and a move snapshot's,
+// which become words of a command line a remote shell reads, and an empty
+// ssh command.
+func checkNames(ssh []string, vm, snap, base string) error {
+	if len(ssh) == 0 {
+		return errors.New("no ssh command to reach the hosts with")
+	}
 	if !config.IsVMName(vm) {
 		return fmt.Errorf("%q is not a VM name", vm)
 	}

@@ -63,6 +63,9 @@ func TestRelayNames(t *testing.T) {
 	if _, err := RemoteSnapshots(context.Background(), ssh, "a", "microvm", "../x"); err == nil || !strings.Contains(err.Error(), "is not a VM name") {
 		t.Errorf("RemoteSnapshots(../x): got %v", err)
 	}
+	if _, err := Relay(context.Background(), nil, "a", "b", "microvm", "vm1", "move-1", ""); err == nil || !strings.Contains(err.Error(), "no ssh command") {
+		t.Errorf("Relay without an ssh command: got %v", err)
+	}
 }
 
 // relayHost is one host of the relay test: an infra.toml on its own pool,

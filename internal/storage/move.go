@@ -139,8 +139,12 @@ func Receive(h config.Host, vm string, running bool, r io.Reader) error {
 	if running {
 		return fmt.Errorf("receiving %s: it runs on this host, and its data would change under it; stop it here first (microvm down %s)", vm, vm)
 	}
-	if !exists(h.ZFSDataset) {
-		return fmt.Errorf("receiving %s: this host has no dataset %s yet; run microvm apply --host-only here first", vm, h.ZFSDataset)
+	parent, err := run("zfs", "get", "-H", "-o", "value", "mountpoint", h.ZFSDataset)
+	if err != nil {
+		return fmt.Errorf("receiving %s: this host has no dataset %s yet (%v); run microvm apply --host-only here first", vm, h.ZFSDataset, err)
+	}
+	if got := filepath.Clean(strings.TrimSpace(parent)); got != h.StateDir {
+		return fmt.Errorf("receiving %s: dataset %s is mounted at %s, not at %s where this host's state_dir puts it; set state_dir to match, or move the dataset: zfs set mountpoint=%s %s", vm, h.ZFSDataset, got, h.StateDir, h.StateDir, h.ZFSDataset)
 	}
 	have := exists(ds)
 	if have {
@@ -191,7 +195,7 @@ func Receive(h config.Host, vm string, running bool, r io.Reader) error {
 		return fmt.Errorf("reading the mount point of %s: %w", ds, err)
 	}
 	if got := filepath.Clean(strings.TrimSpace(mp)); got != v.StateDir {
-		return fmt.Errorf("received %s, but it is to be mounted at %s, not at %s where this host's state_dir puts it; mount %s at %s (zfs set mountpoint=%s %s)", ds, got, v.StateDir, h.ZFSDataset, h.StateDir, h.StateDir, h.ZFSDataset)
+		return fmt.Errorf("received %s, but it is to be mounted at %s, not at %s where this host's state_dir puts it; zfs inherit mountpoint %s puts it there", ds, got, v.StateDir, ds)
 	}
 	if err := (&MountDataset{Name: ds}).Apply(); err != nil {
 		return err

@@ -225,6 +225,9 @@ func TestMoveRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	dirHost := model(t, t.TempDir(), "", "vm1").Host
+	elsewhere, noParent := b, b
+	elsewhere.StateDir = filepath.Join(t.TempDir(), "state")
+	noParent.ZFSDataset = b.ZFSDataset + "-not-made"
 
 	// What each case finds on b before the receive.
 	mine := func(vm string) func(t *testing.T) {
@@ -249,6 +252,8 @@ func TestMoveRefuses(t *testing.T) {
 	}{
 		{name: "dir storage", host: dirHost, vm: "d1", stream: whole, want: `needs storage = "zfs"`},
 		{name: "bad VM name", host: b, vm: "../etc", stream: whole, want: `"../etc" is not a VM name`},
+		{name: "parent mounted elsewhere", host: elsewhere, vm: "s1", stream: whole, want: "is mounted at " + b.StateDir},
+		{name: "no parent", host: noParent, vm: "n1", stream: whole, want: "microvm apply --host-only"},
 		{name: "running", host: b, vm: "r1", running: true, stream: whole, want: "runs on this host"},
 		{name: "dataset not from a move", host: b, vm: "m1", setup: mine("m1"), stream: whole, want: "has no move-* snapshot"},
 		{name: "files in the way", host: b, vm: "f1", setup: dirFiles("f1"), stream: whole, want: "already holds files"},
