@@ -159,10 +159,33 @@ func TestMove(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A volume: a sparse file in the VM's dataset, which arrives whole
+	// without taking its size on disk.
+	volume := filepath.Join("volumes", "data.img")
+	write(t, filepath.Join(vmA.StateDir, volume), nil)
+	if err := os.Truncate(filepath.Join(vmA.StateDir, volume), 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(vmA.StateDir, volume), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("superblock"), 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
 	if err := move(a, b, "vm1", "move-1", ""); err != nil {
 		t.Fatalf("whole: %v", err)
 	}
 	sameTree(t, "whole", vmA.StateDir, vmB.StateDir)
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(vmB.StateDir, volume), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != 32<<20 || st.Blocks*512 > 1<<20 {
+		t.Errorf("the volume on the target: %d bytes in %d blocks, want 32 MiB in a few", st.Size, st.Blocks)
+	}
 	wantMoveSnapshots(t, "whole, source", a, "vm1", "move-1")
 	wantMoveSnapshots(t, "whole, target", b, "vm1", "move-1")
 	ds := b.VMDataset(vmB)
