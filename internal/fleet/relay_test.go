@@ -276,3 +276,32 @@ func sameTree(t *testing.T, step, a, b string) {
 		}
 	}
 }
+
+// TestRemoteSnapshotsOutput: what a host lists is checked before the
+// mover uses it as a word of another command line (a stand-in for ssh
+// prints it here; TestRelay lists real ones).
+func TestRemoteSnapshotsOutput(t *testing.T) {
+	tests := []struct {
+		out  string
+		want []string
+		err  string
+	}{
+		{"", nil, ""},
+		{"move-1\nmove-2\n", []string{"move-1", "move-2"}, ""},
+		{"move-1\nmove-2; reboot\n", nil, "not the name of a move's snapshot"},
+		{"before-upgrade\n", nil, "not the name of a move's snapshot"},
+	}
+	for _, tt := range tests {
+		ssh := []string{"sh", "-c", `printf "$0"`, tt.out}
+		got, err := RemoteSnapshots(context.Background(), ssh, "host", "microvm", "vm1")
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("listing %q: got %q, %v; want an error with %q", tt.out, got, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("listing %q: got %q, %v; want %q", tt.out, got, err, tt.want)
+		}
+	}
+}
