@@ -120,8 +120,10 @@ func TestRelay(t *testing.T) {
 		t.Fatalf("ip link set lo up: %s", out)
 	}
 	bin := testenv.Binaries(t)
-	if out, err := exec.Command(bin, "fleet", "send", "--help").CombinedOutput(); err != nil {
-		t.Fatalf("%s fleet send --help: %v\n%s(internal/cli registers fleetSendCmd and fleetReceiveCmd under fleet)", bin, err, out)
+	for _, c := range []string{"send", "receive"} {
+		if out, _ := exec.Command(bin, "help", "fleet", c).CombinedOutput(); !strings.Contains(string(out), "Usage: microvm fleet "+c) {
+			t.Fatalf("microvm has no fleet %s command (internal/cli registers fleetSendCmd and fleetReceiveCmd under fleet); microvm help fleet %s:\n%s", c, c, out)
+		}
 	}
 	sshDir := t.TempDir()
 	a := newRelayHost(t, pools[0], "vm1", sshDir, ns, netip.MustParseAddr("127.0.0.1"))

@@ -112,7 +112,7 @@ func StartSSHD(dir, ns string, addr netip.Addr, env ...string) (*SSHD, error) {
 	}
 	go func() { s.cmd.Wait(); close(s.done) }()
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if TCP(ns, netip.AddrPortFrom(addr, sshPort)).Reached {
+		if r := TCP(ns, netip.AddrPortFrom(addr, sshPort)); r.Reached && !r.Refused {
 			return s, nil
 		}
 		select {
