@@ -53,7 +53,12 @@ type Pool struct {
 // New makes a pool for t: a 256 MiB sparse file under Dir, with no mount
 // point of its own (-m none), so that nothing is mounted but what the test
 // mounts under Dir.
-func New(t testing.TB) *Pool {
+func New(t testing.TB) *Pool { return Pools(t, 1)[0] }
+
+// Pools makes n pools for t, as New makes one: for a test of several
+// hosts, each with its own pool. (New twice would wait for itself on the
+// lock.)
+func Pools(t testing.TB, n int) []*Pool {
 	t.Helper()
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "zfs", "zpool")
@@ -61,15 +66,24 @@ func New(t testing.TB) *Pool {
 	if err := SharedRoot(); err != nil {
 		t.Fatal(err)
 	}
-	p := &Pool{Dir: t.TempDir()}
 	if !answers() { // no zfs-fuse running, and no kernel ZFS
 		testenv.NeedCommands(t, "zfs-fuse")
 		if _, err := os.Stat("/dev/fuse"); err != nil {
 			testenv.Unavailable(t, "zfs-fuse needs /dev/fuse (modprobe fuse; in a container, pass the device in)")
 		}
-		startDaemon(t, p.Dir)
+		startDaemon(t, t.TempDir())
 	}
+	var pools []*Pool
+	for range n {
+		pools = append(pools, create(t))
+	}
+	return pools
+}
 
+// create makes one pool, destroyed when t ends.
+func create(t testing.TB) *Pool {
+	t.Helper()
+	p := &Pool{Dir: t.TempDir()}
 	id := make([]byte, 4)
 	rand.Read(id)
 	p.Name = PoolPrefix + hex.EncodeToString(id)
