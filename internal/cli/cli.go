@@ -67,7 +67,7 @@ func commands() []*command {
 	return []*command{validateCmd(), planCmd(), applyCmd(), teardownCmd(),
 		upCmd(), downCmd(), restartCmd(), updateCmd(), destroyCmd(), statusCmd("status"), statusCmd("list"), infoCmd(), topCmd(),
 		logsCmd(), consoleCmd(), sshCmd(), execCmd(), checkCmd(),
-		runCmd(), keepCmd(), hostCmd(), fleetCmd(), imageCmd(), secretCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
+		runCmd(), keepCmd(), hostCmd(), fleetCmd(), moveCmd(), imageCmd(), secretCmd(), snapshotCmd(), snapshotsCmd(), rollbackCmd(), demoCmd(), completionCmd(), versionCmd()}
 }
 
 // errUsage marks a mistake on the command line (exit status 2).

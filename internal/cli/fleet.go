@@ -296,7 +296,7 @@ func partClient(in *config.Infra) (*clientv3.Client, error) {
 }
 
 func fleetSubcommands() []*command {
-	return []*command{fleetInitCmd(), fleetPushCmd(), fleetPullCmd(), fleetStatusCmd(), fleetPlaceCmd()}
+	return []*command{fleetInitCmd(), fleetPushCmd(), fleetPullCmd(), fleetStatusCmd(), fleetPlaceCmd(), fleetSendCmd(), fleetReceiveCmd()}
 }
 
 func fleetPlaceCmd() *command {

@@ -10,6 +10,7 @@ package fleet
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,7 +126,7 @@ func TestFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { unix.Unmount(imgDir, unix.MNT_DETACH) })
-		members = append(members, fleettest.Member{Name: fmt.Sprintf("etcd%d", i+1), IP: h.addr, Netns: h.sb.Host})
+		members = append(members, fleettest.Member{Name: fmt.Sprintf("etcd%d", i+1), IP: netip.MustParseAddr(h.addr), Netns: h.sb.Host})
 	}
 
 	// The admin: certificates for the members, the hosts and root; then
@@ -146,7 +147,7 @@ func TestFleet(t *testing.T) {
 	}
 	var ms []string
 	for _, m := range members {
-		ms = append(ms, m.Name+"="+m.IP)
+		ms = append(ms, m.Name+"="+m.IP.String())
 	}
 	must(hosts[0], "fleet", "init", "--dir", certs, "--hosts", "hv1,hv2,hv3", "--members", strings.Join(ms, ","))
 	cluster := fleettest.Start(t, certs, members)
@@ -155,12 +156,17 @@ func TestFleet(t *testing.T) {
 	must(hosts[0], "fleet", "init", "--dir", certs, "--hosts", "hv1,hv2,hv3", "--members", strings.Join(ms, ","), "--etcd", eps)
 
 	// sshd on each host; ssh as the admin through the test's key.
-	var sshCmd string
+	var sshd *sandbox.SSHD
 	for _, h := range hosts {
-		s := sandbox.StartSSHD(t, h.sb.Host, h.addr, map[string]string{config.EnvFile: h.part})
-		sshCmd = s.Client
+		s, err := sandbox.StartSSHD(filepath.Join(dir, "ssh"), h.sb.Host, netip.MustParseAddr(h.addr), config.EnvFile+"="+h.part)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Stop() })
+		sshd = s
 	}
-	t.Setenv("MICROVM_FLEET_SSH", sshCmd)
+	// Every command runs inside a host's namespace already.
+	t.Setenv("MICROVM_FLEET_SSH", strings.Join(sshd.Client(hosts[0].sb.Host)[3:], " "))
 
 	// The daemons.
 	start := func(h *host) {
