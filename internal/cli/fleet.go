@@ -306,29 +306,30 @@ func fleetPlaceCmd() *command {
 	return &command{
 		name:   "place",
 		args:   "VM --to HOST --without-data",
-		short:  "place a VM of a lost host on another, without its data",
+		short:  "place a VM on another host without carrying its data (its host is lost, or you copied it)",
 		noFile: true,
 		long: `
-For a VM whose host is lost for good (fleet status says lost): places it
-on HOST, which starts it from its image, with a fresh /etc and /var,
-unless you restored its data there first (zfs recv of a backup into
-HOST's ZFS_DATASET/VM). Its data on the lost host is not touched. Refused
-while that host is alive: microvm move takes the data along instead.
---without-data says you know the VM starts without its data.
+For a VM whose host is lost for good (fleet status says lost), or whose
+data you copied yourself (with storage = "dir", where move cannot send
+it): places it on HOST, which starts it from what is in HOST's
+STATE_DIR/VM: the data you put there, or a fresh /etc and /var from its
+image. Its data on the old host is not touched. Refused while the VM runs
+on a host that is alive: microvm move takes the data along instead.
+--without-data says you know the program carries none of its data.
 
 Examples:
   microvm fleet place db --to hv1 --without-data`,
 		flags: func(fs *pflag.FlagSet) {
 			ef.register(fs, adminCertName)
 			fs.StringVar(&to, "to", "", "the host to place the VM on")
-			fs.BoolVar(&withoutData, "without-data", false, "the VM starts there without the data it had on its lost host")
+			fs.BoolVar(&withoutData, "without-data", false, "the program carries none of the VM's data (lost, or copied by you)")
 		},
 		run: func(e *env, args []string) error {
 			if len(args) != 1 || to == "" {
 				return fmt.Errorf("%w: name one VM and its new host, e.g. microvm fleet place db --to hv1 --without-data", errUsage)
 			}
 			if !withoutData {
-				return fmt.Errorf("%w: the VM starts on %s without the data it had; say so with --without-data (or restore its data there first)", errUsage, to)
+				return fmt.Errorf("%w: the program carries none of the VM's data to %s; say you know with --without-data", errUsage, to)
 			}
 			cli, err := ef.connect()
 			if err != nil {
@@ -341,7 +342,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "placed %s on %s (it was on %s, which is lost; its data there is untouched)\n", args[0], to, from)
+			fmt.Fprintf(e.stdout, "placed %s on %s (it was on %s; its data there is untouched)\n", args[0], to, from)
 			return nil
 		},
 	}

@@ -118,10 +118,11 @@ func EndMove(ctx context.Context, cli *clientv3.Client, vm string) error {
 	return err
 }
 
-// Replace places vm on host to without its data, for a VM whose host is
-// lost for good: only while vm is still placed on from, that host is not
-// alive, and no move of it is under way. The new host starts it from its
-// image, or from data the user restored there.
+// Replace places vm on host to without carrying its data, for a VM whose
+// host is lost for good, or whose data the user copied by hand: only while
+// vm is still placed on from, no move of it is under way, and from is not
+// alive or says vm is stopped there. The new host starts it from its
+// image, or from the data the user put there.
 func Replace(ctx context.Context, cli *clientv3.Client, vm, to string) (from string, err error) {
 	st, err := Load(ctx, cli)
 	if err != nil {
@@ -137,8 +138,8 @@ func Replace(ctx context.Context, cli *clientv3.Client, vm, to string) (from str
 		return "", fmt.Errorf("%s is not placed on any host", vm)
 	case from == to:
 		return "", fmt.Errorf("%s is placed on %s already", vm, to)
-	case st.Alive[from]:
-		return "", fmt.Errorf("%s is alive: move %s with its data instead (microvm move %s --to %s)", from, vm, vm, to)
+	case st.Alive[from] && !stoppedOn(st.Hosts[from], vm):
+		return "", fmt.Errorf("%s runs on %s, which is alive: move it with its data (microvm move %s --to %s), or stop it there first (microvm down %s)", vm, from, vm, to, vm)
 	}
 	if _, ok := in.FleetHost(to); !ok {
 		return "", fmt.Errorf("there is no host %q in the fleet's file", to)
@@ -149,7 +150,6 @@ func Replace(ctx context.Context, cli *clientv3.Client, vm, to string) (from str
 	resp, err := cli.Txn(ctx).If(
 		clientv3.Compare(clientv3.Value(PlacementKey(vm)), "=", from),
 		clientv3.Compare(clientv3.CreateRevision(MoveKey(vm)), "=", 0),
-		clientv3.Compare(clientv3.CreateRevision(AliveKey(from)), "=", 0),
 	).Then(clientv3.OpPut(PlacementKey(vm), to)).Commit()
 	if err != nil {
 		return "", fmt.Errorf("placing %s on %s: %w", vm, to, err)
@@ -158,4 +158,14 @@ func Replace(ctx context.Context, cli *clientv3.Client, vm, to string) (from str
 		return "", fmt.Errorf("placing %s on %s: its placement, a move of it, or %s's lease changed meanwhile; run it again", vm, to, from)
 	}
 	return from, nil
+}
+
+// stoppedOn says whether host's status has vm stopped, or not at all.
+func stoppedOn(hs HostStatus, vm string) bool {
+	for _, v := range hs.VMs {
+		if v.Name == vm {
+			return v.State == "stopped"
+		}
+	}
+	return true
 }

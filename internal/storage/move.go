@@ -24,7 +24,7 @@ const MovePrefix = "move-"
 
 // ErrMoveNeedsZFS is the answer of every move operation on a host with
 // storage = "dir".
-var ErrMoveNeedsZFS = errors.New(`moving a VM needs storage = "zfs" on both hosts; with storage = "dir" a VM's data is plain directories, which cannot be sent while it runs. Set [host] storage = "zfs" (docs/fleet.md), or copy the data yourself: stop the VM, copy STATE_DIR/VM with rsync -aHAX --numeric-ids to the other host, and place it there with microvm fleet place VM --to HOST --lost-data-ok`)
+var ErrMoveNeedsZFS = errors.New(`moving a VM needs storage = "zfs" on both hosts; with storage = "dir" a VM's data is plain directories, which cannot be sent while it runs. Set [host] storage = "zfs" (docs/fleet.md), or copy the data yourself: stop the VM (microvm down VM), copy STATE_DIR/VM with rsync -aHAX --numeric-ids to the other host, and place it there with microvm fleet place VM --to HOST --without-data`)
 
 // CheckMoveSnapshot returns an error unless name is move- and a label.
 func CheckMoveSnapshot(name string) error {
