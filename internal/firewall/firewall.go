@@ -68,29 +68,35 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 
 	set vm_bridges {
 		type ifname
+{{- if .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}"{{end}} }
+{{- end}}
 	}
 
 	set vm_sources {
 		type ifname . ipv4_addr . ether_addr
+{{- if .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Addr}} . {{$v.MAC}}{{end}} }
+{{- end}}
 	}
 
 	set vm_sources6 {
 		type ifname . ipv6_addr . ether_addr
-{{- if .IPv6}}
+{{- if and .IPv6 .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Addr6}} . {{$v.MAC}}, "{{$v.Bridge}}" . {{$v.LinkLocal6}} . {{$v.MAC}}{{end}} }
 {{- end}}
 	}
 
 	set vm_gateways {
 		type ifname . ipv4_addr
+{{- if .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Gateway}}{{end}} }
+{{- end}}
 	}
 
 	set vm_gateways6 {
 		type ifname . ipv6_addr
-{{- if .IPv6}}
+{{- if and .IPv6 .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" . {{$v.Gateway6}}{{end}} }
 {{- end}}
 	}
@@ -98,13 +104,15 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 	set vm_subnets {
 		type ipv4_addr
 		flags interval
+{{- if .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}{{$v.Subnet}}{{end}} }
+{{- end}}
 	}
 
 	set vm_subnets6 {
 		type ipv6_addr
 		flags interval
-{{- if .IPv6}}
+{{- if and .IPv6 .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}{{$v.Subnet6}}{{end}} }
 {{- end}}
 	}
@@ -197,12 +205,16 @@ var ruleset = template.Must(template.New("nft").Parse(`table inet {{.Table}} {
 {{end}}
 	map vm_drops_from {
 		type ifname : counter
+{{- if .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" : "drop_from_{{$v.Name}}"{{end}} }
+{{- end}}
 	}
 
 	map vm_drops_to {
 		type ifname : counter
+{{- if .VMs}}
 		elements = { {{range $i, $v := .VMs}}{{if $i}}, {{end}}"{{$v.Bridge}}" : "drop_to_{{$v.Name}}"{{end}} }
+{{- end}}
 	}
 
 	map published {

@@ -266,7 +266,7 @@ func TestAllowVMToTailnet(t *testing.T) {
 func TestRulesetLoads(t *testing.T) {
 	testenv.NeedCommands(t, "nft")
 	ns := testenv.NetNS(t)
-	for _, file := range []string{"../../examples/infra.toml", "testdata/allow.toml", "testdata/openings.toml", "testdata/dualstack.toml", "testdata/ipv4only.toml"} {
+	for _, file := range []string{"../../examples/infra.toml", "testdata/allow.toml", "testdata/openings.toml", "testdata/dualstack.toml", "testdata/ipv4only.toml", "testdata/novms.toml"} {
 		in, err := config.Load(file)
 		if err != nil {
 			t.Fatal(err)
