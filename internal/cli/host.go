@@ -116,6 +116,21 @@ func fleetHost(e *env, ef *etcdFlags) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-stop; cancel() }()
 	var keeper sync.Once
+	keep := func() {
+		keeper.Do(func() {
+			go metrics.Serve(&metrics.Reader{File: file, Cgroups: vmCgroup}, version(), stop, metrics.Logger(e.stderr))
+			go func() {
+				if err := hostpart.Run(hostpart.Options{File: file}, stop, e.stderr); err != nil {
+					fmt.Fprintf(e.stderr, "host part: %v\n", err)
+				}
+			}()
+		})
+	}
+	// A part from before (a reboot): its host part is kept from the start,
+	// etcd or not, as the VMs systemd starts at boot need it.
+	if in, err := config.Load(file); err == nil && in.Part.Host == ef.name {
+		keep()
+	}
 	m := &fleet.Member{
 		Client: cli, Etcd: ef.list(), Certs: fleet.Certs{Dir: ef.certs, Name: ef.name}, Name: ef.name, File: file,
 		Version: version(), Log: e.stderr,
@@ -123,14 +138,7 @@ func fleetHost(e *env, ef *etcdFlags) error {
 			if err := applyFile(&env{stdin: e.stdin, stdout: e.stderr, stderr: e.stderr, fileFlag: file}, false); err != nil {
 				return err
 			}
-			keeper.Do(func() {
-				go metrics.Serve(&metrics.Reader{File: file, Cgroups: vmCgroup}, version(), stop, metrics.Logger(e.stderr))
-				go func() {
-					if err := hostpart.Run(hostpart.Options{File: file}, stop, e.stderr); err != nil {
-						fmt.Fprintf(e.stderr, "host part: %v\n", err)
-					}
-				}()
-			})
+			keep()
 			return nil
 		},
 		Observe: func(file string) ([]fleet.VMStatus, error) { return observe(e, file) },

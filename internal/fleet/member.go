@@ -41,6 +41,7 @@ type Member struct {
 	held      chan struct{} // closed when the lease is lost
 	lastSaid  []byte        // the status last written
 	lostSince time.Time
+	lastErr   string // the problem last logged: said once until it changes
 }
 
 // partMarker is in every part file: a file without it is the user's, and
@@ -99,8 +100,12 @@ func (m *Member) Run(ctx context.Context) error {
 				}
 			}
 		}
-		if applyErr != nil {
+		if applyErr != nil && applyErr.Error() != m.lastErr {
 			fmt.Fprintf(m.Log, "fleet: %v\n", applyErr)
+		}
+		m.lastErr = ""
+		if applyErr != nil {
+			m.lastErr = applyErr.Error()
 		}
 		m.report(ctx, st.FileRev, applied != nil, applyErr)
 		m.lostSince = time.Time{}
