@@ -39,7 +39,7 @@ and checked against it by the same test: this is exactly what
 
 - **Flags** go anywhere, before or after the command, in GNU form (` + "`--json`, `-f FILE`, `--file=FILE`" + `);
   ` + "`--`" + ` ends them (` + "`microvm exec vm1 -- ls -la`" + `).
-- **The file**: every command but ` + "`demo`" + ` reads infra.toml: the one ` + "`-f/--file`" + ` names,
+- **The file**: every command but ` + "`demo`" + ` reads infra.toml (the fleet's ` + "`fleet push`" + `, ` + "`status`" + `, ` + "`move`" + ` and the like read etcd instead): the one ` + "`-f/--file`" + ` names,
   else ` + "`$MICROVM_CONFIG`" + `, else ` + "`./infra.toml`" + ` if there is one, else
   ` + "`/etc/microvm/infra.toml`" + `. In ` + "`logs`" + `, ` + "`-f`" + ` is ` + "`--follow`" + ` and the file is ` + "`--file`" + `.
 - **Exit status**: 0 done, 1 failed (the message says why and what to do), 2 a mistake
