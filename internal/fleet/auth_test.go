@@ -16,37 +16,14 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/fleet"
 	"github.com/simple-microvm-infra/microvm/internal/fleet/fleettest"
 	"github.com/simple-microvm-infra/microvm/internal/pki"
-	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 // TestAuth checks etcd's access control as SetupAuth sets it, on a real
 // 3-member cluster: a host writes its own keys only; root writes all;
 // a certificate of another CA is refused before any request.
 func TestAuth(t *testing.T) {
-	ns := testenv.NetNS(t)
-	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %s %v", out, err)
-	}
-	dir := t.TempDir() + "/certs"
-	ca, _, err := pki.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ms []fleettest.Member
-	for i, name := range []string{"etcd1", "etcd2", "etcd3"} {
-		ip := netip.AddrFrom4([4]byte{127, 0, 0, byte(11 + i)})
-		// 127.0.0.1 too: the members' connections to each other come
-		// from lo's first address (package fleettest).
-		if _, err := ca.Member(name, []netip.Addr{ip, netip.MustParseAddr("127.0.0.1")}, nil); err != nil {
-			t.Fatal(err)
-		}
-		ms = append(ms, fleettest.Member{Name: name, IP: ip, Netns: ns})
-	}
-	for _, name := range []string{"root", "hv1", "hv2", "hv3"} {
-		if _, err := ca.Client(name); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ms, dir := fleettest.Local(t, 3, "root", "hv1", "hv2", "hv3")
+	ns := ms[0].Netns
 	// root of another CA, beside our CA's certificate: the client trusts
 	// the members, the members must not trust it.
 	oca, _, err := pki.Open(t.TempDir() + "/other")

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,7 +16,6 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/fleet"
 	"github.com/simple-microvm-infra/microvm/internal/fleet/fleettest"
-	"github.com/simple-microvm-infra/microvm/internal/pki"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -43,25 +40,9 @@ memory = 512
 // test's, and returns root's client and a client maker.
 func cluster(t *testing.T) (*fleettest.Cluster, string, func(name string) *clientv3.Client) {
 	t.Helper()
-	ns := testenv.NetNS(t)
-	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %s %v", out, err)
-	}
-	dir := t.TempDir() + "/certs"
-	ca, _, err := pki.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ip := netip.MustParseAddr("127.0.0.11")
-	if _, err := ca.Member("etcd1", []netip.Addr{ip, netip.MustParseAddr("127.0.0.1")}, nil); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"root", "hv1", "hv2"} {
-		if _, err := ca.Client(name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c := fleettest.Start(t, dir, []fleettest.Member{{Name: "etcd1", IP: ip, Netns: ns}})
+	ms, dir := fleettest.Local(t, 1, "root", "hv1", "hv2")
+	ns := ms[0].Netns
+	c := fleettest.Start(t, dir, ms)
 	client := func(name string) *clientv3.Client {
 		return fleettest.Client(t, ns, c.Endpoints(), fleet.Certs{Dir: dir, Name: name})
 	}

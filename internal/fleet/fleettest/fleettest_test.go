@@ -2,8 +2,6 @@ package fleettest_test
 
 import (
 	"context"
-	"net/netip"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -11,45 +9,13 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/fleet"
 	"github.com/simple-microvm-infra/microvm/internal/fleet/fleettest"
-	"github.com/simple-microvm-infra/microvm/internal/pki"
-	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
-
-// Three returns three members in one new namespace, on 127.0.0.11-13,
-// with their certificates and root's in the directory returned. Their
-// connections to each other come from 127.0.0.1, lo's first address, and
-// etcd checks a peer's certificate against where it comes from: so it
-// names 127.0.0.1 too.
-func Three(t *testing.T) ([]fleettest.Member, string) {
-	t.Helper()
-	ns := testenv.NetNS(t)
-	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %s %v", out, err)
-	}
-	dir := t.TempDir() + "/certs"
-	ca, _, err := pki.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ms []fleettest.Member
-	for i, name := range []string{"etcd1", "etcd2", "etcd3"} {
-		ip := netip.AddrFrom4([4]byte{127, 0, 0, byte(11 + i)})
-		if _, err := ca.Member(name, []netip.Addr{ip, netip.MustParseAddr("127.0.0.1")}, nil); err != nil {
-			t.Fatal(err)
-		}
-		ms = append(ms, fleettest.Member{Name: name, IP: ip, Netns: ns})
-	}
-	if _, err := ca.Client("root"); err != nil {
-		t.Fatal(err)
-	}
-	return ms, dir
-}
 
 // TestCluster checks that the client the program uses works with the
 // server the tests run, for what the fleet needs of it: reads and
 // writes, transactions, watches and leases, with a member down and back.
 func TestCluster(t *testing.T) {
-	ms, certs := Three(t)
+	ms, certs := fleettest.Local(t, 3, "root")
 	c := fleettest.Start(t, certs, ms)
 	cli := fleettest.Client(t, ms[0].Netns, c.Endpoints(), fleet.Certs{Dir: certs, Name: "root"})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
