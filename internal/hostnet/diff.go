@@ -59,7 +59,7 @@ type Observed struct{ o *observed }
 
 // Observe reads what Check and Diff need of the host.
 func Observe(in *config.Infra) (*Observed, error) {
-	links, err := netlink.LinkList()
+	links, err := dump(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}
@@ -74,15 +74,17 @@ func Observe(in *config.Infra) (*Observed, error) {
 		// An uplink without IPv6 settings (no such link yet) takes none.
 		o.acceptRA, _ = readSysctl(acceptRASysctl(in.Host.Uplink))
 	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses: %w", err)
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	routes, err := dump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
-	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	rules, err := dump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("listing ip rules: %w", err)
 	}
@@ -146,7 +148,7 @@ func (o *observed) readVMs(addrs []netlink.Addr, vms ...config.VM) error {
 // VMs that are no longer in the model (their gateway addresses, masked):
 // the routes package tailscale withdraws, read before the links go.
 func DepartedSubnets(in *config.Infra) ([]netip.Prefix, error) {
-	links, err := netlink.LinkList()
+	links, err := dump(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}

@@ -185,7 +185,7 @@ func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("finding uplink %s: %w", uplink, err)
 	}
 	var out []netip.Prefix
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("reading addresses of %s: %w", uplink, err)
 	}
@@ -194,7 +194,7 @@ func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
 			out = append(out, p)
 		}
 	}
-	routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
+	routes, err := dump(func() ([]netlink.Route, error) { return netlink.RouteList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("reading routes of %s: %w", uplink, err)
 	}
@@ -250,6 +250,20 @@ func readSysctl(key string) (string, error) {
 		return "", fmt.Errorf("reading sysctl %s: %w", key, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// dump runs a netlink dump again while the kernel says it was
+// interrupted: the links or addresses changed while it was read (IPv6
+// finishing duplicate address detection on links an apply just made),
+// and what it gave may be inconsistent.
+func dump[T any](list func() ([]T, error)) ([]T, error) {
+	for range 9 {
+		out, err := list()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return list()
 }
 
 // ignoreExist turns "already exists" into success, so a re-run converges.

@@ -215,11 +215,13 @@ func wantRouting(in *config.Infra) routing {
 // readRouting reads the program's rules and routes, and describes any
 // route in its table that is not its own.
 func readRouting() (routing, []string, error) {
-	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	rules, err := dump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_ALL) })
 	if err != nil {
 		return routing{}, nil, fmt.Errorf("listing ip rules: %w", err)
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: config.RouteTable}, netlink.RT_FILTER_TABLE)
+	routes, err := dump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: config.RouteTable}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return routing{}, nil, fmt.Errorf("listing the routes of table %d: %w", config.RouteTable, err)
 	}

@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -150,6 +151,21 @@ func shellJoin(args []string) string {
 type IDs struct {
 	UID, GID uint32
 	Groups   []uint32 // supplementary, such as kvm
+}
+
+// lookupOwner returns the uid and gid of user name: what a TAP's owner
+// needs, without the groups LookupIDs reads too.
+func lookupOwner(name string) (uid, gid uint32, err error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("looking up user %s: %w", name, err)
+	}
+	id, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	g, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("user %s: ids %q, %q: %w", name, u.Uid, u.Gid, err)
+	}
+	return uint32(id), uint32(g), nil
 }
 
 // LookupIDs returns the ids of user name.
