@@ -1,10 +1,12 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -74,6 +76,22 @@ func planPhases(in *config.Infra) ([]phase, error) {
 // runApply measures the host part of `microvm apply` as the VM count grows,
 // and beside it the design's N×(N−1) iptables FORWARD DROP rules.
 func runApply(args []string) error {
+	flags := flag.NewFlagSet("apply", flag.ContinueOnError)
+	cpuProfile := flags.String("cpuprofile", "", "write a CPU profile of the whole run to `file` (go tool pprof)")
+	if err := flags.Parse(args); err != nil {
+		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ns := []int{4, 16, 64, 250}
 	m := readMachine("")
 	fmt.Printf("apply at scale; load average at start %s\n\n", m.Load)

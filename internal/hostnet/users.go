@@ -214,8 +214,8 @@ var (
 // readUsers looks up the users names, and the kvm group, reading
 // /etc/passwd and /etc/group once rather than once per VM (useradd
 // --system writes the program's users there). A name or the kvm group
-// that is not in those files is looked up the usual way (NSS), as the
-// shadow tools would find it.
+// that is not in those files is looked up through os/user as before
+// (NSS where the program is built with cgo).
 func readUsers(names []string) (userDB, error) {
 	db := userDB{ids: map[string]IDs{}, comments: map[string]string{}}
 	passwd, _ := os.ReadFile(passwdFile) // missing: every name is looked up as below
