@@ -108,6 +108,11 @@ func (h *Observed) Diff(in *config.Infra) action.Diff { return diff(in, h.o) }
 // and makes each VM's bridge and TAP. The caller loads the firewall before
 // Setup.
 func Diff(in *config.Infra) (action.Diff, error) {
+	if in.Host.IPv6 {
+		if err := checkIPv6(in); err != nil { // Check's, when it runs first
+			return action.Diff{}, err
+		}
+	}
 	h, err := Observe(in)
 	if err != nil {
 		return action.Diff{}, err
