@@ -1,17 +1,23 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"runtime/pprof"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
+	"github.com/simple-microvm-infra/microvm/internal/hostnet"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/storage"
+	"github.com/simple-microvm-infra/microvm/internal/tailscale"
 )
 
 type applyResult struct {
@@ -23,11 +29,69 @@ type applyResult struct {
 	seedLoad, seedAdd, seedCLI  time.Duration
 	seedRules                   int
 	byKind                      map[string]time.Duration // first apply's time by action type
+	kindCount                   map[string]int           // and how many actions of each
+	noopPhases                  []phase                  // one no-op plan, part by part
+	addPlan, addActions         time.Duration            // add 1 VM: planning, and applying its actions
+}
+
+// phase is one part of a plan and the time it took.
+type phase struct {
+	name string
+	d    time.Duration
+}
+
+// planPhases plans in as plan.Host does, part by part, timing each: where
+// a no-op plan's time goes.
+func planPhases(in *config.Infra) ([]phase, error) {
+	var out []phase
+	step := func(name string, f func() error) error {
+		start := time.Now()
+		err := f()
+		out = append(out, phase{name, time.Since(start)})
+		return err
+	}
+	var host *hostnet.Observed
+	if err := step("read links, addresses, routes, rules, sysctls, users (hostnet.Observe)", func() (err error) {
+		host, err = hostnet.Observe(in)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if err := step("check the model against them (Check)", func() error { return host.Check(in) }); err != nil {
+		return nil, err
+	}
+	if err := step("storage", func() error { _, err := storage.For(in.Host).Diff(in); return err }); err != nil {
+		return nil, err
+	}
+	if err := step("firewall: render, generation, other tables' chains (firewall.Diff)", func() error { _, err := firewall.Diff(in); return err }); err != nil {
+		return nil, err
+	}
+	if err := step("links, users, routing: decide (Diff)", func() error { host.Diff(in); return nil }); err != nil {
+		return nil, err
+	}
+	err := step("Tailscale", func() error { tailscale.Diff(in); return nil })
+	return out, err
 }
 
 // runApply measures the host part of `microvm apply` as the VM count grows,
 // and beside it the design's N×(N−1) iptables FORWARD DROP rules.
 func runApply(args []string) error {
+	flags := flag.NewFlagSet("apply", flag.ContinueOnError)
+	cpuProfile := flags.String("cpuprofile", "", "write a CPU profile of the whole run to `file` (go tool pprof)")
+	if err := flags.Parse(args); err != nil {
+		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ns := []int{4, 16, 64, 250}
 	m := readMachine("")
 	fmt.Printf("apply at scale; load average at start %s\n\n", m.Load)
@@ -53,8 +117,11 @@ func runApply(args []string) error {
 			}
 			fmt.Println()
 		}
-		fmt.Printf("N=%d: first apply %s, no-op %s, add one %s; %d rules; seed: %d rules loaded in %s\n",
-			n, ms(r.first), ms(r.noop), ms(r.addOne), r.rules, r.seedRules, ms(r.seedLoad))
+		fmt.Printf("N=%d: first apply %s, no-op %s, add one %s (plan %s); %d rules; seed: %d rules loaded in %s\n",
+			n, ms(r.first), ms(r.noop), ms(r.addOne), ms(r.addPlan), r.rules, r.seedRules, ms(r.seedLoad))
+		for _, p := range r.noopPhases {
+			fmt.Printf("  no-op: %s %s\n", p.name, ms(p.d))
+		}
 		rs = append(rs, r)
 	}
 
@@ -107,8 +174,9 @@ func runApply(args []string) error {
 actions then take up to seconds, which is why the fastest of the 3 first applies is shown too): the host part of ` + "`microvm apply`" + ` (plan.Host(in).Apply: storage, N bridges with
 their gateway address, N TAPs, forwarding, and the one nftables table) is run in the sandbox's host namespace,
 in-process, timed from planning to the last action. "No-op re-apply" is the median of 3 plans that find nothing to do
-(reading N bridges, N TAPs and the table back). "Add 1 VM" applies the same file with VM N+1 added (one bridge, one TAP,
-the table replaced). "Firewall alone" loads only the program's table (` + "`nft -f`" + `, as apply does) into an empty namespace:
+(one dump each of the links, addresses, routes and rules, /etc/passwd and /etc/group once, the table rendered, and
+nftables' generation, which proves the table untouched since apply loaded it: see "where the time goes" below).
+"Add 1 VM" applies the same file with VM N+1 added (one bridge, one TAP, the table replaced). "Firewall alone" loads only the program's table (` + "`nft -f`" + `, as apply does) into an empty namespace:
 that is the part comparable to the seed's rules. The seed's approach is measured in a namespace of its own in the same run:
 its ` + "`iptables -I FORWARD -i br-vmA -o br-vmB -j DROP`" + ` for every ordered pair of bridges, loaded at once with
 ` + "`iptables-restore`" + ` (then "add 1 VM" appends the 2N rules of a new bridge with ` + "`iptables-restore --noflush`" + `), and, up to
@@ -122,8 +190,40 @@ N = 64, as the seed's ` + "`extraCommands`" + ` actually do it, one ` + "`iptabl
 		"its first apply grows with N through the links (a bridge, its address and a TAP per VM, through netlink: %.1f ms per VM at N = %d), while its table loads in about the same time at every N.\n\n",
 		last.n, last.rules, last.elements, last.seedRules, float64(last.seedRules)/float64(last.rules),
 		ms(last.fwOnly), ms(last.seedLoad), float64(last.seedLoad)/float64(last.fwOnly), msf(last.first)/float64(last.n), last.n)
+	b.WriteString(whereTimeGoes(last))
 	b.WriteString("![apply time vs N](bench-apply-time.svg)\n\n![rules vs N](bench-apply-rules.svg)\n")
 	return writeSection("apply", b.String())
+}
+
+// whereTimeGoes writes the breakdown of r: each figure beside the seed's
+// iptables-restore of the same run, the first apply by action kind, a
+// no-op plan by part, adding a VM as planning and applying.
+func whereTimeGoes(r applyResult) string {
+	var b strings.Builder
+	ratio := func(d time.Duration) string { return fmt.Sprintf("%.3f×", float64(d)/float64(r.seedLoad)) }
+	fmt.Fprintf(&b, "Against the seed's iptables-restore of the same run (%s at N = %d): the first apply is %s of it (fastest %s), a no-op re-apply %s, adding one VM %s.\n\n",
+		ms(r.seedLoad), r.n, ratio(r.first), ratio(r.firstMin), ratio(r.noop), ratio(r.addOne))
+	fmt.Fprintf(&b, "### Where the time goes at N = %d\n\n", r.n)
+	b.WriteString("The first apply (the fastest of the 3 runs), by kind of action:\n\n")
+	kinds := table{head: []string{"action", "count", "time", "per action"}}
+	var names []string
+	for k := range r.byKind {
+		names = append(names, k)
+	}
+	sort.Slice(names, func(i, j int) bool { return r.byKind[names[i]] > r.byKind[names[j]] })
+	for _, k := range names {
+		kinds.add(strings.TrimPrefix(k, "*"), r.kindCount[k], ms(r.byKind[k]), fmt.Sprintf("%.0f µs", float64(r.byKind[k].Microseconds())/float64(r.kindCount[k])))
+	}
+	b.WriteString(kinds.markdown())
+	b.WriteString("\nA no-op plan, part by part (each the median of the 3 runs; plan.Host does them in this order):\n\n")
+	parts := table{head: []string{"part", "time"}}
+	for _, p := range r.noopPhases {
+		parts.add(p.name, ms(p.d))
+	}
+	b.WriteString(parts.markdown())
+	fmt.Fprintf(&b, "\nAdding one VM: planning %s, applying its actions %s (the firewall's whole table loaded again by one nft process, atomically, and the new VM's bridge, TAP, addresses and routing).\n\n",
+		ms(r.addPlan), ms(r.addActions))
+	return b.String()
 }
 
 // applyReps is how many times each N is measured, each in a fresh
@@ -152,6 +252,23 @@ func medianResult(rs []applyResult) applyResult {
 	pick(func(a *applyResult) *time.Duration { return &a.fwOnly })
 	pick(func(a *applyResult) *time.Duration { return &a.seedLoad })
 	pick(func(a *applyResult) *time.Duration { return &a.seedAdd })
+	pick(func(a *applyResult) *time.Duration { return &a.addPlan })
+	pick(func(a *applyResult) *time.Duration { return &a.addActions })
+	// The breakdowns: the first apply's of the fastest run, the no-op's
+	// parts each as the median of the runs.
+	for _, x := range rs {
+		if x.first == r.firstMin {
+			r.byKind, r.kindCount = x.byKind, x.kindCount
+		}
+	}
+	r.noopPhases = nil
+	for i := range rs[0].noopPhases {
+		var ds []time.Duration
+		for _, x := range rs {
+			ds = append(ds, x.noopPhases[i].d)
+		}
+		r.noopPhases = append(r.noopPhases, phase{rs[0].noopPhases[i].name, median(ds)})
+	}
 	return r
 }
 
@@ -184,13 +301,14 @@ func applyAt(n int, slow bool) (r applyResult, err error) {
 			return err
 		}
 		r.actions = len(p.Actions)
-		r.byKind = map[string]time.Duration{}
+		r.byKind, r.kindCount = map[string]time.Duration{}, map[string]int{}
 		for _, a := range p.Actions {
 			t := time.Now()
 			if err := a.Apply(); err != nil {
 				return fmt.Errorf("%s: %w", a, err)
 			}
 			r.byKind[fmt.Sprintf("%T", a)] += time.Since(t)
+			r.kindCount[fmt.Sprintf("%T", a)]++
 		}
 		r.first = time.Since(start)
 		var noops []time.Duration
@@ -209,6 +327,9 @@ func applyAt(n int, slow bool) (r applyResult, err error) {
 			}
 		}
 		r.noop = median(noops)
+		if r.noopPhases, err = planPhases(in); err != nil {
+			return err
+		}
 		st, err := firewall.Current()
 		if err != nil {
 			return err
@@ -219,10 +340,12 @@ func applyAt(n int, slow bool) (r applyResult, err error) {
 		if err != nil {
 			return err
 		}
+		r.addPlan = time.Since(start)
 		if err := p.Apply(io.Discard); err != nil {
 			return err
 		}
 		r.addOne = time.Since(start)
+		r.addActions = r.addOne - r.addPlan
 		return nil
 	})
 	if err != nil {

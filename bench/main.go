@@ -5,6 +5,7 @@
 // its plot, docs/bench-*.svg) with the figures and the machine it ran on.
 //
 //	go run ./bench apply     # host network apply at N = 4, 16, 64, 250 VMs vs the design's iptables rules
+//	go run ./bench apply -cpuprofile apply.prof   # the same, with a CPU profile for go tool pprof
 //	go run ./bench packet    # throughput and latency VM -> internet, program's ruleset vs the design's rules
 //	go run ./bench boot      # the stock and the lean image: 4 real microVMs started together, and one alone, phase by phase
 //	go run ./bench disk      # image size, each VM's own use after boot, total vs the design's < 10 GB

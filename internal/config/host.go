@@ -30,6 +30,13 @@ func (h Host) FirewallRecord(netns string) string {
 	return filepath.Join(h.RunDir, "firewall-net-"+netns+".nft")
 }
 
+// FirewallGeneration says which nftables generation of the network
+// namespace netns holds exactly the ruleset in FirewallRecord, as the
+// program loaded it: what lets a plan trust the table without reading it.
+func (h Host) FirewallGeneration(netns string) string {
+	return filepath.Join(h.RunDir, "firewall-net-"+netns+".gen")
+}
+
 // EgressRecord holds the VMs with an egress list that the ruleset last
 // loaded in the network namespace netns serves: what the resolver of
 // `microvm host` answers for.

@@ -643,11 +643,12 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 		dnsOf(in.VMs, false), dnsOf(in.VMs, true), merge(blocked), merge(blocked6), allow,
 		openingsOf(in.VMs, false), openingsOf(in.VMs, true), pubs, pubs6, from, from6, hostOpeningsOf(in.VMs),
 		`counter name iifname map @vm_drops_from comment "` + counted + `"`, counted}
-	// Render once without the hash, hash that, and render again with it: the
-	// hash in the comment lets plan see whether the loaded table is current.
-	sum := sha256.Sum256([]byte(execute(data)))
-	data.Hash = "sha256:" + hex.EncodeToString(sum[:8])
-	return execute(data)
+	// Render once without the hash, hash that, and put it in the comment,
+	// the first "()" of the text: the hash lets plan see whether the loaded
+	// table is current.
+	text := execute(data)
+	sum := sha256.Sum256([]byte(text))
+	return strings.Replace(text, "()", "(sha256:"+hex.EncodeToString(sum[:8])+")", 1)
 }
 
 // execute runs the template. Its text is fixed and its data plain values,
@@ -715,13 +716,18 @@ func (r *Replace) Apply() error {
 		return err
 	}
 	defer unlock()
-	if err := load(r.Ruleset); err != nil {
+	stamp, err := loadStamped(*r.Host, r.Ruleset)
+	if err != nil {
 		return err
 	}
 	if err := writeEgressRecord(*r.Host, r.Egress); err != nil {
 		return err
 	}
-	return writeRecord(*r.Host, r.Ruleset)
+	if err := writeRecord(*r.Host, r.Ruleset); err != nil {
+		return err
+	}
+	writeStamp(*r.Host, stamp)
+	return nil
 }
 
 // load replaces the table with ruleset in one transaction.
@@ -743,6 +749,10 @@ func (Delete) Apply() error {
 // there is a table to compare it with), and other firewalls that would
 // drop VM traffic.
 type observed struct {
+	// last is the ruleset the program last loaded, when the nftables
+	// generation proves the table is still exactly that (lastLoaded):
+	// then loaded and wanted are not read.
+	last           *string
 	loaded, wanted *State
 	conflicts      []string
 	listening      map[string]bool // the host's own ports, as "tcp 22"
@@ -755,6 +765,10 @@ type observed struct {
 func Diff(in *config.Infra) (action.Diff, error) {
 	ruleset := Ruleset(in)
 	o := observed{conflicts: Conflicts(), listening: listening()}
+	if last, ok := lastLoaded(in.Host); ok {
+		o.last = &last
+		return diff(in, ruleset, o), nil
+	}
 	var err error
 	if o.loaded, err = Current(); err != nil {
 		return action.Diff{}, err
@@ -770,6 +784,12 @@ func Diff(in *config.Infra) (action.Diff, error) {
 // diff compares ruleset, the table for in, with what was read of the host.
 func diff(in *config.Infra, ruleset string, o observed) action.Diff {
 	d := action.Diff{Warnings: append(o.conflicts, publishWarnings(in, o.listening)...), Notes: publishNotes(in)}
+	if o.last != nil {
+		if *o.last != ruleset {
+			d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "update", Changes: textChanges(*o.last, ruleset), Host: &in.Host, Egress: EgressOf(in)}}
+		}
+		return d
+	}
 	if o.loaded == nil {
 		d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "create", Host: &in.Host, Egress: EgressOf(in)}}
 		return d

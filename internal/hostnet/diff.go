@@ -1,39 +1,48 @@
 package hostnet
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os/user"
+	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
-// observed is what Diff reads of the host before it decides anything.
+// observed is what Check and Diff read of the host, each kind of state
+// once (one dump of the links, one of the addresses, one of the routes
+// and one of the rules, /etc/passwd and /etc/group once), before anything
+// is decided: at 250 VMs, a read per VM is most of what a plan costs.
 type observed struct {
 	links    []netlink.Link
+	byName   map[string]netlink.Link   // links by name, made from links on first use
 	addrs    map[string][]netip.Prefix // the addresses of each VM bridge there is, but IPv6 link-local ones
 	forward  string                    // the value of ForwardSysctl
 	forward6 string                    // of Forward6Sysctl, with IPv6
 	acceptRA string                    // of the uplink's accept_ra, with IPv6
 	users    map[string]IDs            // the VMs' users that exist
+	comments map[string]string         // their comments (GECOS), which mark the program's
 	kvm      *uint32                   // the kvm group's id; nil when the host has none
 	routing  routing                   // the program's ip rules and blackhole routes
+	foreign  []string                  // routes in the program's table that are not its own
+	nets     []network                 // the networks of the host's addresses and routes, but the program's
 }
 
 func (o *observed) link(name string) netlink.Link {
-	for _, l := range o.links {
-		if l.Attrs().Name == name {
-			return l
+	if o.byName == nil {
+		o.byName = make(map[string]netlink.Link, len(o.links))
+		for _, l := range o.links {
+			o.byName[l.Attrs().Name] = l
 		}
 	}
-	return nil
+	return o.byName[name]
 }
 
 func (o *observed) user(name string) *IDs {
@@ -43,6 +52,54 @@ func (o *observed) user(name string) *IDs {
 	return nil
 }
 
+// Observed is what a plan reads of the host's links, addresses, routes,
+// rules, sysctls and VM users: Observe reads it once, Check validates the
+// model against it and Diff decides from it, without reading again.
+type Observed struct{ o *observed }
+
+// Observe reads what Check and Diff need of the host.
+func Observe(in *config.Infra) (*Observed, error) {
+	links, err := dump(netlink.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	o := &observed{links: links}
+	if o.forward, err = readSysctl(ForwardSysctl); err != nil {
+		return nil, err
+	}
+	if in.Host.IPv6 {
+		if o.forward6, err = readSysctl(Forward6Sysctl); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err // a host without IPv6 is Check's to explain
+		}
+		// An uplink without IPv6 settings (no such link yet) takes none.
+		o.acceptRA, _ = readSysctl(acceptRASysctl(in.Host.Uplink))
+	}
+	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses: %w", err)
+	}
+	routes, err := dump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing routes: %w", err)
+	}
+	rules, err := dump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_ALL) })
+	if err != nil {
+		return nil, fmt.Errorf("listing ip rules: %w", err)
+	}
+	o.routing, o.foreign = routingOf(rules, routes)
+	o.nets = networksOf(links, addrs, routes, in.Host.IPv6)
+	if err := o.readVMs(addrs, in.VMs...); err != nil {
+		return nil, err
+	}
+	return &Observed{o}, nil
+}
+
+// Diff returns what brings the host's links, users, policy routing and
+// sysctls to the model, from what Observe read.
+func (h *Observed) Diff(in *config.Infra) action.Diff { return diff(in, h.o) }
+
 // Diff returns what brings the host's links, users, policy routing and
 // sysctls to the model. Cleanup deletes the links of VMs no longer in the
 // file, then the rules and routes the model no longer wants; Setup makes
@@ -51,60 +108,42 @@ func (o *observed) user(name string) *IDs {
 // and makes each VM's bridge and TAP. The caller loads the firewall before
 // Setup.
 func Diff(in *config.Infra) (action.Diff, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return action.Diff{}, fmt.Errorf("listing links: %w", err)
-	}
-	o := &observed{links: links}
-	if o.forward, err = readSysctl(ForwardSysctl); err != nil {
-		return action.Diff{}, err
-	}
 	if in.Host.IPv6 {
-		if o.forward6, err = readSysctl(Forward6Sysctl); err != nil {
+		if err := checkIPv6(in); err != nil { // Check's, when it runs first
 			return action.Diff{}, err
 		}
-		// An uplink without IPv6 settings (no such link yet) takes none.
-		o.acceptRA, _ = readSysctl(acceptRASysctl(in.Host.Uplink))
 	}
-	if err := o.readVMs(in.VMs...); err != nil {
+	h, err := Observe(in)
+	if err != nil {
 		return action.Diff{}, err
 	}
-	if o.routing, _, err = readRouting(); err != nil {
-		return action.Diff{}, err
-	}
-	return diff(in, o), nil
+	return h.Diff(in), nil
 }
 
 // readVMs reads what vms have on the host: their users and their bridges'
-// addresses.
-func (o *observed) readVMs(vms ...config.VM) error {
-	o.addrs, o.users = map[string][]netip.Prefix{}, map[string]IDs{}
-	if g, err := user.LookupGroup(KVMGroup); err == nil {
-		// A group id that is not a number is no group the kernel knows.
-		if id, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
-			kvm := uint32(id)
-			o.kvm = &kvm
+// addresses, taken from addrs, every address of the host.
+func (o *observed) readVMs(addrs []netlink.Addr, vms ...config.VM) error {
+	o.addrs = map[string][]netip.Prefix{}
+	names := make([]string, len(vms))
+	for i, vm := range vms {
+		names[i] = vm.User
+	}
+	db, err := readUsers(names)
+	if err != nil {
+		return err
+	}
+	o.users, o.comments, o.kvm = db.ids, db.comments, db.kvm
+	bridges := map[int]string{}
+	for _, vm := range vms {
+		if l := o.link(vm.Bridge); l != nil {
+			bridges[l.Attrs().Index] = vm.Bridge
 		}
 	}
-	for _, vm := range vms {
-		// A user that cannot be read is planned as missing: AddUser
-		// then finds it, and checks its mark, when it is applied.
-		if id, err := LookupIDs(vm.User); err == nil {
-			o.users[vm.User] = id
-		}
-		bridge := o.link(vm.Bridge)
-		if bridge == nil {
-			continue
-		}
-		list, err := netlink.AddrList(bridge, netlink.FAMILY_ALL)
-		if err != nil {
-			return fmt.Errorf("listing the addresses of %s: %w", vm.Bridge, err)
-		}
-		for _, a := range list {
-			// The kernel gives the bridge its link-local address.
-			if p := prefixOf(a.IPNet); !p.Addr().IsLinkLocalUnicast() {
-				o.addrs[vm.Bridge] = append(o.addrs[vm.Bridge], p)
-			}
+	for _, a := range addrs {
+		name, ok := bridges[a.LinkIndex]
+		// The kernel gives the bridge its link-local address.
+		if p := prefixOf(a.IPNet); ok && !p.Addr().IsLinkLocalUnicast() {
+			o.addrs[name] = append(o.addrs[name], p)
 		}
 	}
 	return nil
@@ -114,7 +153,7 @@ func (o *observed) readVMs(vms ...config.VM) error {
 // VMs that are no longer in the model (their gateway addresses, masked):
 // the routes package tailscale withdraws, read before the links go.
 func DepartedSubnets(in *config.Infra) ([]netip.Prefix, error) {
-	links, err := netlink.LinkList()
+	links, err := dump(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}

@@ -40,7 +40,18 @@ func acceptRASysctl(uplink string) string { return "net.ipv6.conf." + uplink + "
 // program's own); every link with a name a VM needs is the program's; and
 // every VM user is. Errors point at the line of infra.toml to change.
 func Check(in *config.Infra) error {
-	if _, err := netlink.LinkByName(in.Host.Uplink); err != nil {
+	h, err := Observe(in)
+	if err != nil {
+		return err
+	}
+	return h.Check(in)
+}
+
+// Check validates the model against what Observe read, as the function
+// Check says.
+func (h *Observed) Check(in *config.Infra) error {
+	o := h.o
+	if o.link(in.Host.Uplink) == nil {
 		return fmt.Errorf("%s: uplink %q does not exist on this host; set [host] uplink to the interface of your default route (%s)", in.Pos("host.uplink"), in.Host.Uplink, defaultRouteLinks())
 	}
 	if in.Host.IPv6 {
@@ -48,12 +59,8 @@ func Check(in *config.Infra) error {
 			return err
 		}
 	}
-	nets, err := hostNetworks(in.Host.IPv6)
-	if err != nil {
-		return err
-	}
 	for _, vm := range in.VMs {
-		for _, n := range nets {
+		for _, n := range o.nets {
 			if n.prefix.Overlaps(vm.Subnet) {
 				return fmt.Errorf("%s: vm.%s.subnet %s overlaps %s, a network this host already has (%s); choose another range", in.Pos("vm."+vm.Name+".subnet"), vm.Name, vm.Subnet, n.prefix, n.what)
 			}
@@ -66,22 +73,22 @@ func Check(in *config.Infra) error {
 			}
 		}
 		for _, want := range []struct{ name, kind string }{{vm.Bridge, "bridge"}, {vm.TAP, "tuntap"}} {
-			l, err := netlink.LinkByName(want.name)
-			if err != nil {
+			l := o.link(want.name)
+			if l == nil {
 				continue
 			}
 			if l.Type() != want.kind {
 				return fmt.Errorf("%s: vm.%s needs the interface name %s, but a %s link of that name exists; delete it (ip link del %s) or rename the VM", in.Pos("vm."+vm.Name), vm.Name, want.name, l.Type(), want.name)
 			}
-			if !owned(&vm, l) {
+			if !owned(&vm, l, o.user(vm.User)) {
 				return fmt.Errorf("%s: vm.%s needs the interface name %s, but %s exists and was not made by microvm (its alias is %q, not %q); the program changes only its own links: rename the VM, or rename or delete that interface if it is not in use", in.Pos("vm."+vm.Name), vm.Name, want.name, want.name, l.Attrs().Alias, vm.Alias())
 			}
 		}
 	}
-	if err := checkUsers(in); err != nil {
+	if err := checkUsers(in, o); err != nil {
 		return err
 	}
-	if err := checkRouting(); err != nil {
+	if err := checkRouting(o.foreign); err != nil {
 		return err
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
@@ -93,8 +100,8 @@ func Check(in *config.Infra) error {
 // owned reports whether l, a link with one of vm's names, is the
 // program's: it has vm's alias, or no alias yet and the mark its creation
 // leaves (see AddBridge and AddTAP), which an apply interrupted before the
-// alias leaves behind.
-func owned(vm *config.VM, l netlink.Link) bool {
+// alias leaves behind. id is vm's user's ids (nil if it has none).
+func owned(vm *config.VM, l netlink.Link, id *IDs) bool {
 	switch alias := l.Attrs().Alias; {
 	case alias == vm.Alias():
 		return true
@@ -102,8 +109,7 @@ func owned(vm *config.VM, l netlink.Link) bool {
 		return false
 	}
 	if t, ok := l.(*netlink.Tuntap); ok {
-		id, err := LookupIDs(vm.User)
-		return err == nil && t.Owner == id.UID && !t.NonPersist
+		return id != nil && t.Owner == id.UID && !t.NonPersist
 	}
 	return l.Type() == "bridge" && l.Attrs().Group == config.LinkGroup
 }
@@ -128,16 +134,12 @@ func checkIPv6(in *config.Infra) error {
 	return nil
 }
 
-// hostNetworks lists the IPv4 networks of this host's addresses and routes
+// networksOf lists the IPv4 networks of this host's addresses and routes
 // (every table, so policy routing and tailscaled's table count too), and
 // with ipv6 the IPv6 ones (but link-local and multicast), except those of
 // the program's own links and table, which it manages, and default routes,
 // which overlap everything.
-func hostNetworks(ipv6 bool) ([]network, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("listing links: %w", err)
-	}
+func networksOf(links []netlink.Link, addrs []netlink.Addr, routes []netlink.Route, ipv6 bool) []network {
 	names := map[int]string{}
 	ours := map[int]bool{}
 	for _, l := range links {
@@ -145,30 +147,18 @@ func hostNetworks(ipv6 bool) ([]network, error) {
 		names[a.Index] = a.Name
 		ours[a.Index] = strings.HasPrefix(a.Alias, config.AliasPrefix)
 	}
-	family := netlink.FAMILY_V4
-	if ipv6 {
-		family = netlink.FAMILY_ALL
-	}
 	var out []network
-	addrs, err := netlink.AddrList(nil, family)
-	if err != nil {
-		return nil, fmt.Errorf("listing addresses: %w", err)
-	}
 	for _, a := range addrs {
-		if p := prefixOf(a.IPNet); !ours[a.LinkIndex] && !special6(p) {
+		if p := prefixOf(a.IPNet); !ours[a.LinkIndex] && !special6(p) && (ipv6 || p.Addr().Is4()) {
 			out = append(out, network{p.Masked(), fmt.Sprintf("address %s on %s", p, names[a.LinkIndex])})
 		}
-	}
-	routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("listing routes: %w", err)
 	}
 	for _, r := range routes {
 		if r.Dst == nil || ours[r.LinkIndex] || r.Table == config.RouteTable {
 			continue
 		}
 		p := prefixOf(r.Dst).Masked()
-		if p.Bits() == 0 || special6(p) || p.Addr().Is6() && r.Type != unix.RTN_UNICAST {
+		if p.Bits() == 0 || special6(p) || p.Addr().Is6() && (!ipv6 || r.Type != unix.RTN_UNICAST) {
 			// IPv6's local table has a route for each address (its
 			// own, above) and for multicast, on every link.
 			continue
@@ -182,7 +172,7 @@ func hostNetworks(ipv6 bool) ([]network, error) {
 		}
 		out = append(out, network{p, where + " to " + p.String()})
 	}
-	return out, nil
+	return out
 }
 
 // UplinkNetworks are the IPv4 and IPv6 networks reached directly through
@@ -195,7 +185,7 @@ func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("finding uplink %s: %w", uplink, err)
 	}
 	var out []netip.Prefix
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("reading addresses of %s: %w", uplink, err)
 	}
@@ -204,7 +194,7 @@ func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
 			out = append(out, p)
 		}
 	}
-	routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
+	routes, err := dump(func() ([]netlink.Route, error) { return netlink.RouteList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("reading routes of %s: %w", uplink, err)
 	}
@@ -260,6 +250,20 @@ func readSysctl(key string) (string, error) {
 		return "", fmt.Errorf("reading sysctl %s: %w", key, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// dump runs a netlink dump again while the kernel says it was
+// interrupted: the links or addresses changed while it was read (IPv6
+// finishing duplicate address detection on links an apply just made),
+// and what it gave may be inconsistent.
+func dump[T any](list func() ([]T, error)) ([]T, error) {
+	for range 9 {
+		out, err := list()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return list()
 }
 
 // ignoreExist turns "already exists" into success, so a re-run converges.

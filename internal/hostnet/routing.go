@@ -215,11 +215,23 @@ func wantRouting(in *config.Infra) routing {
 // readRouting reads the program's rules and routes, and describes any
 // route in its table that is not its own.
 func readRouting() (routing, []string, error) {
-	var have routing
-	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	rules, err := dump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_ALL) })
 	if err != nil {
-		return have, nil, fmt.Errorf("listing ip rules: %w", err)
+		return routing{}, nil, fmt.Errorf("listing ip rules: %w", err)
 	}
+	routes, err := dump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: config.RouteTable}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return routing{}, nil, fmt.Errorf("listing the routes of table %d: %w", config.RouteTable, err)
+	}
+	have, foreign := routingOf(rules, routes)
+	return have, foreign, nil
+}
+
+// routingOf picks the program's rules and routes out of rules and routes,
+// and describes any route in its table that is not its own.
+func routingOf(rules []netlink.Rule, routes []netlink.Route) (have routing, foreign []string) {
 	for _, r := range rules {
 		if r.Protocol != config.RouteProto {
 			continue
@@ -230,19 +242,17 @@ func readRouting() (routing, []string, error) {
 		}
 		have.rules = append(have.rules, rule)
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: config.RouteTable}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return have, nil, fmt.Errorf("listing the routes of table %d: %w", config.RouteTable, err)
-	}
-	var foreign []string
 	for _, r := range routes {
+		if r.Table != config.RouteTable {
+			continue
+		}
 		if r.Type == unix.RTN_BLACKHOLE && r.Protocol == config.RouteProto && r.Dst != nil {
 			have.blackholes = append(have.blackholes, prefixOf(r.Dst))
 			continue
 		}
 		foreign = append(foreign, r.String())
 	}
-	return have, foreign, nil
+	return have, foreign
 }
 
 // routingDiff returns what makes have the routing in want: Cleanup deletes
@@ -285,11 +295,8 @@ func vmRouting(in *config.Infra, vm *config.VM, have routing) []action.Action {
 
 // checkRouting refuses a table of the program's that holds routes it did
 // not make: one could open a VM subnet to the VMs.
-func checkRouting() error {
-	_, foreign, err := readRouting()
-	if err != nil {
-		return err
-	}
+// foreign lists those routes (readRouting).
+func checkRouting(foreign []string) error {
 	if len(foreign) > 0 {
 		return fmt.Errorf("routing table %d, which microvm owns (a blackhole route for each VM subnet), holds routes it did not make: %s; delete them (ip route flush table %d) and apply again, which makes its own", config.RouteTable, strings.Join(foreign, "; "), config.RouteTable)
 	}

@@ -1,9 +1,12 @@
 package hostnet
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -104,11 +107,10 @@ func (a *DelUser) Apply() error {
 }
 
 // checkUsers refuses a VM whose user name belongs to someone else.
-func checkUsers(in *config.Infra) error {
+func checkUsers(in *config.Infra, o *observed) error {
 	for _, vm := range in.VMs {
-		u, err := user.Lookup(vm.User)
-		if err == nil && u.Name != UserComment(vm.Name) {
-			return fmt.Errorf("%s: vm.%s's VMM runs as user %s, which exists and was not made by microvm (its comment is %q, not %q); the program does not run a VMM as someone else's user: rename the VM, or set another [host] user prefix", in.Pos("vm."+vm.Name), vm.Name, vm.User, u.Name, UserComment(vm.Name))
+		if c, ok := o.comments[vm.User]; ok && c != UserComment(vm.Name) {
+			return fmt.Errorf("%s: vm.%s's VMM runs as user %s, which exists and was not made by microvm (its comment is %q, not %q); the program does not run a VMM as someone else's user: rename the VM, or set another [host] user prefix", in.Pos("vm."+vm.Name), vm.Name, vm.User, c, UserComment(vm.Name))
 		}
 	}
 	return nil
@@ -151,6 +153,21 @@ type IDs struct {
 	Groups   []uint32 // supplementary, such as kvm
 }
 
+// lookupOwner returns the uid and gid of user name: what a TAP's owner
+// needs, without the groups LookupIDs reads too.
+func lookupOwner(name string) (uid, gid uint32, err error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("looking up user %s: %w", name, err)
+	}
+	id, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	g, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("user %s: ids %q, %q: %w", name, u.Uid, u.Gid, err)
+	}
+	return uint32(id), uint32(g), nil
+}
+
 // LookupIDs returns the ids of user name.
 func LookupIDs(name string) (IDs, error) {
 	u, err := user.Lookup(name)
@@ -178,4 +195,101 @@ func LookupIDs(name string) (IDs, error) {
 		id.Groups = append(id.Groups, uint32(n))
 	}
 	return id, nil
+}
+
+// userDB is what a plan knows of the VMs' users: their ids and comments,
+// and the kvm group's id (nil when the host has none).
+type userDB struct {
+	ids      map[string]IDs
+	comments map[string]string
+	kvm      *uint32
+}
+
+// The files useradd writes, which readUsers reads.
+var (
+	passwdFile = "/etc/passwd"
+	groupFile  = "/etc/group"
+)
+
+// readUsers looks up the users names, and the kvm group, reading
+// /etc/passwd and /etc/group once rather than once per VM (useradd
+// --system writes the program's users there). A name or the kvm group
+// that is not in those files is looked up through os/user as before
+// (NSS where the program is built with cgo).
+func readUsers(names []string) (userDB, error) {
+	db := userDB{ids: map[string]IDs{}, comments: map[string]string{}}
+	passwd, _ := os.ReadFile(passwdFile) // missing: every name is looked up as below
+	group, _ := os.ReadFile(groupFile)
+	type entry struct {
+		uid, gid uint32
+		comment  string
+	}
+	local := map[string]entry{}
+	for line := range strings.Lines(string(passwd)) {
+		f := strings.Split(strings.TrimSpace(line), ":")
+		if len(f) < 5 {
+			continue
+		}
+		uid, err1 := strconv.ParseUint(f[2], 10, 32)
+		gid, err2 := strconv.ParseUint(f[3], 10, 32)
+		if _, seen := local[f[0]]; err1 == nil && err2 == nil && !seen {
+			// The comment as os/user gives it: up to the first comma.
+			comment, _, _ := strings.Cut(f[4], ",")
+			local[f[0]] = entry{uint32(uid), uint32(gid), comment}
+		}
+	}
+	member := map[string][]uint32{} // user name -> the groups listing it
+	kvmLocal := false
+	for line := range strings.Lines(string(group)) {
+		f := strings.Split(strings.TrimSpace(line), ":")
+		if len(f) < 4 {
+			continue
+		}
+		gid, err := strconv.ParseUint(f[2], 10, 32)
+		if err != nil {
+			continue
+		}
+		if f[0] == KVMGroup && !kvmLocal {
+			kvmLocal = true
+			kvm := uint32(gid)
+			db.kvm = &kvm
+		}
+		for _, m := range strings.Split(f[3], ",") {
+			if m != "" {
+				member[m] = append(member[m], uint32(gid))
+			}
+		}
+	}
+	if !kvmLocal {
+		if g, err := user.LookupGroup(KVMGroup); err == nil {
+			// A group id that is not a number is no group the kernel knows.
+			if id, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
+				kvm := uint32(id)
+				db.kvm = &kvm
+			}
+		}
+	}
+	for _, name := range names {
+		if e, ok := local[name]; ok {
+			// As getgrouplist gives them: the primary group first.
+			groups := []uint32{e.gid}
+			for _, g := range member[name] {
+				if !slices.Contains(groups, g) {
+					groups = append(groups, g)
+				}
+			}
+			db.ids[name] = IDs{UID: e.uid, GID: e.gid, Groups: groups}
+			db.comments[name] = e.comment
+			continue
+		}
+		// A user that cannot be read is planned as missing: AddUser
+		// then finds it, and checks its mark, when it is applied.
+		if u, err := user.Lookup(name); err == nil {
+			if id, err := LookupIDs(name); err == nil {
+				db.ids[name] = id
+				db.comments[name] = u.Name
+			}
+		}
+	}
+	return db, nil
 }

@@ -17,6 +17,7 @@ import (
 // links, openings, forwarding) does not stop it.
 func DiffVM(in *config.Infra, vm *config.VM) ([]action.Action, error) {
 	o := &observed{}
+	var addrs []netlink.Addr
 	for _, name := range []string{vm.Bridge, vm.TAP} {
 		l, err := linkOrNil(name)
 		if err != nil {
@@ -25,8 +26,13 @@ func DiffVM(in *config.Infra, vm *config.VM) ([]action.Action, error) {
 		if l != nil {
 			o.links = append(o.links, l)
 		}
+		if l != nil && name == vm.Bridge {
+			if addrs, err = netlink.AddrList(l, netlink.FAMILY_ALL); err != nil {
+				return nil, fmt.Errorf("listing the addresses of %s: %w", vm.Bridge, err)
+			}
+		}
 	}
-	if err := o.readVMs(*vm); err != nil {
+	if err := o.readVMs(addrs, *vm); err != nil {
 		return nil, err
 	}
 	have, _, err := readRouting()

@@ -32,8 +32,14 @@ type Plan struct {
 // Host plans the host part: storage, the firewall, links and users, and
 // Tailscale's routes. Each part is read from the host before anything is
 // decided, so a host without ZFS, say, is told so before anything changes.
+// Each kind of host state is read once: the links, addresses, routes and
+// users that Check validates are those Diff decides from.
 func Host(in *config.Infra) (*Plan, error) {
-	if err := hostnet.Check(in); err != nil {
+	host, err := hostnet.Observe(in)
+	if err != nil {
+		return nil, err
+	}
+	if err := host.Check(in); err != nil {
 		return nil, err
 	}
 	store, err := storage.For(in.Host).Diff(in)
@@ -44,11 +50,7 @@ func Host(in *config.Infra) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	links, err := hostnet.Diff(in)
-	if err != nil {
-		return nil, err
-	}
-	return assemble(store, fw, links, tailscale.Diff(in)), nil
+	return assemble(store, fw, host.Diff(in), tailscale.Diff(in)), nil
 }
 
 // assemble orders the parts' changes. Setup runs in the order of parts:
