@@ -2,10 +2,12 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,6 +39,10 @@ stops the VM and sends what changed meanwhile; hands it over in etcd in
 one transaction; then the source's daemon withdraws its network and
 Tailscale route and the target's brings them up and starts it. Prints the
 downtime: from the stop until the target says it runs.
+
+The target must have the VM's image: each host makes its own images
+(microvm image build; apply, for an [image.NAME] of the file), they are
+not sent. The move refuses, changing nothing, while the target lacks it.
 
 A failure before the handover starts the VM again on its source, where it
 stays; after it, the target owns the VM, and running the same move again
@@ -88,12 +94,18 @@ func move(e *env, cli *clientv3.Client, vm, to string, wait time.Duration) error
 	if err != nil {
 		return err
 	}
-	remote := func(h *config.FleetHost, args ...string) error {
+	output := func(h *config.FleetHost, args ...string) ([]byte, error) {
 		argv := append(append([]string{}, ssh[1:]...), "root@"+h.Address, shellQuote(append([]string{self}, args...)))
-		if out, err := exec.Command(ssh[0], argv...).CombinedOutput(); err != nil {
-			return fmt.Errorf("on %s: microvm %s: %w\n%s", h.Name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		out, err := exec.Command(ssh[0], argv...).Output()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return nil, fmt.Errorf("on %s: microvm %s: %w\n%s", h.Name, strings.Join(args, " "), err, strings.TrimSpace(string(exit.Stderr)))
 		}
-		return nil
+		return out, err
+	}
+	remote := func(h *config.FleetHost, args ...string) error {
+		_, err := output(h, args...)
+		return err
 	}
 	relay := func(snap, base string) error {
 		n, err := fleet.Relay(ctx, ssh, "root@"+src.Address, "root@"+dst.Address, self, vm, snap, base)
@@ -113,6 +125,21 @@ func move(e *env, cli *clientv3.Client, vm, to string, wait time.Duration) error
 			return fmt.Errorf("%w; forgetting the move failed: %v", err, derr)
 		}
 		return fmt.Errorf("%w\n%s runs on %s as before; fix the cause and run the move again", err, vm, m.From)
+	}
+
+	// 0. The target must have the VM's image: it is made by each host
+	// (image build, or apply for a declared one), not sent.
+	v, _ := in.VM(vm)
+	out, err := output(dst, "image", "list", "--json")
+	if err != nil {
+		return fail(err)
+	}
+	var imgs imagesDoc
+	if err := json.Unmarshal(out, &imgs); err != nil {
+		return fail(fmt.Errorf("reading %s's images: %w", m.To, err))
+	}
+	if !slices.ContainsFunc(imgs.Images, func(i imageDoc) bool { return i.Name == v.Image || strings.HasPrefix(i.Name, v.Image+".") }) {
+		return fail(fmt.Errorf("%s has no image %s, which %s boots; make it there first (on %s: microvm image build %s), then move again", m.To, v.Image, vm, m.To, v.Image))
 	}
 
 	// 1. While it runs: everything since the newest snapshot both have.
