@@ -21,6 +21,7 @@ var noRestart = map[string]string{
 	"Bridge":     "derived from Name",
 	"TAP":        "derived from Name",
 	"Autostart":  "says whether the VM starts, not how it runs",
+	"Host":       "says which host of a fleet runs the VM, not how it runs; a move restarts it there",
 	"Allow":      "in the firewall, which apply changes under a running VM",
 	"Publish":    "in the firewall, which apply changes under a running VM",
 	"StateDir":   "derived from Name and the host's state_dir",
