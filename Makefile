@@ -26,8 +26,8 @@ test-deps: deps
 	bash .ci/test-deps
 
 # The benchmarks (bench/README.md), each rewriting its section of
-# docs/benchmarks.md; as root, in sandbox namespaces. boot, disk, memory and limits
-# boot real microVMs (minutes each under TCG).
+# docs/benchmarks.md; as root, in sandbox namespaces. boot, disk, memory, limits
+# and fleet boot real microVMs (minutes each under TCG).
 bench:
 	go run ./bench apply
 	go run ./bench packet
@@ -38,6 +38,7 @@ bench:
 	go run ./bench memory
 	go run ./bench metrics
 	go run ./bench limits
+	go run ./bench fleet
 
 install: build
 	install -m 0755 bin/microvm bin/microvm-init /usr/local/bin/

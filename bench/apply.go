@@ -166,7 +166,7 @@ func runApply(args []string) error {
 
 	var b strings.Builder
 	b.WriteString("## Apply at scale\n\n")
-	b.WriteString("Command: `go run ./bench apply` (as root, from the repository's root; `make bench` runs all eight).\n\n")
+	b.WriteString("Command: `go run ./bench apply` (as root, from the repository's root; `make bench` runs all nine).\n\n")
 	b.WriteString(m.markdown())
 	fmt.Fprintf(&b, "Firewall tools: %s, %s.\n\n", strings.TrimSpace(output("nft", "--version")), m.Iptables)
 	b.WriteString(`Each figure is the median of 3 runs, each in a fresh sandbox (the one-process-per-rule column: one run). For each N, with 2 s between runs for the kernel to finish tearing down the previous sandbox's links

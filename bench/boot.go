@@ -150,7 +150,7 @@ func runBoot(args []string) error {
 
 	var b strings.Builder
 	b.WriteString("## Boot\n\n")
-	b.WriteString("Command: `go run ./bench boot` (as root, from the repository's root; `make bench` runs all eight).\n\n")
+	b.WriteString("Command: `go run ./bench boot` (as root, from the repository's root; `make bench` runs all nine).\n\n")
 	b.WriteString(m.markdown())
 	fmt.Fprintf(&b, "QEMU: %s; guests: 1 vCPU, 512 MiB; kernel %s in both images.\n", m.QEMU, kernels)
 	if m.Accel == "tcg" {

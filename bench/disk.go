@@ -59,7 +59,7 @@ func runDisk(args []string) error {
 
 	var b strings.Builder
 	b.WriteString("## Disk\n\n")
-	b.WriteString("Command: `go run ./bench disk` (as root, from the repository's root, with ZFS answering: `test/zfs-fuse.sh start`; `make bench` runs all eight).\n\n")
+	b.WriteString("Command: `go run ./bench disk` (as root, from the repository's root, with ZFS answering: `test/zfs-fuse.sh start`; `make bench` runs all nine).\n\n")
 	b.WriteString(m.markdown())
 	b.WriteString(`
 The seed's 4 VMs, booted together from fresh VM state (each VM's /etc and /var are seeded from the image at its first

@@ -183,7 +183,7 @@ subnet = "10.6.0.0/24"
 
 	var b strings.Builder
 	b.WriteString("## Flush window\n\n")
-	b.WriteString("Command: `go run ./bench flush` (as root, from the repository's root; `make bench` runs all eight).\n\n")
+	b.WriteString("Command: `go run ./bench flush` (as root, from the repository's root; `make bench` runs all nine).\n\n")
 	b.WriteString(m.markdown())
 	fmt.Fprintf(&b, `
 Four VMs with namespaces standing in for them (vm1, vm2, web and db, where web may open db's UDP port %d), the

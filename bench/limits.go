@@ -61,7 +61,7 @@ func runLimits(args []string) error {
 	t.print(os.Stdout)
 	var b strings.Builder
 	b.WriteString("## Limits\n\n")
-	b.WriteString("Command: `go run ./bench limits` (as root, from the repository's root; `make bench` runs all eight).\n\n")
+	b.WriteString("Command: `go run ./bench limits` (as root, from the repository's root; `make bench` runs all nine).\n\n")
 	b.WriteString(m.markdown())
 	fmt.Fprintf(&b, `
 What a VM's processes take beside its guest's memory, which its cgroup's memory limit adds to `+"`memory`"+`

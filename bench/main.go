@@ -13,6 +13,7 @@
 //	go run ./bench limits    # what a VM's processes take beside its guest's memory, in their cgroup (the memory limit's overhead)
 //	go run ./bench flush     # what nft flush ruleset lets through between VMs and to the host, with and without policy routing
 //	go run ./bench metrics   # a scrape of the metrics endpoint with 4 and 250 VMs: time, allocations, size
+//	go run ./bench fleet     # a push to 3 hosts × 250 VMs until all applied it, vs one host's apply; a move's downtime vs a restart
 //
 // Run it as root from the repository's root (it writes docs/ there).
 package main
@@ -36,6 +37,7 @@ var benchmarks = map[string]benchmark{
 	"memory":  {"QEMU's memory per VM before and after the lean image and its code cache size; every process of a VM; the guest's own use", runMemory},
 	"limits":  {"what a VM's processes take beside its guest's memory, in their cgroup: the memory limit's overhead", runLimits},
 	"flush":   {"what nft flush ruleset lets through between VMs and to the host before the watcher closes the ports, with and without policy routing", runFlush},
+	"fleet":   {"a push to 3 hosts × 250 VMs until every host applied it, vs one host's apply; a move's downtime vs a restart", runFleet},
 	"metrics": {"a scrape of the metrics endpoint with 4 and 250 VMs (stand-ins), stopped and running: time, allocations, size", runMetrics},
 }
 

@@ -311,7 +311,7 @@ func runMemory(args []string) error {
 
 	var b strings.Builder
 	b.WriteString("## Memory\n\n")
-	b.WriteString("Command: `go run ./bench memory` (as root, from the repository's root; `make bench` runs all eight).\n\n")
+	b.WriteString("Command: `go run ./bench memory` (as root, from the repository's root; `make bench` runs all nine).\n\n")
 	b.WriteString(m.markdown())
 	fmt.Fprintf(&b, `
 The seed's 4 VMs (512 MiB and 1 vCPU each, QEMU, accel %s), three times, one after the other, each measured %s after

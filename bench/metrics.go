@@ -79,7 +79,7 @@ func runMetrics(args []string) error {
 
 	var b strings.Builder
 	b.WriteString("## Metrics\n\n")
-	b.WriteString("Command: `go run ./bench metrics` (as root, from the repository's root; `make bench` runs all eight).\n\n")
+	b.WriteString("Command: `go run ./bench metrics` (as root, from the repository's root; `make bench` runs all nine).\n\n")
 	b.WriteString(m.markdown())
 	fmt.Fprintf(&b, `A scrape of the endpoint (README, Monitoring) with N VMs: the host part applied in a sandbox, a stand-in namespace
 per VM (a port of its bridge: N more links for the netlink dump), first with every VM stopped, then "running": each VM

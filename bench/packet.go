@@ -59,7 +59,7 @@ func runPacket(args []string) error {
 
 	var b strings.Builder
 	b.WriteString("## Packet path\n\n")
-	b.WriteString("Command: `go run ./bench packet` (as root, from the repository's root; `make bench` runs all eight).\n\n")
+	b.WriteString("Command: `go run ./bench packet` (as root, from the repository's root; `make bench` runs all nine).\n\n")
 	b.WriteString(m.markdown())
 	b.WriteString(`
 From vm1's stand-in (a namespace on a veth in br-vm1, where the VM's TAP would be) to the internet server

@@ -61,6 +61,7 @@ func (m *Member) Run(ctx context.Context) error {
 		return err
 	}
 	var applied []byte // the part last applied without error
+	var failed bool    // the part last written was not applied: whatever the part, apply it
 	for ctx.Err() == nil {
 		st, err := m.read(ctx)
 		if err != nil {
@@ -90,7 +91,7 @@ func (m *Member) Run(ctx context.Context) error {
 				break
 			}
 			part := st.Part(m.Name, m.Etcd, m.Certs.Dir)
-			if bytes.Equal(part, applied) {
+			if bytes.Equal(part, applied) && !failed {
 				break
 			}
 			if applyErr = m.write(part); applyErr == nil {
@@ -99,6 +100,7 @@ func (m *Member) Run(ctx context.Context) error {
 					applied = part
 				}
 			}
+			failed = applyErr != nil
 		}
 		if applyErr != nil && applyErr.Error() != m.lastErr {
 			fmt.Fprintf(m.Log, "fleet: %v\n", applyErr)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -169,6 +170,9 @@ func Push(ctx context.Context, cli *clientv3.Client, name string, src []byte, re
 		ops = append(ops, clientv3.OpDelete(PlacementKey(vm)))
 	}
 	resp, err := cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if errors.Is(err, rpctypes.ErrTooManyOps) {
+		return nil, fmt.Errorf("writing the fleet's file with %d new placements in one transaction: %w; etcd takes at most --max-txn-ops operations in one (128 by default): raise it on every member (ETCD_MAX_TXN_OPS, docs/fleet.md) above the number of VMs a push places", len(placed), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("writing the fleet's file: %w", err)
 	}

@@ -55,6 +55,7 @@ type Member struct {
 	Name  string
 	IP    netip.Addr
 	Netns string
+	Flags []string // etcd's own flags beside the package's, e.g. --max-txn-ops=1024
 }
 
 func (m Member) clientURL() string {
@@ -65,9 +66,10 @@ func (m Member) peerURL() string {
 	return "https://" + netip.AddrPortFrom(m.IP, PeerPort).String()
 }
 
-// Cluster is a running etcd cluster; it stops when the test ends.
+// Cluster is a running etcd cluster; it stops when the test ends (Start),
+// or when its program calls Stop (Launch).
 type Cluster struct {
-	t       testing.TB
+	t       testing.TB // nil for a cluster of Launch
 	certs   string
 	members []Member
 	dir     string                   // data dirs and logs, DIR/NAME and DIR/NAME.log
@@ -83,14 +85,40 @@ func Start(t testing.TB, certs string, members []Member) *Cluster {
 	t.Helper()
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "etcd", "nsenter")
-	c := &Cluster{t: t, certs: certs, members: members, dir: t.TempDir(),
-		procs: map[string]*exec.Cmd{}, ids: map[string]uint64{}, done: map[string]chan struct{}{}}
+	c := newCluster(certs, t.TempDir(), members)
+	c.t = t
 	t.Cleanup(c.Stop)
-	for _, m := range members {
-		c.start(m)
+	if err := c.launch(); err != nil {
+		t.Fatal(err)
 	}
-	c.waitHealthy(members)
 	return c
+}
+
+// Launch starts members as Start does, for a program that is not a test
+// (the benchmarks): their data dirs and logs go to dir, an error is
+// returned instead of failing a test, and the caller ends the cluster with
+// Stop (also after an error). Kill, Restart and RestartAll are for
+// clusters of Start.
+func Launch(certs, dir string, members []Member) (*Cluster, error) {
+	c := newCluster(certs, dir, members)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return c, err
+	}
+	return c, c.launch()
+}
+
+func newCluster(certs, dir string, members []Member) *Cluster {
+	return &Cluster{certs: certs, members: members, dir: dir,
+		procs: map[string]*exec.Cmd{}, ids: map[string]uint64{}, done: map[string]chan struct{}{}}
+}
+
+func (c *Cluster) launch() error {
+	for _, m := range c.members {
+		if err := c.start(m); err != nil {
+			return err
+		}
+	}
+	return c.waitHealthy(c.members)
 }
 
 // Endpoints are the members' client URLs.
@@ -122,7 +150,9 @@ func (c *Cluster) Kill(name string) {
 		}
 	}
 	if len(rest) > len(c.members)/2 {
-		c.waitHealthy(rest)
+		if err := c.waitHealthy(rest); err != nil {
+			c.t.Fatal(err)
+		}
 	}
 }
 
@@ -134,8 +164,12 @@ func (c *Cluster) Restart(name string) {
 		c.t.Fatalf("etcd member %s is running: Kill it first", name)
 	}
 	m := c.member(name)
-	c.start(m)
-	c.waitHealthy([]Member{m})
+	if err := c.start(m); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.waitHealthy([]Member{m}); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 // RestartAll starts every member that is not running again, together
@@ -146,11 +180,15 @@ func (c *Cluster) RestartAll() {
 	var again []Member
 	for _, m := range c.members {
 		if c.procs[m.Name] == nil {
-			c.start(m)
+			if err := c.start(m); err != nil {
+				c.t.Fatal(err)
+			}
 			again = append(again, m)
 		}
 	}
-	c.waitHealthy(again)
+	if err := c.waitHealthy(again); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 // Stop ends every member (SIGTERM, then SIGKILL after 5 s). The test's
@@ -168,7 +206,7 @@ func (c *Cluster) Stop() {
 		}
 		delete(c.procs, name)
 	}
-	if c.t.Failed() {
+	if c.t != nil && c.t.Failed() {
 		for _, m := range c.members {
 			if b, err := os.ReadFile(c.log(m.Name)); err == nil {
 				c.t.Logf("etcd member %s's log, last lines:\n%s", m.Name, tail(string(b), 30))
@@ -200,8 +238,7 @@ func (c *Cluster) down(id uint64) bool {
 
 func (c *Cluster) log(name string) string { return filepath.Join(c.dir, name+".log") }
 
-func (c *Cluster) start(m Member) {
-	c.t.Helper()
+func (c *Cluster) start(m Member) error {
 	var initial []string
 	for _, o := range c.members {
 		initial = append(initial, o.Name+"="+o.peerURL())
@@ -223,9 +260,10 @@ func (c *Cluster) start(m Member) {
 		"--peer-client-cert-auth", "--peer-trusted-ca-file", ca, "--peer-cert-file", crt, "--peer-key-file", key,
 		"--logger", "zap", "--log-outputs", "stderr",
 	}
+	args = append(args, m.Flags...)
 	logf, err := os.OpenFile(c.log(m.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		c.t.Fatal(err)
+		return err
 	}
 	defer logf.Close()
 	cmd := exec.Command("nsenter", args...)
@@ -233,27 +271,31 @@ func (c *Cluster) start(m Member) {
 	// A member must not outlive a test binary that dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("starting etcd member %s: %v", m.Name, err)
+		return fmt.Errorf("starting etcd member %s: %w", m.Name, err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	c.procs[m.Name], c.done[m.Name] = cmd, done
+	return nil
 }
 
 // waitHealthy waits until each of members answers, from its own
 // namespace with its own certificate, and knows a leader that is not a
 // member known to be down.
-func (c *Cluster) waitHealthy(members []Member) {
-	c.t.Helper()
+func (c *Cluster) waitHealthy(members []Member) error {
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
 	for _, m := range members {
-		cli := Client(c.t, m.Netns, []string{m.clientURL()}, fleet.Certs{Dir: c.certs, Name: m.Name})
+		cli, err := NewClient(m.Netns, []string{m.clientURL()}, fleet.Certs{Dir: c.certs, Name: m.Name})
+		if err != nil {
+			return err
+		}
 		var last error
 		for {
 			select {
 			case <-c.done[m.Name]:
-				c.t.Fatalf("etcd member %s exited:\n%s", m.Name, tail(read(c.log(m.Name)), 30))
+				cli.Close()
+				return fmt.Errorf("etcd member %s exited:\n%s", m.Name, tail(read(c.log(m.Name)), 30))
 			default:
 			}
 			rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
@@ -268,21 +310,34 @@ func (c *Cluster) waitHealthy(members []Member) {
 			}
 			last = err
 			if ctx.Err() != nil {
-				c.t.Fatalf("etcd member %s not healthy after %s: %v\n%s", m.Name, Timeout, last, tail(read(c.log(m.Name)), 30))
+				cli.Close()
+				return fmt.Errorf("etcd member %s not healthy after %s: %v\n%s", m.Name, Timeout, last, tail(read(c.log(m.Name)), 30))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 		cli.Close()
 	}
+	return nil
 }
 
 // Client connects to endpoints with certs, each connection made from
 // inside network namespace netns; it is closed when the test ends.
 func Client(t testing.TB, netns string, endpoints []string, certs fleet.Certs) *clientv3.Client {
 	t.Helper()
-	tc, err := certs.TLS()
+	cli, err := NewClient(netns, endpoints, certs)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// NewClient is Client for a program that is not a test: the caller closes
+// the client.
+func NewClient(netns string, endpoints []string, certs fleet.Certs) (*clientv3.Client, error) {
+	tc, err := certs.TLS()
+	if err != nil {
+		return nil, err
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
@@ -292,10 +347,9 @@ func Client(t testing.TB, netns string, endpoints []string, certs fleet.Certs) *
 		Logger:      zap.NewNop(), // the test says what failed
 	})
 	if err != nil {
-		t.Fatalf("connecting to etcd at %v: %v", endpoints, err)
+		return nil, fmt.Errorf("connecting to etcd at %v: %w", endpoints, err)
 	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return cli, nil
 }
 
 // Dialer makes gRPC's connections from inside network namespace netns.
