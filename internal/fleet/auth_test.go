@@ -87,7 +87,7 @@ func TestAuth(t *testing.T) {
 		ok   bool
 	}{
 		{"root puts the desired file", put(root, fleet.DesiredKey), true},
-		{"root places a VM", txn(root, fleet.PlacementKey("x")), true},
+		{"root places a VM", txn(root, fleet.PlacementKey), true},
 		{"root writes a host's status", put(root, fleet.StatusKey("hv2")), true},
 		{"hv1 writes its status", put(hv1, fleet.StatusKey("hv1")), true},
 		{"hv1 reads all of the fleet", get(hv1, fleet.Prefix), true},
@@ -95,8 +95,8 @@ func TestAuth(t *testing.T) {
 		{"hv1 deletes hv2's status", del(hv1, fleet.StatusKey("hv2")), false},
 		{"hv1 puts the desired file", put(hv1, fleet.DesiredKey), false},
 		{"hv1 deletes the desired file", del(hv1, fleet.DesiredKey), false},
-		{"hv1 places a VM", txn(hv1, fleet.PlacementKey("x")), false},
-		{"hv1 places a new VM", put(hv1, fleet.PlacementKey("y")), false},
+		{"hv1 places a VM", txn(hv1, fleet.PlacementKey), false},
+		{"hv1 places a VM by put", put(hv1, fleet.PlacementKey), false},
 		{"hv1 records a move", put(hv1, fleet.MoveKey("x")), false},
 		{"hv1 writes beside the fleet", put(hv1, "/other"), false},
 		{"hv1 reads beside the fleet", get(hv1, "/"), false},

@@ -13,14 +13,15 @@ const Prefix = "/microvm/"
 
 // The keys, one place for their layout (docs/fleet.md, "Who owns what").
 const (
-	DesiredKey      = Prefix + "desired"    // the fleet's infra.toml
-	PlacementPrefix = Prefix + "placement/" // + VM: the host it runs on
-	MovePrefix      = Prefix + "moves/"     // + VM: a move under way (JSON)
-	HostsPrefix     = Prefix + "hosts/"     // + HOST/: what that host writes
-)
+	DesiredKey  = Prefix + "desired" // the fleet's infra.toml
+	MovePrefix  = Prefix + "moves/"  // + VM: a move under way (JSON)
+	HostsPrefix = Prefix + "hosts/"  // + HOST/: what that host writes
 
-// PlacementKey says which host vm runs on.
-func PlacementKey(vm string) string { return PlacementPrefix + vm }
+	// PlacementKey says where every VM runs, as one JSON object (VM ->
+	// host): a push that places hundreds of VMs writes one key, within
+	// etcd's limit of operations in a transaction (--max-txn-ops, 128).
+	PlacementKey = Prefix + "placement"
+)
 
 // MoveKey records a move of vm under way.
 func MoveKey(vm string) string { return MovePrefix + vm }

@@ -60,8 +60,9 @@ func (m *Member) Run(ctx context.Context) error {
 	if err := m.checkFile(); err != nil {
 		return err
 	}
-	var applied []byte // the part last applied without error
-	var failed bool    // the part last written was not applied: whatever the part, apply it
+	var applied []byte   // the part last applied without error
+	var appliedRev int64 // the revision of the file it was of
+	var failed bool      // the part last written was not applied: whatever the part, apply it
 	for ctx.Err() == nil {
 		st, err := m.read(ctx)
 		if err != nil {
@@ -97,7 +98,7 @@ func (m *Member) Run(ctx context.Context) error {
 			if applyErr = m.write(part); applyErr == nil {
 				fmt.Fprintf(m.Log, "fleet: applying the part of revision %d: %v\n", st.FileRev, PartOf(st.Placement, m.Name))
 				if applyErr = m.Apply(ctx, m.File); applyErr == nil {
-					applied = part
+					applied, appliedRev = part, st.FileRev
 				}
 			}
 			failed = applyErr != nil
@@ -109,7 +110,7 @@ func (m *Member) Run(ctx context.Context) error {
 		if applyErr != nil {
 			m.lastErr = applyErr.Error()
 		}
-		m.report(ctx, st.FileRev, applied != nil, applyErr)
+		m.report(ctx, appliedRev, applyErr)
 		m.lostSince = time.Time{}
 		m.wait(ctx, st.Rev)
 	}
@@ -188,11 +189,8 @@ func (m *Member) keepAlive(ctx context.Context) {
 }
 
 // report writes the host's status when it changed (the time aside).
-func (m *Member) report(ctx context.Context, rev int64, applied bool, applyErr error) {
-	hs := HostStatus{Host: m.Name, Version: m.Version}
-	if applied {
-		hs.Applied = rev
-	}
+func (m *Member) report(ctx context.Context, applied int64, applyErr error) {
+	hs := HostStatus{Host: m.Name, Version: m.Version, Applied: applied}
 	if applyErr != nil {
 		hs.Error = applyErr.Error()
 	}

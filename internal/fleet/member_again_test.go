@@ -102,11 +102,11 @@ func TestMemberAppliesAgainAfterAFailure(t *testing.T) {
 		return n
 	}
 	waitApplied("vm1's part", func(p []string) bool { return count(p, "[vm1]") == 1 })
-	if _, err := cli.Put(ctx, fleet.PlacementKey("vm1"), "hv2"); err != nil {
+	if _, err := cli.Put(ctx, fleet.PlacementKey, `{"vm1":"hv2"}`); err != nil {
 		t.Fatal(err)
 	}
 	waitApplied("the empty part, refused", func(p []string) bool { return count(p, "[]") >= 1 })
-	if _, err := cli.Put(ctx, fleet.PlacementKey("vm1"), "hv1"); err != nil {
+	if _, err := cli.Put(ctx, fleet.PlacementKey, `{"vm1":"hv1"}`); err != nil {
 		t.Fatal(err)
 	}
 	waitApplied("vm1's part again", func(p []string) bool { return count(p, "[vm1]") == 2 })

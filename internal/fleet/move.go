@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -49,7 +50,7 @@ func BeginMove(ctx context.Context, cli *clientv3.Client, vm, to string) (*State
 	m := Move{From: from, To: to, Since: time.Now().UTC(), Step: "sending"}
 	b, _ := json.Marshal(m)
 	resp, err := cli.Txn(ctx).If(
-		clientv3.Compare(clientv3.Value(PlacementKey(vm)), "=", from),
+		st.placementUnchanged(),
 		clientv3.Compare(clientv3.CreateRevision(MoveKey(vm)), "=", 0),
 	).Then(clientv3.OpPut(MoveKey(vm), string(b))).Commit()
 	if err != nil {
@@ -95,20 +96,32 @@ func MoveStep(ctx context.Context, cli *clientv3.Client, vm string, m Move, step
 }
 
 // Handover places vm on the move's target and ends the move, in one
-// transaction that holds only while vm is still placed on its source and
-// the move is still recorded.
+// transaction that holds only while the placements are as read, with vm
+// on its source, and the move is still recorded. Another VM's placement
+// changing meanwhile (its own move) only makes it read and try again.
 func Handover(ctx context.Context, cli *clientv3.Client, vm string, m Move) error {
-	resp, err := cli.Txn(ctx).If(
-		clientv3.Compare(clientv3.Value(PlacementKey(vm)), "=", m.From),
-		clientv3.Compare(clientv3.CreateRevision(MoveKey(vm)), ">", 0),
-	).Then(clientv3.OpPut(PlacementKey(vm), m.To), clientv3.OpDelete(MoveKey(vm))).Commit()
-	if err != nil {
-		return fmt.Errorf("handing %s over to %s: %w", vm, m.To, err)
+	for range 10 {
+		st, err := Load(ctx, cli)
+		if err != nil {
+			return fmt.Errorf("handing %s over to %s: %w", vm, m.To, err)
+		}
+		if _, ok := st.Moves[vm]; !ok || st.Placement[vm] != m.From {
+			return fmt.Errorf("handing %s over to %s: it is placed on %q and its move record is gone: something else moved it meanwhile", vm, m.To, st.Placement[vm])
+		}
+		placement := maps.Clone(st.Placement)
+		placement[vm] = m.To
+		resp, err := cli.Txn(ctx).If(
+			st.placementUnchanged(),
+			clientv3.Compare(clientv3.CreateRevision(MoveKey(vm)), ">", 0),
+		).Then(placementOp(placement), clientv3.OpDelete(MoveKey(vm))).Commit()
+		if err != nil {
+			return fmt.Errorf("handing %s over to %s: %w", vm, m.To, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
 	}
-	if !resp.Succeeded {
-		return fmt.Errorf("handing %s over to %s: its placement or move record changed meanwhile", vm, m.To)
-	}
-	return nil
+	return fmt.Errorf("handing %s over to %s: the placements kept changing; run the move again", vm, m.To)
 }
 
 // EndMove forgets a move that did not hand the VM over: it stays where it
@@ -147,15 +160,17 @@ func Replace(ctx context.Context, cli *clientv3.Client, vm, to string) (from str
 	if err := fits(st, in, vm, to); err != nil {
 		return "", err
 	}
+	placement := maps.Clone(st.Placement)
+	placement[vm] = to
 	resp, err := cli.Txn(ctx).If(
-		clientv3.Compare(clientv3.Value(PlacementKey(vm)), "=", from),
+		st.placementUnchanged(),
 		clientv3.Compare(clientv3.CreateRevision(MoveKey(vm)), "=", 0),
-	).Then(clientv3.OpPut(PlacementKey(vm), to)).Commit()
+	).Then(placementOp(placement)).Commit()
 	if err != nil {
 		return "", fmt.Errorf("placing %s on %s: %w", vm, to, err)
 	}
 	if !resp.Succeeded {
-		return "", fmt.Errorf("placing %s on %s: its placement, a move of it, or %s's lease changed meanwhile; run it again", vm, to, from)
+		return "", fmt.Errorf("placing %s on %s: the placements or a move of it changed meanwhile; run it again", vm, to)
 	}
 	return from, nil
 }

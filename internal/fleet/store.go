@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -18,14 +17,15 @@ import (
 
 // State is everything of the fleet in etcd, read at one revision.
 type State struct {
-	Rev        int64             // the store's revision of the read
-	File       []byte            // the desired infra.toml; nil before the first push
-	FileRev    int64             // the revision it was pushed at (its ModRevision)
-	Placement  map[string]string // VM -> host
-	Moves      map[string]Move   // VM -> the move under way
-	Alive      map[string]bool   // hosts whose lease holds
-	Hosts      map[string]HostStatus
-	maxPlaceMR int64 // the newest ModRevision among placements and moves
+	Rev       int64             // the store's revision of the read
+	File      []byte            // the desired infra.toml; nil before the first push
+	FileRev   int64             // the revision it was pushed at (its ModRevision)
+	Placement map[string]string // VM -> host
+	Moves     map[string]Move   // VM -> the move under way
+	Alive     map[string]bool   // hosts whose lease holds
+	Hosts     map[string]HostStatus
+
+	placementRev int64 // the ModRevision of PlacementKey; 0 when absent
 }
 
 // Move is a move under way, recorded by microvm move.
@@ -66,15 +66,16 @@ func Load(ctx context.Context, cli *clientv3.Client) (*State, error) {
 		switch {
 		case k == DesiredKey:
 			st.File, st.FileRev = kv.Value, kv.ModRevision
-		case strings.HasPrefix(k, PlacementPrefix):
-			st.Placement[strings.TrimPrefix(k, PlacementPrefix)] = string(kv.Value)
-			st.maxPlaceMR = max(st.maxPlaceMR, kv.ModRevision)
+		case k == PlacementKey:
+			if err := json.Unmarshal(kv.Value, &st.Placement); err != nil {
+				return nil, fmt.Errorf("reading where the VMs run (%s): %w", PlacementKey, err)
+			}
+			st.placementRev = kv.ModRevision
 		case strings.HasPrefix(k, MovePrefix):
 			var m Move
 			if json.Unmarshal(kv.Value, &m) == nil {
 				st.Moves[strings.TrimPrefix(k, MovePrefix)] = m
 			}
-			st.maxPlaceMR = max(st.maxPlaceMR, kv.ModRevision)
 		case k == AliveKey(HostOf(k)):
 			st.Alive[HostOf(k)] = true
 		case k == StatusKey(HostOf(k)):
@@ -157,22 +158,13 @@ func Push(ctx context.Context, cli *clientv3.Client, name string, src []byte, re
 			return nil, err
 		}
 	}
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(DesiredKey), "=", st.FileRev)}
-	// No placement or move changed since the read (a move hands a VM over).
-	cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(PlacementPrefix).WithPrefix(), "<", st.Rev+1),
-		clientv3.Compare(clientv3.ModRevision(MovePrefix).WithPrefix(), "<", st.Rev+1))
-	ops := []clientv3.Op{clientv3.OpPut(DesiredKey, string(src))}
-	for vm, h := range placed {
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(PlacementKey(vm)), "=", 0))
-		ops = append(ops, clientv3.OpPut(PlacementKey(vm), h))
-	}
-	for _, vm := range removed {
-		ops = append(ops, clientv3.OpDelete(PlacementKey(vm)))
-	}
-	resp, err := cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
-	if errors.Is(err, rpctypes.ErrTooManyOps) {
-		return nil, fmt.Errorf("writing the fleet's file with %d new placements in one transaction: %w; etcd takes at most --max-txn-ops operations in one (128 by default): raise it on every member (ETCD_MAX_TXN_OPS, docs/fleet.md) above the number of VMs a push places", len(placed), err)
-	}
+	// Nothing read changed since: the file, the placements, the moves (a
+	// move hands a VM over by changing the placements).
+	resp, err := cli.Txn(ctx).If(
+		clientv3.Compare(clientv3.ModRevision(DesiredKey), "=", st.FileRev),
+		st.placementUnchanged(),
+		clientv3.Compare(clientv3.ModRevision(MovePrefix).WithPrefix(), "<", st.Rev+1),
+	).Then(clientv3.OpPut(DesiredKey, string(src)), placementOp(placement)).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("writing the fleet's file: %w", err)
 	}
@@ -259,4 +251,15 @@ func Place(in *config.Infra, current map[string]string, moves map[string]Move) (
 		return nil, nil, nil, errors.New("placing the VMs: " + strings.Join(problems, "; ") + "; nothing was pushed")
 	}
 	return all, placed, removed, nil
+}
+
+// placementUnchanged holds while the placements are as st read them.
+func (st *State) placementUnchanged() clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(PlacementKey), "=", st.placementRev)
+}
+
+// placementOp writes placement as the fleet's placements.
+func placementOp(placement map[string]string) clientv3.Op {
+	b, _ := json.Marshal(placement)
+	return clientv3.OpPut(PlacementKey, string(b))
 }

@@ -352,4 +352,3 @@ func waitFor(t *testing.T, what string, f func() bool) {
 		time.Sleep(time.Second)
 	}
 }
-
