@@ -3,8 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -134,7 +135,7 @@ Examples:
 				return err
 			}
 			fmt.Fprintf(e.stdout, "pushed revision %d (replacing %d)\n", p.Rev, p.Replaced)
-			for _, vm := range sortedKeys(p.Placed) {
+			for _, vm := range slices.Sorted(maps.Keys(p.Placed)) {
 				fmt.Fprintf(e.stdout, "placed %s on %s\n", vm, p.Placed[vm])
 			}
 			for _, vm := range p.Removed {
@@ -234,7 +235,7 @@ func fleetReport(st *fleet.State) string {
 	for h := range st.Hosts {
 		names[h] = true
 	}
-	for _, h := range sortedKeys(names) {
+	for _, h := range slices.Sorted(maps.Keys(names)) {
 		hs := st.Hosts[h]
 		state := "lost"
 		if st.Alive[h] {
@@ -252,7 +253,7 @@ func fleetReport(st *fleet.State) string {
 	b.WriteString("\n")
 	w = tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "VM\tHOST\tSTATE\tGUEST\tMOVE")
-	for _, vm := range sortedKeys(st.Placement) {
+	for _, vm := range slices.Sorted(maps.Keys(st.Placement)) {
 		h := st.Placement[vm]
 		state, guest := "unknown", "-"
 		for _, v := range st.Hosts[h].VMs {
@@ -274,15 +275,6 @@ func fleetReport(st *fleet.State) string {
 	}
 	w.Flush()
 	return b.String()
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // partClient connects to etcd as the host whose part in is, with what the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -69,7 +70,7 @@ func forward(away *elsewhere, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	if len(hosts) > 1 {
 		var where []string
-		for _, h := range sortedKeys(hosts) {
+		for _, h := range slices.Sorted(maps.Keys(hosts)) {
 			where = append(where, strings.Join(hosts[h], ", ")+" on "+h)
 		}
 		return fail(fmt.Errorf("the VMs named run on different hosts (%s); name the VMs of one host at a time", strings.Join(where, "; ")))

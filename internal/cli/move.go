@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"time"
@@ -95,13 +94,7 @@ func move(e *env, cli *clientv3.Client, vm, to string, wait time.Duration) error
 		return err
 	}
 	output := func(h *config.FleetHost, args ...string) ([]byte, error) {
-		argv := append(append([]string{}, ssh[1:]...), "root@"+h.Address, shellQuote(append([]string{self}, args...)))
-		out, err := exec.Command(ssh[0], argv...).Output()
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			return nil, fmt.Errorf("on %s: microvm %s: %w\n%s", h.Name, strings.Join(args, " "), err, strings.TrimSpace(string(exit.Stderr)))
-		}
-		return out, err
+		return fleet.Remote(ctx, ssh, "root@"+h.Address, self, args...)
 	}
 	remote := func(h *config.FleetHost, args ...string) error {
 		_, err := output(h, args...)

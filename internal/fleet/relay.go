@@ -81,12 +81,9 @@ func RemoteSnapshots(ctx context.Context, ssh []string, host, microvm, vm string
 	if err := checkNames(ssh, vm, "", ""); err != nil {
 		return nil, err
 	}
-	var stderr tail
-	cmd := remote(ctx, ssh, host, microvm, "fleet", "receive", vm, "--list")
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := Remote(ctx, ssh, host, microvm, "fleet", "receive", vm, "--list")
 	if err != nil {
-		return nil, fmt.Errorf("listing the move snapshots of %s: %w", vm, side("on "+host, err, &stderr))
+		return nil, fmt.Errorf("listing the move snapshots of %s: %w", vm, err)
 	}
 	var snaps []string
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
@@ -99,6 +96,37 @@ func RemoteSnapshots(ctx context.Context, ssh []string, host, microvm, vm string
 		snaps = append(snaps, line)
 	}
 	return snaps, nil
+}
+
+// Remote runs `SSH... host MICROVM ARGS...` and returns what it printed,
+// at most remoteMax bytes: another host is not trusted to print little.
+// The args become words of the host's shell line: checked names and flags
+// only.
+func Remote(ctx context.Context, ssh []string, host, microvm string, args ...string) ([]byte, error) {
+	if len(ssh) == 0 {
+		return nil, errors.New("no ssh command to reach the hosts with")
+	}
+	var stdout capped
+	var stderr tail
+	cmd := remote(ctx, ssh, host, microvm, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, side("on "+host+": microvm "+strings.Join(args, " "), err, &stderr)
+	}
+	return stdout.b, nil
+}
+
+// capped holds what a command prints, and fails it past remoteMax.
+type capped struct{ b []byte }
+
+const remoteMax = 1 << 20
+
+func (c *capped) Write(p []byte) (int, error) {
+	if len(c.b)+len(p) > remoteMax {
+		return 0, fmt.Errorf("it printed more than %d bytes", remoteMax)
+	}
+	c.b = append(c.b, p...)
+	return len(p), nil
 }
 
 // CommonBase is the newest move snapshot of the source's a (oldest first)

@@ -55,7 +55,6 @@ type Member struct {
 	Name  string
 	IP    netip.Addr
 	Netns string
-	Flags []string // etcd's own flags beside the package's, e.g. --max-txn-ops=1024
 }
 
 func (m Member) clientURL() string {
@@ -260,7 +259,6 @@ func (c *Cluster) start(m Member) error {
 		"--peer-client-cert-auth", "--peer-trusted-ca-file", ca, "--peer-cert-file", crt, "--peer-key-file", key,
 		"--logger", "zap", "--log-outputs", "stderr",
 	}
-	args = append(args, m.Flags...)
 	logf, err := os.OpenFile(c.log(m.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
