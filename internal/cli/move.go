@@ -145,7 +145,7 @@ func move(e *env, cli *clientv3.Client, vm, to string, wait time.Duration) error
 		return fail(err)
 	}
 	base := fleet.CommonBase(a, b)
-	live := "move-" + storage.DefaultLabel(time.Now())
+	live := storage.MovePrefix + storage.DefaultLabel(time.Now())
 	if err := relay(live, base); err != nil {
 		return fail(err)
 	}
@@ -157,7 +157,7 @@ func move(e *env, cli *clientv3.Client, vm, to string, wait time.Duration) error
 	}
 	stopped = true
 	_ = fleet.MoveStep(ctx, cli, vm, m, "sending the rest")
-	last := "move-" + storage.DefaultLabel(time.Now().Add(time.Second))
+	last := storage.MovePrefix + storage.DefaultLabel(time.Now().Add(time.Second))
 	if err := relay(last, live); err != nil {
 		return fail(err)
 	}
