@@ -78,6 +78,7 @@ func planPhases(in *config.Infra) ([]phase, error) {
 func runApply(args []string) error {
 	flags := flag.NewFlagSet("apply", flag.ContinueOnError)
 	cpuProfile := flags.String("cpuprofile", "", "write a CPU profile of the whole run to `file` (go tool pprof)")
+	only := flags.Int("n", 0, "measure only this many VMs, and print the figures without writing docs/ (for a quick look)")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -93,6 +94,9 @@ func runApply(args []string) error {
 		defer pprof.StopCPUProfile()
 	}
 	ns := []int{4, 16, 64, 250}
+	if *only > 0 {
+		ns = []int{*only}
+	}
 	m := readMachine("")
 	fmt.Printf("apply at scale; load average at start %s\n\n", m.Load)
 	var rs []applyResult
@@ -146,6 +150,10 @@ func runApply(args []string) error {
 	}
 	fmt.Println()
 	t.print(os.Stdout)
+	if *only > 0 {
+		fmt.Print("\n" + whereTimeGoes(rs[0]))
+		return nil
+	}
 
 	if err := lineChart("docs/bench-apply-time.svg", "Host network apply time vs number of VMs", "VMs (N)", "milliseconds (log)", []series{
 		{name: "microvm: first apply", color: "#1f77b4", x: xs, y: first},

@@ -36,20 +36,20 @@ func (a *Sysctl) Apply() error {
 	return nil
 }
 
-// AddBridge creates a bridge in the program's link group and marks it with
-// the alias. The kernel takes no alias in the create request, but does
-// take the group: a bridge whose alias an interrupted apply did not set
-// is still known as the program's, and the next apply sets it. A bridge of
-// that name that is not the program's is an error, and is left alone.
+// AddBridge creates a bridge in the program's link group, set up, and
+// marks it with the alias. The kernel takes no alias in the create
+// request, but does take the group: a bridge whose alias an interrupted
+// apply did not set is still known as the program's, and the next apply
+// sets it. A bridge of that name that is not the program's is an error,
+// and is left alone.
 type AddBridge struct{ Name, Alias string }
 
 func (a *AddBridge) String() string {
-	return fmt.Sprintf("ip link add %s group %d type bridge && ip link set %s alias %s", a.Name, config.LinkGroup, a.Name, a.Alias)
+	return fmt.Sprintf("ip link add %s group %d up type bridge && ip link set %s alias %s", a.Name, config.LinkGroup, a.Name, a.Alias)
 }
 
 func (a *AddBridge) Apply() error {
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: a.Name, Group: config.LinkGroup}}
-	switch err := netlink.LinkAdd(br); {
+	switch err := newBridge(a.Name, config.LinkGroup); {
 	case err == nil:
 		return setAlias(a.Name, a.Alias) // made just now (the request was exclusive): the program's
 	case !errors.Is(err, os.ErrExist):
@@ -58,11 +58,12 @@ func (a *AddBridge) Apply() error {
 	return claim(a.Name, a.Alias, func(l netlink.Link) bool { return l.Type() == "bridge" && l.Attrs().Group == config.LinkGroup })
 }
 
-// AddTAP creates a persistent TAP owned by User. vnet_hdr lets the VMM
-// offload checksums; multi_queue gives each vCPU its own queue.
+// AddTAP creates a persistent TAP owned by User, on bridge Master, and
+// sets it up. vnet_hdr lets the VMM offload checksums; multi_queue gives
+// each vCPU its own queue.
 type AddTAP struct {
-	Name, User, Alias string
-	MultiQueue        bool
+	Name, User, Alias, Master string
+	MultiQueue                bool
 }
 
 func (a *AddTAP) String() string {
@@ -70,7 +71,7 @@ func (a *AddTAP) String() string {
 	if a.MultiQueue {
 		s += " multi_queue"
 	}
-	return s + fmt.Sprintf(" && ip link set %s alias %s", a.Name, a.Alias)
+	return s + fmt.Sprintf(" && ip link set %s alias %s master %s up", a.Name, a.Alias, a.Master)
 }
 
 func (a *AddTAP) flags() netlink.TuntapFlag {
@@ -95,30 +96,66 @@ func (a *AddTAP) matches(t *netlink.Tuntap, id *IDs) bool {
 // Apply creates the TAP, or finishes one an interrupted apply made: a
 // persistent TAP owned by a.User can only be the program's, as the kernel
 // makes a TAP persistent only after its owner is set. Any other link of
-// that name is an error, and is left alone (opening a foreign TAP as root
-// would attach to it and could change its owner).
+// that name is an error, and is left alone: the TAP is created with
+// IFF_TUN_EXCL, as opening a foreign TAP as root would attach to it and
+// could change its owner.
 func (a *AddTAP) Apply() error {
 	uid, gid, err := lookupOwner(a.User)
 	if err != nil {
 		return err
 	}
 	if _, err := index(a.Name); err == nil {
-		return claim(a.Name, a.Alias, func(l netlink.Link) bool {
+		err := claim(a.Name, a.Alias, func(l netlink.Link) bool {
 			t, ok := l.(*netlink.Tuntap)
 			return ok && t.Owner == uid && !t.NonPersist
 		})
-	}
-	tap := &netlink.Tuntap{
-		LinkAttrs: netlink.LinkAttrs{Name: a.Name},
-		Mode:      netlink.TUNTAP_MODE_TAP,
-		Flags:     a.flags(),
-		Owner:     uid,
-		Group:     gid,
-	}
-	if err := netlink.LinkAdd(tap); err != nil {
+		if err != nil {
+			return err
+		}
+	} else if err := newTAP(a.Name, uint16(a.flags()), uid, gid); err != nil {
 		return fmt.Errorf("creating TAP %s: %w", a.Name, err)
 	}
-	return setAlias(a.Name, a.Alias)
+	i, err := index(a.Name)
+	if err != nil {
+		return err
+	}
+	br, err := index(a.Master)
+	if err != nil {
+		return err
+	}
+	if err := setLink(i, a.Alias, br, true); err != nil {
+		return fmt.Errorf("setting %s's alias, bridge %s and up: %w", a.Name, a.Master, err)
+	}
+	return nil
+}
+
+// newTAP creates the persistent TAP name with flags (IFF_*), owned by
+// uid and gid, through /dev/net/tun as `ip tuntap add` does: the kernel
+// makes TAPs through no netlink request.
+func newTAP(name string, flags uint16, uid, gid uint32) error {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	ifr.SetUint16(flags | unix.IFF_TAP | unix.IFF_TUN_EXCL)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return fmt.Errorf("TUNSETIFF: %w", err)
+	}
+	for _, set := range []struct {
+		req uint
+		arg int
+		why string
+	}{{unix.TUNSETOWNER, int(uid), "TUNSETOWNER"}, {unix.TUNSETGROUP, int(gid), "TUNSETGROUP"}, {unix.TUNSETPERSIST, 1, "TUNSETPERSIST"}} {
+		if err := unix.IoctlSetInt(fd, set.req, set.arg); err != nil {
+			return fmt.Errorf("%s: %w", set.why, err)
+		}
+	}
+	return nil
 }
 
 // setAlias marks the link name, which the program has just made, as its.
@@ -127,7 +164,7 @@ func setAlias(name, alias string) error {
 	if err != nil {
 		return err
 	}
-	if err := netlink.LinkSetAlias(byIndex(name, i), alias); err != nil {
+	if err := setLink(i, alias, 0, false); err != nil {
 		return fmt.Errorf("setting alias of %s: %w", name, err)
 	}
 	return nil
@@ -151,12 +188,6 @@ func index(name string) (int, error) {
 		return 0, fmt.Errorf("finding %s: %w", name, err)
 	}
 	return int(ifr.Uint32()), nil
-}
-
-// byIndex is a link known by its index, for netlink's requests that take
-// a Link and use only that.
-func byIndex(name string, i int) netlink.Link {
-	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: name, Index: i}}
 }
 
 // claim sets alias on the link name if it has it already or if unmarked
@@ -200,13 +231,11 @@ func (a *AddAddr) Apply() error {
 	if err != nil {
 		return err
 	}
-	l := byIndex(a.Link, i)
-	// A netip.Prefix always prints as ParseAddr reads it.
-	addr, _ := netlink.ParseAddr(a.Prefix.String())
+	var flags uint32
 	if a.Prefix.Addr().Is6() {
-		addr.Flags = unix.IFA_F_NODAD
+		flags = unix.IFA_F_NODAD
 	}
-	if err := ignoreExist(netlink.AddrAdd(l, addr)); err != nil {
+	if err := ignoreExist(newAddr(i, a.Prefix, flags)); err != nil {
 		return fmt.Errorf("adding %s to %s: %w", a.Prefix, a.Link, err)
 	}
 	return nil
@@ -247,7 +276,7 @@ func (a *LinkUp) Apply() error {
 	if err != nil {
 		return err
 	}
-	if err := netlink.LinkSetUp(byIndex(a.Name, i)); err != nil {
+	if err := setLink(i, "", 0, true); err != nil {
 		return fmt.Errorf("setting %s up: %w", a.Name, err)
 	}
 	return nil
@@ -269,7 +298,7 @@ func (a *SetMaster) Apply() error {
 	if err != nil {
 		return err
 	}
-	if err := netlink.LinkSetMasterByIndex(byIndex(a.Name, i), br); err != nil {
+	if err := setLink(i, "", br, false); err != nil {
 		return fmt.Errorf("attaching %s to %s: %w", a.Name, a.Master, err)
 	}
 	return nil

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -59,7 +58,7 @@ type Observed struct{ o *observed }
 
 // Observe reads what Check and Diff need of the host.
 func Observe(in *config.Infra) (*Observed, error) {
-	links, err := dump(netlink.LinkList)
+	links, err := dump(listLinks)
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}
@@ -78,9 +77,7 @@ func Observe(in *config.Infra) (*Observed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses: %w", err)
 	}
-	routes, err := dump(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	})
+	routes, err := dump(listRoutes)
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
@@ -153,7 +150,7 @@ func (o *observed) readVMs(addrs []netlink.Addr, vms ...config.VM) error {
 // VMs that are no longer in the model (their gateway addresses, masked):
 // the routes package tailscale withdraws, read before the links go.
 func DepartedSubnets(in *config.Infra) ([]netip.Prefix, error) {
-	links, err := dump(netlink.LinkList)
+	links, err := dump(listLinks)
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}
@@ -257,7 +254,7 @@ func bridgeDiff(vm *config.VM, l netlink.Link, addrs []netip.Prefix) []action.Ac
 		for _, gw := range gws {
 			acts = append(acts, &AddAddr{Link: vm.Bridge, Prefix: gw})
 		}
-		return append(acts, &LinkUp{Name: vm.Bridge})
+		return acts
 	}
 	if l.Attrs().Alias != vm.Alias() {
 		// Made by an apply interrupted before the alias (Check proved
@@ -284,25 +281,24 @@ func bridgeDiff(vm *config.VM, l netlink.Link, addrs []netip.Prefix) []action.Ac
 // the link it belongs on and owner the ids of vm's user (nil if there is
 // none yet).
 func tapDiff(vm *config.VM, l, bridge netlink.Link, owner *IDs) []action.Action {
-	want := &AddTAP{Name: vm.TAP, User: vm.User, MultiQueue: vm.VCPU > 1, Alias: vm.Alias()}
-	all := []action.Action{want, &SetMaster{Name: vm.TAP, Master: vm.Bridge}, &LinkUp{Name: vm.TAP}}
+	want := &AddTAP{Name: vm.TAP, User: vm.User, MultiQueue: vm.VCPU > 1, Alias: vm.Alias(), Master: vm.Bridge}
 	if l == nil {
-		return all
+		return []action.Action{want}
 	}
 	tap, ok := l.(*netlink.Tuntap)
 	if !ok || !want.matches(tap, owner) {
 		// Owner and queue mode are fixed when a TAP is made: recreate it.
-		return append([]action.Action{&DelLink{Name: vm.TAP}}, all...)
+		return []action.Action{&DelLink{Name: vm.TAP}, want}
+	}
+	if l.Attrs().Alias != vm.Alias() {
+		return []action.Action{want} // finishes a TAP an interrupted apply made
 	}
 	var acts []action.Action
-	if l.Attrs().Alias != vm.Alias() {
-		acts = append(acts, want) // finishes a TAP an interrupted apply made
-	}
 	if bridge == nil || l.Attrs().MasterIndex != bridge.Attrs().Index {
-		acts = append(acts, all[1])
+		acts = append(acts, &SetMaster{Name: vm.TAP, Master: vm.Bridge})
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
-		acts = append(acts, all[2])
+		acts = append(acts, &LinkUp{Name: vm.TAP})
 	}
 	return acts
 }

@@ -252,20 +252,6 @@ func readSysctl(key string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// dump runs a netlink dump again while the kernel says it was
-// interrupted: the links or addresses changed while it was read (IPv6
-// finishing duplicate address detection on links an apply just made),
-// and what it gave may be inconsistent.
-func dump[T any](list func() ([]T, error)) ([]T, error) {
-	for range 9 {
-		out, err := list()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return out, err
-		}
-	}
-	return list()
-}
-
 // ignoreExist turns "already exists" into success, so a re-run converges.
 func ignoreExist(err error) error {
 	if errors.Is(err, os.ErrExist) {

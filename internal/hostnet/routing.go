@@ -107,7 +107,7 @@ type AddRule struct{ Rule Rule }
 
 func (a *AddRule) String() string { return a.Rule.ip() + " rule add " + a.Rule.args() }
 func (a *AddRule) Apply() error {
-	if err := ignoreExist(netlink.RuleAdd(a.Rule.netlink())); err != nil {
+	if err := ignoreExist(newRule(a.Rule)); err != nil {
 		return fmt.Errorf("adding %s rule %s: %w", a.Rule.ip(), a.Rule.args(), err)
 	}
 	return nil
@@ -133,7 +133,7 @@ func (a *AddBlackhole) String() string {
 }
 
 func (a *AddBlackhole) Apply() error {
-	if err := netlink.RouteReplace(blackhole(a.Dst)); err != nil {
+	if err := replaceBlackhole(a.Dst); err != nil {
 		return fmt.Errorf("adding blackhole route %s to table %d: %w", a.Dst, config.RouteTable, err)
 	}
 	return nil
