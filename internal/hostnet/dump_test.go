@@ -60,7 +60,9 @@ vcpu = 2
 		if err != nil {
 			return err
 		}
-		dst := func(c byte) *net.IPNet { return &net.IPNet{IP: net.IPv4(192, 0, c, 0).To4(), Mask: net.CIDRMask(24, 32)} }
+		dst := func(c byte) *net.IPNet {
+			return &net.IPNet{IP: net.IPv4(192, 0, c, 0).To4(), Mask: net.CIDRMask(24, 32)}
+		}
 		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: uplink.Attrs().Index, Dst: dst(2), Table: 99}); err != nil {
 			return err
 		}
