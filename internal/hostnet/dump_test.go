@@ -72,7 +72,8 @@ vcpu = 2
 		t.Fatal(err)
 	}
 	var gotLinks, wantLinks []netlink.Link
-	var gotRoutes, wantRoutes []netlink.Route
+	var gotRoutes []hostnet.Route
+	var wantRoutes []netlink.Route
 	err = sandbox.Do(sb.Host, func() error {
 		var err error
 		if gotLinks, err = hostnet.ListLinks(); err != nil {
@@ -99,11 +100,20 @@ vcpu = 2
 		}
 		return s
 	}
-	route := func(r netlink.Route) string {
-		return fmt.Sprintf("family %d table %d type %d proto %d dst %v gw %v dev %d", r.Family, r.Table, r.Type, r.Protocol, r.Dst, r.Gw, r.LinkIndex)
+	var libRoutes []string
+	for _, r := range wantRoutes {
+		gw := "invalid IP"
+		if r.Gw != nil {
+			gw = r.Gw.String()
+		}
+		libRoutes = append(libRoutes, fmt.Sprintf("family %d table %d type %d proto %d dst %v gw %s dev %d", r.Family, r.Table, r.Type, r.Protocol, r.Dst, gw, r.LinkIndex))
+	}
+	var ours []string
+	for _, r := range gotRoutes {
+		ours = append(ours, hostnet.ShowRoute(r))
 	}
 	compare(t, "links", gotLinks, wantLinks, link)
-	compare(t, "routes", gotRoutes, wantRoutes, route)
+	compare(t, "routes", ours, libRoutes, func(s string) string { return s })
 	kinds := map[string]bool{}
 	for _, l := range gotLinks {
 		kinds[l.Type()] = true

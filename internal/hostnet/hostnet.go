@@ -139,7 +139,7 @@ func checkIPv6(in *config.Infra) error {
 // with ipv6 the IPv6 ones (but link-local and multicast), except those of
 // the program's own links and table, which it manages, and default routes,
 // which overlap everything.
-func networksOf(links []netlink.Link, addrs []netlink.Addr, routes []netlink.Route, ipv6 bool) []network {
+func networksOf(links []netlink.Link, addrs []netlink.Addr, routes []route, ipv6 bool) []network {
 	names := map[int]string{}
 	ours := map[int]bool{}
 	for _, l := range links {
@@ -154,21 +154,21 @@ func networksOf(links []netlink.Link, addrs []netlink.Addr, routes []netlink.Rou
 		}
 	}
 	for _, r := range routes {
-		if r.Dst == nil || ours[r.LinkIndex] || r.Table == config.RouteTable {
+		if ours[r.link] || r.table == config.RouteTable {
 			continue
 		}
-		p := prefixOf(r.Dst).Masked()
-		if p.Bits() == 0 || special6(p) || p.Addr().Is6() && (!ipv6 || r.Type != unix.RTN_UNICAST) {
+		p := r.dst.Masked()
+		if p.Bits() == 0 || special6(p) || p.Addr().Is6() && (!ipv6 || r.typ != unix.RTN_UNICAST) {
 			// IPv6's local table has a route for each address (its
 			// own, above) and for multicast, on every link.
 			continue
 		}
 		where := "a route"
-		if name, ok := names[r.LinkIndex]; ok {
+		if name, ok := names[r.link]; ok {
 			where = "a route via " + name
 		}
-		if r.Table != unix.RT_TABLE_MAIN && r.Table != unix.RT_TABLE_LOCAL {
-			where += fmt.Sprintf(" in table %d", r.Table)
+		if r.table != unix.RT_TABLE_MAIN && r.table != unix.RT_TABLE_LOCAL {
+			where += fmt.Sprintf(" in table %d", r.table)
 		}
 		out = append(out, network{p, where + " to " + p.String()})
 	}

@@ -219,9 +219,7 @@ func readRouting() (routing, []string, error) {
 	if err != nil {
 		return routing{}, nil, fmt.Errorf("listing ip rules: %w", err)
 	}
-	routes, err := dump(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: config.RouteTable}, netlink.RT_FILTER_TABLE)
-	})
+	routes, err := dump(listRoutes)
 	if err != nil {
 		return routing{}, nil, fmt.Errorf("listing the routes of table %d: %w", config.RouteTable, err)
 	}
@@ -231,7 +229,7 @@ func readRouting() (routing, []string, error) {
 
 // routingOf picks the program's rules and routes out of rules and routes,
 // and describes any route in its table that is not its own.
-func routingOf(rules []netlink.Rule, routes []netlink.Route) (have routing, foreign []string) {
+func routingOf(rules []netlink.Rule, routes []route) (have routing, foreign []string) {
 	for _, r := range rules {
 		if r.Protocol != config.RouteProto {
 			continue
@@ -243,11 +241,11 @@ func routingOf(rules []netlink.Rule, routes []netlink.Route) (have routing, fore
 		have.rules = append(have.rules, rule)
 	}
 	for _, r := range routes {
-		if r.Table != config.RouteTable {
+		if r.table != config.RouteTable {
 			continue
 		}
-		if r.Type == unix.RTN_BLACKHOLE && r.Protocol == config.RouteProto && r.Dst != nil {
-			have.blackholes = append(have.blackholes, prefixOf(r.Dst))
+		if r.typ == unix.RTN_BLACKHOLE && r.proto == config.RouteProto {
+			have.blackholes = append(have.blackholes, r.dst)
 			continue
 		}
 		foreign = append(foreign, r.String())
