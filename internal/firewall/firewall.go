@@ -647,10 +647,10 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 		openingsOf(in.VMs, false), openingsOf(in.VMs, true), pubs, pubs6, from, from6, hostOpeningsOf(in.VMs),
 		`counter name iifname map @vm_drops_from comment "` + counted + `"`, counted}
 	// Render once without the hash, hash that, and put it in the comment,
-	// the first "()" of the text. The kernel keeps a table's comment from
-	// when it made the table, so the hash names the ruleset last loaded
-	// whole (an Update changes elements, not the comment): plan reads it
-	// only to tell a repair from an update, never to judge the table.
+	// the first "()" of the text. An Update changes elements and counters,
+	// not the comment, so the hash names the ruleset last loaded whole:
+	// plan reads it only to tell a repair from an update, never to judge
+	// the table.
 	text := execute(data)
 	sum := sha256.Sum256([]byte(text))
 	return strings.Replace(text, "()", "(sha256:"+hex.EncodeToString(sum[:8])+")", 1)

@@ -197,9 +197,8 @@ func onlyIn(a, b []string) []string {
 // generation proves the table is Old; if it is not (nftables changed since
 // the plan), or the transaction fails, it loads Ruleset whole as Replace
 // does: the table is right either way. It records what Replace records,
-// under the same lock. The table's comment keeps the hash of the ruleset
-// last loaded whole: the kernel does not change a table's comment after it
-// made the table.
+// under the same lock. It leaves the table's comment, which keeps the
+// hash of the ruleset last loaded whole (see Render).
 type Update struct {
 	Old, Ruleset string
 	Script       string
