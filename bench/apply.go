@@ -184,7 +184,7 @@ their gateway address, N TAPs, forwarding, and the one nftables table) is run in
 in-process, timed from planning to the last action. "No-op re-apply" is the median of 3 plans that find nothing to do
 (one dump each of the links, addresses, routes and rules, /etc/passwd and /etc/group once, the table rendered, and
 nftables' generation, which proves the table untouched since apply loaded it: see "where the time goes" below).
-"Add 1 VM" applies the same file with VM N+1 added (one bridge, one TAP, the table replaced). "Firewall alone" loads only the program's table (` + "`nft -f`" + `, as apply does) into an empty namespace:
+"Add 1 VM" applies the same file with VM N+1 added (one bridge, one TAP, and the table's elements and counters for it added in one nft transaction). "Firewall alone" loads only the program's table (` + "`nft -f`" + `, as apply does) into an empty namespace:
 that is the part comparable to the seed's rules. The seed's approach is measured in a namespace of its own in the same run:
 its ` + "`iptables -I FORWARD -i br-vmA -o br-vmB -j DROP`" + ` for every ordered pair of bridges, loaded at once with
 ` + "`iptables-restore`" + ` (then "add 1 VM" appends the 2N rules of a new bridge with ` + "`iptables-restore --noflush`" + `), and, up to
@@ -229,7 +229,7 @@ func whereTimeGoes(r applyResult) string {
 		parts.add(p.name, ms(p.d))
 	}
 	b.WriteString(parts.markdown())
-	fmt.Fprintf(&b, "\nAdding one VM: planning %s, applying its actions %s (the firewall's whole table loaded again by one nft process, atomically, and the new VM's bridge, TAP, addresses and routing).\n\n",
+	fmt.Fprintf(&b, "\nAdding one VM: planning %s, applying its actions %s (the firewall's new set elements and two counters added by one nft process, in one transaction, and the new VM's bridge, TAP, addresses and routing).\n\n",
 		ms(r.addPlan), ms(r.addActions))
 	return b.String()
 }

@@ -26,8 +26,9 @@ import (
 // State is one loaded table in that canonical form.
 type State struct {
 	// Hash is the hash in the table's comment: which model the table was
-	// rendered for. It tells an update (the model changed) from a repair
-	// (the table was edited); it does not decide whether the table differs.
+	// rendered for when it was last loaded whole (an Update leaves the
+	// comment). It tells an update (the model changed) from a repair (the
+	// table was edited); it does not decide whether the table differs.
 	Hash     string
 	Rules    int // how many rules
 	Elements int // how many set elements

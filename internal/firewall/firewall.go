@@ -1,8 +1,11 @@
 // Package firewall renders the one nftables table the program owns and
-// replaces it atomically. The table gives VMs NAT to the internet, isolates
-// every VM from every other, stops spoofed packets, and lets a VM reach the
-// host only for replies, a ping to its own gateway, IPv6's neighbour
-// discovery, and (with an egress list) the resolver on its own gateway.
+// loads it atomically: whole (Replace), or, when only VMs come and go on a
+// table the program loaded and nothing changed since, just their elements
+// and counters (Update), one transaction either way. The table gives VMs
+// NAT to the internet, isolates every VM from every other, stops spoofed
+// packets, and lets a VM reach the host only for replies, a ping to its
+// own gateway, IPv6's neighbour discovery, and (with an egress list) the
+// resolver on its own gateway.
 //
 // IPv4 and IPv6 are one inet table: every set and rule of IPv4 has its
 // IPv6 twin beside it (named ...6), with the same promise. A host with
@@ -644,8 +647,10 @@ func Render(in *config.Infra, uplinkNets []netip.Prefix) string {
 		openingsOf(in.VMs, false), openingsOf(in.VMs, true), pubs, pubs6, from, from6, hostOpeningsOf(in.VMs),
 		`counter name iifname map @vm_drops_from comment "` + counted + `"`, counted}
 	// Render once without the hash, hash that, and put it in the comment,
-	// the first "()" of the text: the hash lets plan see whether the loaded
-	// table is current.
+	// the first "()" of the text. An Update changes elements and counters,
+	// not the comment, so the hash names the ruleset last loaded whole:
+	// plan reads it only to tell a repair from an update, never to judge
+	// the table.
 	text := execute(data)
 	sum := sha256.Sum256([]byte(text))
 	return strings.Replace(text, "()", "(sha256:"+hex.EncodeToString(sum[:8])+")", 1)
@@ -696,15 +701,20 @@ type Replace struct {
 }
 
 func (r *Replace) String() string {
-	s := fmt.Sprintf("nft -f microvm.nft  # %s table %s %s", r.Why, Family, Table)
-	if len(r.Changes) > 0 {
-		const show = 3
-		s += ": " + strings.Join(r.Changes[:min(show, len(r.Changes))], "; ")
-		if len(r.Changes) > show {
-			s += fmt.Sprintf("; and %d more", len(r.Changes)-show)
-		}
+	return fmt.Sprintf("nft -f microvm.nft  # %s table %s %s%s (plan -v shows it)", r.Why, Family, Table, listChanges(r.Changes))
+}
+
+// listChanges shows the first few changes, after a colon.
+func listChanges(changes []string) string {
+	if len(changes) == 0 {
+		return ""
 	}
-	return s + " (plan -v shows it)"
+	const show = 3
+	s := ": " + strings.Join(changes[:min(show, len(changes))], "; ")
+	if len(changes) > show {
+		s += fmt.Sprintf("; and %d more", len(changes)-show)
+	}
+	return s
 }
 
 func (r *Replace) Apply() error {
@@ -720,13 +730,20 @@ func (r *Replace) Apply() error {
 	if err != nil {
 		return err
 	}
-	if err := writeEgressRecord(*r.Host, r.Egress); err != nil {
+	return record(*r.Host, r.Ruleset, r.Egress, stamp)
+}
+
+// record writes what a load of ruleset leaves for the others, under the
+// record lock: the egress lists it serves (for the resolver), the ruleset
+// (for the watcher), and the stamp (for the next plan).
+func record(h config.Host, ruleset string, egress []EgressVM, stamp string) error {
+	if err := writeEgressRecord(h, egress); err != nil {
 		return err
 	}
-	if err := writeRecord(*r.Host, r.Ruleset); err != nil {
+	if err := writeRecord(h, ruleset); err != nil {
 		return err
 	}
-	writeStamp(*r.Host, stamp)
+	writeStamp(h, stamp)
 	return nil
 }
 
@@ -754,8 +771,11 @@ type observed struct {
 	// then loaded and wanted are not read.
 	last           *string
 	loaded, wanted *State
-	conflicts      []string
-	listening      map[string]bool // the host's own ports, as "tcp 22"
+	// recorded is the ruleset the program last loaded here, as recorded
+	// for the watcher ("" when none is): read with loaded.
+	recorded  string
+	conflicts []string
+	listening map[string]bool // the host's own ports, as "tcp 22"
 }
 
 // Diff returns the action that makes the loaded table match the model, or
@@ -777,6 +797,8 @@ func Diff(in *config.Infra) (action.Diff, error) {
 		if o.wanted, err = wanted(ruleset); err != nil {
 			return action.Diff{}, err
 		}
+		// Unreadable, it only means a change is called an update.
+		o.recorded, _ = readRecord(in.Host)
 	}
 	return diff(in, ruleset, o), nil
 }
@@ -785,8 +807,14 @@ func Diff(in *config.Infra) (action.Diff, error) {
 func diff(in *config.Infra, ruleset string, o observed) action.Diff {
 	d := action.Diff{Warnings: append(o.conflicts, publishWarnings(in, o.listening)...), Notes: publishNotes(in)}
 	if o.last != nil {
-		if *o.last != ruleset {
-			d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "update", Changes: textChanges(*o.last, ruleset), Host: &in.Host, Egress: EgressOf(in)}}
+		if *o.last == ruleset {
+			return d
+		}
+		changes := textChanges(*o.last, ruleset)
+		if script, ok := delta(*o.last, ruleset); ok {
+			d.Setup = []action.Action{&Update{Old: *o.last, Ruleset: ruleset, Script: script, Changes: changes, Host: &in.Host, Egress: EgressOf(in)}}
+		} else {
+			d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "update", Changes: changes, Host: &in.Host, Egress: EgressOf(in)}}
 		}
 		return d
 	}
@@ -798,8 +826,11 @@ func diff(in *config.Infra, ruleset string, o observed) action.Diff {
 	if len(changes) == 0 {
 		return d
 	}
+	// The program loaded this very ruleset, whole (the hash in the
+	// table's comment) or by an Update (the record): someone else changed
+	// it since.
 	why := "update"
-	if o.loaded.Hash == summarize(ruleset).Hash {
+	if o.loaded.Hash == summarize(ruleset).Hash || o.recorded == ruleset {
 		why = "repair (edited by hand)"
 	}
 	d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: why, Changes: changes, Host: &in.Host, Egress: EgressOf(in)}}

@@ -110,8 +110,9 @@ func TestHashChangesWithModel(t *testing.T) {
 }
 
 // TestLoadAndDiff loads the table into a fresh namespace with the real nft
-// and checks what Diff sees: create, nothing, update, and repair after a
-// hand edit. Tables the program does not own are left alone.
+// and checks what Diff sees: create, nothing, update (in place: one VM
+// more), and repair after a hand edit. Tables the program does not own
+// are left alone.
 func TestLoadAndDiff(t *testing.T) {
 	testenv.NeedCommands(t, "nft")
 	ns := testenv.NetNS(t)
@@ -128,8 +129,10 @@ func TestLoadAndDiff(t *testing.T) {
 		}{
 			{four, nil, "create"},
 			{four, nil, ""},
-			{five, nil, "update"},
+			{five, nil, "update in place"},
 			{five, nil, ""},
+			// The table's comment names the four VMs' ruleset, loaded
+			// whole before the update; the record says five.
 			{five, func() string {
 				return "delete rule inet microvm forward handle " + handle(t, "forward", "isolation")
 			}, "repair (edited by hand)"},
@@ -150,7 +153,12 @@ func TestLoadAndDiff(t *testing.T) {
 			acts := d.Setup
 			got := ""
 			if len(acts) > 0 {
-				got = acts[0].(*Replace).Why
+				switch a := acts[0].(type) {
+				case *Replace:
+					got = a.Why
+				case *Update:
+					got = "update in place"
+				}
 				if err := acts[0].Apply(); err != nil {
 					return fmt.Errorf("step %d: %w", i, err)
 				}

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"slices"
-	"strings"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -33,6 +31,8 @@ import (
 // never reuses, unlike the inode number the file is named by), knows the
 // table is that ruleset exactly: no change was committed since. Any
 // other generation, and the plan reads and compares the table as before.
+// An Update, which only changes elements and counters, commits one
+// transaction too, and stamps its ruleset the same way.
 // The egress resolver's updates are transactions too: on a host with
 // egress lists a plan after one compares the table again.
 
@@ -132,105 +132,74 @@ func writeStamp(h config.Host, s string) {
 // namespace, when the generation proves the table is still exactly that,
 // and ok false when it cannot tell (the plan then reads the table).
 func lastLoaded(h config.Host) (ruleset string, ok bool) {
-	p, err := generationPath(h)
-	if err != nil {
-		return "", false
-	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return "", false
-	}
-	var cookie uint64
-	var gen uint32
-	var hash string
-	if _, err := fmt.Sscanf(string(b), "%d %d %s", &cookie, &gen, &hash); err != nil {
-		return "", false
+	ruleset, _, _, ok = proven(h)
+	return ruleset, ok
+}
+
+// proven is lastLoaded, with the namespace's cookie and the generation
+// that prove it.
+func proven(h config.Host) (ruleset string, cookie uint64, gen uint32, ok bool) {
+	cookie, gen, text, ok := readStamp(h)
+	if !ok {
+		return "", 0, 0, false
 	}
 	now, err := generation()
 	if err != nil || now != gen {
-		return "", false
+		return "", 0, 0, false
 	}
 	if c, err := netnsCookie(); err != nil || c != cookie {
-		return "", false
+		return "", 0, 0, false
 	}
 	rs, err := readRecord(h)
-	if err != nil || stamp(cookie, gen, rs) != string(b) {
-		return "", false
+	if err != nil || stamp(cookie, gen, rs) != text {
+		return "", 0, 0, false
 	}
-	return rs, true
+	return rs, cookie, gen, true
 }
 
-// textChanges says what differs between two rulesets the program
-// rendered, old the one loaded: set and map elements added and removed,
-// objects missing or extra, rules missing or extra, in the words of
-// State.Changes. It reads the template's own layout (one object per
-// "kind name {" line, a set's elements on one line), so it serves only to
-// describe an update from one rendering to the next.
-func textChanges(old, new string) []string {
-	type obj struct {
-		lines []string
-		elems []string
+// readStamp reads the stamp of this network namespace.
+func readStamp(h config.Host) (cookie uint64, gen uint32, text string, ok bool) {
+	p, err := generationPath(h)
+	if err != nil {
+		return 0, 0, "", false
 	}
-	parse := func(rs string) (map[string]*obj, []string) {
-		objs, order := map[string]*obj{}, []string{}
-		var cur *obj
-		for _, line := range strings.Split(rs, "\n") {
-			line = strings.TrimSpace(line)
-			switch {
-			case cur == nil && strings.HasSuffix(line, " {") && !strings.HasPrefix(line, "table "):
-				key := strings.TrimSuffix(line, " {")
-				cur = &obj{}
-				objs[key], order = cur, append(order, key)
-			case cur != nil && line == "}":
-				cur = nil
-			case cur != nil && strings.HasPrefix(line, "elements = {"):
-				list := strings.TrimSuffix(strings.TrimPrefix(line, "elements = {"), "}")
-				for _, e := range strings.Split(list, ", ") {
-					if e = strings.TrimSpace(e); e != "" {
-						cur.elems = append(cur.elems, strings.ReplaceAll(e, `"`, ""))
-					}
-				}
-			case cur != nil && line != "":
-				cur.lines = append(cur.lines, line)
-			}
-		}
-		return objs, order
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, 0, "", false
 	}
-	have, haveOrder := parse(old)
-	want, wantOrder := parse(new)
-	var out []string
-	for _, k := range wantOrder {
-		h, ok := have[k]
-		if !ok {
-			out = append(out, k+" is missing")
-			continue
-		}
-		w := want[k]
-		missing, added := setDiff(w.elems, h.elems)
-		for _, e := range missing {
-			out = append(out, fmt.Sprintf("%s lacks %s", k, e))
-		}
-		for _, e := range added {
-			out = append(out, fmt.Sprintf("%s has an extra %s", k, e))
-		}
-		missing, added = setDiff(w.lines, h.lines)
-		for _, l := range missing {
-			out = append(out, fmt.Sprintf("%s: %s is missing", k, l))
-		}
-		for _, l := range added {
-			out = append(out, fmt.Sprintf("%s: extra %s", k, l))
-		}
-		if len(missing)+len(added) == 0 && !slices.Equal(w.lines, h.lines) {
-			out = append(out, k+": rules reordered")
-		}
+	var hash string
+	if _, err := fmt.Sscanf(string(b), "%d %d %s", &cookie, &gen, &hash); err != nil {
+		return 0, 0, "", false
 	}
-	for _, k := range haveOrder {
-		if _, ok := want[k]; !ok {
-			out = append(out, "extra "+k)
-		}
+	return cookie, gen, string(b), true
+}
+
+// updateStamped commits script, the transaction from old to ruleset
+// (delta), when the generation proves the table is exactly old, and
+// returns the stamp of ruleset as loadStamped does. Before it commits, it
+// writes that stamp, with the generation the transaction is to have: so
+// the watcher knows the transaction for the program's when it hears of it
+// (Watcher.Run), and a plan meanwhile finds a stamp that does not match
+// the record (still old) and reads the table. Anything else, a table not
+// proven old, a stamp it cannot write, a transaction nft refuses, and it
+// loads ruleset whole (loadStamped): the table is right either way. The
+// caller holds the record lock.
+func updateStamped(h config.Host, old, ruleset, script string) (string, error) {
+	last, cookie, gen, ok := proven(h)
+	p, err := generationPath(h)
+	if !ok || last != old || err != nil {
+		return loadStamped(h, ruleset)
 	}
-	if len(out) == 0 && old != new {
-		out = append(out, "the table's comment (its hash) differs")
+	next := stamp(cookie, gen+1, ruleset)
+	if err := safedir.WritePrivate(p, []byte(next), 0o644); err != nil {
+		return loadStamped(h, ruleset)
 	}
-	return out
+	if err := nft(script, "-f", "-"); err != nil {
+		return loadStamped(h, ruleset)
+	}
+	if after, err := generation(); err != nil || after != gen+1 {
+		os.Remove(p) // not proven: the next plan reads the table
+		return "", nil
+	}
+	return next, nil
 }

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -31,10 +32,13 @@ import (
 // what changed and how long the repair took.
 //
 // The last ruleset the program loaded is recorded per network namespace in
-// RUN_DIR (config.Host.FirewallRecord) by every Replace, under a lock the
-// watcher takes too: a change apply makes is never taken for an edit, and
-// the watcher's own repair, when it hears of it, compares equal. So it
-// never loops.
+// RUN_DIR (config.Host.FirewallRecord) by every Replace and Update, under a
+// lock the watcher takes too: a change apply makes is never taken for an
+// edit, and the watcher's own repair, when it hears of it, compares equal.
+// So it never loops. An Update changes part of the table, as an edit does:
+// it announces the generation its transaction will have beforehand (see
+// updateStamped), and the watcher compares that one before it sets any
+// port down.
 
 // recordPath is the file holding the ruleset last loaded in the network
 // namespace of the calling thread.
@@ -164,9 +168,10 @@ var Resync = 10 * time.Second
 // What the kernel says about a change decides how fast the watcher acts.
 // A transaction that leaves the table deleted (nft flush ruleset, delete
 // table) or changes part of it (a rule, a set element, the table's flags)
-// is no work of the program, which only ever replaces the whole table: the
-// ports go down at once, before the comparison. A transaction that deletes
-// the table and defines it anew (apply, or the watcher's own repair) is
+// is no work of the program (which replaces the whole table, or commits an
+// Update it announced): the ports go down at once, before the comparison.
+// A transaction that deletes the table and defines it anew (apply, or the
+// watcher's own repair), or has the generation an Update announced, is
 // compared first, and left alone when it is the recorded one.
 func (w *Watcher) Run(stop <-chan struct{}) error {
 	fd, err := subscribe()
@@ -198,7 +203,7 @@ func (w *Watcher) Run(stop <-chan struct{}) error {
 		}
 		news := untouched
 		if n > 0 {
-			switch news = drain(fd, buf); news {
+			switch news = drain(fd, buf, w.announced); news {
 			case untouched:
 				if time.Since(last) < every {
 					continue
@@ -237,7 +242,7 @@ type news int
 // They are ordered: the later one says more, and wins (see drain).
 const (
 	untouched news = iota // nothing about it
-	replaced              // defined anew as a whole, as the program does
+	applied               // defined anew as a whole, or by an announced Update: as the program does
 	edited                // deleted, or changed in part: not the program's doing
 )
 
@@ -247,14 +252,17 @@ const nfnlSubsysNftables = 10
 
 // drain reads every pending notification and says what the last
 // transaction that touched the table did to it. A transaction ends with a
-// NEWGEN message; every other message names its table in attribute 1.
-func drain(fd int, buf []byte) news {
+// NEWGEN message, which holds its generation; every other message names
+// its table in attribute 1. A transaction that changed part of the table
+// without deleting it is the program's when announced says so of its
+// generation.
+func drain(fd int, buf []byte, announced func(gen uint32) bool) news {
 	result, batch := untouched, untouched
 	deleted := false // the batch so far deleted the table
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
 		if errors.Is(err, unix.ENOBUFS) {
-			result = replaced // some were lost: compare, as after a replace
+			result = applied // some were lost: compare, as after an apply
 			continue
 		}
 		if errors.Is(err, unix.EINTR) {
@@ -268,7 +276,7 @@ func drain(fd int, buf []byte) news {
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return replaced
+			return applied
 		}
 		for _, m := range msgs {
 			if m.Header.Type>>8 != nfnlSubsysNftables {
@@ -276,6 +284,9 @@ func drain(fd int, buf []byte) news {
 			}
 			op := m.Header.Type & 0xff
 			if op == unix.NFT_MSG_NEWGEN {
+				if batch == edited && !deleted && len(m.Data) >= 4 && announced(genOf(m.Data[4:])) {
+					batch = applied
+				}
 				if batch != untouched {
 					result = batch
 				}
@@ -291,7 +302,7 @@ func drain(fd int, buf []byte) news {
 			switch {
 			case op == unix.NFT_MSG_NEWTABLE && deleted:
 				// Deleted and made again, as load does.
-				batch = replaced
+				batch = applied
 			case op == unix.NFT_MSG_DELTABLE:
 				batch, deleted = edited, true
 			case batch == untouched:
@@ -306,35 +317,49 @@ func drain(fd int, buf []byte) news {
 // tableOf reads attribute 1 (NFTA_*_TABLE in every nftables object
 // message, NFTA_TABLE_NAME in a table's own), a NUL-terminated name.
 func tableOf(attrs []byte) string {
-	for len(attrs) >= 4 {
-		l := int(attrs[0]) | int(attrs[1])<<8
-		typ := (int(attrs[2]) | int(attrs[3])<<8) & 0x3fff
-		if l < 4 || l > len(attrs) {
-			return ""
-		}
-		if typ == unix.NFTA_TABLE_NAME {
-			return strings.TrimRight(string(attrs[4:l]), "\x00")
-		}
-		attrs = attrs[(l+3)&^3:]
-	}
-	return ""
+	return strings.TrimRight(string(attr(attrs, unix.NFTA_TABLE_NAME)), "\x00")
 }
 
 // setOf reads attribute 2 of a set element message
 // (NFTA_SET_ELEM_LIST_SET), the set's name.
 func setOf(attrs []byte) string {
+	return strings.TrimRight(string(attr(attrs, unix.NFTA_SET_ELEM_LIST_SET)), "\x00")
+}
+
+// genOf reads the generation of a NEWGEN message (NFTA_GEN_ID), or 0.
+func genOf(attrs []byte) uint32 {
+	if v := attr(attrs, unix.NFTA_GEN_ID); len(v) == 4 {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
+
+// attr is the value of the netlink attribute of type typ, nil when there
+// is none.
+func attr(attrs []byte, typ int) []byte {
 	for len(attrs) >= 4 {
 		l := int(attrs[0]) | int(attrs[1])<<8
-		typ := (int(attrs[2]) | int(attrs[3])<<8) & 0x3fff
+		t := (int(attrs[2]) | int(attrs[3])<<8) & 0x3fff
 		if l < 4 || l > len(attrs) {
-			return ""
+			return nil
 		}
-		if typ == unix.NFTA_SET_ELEM_LIST_SET {
-			return strings.TrimRight(string(attrs[4:l]), "\x00")
+		if t == typ {
+			return attrs[4:l]
 		}
-		attrs = attrs[(l+3)&^3:]
+		attrs = attrs[min((l+3)&^3, len(attrs)):]
 	}
-	return ""
+	return nil
+}
+
+// announced says whether gen is the generation an Update announced for
+// its transaction in this network namespace (updateStamped).
+func (w *Watcher) announced(gen uint32) bool {
+	cookie, g, _, ok := readStamp(w.Host)
+	if !ok || g != gen {
+		return false
+	}
+	c, err := netnsCookie()
+	return err == nil && c == cookie
 }
 
 // failClosed sets the VM ports down when the watcher keeps a table but

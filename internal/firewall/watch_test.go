@@ -2,7 +2,7 @@ package firewall_test
 
 import (
 	"fmt"
-	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,6 +10,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
@@ -80,6 +83,7 @@ func TestWatch(t *testing.T) {
 	}
 
 	restored := make(chan firewall.Restore, 10)
+	loaded := make(chan struct{}, 1)
 	var logMu sync.Mutex
 	var log strings.Builder
 	w := &firewall.Watcher{
@@ -90,6 +94,12 @@ func TestWatch(t *testing.T) {
 			fmt.Fprintf(&log, format+"\n", args...)
 		},
 		Restored: func(r firewall.Restore) { restored <- r },
+		Loaded: func() {
+			select {
+			case loaded <- struct{}{}:
+			default:
+			}
+		},
 	}
 	ready := make(chan struct{})
 	w.Ready = func() { close(ready) }
@@ -254,6 +264,69 @@ func TestWatch(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+
+	// Adding a VM to a table apply loaded, which nothing changed since,
+	// updates its elements in place: a change to part of the table, as a
+	// hand edit is, yet the watcher, told its generation beforehand,
+	// compares before it sets any port down, and finds it as recorded.
+	t.Run("apply's update stays, the ports up", func(t *testing.T) {
+		up := map[int]string{} // the ports on a VM bridge, all up
+		links := make(chan netlink.LinkUpdate, 1000)
+		stopLinks := make(chan struct{})
+		defer close(stopLinks)
+		if err := sandbox.Do(sb.Host, func() error {
+			all, err := netlink.LinkList()
+			for _, l := range all {
+				if a := l.Attrs(); a.MasterIndex != 0 && a.Flags&net.FlagUp != 0 {
+					up[a.Index] = a.Name
+				}
+			}
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSubscribe(links, stopLinks)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if len(up) == 0 {
+			t.Fatal("no port up on a VM bridge: nothing to watch")
+		}
+		for len(loaded) > 0 {
+			<-loaded
+		}
+		if out := applyHostLog(t, sb, in); !strings.Contains(out, "update table inet microvm in place") {
+			t.Fatalf("apply with vm2 again did not update the table in place:\n%s", out)
+		}
+		select {
+		case <-loaded:
+		case <-time.After(5 * time.Second):
+			t.Fatal("5 s after the update, the watcher has not compared the table")
+		}
+		select {
+		case r := <-restored:
+			t.Errorf("the watcher undid apply's update: %q", r.Changes)
+		case <-time.After(200 * time.Millisecond):
+		}
+		for {
+			select {
+			case u := <-links:
+				if name, ok := up[int(u.Index)]; ok && u.Flags&unix.IFF_UP == 0 {
+					t.Errorf("port %s went down across the update", name)
+				}
+				continue
+			default:
+			}
+			break
+		}
+		if err := sandbox.Do(sb.Host, func() error {
+			if d, err := firewall.Diff(in); err != nil || !d.Empty() {
+				t.Errorf("after the update, plan: %v %v", d.Setup, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func parse(t *testing.T, src string) *config.Infra {
@@ -272,14 +345,22 @@ func parse(t *testing.T, src string) *config.Infra {
 // applyHost applies the host part of in in the sandbox's host namespace.
 func applyHost(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) {
 	t.Helper()
+	applyHostLog(t, sb, in)
+}
+
+// applyHostLog is applyHost, returning what apply printed.
+func applyHostLog(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) string {
+	t.Helper()
+	var out strings.Builder
 	err := sandbox.Do(sb.Host, func() error {
 		p, err := plan.Host(in)
 		if err != nil {
 			return err
 		}
-		return p.Apply(io.Discard)
+		return p.Apply(&out)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return out.String()
 }
