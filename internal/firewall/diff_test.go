@@ -114,14 +114,16 @@ func TestPublishWarnings(t *testing.T) {
 // TestListening reads a real listener of a namespace from /proc/net.
 func TestListening(t *testing.T) {
 	ns := testenv.NetNS(t)
-	var got map[string]bool
+	publishing := infra(t, 2)
+	publishing.VMs[0].Publish = []config.Publish{{Proto: "tcp", HostPort: 2222, VMPort: 22}}
+	var got, without map[string]bool
 	err := sandbox.Do(ns, func() error {
 		l, err := net.Listen("tcp", "0.0.0.0:2222")
 		if err != nil {
 			return err
 		}
 		defer l.Close()
-		got = listening()
+		got, without = listening(publishing), listening(infra(t, 2))
 		return nil
 	})
 	if err != nil {
@@ -129,5 +131,8 @@ func TestListening(t *testing.T) {
 	}
 	if !got["tcp 2222"] || got["tcp 2223"] {
 		t.Errorf("listening() = %v; want tcp 2222, and not 2223", got)
+	}
+	if len(without) != 0 {
+		t.Errorf("listening() without a published port = %v; want nothing read", without)
 	}
 }

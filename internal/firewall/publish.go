@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -16,9 +17,14 @@ import (
 
 // listening reads the ports this network namespace listens on (TCP) or is
 // bound to (UDP), as "tcp 22", from /proc/thread-self/net: the calling
-// thread's namespace (/proc/net is the process's first thread's).
-func listening() map[string]bool {
+// thread's namespace (/proc/net is the process's first thread's). Only
+// published ports are looked up in it: without any, it reads nothing
+// (the kernel walks every socket of the machine to write those files).
+func listening(in *config.Infra) map[string]bool {
 	out := map[string]bool{}
+	if !slices.ContainsFunc(in.VMs, func(vm config.VM) bool { return len(vm.Publish) > 0 }) {
+		return out
+	}
 	for _, f := range []struct{ file, proto, state string }{
 		{"/proc/thread-self/net/tcp", "tcp", "0A"}, {"/proc/thread-self/net/tcp6", "tcp", "0A"},
 		{"/proc/thread-self/net/udp", "udp", "07"}, {"/proc/thread-self/net/udp6", "udp", "07"},

@@ -180,29 +180,27 @@ func networksOf(links []netlink.Link, addrs []netlink.Addr, routes []route, ipv6
 // default route, link-local and multicast), in the main table. VMs reach
 // none of them unless an allow list says so (package firewall).
 func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
-	l, err := netlink.LinkByName(uplink)
+	i, err := index(uplink)
 	if err != nil {
 		return nil, fmt.Errorf("finding uplink %s: %w", uplink, err)
 	}
 	var out []netip.Prefix
-	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
+	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("reading addresses of %s: %w", uplink, err)
 	}
 	for _, a := range addrs {
-		if p := prefixOf(a.IPNet).Masked(); !special6(p) {
+		if p := prefixOf(a.IPNet).Masked(); a.LinkIndex == i && !special6(p) {
 			out = append(out, p)
 		}
 	}
-	routes, err := dump(func() ([]netlink.Route, error) { return netlink.RouteList(l, netlink.FAMILY_ALL) })
+	routes, err := dump(listRoutes)
 	if err != nil {
 		return nil, fmt.Errorf("reading routes of %s: %w", uplink, err)
 	}
 	for _, r := range routes {
-		if r.Dst != nil {
-			if p := prefixOf(r.Dst).Masked(); p.Bits() > 0 && !special6(p) {
-				out = append(out, p)
-			}
+		if p := r.dst.Masked(); r.link == i && r.table == unix.RT_TABLE_MAIN && p.Bits() > 0 && !special6(p) {
+			out = append(out, p)
 		}
 	}
 	return out, nil
