@@ -33,15 +33,25 @@ func dump[T any](list func() ([]T, error)) ([]T, error) {
 
 // dumpRequest dumps typ (RTM_GETLINK, RTM_GETROUTE) and calls f with
 // each message's payload, which f must copy what it keeps of: the buffer
-// is read into again.
-func dumpRequest(typ int, hdr nl.NetlinkRequestData, f func(payload []byte) error) error {
+// is read into again. Attributes in filter ask the kernel to dump only
+// what matches them (strict checking, as `ip route show table main dev
+// eth0` does).
+func dumpRequest(typ int, hdr nl.NetlinkRequestData, filter []nl.NetlinkRequestData, f func(payload []byte) error) error {
 	req := nl.NewNetlinkRequest(typ, unix.NLM_F_DUMP)
 	req.AddData(hdr)
+	for _, a := range filter {
+		req.AddData(a)
+	}
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("opening a netlink socket: %w", err)
 	}
 	defer unix.Close(fd)
+	if len(filter) > 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
+			return fmt.Errorf("asking for a filtered dump: %w", err)
+		}
+	}
 	if err := unix.Sendto(fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sending a netlink request: %w", err)
 	}
@@ -94,7 +104,7 @@ func dumpRequest(typ int, hdr nl.NetlinkRequestData, f func(payload []byte) erro
 // or a *netlink.GenericLink of that kind ("device" when it has none).
 func listLinks() ([]netlink.Link, error) {
 	var out []netlink.Link
-	err := dumpRequest(unix.RTM_GETLINK, nl.NewIfInfomsg(unix.AF_UNSPEC), func(b []byte) error {
+	err := dumpRequest(unix.RTM_GETLINK, nl.NewIfInfomsg(unix.AF_UNSPEC), nil, func(b []byte) error {
 		if len(b) < unix.SizeofIfInfomsg {
 			return errors.New("a link message too short")
 		}
@@ -208,9 +218,21 @@ func (r route) String() string {
 
 // listRoutes returns the routes of every table, IPv4 and IPv6, but the
 // kernel's cached clones.
-func listRoutes() ([]route, error) {
+func listRoutes() ([]route, error) { return routesOf(0, 0) }
+
+// routesOf lists the routes of table out of link, or of every table (0)
+// out of any link (0): the kernel walks only that table, and IPv6's
+// tables hold a route per address and a multicast route per link.
+func routesOf(table, link int) ([]route, error) {
+	var filter []nl.NetlinkRequestData
+	if table != 0 {
+		filter = append(filter, nl.NewRtAttr(unix.RTA_TABLE, nl.Uint32Attr(uint32(table))))
+	}
+	if link != 0 {
+		filter = append(filter, nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(link))))
+	}
 	var out []route
-	err := dumpRequest(unix.RTM_GETROUTE, &nl.RtMsg{}, func(b []byte) error {
+	err := dumpRequest(unix.RTM_GETROUTE, &nl.RtMsg{}, filter, func(b []byte) error {
 		if len(b) < unix.SizeofRtMsg {
 			return errors.New("a route message too short")
 		}

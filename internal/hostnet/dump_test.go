@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -43,6 +44,7 @@ vcpu = 2
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sb.Close() })
+	var uplink int
 	err = sandbox.Do(sb.Host, func() error {
 		p, err := plan.Host(in)
 		if err != nil {
@@ -56,14 +58,15 @@ vcpu = 2
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "other0"}, PeerName: "other1"}); err != nil {
 			return err
 		}
-		uplink, err := netlink.LinkByName("eth0")
+		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
 		}
+		uplink = l.Attrs().Index
 		dst := func(c byte) *net.IPNet {
 			return &net.IPNet{IP: net.IPv4(192, 0, c, 0).To4(), Mask: net.CIDRMask(24, 32)}
 		}
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: uplink.Attrs().Index, Dst: dst(2), Table: 99}); err != nil {
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: uplink, Dst: dst(2), Table: 99}); err != nil {
 			return err
 		}
 		return netlink.RouteAdd(&netlink.Route{Type: unix.RTN_BLACKHOLE, Dst: dst(3), Table: 99})
@@ -114,6 +117,27 @@ vcpu = 2
 	}
 	compare(t, "links", gotLinks, wantLinks, link)
 	compare(t, "routes", ours, libRoutes, func(s string) string { return s })
+	// A filtered dump gives what filtering the whole one gives.
+	var filtered, main []string
+	for _, r := range gotRoutes {
+		if s := hostnet.ShowRoute(r); strings.Contains(s, " table 254 ") && strings.HasSuffix(s, fmt.Sprintf(" dev %d", uplink)) {
+			main = append(main, s)
+		}
+	}
+	err = sandbox.Do(sb.Host, func() error {
+		rs, err := hostnet.RoutesOf(unix.RT_TABLE_MAIN, uplink)
+		for _, r := range rs {
+			filtered = append(filtered, hostnet.ShowRoute(r))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(main) == 0 {
+		t.Error("no route out of the uplink in table main: the filtered dump is not tested")
+	}
+	compare(t, "routes of the uplink in table main", filtered, main, func(s string) string { return s })
 	kinds := map[string]bool{}
 	for _, l := range gotLinks {
 		kinds[l.Type()] = true

@@ -4,7 +4,7 @@ import "fmt"
 
 // What the tests of package hostnet_test, which import plan, read of
 // this package's insides.
-var ListLinks, ListRoutes = listLinks, listRoutes
+var ListLinks, ListRoutes, RoutesOf = listLinks, listRoutes, routesOf
 
 type Route = route
 

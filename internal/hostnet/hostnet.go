@@ -194,11 +194,12 @@ func UplinkNetworks(uplink string) ([]netip.Prefix, error) {
 			out = append(out, p)
 		}
 	}
-	routes, err := dump(listRoutes)
+	routes, err := dump(func() ([]route, error) { return routesOf(unix.RT_TABLE_MAIN, i) })
 	if err != nil {
 		return nil, fmt.Errorf("reading routes of %s: %w", uplink, err)
 	}
 	for _, r := range routes {
+		// The kernel filtered them, and they are checked again.
 		if p := r.dst.Masked(); r.link == i && r.table == unix.RT_TABLE_MAIN && p.Bits() > 0 && !special6(p) {
 			out = append(out, p)
 		}
