@@ -257,7 +257,7 @@ func setDiff(a, b []string) (onlyA, onlyB []string) { return minus(a, b), minus(
 
 // minus is a without b, counting duplicates.
 func minus(a, b []string) []string {
-	count := map[string]int{}
+	count := make(map[string]int, len(b))
 	for _, x := range b {
 		count[x]++
 	}

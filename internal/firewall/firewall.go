@@ -846,8 +846,9 @@ func diff(in *config.Infra, ruleset string, o observed) action.Diff {
 		if *o.last == ruleset {
 			return d
 		}
-		changes := textChanges(*o.last, ruleset)
-		if script, ok := delta(*o.last, ruleset); ok {
+		have, want := parseRendered(*o.last), parseRendered(ruleset)
+		changes := changesOf(have, want, true)
+		if script, ok := deltaOf(have, want); ok {
 			d.Setup = []action.Action{&Update{Old: *o.last, Ruleset: ruleset, Script: script, Changes: changes, Host: &in.Host, Egress: EgressOf(in)}}
 		} else {
 			d.Setup = []action.Action{&Replace{Ruleset: ruleset, Why: "update", Changes: changes, Host: &in.Host, Egress: EgressOf(in)}}

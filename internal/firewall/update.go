@@ -66,7 +66,12 @@ func parseRendered(rs string) rendered {
 // objects missing or extra, rules missing or extra, in the words of
 // State.Changes.
 func textChanges(old, new string) []string {
-	have, want := parseRendered(old), parseRendered(new)
+	return changesOf(parseRendered(old), parseRendered(new), old != new)
+}
+
+// changesOf is textChanges of two parsed renderings, which differ when
+// differ is set.
+func changesOf(have, want rendered, differ bool) []string {
 	unquote := func(e string) string { return strings.ReplaceAll(e, `"`, "") }
 	var out []string
 	for _, k := range want.order {
@@ -102,7 +107,7 @@ func textChanges(old, new string) []string {
 			out = append(out, "extra "+k)
 		}
 	}
-	if len(out) == 0 && old != new {
+	if len(out) == 0 && differ {
 		out = append(out, "the table's comment (its hash) differs")
 	}
 	return out
@@ -120,7 +125,11 @@ var wholeSets = []string{"set not_internet", "set not_internet6"}
 // VMs with an egress list also empties the egress sets, as a whole load
 // does: no address a removed VM asked for stays for a VM given its name.
 func delta(old, new string) (script string, ok bool) {
-	have, want := parseRendered(old), parseRendered(new)
+	return deltaOf(parseRendered(old), parseRendered(new))
+}
+
+// deltaOf is delta of two parsed renderings.
+func deltaOf(have, want rendered) (script string, ok bool) {
 	if !slices.Equal(have.head, want.head) {
 		return "", false
 	}
@@ -177,7 +186,7 @@ func delta(old, new string) (script string, ok bool) {
 
 // onlyIn is what a holds and b does not, each once.
 func onlyIn(a, b []string) []string {
-	in := map[string]bool{}
+	in := make(map[string]bool, len(b))
 	for _, x := range b {
 		in[x] = true
 	}
