@@ -194,7 +194,11 @@ func updateStamped(h config.Host, old, ruleset, script string) (string, error) {
 	if err := safedir.WritePrivate(p, []byte(next), 0o644); err != nil {
 		return loadStamped(h, ruleset)
 	}
-	if err := nft(script, "-f", "-"); err != nil {
+	err = sendDelta(script, setTypes(parseRendered(ruleset)), gen)
+	if errors.Is(err, errNotEncoded) {
+		err = nft(script, "-f", "-")
+	}
+	if err != nil {
 		return loadStamped(h, ruleset)
 	}
 	if after, err := generation(); err != nil || after != gen+1 {

@@ -1,9 +1,12 @@
 package firewall
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/simple-microvm-infra/microvm/internal/action"
 	"github.com/simple-microvm-infra/microvm/internal/config"
@@ -217,6 +220,12 @@ func TestUpdate(t *testing.T) {
 				t.Errorf("%s: plan %v, want an update", tt.name, u)
 				return nil
 			}
+			// VMs coming and going are sent as the program's own batch;
+			// the rest is nft's to parse.
+			byNft := map[string]bool{"an opening between VMs added": true, "a port published": true, "a VM with an egress list added": true}
+			if _, err := encodeDelta(u.Script, setTypes(parseRendered(u.Ruleset))); (err == nil) == byNft[tt.name] {
+				t.Errorf("%s: encoding the batch: %v; want it left to nft: %v", tt.name, err, byNft[tt.name])
+			}
 			before, err := generation()
 			if err != nil {
 				return err
@@ -327,5 +336,49 @@ func BenchmarkAddVM(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestBatchNeedsItsGeneration: the program's own batch commits only while
+// the namespace's generation is the one it proved: after any other change
+// the kernel refuses it, and nothing of it is in the table.
+func TestBatchNeedsItsGeneration(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "nft")
+	ns := testenv.NetNS(t)
+	old, new := render(model(t, hostTable+vmsOf(1, 2))), render(model(t, hostTable+vmsOf(1, 2, 3)))
+	script, ok := delta(old, new)
+	if !ok {
+		t.Fatal("no delta for a VM added")
+	}
+	err := sandbox.Do(ns, func() error {
+		if err := load(old); err != nil {
+			return err
+		}
+		gen, err := generation()
+		if err != nil {
+			return err
+		}
+		if err := nft(`add element inet microvm vm_bridges { "br-other" }`, "-f", "-"); err != nil {
+			return err
+		}
+		if err := sendDelta(script, setTypes(parseRendered(new)), gen); !errors.Is(err, unix.ERESTART) {
+			t.Errorf("a batch for generation %d after another change: %v, want ERESTART", gen, err)
+		}
+		cur, err := Current()
+		if err != nil {
+			return err
+		}
+		if cur.Elements != summarize(old).Elements+1 {
+			t.Errorf("the table has %d elements, want the %d it had and the one added by hand", cur.Elements, summarize(old).Elements+1)
+		}
+		gen, err = generation()
+		if err != nil {
+			return err
+		}
+		return sendDelta(script, setTypes(parseRendered(new)), gen)
+	})
+	if err != nil {
+		t.Errorf("the batch for the current generation: %v", err)
 	}
 }
