@@ -36,8 +36,8 @@ func (a *Sysctl) Apply() error {
 	return nil
 }
 
-// AddBridge creates a bridge in the program's link group, set up, and
-// marks it with the alias. The kernel takes no alias in the create
+// AddBridge creates a bridge in the program's link group and marks it
+// with the alias. The kernel takes no alias in the create
 // request, but does take the group: a bridge whose alias an interrupted
 // apply did not set is still known as the program's, and the next apply
 // sets it. A bridge of that name that is not the program's is an error,
@@ -45,7 +45,7 @@ func (a *Sysctl) Apply() error {
 type AddBridge struct{ Name, Alias string }
 
 func (a *AddBridge) String() string {
-	return fmt.Sprintf("ip link add %s group %d up type bridge && ip link set %s alias %s", a.Name, config.LinkGroup, a.Name, a.Alias)
+	return fmt.Sprintf("ip link add %s group %d type bridge && ip link set %s alias %s", a.Name, config.LinkGroup, a.Name, a.Alias)
 }
 
 func (a *AddBridge) Apply() error {
@@ -71,7 +71,7 @@ func (a *AddTAP) String() string {
 	if a.MultiQueue {
 		s += " multi_queue"
 	}
-	return s + fmt.Sprintf(" && ip link set %s alias %s master %s up", a.Name, a.Alias, a.Master)
+	return s + fmt.Sprintf(" && ip link set %s alias %s master %s && ip link set %s up", a.Name, a.Alias, a.Master, a.Name)
 }
 
 func (a *AddTAP) flags() netlink.TuntapFlag {
@@ -123,8 +123,11 @@ func (a *AddTAP) Apply() error {
 	if err != nil {
 		return err
 	}
-	if err := setLink(i, a.Alias, br, true); err != nil {
-		return fmt.Errorf("setting %s's alias, bridge %s and up: %w", a.Name, a.Master, err)
+	if err := setLink(i, a.Alias, br, false); err != nil {
+		return fmt.Errorf("setting %s's alias and bridge %s: %w", a.Name, a.Master, err)
+	}
+	if err := setLink(i, "", 0, true); err != nil {
+		return fmt.Errorf("setting %s up: %w", a.Name, err)
 	}
 	return nil
 }

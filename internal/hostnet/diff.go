@@ -254,7 +254,7 @@ func bridgeDiff(vm *config.VM, l netlink.Link, addrs []netip.Prefix) []action.Ac
 		for _, gw := range gws {
 			acts = append(acts, &AddAddr{Link: vm.Bridge, Prefix: gw})
 		}
-		return acts
+		return append(acts, &LinkUp{Name: vm.Bridge})
 	}
 	if l.Attrs().Alias != vm.Alias() {
 		// Made by an apply interrupted before the alias (Check proved

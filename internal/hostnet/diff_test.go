@@ -51,14 +51,14 @@ func TestBridgeDiff(t *testing.T) {
 		}
 		return b
 	}
-	add := "ip link add br-vm1 group 7173741 up type bridge && ip link set br-vm1 alias microvm:vm1"
+	add := "ip link add br-vm1 group 7173741 type bridge && ip link set br-vm1 alias microvm:vm1"
 	for _, tt := range []struct {
 		name  string
 		link  netlink.Link
 		addrs []netip.Prefix
 		want  []string
 	}{
-		{"missing", nil, nil, []string{add, "ip addr add 10.1.0.1/24 dev br-vm1", addGW6}},
+		{"missing", nil, nil, []string{add, "ip addr add 10.1.0.1/24 dev br-vm1", addGW6, "ip link set br-vm1 up"}},
 		{"as wanted", bridge(vm.Alias(), true), []netip.Prefix{gw, gw6}, []string{}},
 		{"no address", bridge(vm.Alias(), true), nil, []string{"ip addr add 10.1.0.1/24 dev br-vm1", addGW6}},
 		{"no IPv6 address", bridge(vm.Alias(), true), []netip.Prefix{gw}, []string{addGW6}},
@@ -104,7 +104,7 @@ func TestTAPDiff(t *testing.T) {
 		if multi {
 			s += " multi_queue"
 		}
-		return s + " && ip link set vm-vm1 alias microvm:vm1 master br-vm1 up"
+		return s + " && ip link set vm-vm1 alias microvm:vm1 master br-vm1 && ip link set vm-vm1 up"
 	}
 	master, up, del := "ip link set vm-vm1 master br-vm1", "ip link set vm-vm1 up", "ip link del vm-vm1"
 	for _, tt := range []struct {
@@ -194,10 +194,11 @@ func TestDiff(t *testing.T) {
 		vm2Rule6      = "ip -6 rule add priority 5101 iif br-vm2 lookup 7173741 protocol 109"
 	)
 	vm2Links := []string{
-		"ip link add br-vm2 group 7173741 up type bridge && ip link set br-vm2 alias microvm:vm2",
+		"ip link add br-vm2 group 7173741 type bridge && ip link set br-vm2 alias microvm:vm2",
 		"ip addr add 10.2.0.1/24 dev br-vm2",
 		"ip addr add fddc:b7cf:609b:200::1/64 dev br-vm2 nodad",
-		"ip tuntap add dev vm-vm2 mode tap user microvm-vm2 group microvm-vm2 vnet_hdr && ip link set vm-vm2 alias microvm:vm2 master br-vm2 up",
+		"ip link set br-vm2 up",
+		"ip tuntap add dev vm-vm2 mode tap user microvm-vm2 group microvm-vm2 vnet_hdr && ip link set vm-vm2 alias microvm:vm2 master br-vm2 && ip link set vm-vm2 up",
 	}
 	for _, tt := range []struct {
 		name           string

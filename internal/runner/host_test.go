@@ -85,7 +85,7 @@ func TestOnlyWhatAVMNeedsBlocksIt(t *testing.T) {
 	}{
 		{"tailscaled refuses the routes", in, nil, vm1, "", "tailscale --socket=" + socket + " set --advertise-routes=192.168.1.0/24,10.1.0.0/24,10.2.0.0/24"},
 		{"tailscaled does not answer", model(filepath.Join(dir, "none.sock")), nil, vm1, "", "tailscaled does not answer on"},
-		{"another VM's bridge is gone", in, func() { ip("link", "del", vm2.Bridge) }, vm1, "", "ip link add br-vm2 group 7173741 up type bridge"},
+		{"another VM's bridge is gone", in, func() { ip("link", "del", vm2.Bridge) }, vm1, "", "ip link add br-vm2 group 7173741 type bridge"},
 		{"its own bridge is gone", in, nil, vm2, "the host part vm2 needs is not applied", ""},
 		{"its own TAP is down", in, func() { ip("link", "set", vm1.TAP, "down") }, vm1, `"ip link set vm-vm1 up"`, ""},
 		{"the firewall is gone", in, func() {

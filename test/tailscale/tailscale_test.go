@@ -227,7 +227,7 @@ func TestSubnetRoutes(t *testing.T) {
 			"warning: tailscaled is logged out (state NeedsLogin): tailscaled keeps the routes",
 			"tailscale up --advertise-routes=192.168.77.0/24," + v4 + "," + v6,
 			"Edit route settings",
-			"ip link add br-ts4 group 7173741 up type bridge", // the rest of the work is done
+			"ip link add br-ts4 group 7173741 type bridge", // the rest of the work is done
 			"tailscale --socket=" + socket + " set --advertise-routes=192.168.77.0/24," + v4 + "," + v6 + "  # advertise the VM subnets",
 		} {
 			if !strings.Contains(out, want) {
