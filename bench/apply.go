@@ -185,7 +185,7 @@ their gateway address, N TAPs, forwarding, and the one nftables table) is run in
 in-process, timed from planning to the last action. "No-op re-apply" is the median of 3 plans that find nothing to do
 (one dump each of the links, addresses, routes and rules, /etc/passwd and /etc/group once, the table rendered, and
 nftables' generation, which proves the table untouched since apply loaded it: see "where the time goes" below).
-"Add 1 VM" applies the same file with VM N+1 added (one bridge, one TAP, and the table's elements and counters for it added in one nft transaction). "Firewall alone" loads only the program's table (` + "`nft -f`" + `, as apply does) into an empty namespace:
+"Add 1 VM" applies the same file with VM N+1 added (one bridge, one TAP, and the table's elements and counters for it added in one nftables transaction, which the program sends itself). "Firewall alone" loads only the program's table (` + "`nft -f`" + `, as apply does) into an empty namespace:
 that is the part comparable to the seed's rules. The seed's approach is measured in a namespace of its own in the same run:
 its ` + "`iptables -I FORWARD -i br-vmA -o br-vmB -j DROP`" + ` for every ordered pair of bridges, loaded at once with
 ` + "`iptables-restore`" + ` (then "add 1 VM" appends the 2N rules of a new bridge with ` + "`iptables-restore --noflush`" + `), and, up to
