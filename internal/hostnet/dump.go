@@ -42,60 +42,20 @@ func dumpRequest(typ int, hdr nl.NetlinkRequestData, filter []nl.NetlinkRequestD
 	for _, a := range filter {
 		req.AddData(a)
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("opening a netlink socket: %w", err)
-	}
-	defer unix.Close(fd)
-	if len(filter) > 0 {
-		if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
-			return fmt.Errorf("asking for a filtered dump: %w", err)
-		}
-	}
-	if err := unix.Sendto(fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("sending a netlink request: %w", err)
-	}
-	buf := make([]byte, 1<<16)
 	interrupted := false
-	for {
-		n, from, err := unix.Recvfrom(fd, buf, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("reading the kernel's answer: %w", err)
-		}
-		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
-			continue
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return fmt.Errorf("reading the kernel's answer: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != req.Seq {
-				continue
+	return exchange(req, len(filter) > 0, 1<<16, func(m syscall.NetlinkMessage) (bool, error) {
+		interrupted = interrupted || m.Header.Flags&unix.NLM_F_DUMP_INTR != 0
+		switch m.Header.Type {
+		case unix.NLMSG_DONE:
+			if interrupted {
+				return true, netlink.ErrDumpInterrupted
 			}
-			interrupted = interrupted || m.Header.Flags&unix.NLM_F_DUMP_INTR != 0
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				if interrupted {
-					return netlink.ErrDumpInterrupted
-				}
-				return nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-						return unix.Errno(-errno)
-					}
-				}
-				return nil
-			}
-			if err := f(m.Data); err != nil {
-				return err
-			}
+			return true, nil
+		case unix.NLMSG_ERROR:
+			return true, errnoOf(m)
 		}
-	}
+		return false, f(m.Data)
+	})
 }
 
 // listLinks returns every link with its name, index, alias, group,

@@ -37,15 +37,30 @@ func request(typ, flags int, data ...nl.NetlinkRequestData) error {
 	for _, d := range data {
 		req.AddData(d)
 	}
+	return exchange(req, false, unix.Getpagesize(), func(m syscall.NetlinkMessage) (bool, error) {
+		return m.Header.Type == unix.NLMSG_ERROR, errnoOf(m)
+	})
+}
+
+// exchange sends req on a socket of its own and calls f with each message
+// the kernel answers it with, until f says it is done or fails. With
+// strict, the kernel checks the request strictly and applies the filters
+// in it to a dump.
+func exchange(req *nl.NetlinkRequest, strict bool, bufSize int, f func(syscall.NetlinkMessage) (done bool, err error)) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("opening a netlink socket: %w", err)
 	}
 	defer unix.Close(fd)
+	if strict {
+		if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
+			return fmt.Errorf("asking for a filtered dump: %w", err)
+		}
+	}
 	if err := unix.Sendto(fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sending a netlink request: %w", err)
 	}
-	buf := make([]byte, unix.Getpagesize())
+	buf := make([]byte, bufSize)
 	for {
 		n, from, err := unix.Recvfrom(fd, buf, 0)
 		if errors.Is(err, unix.EINTR) {
@@ -62,15 +77,25 @@ func request(typ, flags int, data ...nl.NetlinkRequestData) error {
 			return fmt.Errorf("reading the kernel's answer: %w", err)
 		}
 		for _, m := range msgs {
-			if m.Header.Seq != req.Seq || m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+			if m.Header.Seq != req.Seq {
 				continue
 			}
-			if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-				return unix.Errno(-errno)
+			if done, err := f(m); done || err != nil {
+				return err
 			}
-			return nil
 		}
 	}
+}
+
+// errnoOf is the error an NLMSG_ERROR message carries, nil for an ack.
+func errnoOf(m syscall.NetlinkMessage) error {
+	if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+		return nil
+	}
+	if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+		return unix.Errno(-errno)
+	}
+	return nil
 }
 
 // setLink changes the link with index i in one request: its alias if
