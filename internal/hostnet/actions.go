@@ -36,12 +36,11 @@ func (a *Sysctl) Apply() error {
 	return nil
 }
 
-// AddBridge creates a bridge in the program's link group and marks it
-// with the alias. The kernel takes no alias in the create
-// request, but does take the group: a bridge whose alias an interrupted
-// apply did not set is still known as the program's, and the next apply
-// sets it. A bridge of that name that is not the program's is an error,
-// and is left alone.
+// AddBridge creates a bridge in the program's link group and marks it with
+// the alias. The kernel takes no alias in the create request, but does
+// take the group: a bridge whose alias an interrupted apply did not set
+// is still known as the program's, and the next apply sets it. A bridge of
+// that name that is not the program's is an error, and is left alone.
 type AddBridge struct{ Name, Alias string }
 
 func (a *AddBridge) String() string {
