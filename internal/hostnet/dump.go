@@ -33,9 +33,9 @@ func dump[T any](list func() ([]T, error)) ([]T, error) {
 
 // dumpRequest dumps typ (RTM_GETLINK, RTM_GETROUTE) and calls f with
 // each message's payload, which f must copy what it keeps of: the buffer
-// is read into again. Attributes in filter ask the kernel to dump only
-// what matches them (strict checking, as `ip route show table main dev
-// eth0` does).
+// is read into again. Attributes in filter narrow the dump, with strict
+// checking (as `ip route show table main dev eth0` does it), on kernels
+// that have it: a caller checks what it reads all the same.
 func dumpRequest(typ int, hdr nl.NetlinkRequestData, filter []nl.NetlinkRequestData, f func(payload []byte) error) error {
 	req := nl.NewNetlinkRequest(typ, unix.NLM_F_DUMP)
 	req.AddData(hdr)

@@ -44,8 +44,8 @@ func request(typ, flags int, data ...nl.NetlinkRequestData) error {
 
 // exchange sends req on a socket of its own and calls f with each message
 // the kernel answers it with, until f says it is done or fails. With
-// strict, the kernel checks the request strictly and applies the filters
-// in it to a dump.
+// strict, the kernel checks the request strictly and narrows a dump to
+// what the attributes in it ask for.
 func exchange(req *nl.NetlinkRequest, strict bool, bufSize int, f func(syscall.NetlinkMessage) (done bool, err error)) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
@@ -53,9 +53,9 @@ func exchange(req *nl.NetlinkRequest, strict bool, bufSize int, f func(syscall.N
 	}
 	defer unix.Close(fd)
 	if strict {
-		if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
-			return fmt.Errorf("asking for a filtered dump: %w", err)
-		}
+		// A kernel without strict checking (before 4.20) dumps everything,
+		// and the callers filter what they read again.
+		unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1)
 	}
 	if err := unix.Sendto(fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sending a netlink request: %w", err)
