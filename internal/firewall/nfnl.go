@@ -122,7 +122,7 @@ func counterMsg(add bool, name, body string) ([]byte, error) {
 	data.AddRtAttr(unix.NFTA_COUNTER_BYTES, make([]byte, 8))
 	data.AddRtAttr(unix.NFTA_COUNTER_PACKETS, make([]byte, 8))
 	attrs = append(attrs, data)
-	if body != "{ }" {
+	if strings.TrimSpace(strings.Trim(body, "{}")) != "" {
 		c, ok := strings.CutPrefix(body, `{ comment "`)
 		c, ok2 := strings.CutSuffix(c, `" }`)
 		if !ok || !ok2 || len(c) > 127 {
