@@ -2,7 +2,6 @@ package hostnet_test
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -10,11 +9,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/hostnet"
-	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
-	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
 // TestListsMatchNetlink: on a host part applied in a sandbox (bridges,
@@ -22,37 +18,15 @@ import (
 // several tables, blackholes), ListLinks and ListRoutes give what
 // netlink's LinkList and RouteList give, in every field a plan reads.
 func TestListsMatchNetlink(t *testing.T) {
-	testenv.NeedRoot(t)
-	testenv.NeedCommands(t, "ip", "nft")
-	src := fmt.Sprintf(`[host]
-uplink = "eth0"
-run_dir = %q
-[host.tailscale]
-enabled = false
-[vm.vm1]
+	in, sb := sandboxFor(t, `[vm.vm1]
 subnet = "10.1.0.0/24"
 [vm.vm2]
 subnet = "10.2.0.0/24"
 vcpu = 2
-`, testenv.ShortDir(t))
-	in, err := config.Parse("infra.toml", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+`)
+	applyIn(t, sb, in)
 	var uplink int
-	err = sandbox.Do(sb.Host, func() error {
-		p, err := plan.Host(in)
-		if err != nil {
-			return err
-		}
-		if err := p.Apply(io.Discard); err != nil {
-			return err
-		}
+	err := sandbox.Do(sb.Host, func() error {
 		// Links that are not the program's, down, and a route in a table
 		// of its own.
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "other0"}, PeerName: "other1"}); err != nil {

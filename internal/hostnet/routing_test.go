@@ -25,14 +25,7 @@ import (
 // program's ip rules, vm1 reaches vm2. Then apply makes it all again, and
 // a second plan has nothing to do.
 func TestRoutingWithoutFirewall(t *testing.T) {
-	testenv.NeedRoot(t)
-	testenv.NeedCommands(t, "ip", "nft")
-	src := fmt.Sprintf(`[host]
-uplink = "eth0"
-run_dir = %q
-[host.tailscale]
-enabled = false
-[vm.vm1]
+	in, sb := sandboxFor(t, fmt.Sprintf(`[vm.vm1]
 subnet = "10.1.0.0/24"
 [vm.vm2]
 subnet = "10.2.0.0/24"
@@ -41,31 +34,8 @@ subnet = "10.5.0.0/24"
 allow = ["vm:db tcp %d"]
 [vm.db]
 subnet = "10.6.0.0/24"
-`, testenv.ShortDir(t), sandbox.Port)
-	in, err := config.Parse("infra.toml", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
-	apply := func() *plan.Plan {
-		t.Helper()
-		var p *plan.Plan
-		err := sandbox.Do(sb.Host, func() error {
-			var err error
-			if p, err = plan.Host(in); err != nil {
-				return err
-			}
-			return p.Apply(io.Discard)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+`, sandbox.Port))
+	apply := func() *plan.Plan { t.Helper(); return applyIn(t, sb, in) }
 	apply()
 	if err := sb.AddStandIns(); err != nil {
 		t.Fatal(err)
@@ -256,4 +226,40 @@ func TestRoutingOwnTableOnly(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "routing table 7173741, which microvm owns") || !strings.Contains(err.Error(), "10.1.0.0/25") {
 		t.Errorf("plan with a foreign route in the program's table: %v", err)
 	}
+}
+
+// sandboxFor parses a file of one host, uplink eth0, without Tailscale,
+// with the VM tables vms, and makes a sandbox for it.
+func sandboxFor(t *testing.T, vms string) (*config.Infra, *sandbox.Sandbox) {
+	t.Helper()
+	testenv.NeedRoot(t)
+	testenv.NeedCommands(t, "ip", "nft")
+	src := fmt.Sprintf("[host]\nuplink = \"eth0\"\nrun_dir = %q\n[host.tailscale]\nenabled = false\n", testenv.ShortDir(t)) + vms
+	in, err := config.Parse("infra.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	return in, sb
+}
+
+// applyIn plans and applies in's host part in the sandbox's host.
+func applyIn(t *testing.T, sb *sandbox.Sandbox, in *config.Infra) *plan.Plan {
+	t.Helper()
+	var p *plan.Plan
+	err := sandbox.Do(sb.Host, func() error {
+		var err error
+		if p, err = plan.Host(in); err != nil {
+			return err
+		}
+		return p.Apply(io.Discard)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
