@@ -185,6 +185,14 @@ func TestTwoTier(t *testing.T) {
 		}
 		return string(out)
 	}
+	// run runs a part of the test and remembers it if it fails: the VMs'
+	// logs below are long, and a failed test's output ends by naming it.
+	var failed []string
+	run := func(name string, f func(t *testing.T)) {
+		if !t.Run(name, f) {
+			failed = append(failed, strconv.Quote(name))
+		}
+	}
 	defer func() {
 		for i := range in.VMs {
 			supervise.StopDetached(&in.VMs[i], 90*time.Second)
@@ -193,6 +201,9 @@ func TestTwoTier(t *testing.T) {
 			for _, vm := range in.VMs {
 				sup, _ := os.ReadFile(vm.SupervisorLog())
 				t.Logf("%s supervisor log:\n%s\n%s console (end):\n%s", vm.Name, supervise.Tail(sup, 30), vm.Name, sandbox.Console(&vm, 20))
+			}
+			if len(failed) > 0 {
+				t.Logf("failed: %s (their messages are above the VMs' logs)", strings.Join(failed, ", "))
 			}
 		}
 	}()
@@ -242,8 +253,19 @@ func TestTwoTier(t *testing.T) {
 	}
 
 	auth := "REDISCLI_AUTH=$(cat /run/credentials/microvm/redis-password) "
+	// visits reads the key the test sets in db's Redis, from web. After db
+	// restarts, sshd answers before redis-server has loaded its data: it
+	// asks for up to two minutes.
+	visits := func() (out string, err error) {
+		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(2 * time.Second) {
+			if out, err = ssh("web", auth+"redis-cli --no-auth-warning -h "+db.Addr.String()+" get visits"); err == nil && out == "42" {
+				break
+			}
+		}
+		return out, err
+	}
 
-	t.Run("the page carries db's data", func(t *testing.T) {
+	run("the page carries db's data", func(t *testing.T) {
 		page(t, sb.Host, "http://"+web.Addr.String()+"/") // until nginx is up
 		if out := step(t, stepCurl); !strings.Contains(out, "db says: hello from db") {
 			t.Errorf("from the host, the page is %q; want db's greeting", out)
@@ -261,7 +283,7 @@ func TestTwoTier(t *testing.T) {
 		}
 	})
 
-	t.Run("only web reaches db, only on its port", func(t *testing.T) {
+	run("only web reaches db, only on its port", func(t *testing.T) {
 		if out := step(t, stepBlocked); strings.TrimSpace(out) != "blocked" {
 			t.Errorf("vm1 to db's Redis: %q, want blocked", out)
 		}
@@ -286,7 +308,7 @@ func TestTwoTier(t *testing.T) {
 		}
 	})
 
-	t.Run("a changed file restarts only its VM", func(t *testing.T) {
+	run("a changed file restarts only its VM", func(t *testing.T) {
 		step(t, stepEdit)
 		out := step(t, stepUpdate)
 		for _, want := range []string{"web changed: files changed: /var/www/cgi/page", "db is up to date; not restarted"} {
@@ -300,25 +322,18 @@ func TestTwoTier(t *testing.T) {
 		}
 	})
 
-	t.Run("db keeps its data across a restart", func(t *testing.T) {
+	run("db keeps its data across a restart", func(t *testing.T) {
 		if out, err := ssh("web", auth+"redis-cli --no-auth-warning -h "+db.Addr.String()+" set visits 42"); err != nil || out != "OK" {
 			t.Fatalf("set: %s, %v", out, err)
 		}
 		t.Log(mvm(t, "restart", "db"))
 		sandboxtest.Login(t, sb, db).Close()
-		var out string
-		for try := 0; try < 60; try++ { // redis-server may still be starting
-			if out, err = ssh("web", auth+"redis-cli --no-auth-warning -h "+db.Addr.String()+" get visits"); err == nil && out == "42" {
-				break
-			}
-			time.Sleep(2 * time.Second)
-		}
-		if out != "42" {
+		if out, err := visits(); out != "42" {
 			t.Errorf("after db's restart, visits = %q, %v; want 42", out, err)
 		}
 	})
 
-	t.Run("the password is in the guests' memory, nowhere on the host's disk", func(t *testing.T) {
+	run("the password is in the guests' memory, nowhere on the host's disk", func(t *testing.T) {
 		for vm, want := range map[string]string{"web": "www-data:400 virtiofs", "db": "root:400 virtiofs"} {
 			out, err := ssh(vm, "stat -c '%U:%a' /run/credentials/microvm/redis-password; findmnt -no FSTYPE /run/credentials/microvm; cat /run/credentials/microvm/redis-password")
 			if lines := strings.Split(out, "\n"); err != nil || len(lines) != 3 || lines[0]+" "+lines[1] != want || lines[2] != password {
@@ -356,7 +371,7 @@ func TestTwoTier(t *testing.T) {
 		}
 	})
 
-	t.Run("db's volume holds Redis' data, and grows", func(t *testing.T) {
+	run("db's volume holds Redis' data, and grows", func(t *testing.T) {
 		if out, err := ssh("db", "findmnt -no FSTYPE,SOURCE /var/lib/redis; stat -c %U /var/lib/redis"); err != nil || strings.Join(strings.Fields(out), " ") != "ext4 /dev/vda redis" {
 			t.Errorf("db's /var/lib/redis: %q, %v; want an ext4 block device, redis's", out, err)
 		}
@@ -376,12 +391,12 @@ func TestTwoTier(t *testing.T) {
 		if size < 1900<<20 {
 			t.Errorf("db's volume holds %d bytes after it grew to 2G", size)
 		}
-		if out, err := ssh("web", auth+"redis-cli --no-auth-warning -h "+db.Addr.String()+" get visits"); out != "42" {
+		if out, err := visits(); out != "42" {
 			t.Errorf("after the volume grew, visits = %q, %v; want 42", out, err)
 		}
 	})
 
-	t.Run("vm1 writes to its own image, and only it", func(t *testing.T) {
+	run("vm1 writes to its own image, and only it", func(t *testing.T) {
 		if out, err := ssh("vm1", "echo mine > /usr/local/bin/mine && mount | grep ' / '"); err != nil {
 			t.Fatalf("writing to vm1's image: %s, %v", out, err)
 		}
@@ -401,7 +416,7 @@ func TestTwoTier(t *testing.T) {
 		}
 	})
 
-	t.Run("a changed image restarts only the VMs that boot it", func(t *testing.T) {
+	run("a changed image restarts only the VMs that boot it", func(t *testing.T) {
 		old, err := image.Resolve(in, "db")
 		if err != nil {
 			t.Fatal(err)

@@ -189,10 +189,13 @@ func Declared(t *testing.T, in *config.Infra) {
 	}
 	testenv.NeedRoot(t)
 	for _, b := range todo {
+		// The build's log is shown when it fails: a test that fails later
+		// would bury its own messages under apt's.
+		var log bytes.Buffer
 		start := time.Now()
-		err := image.BuildDeclared(t.Context(), in, b.Name, &lineLogger{t: t}, image.Options{Mirror: os.Getenv("MICROVM_TEST_MIRROR"), Boot: image.BootFiles})
+		err := image.BuildDeclared(t.Context(), in, b.Name, &log, image.Options{Mirror: os.Getenv("MICROVM_TEST_MIRROR"), Boot: image.BootFiles})
 		if err != nil {
-			t.Fatalf("building image %s: %v", b.Name, err)
+			t.Fatalf("building image %s: %v\n%s", b.Name, err, log.Bytes())
 		}
 		t.Logf("built image %s (%s) in %s", b.Name, b.Why, time.Since(start).Round(time.Second))
 	}
