@@ -166,7 +166,8 @@ func TestFleet(t *testing.T) {
 		sshd = s
 	}
 	// Every command runs inside a host's namespace already.
-	t.Setenv("MICROVM_FLEET_SSH", strings.Join(sshd.Client(hosts[0].sb.Host)[3:], " "))
+	sshCmd := strings.Join(sshd.Client(hosts[0].sb.Host)[3:], " ")
+	t.Setenv("MICROVM_FLEET_SSH", sshCmd)
 
 	// The daemons.
 	start := func(h *host) {
@@ -238,6 +239,36 @@ func TestFleet(t *testing.T) {
 	out = must(hosts[0], "fleet", "push", "--replaces", fmt.Sprint(rev1), fleetFile)
 	if out, err := run(hosts[0], "fleet", "push", "--replaces", fmt.Sprint(rev1), fleetFile); err == nil || !strings.Contains(out, "stale push") {
 		t.Errorf("a push replacing revision %d after %s was not refused as stale: %v\n%s", rev1, strings.TrimSpace(out), err, out)
+	}
+
+	// A move that fails after the stop: the connection to hv3 drops in the
+	// middle of the last stream. vm1 runs on hv1 again with its data, the
+	// move is forgotten, and the same move run again finishes it (below).
+	cut := filepath.Join(dir, "ssh-cut")
+	script := fmt.Sprintf(`#!/bin/sh
+# The move's ssh, whose second stream into fleet receive is cut short.
+case "$*" in *"fleet receive"*--list*) ;; *"fleet receive"*)
+	n=$(($(cat %[1]s.count 2>/dev/null || echo 0) + 1)); echo $n > %[1]s.count
+	if [ $n = 2 ]; then head -c 4096 | %[2]s "$@"; exit 1; fi
+esac
+exec %[2]s "$@"
+`, cut, sshCmd)
+	if err := os.WriteFile(cut, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+hosts[0].sb.Host, "--", bin, "move", "vm1", "--to", "hv3")
+	cmd.Env = append(os.Environ(), "MICROVM_FLEET_CERTS="+certs, "MICROVM_FLEET_SSH="+cut)
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "vm1 runs on hv1 as before") {
+		t.Errorf("a move whose last stream was cut: %v\n%s\nwant a failure that says vm1 runs on hv1 as before", err, b)
+	} else {
+		t.Logf("move, its last stream cut:\n%s", b)
+	}
+	waitStatus(t, func() string { return must(hosts[0], "fleet", "status") }, "vm1 +hv1 +running +ready +-")
+	if got := ssh(hosts[0], "vm1", "cat /var/marker"); got != "moved-with-its-data" {
+		t.Errorf("after the failed move vm1 reads /var/marker = %q on hv1", got)
+	}
+	if !strings.Contains(hosts[0].ts.Advertised(), "10.1.0.0/24") || strings.Contains(hosts[2].ts.Advertised(), "10.1.0.0/24") {
+		t.Errorf("after the failed move hv1 advertises %q and hv3 %q; want 10.1.0.0/24 on hv1 only", hosts[0].ts.Advertised(), hosts[2].ts.Advertised())
 	}
 
 	// Move vm1 to hv3: its data comes along, its route follows.
