@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -191,6 +192,10 @@ revision of the fleet's file it applied, its last error) and each VM (the
 host it is placed on, its state there and whether its guest answers, a
 move under way). A lost host's VMs show their last known state.
 
+When etcd does not answer, on a host of the fleet it says what that host's
+daemon last wrote: the revision of its part, and since when it has had no
+answer from etcd (its VMs run on meanwhile; microvm status lists them).
+
 Examples:
   microvm fleet status
   microvm fleet status --etcd https://192.168.1.11:2379 --name hv1`,
@@ -201,12 +206,40 @@ Examples:
 			}
 			st, err := loadFleet(&ef)
 			if err != nil {
+				if s := localReport(); s != "" {
+					return fmt.Errorf("%w\n%s", err, s)
+				}
 				return err
 			}
 			fmt.Fprint(e.stdout, fleetReport(st))
 			return nil
 		},
 	}
+}
+
+// localReport is what this host's daemon last said of itself
+// (fleet.LocalFile), for fleet status when etcd does not answer; "" on a
+// host that runs no part of a fleet. The part is the host's infra.toml
+// ($MICROVM_CONFIG or the default).
+func localReport() string {
+	path, err := config.Locate("")
+	if err != nil {
+		return ""
+	}
+	in, err := config.Load(path)
+	if err != nil || in.Part.Host == "" {
+		return ""
+	}
+	b, err := os.ReadFile(fleet.LocalFile(in))
+	var l fleet.Local
+	if err != nil || json.Unmarshal(b, &l) != nil {
+		return ""
+	}
+	s := fmt.Sprintf("this host, %s, runs its part of revision %d of the fleet's file as it was (microvm status lists its VMs)", l.Host, l.Applied)
+	if l.EtcdLost != nil {
+		s += fmt.Sprintf("; its daemon has had no answer from etcd since %s (%s ago)", l.EtcdLost.Local().Format(time.DateTime), time.Since(*l.EtcdLost).Round(time.Second))
+	}
+	return s
 }
 
 func loadFleet(ef *etcdFlags) (*fleet.State, error) {

@@ -15,6 +15,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/simple-microvm-infra/microvm/internal/config"
 )
 
 // Member is one host of the fleet, as microvm host --fleet runs it: it
@@ -30,6 +32,10 @@ type Member struct {
 	Observe func(file string) ([]VMStatus, error)        // how its VMs are
 	Version string
 	Log     io.Writer
+	// Local, when set, names the file where the host says how it stands
+	// with etcd, for fleet status on this host while etcd does not
+	// answer (LocalFile; the part's run directory).
+	Local func(part *config.Infra) string
 
 	// LeaseTTL is how long the host is shown alive after it stops
 	// renewing its lease (default 10 s).
@@ -42,7 +48,21 @@ type Member struct {
 	lastSaid  []byte        // the status last written
 	lostSince time.Time
 	lastErr   string // the problem last logged: said once until it changes
+	local     Local  // what sayLocal was last given
 }
+
+// Local is what a host says of itself on its own disk: the revision of
+// the fleet's file its part is of, and since when etcd has not answered
+// it (nil while it does).
+type Local struct {
+	Host     string     `json:"host"`
+	Applied  int64      `json:"applied"`
+	EtcdLost *time.Time `json:"etcd_lost,omitempty"`
+}
+
+// LocalFile is where a host's daemon writes its Local: in the run
+// directory of its part.
+func LocalFile(part *config.Infra) string { return filepath.Join(part.Host.RunDir, "fleet.json") }
 
 // partMarker is in every part file: a file without it is the user's, and
 // is never overwritten.
@@ -69,6 +89,7 @@ func (m *Member) Run(ctx context.Context) error {
 			if m.lostSince.IsZero() {
 				m.lostSince = time.Now()
 				fmt.Fprintf(m.Log, "fleet: etcd is unreachable (%v); keeping this host's part and every VM as they are\n", err)
+				m.sayLocal(appliedRev)
 			}
 			sleep(ctx, m.Every/2)
 			continue
@@ -112,6 +133,7 @@ func (m *Member) Run(ctx context.Context) error {
 		}
 		m.report(ctx, appliedRev, applyErr)
 		m.lostSince = time.Time{}
+		m.sayLocal(appliedRev)
 		m.wait(ctx, st.Rev)
 	}
 	return nil
@@ -151,6 +173,41 @@ func (m *Member) read(ctx context.Context) (*State, error) {
 	c, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	return Load(c, m.Client)
+}
+
+// sayLocal writes the host's Local when it changed. A host without a
+// part yet says nothing: no VM of the fleet runs on it.
+func (m *Member) sayLocal(applied int64) {
+	l := Local{Host: m.Name, Applied: applied}
+	if !m.lostSince.IsZero() {
+		t := m.lostSince.UTC()
+		l.EtcdLost = &t
+	}
+	if m.Local == nil || l.Applied == m.local.Applied && (l.EtcdLost == nil) == (m.local.EtcdLost == nil) {
+		return
+	}
+	in, err := config.Load(m.File)
+	if err != nil {
+		return
+	}
+	said := l
+	if said.Applied == 0 { // not applied since the daemon started (a reboot): the part on disk runs
+		said.Applied = in.Part.Revision
+	}
+	path := m.Local(in)
+	b, _ := json.Marshal(said)
+	err = os.MkdirAll(filepath.Dir(path), 0o755)
+	if err == nil {
+		err = os.WriteFile(path+".new", b, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(path+".new", path)
+	}
+	if err != nil {
+		fmt.Fprintf(m.Log, "fleet: saying how this host stands with etcd: %v\n", err)
+		return
+	}
+	m.local = l
 }
 
 // keepAlive holds the host's lease, and its alive key on it; a lease lost

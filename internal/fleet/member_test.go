@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -134,9 +135,16 @@ func TestMember(t *testing.T) {
 
 	file := filepath.Join(t.TempDir(), "infra.toml")
 	os.WriteFile(file, []byte(memberFile), 0o644)
+	localFile := filepath.Join(t.TempDir(), "run", "fleet.json")
+	local := func() (l fleet.Local) {
+		b, _ := os.ReadFile(localFile)
+		json.Unmarshal(b, &l)
+		return l
+	}
 	var log testenv.SyncBuffer
 	rec := &recorder{}
 	m := &fleet.Member{Client: client("hv1"), Name: "hv1", File: file, Certs: fleet.Certs{Dir: dir, Name: "hv1"},
+		Local: func(*config.Infra) string { return localFile },
 		Apply: rec.apply, Version: "test", Log: &log, LeaseTTL: 2, Every: time.Second,
 		Observe: func(string) ([]fleet.VMStatus, error) {
 			return []fleet.VMStatus{{Name: "b", State: "running", Ready: true}}, nil
@@ -188,8 +196,12 @@ func TestMember(t *testing.T) {
 	if b, err := os.ReadFile(file); err != nil || !strings.Contains(string(b), `vms = ["b", "c"]`) {
 		t.Errorf("hv1's part without etcd: %v\n%s", err, b)
 	}
+	if l := local(); l.Host != "hv1" || l.Applied != p2.Rev || l.EtcdLost == nil || time.Since(*l.EtcdLost) > time.Minute {
+		t.Errorf("without etcd hv1 says on its disk %+v; want hv1, revision %d, etcd lost just now", l, p2.Rev)
+	}
 	c.Restart("etcd1")
 	waitUntil(t, "hv1 to say etcd is back", func() bool { return strings.Contains(log.String(), "etcd is back") })
+	waitUntil(t, "hv1 to say on its disk that etcd is back", func() bool { l := local(); return l.EtcdLost == nil && l.Applied == p2.Rev })
 	waitUntil(t, "hv1 alive again", func() bool {
 		st, err := fleet.Load(ctx, root)
 		return err == nil && st.Alive["hv1"]

@@ -306,6 +306,14 @@ exec %[2]s "$@"
 	if got := ssh(hosts[1], "vm2", "hostname"); got != "vm2" {
 		t.Errorf("without etcd and its host's daemon, vm2 answers %q", got)
 	}
+	// fleet status on hv3 cannot reach etcd, and says what hv3 knows.
+	cmd = exec.Command("nsenter", "--net=/run/netns/"+hosts[2].sb.Host, "--", bin, "fleet", "status")
+	cmd.Env = append(os.Environ(), "MICROVM_FLEET_CERTS="+certs, config.EnvFile+"="+hosts[2].part)
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "this host, hv3, runs its part of revision") || !strings.Contains(string(b), "no answer from etcd since") {
+		t.Errorf("fleet status on hv3 without etcd: %v\n%s\nwant a failure that says hv3 runs its part and since when it lost etcd", err, b)
+	} else {
+		t.Logf("fleet status on hv3 without etcd:\n%s", b)
+	}
 	cluster.RestartAll()
 	waitFor(t, "hv3 to say etcd is back", func() bool {
 		log, _ := os.ReadFile(hosts[2].log)
