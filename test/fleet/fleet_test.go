@@ -231,6 +231,25 @@ func TestFleet(t *testing.T) {
 	if out := must(hosts[0], "status", "-f", hosts[0].part, "vm2"); !strings.Contains(out, "vm2") || !strings.Contains(out, "running") {
 		t.Errorf("status vm2 on hv1 (run on hv2):\n%s", out)
 	}
+	// The daily commands, typed on hv1 for vm2, run on hv2.
+	if got := ssh(hosts[0], "vm2", "hostname"); got != "vm2" {
+		t.Errorf("ssh vm2 from hv1: hostname = %q", got)
+	}
+	for _, c := range []struct {
+		on   *host
+		args []string
+		want string
+	}{
+		{hosts[0], []string{"logs", "--file", hosts[0].part, "vm2"}, "vm2: ready: sshd answers"},
+		{hosts[0], []string{"down", "-f", hosts[0].part, "vm2"}, "vm2 stopped"},
+		{hosts[1], []string{"status", "-f", hosts[1].part, "vm2"}, "stopped"},
+		{hosts[0], []string{"up", "-f", hosts[0].part, "vm2"}, "vm2 started"},
+	} {
+		if out := must(c.on, c.args...); !strings.Contains(out, c.want) {
+			t.Errorf("on %s, microvm %s:\n%s\nwant %q", c.on.name, strings.Join(c.args, " "), out, c.want)
+		}
+	}
+	waitStatus(t, func() string { return must(hosts[0], "fleet", "status") }, "vm2 +hv2 +running +ready")
 	if got := hosts[0].ts.Advertised(); !strings.Contains(got, "10.1.0.0/24") {
 		t.Errorf("hv1 advertises %q, want vm1's 10.1.0.0/24", got)
 	}
