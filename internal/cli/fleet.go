@@ -16,6 +16,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/fleet"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // Where fleet commands find etcd and their certificate when no flag says.
@@ -218,7 +219,7 @@ Examples:
 }
 
 // localReport is what this host's daemon last said of itself
-// (fleet.LocalFile), for fleet status when etcd does not answer; "" on a
+// (Host.FleetState), for fleet status when etcd does not answer; "" on a
 // host that runs no part of a fleet. The part is the host's infra.toml
 // ($MICROVM_CONFIG or the default).
 func localReport() string {
@@ -230,7 +231,7 @@ func localReport() string {
 	if err != nil || in.Part.Host == "" {
 		return ""
 	}
-	b, err := os.ReadFile(fleet.LocalFile(in))
+	b, err := safedir.ReadPrivate(in.Host.FleetState())
 	var l fleet.Local
 	if err != nil || json.Unmarshal(b, &l) != nil {
 		return ""

@@ -133,7 +133,7 @@ func fleetHost(e *env, ef *etcdFlags) error {
 	}
 	m := &fleet.Member{
 		Client: cli, Etcd: ef.list(), Certs: fleet.Certs{Dir: ef.certs, Name: ef.name}, Name: ef.name, File: file,
-		Version: version(), Log: e.stderr, Local: fleet.LocalFile,
+		Version: version(), Log: e.stderr, Local: func(part *config.Infra) string { return part.Host.FleetState() },
 		Apply: func(ctx context.Context, file string) error {
 			if err := applyFile(&env{stdin: e.stdin, stdout: e.stderr, stderr: e.stderr, fileFlag: file}, false); err != nil {
 				return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/storage"
 	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
@@ -177,11 +178,7 @@ func TestApplyZFS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	inNSWith := func(stdin string, args ...string) (string, int) {
 		t.Helper()
 		var out bytes.Buffer

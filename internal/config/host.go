@@ -19,6 +19,10 @@ func (h Host) HostLog() string { return filepath.Join(h.RunDir, "host.log") }
 // HostState is where `microvm host` says how it is, for status.
 func (h Host) HostState() string { return filepath.Join(h.RunDir, "host.json") }
 
+// FleetState is where a fleet host's daemon says how it stands with etcd,
+// for fleet status on the host when etcd does not answer.
+func (h Host) FleetState() string { return filepath.Join(h.RunDir, "fleet.json") }
+
 // FirewallLock is held while the program loads its table, and while the
 // watcher compares it, so that the watcher never takes apply's change for
 // an edit.

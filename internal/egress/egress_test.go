@@ -17,6 +17,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/firewall"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -110,11 +111,7 @@ subnet = "10.6.0.0/24"
 		t.Fatal(err)
 	}
 	web, _ := in.VM("web")
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	if err := sandbox.Do(sb.Host, func() error {
 		p, err := plan.Host(in)
 		if err != nil {

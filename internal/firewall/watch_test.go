@@ -37,11 +37,7 @@ func TestWatch(t *testing.T) {
 	src := fmt.Sprintf("[host]\nuplink = \"eth0\"\nrun_dir = %q\n[host.tailscale]\nenabled = false\n[vm.vm1]\nsubnet = \"10.1.0.0/24\"\n[vm.vm2]\nsubnet = \"10.2.0.0/24\"\n", run)
 	in := parse(t, src)
 	only1 := parse(t, strings.Split(src, "[vm.vm2]")[0])
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	applyHost(t, sb, in)
 	if err := sb.AddStandIns(); err != nil {
 		t.Fatal(err)

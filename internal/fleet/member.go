@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
+	"github.com/simple-microvm-infra/microvm/internal/safedir"
 )
 
 // Member is one host of the fleet, as microvm host --fleet runs it: it
@@ -34,7 +35,7 @@ type Member struct {
 	Log     io.Writer
 	// Local, when set, names the file where the host says how it stands
 	// with etcd, for fleet status on this host while etcd does not
-	// answer (LocalFile; the part's run directory).
+	// answer (the part's Host.FleetState).
 	Local func(part *config.Infra) string
 
 	// LeaseTTL is how long the host is shown alive after it stops
@@ -59,10 +60,6 @@ type Local struct {
 	Applied  int64      `json:"applied"`
 	EtcdLost *time.Time `json:"etcd_lost,omitempty"`
 }
-
-// LocalFile is where a host's daemon writes its Local: in the run
-// directory of its part.
-func LocalFile(part *config.Infra) string { return filepath.Join(part.Host.RunDir, "fleet.json") }
 
 // partMarker is in every part file: a file without it is the user's, and
 // is never overwritten.
@@ -198,10 +195,7 @@ func (m *Member) sayLocal(applied int64) {
 	b, _ := json.Marshal(said)
 	err = os.MkdirAll(filepath.Dir(path), 0o755)
 	if err == nil {
-		err = os.WriteFile(path+".new", b, 0o644)
-	}
-	if err == nil {
-		err = os.Rename(path+".new", path)
+		err = safedir.WritePrivate(path, b, 0o644)
 	}
 	if err != nil {
 		fmt.Fprintf(m.Log, "fleet: saying how this host stands with etcd: %v\n", err)

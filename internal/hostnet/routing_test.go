@@ -13,6 +13,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -239,11 +240,7 @@ func sandboxFor(t *testing.T, vms string) (*config.Infra, *sandbox.Sandbox) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	return in, sb
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/plan"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/tailscale/tailscaletest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -46,11 +47,7 @@ func TestOnlyWhatAVMNeedsBlocksIt(t *testing.T) {
 	// An image, as far as checkHost looks.
 	os.MkdirAll(in.Host.ImageRootfs(vm1.Image), 0o755)
 	os.WriteFile(in.Host.ImageVmlinux(vm1.Image), nil, 0o644)
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	do := func(f func()) {
 		t.Helper()
 		if err := sandbox.Do(sb.Host, func() error { f(); return nil }); err != nil {

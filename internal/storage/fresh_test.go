@@ -10,6 +10,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/storage/zfstest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -43,11 +44,7 @@ func TestFreshPoolFirstApply(t *testing.T) {
 		return in, file
 	}
 	in, file := write("first", "first")
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 
 	out, err := sandbox.Command(sb.Host, bin, "apply", "--host-only", "-f", file).CombinedOutput()
 	if err != nil {

@@ -58,11 +58,7 @@ egress = ["%s"]
 		t.Fatal(err)
 	}
 	bin := testenv.Binaries(t)
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	if out, err := sandbox.Command(sb.Host, bin, "apply", "--host-only", "-f", file).CombinedOutput(); err != nil {
 		t.Fatalf("apply: %s %v", out, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/simple-microvm-infra/microvm/internal/runner"
 	"github.com/simple-microvm-infra/microvm/internal/safedir"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/supervise"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
@@ -105,11 +106,7 @@ func TestGuests(t *testing.T) {
 	// reach: it is built here first, outside, once per version in the
 	// tests' cache (the same code as apply's).
 	imagetest.Declared(t, in)
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	ns = sb.Host
 	t.Cleanup(func() {
 		for i := range in.VMs {

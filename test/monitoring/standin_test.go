@@ -11,6 +11,7 @@ import (
 
 	"github.com/simple-microvm-infra/microvm/internal/config"
 	"github.com/simple-microvm-infra/microvm/internal/sandbox"
+	"github.com/simple-microvm-infra/microvm/internal/sandbox/sandboxtest"
 	"github.com/simple-microvm-infra/microvm/internal/testenv"
 )
 
@@ -54,11 +55,7 @@ func TestStandIns(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := testenv.Binaries(t)
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	mustRun(t, sb.Host, bin, "apply", "--host-only", "-f", file)
 	if err := sb.AddStandIns(); err != nil {
 		t.Fatal(err)

@@ -360,11 +360,7 @@ echo "reached:$r"`, sandbox.InternetAddr, sandbox.Port, sandbox.Port)
 
 func newSandbox(t *testing.T, in *config.Infra) *sandbox.Sandbox {
 	t.Helper()
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 	return sb
 }
 

@@ -182,11 +182,7 @@ func TestSubnetRoutes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sb, err := sandbox.New(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
+	sb := sandboxtest.New(t, in)
 
 	// The laptop is another machine on the internet.
 	laptopNS := testenv.NetNS(t)

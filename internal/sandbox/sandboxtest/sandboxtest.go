@@ -84,3 +84,14 @@ func Promises(t testing.TB, sb *sandbox.Sandbox, in *config.Infra, p check.Probe
 		t.Error("a promise does not hold (table above)")
 	}
 }
+
+// New makes a sandbox for in, closed when the test ends.
+func New(t testing.TB, in *config.Infra) *sandbox.Sandbox {
+	t.Helper()
+	sb, err := sandbox.New(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	return sb
+}
