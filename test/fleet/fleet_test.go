@@ -131,12 +131,14 @@ func TestFleet(t *testing.T) {
 
 	// The admin: certificates for the members, the hosts and root; then
 	// etcd, and its users and roles.
-	run := func(h *host, args ...string) (string, error) {
+	// runWith runs microvm on h with env added to the test's.
+	runWith := func(h *host, env []string, args ...string) (string, error) {
 		cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.sb.Host, "--", bin}, args...)...)
-		cmd.Env = append(os.Environ(), "MICROVM_FLEET_CERTS="+certs)
+		cmd.Env = append(append(os.Environ(), "MICROVM_FLEET_CERTS="+certs), env...)
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
+	run := func(h *host, args ...string) (string, error) { return runWith(h, nil, args...) }
 	must := func(h *host, args ...string) string {
 		t.Helper()
 		out, err := run(h, args...)
@@ -275,12 +277,10 @@ exec %[2]s "$@"
 	if err := os.WriteFile(cut, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+hosts[0].sb.Host, "--", bin, "move", "vm1", "--to", "hv3")
-	cmd.Env = append(os.Environ(), "MICROVM_FLEET_CERTS="+certs, "MICROVM_FLEET_SSH="+cut)
-	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "vm1 runs on hv1 as before") {
-		t.Errorf("a move whose last stream was cut: %v\n%s\nwant a failure that says vm1 runs on hv1 as before", err, b)
+	if out, err := runWith(hosts[0], []string{"MICROVM_FLEET_SSH=" + cut}, "move", "vm1", "--to", "hv3"); err == nil || !strings.Contains(out, "vm1 runs on hv1 as before") {
+		t.Errorf("a move whose last stream was cut: %v\n%s\nwant a failure that says vm1 runs on hv1 as before", err, out)
 	} else {
-		t.Logf("move, its last stream cut:\n%s", b)
+		t.Logf("move, its last stream cut:\n%s", out)
 	}
 	waitStatus(t, func() string { return must(hosts[0], "fleet", "status") }, "vm1 +hv1 +running +ready +-")
 	if got := ssh(hosts[0], "vm1", "cat /var/marker"); got != "moved-with-its-data" {
@@ -326,12 +326,10 @@ exec %[2]s "$@"
 		t.Errorf("without etcd and its host's daemon, vm2 answers %q", got)
 	}
 	// fleet status on hv3 cannot reach etcd, and says what hv3 knows.
-	cmd = exec.Command("nsenter", "--net=/run/netns/"+hosts[2].sb.Host, "--", bin, "fleet", "status")
-	cmd.Env = append(os.Environ(), "MICROVM_FLEET_CERTS="+certs, config.EnvFile+"="+hosts[2].part)
-	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "this host, hv3, runs its part of revision") || !strings.Contains(string(b), "no answer from etcd since") {
-		t.Errorf("fleet status on hv3 without etcd: %v\n%s\nwant a failure that says hv3 runs its part and since when it lost etcd", err, b)
+	if out, err := runWith(hosts[2], []string{config.EnvFile + "=" + hosts[2].part}, "fleet", "status"); err == nil || !strings.Contains(out, "this host, hv3, runs its part of revision") || !strings.Contains(out, "no answer from etcd since") {
+		t.Errorf("fleet status on hv3 without etcd: %v\n%s\nwant a failure that says hv3 runs its part and since when it lost etcd", err, out)
 	} else {
-		t.Logf("fleet status on hv3 without etcd:\n%s", b)
+		t.Logf("fleet status on hv3 without etcd:\n%s", out)
 	}
 	cluster.RestartAll()
 	waitFor(t, "hv3 to say etcd is back", func() bool {
